@@ -1,0 +1,45 @@
+# goverse (Python): the two commands are `make run` and `make test`; both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+PACKAGES := libs/goverse services/gate services/node
+
+.PHONY: help venv protos check-protos lint test unit integration run clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/dev.txt \
+		$(addprefix -e ,$(PACKAGES))
+	touch $@
+
+venv: $(STAMP) ## Create the virtual environment and install the project into it
+
+protos: $(STAMP) ## Regenerate the Python code of protos/
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP) ## Fail if the generated code is stale
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: $(STAMP) ## ruff and mypy --strict on our code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: check-protos lint ## Set everything up and run the whole suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## Only the unit tests
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+run: $(STAMP) ## Start two nodes, a gate on :7100 and a demo client on loopback; Ctrl-C stops all
+	$(BIN)/python scripts/run_local.py
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

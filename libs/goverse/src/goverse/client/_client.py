@@ -1,0 +1,351 @@
+"""Client: the asyncio SDK that registers with a gate, calls objects and receives pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from goverse.client._gates import GateChooser
+from goverse.errors import CallError
+from goverse.runtime import Backoff, ChannelPool, channel_options
+from goverse.v1 import gate_pb2, gate_pb2_grpc
+
+M = TypeVar("M", bound=Message)
+ReconnectCallback = Callable[[str, str], Awaitable[None] | None]
+
+log = structlog.get_logger(__name__)
+
+CLIENT_ID_HEADER = "goverse-client-id"
+CREDENTIAL_HEADER = "goverse-credential"
+
+
+class ClientState(enum.Enum):
+    UNOPENED = "unopened"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ClientClosedError(RuntimeError):
+    """The client was closed; it cannot be used again."""
+
+
+@dataclass(frozen=True)
+class _Session:
+    gate: str
+    client_id: str
+    credential: str
+    stub: gate_pb2_grpc.GateServiceStub
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((CLIENT_ID_HEADER, self.client_id), (CREDENTIAL_HEADER, self.credential))
+
+
+_END = object()
+
+
+class Client:
+    """A connection to goverse through any of `gates`.
+
+    ``connect()`` registers with a randomly chosen gate and keeps that registration alive in a
+    background task: when the stream breaks, or the gate announces it is draining, the client
+    registers again (with another gate when it can), with exponential backoff and full jitter.
+    Each registration has a new client id; ``on_reconnect(old_id, new_id)`` is called after
+    every re-registration. Pushed messages are buffered (``message_buffer``; when full the
+    client stops reading, so its gate sees a slow consumer) and read with :meth:`messages`.
+
+    Backoff resets once a registration has lasted ``stable_after``.
+    Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code.
+    """
+
+    def __init__(
+        self,
+        gates: Sequence[str],
+        *,
+        call_timeout: timedelta = timedelta(seconds=30),
+        connect_timeout: timedelta = timedelta(seconds=30),
+        reconnect_initial: timedelta = timedelta(milliseconds=100),
+        reconnect_max: timedelta = timedelta(seconds=5),
+        stable_after: timedelta = timedelta(seconds=10),
+        message_buffer: int = 10_000,
+        on_reconnect: ReconnectCallback | None = None,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._rng = rng or random.Random()
+        self._chooser = GateChooser(
+            gates, quarantine=max(reconnect_max.total_seconds(), 1.0), rng=self._rng
+        )
+        self._call_timeout = call_timeout.total_seconds()
+        self._connect_timeout = connect_timeout.total_seconds()
+        self._backoff = Backoff(reconnect_initial, reconnect_max, self._rng)
+        self._stable_after = stable_after.total_seconds()
+        self._registered_at = 0.0
+        self._channels = ChannelPool(channel_options(max_message_bytes))
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=message_buffer)
+        self._on_reconnect = on_reconnect
+        self._state = ClientState.UNOPENED
+        self._session: _Session | None = None
+        self._connected = asyncio.Event()
+        self._registrations = 0
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def client_id(self) -> str:
+        """The id of the current registration; it changes when the client reconnects."""
+        if self._session is None:
+            raise RuntimeError("the client is not connected")
+        return self._session.client_id
+
+    @property
+    def gate(self) -> str:
+        """The address of the gate of the current registration."""
+        if self._session is None:
+            raise RuntimeError("the client is not connected")
+        return self._session.gate
+
+    @property
+    def registrations(self) -> int:
+        """How many times the client has registered (1 after connect, +1 per reconnection)."""
+        return self._registrations
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Registers with a gate; returns once registered (retrying for ``connect_timeout``).
+
+        Raises :class:`CallError` (UNAVAILABLE) when no gate accepted in time; the client
+        is then closed.
+        """
+        if self._state is ClientState.CLOSED:
+            raise ClientClosedError("the client is closed")
+        if self._runner is None:
+            self._state = ClientState.CONNECTING
+            self._runner = asyncio.get_running_loop().create_task(
+                self._keep_registered(), name="goverse-client"
+            )
+        try:
+            await self.wait_connected(self._connect_timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Waits until the client holds a registration."""
+        if self._state is ClientState.CLOSED:
+            raise ClientClosedError("the client is closed")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            raise CallError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no gate of {', '.join(self._chooser.gates)} accepted a registration "
+                f"within {timeout}s",
+            ) from None
+
+    async def close(self) -> None:
+        """Ends the registration and the background task; idempotent. :meth:`messages`
+        iterators end after what was already received."""
+        if self._state is ClientState.CLOSED:
+            return
+        self._state = ClientState.CLOSED
+        self._connected.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._session = None
+        await self._channels.close()
+        while True:
+            try:
+                self._inbox.put_nowait(_END)
+                break
+            except asyncio.QueueFull:
+                self._inbox.get_nowait()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        object_type: str,
+        object_id: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
+    ) -> M:
+        """Calls `method` of object ``(object_type, object_id)``, activating it if needed."""
+        payload = any_pb2.Any()
+        payload.Pack(request)
+        message = gate_pb2.CallObjectRequest(
+            object_type=object_type, object_id=object_id, method=method, request=payload
+        )
+        reply = await self._unary("CallObject", message, timeout)
+        assert isinstance(reply, gate_pb2.CallObjectResponse)
+        result = response_type()
+        if not reply.response.Unpack(result):
+            raise CallError(
+                grpc.StatusCode.INTERNAL,
+                f"{object_type}.{method} returned {reply.response.TypeName()!r}, "
+                f"not {result.DESCRIPTOR.full_name!r}",
+            )
+        return result
+
+    async def create(
+        self, object_type: str, object_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Activates an object; False when it was already active."""
+        message = gate_pb2.CreateObjectRequest(object_type=object_type, object_id=object_id)
+        reply = await self._unary("CreateObject", message, timeout)
+        assert isinstance(reply, gate_pb2.CreateObjectResponse)
+        return reply.created
+
+    async def delete(
+        self, object_type: str, object_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Deactivates an object; False when it was not active."""
+        message = gate_pb2.DeleteObjectRequest(object_type=object_type, object_id=object_id)
+        reply = await self._unary("DeleteObject", message, timeout)
+        assert isinstance(reply, gate_pb2.DeleteObjectResponse)
+        return reply.deleted
+
+    async def _unary(self, rpc: str, message: Message, timeout: float | None) -> Message:
+        budget = self._call_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        for attempt in range(2):
+            session = await self._current_session(deadline - loop.time())
+            try:
+                reply: Message = await getattr(session.stub, rpc)(
+                    message, timeout=max(deadline - loop.time(), 0.001), metadata=session.metadata
+                )
+                return reply
+            except grpc.aio.AioRpcError as error:
+                # UNAUTHENTICATED from a registration that has just ended: the gate refused
+                # before forwarding, so the call can be sent once more on the new one.
+                retry = (
+                    attempt == 0
+                    and error.code() == grpc.StatusCode.UNAUTHENTICATED
+                    and self._session is not session
+                )
+                if not retry:
+                    raise CallError.from_rpc_error(error) from error
+        raise AssertionError("unreachable")
+
+    async def _current_session(self, timeout: float) -> _Session:
+        if self._state is ClientState.CLOSED:
+            raise ClientClosedError("the client is closed")
+        if self._state is ClientState.UNOPENED:
+            raise RuntimeError("call connect() first")
+        if self._session is None or not self._connected.is_set():
+            await self.wait_connected(max(timeout, 0.0))
+        assert self._session is not None
+        return self._session
+
+    # -- pushes ------------------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[any_pb2.Any]:
+        """Pushed messages in the order received, as ``google.protobuf.Any``; ends at close."""
+        while True:
+            item = await self._inbox.get()
+            if item is _END:
+                self._inbox.put_nowait(_END)  # let other iterators end too
+                return
+            yield item
+
+    # -- the registration loop ---------------------------------------------------------------
+
+    async def _keep_registered(self) -> None:
+        while True:
+            gate = self._chooser.choose()
+            draining = False
+            try:
+                draining = await self._registration(gate)
+            except grpc.aio.AioRpcError as error:
+                self._chooser.mark_failed(gate)
+                log.info(
+                    "registration ended", gate=gate, code=error.code().name, details=error.details()
+                )
+            finally:
+                self._connected.clear()
+            if draining:
+                self._chooser.mark_failed(gate)
+                delay = self._rng.uniform(0.0, self._backoff.initial.total_seconds())
+            else:
+                delay = self._backoff.next_delay()
+            await asyncio.sleep(delay)
+
+    async def _registration(self, gate: str) -> bool:
+        """One registration with `gate`; returns True when it ended because the gate drains."""
+        stub = gate_pb2_grpc.GateServiceStub(self._channels.get(gate))
+        stream = stub.Register(gate_pb2.RegisterRequest())
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                first = await stream.read()
+            if first is grpc.aio.EOF or first.WhichOneof("event") != "registered":
+                raise CallError(grpc.StatusCode.INTERNAL, f"gate {gate} did not register us")
+            await self._registered(gate, stub, first.registered)
+            async for event in stream:
+                kind = event.WhichOneof("event")
+                if kind == "messages":
+                    for item in event.messages.messages:
+                        await self._inbox.put(item)
+                elif kind == "draining":
+                    log.info("gate is draining", gate=gate, reason=event.draining.reason)
+                    return True
+            return False
+        except (TimeoutError, CallError) as error:
+            self._chooser.mark_failed(gate)
+            log.info("registration failed", gate=gate, error=str(error))
+            return False
+        finally:
+            stream.cancel()
+
+    async def _registered(
+        self, gate: str, stub: gate_pb2_grpc.GateServiceStub, registered: gate_pb2.Registered
+    ) -> None:
+        previous = self._session
+        self._session = _Session(gate, registered.client_id, registered.credential, stub)
+        self._registrations += 1
+        self._registered_at = asyncio.get_running_loop().time()
+        self._state = ClientState.CONNECTED
+        self._connected.set()
+        log.debug("registered", gate=gate, client_id=registered.client_id)
+        if previous is not None and self._on_reconnect is not None:
+            outcome = self._on_reconnect(previous.client_id, registered.client_id)
+            if inspect.isawaitable(outcome):
+                await outcome

@@ -1,0 +1,132 @@
+"""Server-side errors: domain failures and the gRPC status code each one maps to.
+
+    GoverseError                      (UNKNOWN unless a subclass says otherwise)
+    ├── InvalidArgument               INVALID_ARGUMENT  malformed ids, wrong or garbage payloads
+    ├── NotFound                      NOT_FOUND         unknown object type
+    ├── Unimplemented                 UNIMPLEMENTED     unknown method of a known type
+    ├── FailedPrecondition            FAILED_PRECONDITION  object owned by another node
+    ├── Unauthenticated               UNAUTHENTICATED   missing or wrong client credential
+    ├── Unavailable                   UNAVAILABLE       node unreachable, service shutting down
+    ├── ResourceExhausted             RESOURCE_EXHAUSTED  limits
+    ├── Internal                      INTERNAL          an object method raised
+    └── CallError                     any               a call to another object failed
+
+Object code may raise any of these to answer its caller with that status. Servicers translate
+them in one place, :func:`translate_errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, Concatenate, ParamSpec, TypeVar, cast
+
+import grpc
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+Req = TypeVar("Req")
+
+
+class GoverseError(Exception):
+    """A failure that answers the caller with a specific gRPC status code."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def status_code(self) -> grpc.StatusCode:
+        return self.code
+
+
+class InvalidArgument(GoverseError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(GoverseError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unimplemented(GoverseError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(GoverseError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(GoverseError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unavailable(GoverseError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(GoverseError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Internal(GoverseError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class CallError(GoverseError):
+    """A call to another object failed with `status_code`; raised to object code."""
+
+    def __init__(self, status_code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self._status_code = status_code
+
+    @property
+    def status_code(self) -> grpc.StatusCode:
+        return self._status_code
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> CallError:
+        return cls(error.code(), error.details() or error.code().name)
+
+
+def translate_errors(
+    handler: Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]],
+) -> Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]]:
+    """Answers a unary handler's :class:`GoverseError` with its status code and message."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: S, request: Req, context: grpc.aio.ServicerContext, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        try:
+            return await handler(self, request, context, *args, **kwargs)
+        except GoverseError as error:
+            await context.abort(error.status_code, error.message)
+            raise AssertionError("context.abort returned") from error  # abort always raises
+
+    return cast(Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]], wrapper)
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status code an exception answers with; INTERNAL for anything unexpected."""
+    if isinstance(error, GoverseError):
+        return error.status_code
+    return grpc.StatusCode.INTERNAL
+
+
+__all__ = [
+    "CallError",
+    "FailedPrecondition",
+    "GoverseError",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "status_of",
+    "translate_errors",
+]

@@ -1,0 +1,146 @@
+"""The object API: the base class of hosted objects and what a method can do while it runs.
+
+A hosted object is a subclass of :class:`Object` in a module the node loads with ``--objects``.
+Its type name is the class name (or ``type_name``). Its callable methods are the coroutine
+methods whose names start with an upper-case letter and that take one protobuf message and
+return one::
+
+    class Counter(Object):
+        def __init__(self) -> None:
+            self.value = 0
+
+        async def Increment(self, request: IncrementRequest) -> CounterValue:
+            self.value += request.by
+            return CounterValue(value=self.value)
+
+The node creates one instance per ``(type, id)`` it owns, on first use, and runs one call at a
+time on it. Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
+another object wherever it lives, and :meth:`Object.push` / :meth:`Object.broadcast` send a
+message to clients without ever blocking.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made the current call: the client (as verified by its gate) and, for a call from
+    another object, that object. ``client_id`` is "" for calls no client started."""
+
+    client_id: str = ""
+    object_type: str = ""
+    object_id: str = ""
+
+
+class ObjectRuntime(Protocol):
+    """What the hosting node provides to its objects."""
+
+    async def call_object(
+        self,
+        caller: Caller,
+        object_type: str,
+        object_id: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+    ) -> M: ...
+
+    def push(self, client_ids: Iterable[str], message: Message) -> int: ...
+
+    def broadcast(self, message: Message) -> int: ...
+
+
+_current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar(
+    "goverse_caller",
+    default=Caller(),  # noqa: B039 - Caller is a frozen dataclass
+)
+
+
+class Object:
+    """Base class of hosted objects. Subclasses are constructed with no arguments."""
+
+    type_name: ClassVar[str | None] = None
+    """The type name clients address; the class name when None."""
+
+    _goverse_id: str
+    _goverse_runtime: ObjectRuntime
+
+    @classmethod
+    def object_type(cls) -> str:
+        return cls.type_name or cls.__name__
+
+    @property
+    def id(self) -> str:
+        """This object's id."""
+        return self._goverse_id
+
+    @property
+    def caller(self) -> Caller:
+        """Who made the call being served now."""
+        return _current_caller.get()
+
+    async def on_activate(self) -> None:
+        """Called once after construction, before the first method call."""
+
+    async def on_deactivate(self) -> None:
+        """Called once when the object is deleted or its node stops."""
+
+    async def call_object(
+        self,
+        object_type: str,
+        object_id: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+    ) -> M:
+        """Calls a method of another object, on whichever node owns it.
+
+        Raises :class:`goverse.errors.CallError` carrying the callee's status code on failure.
+        Calling this object itself would wait for its own turn forever, so it raises
+        :class:`goverse.errors.FailedPrecondition` instead.
+        """
+        me = Caller(self.caller.client_id, self.object_type(), self.id)
+        return await self._goverse_runtime.call_object(
+            me, object_type, object_id, method, request, response_type
+        )
+
+    def push(self, client_ids: str | Iterable[str], message: Message) -> int:
+        """Queues `message` for one or many clients; never blocks, never raises.
+
+        Returns how many of the clients' gates accepted it. A push to a client whose gate is
+        not connected to this node, or whose queue on this node is full, is dropped, counted
+        and logged; delivery to a gate is not a confirmation the client received it.
+        """
+        ids = [client_ids] if isinstance(client_ids, str) else list(client_ids)
+        return self._goverse_runtime.push(ids, message)
+
+    def broadcast(self, message: Message) -> int:
+        """Queues `message` for every client of every gate; returns how many gates took it."""
+        return self._goverse_runtime.broadcast(message)
+
+
+def bind_object(obj: Object, object_id: str, runtime: ObjectRuntime) -> None:
+    """Gives a new instance its id and runtime; used by the node."""
+    obj._goverse_id = object_id
+    obj._goverse_runtime = runtime
+
+
+def set_caller(caller: Caller) -> contextvars.Token[Caller]:
+    """Makes `caller` the caller of the code that runs next in this context; used by the node."""
+    return _current_caller.set(caller)
+
+
+def reset_caller(token: contextvars.Token[Caller]) -> None:
+    _current_caller.reset(token)
+
+
+__all__ = ["Caller", "Object", "ObjectRuntime", "bind_object", "reset_caller", "set_caller"]

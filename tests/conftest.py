@@ -1,0 +1,29 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import ProcessGroup, process_group
+
+
+@pytest.fixture
+def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessGroup]:
+    """Starts real service processes for one test; stops them all afterwards and, when the
+    test failed, prints their logs."""
+    with process_group(tmp_path / "logs") as group:
+        yield group
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for proc in group.processes:
+                print(f"----- {proc.name} -----\n{proc.output()[-20000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -1,0 +1,1 @@
+"""Shared test helpers: real service processes, test objects, waiting without sleeps."""

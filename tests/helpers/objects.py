@@ -1,0 +1,67 @@
+"""Objects that tests host on real nodes (``--objects tests.helpers.objects``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.objects import Object
+
+
+class Relay(Object):
+    """Calls other objects, to test object-to-object calls across nodes."""
+
+    async def IncrementCounter(self, request: StringValue) -> CounterValue:
+        """Increments the Counter whose id is `request.value` by one."""
+        return await self.call_object(
+            "Counter", request.value, "Increment", IncrementRequest(by=1), CounterValue
+        )
+
+    async def CallSelf(self, request: Empty) -> Empty:
+        return await self.call_object("Relay", self.id, "CallSelf", request, Empty)
+
+
+class Pusher(Object):
+    """Pushes to clients on request."""
+
+    async def PushTo(self, request: StringValue) -> Int64Value:
+        """Pushes StringValue(self.id) to the comma-separated client ids in `request.value`."""
+        ids = [item for item in request.value.split(",") if item]
+        return Int64Value(value=self.push(ids, StringValue(value=self.id)))
+
+    async def PushToCaller(self, request: StringValue) -> Int64Value:
+        """Pushes `request` back to the calling client."""
+        return Int64Value(value=self.push(self.caller.client_id, request))
+
+    async def Broadcast(self, request: StringValue) -> Int64Value:
+        return Int64Value(value=self.broadcast(request))
+
+    async def WhoAmI(self, request: Empty) -> StringValue:
+        return StringValue(value=self.caller.client_id)
+
+
+class Sleeper(Object):
+    """Sleeps inside a call, to test turn-based execution and calls in flight."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.max_running = 0
+
+    async def Sleep(self, request: Int64Value) -> Int64Value:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await asyncio.sleep(request.value / 1000)
+        finally:
+            self.running -= 1
+        return Int64Value(value=self.max_running)
+
+
+class Failing(Object):
+    """Raises from a method, to test what the caller sees."""
+
+    async def Raise(self, request: Empty) -> Empty:
+        raise ValueError("this object always fails")

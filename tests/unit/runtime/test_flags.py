@@ -1,0 +1,60 @@
+"""Flags: environment fallbacks, parsing and clear errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from goverse.runtime import FlagParser, parse_address_list, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("1.5", 1.5)],
+)
+def test_durations(text: str, expected: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=expected)
+
+
+def make_parser(environ: dict[str, str]) -> FlagParser:
+    parser = FlagParser("test", "a test", environ=environ)
+    parser.flag("shutdown-timeout", help="budget", default="5s", parse=parse_duration)
+    parser.flag("nodes", help="nodes", default="127.0.0.1:7000", parse=parse_address_list)
+    parser.logging_flags()
+    return parser
+
+
+def test_environment_fills_defaults_and_flags_win() -> None:
+    parser = make_parser({"GOVERSE_SHUTDOWN_TIMEOUT": "2s", "GOVERSE_NODES": "a:1,b:2"})
+    args = parser.parse_flags([])
+    assert args.shutdown_timeout == timedelta(seconds=2)
+    assert args.nodes == ("a:1", "b:2")
+    args = parser.parse_flags(["--shutdown-timeout=3s"])
+    assert args.shutdown_timeout == timedelta(seconds=3)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"GOVERSE_SHUTDOWN_TIMEOUT": "soon"},
+        {"GOVERSE_NODES": "a:1,a:1"},
+        {"GOVERSE_NODES": "nohost"},
+        {"GOVERSE_LOG_LEVEL": "loud"},
+    ],
+)
+def test_bad_environment_values_exit_2_with_a_message(
+    environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser(environ).parse_flags([])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_help_names_the_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        make_parser({}).parse_flags(["--help"])
+    out = capsys.readouterr().out
+    assert "GOVERSE_SHUTDOWN_TIMEOUT" in out
+    assert "GOVERSE_LOG_FORMAT" in out

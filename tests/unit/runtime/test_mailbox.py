@@ -1,0 +1,97 @@
+"""Mailbox: bounded, non-blocking puts; batched reads; idempotent close."""
+
+from __future__ import annotations
+
+import asyncio
+
+from goverse.runtime import Mailbox
+
+
+async def test_get_batch_returns_everything_queued_in_one_read() -> None:
+    """Items queued before a read come back together, oldest first."""
+    box: Mailbox[int] = Mailbox(max_items=10)
+    for i in range(5):
+        assert box.put(i)
+    assert await box.get_batch(max_items=100) == [0, 1, 2, 3, 4]
+    assert len(box) == 0
+
+
+async def test_batch_size_is_capped() -> None:
+    box: Mailbox[int] = Mailbox(max_items=10)
+    for i in range(5):
+        box.put(i)
+    assert await box.get_batch(max_items=2) == [0, 1]
+    assert await box.get_batch(max_items=10) == [2, 3, 4]
+
+
+async def test_put_refuses_beyond_item_bound_without_blocking() -> None:
+    box: Mailbox[int] = Mailbox(max_items=2)
+    assert box.put(1)
+    assert box.put(2)
+    assert not box.put(3)
+    assert len(box) == 2
+
+
+async def test_put_refuses_beyond_byte_bound_but_always_takes_one_item() -> None:
+    """A single item larger than the byte bound is still taken into an empty mailbox, so a
+    big message is not undeliverable; a second one is refused."""
+    box: Mailbox[str] = Mailbox(max_items=10, max_bytes=100)
+    assert box.put("big", size=500)
+    assert not box.put("more", size=1)
+    await box.get_batch(10)
+    assert box.put("a", size=60)
+    assert not box.put("b", size=60)
+    assert box.nbytes == 60
+
+
+async def test_put_on_closed_mailbox_returns_false() -> None:
+    box: Mailbox[int] = Mailbox(max_items=2)
+    assert box.close("done")
+    assert not box.put(1)
+
+
+async def test_close_is_idempotent_and_keeps_the_first_reason() -> None:
+    box: Mailbox[int] = Mailbox(max_items=2)
+    assert box.close("first")
+    assert not box.close("second")
+    assert box.closed
+    assert box.close_reason == "first"
+
+
+async def test_close_without_discard_flushes_then_ends() -> None:
+    box: Mailbox[int] = Mailbox(max_items=5)
+    box.put(1)
+    box.put(2)
+    box.close("draining")
+    assert await box.get_batch(10) == [1, 2]
+    assert await box.get_batch(10) is None
+
+
+async def test_close_with_discard_ends_at_once() -> None:
+    box: Mailbox[int] = Mailbox(max_items=5)
+    box.put(1)
+    box.close("slow consumer", discard=True)
+    assert await box.get_batch(10) is None
+    assert box.nbytes == 0
+
+
+async def test_close_wakes_a_waiting_reader() -> None:
+    box: Mailbox[int] = Mailbox(max_items=5)
+    reader = asyncio.create_task(box.get_batch(10))
+    await asyncio.sleep(0)
+    box.close("bye")
+    assert await asyncio.wait_for(reader, 5) is None
+
+
+async def test_timeout_returns_empty_batch() -> None:
+    box: Mailbox[int] = Mailbox(max_items=5)
+    assert await box.get_batch(10, timeout=0.01) == []
+
+
+async def test_drop_oldest_frees_room() -> None:
+    box: Mailbox[int] = Mailbox(max_items=2)
+    box.put(1, size=3)
+    box.put(2, size=4)
+    assert box.drop_oldest() == 1
+    assert box.nbytes == 4
+    assert box.put(3)
