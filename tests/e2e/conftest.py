@@ -1,0 +1,101 @@
+"""The local target: a cluster of real goverse-node and goverse-gate processes on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from goverse.client import Client
+from goverse.placement import Placement
+from goverse.v1 import node_pb2, node_pb2_grpc
+from tests.helpers.processes import ProcessGroup, ServiceProcess, free_port, process_group
+
+
+@dataclass
+class Cluster:
+    """Two nodes and one or more gates, as real processes."""
+
+    group: ProcessGroup
+    node_ports: list[int]
+    gate_ports: list[int]
+    nodes: list[ServiceProcess] = field(default_factory=list)
+    gates: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def node_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.node_ports]
+
+    @property
+    def gate_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.gate_ports]
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.node_addresses)
+
+    def ids_owned_by(self, node: str, object_type: str, count: int, prefix: str) -> list[str]:
+        """`count` object ids of `object_type` that placement puts on `node`."""
+        ids: list[str] = []
+        n = 0
+        while len(ids) < count:
+            candidate = f"{prefix}-{n}"
+            if self.placement.node_for(object_type, candidate) == node:
+                ids.append(candidate)
+            n += 1
+        return ids
+
+    def client(self, gates: list[str] | None = None, **options: Any) -> Client:
+        return Client(gates or self.gate_addresses, **options)
+
+    async def list_objects(self, node: str, object_type: str = "") -> set[str]:
+        async with grpc.aio.insecure_channel(node) as channel:
+            reply = await node_pb2_grpc.NodeServiceStub(channel).ListObjects(
+                node_pb2.ListObjectsRequest(object_type=object_type), timeout=10
+            )
+        return {ref.object_id for ref in reply.objects}
+
+    async def status(self, node: str) -> node_pb2.StatusResponse:
+        async with grpc.aio.insecure_channel(node) as channel:
+            reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
+                node_pb2.StatusRequest(), timeout=10
+            )
+        return reply
+
+
+def start_cluster(group: ProcessGroup, gates: int = 1, gate_extra: tuple[str, ...] = ()) -> Cluster:
+    cluster = Cluster(group, [free_port(), free_port()], [free_port() for _ in range(gates)])
+    for port in cluster.node_ports:
+        cluster.nodes.append(group.node(port, cluster.node_ports, wait=False))
+    for index, port in enumerate(cluster.gate_ports):
+        cluster.gates.append(
+            group.gate(port, f"gate-{index}", cluster.node_ports, extra=gate_extra, wait=False)
+        )
+    for proc in [*cluster.nodes, *cluster.gates]:
+        proc.wait_healthy()
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the tests of a module that do not break it."""
+    with process_group(tmp_path_factory.mktemp("cluster")) as group:
+        yield start_cluster(group)
+
+
+@pytest.fixture
+def fresh_cluster(processes: ProcessGroup) -> Cluster:
+    """A cluster of two nodes and two gates for one test that kills or restarts processes."""
+    return start_cluster(processes, gates=2)
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """Collects the clients a test opens and closes them afterwards."""
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        await client.close()
