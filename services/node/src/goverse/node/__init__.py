@@ -1,0 +1,34 @@
+"""goverse node: hosts objects, serves calls routed to it and pushes their messages to gates."""
+
+from __future__ import annotations
+
+from goverse.node._app import NodeApp
+from goverse.node._config import NodeConfig, build_parser, parse_config
+from goverse.node._gate_streams import GateStreams
+from goverse.node._object_host import ObjectHost
+from goverse.node._object_types import (
+    MethodInfo,
+    ObjectLoadError,
+    ObjectType,
+    load_object_types,
+    method_table,
+)
+from goverse.node._runtime import NodeRuntime
+from goverse.node._servicer import SERVICE_NAME, NodeService
+
+__all__ = [
+    "SERVICE_NAME",
+    "GateStreams",
+    "MethodInfo",
+    "NodeApp",
+    "NodeConfig",
+    "NodeRuntime",
+    "NodeService",
+    "ObjectHost",
+    "ObjectLoadError",
+    "ObjectType",
+    "build_parser",
+    "load_object_types",
+    "method_table",
+    "parse_config",
+]

@@ -1,0 +1,120 @@
+"""Call context: the deadline and the chain of objects of the call being served, per task.
+
+A call chain is the list of objects whose methods are running, outermost first, for one
+request: a client calls A, A calls B, B calls C. Each of them holds its turn until its callee
+answers, so a call to an object already in the chain would wait for a turn that is never
+given. The node refuses such a call at once instead. The chain travels with node-to-node
+calls in the ``goverse-call-chain-bin`` metadata, so cycles across nodes are refused too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+ObjectKey = tuple[str, str]
+"""An object's identity: (type, id)."""
+
+CHAIN_METADATA_KEY = "goverse-call-chain-bin"
+MAX_CHAIN_DEPTH = 64
+"""Longest call chain allowed; deeper calls are refused (runaway recursion between objects)."""
+
+_chain: contextvars.ContextVar[tuple[ObjectKey, ...]] = contextvars.ContextVar(
+    "goverse_call_chain", default=()
+)
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "goverse_call_deadline", default=None
+)
+
+
+def current_chain() -> tuple[ObjectKey, ...]:
+    """The objects whose calls are running in this context, outermost first."""
+    return _chain.get()
+
+
+@contextlib.contextmanager
+def serving(key: ObjectKey) -> Iterator[None]:
+    """Marks `key` as serving a call in this context for the duration of the block."""
+    token = _chain.set((*_chain.get(), key))
+    try:
+        yield
+    finally:
+        _chain.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left before the deadline of the call being served; None when it has none."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextlib.contextmanager
+def deadline_after(seconds: float | None) -> Iterator[None]:
+    """Makes the code in the block run under a deadline `seconds` from now (None: none)."""
+    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def chain_metadata(chain: Sequence[ObjectKey]) -> tuple[tuple[str, bytes], ...]:
+    """gRPC metadata carrying `chain` to the node that serves the next call."""
+    if not chain:
+        return ()
+    return ((CHAIN_METADATA_KEY, json.dumps([list(key) for key in chain]).encode()),)
+
+
+def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]:
+    """The chain sent by :func:`chain_metadata`; empty when absent or malformed."""
+    for item in metadata or ():
+        key, value = item[0], item[1]
+        if key != CHAIN_METADATA_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return ()
+        if not isinstance(decoded, list) or len(decoded) > MAX_CHAIN_DEPTH:
+            return ()
+        chain: list[ObjectKey] = []
+        for entry in decoded:
+            if (
+                not isinstance(entry, list)
+                or len(entry) != 2
+                or not all(isinstance(part, str) for part in entry)
+            ):
+                return ()
+            chain.append((entry[0], entry[1]))
+        return tuple(chain)
+    return ()
+
+
+@contextlib.contextmanager
+def inbound(context: Any) -> Iterator[None]:
+    """Adopts the deadline and call chain of an incoming gRPC call (`context` is its
+    ``grpc.aio.ServicerContext``) for the duration of the block."""
+    chain_token = _chain.set(chain_from_metadata(context.invocation_metadata()))
+    try:
+        with deadline_after(context.time_remaining()):
+            yield
+    finally:
+        _chain.reset(chain_token)
+
+
+__all__ = [
+    "CHAIN_METADATA_KEY",
+    "MAX_CHAIN_DEPTH",
+    "ObjectKey",
+    "chain_from_metadata",
+    "chain_metadata",
+    "current_chain",
+    "deadline_after",
+    "inbound",
+    "remaining",
+    "serving",
+]

@@ -1,0 +1,278 @@
+"""Gate streams: one bounded mailbox per registered gate, fed by pushes, drained by its stream."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from goverse.ids import gate_id_problem, gate_of_client
+from goverse.runtime import Mailbox, Supervisor
+from goverse.v1.node_pb2 import (
+    BroadcastEnvelope,
+    ClientMessageEnvelope,
+    Envelope,
+    EnvelopeBatch,
+    Heartbeat,
+    RegisterGateAck,
+    RegisterGateRequest,
+    RegisterGateResponse,
+)
+
+log = structlog.get_logger(__name__)
+
+STREAM_TASK_PREFIX = "gate-stream:"
+BATCH_MAX_ENVELOPES = 1024
+"""Most envelopes one stream message carries (fewer when they would exceed the size limit)."""
+FRAMING_BYTES = 1024
+"""Room left in a stream message for the response, batch and per-envelope framing."""
+CLOSE_REASON_METADATA_KEY = "goverse-close-reason"
+
+# Drop reasons, as counted in StatusResponse.dropped_pushes.
+DROP_MALFORMED_CLIENT_ID = "malformed_client_id"
+DROP_GATE_NOT_REGISTERED = "gate_not_registered"
+DROP_QUEUE_FULL = "queue_full"
+DROP_MESSAGE_TOO_LARGE = "message_too_large"
+DROP_INVALID_MESSAGE = "invalid_message"
+
+_Queued = tuple[Envelope, int]
+
+
+class GateStreams:
+    """The node's side of every ``RegisterGate`` stream.
+
+    Each registered gate id owns one :class:`~goverse.runtime.Mailbox` of envelopes, bounded by
+    count and bytes. :meth:`push` and :meth:`broadcast` put envelopes into those mailboxes and
+    never block or raise; what cannot be queued is dropped, counted by reason and logged.
+    :meth:`serve` is the stream itself: the acknowledgement first, then every batch of queued
+    envelopes as one stream message, or a heartbeat when idle. A stream ends by itself, with
+    status OK, once its mailbox is closed: by a newer registration of the same gate id
+    ("replaced") or by :meth:`close_all` ("shutdown").
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        node: str,
+        *,
+        queue_size: int,
+        queue_bytes: int,
+        heartbeat_interval: timedelta,
+        max_message_bytes: int,
+    ) -> None:
+        self._supervisor = supervisor
+        self._node = node
+        self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._heartbeat_seconds = heartbeat_interval.total_seconds()
+        self._max_batch_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
+        self._mailboxes: dict[str, Mailbox[_Queued]] = {}
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._closed = False
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def gate_ids(self) -> list[str]:
+        """The gates with an open stream, sorted."""
+        return sorted(gate for gate, mailbox in self._mailboxes.items() if not mailbox.closed)
+
+    def dropped(self) -> dict[str, int]:
+        """Pushes dropped since start, by reason (client ids for pushes, gates for broadcasts)."""
+        return dict(self._dropped)
+
+    def queued(self, gate_id: str) -> int:
+        """Envelopes waiting in the gate's mailbox (0 when it is not registered)."""
+        mailbox = self._mailboxes.get(gate_id)
+        return 0 if mailbox is None else len(mailbox)
+
+    # -- pushes -----------------------------------------------------------------------------
+
+    def push(self, client_ids: Iterable[str], message: Message) -> int:
+        """Queues `message` for each client, one envelope per gate; returns how many client
+        ids were accepted. Never blocks, never raises."""
+        try:
+            ids = [client_ids] if isinstance(client_ids, str) else list(dict.fromkeys(client_ids))
+            if not ids:
+                return 0
+            packed = self._pack(message, len(ids))
+            if packed is None:
+                return 0
+            by_gate: dict[str, list[str]] = {}
+            for client_id in ids:
+                gate_id = gate_of_client(client_id)
+                if gate_id is None:
+                    self._drop(DROP_MALFORMED_CLIENT_ID, 1, client_id=client_id[:100])
+                    continue
+                by_gate.setdefault(gate_id, []).append(client_id)
+            accepted = 0
+            for gate_id, members in by_gate.items():
+                envelope = Envelope(
+                    client_message=ClientMessageEnvelope(client_ids=members, message=packed)
+                )
+                if self._offer(gate_id, envelope, len(members)):
+                    accepted += len(members)
+            return accepted
+        except Exception:
+            log.exception("push failed")
+            return 0
+
+    def broadcast(self, message: Message) -> int:
+        """Queues `message` for every client of every registered gate; returns how many gates
+        accepted it. Never blocks, never raises."""
+        try:
+            packed = self._pack(message, len(self._mailboxes))
+            if packed is None:
+                return 0
+            envelope = Envelope(broadcast=BroadcastEnvelope(message=packed))
+            return sum(self._offer(gate_id, envelope, 1) for gate_id in list(self._mailboxes))
+        except Exception:
+            log.exception("broadcast failed")
+            return 0
+
+    def _pack(self, message: Message, count: int) -> any_pb2.Any | None:
+        if not isinstance(message, Message):
+            self._drop(DROP_INVALID_MESSAGE, count, got=type(message).__qualname__)
+            return None
+        packed = any_pb2.Any()
+        packed.Pack(message)
+        return packed
+
+    def _offer(self, gate_id: str, envelope: Envelope, count: int) -> bool:
+        mailbox = self._mailboxes.get(gate_id)
+        if mailbox is None or mailbox.closed:
+            self._drop(DROP_GATE_NOT_REGISTERED, count, gate_id=gate_id)
+            return False
+        size = envelope.ByteSize()
+        if size > self._max_batch_bytes:
+            self._drop(DROP_MESSAGE_TOO_LARGE, count, gate_id=gate_id, size=size)
+            return False
+        if not mailbox.put((envelope, size), size):
+            self._drop(DROP_QUEUE_FULL, count, gate_id=gate_id, queued=len(mailbox))
+            return False
+        return True
+
+    def _drop(self, reason: str, count: int, **fields: Any) -> None:
+        self._dropped[reason] += count
+        log.warning("push dropped", reason=reason, recipients=count, **fields)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def serve(
+        self, request: RegisterGateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[RegisterGateResponse, None]:
+        """The ``RegisterGate`` stream of one gate; ends when its mailbox is closed."""
+        gate_id = request.gate_id
+        problem = gate_id_problem(gate_id)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self._closed or self._supervisor.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self._node} is stopping")
+        with (
+            self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
+            structlog.contextvars.bound_contextvars(gate_id=gate_id),
+        ):
+            mailbox = self._register(gate_id, context.peer())
+            reason = ""
+            try:
+                yield RegisterGateResponse(
+                    ack=RegisterGateAck(
+                        node=self._node,
+                        heartbeat_interval_ms=int(self._heartbeat_seconds * 1000),
+                    )
+                )
+                while True:
+                    batch = await mailbox.get_batch(
+                        BATCH_MAX_ENVELOPES, timeout=self._heartbeat_seconds
+                    )
+                    if batch is None:
+                        reason = mailbox.close_reason
+                        context.set_trailing_metadata(((CLOSE_REASON_METADATA_KEY, reason),))
+                        return
+                    if not batch:
+                        yield RegisterGateResponse(
+                            heartbeat=Heartbeat(sent_unix_ms=int(time.time() * 1000))
+                        )
+                        continue
+                    for chunk in self._chunks(batch):
+                        yield RegisterGateResponse(envelopes=EnvelopeBatch(envelopes=chunk))
+            finally:
+                if not reason:
+                    # Cancelled, or closed while a write was pending: the stream did not end
+                    # by itself.
+                    reason = (
+                        f"{mailbox.close_reason}, cancelled"
+                        if mailbox.closed
+                        else "gate disconnected"
+                    )
+                self._unregister(gate_id, mailbox, reason)
+
+    def _chunks(self, batch: list[_Queued]) -> Iterator[list[Envelope]]:
+        """Splits a batch so that no stream message exceeds the message size limit."""
+        chunk: list[Envelope] = []
+        chunk_bytes = 0
+        for envelope, size in batch:
+            if chunk and chunk_bytes + size + 16 > self._max_batch_bytes:
+                yield chunk
+                chunk, chunk_bytes = [], 0
+            chunk.append(envelope)
+            chunk_bytes += size + 16
+        if chunk:
+            yield chunk
+
+    def _register(self, gate_id: str, peer: str) -> Mailbox[_Queued]:
+        mailbox: Mailbox[_Queued] = Mailbox(self._queue_size, self._queue_bytes)
+        old = self._mailboxes.get(gate_id)
+        moved = 0
+        if old is not None and not old.closed:
+            # What the old stream has not sent yet goes down the new one.
+            while (item := old.drop_oldest()) is not None:
+                moved += mailbox.put(item, item[1])
+            old.close("replaced", discard=True)
+        self._mailboxes[gate_id] = mailbox
+        if old is not None:
+            log.info("gate re-registered, replacing its stream", peer=peer, moved=moved)
+        else:
+            log.info("gate registered", peer=peer)
+        return mailbox
+
+    def _unregister(self, gate_id: str, mailbox: Mailbox[_Queued], reason: str) -> None:
+        mailbox.close(reason, discard=True)
+        if self._mailboxes.get(gate_id) is mailbox:
+            del self._mailboxes[gate_id]
+        log.info("gate stream ended", reason=reason)
+
+    def close_all(self, reason: str = "shutdown") -> int:
+        """Takes no new registrations and closes every mailbox: each stream sends what is still
+        queued, then ends by itself with status OK. Returns how many streams were open."""
+        self._closed = True
+        count = 0
+        for mailbox in self._mailboxes.values():
+            count += mailbox.close(reason)
+        return count
+
+    def clear(self) -> None:
+        """Forgets every mailbox (after the stream tasks ended or were cancelled)."""
+        for mailbox in self._mailboxes.values():
+            mailbox.close("shutdown", discard=True)
+        self._mailboxes.clear()
+
+
+__all__ = [
+    "DROP_GATE_NOT_REGISTERED",
+    "DROP_MALFORMED_CLIENT_ID",
+    "DROP_MESSAGE_TOO_LARGE",
+    "DROP_QUEUE_FULL",
+    "STREAM_TASK_PREFIX",
+    "GateStreams",
+]

@@ -1,0 +1,285 @@
+"""Object host: the active objects of a node, their activation, turns and deactivation."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import DecodeError, Message
+
+from goverse.errors import (
+    FailedPrecondition,
+    GoverseError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
+from goverse.ids import validate_method, validate_object_ref
+from goverse.node._call_context import ObjectKey, serving
+from goverse.node._object_types import MethodInfo, ObjectType
+from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
+from goverse.placement import Placement
+from goverse.runtime import log_fields
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(eq=False)
+class _Activation:
+    """One object instance and its turn. `gone` once deleted or failed to activate: a caller
+    that was waiting for the turn then starts over with a fresh instance."""
+
+    instance: Object
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    active: bool = False
+    gone: bool = False
+
+
+class ObjectHost:
+    """Holds the objects this node owns, keyed by (type, id), and runs calls on them.
+
+    An object is created and activated on its first call (or an explicit :meth:`create`),
+    exactly once even when many first calls arrive together. Each object serves one call at a
+    time, in arrival order (an :class:`asyncio.Lock` per object); different objects serve
+    calls concurrently. Every entry point checks the ids, the type, and that placement gives
+    the object to this node, and raises a :class:`goverse.errors.GoverseError` saying what is
+    wrong otherwise.
+    """
+
+    def __init__(self, types: Mapping[str, ObjectType], placement: Placement, node: str) -> None:
+        self._types = types
+        self._placement = placement
+        self._node = node
+        self._objects: dict[ObjectKey, _Activation] = {}
+        self._runtime: ObjectRuntime | None = None
+        self._closing = False
+
+    def attach_runtime(self, runtime: ObjectRuntime) -> None:
+        """Sets what objects activated from now on use to call, push and broadcast."""
+        self._runtime = runtime
+
+    @property
+    def types(self) -> Mapping[str, ObjectType]:
+        return self._types
+
+    @property
+    def active_count(self) -> int:
+        return sum(1 for entry in self._objects.values() if entry.active)
+
+    def list(self, object_type: str = "") -> list[ObjectKey]:
+        """The active objects (of `object_type` only, unless empty), sorted."""
+        return sorted(
+            key
+            for key, entry in self._objects.items()
+            if entry.active and (not object_type or key[0] == object_type)
+        )
+
+    def is_active(self, object_type: str, object_id: str) -> bool:
+        entry = self._objects.get((object_type, object_id))
+        return entry is not None and entry.active
+
+    def owner_of(self, object_type: str, object_id: str) -> str:
+        """The node placement gives the object to."""
+        return self._placement.node_for(object_type, object_id)
+
+    def resolve(self, object_type: str, object_id: str) -> ObjectType:
+        """Checks an object reference and that this node owns it; returns its type."""
+        validate_object_ref(object_type, object_id)
+        found = self._types.get(object_type)
+        if found is None:
+            raise NotFound(f"unknown object type {object_type!r}")
+        owner = self.owner_of(object_type, object_id)
+        if owner != self._node:
+            raise FailedPrecondition(
+                f"{object_type}/{object_id} is owned by node {owner}, not by {self._node}"
+            )
+        return found
+
+    def method(self, object_type: ObjectType, method: str) -> MethodInfo:
+        validate_method(method)
+        info = object_type.methods.get(method)
+        if info is None:
+            raise Unimplemented(f"{object_type.name} has no method {method!r}")
+        return info
+
+    @staticmethod
+    def unpack(info: MethodInfo, object_type: str, request: Any) -> Message:
+        """The request as the method's declared type; InvalidArgument when it is not one."""
+        got = request.TypeName()
+        if got != info.request_type_name:
+            raise InvalidArgument(
+                f"{object_type}.{info.name} expects a {info.request_type_name} request, "
+                f"got {got or 'no request'}"
+            )
+        message = info.request_type()
+        try:
+            message.ParseFromString(request.value)
+        except DecodeError as error:
+            raise InvalidArgument(
+                f"the request is not a valid {info.request_type_name}: {error}"
+            ) from error
+        return message
+
+    async def invoke(
+        self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
+    ) -> Any:
+        """Runs `method` on the object with the packed `request`, activating it if needed.
+
+        Waits for the object's turn. A method that raises a GoverseError answers with it; any
+        other exception is logged and answers INTERNAL, as does a wrongly typed result.
+        """
+        found = self.resolve(object_type, object_id)
+        info = self.method(found, method)
+        message = self.unpack(info, object_type, request)
+        key = (object_type, object_id)
+        while True:
+            entry = self._entry(key, found)
+            async with entry.turn:
+                if entry.gone:
+                    continue
+                if not entry.active:
+                    await self._activate(key, entry)
+                result = await self._call(key, entry, info, message, caller)
+            packed = Any()
+            packed.Pack(result)
+            return packed
+
+    async def create(self, object_type: str, object_id: str) -> bool:
+        """Activates the object; False when it already was active."""
+        found = self.resolve(object_type, object_id)
+        key = (object_type, object_id)
+        while True:
+            entry = self._entry(key, found)
+            async with entry.turn:
+                if entry.gone:
+                    continue
+                if entry.active:
+                    return False
+                await self._activate(key, entry)
+                return True
+
+    async def delete(self, object_type: str, object_id: str) -> bool:
+        """Deactivates the object in its turn and forgets it; False when it was not active."""
+        self.resolve(object_type, object_id)
+        return await self._delete((object_type, object_id))
+
+    async def _delete(self, key: ObjectKey) -> bool:
+        while True:
+            entry = self._objects.get(key)
+            if entry is None:
+                return False
+            async with entry.turn:
+                if entry.gone:
+                    continue
+                entry.gone = True
+                if self._objects.get(key) is entry:
+                    del self._objects[key]
+                if not entry.active:
+                    return False
+                entry.active = False
+                await self._deactivate(key, entry)
+                return True
+
+    async def deactivate_all(self, timeout: float) -> builtins.list[str]:
+        """Refuses new calls from now on, deactivates every object (each in its turn, all at
+        once) and forgets them. Returns the objects not deactivated within `timeout` seconds;
+        their deactivation is cancelled."""
+        self._closing = True
+        keys = list(self._objects)
+        if not keys:
+            return []
+        tasks = {
+            asyncio.create_task(self._delete(key), name=f"deactivate:{key[0]}/{key[1]}"): key
+            for key in keys
+        }
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+        self._objects.clear()
+        return sorted(f"{tasks[task][0]}/{tasks[task][1]}" for task in pending)
+
+    def _entry(self, key: ObjectKey, object_type: ObjectType) -> _Activation:
+        entry = self._objects.get(key)
+        if entry is not None:
+            return entry
+        if self._closing:
+            raise Unavailable(f"node {self._node} is stopping")
+        try:
+            instance = object_type.cls()
+        except Exception as error:
+            log.exception("object construction failed", object_type=key[0], object_id=key[1])
+            raise Internal(f"{key[0]}/{key[1]} could not be constructed") from error
+        entry = _Activation(instance)
+        self._objects[key] = entry
+        return entry
+
+    async def _activate(self, key: ObjectKey, entry: _Activation) -> None:
+        if self._runtime is None:
+            raise RuntimeError("ObjectHost.attach_runtime() was not called")
+        bind_object(entry.instance, key[1], self._runtime)
+        try:
+            with (
+                structlog.contextvars.bound_contextvars(object_type=key[0], object_id=key[1]),
+                serving(key),
+            ):
+                await entry.instance.on_activate()
+        except BaseException as error:
+            entry.gone = True
+            if self._objects.get(key) is entry:
+                del self._objects[key]
+            if isinstance(error, GoverseError) or not isinstance(error, Exception):
+                raise
+            log.exception("activation failed", object_type=key[0], object_id=key[1])
+            raise Internal(f"{key[0]}/{key[1]} failed to activate") from error
+        entry.active = True
+        log.debug("object activated", object_type=key[0], object_id=key[1])
+
+    async def _deactivate(self, key: ObjectKey, entry: _Activation) -> None:
+        with structlog.contextvars.bound_contextvars(object_type=key[0], object_id=key[1]):
+            try:
+                with serving(key):
+                    await entry.instance.on_deactivate()
+            except Exception:
+                log.exception("on_deactivate raised")
+            else:
+                log.debug("object deactivated")
+
+    async def _call(
+        self, key: ObjectKey, entry: _Activation, info: MethodInfo, request: Message, caller: Caller
+    ) -> Message:
+        context = log_fields(object_type=key[0], object_id=key[1], client_id=caller.client_id)
+        with structlog.contextvars.bound_contextvars(**context):
+            token = set_caller(caller)
+            try:
+                with serving(key):
+                    result = await info.function(entry.instance, request)
+            except GoverseError:
+                raise
+            except Exception as error:
+                log.exception("object method raised", method=info.name)
+                raise Internal(f"{key[0]}.{info.name} failed ({type(error).__name__})") from error
+            finally:
+                reset_caller(token)
+            if not isinstance(result, info.response_type):
+                log.error(
+                    "object method returned the wrong type",
+                    method=info.name,
+                    expected=info.response_type_name,
+                    got=type(result).__qualname__,
+                )
+                raise Internal(
+                    f"{key[0]}.{info.name} returned {type(result).__qualname__}, "
+                    f"not {info.response_type_name}"
+                )
+            return result
+
+
+__all__ = ["ObjectHost"]

@@ -1,0 +1,195 @@
+"""Node runtime: what hosted objects use to call other objects, push and broadcast."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+
+from goverse.errors import (
+    CallError,
+    FailedPrecondition,
+    GoverseError,
+    ResourceExhausted,
+)
+from goverse.ids import validate_method, validate_object_ref
+from goverse.node._call_context import (
+    MAX_CHAIN_DEPTH,
+    chain_metadata,
+    current_chain,
+    deadline_after,
+    remaining,
+)
+from goverse.node._gate_streams import GateStreams
+from goverse.node._object_host import ObjectHost
+from goverse.objects import Caller
+from goverse.placement import Placement
+from goverse.runtime import ChannelPool
+from goverse.v1 import node_pb2, node_pb2_grpc
+
+M = TypeVar("M", bound=Message)
+
+
+class NodeRuntime:
+    """Implements :class:`goverse.objects.ObjectRuntime` for the objects of one node.
+
+    :meth:`call_object` routes by placement: to the local :class:`ObjectHost` without gRPC when
+    this node owns the callee, else to the owner's ``NodeService.CallObject`` over one pooled
+    channel per node. The call runs under the deadline of the call being served, or
+    `call_timeout` when that has none. Any failure reaches the calling object as a
+    :class:`goverse.errors.CallError` with the callee's status code, except a call to an object
+    already serving this call chain, refused at once with FAILED_PRECONDITION (it would wait
+    for its own turn forever). When the deadline passes, the callee's method is cancelled
+    wherever it runs, as gRPC does for a remote call.
+    """
+
+    def __init__(
+        self,
+        host: ObjectHost,
+        gates: GateStreams,
+        pool: ChannelPool,
+        placement: Placement,
+        node: str,
+        call_timeout: timedelta,
+    ) -> None:
+        self._host = host
+        self._gates = gates
+        self._pool = pool
+        self._placement = placement
+        self._node = node
+        self._call_timeout = call_timeout.total_seconds()
+        self._stubs: dict[str, node_pb2_grpc.NodeServiceAsyncStub] = {}
+
+    async def call_object(
+        self,
+        caller: Caller,
+        object_type: str,
+        object_id: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+    ) -> M:
+        try:
+            validate_object_ref(object_type, object_id)
+            validate_method(method)
+        except GoverseError as error:
+            raise CallError(error.status_code, error.message) from error
+        key = (object_type, object_id)
+        chain = current_chain()
+        if key in chain:
+            raise FailedPrecondition(
+                f"calling {object_type}/{object_id} from its own call chain "
+                f"({' -> '.join(f'{t}/{i}' for t, i in chain)}) would wait for its own turn"
+            )
+        if len(chain) >= MAX_CHAIN_DEPTH:
+            raise ResourceExhausted(f"the call chain is deeper than {MAX_CHAIN_DEPTH} objects")
+        timeout = remaining()
+        if timeout is None:
+            timeout = self._call_timeout
+        if timeout <= 0:
+            raise CallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no time left to call {object_type}/{object_id}.{method}",
+            )
+        packed = any_pb2.Any()
+        packed.Pack(request)
+        owner = self._placement.node_for(object_type, object_id)
+        if owner == self._node:
+            response = await self._call_local(caller, key, method, packed, timeout)
+        else:
+            response = await self._call_remote(owner, caller, key, method, packed, timeout)
+        return _unpack(response, response_type, f"{object_type}.{method}")
+
+    async def _call_local(
+        self,
+        caller: Caller,
+        key: tuple[str, str],
+        method: str,
+        request: any_pb2.Any,
+        timeout: float,
+    ) -> any_pb2.Any:
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                with deadline_after(timeout):
+                    return await self._host.invoke(key[0], key[1], method, request, caller)
+        except TimeoutError as error:
+            if scope.expired():
+                raise CallError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{key[0]}/{key[1]}.{method} did not answer within {timeout:.3g}s",
+                ) from error
+            raise
+        except CallError:
+            raise
+        except GoverseError as error:
+            raise CallError(error.status_code, error.message) from error
+
+    async def _call_remote(
+        self,
+        owner: str,
+        caller: Caller,
+        key: tuple[str, str],
+        method: str,
+        request: any_pb2.Any,
+        timeout: float,
+    ) -> any_pb2.Any:
+        stub = self._stubs.get(owner)
+        if stub is None:
+            stub = cast(
+                "node_pb2_grpc.NodeServiceAsyncStub",
+                node_pb2_grpc.NodeServiceStub(self._pool.get(owner)),
+            )
+            self._stubs[owner] = stub
+        message = node_pb2.NodeCallObjectRequest(
+            object_type=key[0],
+            object_id=key[1],
+            method=method,
+            request=request,
+            caller=node_pb2.Caller(
+                client_id=caller.client_id,
+                object_type=caller.object_type,
+                object_id=caller.object_id,
+            ),
+        )
+        try:
+            reply: node_pb2.NodeCallObjectResponse = await stub.CallObject(
+                message, timeout=timeout, metadata=chain_metadata(current_chain())
+            )
+        except grpc.aio.AioRpcError as error:
+            raise CallError.from_rpc_error(error) from error
+        return reply.response
+
+    def push(self, client_ids: Iterable[str], message: Message) -> int:
+        return self._gates.push(client_ids, message)
+
+    def broadcast(self, message: Message) -> int:
+        return self._gates.broadcast(message)
+
+    def forget_channels(self) -> None:
+        """Drops the cached stubs (the channel pool is being closed)."""
+        self._stubs.clear()
+
+
+def _unpack(response: any_pb2.Any, response_type: type[M], what: str) -> M:
+    expected = response_type.DESCRIPTOR.full_name
+    if response.TypeName() != expected:
+        raise CallError(
+            grpc.StatusCode.INTERNAL,
+            f"{what} answered {response.TypeName() or 'nothing'}, the caller expected {expected}",
+        )
+    message = response_type()
+    try:
+        message.ParseFromString(response.value)
+    except DecodeError as error:
+        raise CallError(
+            grpc.StatusCode.INTERNAL, f"{what} answered an unparseable {expected}"
+        ) from error
+    return message
+
+
+__all__ = ["NodeRuntime"]

@@ -1,0 +1,100 @@
+"""Node servicer: the gRPC face of NodeService, translating requests to the host and streams."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from goverse.errors import translate_errors
+from goverse.node._call_context import inbound
+from goverse.node._gate_streams import GateStreams
+from goverse.node._object_host import ObjectHost
+from goverse.objects import Caller
+from goverse.placement import Placement
+from goverse.v1 import node_pb2, node_pb2_grpc
+
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+"""``goverse.v1.NodeService``: the name health checks ask about."""
+
+
+def _caller(message: node_pb2.Caller) -> Caller:
+    return Caller(message.client_id, message.object_type, message.object_id)
+
+
+class NodeService(node_pb2_grpc.NodeServiceServicer):
+    """Serves ``goverse.v1.NodeService``. Every unary handler answers a
+    :class:`goverse.errors.GoverseError` with its status code (:func:`translate_errors`)."""
+
+    def __init__(
+        self, node: str, placement: Placement, host: ObjectHost, gates: GateStreams
+    ) -> None:
+        self._node = node
+        self._placement = placement
+        self._host = host
+        self._gates = gates
+
+    async def RegisterGate(
+        self, request: node_pb2.RegisterGateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[node_pb2.RegisterGateResponse]:
+        async with contextlib.aclosing(self._gates.serve(request, context)) as stream:
+            async for response in stream:
+                yield response
+
+    @translate_errors
+    async def CallObject(
+        self, request: node_pb2.NodeCallObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeCallObjectResponse:
+        with inbound(context):
+            response = await self._host.invoke(
+                request.object_type,
+                request.object_id,
+                request.method,
+                request.request,
+                _caller(request.caller),
+            )
+        return node_pb2.NodeCallObjectResponse(response=response)
+
+    @translate_errors
+    async def CreateObject(
+        self, request: node_pb2.NodeCreateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeCreateObjectResponse:
+        with inbound(context):
+            created = await self._host.create(request.object_type, request.object_id)
+        return node_pb2.NodeCreateObjectResponse(created=created)
+
+    @translate_errors
+    async def DeleteObject(
+        self, request: node_pb2.NodeDeleteObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeDeleteObjectResponse:
+        with inbound(context):
+            deleted = await self._host.delete(request.object_type, request.object_id)
+        return node_pb2.NodeDeleteObjectResponse(deleted=deleted)
+
+    @translate_errors
+    async def Status(
+        self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.StatusResponse:
+        return node_pb2.StatusResponse(
+            node=self._node,
+            nodes=self._placement.nodes,
+            object_types=sorted(self._host.types),
+            active_objects=self._host.active_count,
+            gates=self._gates.gate_ids(),
+            dropped_pushes=self._gates.dropped(),
+        )
+
+    @translate_errors
+    async def ListObjects(
+        self, request: node_pb2.ListObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ListObjectsResponse:
+        return node_pb2.ListObjectsResponse(
+            objects=[
+                node_pb2.ObjectRef(object_type=object_type, object_id=object_id)
+                for object_type, object_id in self._host.list(request.object_type)
+            ]
+        )
+
+
+__all__ = ["SERVICE_NAME", "NodeService"]

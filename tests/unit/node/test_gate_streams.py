@@ -1,0 +1,203 @@
+"""Tests of RegisterGate streams: ack first, batching, heartbeats, replacement, drops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+from goverse.node._gate_streams import CLOSE_REASON_METADATA_KEY
+from goverse.v1 import node_pb2
+from tests.unit.node.conftest import NODE, Node, eventually
+
+
+async def register(node: Node, gate_id: str) -> Any:
+    """Opens a RegisterGate stream and reads its acknowledgement."""
+    call = node.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id=gate_id), timeout=30)
+    first = await call.read()
+    assert first.WhichOneof("event") == "ack", first
+    return call
+
+
+async def read(call: Any, timeout: float = 10.0) -> node_pb2.RegisterGateResponse:
+    async with asyncio.timeout(timeout):
+        message: node_pb2.RegisterGateResponse = await call.read()
+    return message
+
+
+def texts(envelope: node_pb2.Envelope) -> str:
+    target = envelope.WhichOneof("target")
+    packed = (
+        envelope.client_message.message
+        if target == "client_message"
+        else (envelope.broadcast.message)
+    )
+    value = StringValue()
+    assert packed.Unpack(value)
+    return value.value
+
+
+async def test_the_ack_comes_first_and_names_the_node(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(heartbeat_interval=timedelta(seconds=2))
+    call = node.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id="g1"), timeout=30)
+    first = await read(call)
+    assert first.ack.node == NODE
+    assert first.ack.heartbeat_interval_ms == 2000
+    assert list((await node.status()).gates) == ["g1"]
+    call.cancel()
+
+
+async def test_pushes_queued_together_arrive_in_one_stream_message(node: Node) -> None:
+    """Several pushes made before the stream runs again travel as one envelope batch."""
+    call = await register(node, "g1")
+    runtime = node.app.runtime
+    for n in range(5):
+        assert runtime.push([f"g1/c{n}"], StringValue(value=f"m{n}")) == 1
+    message = await read(call)
+    batch = message.envelopes.envelopes
+    assert [texts(envelope) for envelope in batch] == [f"m{n}" for n in range(5)]
+    assert [list(envelope.client_message.client_ids) for envelope in batch] == [
+        [f"g1/c{n}"] for n in range(5)
+    ]
+    call.cancel()
+
+
+async def test_one_push_to_many_clients_is_one_envelope_per_gate(node: Node) -> None:
+    """Client ids are grouped by gate; each gate gets one envelope naming its clients."""
+    first = await register(node, "g1")
+    second = await register(node, "g2")
+    accepted = node.app.runtime.push(["g1/a", "g2/b", "g1/c", "g1/a"], StringValue(value="hi"))
+    assert accepted == 3
+    one = (await read(first)).envelopes.envelopes
+    two = (await read(second)).envelopes.envelopes
+    assert [list(e.client_message.client_ids) for e in one] == [["g1/a", "g1/c"]]
+    assert [list(e.client_message.client_ids) for e in two] == [["g2/b"]]
+    first.cancel()
+    second.cancel()
+
+
+async def test_an_object_push_reaches_the_gate_stream(node: Node) -> None:
+    """Pusher.PushTo, called over gRPC, puts the message on the stream of the clients' gate."""
+    call = await register(node, "g1")
+    count = await node.call("Pusher", "p", "PushTo", StringValue(value="g1/x,g1/y"), Int64Value)
+    assert count.value == 2
+    batch = (await read(call)).envelopes.envelopes
+    assert list(batch[0].client_message.client_ids) == ["g1/x", "g1/y"]
+    assert texts(batch[0]) == "p"
+    call.cancel()
+
+
+async def test_broadcast_reaches_every_gate(node: Node) -> None:
+    calls = [await register(node, gate) for gate in ("g1", "g2", "g3")]
+    assert node.app.runtime.broadcast(StringValue(value="all")) == 3
+    for call in calls:
+        envelope = (await read(call)).envelopes.envelopes[0]
+        assert envelope.WhichOneof("target") == "broadcast"
+        assert texts(envelope) == "all"
+        call.cancel()
+
+
+async def test_an_idle_stream_carries_heartbeats(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(heartbeat_interval=timedelta(milliseconds=100))
+    call = await register(node, "g1")
+    for _ in range(2):
+        message = await read(call)
+        assert message.WhichOneof("event") == "heartbeat"
+        assert message.heartbeat.sent_unix_ms > 0
+    call.cancel()
+
+
+async def test_re_registration_replaces_the_old_stream_which_ends_cleanly(node: Node) -> None:
+    """A second RegisterGate with the same gate id ends the first stream with OK (reason
+    "replaced") and takes over its pushes, including those still queued."""
+    old = await register(node, "g1")
+    node.app.runtime.push(["g1/a"], StringValue(value="queued"))
+    new = await register(node, "g1")
+    received: list[str] = []
+    async with asyncio.timeout(10):
+        while (message := await old.read()) is not grpc.aio.EOF:
+            received += [texts(e) for e in message.envelopes.envelopes]
+    assert await old.code() == grpc.StatusCode.OK
+    assert dict(await old.trailing_metadata())[CLOSE_REASON_METADATA_KEY] == "replaced"
+    assert node.app.runtime.push(["g1/b"], StringValue(value="after")) == 1
+    while "after" not in received:
+        received += [texts(e) for e in (await read(new)).envelopes.envelopes]
+    assert received == ["queued", "after"]
+    assert list((await node.status()).gates) == ["g1"]
+    assert node.app.live_tasks() == ["gate-stream:g1"]
+    new.cancel()
+
+
+async def test_a_full_queue_drops_and_counts(start_node: Callable[..., Any]) -> None:
+    """Pushes beyond --gate-queue-size are dropped, counted as queue_full, never blocking."""
+    node: Node = await start_node(gate_queue_size=2)
+    call = await register(node, "g1")
+    results = [node.app.runtime.push(["g1/a"], StringValue(value=str(n))) for n in range(5)]
+    assert results == [1, 1, 0, 0, 0]
+    assert dict((await node.status()).dropped_pushes) == {"queue_full": 3}
+    batch = (await read(call)).envelopes.envelopes
+    assert [texts(e) for e in batch] == ["0", "1"]
+    call.cancel()
+
+
+async def test_pushes_to_unregistered_gates_and_malformed_ids_are_dropped(node: Node) -> None:
+    runtime = node.app.runtime
+    assert runtime.push(["nogate/a", "nogate/b"], StringValue(value="x")) == 0
+    assert runtime.push(["no-slash", "/x", "bad gate/x"], StringValue(value="x")) == 0
+    assert runtime.broadcast(StringValue(value="nobody")) == 0
+    assert dict((await node.status()).dropped_pushes) == {
+        "gate_not_registered": 2,
+        "malformed_client_id": 3,
+    }
+
+
+async def test_a_message_larger_than_a_stream_message_is_dropped(
+    start_node: Callable[..., Any],
+) -> None:
+    node: Node = await start_node(max_message_bytes=64 * 1024)
+    call = await register(node, "g1")
+    assert node.app.runtime.push(["g1/a"], StringValue(value="x" * 70_000)) == 0
+    assert dict((await node.status()).dropped_pushes) == {"message_too_large": 1}
+    call.cancel()
+
+
+async def test_a_big_batch_is_split_below_the_message_size_limit(
+    start_node: Callable[..., Any],
+) -> None:
+    """Queued envelopes that together exceed --max-message-bytes go in several messages."""
+    node: Node = await start_node(max_message_bytes=64 * 1024)
+    call = await register(node, "g1")
+    for n in range(6):
+        assert node.app.runtime.push(["g1/a"], StringValue(value=str(n) * 20_000)) == 1
+    received: list[str] = []
+    messages = 0
+    while len(received) < 6:
+        message = await read(call)
+        messages += 1
+        received += [texts(e)[0] for e in message.envelopes.envelopes]
+    assert received == [str(n) for n in range(6)]
+    assert messages >= 2
+    call.cancel()
+
+
+async def test_an_invalid_gate_id_is_refused(node: Node) -> None:
+    for gate_id in ("", "has space", "x" * 64, "-leading"):
+        call = node.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id=gate_id), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert node.app.live_tasks() == []
+
+
+async def test_a_disconnected_gate_is_forgotten(node: Node) -> None:
+    """When the gate cancels its stream, the node removes the gate and its stream task."""
+    call = await register(node, "g1")
+    call.cancel()
+    await eventually(lambda: node.app.gates.gate_ids() == [] and node.app.live_tasks() == [])
+    assert node.app.runtime.push(["g1/a"], StringValue(value="late")) == 0
+    assert dict((await node.status()).dropped_pushes) == {"gate_not_registered": 1}

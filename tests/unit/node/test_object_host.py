@@ -1,0 +1,121 @@
+"""Tests of the object host: activation, turns, create/delete and deactivation, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from goverse.errors import Internal, Unavailable
+from goverse.node import NodeApp
+from goverse.objects import Caller
+from tests.unit.node.conftest import eventually, node_config, pack, unpack
+from tests.unit.node.sample_objects import Tally
+
+
+@pytest.fixture
+def app() -> NodeApp:
+    """A node that is not serving: its host is called directly."""
+    return NodeApp(node_config())
+
+
+async def hit(app: NodeApp, object_id: str) -> int:
+    reply = await app.host.invoke("Tally", object_id, "Hit", pack(Empty()), Caller())
+    value: int = unpack(reply, Int64Value).value
+    return value
+
+
+async def test_concurrent_first_calls_activate_one_instance(app: NodeApp) -> None:
+    """Twenty calls racing to a new object construct and activate it exactly once, and
+    each of them is served by that one instance."""
+    results = await asyncio.gather(*(hit(app, "t1") for _ in range(20)))
+    assert Tally.constructed == 1
+    assert Tally.activated == 1
+    assert sorted(results) == list(range(1, 21))
+    assert app.host.list() == [("Tally", "t1")]
+
+
+async def test_calls_to_one_object_take_turns(app: NodeApp) -> None:
+    """Two concurrent calls to one object never run at the same time."""
+
+    async def sleep() -> int:
+        reply = await app.host.invoke(
+            "Sleeper", "s1", "Sleep", pack(Int64Value(value=30)), Caller()
+        )
+        value: int = unpack(reply, Int64Value).value
+        return value
+
+    assert list(await asyncio.gather(sleep(), sleep(), sleep())) == [1, 1, 1]
+
+
+async def test_calls_to_different_objects_run_concurrently(app: NodeApp) -> None:
+    """Meet(2) on two objects returns only when both calls are inside at once."""
+
+    async def meet(object_id: str) -> int:
+        reply = await app.host.invoke(
+            "Meeting", object_id, "Meet", pack(Int64Value(value=2)), Caller()
+        )
+        value: int = unpack(reply, Int64Value).value
+        return value
+
+    async with asyncio.timeout(10):
+        assert list(await asyncio.gather(meet("a"), meet("b"))) == [2, 2]
+
+
+async def test_create_activates_once_and_delete_deactivates(app: NodeApp) -> None:
+    """create is True only the first time; delete runs on_deactivate and forgets the object;
+    a later call activates a fresh instance."""
+    assert await app.host.create("Tally", "t2") is True
+    assert await app.host.create("Tally", "t2") is False
+    assert Tally.activated == 1
+    assert await hit(app, "t2") == 1
+    assert await app.host.delete("Tally", "t2") is True
+    assert Tally.deactivated == ["t2"]
+    assert app.host.list() == []
+    assert await app.host.delete("Tally", "t2") is False
+    assert await hit(app, "t2") == 1
+    assert Tally.constructed == 2
+
+
+async def test_list_filters_by_type(app: NodeApp) -> None:
+    await app.host.create("Tally", "b")
+    await app.host.create("Tally", "a")
+    await app.host.create("Counter", "c")
+    assert app.host.list() == [("Counter", "c"), ("Tally", "a"), ("Tally", "b")]
+    assert app.host.list("Tally") == [("Tally", "a"), ("Tally", "b")]
+    assert app.host.active_count == 3
+
+
+async def test_a_failed_activation_is_retried_by_the_next_call(app: NodeApp) -> None:
+    """on_activate raising answers INTERNAL and leaves nothing behind; the next call
+    activates a new instance."""
+    with pytest.raises(Internal, match="failed to activate"):
+        await app.host.invoke("Fragile", "f", "Ping", pack(Empty()), Caller())
+    assert app.host.list() == []
+    await app.host.invoke("Fragile", "f", "Ping", pack(Empty()), Caller())
+    assert app.host.list() == [("Fragile", "f")]
+
+
+async def test_deactivate_all_deactivates_every_object_and_refuses_new_calls(
+    app: NodeApp,
+) -> None:
+    for object_id in ("x", "y", "z"):
+        await app.host.create("Tally", object_id)
+    assert await app.host.deactivate_all(timeout=5) == []
+    assert sorted(Tally.deactivated) == ["x", "y", "z"]
+    assert app.host.list() == []
+    with pytest.raises(Unavailable):
+        await hit(app, "x")
+
+
+async def test_deactivate_all_waits_for_the_turn_of_a_busy_object(app: NodeApp) -> None:
+    """An object in the middle of a call is deactivated after that call, not during it."""
+    busy = asyncio.create_task(
+        app.host.invoke("Sleeper", "busy", "Sleep", pack(Int64Value(value=100)), Caller())
+    )
+    await eventually(lambda: app.host.is_active("Sleeper", "busy"))
+    assert await app.host.deactivate_all(timeout=5) == []
+    assert busy.done()
+    assert unpack(busy.result(), Int64Value).value == 1
