@@ -1,0 +1,25 @@
+"""The goverse gate: holds client connections, verifies their calls and routes them to nodes."""
+
+from __future__ import annotations
+
+from goverse.gate._app import GateApp
+from goverse.gate._client_proxy import ClientProxy
+from goverse.gate._clients import ClientRegistry
+from goverse.gate._config import GateConfig, parse_config
+from goverse.gate._node_link import LinkState, NodeLink
+from goverse.gate._router import Router
+from goverse.gate._servicer import CLIENT_ID_METADATA, CREDENTIAL_METADATA, GateService
+
+__all__ = [
+    "CLIENT_ID_METADATA",
+    "CREDENTIAL_METADATA",
+    "ClientProxy",
+    "ClientRegistry",
+    "GateApp",
+    "GateConfig",
+    "GateService",
+    "LinkState",
+    "NodeLink",
+    "Router",
+    "parse_config",
+]

@@ -1,0 +1,166 @@
+"""GateApp: one gate's server, node links and client registry, started and stopped as a unit."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+
+import structlog
+
+from goverse.gate._clients import ClientRegistry
+from goverse.gate._config import GateConfig
+from goverse.gate._node_link import NodeLink
+from goverse.gate._router import Router
+from goverse.gate._servicer import STREAM_TASK_PREFIX, GateService
+from goverse.runtime import Backoff, ChannelPool, GrpcHost, Supervisor, channel_options
+from goverse.v1 import gate_pb2, gate_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name
+DRAIN_REASON = "the gate is shutting down"
+# Share of the shutdown budget that client streams get to flush and end by themselves.
+DRAIN_SHARE = 0.5
+# Longest grace the gRPC server gets for unary calls still in flight.
+MAX_SERVER_GRACE = 1.0
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class GateApp:
+    """A gate: the GateService server with health, one NodeLink per node, and the registry.
+
+    :meth:`start` binds the listen address (raising :class:`~goverse.runtime.ListenError` when
+    it cannot), reports SERVING and starts one link task per node.
+
+    :meth:`stop` follows the shutdown contract within ``config.shutdown_timeout``:
+
+    1. health reports NOT_SERVING at once, for every service name;
+    2. every client gets a draining notice: its proxy is closed for draining, its stream writer
+       flushes what is queued, sends ``Draining`` and ends the stream; new registrations and
+       calls are refused with UNAVAILABLE;
+    3. it waits up to half the budget for the client streams to end by themselves (cancelling a
+       stream's task does not end the RPC for the client, so this is the real ending);
+    4. the supervisor cancels every task left (node links, streams that did not end) and awaits
+       them for the rest of the budget, then logs the names of any still pending;
+    5. the gRPC server stops with a grace of at most one second for unary calls in flight;
+    6. the node channels are closed and "stopped" is logged with the elapsed time.
+
+    A second call, a concurrent call, or a call before :meth:`start` is safe: it returns once
+    the first stop has finished (at once when nothing was started).
+    """
+
+    def __init__(self, config: GateConfig) -> None:
+        self.config = config
+        self.supervisor = Supervisor("gate")
+        self.pool = ChannelPool(channel_options(config.max_message_bytes))
+        self.registry = ClientRegistry(
+            config.gate_id,
+            max_clients=config.max_clients,
+            queue_messages=config.client_queue_messages,
+            queue_bytes=config.client_queue_bytes,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.router = Router(config.nodes, self.pool, config.call_timeout)
+        self.links: dict[str, NodeLink] = {}
+        self._host: GrpcHost | None = None
+        self._state = _State.NEW
+        self._stop_lock = asyncio.Lock()
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (0 before :meth:`start`)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>``: where a local client reaches this gate."""
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        return self._state is _State.RUNNING
+
+    async def start(self) -> None:
+        """Binds and serves, then starts the node links. Raises ListenError on a bind failure."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"the gate cannot start: it is {self._state.value}")
+        self._state = _State.STARTING
+        host = GrpcHost(self.config.listen, [SERVICE_NAME], self.config.max_message_bytes)
+        gate_pb2_grpc.add_GateServiceServicer_to_server(
+            GateService(self.config.gate_id, self.registry, self.router, self.supervisor),
+            host.server,
+        )
+        self._host = host
+        self._port = await host.start()
+        for node in self.config.nodes:
+            link = NodeLink(
+                node,
+                self.config.gate_id,
+                self.pool.get(node),
+                self.registry,
+                backoff=Backoff(self.config.reconnect_initial, self.config.reconnect_max),
+                stable_after=self.config.stable_after,
+                heartbeat_timeout=self.config.node_heartbeat_timeout,
+            )
+            self.links[node] = link
+            self.supervisor.spawn(f"node-link:{node}", link.run())
+        self._state = _State.RUNNING
+        log.info(
+            "started",
+            listen=self.config.listen,
+            port=self._port,
+            nodes=list(self.config.nodes),
+        )
+
+    async def stop(self) -> None:
+        """Stops the gate (see the class docstring). Idempotent; safe before start."""
+        async with self._stop_lock:
+            if self._state is _State.STOPPED:
+                return
+            self._state = _State.STOPPING
+            try:
+                await self._shutdown()
+            finally:
+                self._state = _State.STOPPED
+
+    async def _shutdown(self) -> None:
+        started = time.monotonic()
+        budget = self.config.shutdown_timeout.total_seconds()
+
+        def remaining() -> float:
+            return max(budget - (time.monotonic() - started), 0.0)
+
+        host = self._host
+        if host is not None:
+            await host.enter_shutdown()
+        drained = self.registry.drain(DRAIN_REASON)
+        streams = self.supervisor.tasks_named(STREAM_TASK_PREFIX)
+        if streams:
+            await self.supervisor.wait(streams, timeout=min(budget * DRAIN_SHARE, remaining()))
+            left = [task for task in streams if not task.done()]
+            log.info(
+                "client streams drained",
+                clients=drained,
+                ended=len(streams) - len(left),
+                still_open=len(left),
+            )
+        pending = await self.supervisor.shutdown(remaining())
+        if pending:
+            log.warning(
+                "tasks still pending after the shutdown timeout",
+                tasks=pending,
+                timeout_s=budget,
+            )
+        if host is not None:
+            await host.stop(grace=min(MAX_SERVER_GRACE, remaining()))
+        await self.pool.close()
+        log.info("stopped", elapsed_s=round(time.monotonic() - started, 3))

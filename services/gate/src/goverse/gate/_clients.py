@@ -1,0 +1,186 @@
+"""ClientRegistry: the gate's registered clients, their credentials, and delivery of node pushes."""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import secrets
+from collections.abc import Iterable
+
+import structlog
+
+from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
+from goverse.gate._client_proxy import ClientProxy
+from goverse.ids import new_client_id
+from goverse.v1 import node_pb2
+
+log = structlog.get_logger(__name__)
+
+DROP_UNKNOWN_CLIENT = "unknown_client"
+
+# Compared against when the client id is unknown, so both refusals cost the same.
+_NO_CREDENTIAL = secrets.token_urlsafe(32).encode()
+
+
+class ClientRegistry:
+    """Issues client ids and credentials, checks them on calls, and routes pushes to proxies.
+
+    A proxy is registered by :meth:`register` when its Register stream starts and removed by
+    :meth:`remove` when that stream ends, whichever side ends it; its credential is valid only
+    in between. :meth:`drain` closes every proxy with a draining notice and refuses further
+    registrations.
+    """
+
+    def __init__(
+        self,
+        gate_id: str,
+        *,
+        max_clients: int,
+        queue_messages: int,
+        queue_bytes: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._gate_id = gate_id
+        self._max_clients = max_clients
+        self._queue_messages = queue_messages
+        self._queue_bytes = queue_bytes
+        self._max_message_bytes = max_message_bytes
+        self._clients: dict[str, ClientProxy] = {}
+        self._draining = False
+        self.delivered = 0
+        """Pushes queued to a client since start."""
+        self.dropped: collections.Counter[str] = collections.Counter()
+        """Pushes dropped since start, by reason."""
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._clients
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def client_ids(self) -> list[str]:
+        return sorted(self._clients)
+
+    def get(self, client_id: str) -> ClientProxy | None:
+        return self._clients.get(client_id)
+
+    def register(self) -> ClientProxy:
+        """Creates and registers a proxy with a fresh client id and credential.
+
+        Raises :class:`Unavailable` once draining and :class:`ResourceExhausted` when
+        `max_clients` are registered already.
+        """
+        if self._draining:
+            raise Unavailable(f"gate {self._gate_id} is shutting down; connect to another gate")
+        if len(self._clients) >= self._max_clients:
+            raise ResourceExhausted(
+                f"gate {self._gate_id} has its maximum of {self._max_clients} clients; "
+                "connect to another gate"
+            )
+        client_id = new_client_id(self._gate_id)
+        while client_id in self._clients:  # 64 random bits: practically never
+            client_id = new_client_id(self._gate_id)
+        proxy = ClientProxy(
+            client_id,
+            secrets.token_urlsafe(32),
+            max_messages=self._queue_messages,
+            max_bytes=self._queue_bytes,
+            max_batch_bytes=self._max_message_bytes,
+            on_drop=self._count_drop,
+        )
+        self._clients[client_id] = proxy
+        return proxy
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+    def authenticate(self, client_id: str | None, credential: str | None) -> ClientProxy:
+        """The registered proxy that `client_id` names, when `credential` is its credential.
+
+        Raises :class:`Unauthenticated` otherwise. The message never tells an unknown client id
+        from a wrong credential, so a caller learns nothing about other clients.
+        """
+        if not client_id or not credential:
+            missing = [
+                name
+                for name, value in (
+                    ("goverse-client-id", client_id),
+                    ("goverse-credential", credential),
+                )
+                if not value
+            ]
+            raise Unauthenticated(
+                f"missing {' and '.join(missing)} metadata: open a Register stream first and "
+                "send the client id and credential it returned with every call"
+            )
+        proxy = self._clients.get(client_id)
+        expected = proxy.credential.encode() if proxy is not None else _NO_CREDENTIAL
+        matches = hmac.compare_digest(expected, credential.encode())
+        if proxy is None or not matches or proxy.closed:
+            log.info(
+                "call refused",
+                reason="unknown client" if proxy is None else "wrong credential",
+                claimed_client_id=client_id[:200],
+            )
+            raise Unauthenticated(
+                "unknown client id or wrong credential: the credential is valid only while "
+                "its Register stream is open on this gate"
+            )
+        return proxy
+
+    def remove(self, proxy: ClientProxy) -> bool:
+        """Unregisters `proxy` if it is still the registered one; True when it was."""
+        if self._clients.get(proxy.client_id) is proxy:
+            del self._clients[proxy.client_id]
+            return True
+        return False
+
+    def deliver(self, envelope: node_pb2.Envelope) -> int:
+        """Pushes one envelope from a node to its local clients; returns how many accepted it."""
+        target = envelope.WhichOneof("target")
+        if target == "client_message":
+            return self._push_to(envelope.client_message.client_ids, envelope.client_message)
+        if target == "broadcast":
+            return self._push_all(envelope.broadcast)
+        log.debug("envelope without a target ignored")
+        return 0
+
+    def deliver_batch(self, envelopes: Iterable[node_pb2.Envelope]) -> int:
+        return sum(self.deliver(envelope) for envelope in envelopes)
+
+    def _push_to(self, client_ids: Iterable[str], envelope: node_pb2.ClientMessageEnvelope) -> int:
+        accepted = 0
+        for client_id in client_ids:
+            proxy = self._clients.get(client_id)
+            if proxy is None:
+                self.dropped[DROP_UNKNOWN_CLIENT] += 1
+                log.debug("push to a client not registered here dropped", target=client_id)
+                continue
+            if proxy.push(envelope.message):
+                accepted += 1
+        self.delivered += accepted
+        return accepted
+
+    def _push_all(self, envelope: node_pb2.BroadcastEnvelope) -> int:
+        accepted = 0
+        for proxy in list(self._clients.values()):
+            if proxy.push(envelope.message):
+                accepted += 1
+        self.delivered += accepted
+        return accepted
+
+    def drain(self, reason: str) -> int:
+        """Refuses new registrations and closes every proxy with a draining notice.
+
+        Each stream writer flushes what its proxy holds, sends ``Draining(reason)`` and ends
+        the stream. Returns how many proxies were closed by this call. Safe to call again.
+        """
+        self._draining = True
+        closed = sum(proxy.close(reason, drain=True) for proxy in list(self._clients.values()))
+        if closed:
+            log.info("draining clients", clients=closed, reason=reason)
+        return closed

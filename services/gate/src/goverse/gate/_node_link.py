@@ -1,0 +1,215 @@
+"""NodeLink: the gate's RegisterGate stream to one node, kept open by reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import NoReturn
+
+import grpc
+import structlog
+
+from goverse.gate._clients import ClientRegistry
+from goverse.runtime import Backoff
+from goverse.v1 import node_pb2, node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+# However the jitter falls, a link never retries sooner than this: no tight loop.
+MIN_RETRY_DELAY = 0.01
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"
+    """A RegisterGate call is open and its acknowledgement has not arrived yet."""
+    CONNECTED = "connected"
+    """The node acknowledged; envelopes flow to the registry."""
+    BACKING_OFF = "backing_off"
+    """The last connection ended; waiting before the next attempt."""
+    STOPPED = "stopped"
+    """:meth:`NodeLink.run` has returned (it was cancelled)."""
+
+
+class _LinkLost(Exception):
+    """A connection ended; `reason` says why, `connected_at` when it was acknowledged (if ever)."""
+
+    def __init__(self, reason: str, connected_at: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.connected_at = connected_at
+
+
+class NodeLink:
+    """Holds one ``NodeService.RegisterGate`` stream open and feeds its envelopes to the registry.
+
+    :meth:`run` loops until cancelled: open the stream, require the acknowledgement first,
+    forward every envelope batch; on any end or error (the node closed the stream, the call
+    failed, nothing arrived for `heartbeat_timeout`), log why, wait a backoff delay (exponential
+    ceiling, full jitter, reset after a connection that lasted `stable_after`) and reconnect.
+    Every wait, including the wait for the next stream message, is cancellable; the call is
+    always cancelled on the way out.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        gate_id: str,
+        channel: grpc.aio.Channel,
+        registry: ClientRegistry,
+        *,
+        backoff: Backoff,
+        stable_after: timedelta,
+        heartbeat_timeout: timedelta,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._address = address
+        self._gate_id = gate_id
+        self._stub = node_pb2_grpc.NodeServiceStub(channel)
+        self._registry = registry
+        self._backoff = backoff
+        self._stable_after = stable_after.total_seconds()
+        self._heartbeat_timeout = heartbeat_timeout.total_seconds()
+        self._clock = clock
+        self._log = log.bind(node=address)
+        self._state = LinkState.CONNECTING
+        self._changed = asyncio.Event()
+        self.attempts = 0
+        """RegisterGate calls opened since start."""
+        self.connections = 0
+        """Acknowledged connections since start."""
+        self.batches = 0
+        """Envelope batches received since start."""
+        self.last_error = ""
+        """Why the last connection ended (empty before the first ended)."""
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def reconnects(self) -> int:
+        """Attempts after the first one."""
+        return max(self.attempts - 1, 0)
+
+    def _set_state(self, state: LinkState) -> None:
+        self._state = state
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[NodeLink], bool]) -> None:
+        """Returns once `predicate(self)` holds; re-checked on every state change."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    async def run(self) -> None:
+        """Keeps the link up until cancelled. Never returns otherwise, never raises."""
+        failures = 0
+        try:
+            while True:
+                self.attempts += 1
+                self._set_state(LinkState.CONNECTING)
+                started = self._clock()
+                try:
+                    await self._session()
+                except _LinkLost as lost:
+                    reason, connected_at = lost.reason, lost.connected_at
+                except Exception as error:  # a bug must not end the link for good
+                    self._log.exception("node link session crashed")
+                    reason, connected_at = f"crashed: {error!r}", None
+                if connected_at is not None:
+                    lasted = self._clock() - connected_at
+                    if lasted >= self._stable_after:
+                        self._backoff.reset()
+                else:
+                    lasted = self._clock() - started
+                delay = max(self._backoff.next_delay(), MIN_RETRY_DELAY)
+                self.last_error = reason
+                failures = 0 if connected_at is not None else failures + 1
+                # A lost connection and the first failure in a row are warnings; the retries
+                # against a node that stays down are not.
+                self._log.log(
+                    logging.WARNING if failures <= 1 else logging.INFO,
+                    "node link lost" if connected_at is not None else "node link failed",
+                    reason=reason,
+                    failures_in_row=failures,
+                    lasted_s=round(lasted, 3),
+                    attempt=self.attempts,
+                    retry_in_s=round(delay, 3),
+                )
+                self._set_state(LinkState.BACKING_OFF)
+                await asyncio.sleep(delay)
+        finally:
+            self._set_state(LinkState.STOPPED)
+
+    async def _session(self) -> NoReturn:
+        """One RegisterGate call, from opening it to its end; always raises :class:`_LinkLost`."""
+        call = self._stub.RegisterGate(
+            node_pb2.RegisterGateRequest(gate_id=self._gate_id), wait_for_ready=False
+        )
+        connected_at: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._heartbeat_timeout) as deadline:
+                first = await call.read()
+                if first is grpc.aio.EOF:
+                    raise _LinkLost("the node ended the stream before acknowledging")
+                if first.WhichOneof("event") != "ack":
+                    raise _LinkLost(f"the node sent {first.WhichOneof('event')} before the ack")
+                connected_at = self._on_ack(first.ack)
+                while True:
+                    deadline.reschedule(loop.time() + self._heartbeat_timeout)
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        raise _LinkLost("the node ended the stream", connected_at)
+                    self._on_message(message)
+        except TimeoutError:
+            when = "after" if connected_at is not None else "before"
+            raise _LinkLost(
+                f"nothing received for {self._heartbeat_timeout:g}s ({when} the ack)",
+                connected_at,
+            ) from None
+        except grpc.aio.AioRpcError as error:
+            raise _LinkLost(f"{error.code().name}: {error.details()}", connected_at) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the link is being stopped
+            # grpc cancelled the call itself (its channel was closed): not a stop request.
+            raise _LinkLost("the call was cancelled by grpc", connected_at) from None
+        finally:
+            call.cancel()
+
+    def _on_ack(self, ack: node_pb2.RegisterGateAck) -> float:
+        self.connections += 1
+        self._set_state(LinkState.CONNECTED)
+        interval = ack.heartbeat_interval_ms / 1000
+        if interval and interval * 2 > self._heartbeat_timeout:
+            self._log.warning(
+                "node heartbeat interval is close to the heartbeat timeout",
+                heartbeat_interval_s=interval,
+                heartbeat_timeout_s=self._heartbeat_timeout,
+            )
+        self._log.info(
+            "node link connected",
+            node_name=ack.node,
+            attempt=self.attempts,
+            connections=self.connections,
+        )
+        return self._clock()
+
+    def _on_message(self, message: node_pb2.RegisterGateResponse) -> None:
+        event = message.WhichOneof("event")
+        if event == "envelopes":
+            self.batches += 1
+            self._registry.deliver_batch(message.envelopes.envelopes)
+        elif event == "ack":
+            self._log.warning("node sent a second acknowledgement; ignored")
+        # heartbeats only move the deadline

@@ -1,0 +1,177 @@
+"""FakeNode: a scripted NodeService on a real grpc.aio server on loopback, for gate tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.wrappers_pb2 import StringValue
+
+from goverse.v1 import node_pb2, node_pb2_grpc
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Waits until `predicate()` holds, re-checking often; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+def text(value: str) -> any_pb2.Any:
+    """A push payload: StringValue(value) packed in an Any."""
+    packed = any_pb2.Any()
+    packed.Pack(StringValue(value=value))
+    return packed
+
+
+def unpack_text(packed: any_pb2.Any) -> str:
+    value = StringValue()
+    assert packed.Unpack(value)
+    return value.value
+
+
+def to_clients(client_ids: list[str], value: str) -> node_pb2.Envelope:
+    return node_pb2.Envelope(
+        client_message=node_pb2.ClientMessageEnvelope(client_ids=client_ids, message=text(value))
+    )
+
+
+def broadcast(value: str) -> node_pb2.Envelope:
+    return node_pb2.Envelope(broadcast=node_pb2.BroadcastEnvelope(message=text(value)))
+
+
+@dataclass
+class ReceivedCall:
+    method: str
+    request: Any
+    metadata: dict[str, str]
+    deadline: float | None
+
+
+@dataclass
+class FakeNode(node_pb2_grpc.NodeServiceServicer):
+    """A NodeService whose RegisterGate behaviour tests script, and which records every call.
+
+    RegisterGate sends the acknowledgement (unless `ack` is False), then whatever the test
+    hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Unary calls are
+    recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`.
+    """
+
+    ack: bool = True
+    first_event: node_pb2.RegisterGateResponse | None = None
+    end_after_ack: bool = False
+    heartbeat_interval_ms: int = 0
+    fail_with: tuple[grpc.StatusCode, str] | None = None
+    registrations: list[str] = field(default_factory=list)
+    calls: list[ReceivedCall] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0
+    port: int = 0
+    _queues: list[asyncio.Queue[node_pb2.RegisterGateResponse | None]] = field(default_factory=list)
+    _server: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> FakeNode:
+        """Serves on 127.0.0.1:`port` (a free port when 0; the same port again on restart)."""
+        server = grpc.aio.server()
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self, server)
+        bound = server.add_insecure_port(f"127.0.0.1:{port or self.port}")
+        assert bound, f"cannot bind 127.0.0.1:{port or self.port}"
+        self.port = bound
+        await server.start()
+        self._server = server
+        return self
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops the server; open streams end with an error on the gate's side."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop(grace)
+
+    def send(self, *envelopes: node_pb2.Envelope) -> int:
+        """Sends one EnvelopeBatch on every open RegisterGate stream; returns how many."""
+        event = node_pb2.RegisterGateResponse(
+            envelopes=node_pb2.EnvelopeBatch(envelopes=list(envelopes))
+        )
+        for queue in self._queues:
+            queue.put_nowait(event)
+        return len(self._queues)
+
+    def send_event(self, event: node_pb2.RegisterGateResponse) -> int:
+        for queue in self._queues:
+            queue.put_nowait(event)
+        return len(self._queues)
+
+    def end_streams(self) -> None:
+        """Ends every open RegisterGate stream with status OK."""
+        for queue in self._queues:
+            queue.put_nowait(None)
+
+    async def RegisterGate(
+        self, request: node_pb2.RegisterGateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[node_pb2.RegisterGateResponse]:
+        queue: asyncio.Queue[node_pb2.RegisterGateResponse | None] = asyncio.Queue()
+        self.registrations.append(request.gate_id)
+        self._queues.append(queue)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.first_event is not None:
+                yield self.first_event
+            elif self.ack:
+                yield node_pb2.RegisterGateResponse(
+                    ack=node_pb2.RegisterGateAck(
+                        node=self.address, heartbeat_interval_ms=self.heartbeat_interval_ms
+                    )
+                )
+            if self.end_after_ack:
+                return
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self.active -= 1
+            self._queues.remove(queue)
+
+    async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        self.calls.append(ReceivedCall(method, request, metadata, context.time_remaining()))
+        if self.fail_with is not None:
+            await context.abort(*self.fail_with)
+
+    async def CallObject(
+        self, request: node_pb2.NodeCallObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeCallObjectResponse:
+        await self._unary("CallObject", request, context)
+        return node_pb2.NodeCallObjectResponse(response=request.request)
+
+    async def CreateObject(
+        self, request: node_pb2.NodeCreateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeCreateObjectResponse:
+        await self._unary("CreateObject", request, context)
+        return node_pb2.NodeCreateObjectResponse(created=True)
+
+    async def DeleteObject(
+        self, request: node_pb2.NodeDeleteObjectRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.NodeDeleteObjectResponse:
+        await self._unary("DeleteObject", request, context)
+        return node_pb2.NodeDeleteObjectResponse(deleted=True)
+
+    async def Status(
+        self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.StatusResponse:
+        return node_pb2.StatusResponse(node=self.address, nodes=[self.address])
+
+    async def ListObjects(
+        self, request: node_pb2.ListObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ListObjectsResponse:
+        return node_pb2.ListObjectsResponse()

@@ -1,0 +1,149 @@
+"""ClientProxy: pushes never raise or block, close is idempotent, reads come in batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from goverse.gate import ClientProxy
+from tests.unit.gate.fake_node import text, unpack_text
+
+
+def proxy(
+    max_messages: int = 100, max_bytes: int = 1 << 20, batch_bytes: int = 1 << 20
+) -> ClientProxy:
+    return ClientProxy(
+        "g1/abc",
+        "secret",
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        max_batch_bytes=batch_bytes,
+    )
+
+
+async def test_push_on_a_closed_proxy_returns_false_and_does_not_raise() -> None:
+    """After close, push refuses quietly and counts the drop."""
+    client = proxy()
+    client.close("gone")
+    assert client.closed
+    assert client.push(text("late")) is False
+    assert client.dropped == 1
+
+
+async def test_close_twice_is_safe_and_keeps_the_first_reason() -> None:
+    """close() is idempotent: True the first time only; the first reason stays."""
+    client = proxy()
+    assert client.close("first") is True
+    assert client.close("second") is False
+    assert client.close("third", drain=True) is False
+    assert client.close_reason == "first"
+    assert not client.draining
+
+
+async def test_full_queue_refuses_pushes_without_blocking() -> None:
+    """Beyond the message bound, push returns False at once."""
+    client = proxy(max_messages=3)
+    assert [client.push(text(str(i))) for i in range(5)] == [True, True, True, False, False]
+    assert client.queued == 3
+    assert client.dropped == 2
+
+
+async def test_byte_bound_refuses_pushes() -> None:
+    """Beyond the byte bound, push returns False."""
+    client = proxy(max_bytes=200)
+    results = [client.push(text("x" * 60)) for _ in range(5)]
+    assert results[0] is True
+    assert False in results
+    assert client.queued_bytes <= 200
+
+
+async def test_a_push_larger_than_a_stream_message_is_refused() -> None:
+    """A message that can never fit one stream message is dropped rather than queued."""
+    client = proxy(batch_bytes=100)
+    assert client.push(text("x" * 500)) is False
+    assert client.queued == 0
+
+
+async def test_next_batch_reads_many_pushes_at_once() -> None:
+    """Everything queued comes back in one batch, oldest first."""
+    client = proxy()
+    for i in range(50):
+        assert client.push(text(str(i)))
+    batch = await client.next_batch()
+    assert batch is not None
+    assert [unpack_text(message) for message in batch] == [str(i) for i in range(50)]
+
+
+async def test_batches_stay_under_the_stream_message_limit() -> None:
+    """A batch never carries more bytes than one stream message may."""
+    client = proxy(batch_bytes=1000)
+    for _ in range(40):
+        assert client.push(text("y" * 90))
+    sizes = []
+    total = 0
+    while total < 40:
+        batch = await client.next_batch()
+        assert batch is not None
+        total += len(batch)
+        sizes.append(sum(message.ByteSize() + 2 for message in batch))
+    assert len(sizes) > 1
+    assert max(sizes) <= 1000
+
+
+async def test_draining_close_flushes_then_ends() -> None:
+    """After a draining close the writer still gets what was queued, then None."""
+    client = proxy()
+    client.push(text("a"))
+    client.push(text("b"))
+    assert client.close("shutting down", drain=True)
+    assert client.draining
+    assert client.push(text("c")) is False
+    batch = await client.next_batch()
+    assert batch is not None
+    assert [unpack_text(m) for m in batch] == ["a", "b"]
+    assert await client.next_batch() is None
+
+
+async def test_other_close_discards_the_queue() -> None:
+    """A non-draining close drops what is queued: the reader gets None at once."""
+    client = proxy()
+    client.push(text("a"))
+    client.close("client went away")
+    assert await client.next_batch() is None
+
+
+async def test_close_after_draining_discards_what_is_left() -> None:
+    """When the stream ends during a drain, the rest is discarded; draining stays True."""
+    client = proxy()
+    client.push(text("a"))
+    client.close("shutting down", drain=True)
+    client.close("stream ended")
+    assert client.draining
+    assert await client.next_batch() is None
+
+
+async def test_close_wakes_a_waiting_reader() -> None:
+    """A reader blocked on an empty queue returns None as soon as the proxy closes."""
+    client = proxy()
+    reader = asyncio.create_task(client.next_batch())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    client.close("bye")
+    assert await asyncio.wait_for(reader, 5) is None
+
+
+async def test_waiting_reader_can_be_cancelled() -> None:
+    """next_batch() is cancellable; the proxy keeps working afterwards."""
+    client = proxy()
+    reader = asyncio.create_task(client.next_batch())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert client.push(text("after"))
+    assert await client.next_batch() is not None
+
+
+def test_repr_never_shows_the_credential() -> None:
+    assert "secret" not in repr(proxy())

@@ -1,0 +1,167 @@
+"""ClientRegistry: registration, authentication, removal, delivery of node envelopes, drain."""
+
+from __future__ import annotations
+
+import pytest
+
+from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
+from goverse.gate import ClientRegistry
+from tests.unit.gate.fake_node import broadcast, to_clients, unpack_text
+
+
+def registry(max_clients: int = 100, queue: int = 100) -> ClientRegistry:
+    return ClientRegistry(
+        "g1",
+        max_clients=max_clients,
+        queue_messages=queue,
+        queue_bytes=1 << 20,
+        max_message_bytes=1 << 22,
+    )
+
+
+async def drain_texts(reg: ClientRegistry, client_id: str) -> list[str]:
+    proxy = reg.get(client_id)
+    assert proxy is not None
+    if proxy.queued == 0:
+        return []
+    batch = await proxy.next_batch()
+    assert batch is not None
+    return [unpack_text(m) for m in batch]
+
+
+def test_register_issues_distinct_ids_under_the_gate_and_strong_credentials() -> None:
+    """Client ids are "<gate-id>/<random>"; credentials are long and distinct."""
+    reg = registry()
+    a, b = reg.register(), reg.register()
+    assert a.client_id.startswith("g1/")
+    assert a.client_id != b.client_id
+    assert a.credential != b.credential
+    assert len(a.credential) >= 40
+    assert len(reg) == 2
+
+
+def test_authenticate_accepts_the_right_credential() -> None:
+    reg = registry()
+    proxy = reg.register()
+    assert reg.authenticate(proxy.client_id, proxy.credential) is proxy
+
+
+@pytest.mark.parametrize(
+    ("client_id", "credential", "message"),
+    [
+        (None, None, "missing goverse-client-id and goverse-credential"),
+        ("g1/x", None, "missing goverse-credential"),
+        (None, "c", "missing goverse-client-id"),
+        ("g1/unknown", "whatever", "unknown client id or wrong credential"),
+        ("g1/unknown", "ünïcode", "unknown client id or wrong credential"),
+    ],
+)
+def test_authenticate_refuses_missing_or_unknown(
+    client_id: str | None, credential: str | None, message: str
+) -> None:
+    """Missing metadata and unknown ids are refused with a clear message."""
+    reg = registry()
+    reg.register()
+    with pytest.raises(Unauthenticated, match=message):
+        reg.authenticate(client_id, credential)
+
+
+def test_a_client_cannot_use_another_clients_credential() -> None:
+    """Client B's credential does not authenticate as client A, and the refusal reveals
+    neither client's credential."""
+    reg = registry()
+    a, b = reg.register(), reg.register()
+    with pytest.raises(Unauthenticated) as refused:
+        reg.authenticate(a.client_id, b.credential)
+    assert a.credential not in str(refused.value)
+    assert b.credential not in str(refused.value)
+    assert b.client_id not in str(refused.value)
+
+
+def test_wrong_credential_and_unknown_id_get_the_same_message() -> None:
+    """An attacker cannot tell whether a client id exists."""
+    reg = registry()
+    a = reg.register()
+    with pytest.raises(Unauthenticated) as wrong:
+        reg.authenticate(a.client_id, "guess")
+    with pytest.raises(Unauthenticated) as unknown:
+        reg.authenticate("g1/0000000000000000", "guess")
+    assert str(wrong.value) == str(unknown.value)
+
+
+def test_credential_dies_with_the_registration() -> None:
+    """Once removed, the client id and credential are refused."""
+    reg = registry()
+    proxy = reg.register()
+    proxy.close("stream ended")
+    assert reg.remove(proxy)
+    with pytest.raises(Unauthenticated):
+        reg.authenticate(proxy.client_id, proxy.credential)
+
+
+def test_remove_only_removes_the_registered_proxy() -> None:
+    """remove() of a proxy no longer registered is a no-op returning False."""
+    reg = registry()
+    proxy = reg.register()
+    assert reg.remove(proxy)
+    assert not reg.remove(proxy)
+
+
+def test_max_clients() -> None:
+    """Beyond max_clients, register raises ResourceExhausted; a removal frees a place."""
+    reg = registry(max_clients=2)
+    first = reg.register()
+    reg.register()
+    with pytest.raises(ResourceExhausted, match="maximum of 2 clients"):
+        reg.register()
+    reg.remove(first)
+    reg.register()
+
+
+async def test_deliver_to_listed_clients_only() -> None:
+    """A client-message envelope reaches each listed local client, nobody else."""
+    reg = registry()
+    a, b, c = reg.register(), reg.register(), reg.register()
+    accepted = reg.deliver(to_clients([a.client_id, c.client_id, "g1/gone"], "hi"))
+    assert accepted == 2
+    assert await drain_texts(reg, a.client_id) == ["hi"]
+    assert await drain_texts(reg, b.client_id) == []
+    assert await drain_texts(reg, c.client_id) == ["hi"]
+    assert reg.delivered == 2
+    assert reg.dropped["unknown_client"] == 1
+
+
+async def test_broadcast_reaches_every_client() -> None:
+    reg = registry()
+    proxies = [reg.register() for _ in range(3)]
+    assert reg.deliver(broadcast("all")) == 3
+    for proxy in proxies:
+        assert await drain_texts(reg, proxy.client_id) == ["all"]
+
+
+async def test_full_queue_drops_are_counted() -> None:
+    """A push to a full client is dropped and counted; the others still get it."""
+    reg = registry(queue=1)
+    slow, fast = reg.register(), reg.register()
+    reg.deliver(to_clients([slow.client_id], "first"))
+    assert reg.deliver(broadcast("second")) == 1
+    assert reg.dropped["queue_full"] == 1
+    assert await drain_texts(reg, fast.client_id) == ["second"]
+
+
+def test_drain_closes_every_proxy_for_draining_and_refuses_new_clients() -> None:
+    reg = registry()
+    proxies = [reg.register() for _ in range(3)]
+    assert reg.drain("bye") == 3
+    assert all(p.closed and p.draining for p in proxies)
+    assert reg.drain("again") == 0
+    with pytest.raises(Unavailable):
+        reg.register()
+
+
+def test_push_to_a_closed_proxy_is_counted() -> None:
+    reg = registry()
+    proxy = reg.register()
+    proxy.close("gone")
+    assert reg.deliver(to_clients([proxy.client_id], "late")) == 0
+    assert reg.dropped["client_closed"] == 1

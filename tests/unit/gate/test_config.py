@@ -1,0 +1,108 @@
+"""Gate flags: defaults, GOVERSE_* variables, validation with a clear message and exit 2."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from goverse.gate._config import GateConfig, default_gate_id, parse_bytes, parse_config
+from goverse.ids import gate_id_problem
+
+
+def test_defaults() -> None:
+    """Without flags or variables, the documented defaults apply."""
+    config = parse_config([], {})
+    assert config.listen == "0.0.0.0:7100"
+    assert config.nodes == ("127.0.0.1:7000",)
+    assert config.shutdown_timeout == timedelta(seconds=5)
+    assert config.reconnect_initial == timedelta(milliseconds=100)
+    assert config.reconnect_max == timedelta(seconds=5)
+    assert config.stable_after == timedelta(seconds=10)
+    assert config.node_heartbeat_timeout == timedelta(seconds=15)
+    assert config.client_queue_messages == 1000
+    assert config.client_queue_bytes == 4 * 1024 * 1024
+    assert config.max_clients == 10_000
+    assert config.call_timeout == timedelta(seconds=30)
+    assert config.max_message_bytes == 4 * 1024 * 1024
+    assert (config.log_level, config.log_format) == ("info", "auto")
+    assert gate_id_problem(config.gate_id) is None
+
+
+def test_environment_sets_and_flags_win() -> None:
+    """Each flag falls back to its GOVERSE_* variable; the command line wins over it."""
+    environ = {
+        "GOVERSE_GATE_ID": "from-env",
+        "GOVERSE_NODES": "10.0.0.1:7000,10.0.0.2:7000",
+        "GOVERSE_CLIENT_QUEUE_BYTES": "512KiB",
+        "GOVERSE_NODE_HEARTBEAT_TIMEOUT": "2s",
+    }
+    config = parse_config(["--gate-id=from-flag"], environ)
+    assert config.gate_id == "from-flag"
+    assert config.nodes == ("10.0.0.1:7000", "10.0.0.2:7000")
+    assert config.client_queue_bytes == 512 * 1024
+    assert config.node_heartbeat_timeout == timedelta(seconds=2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gate-id=has space"], "--gate-id"),
+        (["--gate-id=-leading-dash"], "--gate-id"),
+        (["--nodes="], "--nodes"),
+        (["--nodes=a:1,a:1"], "more than once"),
+        (["--nodes=nohostport"], "host:port"),
+        (["--listen=7100"], "host:port"),
+        (["--shutdown-timeout=soon"], "not a duration"),
+        (["--reconnect-initial=2s", "--reconnect-max=1s"], "--reconnect-max"),
+        (["--call-timeout=0s"], "--call-timeout must be positive"),
+        (["--max-clients=0"], "at least 1"),
+        (["--client-queue-bytes=lots"], "not a byte size"),
+        (["--max-message-bytes=1KiB"], "--max-message-bytes"),
+        (["--log-level=loud"], "invalid choice"),
+    ],
+)
+def test_invalid_values_exit_2_with_a_clear_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value stops the gate before anything starts, naming the flag or the problem."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, {})
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_environment_value_is_refused() -> None:
+    """A bad GOVERSE_* value is as fatal as a bad flag."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config([], {"GOVERSE_GATE_ID": "no/slashes"})
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("gate-7d9f-abc", "gate-7d9f-abc"),
+        ("my host.example", "my-host.example"),
+        ("--weird__", "weird"),
+        ("x" * 100, "x" * 63),
+        ("", "gate"),
+        ("ü", "gate"),
+    ],
+)
+def test_default_gate_id_is_a_sanitised_host_name(hostname: str, expected: str) -> None:
+    """The host name becomes a valid gate id; hopeless names fall back to "gate"."""
+    assert default_gate_id(hostname) == expected
+    assert gate_id_problem(default_gate_id(hostname)) is None
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("65536") == 65536
+    assert parse_bytes("4MiB") == 4 * 1024 * 1024
+    assert parse_bytes("1mb") == 1_000_000
+
+
+def test_config_rejects_an_invalid_gate_id_when_built_directly() -> None:
+    """Tests and embedders building a GateConfig get the same validation as the flags."""
+    with pytest.raises(ValueError, match="gate id"):
+        GateConfig(gate_id="a/b", nodes=("127.0.0.1:1",))
