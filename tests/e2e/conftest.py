@@ -68,13 +68,17 @@ class Cluster:
 
 def start_cluster(group: ProcessGroup, gates: int = 1, gate_extra: tuple[str, ...] = ()) -> Cluster:
     cluster = Cluster(group, [free_port(), free_port()], [free_port() for _ in range(gates)])
+    # Nodes first: a gate that starts before its nodes serve routes its first calls into a
+    # channel still backing off from "connection refused", and those fail with UNAVAILABLE.
     for port in cluster.node_ports:
         cluster.nodes.append(group.node(port, cluster.node_ports, wait=False))
+    for proc in cluster.nodes:
+        proc.wait_healthy()
     for index, port in enumerate(cluster.gate_ports):
         cluster.gates.append(
             group.gate(port, f"gate-{index}", cluster.node_ports, extra=gate_extra, wait=False)
         )
-    for proc in [*cluster.nodes, *cluster.gates]:
+    for proc in cluster.gates:
         proc.wait_healthy()
     return cluster
 

@@ -113,8 +113,10 @@ async def test_gate_sigterm_with_100_streams_drains_and_exits_in_budget(
         gate.signal(signal.SIGTERM)
 
         async def last_event(stream: grpc.aio.UnaryStreamCall) -> str:
-            kinds = [event.WhichOneof("event") async for event in stream]
-            return kinds[-1] if kinds else ""
+            last = ""
+            while (event := await stream.read()) is not grpc.aio.EOF:
+                last = event.WhichOneof("event")
+            return last
 
         endings = await asyncio.wait_for(asyncio.gather(*(last_event(s) for s in streams)), 15)
         assert endings == ["draining"] * 100

@@ -300,6 +300,9 @@ class Client:
                 log.info(
                     "registration ended", gate=gate, code=error.code().name, details=error.details()
                 )
+            except Exception:  # a bug must not end the registration loop for good
+                self._chooser.mark_failed(gate)
+                log.exception("registration crashed", gate=gate)
             finally:
                 self._connected.clear()
             if draining:
@@ -319,7 +322,7 @@ class Client:
             if first is grpc.aio.EOF or first.WhichOneof("event") != "registered":
                 raise CallError(grpc.StatusCode.INTERNAL, f"gate {gate} did not register us")
             await self._registered(gate, stub, first.registered)
-            async for event in stream:
+            while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "messages":
                     for item in event.messages.messages:
