@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from goverse.gate._config import GateConfig, default_gate_id, parse_bytes, parse_config
+from goverse.gate._config import GateConfig, default_gate_id, parse_config
 from goverse.ids import gate_id_problem
+from goverse.runtime import parse_byte_size
 
 
 def test_defaults() -> None:
@@ -96,10 +97,10 @@ def test_default_gate_id_is_a_sanitised_host_name(hostname: str, expected: str) 
     assert gate_id_problem(default_gate_id(hostname)) is None
 
 
-def test_parse_bytes() -> None:
-    assert parse_bytes("65536") == 65536
-    assert parse_bytes("4MiB") == 4 * 1024 * 1024
-    assert parse_bytes("1mb") == 1_000_000
+def test_parse_byte_size() -> None:
+    assert parse_byte_size("65536") == 65536
+    assert parse_byte_size("4MiB") == 4 * 1024 * 1024
+    assert parse_byte_size("1mb") == 1_000_000
 
 
 def test_config_rejects_an_invalid_gate_id_when_built_directly() -> None:

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from goverse.node import NodeConfig, build_parser, parse_config
-from goverse.node._config import byte_size, module_list
+from goverse.node._config import module_list
+from goverse.runtime import parse_byte_size
 
 FLAGS = [
     "--listen",
@@ -108,7 +109,7 @@ def test_help_documents_every_flag_and_its_variable() -> None:
 
 def test_byte_sizes_and_module_lists_parse() -> None:
     """Sizes take binary units; module lists are dotted names without repeats."""
-    assert byte_size("65536") == 65536
-    assert byte_size("512KiB") == 512 * 1024
-    assert byte_size("4mib") == 4 * 1024 * 1024
+    assert parse_byte_size("65536") == 65536
+    assert parse_byte_size("512KiB") == 512 * 1024
+    assert parse_byte_size("4mib") == 4 * 1024 * 1024
     assert module_list("a.b, c") == ("a.b", "c")

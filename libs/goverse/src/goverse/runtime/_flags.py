@@ -12,6 +12,16 @@ from typing import Any
 from goverse.runtime._logging import LOG_FORMATS, LOG_LEVELS
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?\Z")
+_BYTE_SIZE = re.compile(r"(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\Z", re.IGNORECASE)
+_BYTE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 
 
 def parse_duration(text: str) -> timedelta:
@@ -24,6 +34,17 @@ def parse_duration(text: str) -> timedelta:
     if unit == "ms":
         return timedelta(milliseconds=value)
     return timedelta(seconds=value * (60 if unit == "m" else 1))
+
+
+def parse_byte_size(text: str) -> int:
+    """Parses a positive byte size: ``65536``, ``512KiB``, ``4MiB``, ``1MB``, ``1GiB``."""
+    match = _BYTE_SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte size (e.g. 65536, 512KiB, 4MiB)")
+    value = int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
+    return value
 
 
 def parse_address(text: str) -> str:

@@ -15,20 +15,11 @@ from goverse.runtime import (
     FlagParser,
     parse_address,
     parse_address_list,
+    parse_byte_size,
     parse_duration,
     positive_int,
 )
 
-_BYTES = re.compile(r"(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\Z", re.IGNORECASE)
-_BYTE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
 # Smallest message-size limit that still leaves room for ids, payload headers and a push.
 _MIN_MESSAGE_BYTES = 64 * 1024
 
@@ -113,17 +104,6 @@ class GateConfig:
             raise ValueError(f"--max-message-bytes must be at least {_MIN_MESSAGE_BYTES}")
 
 
-def parse_bytes(text: str) -> int:
-    """Parses a byte size: ``4194304``, ``512KiB``, ``4MiB``, ``1MB``."""
-    match = _BYTES.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a byte size (e.g. 65536, 512KiB, 4MiB)")
-    value = int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
-    return value
-
-
 def parse_gate_id(text: str) -> str:
     problem = gate_id_problem(text)
     if problem is not None:
@@ -141,7 +121,7 @@ def default_gate_id(hostname: str | None = None) -> str:
     return name
 
 
-def _build_parser(environ: Mapping[str, str]) -> FlagParser:
+def build_parser(environ: Mapping[str, str]) -> FlagParser:
     parser = FlagParser(
         prog="goverse-gate",
         description="goverse gate: holds client connections, verifies their calls and routes "
@@ -211,7 +191,7 @@ def _build_parser(environ: Mapping[str, str]) -> FlagParser:
         "client-queue-bytes",
         help="bytes of pushes queued per client (e.g. 4MiB); further pushes are dropped",
         default="4MiB",
-        parse=parse_bytes,
+        parse=parse_byte_size,
         metavar="SIZE",
     )
     parser.flag(
@@ -232,7 +212,7 @@ def _build_parser(environ: Mapping[str, str]) -> FlagParser:
         "max-message-bytes",
         help="largest gRPC message the server and the node channels send or receive",
         default="4MiB",
-        parse=parse_bytes,
+        parse=parse_byte_size,
         metavar="SIZE",
     )
     parser.logging_flags()
@@ -244,7 +224,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Gate
 
     Invalid values and inconsistent combinations exit with status 2 and a message naming them.
     """
-    parser = _build_parser(environ)
+    parser = build_parser(environ)
     args = parser.parse_flags(argv)
     try:
         return GateConfig(

@@ -13,6 +13,7 @@ from goverse.runtime import (
     FlagParser,
     parse_address,
     parse_address_list,
+    parse_byte_size,
     parse_duration,
     port_of,
     positive_int,
@@ -24,8 +25,6 @@ DEFAULT_GATE_QUEUE_BYTES = 64 * 1024 * 1024
 MIN_MESSAGE_BYTES = 64 * 1024
 MIN_HEARTBEAT = timedelta(milliseconds=100)
 
-_BYTE_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB)?\Z", re.IGNORECASE)
-_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -68,14 +67,6 @@ class NodeConfig:
 
     log_format: str = "auto"
     """``json``, ``console`` or ``auto`` (console on a TTY)."""
-
-
-def byte_size(text: str) -> int:
-    """Parses ``4194304``, ``512KiB``, ``4MiB`` or ``1GiB``."""
-    match = _BYTE_SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4MiB, 512KiB, 65536)")
-    return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
 
 
 def module_list(text: str) -> tuple[str, ...]:
@@ -152,7 +143,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
         "gate-queue-bytes",
         help="most bytes of envelopes queued per gate stream; further pushes are dropped",
         default="64MiB",
-        parse=byte_size,
+        parse=parse_byte_size,
         metavar="SIZE",
     )
     parser.flag(
@@ -166,7 +157,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
         "max-message-bytes",
         help="largest gRPC message sent or received (server and node-to-node channels)",
         default="4MiB",
-        parse=byte_size,
+        parse=parse_byte_size,
         metavar="SIZE",
     )
     parser.flag(
