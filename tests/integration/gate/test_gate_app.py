@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
@@ -403,3 +404,25 @@ async def test_registers_and_calls_while_draining_are_unavailable(
         await call(client)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert fake_node.calls == []
+
+
+async def test_health_reports_not_serving_once_stop_begins(gate: Gate) -> None:
+    """Health flips to NOT_SERVING for the server and the GateService name as stop begins."""
+    async with grpc.aio.insecure_channel(gate.app.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "goverse.v1.GateService"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        watches = [
+            health.Watch(health_pb2.HealthCheckRequest(service=service))
+            for service in ("", "goverse.v1.GateService")
+        ]
+        for watch in watches:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(gate.app.stop())
+        async with asyncio.timeout(WAIT):
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        for watch in watches:
+            watch.cancel()
+        await stopping
