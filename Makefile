@@ -10,7 +10,7 @@ PACKAGES := libs/goverse services/gate services/node
 .PHONY: help venv protos check-protos lint test unit integration run clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ lint: $(STAMP) ## ruff and mypy --strict on our code
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: check-protos lint ## Set everything up and run the whole suite
+test: check-protos lint chart-check ## Set everything up and run the whole suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) ## Only the unit tests
@@ -43,3 +43,5 @@ run: $(STAMP) ## Start two nodes, a gate on :7100 and a demo client on loopback;
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+include deploy/deploy.mk
