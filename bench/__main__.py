@@ -1,0 +1,205 @@
+"""``python -m bench``: runs the benchmark scenarios and writes bench/results/<timestamp>.json.
+
+Each scenario runs its bare grpc.aio baseline and the system (goverse-node + goverse-gate
+processes on 127.0.0.1) in the same run and prints both, their ratio and the parameters.
+Logs of every process (and py-spy profiles with ``--profile``) go to bench/results/<timestamp>/.
+See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bench import machine, report
+from bench.cluster import Variant
+from bench.procs import ROOT, Procs, uvloop_available
+from bench.profiling import py_spy
+from bench.results_model import ScenarioResult
+from bench.scenarios import CODE_SCENARIOS, LOOP_SCENARIOS, SCENARIOS, Ctx, Settings, run_scenario
+
+DEFAULT_OUT = ROOT / "bench" / "results"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in text.split(",") if item)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs to validate the harness")
+    parser.add_argument(
+        "--scenarios", type=_words, default=tuple(SCENARIOS), help="e.g. 1,2 (default: all)"
+    )
+    parser.add_argument(
+        "--loops",
+        type=_words,
+        default=None,
+        help="event loops of the services: asyncio and/or uvloop (default: both when "
+        "uvloop is installed for the bench (make bench does), else asyncio); uvloop repeats "
+        f"scenarios {','.join(LOOP_SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--tracing", type=_words, default=None, help="tracing-on modes: otlp, console"
+    )
+    parser.add_argument("--concurrency", type=_ints, default=None, help="e.g. 1,8,64")
+    parser.add_argument("--duration", type=float, default=None, help="seconds measured per level")
+    parser.add_argument("--push-count", type=int, default=None)
+    parser.add_argument("--fanout-clients", type=int, default=None)
+    parser.add_argument("--connections", type=_ints, default=None, help="e.g. 1000,5000")
+    parser.add_argument(
+        "--streams-per-connection",
+        type=int,
+        default=None,
+        help="raw streams multiplexed on one TCP connection in scenarios 3-5 (default 1)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the processes with py-spy during scenarios 1 and 2 (numbers perturbed)",
+    )
+    parser.add_argument(
+        "--compare-code",
+        type=Path,
+        default=None,
+        help="a checkout (e.g. `git archive HEAD libs services | tar -x -C DIR`) whose services "
+        f"to run too, in scenarios {','.join(CODE_SCENARIOS)}, compared with the work tree",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    if args.loops is None:
+        args.loops = ("asyncio", "uvloop") if uvloop_available() else ("asyncio",)
+    if "uvloop" in args.loops and not uvloop_available():
+        parser.error("uvloop is not installed for the bench: run `make bench-deps`")
+    if args.compare_code is not None:
+        args.compare_code = args.compare_code.resolve()
+        if not (args.compare_code / "services/gate/src").is_dir():
+            parser.error(f"{args.compare_code} has no services/gate/src")
+    if args.profile and py_spy() is None:
+        parser.error("py-spy is not installed: .venv/bin/pip install py-spy")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings.quick_settings() if args.quick else Settings()
+    overrides: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "duration": args.duration,
+        "push_count": args.push_count,
+        "fanout_clients": args.fanout_clients,
+        "connections": args.connections,
+        "streams_per_channel": args.streams_per_connection,
+        "tracing": args.tracing,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(s, key, value)
+    return s
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def run_all(
+    ctx: Ctx, args: argparse.Namespace, results: list[ScenarioResult], save: Any
+) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    first = args.loops[0]
+    plan = [(number, Variant(first, first)) for number in args.scenarios]
+    repeated = [number for number in args.scenarios if number in LOOP_SCENARIOS]
+    for loop_name in args.loops[1:]:
+        plan += [(number, Variant(loop_name, loop_name)) for number in repeated]
+    if args.compare_code is not None:
+        code = Variant("code", first, code=str(args.compare_code))
+        plan += [(number, code) for number in args.scenarios if number in CODE_SCENARIOS]
+    for number, variant in plan:
+        print(f"-- scenario {number} ({variant.label}) ...", flush=True)
+        await run_scenario(ctx, number, variant, results)
+        print(report.render(results[-1:], []), flush=True)
+        save()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    # Ctrl-C must stop the run even when started where SIGINT is ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The SDK logs with structlog, whose default prints every level to stdout.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.out / stamp
+    json_path = args.out / f"{stamp}.json"
+    settings = settings_from(args)
+    procs = Procs(run_dir / "logs")
+    ctx = Ctx(settings, procs, run_dir, profile=args.profile)
+    results: list[ScenarioResult] = []
+    document: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine.describe(),
+        "fd_limit": raise_fd_limit(),
+        "settings": settings.to_json(),
+        "loops": list(args.loops),
+        "compare_code": str(args.compare_code or ""),
+        "profiled": args.profile,
+        "noisy": "numbers are only comparable within one run (ratios); "
+        "other load on the machine shows in load_average",
+    }
+
+    code = str(args.compare_code or "")
+
+    def save(final: bool = False) -> None:
+        done = [*results, *report.comparisons(results, code)]
+        document["scenarios"] = [result.to_json() for result in done]
+        document["targets"] = [target.to_json() for target in report.targets(done)]
+        document["profiles"] = ctx.profiles
+        document["complete"] = final
+        report.write_json(json_path, document)
+
+    print(f"bench: results {json_path}, logs {run_dir}/logs", flush=True)
+    interrupted = False
+    try:
+        asyncio.run(run_all(ctx, args, results, save))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+        print("bench: interrupted; stopping the processes", file=sys.stderr)
+    finally:
+        procs.stop_all()
+    document["machine"]["load_average_at_end"] = machine.load_average()
+    save(final=not interrupted)
+    done = [*results, *report.comparisons(results, code)]
+    print("\n\n######## summary ########")
+    print(report.render(done, report.targets(done)))
+    print(f"\nbench: wrote {json_path}")
+    if ctx.profiles:
+        print(f"bench: profiles in {run_dir}/profiles")
+    failed = [result.key for result in results if result.error]
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

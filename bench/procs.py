@@ -1,0 +1,232 @@
+"""Processes of a benchmark run: start, wait for health, read RSS, signal, and always stop.
+
+Every process is started in a session of its own (the terminal's Ctrl-C reaches only the
+harness) and, where ``setpriv`` exists, with a parent-death signal, so none outlives a harness
+that was killed. :class:`Procs` stops whatever is still running on the way out: SIGTERM, then
+SIGKILL after a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+UVLOOP_DIR = Path(PYTHON).parent.parent / "bench-uvloop"
+"""Where ``make bench`` installs uvloop for the services' uvloop runs (outside the venv's
+site-packages, so nothing else picks it up)."""
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+_SETPRIV = shutil.which("setpriv")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def uvloop_available() -> bool:
+    return (UVLOOP_DIR / "uvloop").is_dir()
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def serving(address: str, timeout: float = 1.0) -> bool:
+    """True when the health service at `address` answers SERVING for ""."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class Proc:
+    """One process of the run, its output captured to a log file."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    address: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        paths = [str(ROOT), self.env.get("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        args = list(self.args)
+        if _SETPRIV is not None:
+            args = [_SETPRIV, "--pdeathsig", "KILL", "--", *args]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.popen = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def output_tail(self, chars: int = 3000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    async def wait_healthy(self, timeout: float = START_TIMEOUT) -> float:
+        """Waits until the process serves; returns the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.name} exited during start (see {self.log_path}):\n{self.output_tail()}"
+                )
+            if await serving(self.address):
+                return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not serve within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def wait_exit(self, timeout: float) -> bool:
+        """Waits (without polling, on a pidfd) until the process exits; False on timeout."""
+        assert self.popen is not None
+        if self.popen.poll() is not None:
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self.popen.wait(5)
+            return True
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, on_exit)
+        try:
+            await asyncio.wait_for(exited, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        self.popen.wait(5)
+        return True
+
+    def send(self, signum: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(signum)
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT) -> float | None:
+        """SIGTERM, then waits; returns the seconds to exit, or None when it had to be killed."""
+        if not self.alive():
+            return 0.0
+        started = time.monotonic()
+        self.send(signal.SIGTERM)
+        if await self.wait_exit(timeout):
+            return time.monotonic() - started
+        self.kill()
+        return None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(10)
+
+    def stop_sync(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, wait up to `timeout`, SIGKILL: for cleanup paths without an event loop."""
+        if not self.alive():
+            return
+        assert self.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Procs:
+    """Owns every process a run starts; :meth:`stop_all` ends those still running."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Proc] = []
+        self._count = 0
+
+    def spawn(
+        self, name: str, args: Sequence[str], address: str = "", env: dict[str, str] | None = None
+    ) -> Proc:
+        self._count += 1
+        proc = Proc(
+            name,
+            list(args),
+            self.log_dir / f"{self._count:03d}-{name}.log",
+            address,
+            dict(env or {}),
+        )
+        self.started.append(proc.start())
+        return proc
+
+    async def stop(self, *procs: Proc) -> None:
+        """Stops `procs` (SIGTERM, then SIGKILL after the timeout), all at once."""
+        await asyncio.gather(*(proc.terminate() for proc in procs))
+
+    def stop_all(self) -> None:
+        """SIGTERM to everything still running, then waits; kills what outlives the timeout."""
+        alive = [proc for proc in self.started if proc.alive()]
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in alive:
+            assert proc.popen is not None
+            try:
+                proc.popen.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()

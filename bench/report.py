@@ -1,0 +1,194 @@
+"""Reporting: the targets of the issue, the printed tables, and the results JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.results_model import Row, ScenarioResult, Target
+
+CALL_RATIO_TARGET = 0.5
+PUSH_RATIO_TARGET = 1.0
+SIGTERM_TARGET_S = 1.0
+
+
+def _find(results: Sequence[ScenarioResult], key: str) -> ScenarioResult | None:
+    for result in results:
+        if result.key == key and result.error is None:
+            return result
+    return None
+
+
+def targets(results: Sequence[ScenarioResult]) -> list[Target]:
+    found: list[Target] = []
+    calls = _find(results, "calls")
+    if calls is not None:
+        ratios = [(row.case, row.ratio) for row in calls.rows if row.metric == "calls/s"]
+        known = [(case, ratio) for case, ratio in ratios if ratio is not None]
+        worst = min(known, key=lambda item: item[1]) if known else None
+        found.append(
+            Target(
+                "relayed calls vs bare unary (calls/s)",
+                f">= {CALL_RATIO_TARGET}x at every concurrency",
+                ", ".join(f"{case}: {ratio:.2f}x" for case, ratio in known),
+                None if worst is None else worst[1] >= CALL_RATIO_TARGET,
+            )
+        )
+    push = _find(results, "push")
+    if push is not None:
+        row = push.row("1 client", "messages/s")
+        ratio = row.ratio if row else None
+        complete = bool(push.details.get("complete"))
+        found.append(
+            Target(
+                "push delivery to one client vs bare single stream (messages/s)",
+                f">= {PUSH_RATIO_TARGET}x, nothing lost",
+                "n/a"
+                if ratio is None
+                else f"{ratio:.2f}x" + ("" if complete else " (INCOMPLETE delivery)"),
+                None if ratio is None else ratio >= PUSH_RATIO_TARGET and complete,
+            )
+        )
+    lifecycle = _find(results, "lifecycle")
+    if lifecycle is not None:
+        exit_s = lifecycle.details.get("gate_shutdown", {}).get("exit_s")
+        streams = lifecycle.details.get("gate_shutdown", {}).get("streams")
+        found.append(
+            Target(
+                f"gate SIGTERM to exit with {streams} streams",
+                f"<= {SIGTERM_TARGET_S} s",
+                "killed after the timeout" if exit_s is None else f"{exit_s:.2f} s",
+                None if exit_s is None else exit_s <= SIGTERM_TARGET_S,
+            )
+        )
+    return found
+
+
+def variant_comparison(
+    results: Sequence[ScenarioResult],
+    label: str,
+    title: str,
+    a_label: str,
+    b_label: str,
+    flip: bool = False,
+) -> ScenarioResult | None:
+    """The work tree on asyncio (side A) vs the same scenarios run as variant `label` (side B),
+    from the scenarios run both ways: the system rows, then the bare rows. `flip` swaps the
+    sides."""
+    rows: list[Row] = []
+    for plain in results:
+        name = plain.key
+        other = _find(results, f"{name}-{label}")
+        if plain.error is not None or other is None:
+            continue
+        for row in plain.rows:
+            found = other.row(row.case, row.metric)
+            if found is not None:
+                a, b = (found.b, row.b) if flip else (row.b, found.b)
+                rows.append(Row(f"{name}: {row.case}", row.metric, row.unit, a, b, row.better))
+        for row in plain.rows:
+            found = other.row(row.case, row.metric)
+            if found is not None and row.metric in ("calls/s", "messages/s", "deliveries/s"):
+                a, b = (found.a, row.a) if flip else (row.a, found.a)
+                rows.append(Row(f"{name} bare: {row.case}", row.metric, row.unit, a, b))
+    if not rows:
+        return None
+    return ScenarioResult(
+        label,
+        title,
+        a_label=a_label,
+        b_label=b_label,
+        rows=rows,
+        notes=["Rows 'bare: ...' compare the bare baselines of the two runs (noise check)."],
+    )
+
+
+def comparisons(results: Sequence[ScenarioResult], code: str = "") -> list[ScenarioResult]:
+    found = [
+        variant_comparison(
+            results,
+            "uvloop",
+            "uvloop: the same runs with the services (and bare server) on uvloop",
+            "asyncio",
+            "uvloop",
+        ),
+        variant_comparison(
+            results,
+            "code",
+            f"Code: {code or 'another checkout'} (before) vs the work tree (after)",
+            "other code",
+            "work tree",
+            flip=True,
+        ),
+    ]
+    return [result for result in found if result is not None]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) >= 0.001 else f"{value:.2g}"
+
+
+def table(result: ScenarioResult) -> list[str]:
+    header = ("case", "metric", "unit", result.a_label, result.b_label, "ratio")
+    body = [
+        (
+            row.case,
+            row.metric,
+            row.unit,
+            _fmt(row.a),
+            _fmt(row.b),
+            "-" if row.ratio is None else f"{row.ratio:.2f}x",
+        )
+        for row in result.rows
+    ]
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = []
+    for index, line in enumerate([header, *body]):
+        cells = [
+            str(cell).ljust(widths[i]) if i < 3 else str(cell).rjust(widths[i])
+            for i, cell in enumerate(line)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  " + "  ".join("-" * width for width in widths))
+    return lines
+
+
+def render(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
+    out: list[str] = []
+    for result in results:
+        out += ["", f"== {result.title} ({result.seconds:.0f}s) =="]
+        if result.error:
+            out.append(f"  FAILED: {result.error}")
+            continue
+        for key, value in result.params.items():
+            out.append(f"  {key}: {value}")
+        out.append("")
+        out += table(result)
+        out += [f"  note: {note}" for note in result.notes]
+    if found:
+        out += ["", "== Targets (ratio = system / bare, same run) =="]
+        for target in found:
+            verdict = {True: "MET", False: "NOT MET", None: "n/a"}[target.met]
+            out.append(
+                f"  [{verdict}] {target.name}: {target.required}; measured {target.measured}"
+            )
+    return "\n".join(out)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    tmp.replace(path)
