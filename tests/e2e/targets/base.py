@@ -1,0 +1,130 @@
+"""What every e2e target offers the shared scenarios (tests/e2e/test_scenarios.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from grpc_health.v1 import health_pb2
+
+from tests.helpers.processes import health_status
+
+Component = Literal["gate", "node"]
+
+# The services' shutdown budget is 5 s (--shutdown-timeout); a loaded 2-core machine gets
+# 3 s of slack. Targets whose stop includes more than SIGTERM -> exit (Kubernetes' preStop
+# sleep) add that on top.
+EXIT_BOUND = 8.0
+
+
+class TargetError(RuntimeError):
+    """A target cannot start or cannot do what a scenario asks (missing tool, bad spec...)."""
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a gate or node stopped: seconds from the stop request to the exit, exit code."""
+
+    seconds: float
+    exit_code: int | None
+    """None when the target cannot observe it (a Kubernetes pod already gone)."""
+    recorded_seconds: float | None = None
+    """From the stop request to the exit time the platform recorded (Docker's
+    ``State.FinishedAt``), without the time the stop command took to return; None when the
+    target has no such record."""
+
+
+@dataclass(frozen=True)
+class ExportedSpan:
+    """One span as the configured trace exporter received it."""
+
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str = ""
+    resource: dict[str, str] = field(default_factory=dict)
+
+
+class Target(Protocol):
+    """A running goverse cluster of 2 nodes and 2 gates somewhere the test process reaches.
+
+    Methods block (subprocesses, docker, kubectl): async scenarios call them through
+    ``asyncio.to_thread``. ``start`` raises :class:`TargetError` when the target cannot run
+    here; ``close`` removes everything the target made, is idempotent and is safe after a
+    failed ``start``.
+    """
+
+    name: str
+    stop_bound: float
+    """Seconds a stopped gate may take to exit here (SIGTERM budget + slack + preStop)."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def gate_addresses(self) -> list[str]:
+        """host:port of each gate, reachable from the test process (index = gate index)."""
+        ...
+
+    def node_addresses(self) -> list[str]:
+        """The node list the services are configured with (what placement hashes)."""
+        ...
+
+    def instance_ids(self, component: Component) -> list[str]:
+        """What each instance writes as its identity in its logs: gate ids (``gate_id``),
+        node advertise addresses (``node``)."""
+        ...
+
+    def stop_gate(self, index: int) -> StopResult:
+        """Stops gate `index` the way its platform does (SIGTERM), waits for the exit."""
+        ...
+
+    def start_gate(self, index: int) -> None:
+        """Brings the cluster back to 2 serving gates after :meth:`stop_gate`."""
+        ...
+
+    def restart_node(self, index: int) -> StopResult:
+        """Stops node `index` (SIGTERM) and starts it again with the same name; returns when
+        it serves again. The result is about the stop."""
+        ...
+
+    def logs(self, component: Component, index: int) -> list[str]:
+        """Every line instance `index` of `component` has written (stdout and stderr)."""
+        ...
+
+    def tracing_unsupported(self) -> str | None:
+        """Why this target has no exporter to read (no OTLP receiver, no collector), or
+        None. Whether the services trace at all is for the scenario to find out."""
+        ...
+
+    def exported_spans(self) -> list[ExportedSpan]:
+        """The spans the configured exporter has received so far."""
+        ...
+
+    def chart_test(self) -> tuple[int, str] | None:
+        """Runs the chart's `helm test` pod: (exit code, output); None when there is no
+        chart on this target."""
+        ...
+
+    def diagnostics(self) -> str:
+        """What to print when a scenario failed: states, logs, events."""
+        ...
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    """Polls `predicate` until it is true; raises TargetError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TargetError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def serving(address: str, service: str = "") -> bool:
+    """Whether grpc.health.v1 at `address` reports `service` SERVING."""
+    return bool(health_status(address, service) == health_pb2.HealthCheckResponse.SERVING)
