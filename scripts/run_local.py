@@ -78,6 +78,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--node-ports", default="7000,7001", help="ports of the two nodes")
     parser.add_argument("--gate-port", type=int, default=7100, help="port of the gate")
+    parser.add_argument(
+        "--metrics-ports",
+        default="9464,9466,9465",
+        help="Prometheus ports of node-0, node-1 and the gate (0: none)",
+    )
     parser.add_argument("--rounds", type=int, default=0, help="demo rounds; 0 runs until Ctrl-C")
     parser.add_argument("--log-dir", default=str(ROOT / ".run" / "logs"), help="service logs")
     args = parser.parse_args()
@@ -85,6 +90,7 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     nodes = [f"127.0.0.1:{port.strip()}" for port in args.node_ports.split(",")]
     gate = f"127.0.0.1:{args.gate_port}"
+    *node_metrics, gate_metrics = [port.strip() for port in args.metrics_ports.split(",")]
 
     def on_signal(signum: int, _: object) -> None:
         raise Stop()
@@ -103,6 +109,7 @@ def main() -> int:
                 f"--advertise={node}",
                 f"--nodes={','.join(nodes)}",
                 "--log-format=json",
+                f"--metrics-port={node_metrics[index]}",
             ]
             services[name] = (start(name, cmd, log_dir), node)
         cmd = [
@@ -111,10 +118,14 @@ def main() -> int:
             "--gate-id=gate-local",
             f"--nodes={','.join(nodes)}",
             "--log-format=json",
+            f"--metrics-port={gate_metrics}",
         ]
         services["gate"] = (start("gate", cmd, log_dir), gate)
         wait_serving(services, log_dir)
         print(f"nodes {', '.join(nodes)} and gate {gate} are serving; logs in {log_dir}")
+        served = [port for port in (*node_metrics, gate_metrics) if port != "0"]
+        if served:
+            print("metrics: " + ", ".join(f"http://127.0.0.1:{port}/metrics" for port in served))
         print("demo client (Ctrl-C stops everything):", flush=True)
         demo = subprocess.Popen(
             [

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.processes import ProcessGroup, process_group
+from tests.helpers.telemetry import SpanCapture, span_capture
 
 
 @pytest.fixture
@@ -20,6 +21,18 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
         if report is not None and report.failed:
             for proc in group.processes:
                 print(f"----- {proc.name} -----\n{proc.output()[-20000:]}")
+
+
+@pytest.fixture
+def captured_spans() -> Iterator[SpanCapture]:
+    """The spans this test process ends during the test (an SDK tracer provider is made the
+    global one the first time)."""
+    capture = span_capture()
+    capture.start()
+    try:
+        yield capture
+    finally:
+        capture.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,12 +67,17 @@ class Cluster:
         return reply
 
 
-def start_cluster(group: ProcessGroup, gates: int = 1, gate_extra: tuple[str, ...] = ()) -> Cluster:
+def start_cluster(
+    group: ProcessGroup,
+    gates: int = 1,
+    gate_extra: tuple[str, ...] = (),
+    node_extra: tuple[str, ...] = (),
+) -> Cluster:
     cluster = Cluster(group, [free_port(), free_port()], [free_port() for _ in range(gates)])
     # Nodes first: a gate that starts before its nodes serve routes its first calls into a
     # channel still backing off from "connection refused", and those fail with UNAVAILABLE.
     for port in cluster.node_ports:
-        cluster.nodes.append(group.node(port, cluster.node_ports, wait=False))
+        cluster.nodes.append(group.node(port, cluster.node_ports, extra=node_extra, wait=False))
     for proc in cluster.nodes:
         proc.wait_healthy()
     for index, port in enumerate(cluster.gate_ports):
@@ -103,3 +109,13 @@ async def clients() -> AsyncIterator[list[Client]]:
     yield opened
     for client in opened:
         await client.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--target",
+        default=os.environ.get("GOVERSE_E2E_TARGET", "local"),
+        choices=("local", "docker", "kind"),
+        help="where tests/e2e/test_scenarios.py runs (tests/e2e/targets): local processes, "
+        "containers from the chart on Docker, or a kind cluster (env GOVERSE_E2E_TARGET)",
+    )

@@ -42,6 +42,14 @@ class Pusher(Object):
     async def WhoAmI(self, request: Empty) -> StringValue:
         return StringValue(value=self.caller.client_id)
 
+    async def PushMany(self, request: Int64Value) -> Int64Value:
+        """Pushes StringValue(str(i)) to the caller `request.value` times in one turn (to fill
+        queues); returns how many were queued."""
+        queued = 0
+        for index in range(request.value):
+            queued += self.push(self.caller.client_id, StringValue(value=str(index)))
+        return Int64Value(value=queued)
+
 
 class Sleeper(Object):
     """Sleeps inside a call, to test turn-based execution and calls in flight."""

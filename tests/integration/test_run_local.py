@@ -18,6 +18,7 @@ def test_run_local_shows_calls_and_pushes_and_stops_cleanly(tmp_path: Path) -> N
             str(ROOT / "scripts" / "run_local.py"),
             f"--node-ports={node_ports}",
             f"--gate-port={gate_port}",
+            f"--metrics-ports={free_port()},{free_port()},{free_port()}",
             "--rounds=2",
             f"--log-dir={tmp_path}",
         ],

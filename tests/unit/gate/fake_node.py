@@ -61,7 +61,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
 
     RegisterGate sends the acknowledgement (unless `ack` is False), then whatever the test
     hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Unary calls are
-    recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`.
+    recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`,
+    after `call_delay` seconds.
     """
 
     ack: bool = True
@@ -69,7 +70,9 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     end_after_ack: bool = False
     heartbeat_interval_ms: int = 0
     fail_with: tuple[grpc.StatusCode, str] | None = None
+    call_delay: float = 0.0
     registrations: list[str] = field(default_factory=list)
+    registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
     active: int = 0
     max_active: int = 0
@@ -122,6 +125,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     ) -> AsyncIterator[node_pb2.RegisterGateResponse]:
         queue: asyncio.Queue[node_pb2.RegisterGateResponse | None] = asyncio.Queue()
         self.registrations.append(request.gate_id)
+        self.registered_at.append(time.monotonic())
         self._queues.append(queue)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -145,6 +149,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         self.calls.append(ReceivedCall(method, request, metadata, context.time_remaining()))
+        if self.call_delay:
+            await asyncio.sleep(self.call_delay)
         if self.fail_with is not None:
             await context.abort(*self.fail_with)
 

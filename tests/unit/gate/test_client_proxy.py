@@ -11,7 +11,11 @@ from tests.unit.gate.fake_node import text, unpack_text
 
 
 def proxy(
-    max_messages: int = 100, max_bytes: int = 1 << 20, batch_bytes: int = 1 << 20
+    max_messages: int = 100,
+    max_bytes: int = 1 << 20,
+    batch_bytes: int = 1 << 20,
+    overflow: str = "disconnect",
+    slow: list[ClientProxy] | None = None,
 ) -> ClientProxy:
     return ClientProxy(
         "g1/abc",
@@ -19,6 +23,8 @@ def proxy(
         max_messages=max_messages,
         max_bytes=max_bytes,
         max_batch_bytes=batch_bytes,
+        overflow=overflow,
+        on_slow_consumer=None if slow is None else slow.append,
     )
 
 
@@ -41,21 +47,58 @@ async def test_close_twice_is_safe_and_keeps_the_first_reason() -> None:
     assert not client.draining
 
 
-async def test_full_queue_refuses_pushes_without_blocking() -> None:
-    """Beyond the message bound, push returns False at once."""
-    client = proxy(max_messages=3)
+async def test_overflow_disconnects_a_slow_consumer_and_frees_its_queue() -> None:
+    """Beyond the message bound (default policy), push returns False at once, the proxy closes
+    as a slow consumer, its queue is discarded and the registry is told once."""
+    slow: list[ClientProxy] = []
+    client = proxy(max_messages=3, slow=slow)
     assert [client.push(text(str(i))) for i in range(5)] == [True, True, True, False, False]
-    assert client.queued == 3
-    assert client.dropped == 2
+    assert client.closed
+    assert client.slow_consumer
+    assert client.close_reason == "slow consumer"
+    assert client.slow_consumer_details.startswith("slow consumer: ")
+    assert not client.draining
+    assert (client.queued, client.queued_bytes) == (0, 0)
+    assert client.dropped == 5  # three discarded, the overflowing push, one refused after
+    assert slow == [client]
+    assert await client.next_batch() is None
 
 
-async def test_byte_bound_refuses_pushes() -> None:
-    """Beyond the byte bound, push returns False."""
+async def test_byte_bound_overflows_too() -> None:
+    """Beyond the byte bound, push returns False and the slow consumer is disconnected."""
     client = proxy(max_bytes=200)
     results = [client.push(text("x" * 60)) for _ in range(5)]
     assert results[0] is True
     assert False in results
-    assert client.queued_bytes <= 200
+    assert client.slow_consumer
+    assert client.queued_bytes == 0
+
+
+async def test_drop_oldest_makes_room_for_the_newest() -> None:
+    """Under drop-oldest an overflow drops the oldest pushes; the proxy stays open and the
+    reader gets the newest ones."""
+    slow: list[ClientProxy] = []
+    client = proxy(max_messages=3, overflow="drop-oldest", slow=slow)
+    assert all(client.push(text(str(i))) for i in range(10))
+    assert not client.closed
+    assert client.dropped == 7
+    assert slow == []
+    batch = await client.next_batch()
+    assert batch is not None
+    assert [unpack_text(m) for m in batch] == ["7", "8", "9"]
+
+
+async def test_drop_oldest_also_honours_the_byte_bound() -> None:
+    client = proxy(max_bytes=200, overflow="drop-oldest")
+    for i in range(10):
+        assert client.push(text(f"{i}" + "x" * 59))
+        assert client.queued_bytes <= 200
+    assert client.dropped > 0
+
+
+def test_an_unknown_overflow_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="overflow policy"):
+        proxy(overflow="block")
 
 
 async def test_a_push_larger_than_a_stream_message_is_refused() -> None:

@@ -9,13 +9,16 @@ from goverse.gate import ClientRegistry
 from tests.unit.gate.fake_node import broadcast, to_clients, unpack_text
 
 
-def registry(max_clients: int = 100, queue: int = 100) -> ClientRegistry:
+def registry(
+    max_clients: int = 100, queue: int = 100, overflow: str = "disconnect"
+) -> ClientRegistry:
     return ClientRegistry(
         "g1",
         max_clients=max_clients,
         queue_messages=queue,
         queue_bytes=1 << 20,
         max_message_bytes=1 << 22,
+        overflow=overflow,
     )
 
 
@@ -139,14 +142,40 @@ async def test_broadcast_reaches_every_client() -> None:
         assert await drain_texts(reg, proxy.client_id) == ["all"]
 
 
-async def test_full_queue_drops_are_counted() -> None:
-    """A push to a full client is dropped and counted; the others still get it."""
+async def test_a_full_client_is_disconnected_and_counted_while_the_others_get_the_push() -> None:
+    """A push that overflows a client's queue disconnects it as a slow consumer (counted, with
+    the pushes it discarded); the others still get the push."""
     reg = registry(queue=1)
     slow, fast = reg.register(), reg.register()
     reg.deliver(to_clients([slow.client_id], "first"))
     assert reg.deliver(broadcast("second")) == 1
-    assert reg.dropped["queue_full"] == 1
+    assert slow.slow_consumer
+    assert reg.slow_consumer_disconnects == 1
+    assert reg.dropped["slow_consumer"] == 2
     assert await drain_texts(reg, fast.client_id) == ["second"]
+
+
+async def test_drop_oldest_counts_what_it_dropped() -> None:
+    reg = registry(queue=1, overflow="drop-oldest")
+    slow = reg.register()
+    reg.deliver(to_clients([slow.client_id], "first"))
+    assert reg.deliver(to_clients([slow.client_id], "second")) == 1
+    assert reg.dropped["queue_full"] == 1
+    assert reg.slow_consumer_disconnects == 0
+    assert await drain_texts(reg, slow.client_id) == ["second"]
+
+
+def test_a_draining_client_may_still_call_but_not_a_disconnected_one() -> None:
+    """While its stream flushes and sends Draining, a client's credential still works; after
+    a slow-consumer disconnect it does not."""
+    reg = registry(queue=1)
+    draining, slow = reg.register(), reg.register()
+    reg.deliver(to_clients([slow.client_id], "a"))
+    reg.deliver(to_clients([slow.client_id], "b"))
+    reg.drain("bye")
+    assert reg.authenticate(draining.client_id, draining.credential) is draining
+    with pytest.raises(Unauthenticated):
+        reg.authenticate(slow.client_id, slow.credential)
 
 
 def test_drain_closes_every_proxy_for_draining_and_refuses_new_clients() -> None:

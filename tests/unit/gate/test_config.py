@@ -8,7 +8,7 @@ import pytest
 
 from goverse.gate._config import GateConfig, default_gate_id, parse_config
 from goverse.ids import gate_id_problem
-from goverse.runtime import parse_byte_size
+from goverse.runtime import Keepalive, parse_byte_size
 
 
 def test_defaults() -> None:
@@ -27,7 +27,18 @@ def test_defaults() -> None:
     assert config.call_timeout == timedelta(seconds=30)
     assert config.max_message_bytes == 4 * 1024 * 1024
     assert (config.log_level, config.log_format) == ("info", "auto")
+    assert config.slow_client_policy == "disconnect"
+    assert config.keepalive == Keepalive()
     assert gate_id_problem(config.gate_id) is None
+
+
+def test_slow_client_policy_and_keepalive_from_flags_and_environment() -> None:
+    environ = {"GOVERSE_SLOW_CLIENT_POLICY": "drop-oldest", "GOVERSE_KEEPALIVE_TIME": "3s"}
+    config = parse_config(["--keepalive-timeout=2s", "--keepalive-min-time=1s"], environ)
+    assert config.slow_client_policy == "drop-oldest"
+    assert config.keepalive == Keepalive(
+        time=timedelta(seconds=3), timeout=timedelta(seconds=2), min_time=timedelta(seconds=1)
+    )
 
 
 def test_environment_sets_and_flags_win() -> None:
@@ -61,6 +72,8 @@ def test_environment_sets_and_flags_win() -> None:
         (["--client-queue-bytes=lots"], "not a byte size"),
         (["--max-message-bytes=1KiB"], "--max-message-bytes"),
         (["--log-level=loud"], "invalid choice"),
+        (["--slow-client-policy=block"], "invalid choice"),
+        (["--keepalive-timeout=0ms"], "--keepalive-timeout must be positive"),
     ],
 )
 def test_invalid_values_exit_2_with_a_clear_message(

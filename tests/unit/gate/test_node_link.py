@@ -212,3 +212,57 @@ async def test_stop_returns_promptly_while_backing_off(links: Links) -> None:
         await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 1.0
     assert "UNAVAILABLE" in link.last_error
+
+
+async def test_gates_reconnecting_to_a_restarted_node_do_not_arrive_in_step() -> None:
+    """Twelve gates lose a node that comes back a second later: they all reconnect, spread
+    over their jittered backoff rather than in one burst, each having retried a bounded
+    number of times (no tight loop) while the node was down."""
+    node = await FakeNode().start()
+    pools = [
+        ChannelPool([*channel_options(), ("grpc.use_local_subchannel_pool", 1)]) for _ in range(12)
+    ]
+    supervisor = Supervisor("storm")
+    registry = ClientRegistry(
+        "g", max_clients=1, queue_messages=1, queue_bytes=1024, max_message_bytes=1 << 22
+    )
+    links = [
+        NodeLink(
+            node.address,
+            f"g{index}",
+            pool.get(node.address),
+            registry,
+            backoff=Backoff(timedelta(milliseconds=100), timedelta(seconds=1)),
+            stable_after=timedelta(seconds=10),
+            heartbeat_timeout=timedelta(seconds=60),
+        )
+        for index, pool in enumerate(pools)
+    ]
+    try:
+        for link in links:
+            supervisor.spawn(f"node-link:{link.address}", link.run())
+        await eventually(lambda: len(node.registrations) == 12, WAIT, "every link to connect")
+        await node.stop(0)
+        await eventually(
+            lambda: all(link.state is not LinkState.CONNECTED for link in links), WAIT, "loss"
+        )
+        lost_at = time.monotonic()
+        await asyncio.sleep(1.0)  # the node stays down for a second: links retry meanwhile
+        node.registrations.clear()
+        node.registered_at.clear()
+        await node.start()
+        await eventually(lambda: len(node.registrations) == 12, WAIT, "every link to return")
+        arrivals = node.registered_at
+        retries = [link.attempts - 1 for link in links]
+        spread = max(arrivals) - min(arrivals)
+        print(
+            f"\n12 links came back over {spread * 1000:.0f} ms, after {min(retries)}-"
+            f"{max(retries)} attempts each in {time.monotonic() - lost_at:.1f}s"
+        )
+        assert spread > 0.05
+        assert max(retries) <= 15
+    finally:
+        await supervisor.shutdown(5.0)
+        for pool in pools:
+            await pool.close()
+        await node.stop(0)

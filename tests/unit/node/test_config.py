@@ -8,7 +8,7 @@ import pytest
 
 from goverse.node import NodeConfig, build_parser, parse_config
 from goverse.node._config import module_list
-from goverse.runtime import parse_byte_size
+from goverse.runtime import Keepalive, parse_byte_size
 
 FLAGS = [
     "--listen",
@@ -21,6 +21,9 @@ FLAGS = [
     "--heartbeat-interval",
     "--max-message-bytes",
     "--call-timeout",
+    "--keepalive-time",
+    "--keepalive-timeout",
+    "--keepalive-min-time",
     "--log-level",
     "--log-format",
 ]
@@ -36,6 +39,18 @@ def test_defaults_match_the_documented_ones() -> None:
     assert config.objects == ("goverse.examples.counter", "goverse.examples.chat")
     assert config.shutdown_timeout == timedelta(seconds=5)
     assert config.max_message_bytes == 4 * 1024 * 1024
+    assert config.keepalive == Keepalive(
+        time=timedelta(seconds=10), timeout=timedelta(seconds=5), min_time=timedelta(seconds=5)
+    )
+
+
+def test_keepalive_flags_set_the_keepalive() -> None:
+    config = parse_config(
+        ["--keepalive-time=2s", "--keepalive-min-time=500ms"], {"GOVERSE_KEEPALIVE_TIMEOUT": "1s"}
+    )
+    assert config.keepalive == Keepalive(
+        time=timedelta(seconds=2), timeout=timedelta(seconds=1), min_time=timedelta(seconds=0.5)
+    )
 
 
 def test_advertise_defaults_to_loopback_and_the_listen_port() -> None:
@@ -77,6 +92,8 @@ def test_environment_supplies_values_and_flags_win() -> None:
         (["--max-message-bytes=12"], "--max-message-bytes"),
         (["--max-message-bytes=lots"], "--max-message-bytes"),
         (["--log-level=chatty"], "--log-level"),
+        (["--keepalive-time=0s"], "--keepalive-time must be positive"),
+        (["--keepalive-min-time=never"], "--keepalive-min-time"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_flag(

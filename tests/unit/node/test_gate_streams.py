@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.node._gate_streams import CLOSE_REASON_METADATA_KEY
@@ -142,6 +143,24 @@ async def test_a_full_queue_drops_and_counts(start_node: Callable[..., Any]) -> 
     assert dict((await node.status()).dropped_pushes) == {"queue_full": 3}
     batch = (await read(call)).envelopes.envelopes
     assert [texts(e) for e in batch] == ["0", "1"]
+    call.cancel()
+
+
+async def test_drops_are_all_counted_but_logged_once_per_interval(
+    start_node: Callable[..., Any],
+) -> None:
+    """A gate that stopped reading does not flood the log: a thousand drops for one reason and
+    gate are counted, and logged once (the next line, an interval later, says how many were
+    not logged)."""
+    node: Node = await start_node(gate_queue_size=1)
+    call = await register(node, "g1")
+    with structlog.testing.capture_logs() as logs:
+        results = [node.app.runtime.push(["g1/a"], StringValue(value="x")) for _ in range(1001)]
+    assert results.count(0) == 1000
+    assert dict((await node.status()).dropped_pushes) == {"queue_full": 1000}
+    dropped = [line for line in logs if line["event"] == "push dropped"]
+    assert len(dropped) == 1
+    assert dropped[0]["gate_id"] == "g1"
     call.cancel()
 
 

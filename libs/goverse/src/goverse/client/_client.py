@@ -8,7 +8,7 @@ import enum
 import inspect
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 
 from goverse.client._gates import GateChooser
 from goverse.errors import CallError
-from goverse.runtime import Backoff, ChannelPool, channel_options
+from goverse.runtime import Backoff, ChannelPool, Keepalive, channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -30,6 +30,16 @@ log = structlog.get_logger(__name__)
 
 CLIENT_ID_HEADER = "goverse-client-id"
 CREDENTIAL_HEADER = "goverse-credential"
+CLOSE_REASON_HEADER = "goverse-close-reason"
+"""Trailing metadata a gate sets when it ends a Register stream with an error."""
+SLOW_CONSUMER = "slow_consumer"
+"""The close reason of a stream ended because the client did not read its pushes in time."""
+
+# However the jitter falls, a registration is never retried sooner than this: no tight loop.
+MIN_RETRY_DELAY = 0.01
+# How long a call refused with UNAUTHENTICATED waits to see whether its registration has just
+# ended (then it is re-sent once on the next registration; the gate refused it unforwarded).
+REGISTRATION_END_GRACE = 2.0
 
 
 class ClientState(enum.Enum):
@@ -49,6 +59,8 @@ class _Session:
     client_id: str
     credential: str
     stub: gate_pb2_grpc.GateServiceStub
+    ended: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+    """Set once the Register stream of this registration has ended."""
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -64,12 +76,24 @@ class Client:
     ``connect()`` registers with a randomly chosen gate and keeps that registration alive in a
     background task: when the stream breaks, or the gate announces it is draining, the client
     registers again (with another gate when it can), with exponential backoff and full jitter.
+    A gate that failed or drained is avoided for ``reconnect_max`` (at least a second); when
+    every gate is avoided, all are tried again, still with backoff. Backoff resets once a
+    registration has lasted ``stable_after``.
+
     Each registration has a new client id; ``on_reconnect(old_id, new_id)`` is called after
     every re-registration. Pushed messages are buffered (``message_buffer``; when full the
-    client stops reading, so its gate sees a slow consumer) and read with :meth:`messages`.
+    client stops reading, so its gate sees a slow consumer, ends the stream with
+    RESOURCE_EXHAUSTED, and the client registers again: pushes in between are lost) and read
+    with :meth:`messages`.
 
-    Backoff resets once a registration has lasted ``stable_after``.
-    Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code.
+    Keepalive pings every ``keepalive_time`` notice a gate that stopped answering (a frozen
+    process, a dead network) within ``keepalive_time + keepalive_timeout``, and the client
+    moves to another gate. Gates accept pings every 5 s by default (``--keepalive-min-time``):
+    a client configured to ping faster than its gates accept is cut off.
+
+    Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code. A call
+    the gate refused because the registration it carried had just ended (UNAUTHENTICATED, so
+    never forwarded) is sent once more on the next registration.
     """
 
     def __init__(
@@ -84,6 +108,8 @@ class Client:
         message_buffer: int = 10_000,
         on_reconnect: ReconnectCallback | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
+        keepalive_time: timedelta = timedelta(seconds=10),
+        keepalive_timeout: timedelta = timedelta(seconds=5),
         rng: random.Random | None = None,
     ) -> None:
         self._rng = rng or random.Random()
@@ -95,7 +121,8 @@ class Client:
         self._backoff = Backoff(reconnect_initial, reconnect_max, self._rng)
         self._stable_after = stable_after.total_seconds()
         self._registered_at = 0.0
-        self._channels = ChannelPool(channel_options(max_message_bytes))
+        keepalive = Keepalive(time=keepalive_time, timeout=keepalive_timeout)
+        self._channels = ChannelPool(channel_options(max_message_bytes, keepalive))
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=message_buffer)
         self._on_reconnect = on_reconnect
         self._state = ClientState.UNOPENED
@@ -260,11 +287,20 @@ class Client:
                 retry = (
                     attempt == 0
                     and error.code() == grpc.StatusCode.UNAUTHENTICATED
-                    and self._session is not session
+                    and await self._registration_ended(session, deadline - loop.time())
                 )
                 if not retry:
                     raise CallError.from_rpc_error(error) from error
         raise AssertionError("unreachable")
+
+    async def _registration_ended(self, session: _Session, timeout: float) -> bool:
+        """Whether `session` has ended, or ends within a short grace (its end may reach the
+        client after a call's refusal)."""
+        if not session.ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(min(timeout, REGISTRATION_END_GRACE), 0.0)):
+                    await session.ended.wait()
+        return session.ended.is_set()
 
     async def _current_session(self, timeout: float) -> _Session:
         if self._state is ClientState.CLOSED:
@@ -293,35 +329,52 @@ class Client:
         while True:
             gate = self._chooser.choose()
             draining = False
+            registrations = self._registrations
             try:
                 draining = await self._registration(gate)
             except grpc.aio.AioRpcError as error:
-                self._chooser.mark_failed(gate)
-                log.info(
-                    "registration ended", gate=gate, code=error.code().name, details=error.details()
-                )
+                if _close_reason(error) == SLOW_CONSUMER:
+                    # The gate is fine; this client did not read its pushes in time.
+                    log.warning("disconnected as a slow consumer", gate=gate)
+                else:
+                    self._chooser.mark_failed(gate)
+                    log.info(
+                        "registration ended",
+                        gate=gate,
+                        code=error.code().name,
+                        details=error.details(),
+                    )
             except Exception:  # a bug must not end the registration loop for good
                 self._chooser.mark_failed(gate)
                 log.exception("registration crashed", gate=gate)
             finally:
                 self._connected.clear()
+                if self._state is ClientState.CONNECTED:
+                    self._state = ClientState.CONNECTING
+            loop = asyncio.get_running_loop()
+            if (
+                self._registrations > registrations
+                and loop.time() - self._registered_at >= self._stable_after
+            ):
+                self._backoff.reset()
             if draining:
                 self._chooser.mark_failed(gate)
                 delay = self._rng.uniform(0.0, self._backoff.initial.total_seconds())
             else:
                 delay = self._backoff.next_delay()
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(delay, MIN_RETRY_DELAY))
 
     async def _registration(self, gate: str) -> bool:
         """One registration with `gate`; returns True when it ended because the gate drains."""
         stub = gate_pb2_grpc.GateServiceStub(self._channels.get(gate))
         stream = stub.Register(gate_pb2.RegisterRequest())
+        session: _Session | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 first = await stream.read()
             if first is grpc.aio.EOF or first.WhichOneof("event") != "registered":
                 raise CallError(grpc.StatusCode.INTERNAL, f"gate {gate} did not register us")
-            await self._registered(gate, stub, first.registered)
+            session = await self._registered(gate, stub, first.registered)
             while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "messages":
@@ -337,12 +390,15 @@ class Client:
             return False
         finally:
             stream.cancel()
+            if session is not None:
+                session.ended.set()
 
     async def _registered(
         self, gate: str, stub: gate_pb2_grpc.GateServiceStub, registered: gate_pb2.Registered
-    ) -> None:
+    ) -> _Session:
         previous = self._session
-        self._session = _Session(gate, registered.client_id, registered.credential, stub)
+        session = _Session(gate, registered.client_id, registered.credential, stub)
+        self._session = session
         self._registrations += 1
         self._registered_at = asyncio.get_running_loop().time()
         self._state = ClientState.CONNECTED
@@ -352,3 +408,12 @@ class Client:
             outcome = self._on_reconnect(previous.client_id, registered.client_id)
             if inspect.isawaitable(outcome):
                 await outcome
+        return session
+
+
+def _close_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ``goverse-close-reason`` a gate attached to the end of a stream, or ""."""
+    for key, value in error.trailing_metadata() or ():
+        if key == CLOSE_REASON_HEADER:
+            return str(value)
+    return ""

@@ -1,4 +1,4 @@
-"""Runtime: what gate and node share for lifecycle, logging, flags and gRPC plumbing."""
+"""Runtime: what gate and node share for lifecycle, logging, telemetry, flags and gRPC plumbing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from goverse.runtime._flags import (
     parse_address_list,
     parse_byte_size,
     parse_duration,
+    parse_port,
     port_of,
     positive_int,
 )
@@ -16,6 +17,7 @@ from goverse.runtime._grpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelPool,
     GrpcHost,
+    Keepalive,
     ListenError,
     channel_options,
     server_options,
@@ -23,29 +25,58 @@ from goverse.runtime._grpc import (
 from goverse.runtime._lifecycle import Service, run, run_until_signalled
 from goverse.runtime._logging import configure_logging, log_fields
 from goverse.runtime._mailbox import Mailbox
+from goverse.runtime._metrics import (
+    CallMetricsInterceptor,
+    LabelLimiter,
+    call_duration_histogram,
+)
 from goverse.runtime._supervisor import Supervisor, SupervisorClosed
+from goverse.runtime._telemetry import Telemetry, TelemetryConfigError
+from goverse.runtime._tracing import (
+    client_interceptors,
+    current_trace_context,
+    deliver_all_traced,
+    deliver_traced,
+    object_call_span,
+    record_push,
+    server_interceptors,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Backoff",
+    "CallMetricsInterceptor",
     "ChannelPool",
     "FlagParser",
     "GrpcHost",
+    "Keepalive",
+    "LabelLimiter",
     "ListenError",
     "Mailbox",
     "Service",
     "Supervisor",
     "SupervisorClosed",
+    "Telemetry",
+    "TelemetryConfigError",
+    "call_duration_histogram",
     "channel_options",
+    "client_interceptors",
     "configure_logging",
+    "current_trace_context",
+    "deliver_all_traced",
+    "deliver_traced",
     "log_fields",
+    "object_call_span",
     "parse_address",
     "parse_address_list",
     "parse_byte_size",
     "parse_duration",
+    "parse_port",
     "port_of",
     "positive_int",
+    "record_push",
     "run",
     "run_until_signalled",
+    "server_interceptors",
     "server_options",
 ]

@@ -76,6 +76,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_port(text: str) -> int:
+    """Parses a TCP port number, 0 to 65535."""
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
 def port_of(address: str) -> int:
     return int(address.rpartition(":")[2])
 
@@ -122,6 +129,41 @@ class FlagParser(argparse.ArgumentParser):
             help="json lines, console, or auto (console on a TTY, json otherwise)",
             default="auto",
             choices=LOG_FORMATS,
+        )
+
+    def keepalive_flags(self) -> None:
+        """``--keepalive-time``, ``--keepalive-timeout`` and ``--keepalive-min-time``."""
+        self.flag(
+            "keepalive-time",
+            help="interval of keepalive pings on this process's connections; a peer that "
+            "stopped answering is noticed within keepalive-time + keepalive-timeout",
+            default="10s",
+            parse=parse_duration,
+            metavar="DURATION",
+        )
+        self.flag(
+            "keepalive-timeout",
+            help="close a connection whose keepalive ping stays unanswered this long",
+            default="5s",
+            parse=parse_duration,
+            metavar="DURATION",
+        )
+        self.flag(
+            "keepalive-min-time",
+            help="shortest interval between a client's keepalive pings this server accepts; "
+            "a client pinging faster gets GOAWAY too_many_pings",
+            default="5s",
+            parse=parse_duration,
+            metavar="DURATION",
+        )
+
+    def metrics_flag(self, default: int) -> None:
+        self.flag(
+            "metrics-port",
+            help="port of the Prometheus metrics endpoint (/metrics on all interfaces); 0 disables",
+            default=str(default),
+            parse=parse_port,
+            metavar="PORT",
         )
 
     def parse_flags(self, argv: Sequence[str] | None) -> argparse.Namespace:

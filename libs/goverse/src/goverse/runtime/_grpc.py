@@ -3,37 +3,106 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from goverse.runtime._tracing import client_interceptors, server_interceptors
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Options for our servers: message size limits and a ping policy our clients respect."""
+@dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive of our connections, which is what detects a half-open peer.
+
+    A channel pings its connection every `time` (gRPC sends a client ping at most once a
+    second) and closes it when a ping is unanswered for `timeout`: a peer that stopped
+    (SIGSTOP, a frozen VM, a silent network) is noticed within ``time + timeout`` even on a
+    stream that carries nothing. A server accepts client pings as often as every `min_time`;
+    a client that pings faster is cut off with GOAWAY ``too_many_pings``, so every client's
+    `time` must be at least the servers' `min_time`. A server also pings its clients, but
+    gRPC servers ping at most once a minute, whatever `time` says.
+    """
+
+    time: timedelta = timedelta(seconds=10)
+    """Interval between keepalive pings on a connection."""
+
+    timeout: timedelta = timedelta(seconds=5)
+    """How long a ping may stay unanswered before the connection is closed."""
+
+    min_time: timedelta = timedelta(seconds=5)
+    """Shortest interval between client pings a server accepts."""
+
+    def __post_init__(self) -> None:
+        for name in ("time", "timeout", "min_time"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"--keepalive-{name.replace('_', '-')} must be positive")
+
+    @property
+    def detection_bound(self) -> timedelta:
+        """Longest time a channel takes to notice a peer that stopped answering."""
+        return max(self.time, MIN_CLIENT_PING_INTERVAL) + self.timeout
+
+
+DEFAULT_KEEPALIVE = Keepalive()
+MIN_CLIENT_PING_INTERVAL = timedelta(seconds=1)
+"""gRPC core sends a client keepalive ping at most this often."""
+MIN_SERVER_PING_INTERVAL = timedelta(minutes=1)
+"""gRPC core sends a server keepalive ping at most this often."""
+
+
+def _ms(duration: timedelta) -> int:
+    return max(int(duration.total_seconds() * 1000), 1)
+
+
+def server_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: Keepalive = DEFAULT_KEEPALIVE
+) -> list[tuple[str, Any]]:
+    """Options for our servers: message size limits and a ping policy our clients respect.
+
+    The keys are gRPC core's; a misspelt key is silently ignored, so tests hold them to their
+    effect (an idle stream under frequent pings gets no GOAWAY; a frozen peer is noticed).
+    """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # Clients ping idle long-lived streams every 10 s; permit that without GOAWAY.
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        # Accept client pings every `min_time`, also on connections without calls; faster
+        # pings count as strikes and the third strike ends the connection (too_many_pings).
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(keepalive.min_time)),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Ping clients too (gRPC throttles server pings to one a minute), so a client that
+        # vanished without closing its connection is forgotten.
+        ("grpc.keepalive_time_ms", _ms(max(keepalive.time, MIN_SERVER_PING_INTERVAL))),
+        ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(keepalive.timeout)),
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
     ]
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: Keepalive = DEFAULT_KEEPALIVE
+) -> list[tuple[str, Any]]:
     """Options for our channels: size limits and keepalive pings on idle long-lived streams."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", _ms(keepalive.time)),
+        ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout)),
+        # gRPC core times a ping out after the first timeout registered for it, and its own
+        # ping timeout (one minute) comes first: without this key, keepalive_timeout_ms has
+        # no effect and a frozen peer is noticed after a minute.
+        ("grpc.http2.ping_timeout_ms", _ms(keepalive.timeout)),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A server stream's client sends no data after its request: without this, the
+        # client would stop pinging after two pings and never notice a dead server.
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect to a restarted peer quickly instead of waiting out a long backoff.
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -42,16 +111,27 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
 
 
 class ChannelPool:
-    """One long-lived insecure channel per address, created on first use."""
+    """One long-lived insecure channel per address, created on first use.
 
-    def __init__(self, options: Sequence[tuple[str, Any]]) -> None:
+    Channels carry the tracing interceptors (W3C context in each call's metadata) unless
+    `interceptors` says otherwise.
+    """
+
+    def __init__(
+        self,
+        options: Sequence[tuple[str, Any]],
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    ) -> None:
         self._options = list(options)
+        self._interceptors = client_interceptors() if interceptors is None else list(interceptors)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = grpc.aio.insecure_channel(
+                address, options=self._options, interceptors=self._interceptors or None
+            )
             self._channels[address] = channel
         return channel
 
@@ -68,17 +148,23 @@ class ListenError(RuntimeError):
 
 class GrpcHost:
     """A grpc.aio server with the ``grpc.health.v1`` service, for the overall server ("") and
-    for each named service."""
+    for each named service. Calls are traced (health checks excepted), then pass through
+    `interceptors` (for example call metrics)."""
 
     def __init__(
         self,
         listen: str,
         service_names: Sequence[str],
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         self._listen = listen
         self._service_names = ("", *service_names)
-        self.server = grpc.aio.server(options=server_options(max_message_bytes))
+        self.server = grpc.aio.server(
+            options=server_options(max_message_bytes, keepalive),
+            interceptors=[*server_interceptors(), *interceptors],
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0

@@ -1,13 +1,19 @@
-"""Logging: structlog configured once per process, JSON lines or console, stdlib logs included."""
+"""Logging: structlog configured once per process, JSON lines or console, stdlib logs included.
+
+Every line written while a span is current carries its ``trace_id`` and ``span_id``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -26,6 +32,38 @@ def _static_fields(fields: Mapping[str, str]) -> Processor:
     return add
 
 
+def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Adds the current span's ``trace_id`` (32 hex digits) and ``span_id`` (16 hex digits)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
+class ThrottleTelemetryLogs(logging.Filter):
+    """Lets through one record per message of the OpenTelemetry SDK and exporters per
+    `interval` seconds: an unreachable collector is reported, not repeated every export."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, int, object], float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("opentelemetry"):
+            return True
+        key = (record.name, record.levelno, record.msg)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                return False
+            self._last[key] = now
+        return True
+
+
 def configure_logging(level: str, fmt: str, **identity: str) -> None:
     """Routes structlog and stdlib logging (grpc, asyncio) through one renderer on stdout.
 
@@ -36,6 +74,7 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
         fmt = "console" if sys.stdout.isatty() else "json"
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -58,6 +97,7 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(ThrottleTelemetryLogs())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -15,6 +15,15 @@ log = structlog.get_logger(__name__)
 DROP_CLOSED = "client_closed"
 DROP_QUEUE_FULL = "queue_full"
 DROP_TOO_LARGE = "too_large"
+DROP_SLOW_CONSUMER = "slow_consumer"
+"""The pushes a slow consumer's disconnect discarded: the one that overflowed and its queue."""
+
+# Overflow policies (``--slow-client-policy``).
+OVERFLOW_DISCONNECT = "disconnect"
+OVERFLOW_DROP_OLDEST = "drop-oldest"
+
+SLOW_CONSUMER = "slow consumer"
+"""The close reason of a proxy whose queue overflowed under the disconnect policy."""
 
 # Room a RegisterResponse needs around its PushedMessages (field tags and length prefixes).
 _ENVELOPE_OVERHEAD = 16
@@ -45,6 +54,15 @@ class ClientProxy:
     :meth:`close` ends the proxy; it is idempotent and safe to call multiple times, from any
     task. A *draining* close (the gate is shutting down) keeps what is queued so the writer can
     flush it and then send a ``Draining`` event; any other close discards the queue.
+
+    A push that does not fit the queue (either bound) is an *overflow*, handled by `overflow`:
+
+    - ``disconnect`` (the default): the proxy closes as a slow consumer. Its queue is discarded
+      at once, so the gate's memory for it is freed whatever the client does next, and the
+      writer ends the stream with RESOURCE_EXHAUSTED; the client reconnects and resynchronises.
+      :attr:`slow_consumer` is True and `on_slow_consumer` is called once.
+    - ``drop-oldest``: the oldest queued pushes are dropped (counted as ``queue_full``) until
+      the new one fits; the client keeps its stream and misses what was dropped.
     """
 
     def __init__(
@@ -55,14 +73,21 @@ class ClientProxy:
         max_messages: int,
         max_bytes: int,
         max_batch_bytes: int,
-        on_drop: Callable[[str], None] | None = None,
+        overflow: str = OVERFLOW_DISCONNECT,
+        on_drop: Callable[[str, int], None] | None = None,
+        on_slow_consumer: Callable[[ClientProxy], None] | None = None,
     ) -> None:
+        if overflow not in (OVERFLOW_DISCONNECT, OVERFLOW_DROP_OLDEST):
+            raise ValueError(f"unknown overflow policy {overflow!r}")
         self._client_id = client_id
         self._credential = credential
         self._mailbox: Mailbox[Any] = Mailbox(max_messages, max_bytes)
         self._max_batch_messages = max_messages
         self._max_batch_bytes = max(max_batch_bytes - _ENVELOPE_OVERHEAD, 1)
+        self._overflow = overflow
         self._on_drop = on_drop
+        self._on_slow_consumer = on_slow_consumer
+        self._slow_consumer = ""
         self._draining = False
         self._pushed = 0
         self._dropped = 0
@@ -95,6 +120,16 @@ class ClientProxy:
         return self._draining
 
     @property
+    def slow_consumer(self) -> bool:
+        """True when the proxy was closed because its queue overflowed (disconnect policy)."""
+        return bool(self._slow_consumer)
+
+    @property
+    def slow_consumer_details(self) -> str:
+        """What the client is told when it is disconnected as a slow consumer."""
+        return self._slow_consumer
+
+    @property
     def queued(self) -> int:
         """Pushes waiting for the stream writer."""
         return len(self._mailbox)
@@ -110,14 +145,15 @@ class ClientProxy:
 
     @property
     def dropped(self) -> int:
-        """Pushes refused since registration (closed, full or too large)."""
+        """Pushes refused or discarded since registration (closed, overflow, too large)."""
         return self._dropped
 
     def push(self, message: Any) -> bool:
         """Queues `message` (a ``google.protobuf.Any``) for the client.
 
-        Returns True when queued; False when the proxy is closed, the message alone is larger
-        than one stream message may be, or the queue is full. Never blocks, never raises.
+        Returns True when queued (under ``drop-oldest``, also when older pushes made room);
+        False when the proxy is closed, the message alone is larger than one stream message
+        may be, or the queue overflowed under ``disconnect``. Never blocks, never raises.
         """
         if self._mailbox.closed:
             return self._drop(DROP_CLOSED)
@@ -129,30 +165,48 @@ class ClientProxy:
         if size > self._max_batch_bytes:
             return self._drop(DROP_TOO_LARGE)
         if not self._mailbox.put(message, size):
-            return self._on_overflow(size)
+            return self._on_overflow(message, size)
         self._pushed += 1
         return True
 
-    def _on_overflow(self, size: int) -> bool:
-        """A push that does not fit the queue: dropped and counted.
+    def _on_overflow(self, message: Any, size: int) -> bool:
+        """A push that does not fit the queue, handled by the overflow policy."""
+        if self._overflow == OVERFLOW_DROP_OLDEST:
+            if self._dropped == 0:
+                log.warning(
+                    "client queue full, dropping its oldest pushes",
+                    client_id=self._client_id,
+                    queued=len(self._mailbox),
+                    queued_bytes=self._mailbox.nbytes,
+                )
+            while self._mailbox.would_overflow(size) and self._mailbox.drop_oldest() is not None:
+                self._drop(DROP_QUEUE_FULL)
+            if not self._mailbox.put(message, size):
+                return self._drop(DROP_QUEUE_FULL)
+            self._pushed += 1
+            return True
+        queued, queued_bytes = len(self._mailbox), self._mailbox.nbytes
+        self._slow_consumer = (
+            f"slow consumer: the client did not read its pushes fast enough; its queue of "
+            f"{queued} pushes ({queued_bytes} bytes) overflowed and was discarded. Register "
+            "again and resynchronise"
+        )
+        self.close(SLOW_CONSUMER)
+        log.warning(
+            "client disconnected as a slow consumer",
+            client_id=self._client_id,
+            queued=queued,
+            queued_bytes=queued_bytes,
+            push_bytes=size,
+        )
+        if self._on_slow_consumer is not None:
+            self._on_slow_consumer(self)
+        return self._drop(DROP_SLOW_CONSUMER, queued + 1)
 
-        This is the seam of the overflow policy. The slow-consumer policy (close the proxy after
-        sustained overflow, so the client reconnects and resynchronises) belongs here.
-        """
-        if self._dropped == 0:
-            log.warning(
-                "client queue full, dropping pushes",
-                client_id=self._client_id,
-                queued=len(self._mailbox),
-                queued_bytes=self._mailbox.nbytes,
-                push_bytes=size,
-            )
-        return self._drop(DROP_QUEUE_FULL)
-
-    def _drop(self, reason: str) -> bool:
-        self._dropped += 1
+    def _drop(self, reason: str, count: int = 1) -> bool:
+        self._dropped += count
         if self._on_drop is not None:
-            self._on_drop(reason)
+            self._on_drop(reason, count)
         return False
 
     def close(self, reason: str, *, drain: bool = False) -> bool:

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 import structlog
 
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
-from goverse.gate._client_proxy import ClientProxy
+from goverse.gate._client_proxy import OVERFLOW_DISCONNECT, ClientProxy
 from goverse.ids import new_client_id
+from goverse.runtime import deliver_all_traced
 from goverse.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
@@ -39,18 +40,22 @@ class ClientRegistry:
         queue_messages: int,
         queue_bytes: int,
         max_message_bytes: int,
+        overflow: str = OVERFLOW_DISCONNECT,
     ) -> None:
         self._gate_id = gate_id
         self._max_clients = max_clients
         self._queue_messages = queue_messages
         self._queue_bytes = queue_bytes
         self._max_message_bytes = max_message_bytes
+        self._overflow = overflow
         self._clients: dict[str, ClientProxy] = {}
         self._draining = False
         self.delivered = 0
         """Pushes queued to a client since start."""
         self.dropped: collections.Counter[str] = collections.Counter()
         """Pushes dropped since start, by reason."""
+        self.slow_consumer_disconnects = 0
+        """Clients disconnected since start because their queue overflowed."""
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -90,18 +95,24 @@ class ClientRegistry:
             max_messages=self._queue_messages,
             max_bytes=self._queue_bytes,
             max_batch_bytes=self._max_message_bytes,
+            overflow=self._overflow,
             on_drop=self._count_drop,
+            on_slow_consumer=self._count_slow_consumer,
         )
         self._clients[client_id] = proxy
         return proxy
 
-    def _count_drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
+    def _count_drop(self, reason: str, count: int) -> None:
+        self.dropped[reason] += count
+
+    def _count_slow_consumer(self, proxy: ClientProxy) -> None:
+        self.slow_consumer_disconnects += 1
 
     def authenticate(self, client_id: str | None, credential: str | None) -> ClientProxy:
         """The registered proxy that `client_id` names, when `credential` is its credential.
 
-        Raises :class:`Unauthenticated` otherwise. The message never tells an unknown client id
+        Raises :class:`Unauthenticated` otherwise, also once the proxy was closed (except for
+        draining: its stream is still open). The message never tells an unknown client id
         from a wrong credential, so a caller learns nothing about other clients.
         """
         if not client_id or not credential:
@@ -120,10 +131,18 @@ class ClientRegistry:
         proxy = self._clients.get(client_id)
         expected = proxy.credential.encode() if proxy is not None else _NO_CREDENTIAL
         matches = hmac.compare_digest(expected, credential.encode())
-        if proxy is None or not matches or proxy.closed:
+        # A proxy closed for draining still has its stream open (flushing, then Draining):
+        # its client may call until the stream has ended. Any other close ends the credential.
+        if proxy is None or not matches or (proxy.closed and not proxy.draining):
             log.info(
                 "call refused",
-                reason="unknown client" if proxy is None else "wrong credential",
+                reason=(
+                    "unknown client"
+                    if proxy is None
+                    else "wrong credential"
+                    if not matches
+                    else "registration ended"
+                ),
                 claimed_client_id=client_id[:200],
             )
             raise Unauthenticated(
@@ -150,7 +169,7 @@ class ClientRegistry:
         return 0
 
     def deliver_batch(self, envelopes: Iterable[node_pb2.Envelope]) -> int:
-        return sum(self.deliver(envelope) for envelope in envelopes)
+        return deliver_all_traced(self.deliver, envelopes)  # a span per traced envelope
 
     def _push_to(self, client_ids: Iterable[str], envelope: node_pb2.ClientMessageEnvelope) -> int:
         accepted = 0

@@ -6,19 +6,26 @@ import argparse
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
 from goverse.runtime import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FlagParser,
+    Keepalive,
     parse_address,
     parse_address_list,
     parse_byte_size,
     parse_duration,
     positive_int,
 )
+
+DEFAULT_METRICS_PORT = 9465
+
+SLOW_CLIENT_DISCONNECT = "disconnect"
+SLOW_CLIENT_DROP_OLDEST = "drop-oldest"
+SLOW_CLIENT_POLICIES = (SLOW_CLIENT_DISCONNECT, SLOW_CLIENT_DROP_OLDEST)
 
 # Smallest message-size limit that still leaves room for ids, payload headers and a push.
 _MIN_MESSAGE_BYTES = 64 * 1024
@@ -53,10 +60,15 @@ class GateConfig:
     """A node link that receives nothing for this long is torn down and reconnected."""
 
     client_queue_messages: int = 1000
-    """Pushes queued per client before further pushes are dropped."""
+    """Pushes queued per client; a push beyond either bound is an overflow."""
 
     client_queue_bytes: int = 4 * 1024 * 1024
-    """Bytes of pushes queued per client before further pushes are dropped."""
+    """Bytes of pushes queued per client; a push beyond either bound is an overflow."""
+
+    slow_client_policy: str = SLOW_CLIENT_DISCONNECT
+    """What an overflow does: ``disconnect`` ends the client's stream with RESOURCE_EXHAUSTED
+    ("slow consumer") and frees its queue; ``drop-oldest`` drops the oldest queued pushes to
+    make room."""
 
     max_clients: int = 10_000
     """Clients registered at once; a Register beyond it fails with RESOURCE_EXHAUSTED."""
@@ -66,6 +78,12 @@ class GateConfig:
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message sent or received, by the server and by node channels."""
+
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    """Keepalive pings of the node channels and of the server's client connections."""
+
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """Port of the Prometheus endpoint (``/metrics`` on all interfaces); 0: none."""
 
     log_level: str = "info"
     """Minimum level logged."""
@@ -100,6 +118,10 @@ class GateConfig:
         for name in ("client_queue_messages", "client_queue_bytes", "max_clients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.slow_client_policy not in SLOW_CLIENT_POLICIES:
+            raise ValueError(
+                f"--slow-client-policy must be one of {', '.join(SLOW_CLIENT_POLICIES)}"
+            )
         if self.max_message_bytes < _MIN_MESSAGE_BYTES:
             raise ValueError(f"--max-message-bytes must be at least {_MIN_MESSAGE_BYTES}")
 
@@ -182,17 +204,24 @@ def build_parser(environ: Mapping[str, str]) -> FlagParser:
     )
     parser.flag(
         "client-queue-messages",
-        help="pushes queued per client; further pushes are dropped and counted",
+        help="pushes queued per client; one more is an overflow (see --slow-client-policy)",
         default="1000",
         parse=positive_int,
         metavar="N",
     )
     parser.flag(
         "client-queue-bytes",
-        help="bytes of pushes queued per client (e.g. 4MiB); further pushes are dropped",
+        help="bytes of pushes queued per client (e.g. 4MiB); more is an overflow",
         default="4MiB",
         parse=parse_byte_size,
         metavar="SIZE",
+    )
+    parser.flag(
+        "slow-client-policy",
+        help="on a client queue overflow: disconnect (end the stream with RESOURCE_EXHAUSTED "
+        "'slow consumer' and free the queue) or drop-oldest (drop the oldest queued pushes)",
+        default=SLOW_CLIENT_DISCONNECT,
+        choices=SLOW_CLIENT_POLICIES,
     )
     parser.flag(
         "max-clients",
@@ -215,6 +244,8 @@ def build_parser(environ: Mapping[str, str]) -> FlagParser:
         parse=parse_byte_size,
         metavar="SIZE",
     )
+    parser.keepalive_flags()
+    parser.metrics_flag(DEFAULT_METRICS_PORT)
     parser.logging_flags()
     return parser
 
@@ -238,9 +269,16 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Gate
             node_heartbeat_timeout=args.node_heartbeat_timeout,
             client_queue_messages=args.client_queue_messages,
             client_queue_bytes=args.client_queue_bytes,
+            slow_client_policy=args.slow_client_policy,
             max_clients=args.max_clients,
             call_timeout=args.call_timeout,
             max_message_bytes=args.max_message_bytes,
+            keepalive=Keepalive(
+                time=args.keepalive_time,
+                timeout=args.keepalive_timeout,
+                min_time=args.keepalive_min_time,
+            ),
+            metrics_port=args.metrics_port,
             log_level=args.log_level,
             log_format=args.log_format,
         )

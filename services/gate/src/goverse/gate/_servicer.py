@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import structlog
 
-from goverse.errors import GoverseError, Unavailable, translate_errors
+from goverse.errors import GoverseError, translate_errors
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._router import Router
@@ -18,7 +22,46 @@ log = structlog.get_logger(__name__)
 
 CLIENT_ID_METADATA = "goverse-client-id"
 CREDENTIAL_METADATA = "goverse-credential"
+CLOSE_REASON_METADATA = "goverse-close-reason"
+"""Trailing metadata of a Register stream the gate ended with an error: why it did."""
+SLOW_CONSUMER_CLOSE_REASON = "slow_consumer"
 STREAM_TASK_PREFIX = "client:"
+
+
+class CallsInFlight:
+    """The unary calls a gate is serving, so that a stop can let them finish.
+
+    Each call registers its own task for as long as it runs (:meth:`track`) and removes itself
+    when it ends, whichever way; :meth:`wait` waits for what is left. Nothing is cancelled here:
+    a call still running when the server stops is ended by the server's grace.
+    """
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("track() needs a running task")
+        key = next(self._ids)
+        self._tasks[key] = task
+        try:
+            yield
+        finally:
+            del self._tasks[key]
+
+    async def wait(self, timeout: float) -> int:
+        """Waits up to `timeout` seconds for the calls in flight to end; returns how many are
+        still running."""
+        tasks = list(self._tasks.values())
+        if tasks and timeout > 0:
+            await asyncio.wait(tasks, timeout=timeout)
+        return len(self._tasks)
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -34,8 +77,14 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
 
     Each Register stream owns one :class:`ClientProxy` from start to end and runs in its own
     RPC task, adopted by the supervisor as ``client:<client-id>``; it ends when the proxy is
-    closed (by a draining shutdown, after flushing and sending ``Draining``) or when the client
-    goes away. Unary calls are verified against the registry before anything is routed.
+    closed (by a draining shutdown, after flushing and sending ``Draining``; as a slow consumer,
+    with RESOURCE_EXHAUSTED) or when the client goes away. A stream ends by its handler
+    returning or aborting, never by cancellation: cancelling the handler's task does not end
+    the RPC for the client.
+
+    Unary calls are verified against the registry before anything is routed, and are tracked in
+    :attr:`calls` while they run. A client whose stream is still open may call while the gate
+    drains; once its stream has ended, its credential is no longer valid.
     """
 
     def __init__(
@@ -45,6 +94,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         self._registry = registry
         self._router = router
         self._supervisor = supervisor
+        self.calls = CallsInFlight()
 
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -83,6 +133,14 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                     yield gate_pb2.RegisterResponse(
                         draining=gate_pb2.Draining(reason=proxy.close_reason)
                     )
+                elif proxy.slow_consumer:
+                    # The queue is already discarded; this status follows whatever the
+                    # transport still holds, and tells the client to register again.
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        proxy.slow_consumer_details,
+                        trailing_metadata=((CLOSE_REASON_METADATA, SLOW_CONSUMER_CLOSE_REASON),),
+                    )
         except SupervisorClosed:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -98,8 +156,6 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             )
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
-        if self._registry.draining:
-            raise Unavailable(f"gate {self._gate_id} is shutting down; connect to another gate")
         metadata = _metadata(context)
         proxy = self._registry.authenticate(
             metadata.get(CLIENT_ID_METADATA), metadata.get(CREDENTIAL_METADATA)
@@ -115,7 +171,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
-        return await self._router.call_object(proxy.client_id, request, context.time_remaining())
+        with self.calls.track():
+            return await self._router.call_object(
+                proxy.client_id, request, context.time_remaining()
+            )
 
     @translate_errors
     async def CreateObject(
@@ -125,7 +184,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
-        return await self._router.create_object(proxy.client_id, request, context.time_remaining())
+        with self.calls.track():
+            return await self._router.create_object(
+                proxy.client_id, request, context.time_remaining()
+            )
 
     @translate_errors
     async def DeleteObject(
@@ -135,4 +197,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
-        return await self._router.delete_object(proxy.client_id, request, context.time_remaining())
+        with self.calls.track():
+            return await self._router.delete_object(
+                proxy.client_id, request, context.time_remaining()
+            )

@@ -8,15 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from opentelemetry import metrics
 
 from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
+from goverse.node._metrics import NodeMetrics
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_types import ObjectType, load_object_types
 from goverse.node._runtime import NodeRuntime
 from goverse.node._servicer import SERVICE_NAME, NodeService
 from goverse.placement import Placement
-from goverse.runtime import ChannelPool, GrpcHost, Supervisor, channel_options
+from goverse.runtime import ChannelPool, GrpcHost, Supervisor, Telemetry, channel_options
 from goverse.v1 import node_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -25,6 +27,8 @@ STREAM_DRAIN_SECONDS = 1.0
 """How long stop() lets gate streams send what is queued and end by themselves."""
 SERVER_GRACE_SECONDS = 1.0
 """How long stop() lets in-flight unary calls finish once the server stops."""
+MIN_TELEMETRY_FLUSH_SECONDS = 0.2
+"""Least time stop() gives buffered spans to be exported, even when the budget is spent."""
 
 
 class NodeApp:
@@ -33,10 +37,20 @@ class NodeApp:
     Construction loads the ``--objects`` modules (raising
     :class:`~goverse.node.ObjectLoadError`) and needs no event loop; :meth:`start` binds and
     serves; :meth:`stop` shuts everything down within ``config.shutdown_timeout``.
+
+    With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
+    ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
+    metrics go to the global meter provider and nothing is served.
     """
 
-    def __init__(self, config: NodeConfig, types: Mapping[str, ObjectType] | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        types: Mapping[str, ObjectType] | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.types = dict(load_object_types(config.objects) if types is None else types)
         self.placement = Placement(config.nodes)
         self.supervisor = Supervisor("node")
@@ -49,11 +63,16 @@ class NodeApp:
             max_message_bytes=config.max_message_bytes,
         )
         self.host = ObjectHost(self.types, self.placement, config.advertise)
-        self.pool = ChannelPool(channel_options(config.max_message_bytes))
+        self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
         self.runtime = NodeRuntime(
             self.host, self.gates, self.pool, self.placement, config.advertise, config.call_timeout
         )
         self.host.attach_runtime(self.runtime)
+        self.metrics = NodeMetrics(
+            telemetry.meter("goverse.node") if telemetry else metrics.get_meter("goverse.node"),
+            self.host,
+            self.gates,
+        )
         self._grpc: GrpcHost | None = None
         self._started = False
         self._stopped: asyncio.Event | None = None
@@ -78,12 +97,20 @@ class NodeApp:
         if self._started or self._stopped is not None:
             raise RuntimeError("NodeApp.start() called twice or after stop()")
         self._started = True
-        host = GrpcHost(self.config.listen, [SERVICE_NAME], self.config.max_message_bytes)
+        host = GrpcHost(
+            self.config.listen,
+            [SERVICE_NAME],
+            self.config.max_message_bytes,
+            interceptors=[self.metrics.interceptor],
+            keepalive=self.config.keepalive,
+        )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeService(self.config.advertise, self.placement, self.host, self.gates), host.server
         )
         self._grpc = host
         self.port = await host.start()
+        if self.telemetry is not None:
+            self.telemetry.start_metrics_server()
         log.info(
             "listening",
             listen=self.config.listen,
@@ -101,7 +128,9 @@ class NodeApp:
         streams get up to 1 s to end by themselves; whatever the supervisor still holds is
         cancelled and awaited for the rest of the budget, and the names of tasks still pending
         are logged; every object is deactivated in its turn; the server stops, giving
-        in-flight unary calls up to 1 s; node-to-node channels are closed.
+        in-flight unary calls up to 1 s; node-to-node channels are closed; buffered spans are
+        exported and the metrics endpoint stops (in what is left of the budget, at least
+        0.2 s).
 
         Safe before :meth:`start` (nothing to stop) and safe to call again or concurrently:
         later callers wait for the first one to finish.
@@ -143,6 +172,8 @@ class NodeApp:
             await self._grpc.stop(grace=min(SERVER_GRACE_SECONDS, left()))
         self.runtime.forget_channels()
         await self.pool.close()
+        if self.telemetry is not None:
+            await self.telemetry.shutdown(max(left(), MIN_TELEMETRY_FLUSH_SECONDS))
         log.info(
             "stopped",
             seconds=round(time.monotonic() - started, 3),

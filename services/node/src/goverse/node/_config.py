@@ -11,6 +11,7 @@ from datetime import timedelta
 from goverse.runtime import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FlagParser,
+    Keepalive,
     parse_address,
     parse_address_list,
     parse_byte_size,
@@ -22,6 +23,7 @@ from goverse.runtime import (
 DEFAULT_OBJECTS = ("goverse.examples.counter", "goverse.examples.chat")
 DEFAULT_GATE_QUEUE_SIZE = 10_000
 DEFAULT_GATE_QUEUE_BYTES = 64 * 1024 * 1024
+DEFAULT_METRICS_PORT = 9464
 MIN_MESSAGE_BYTES = 64 * 1024
 MIN_HEARTBEAT = timedelta(milliseconds=100)
 
@@ -61,6 +63,12 @@ class NodeConfig:
 
     call_timeout: timedelta = field(default=timedelta(seconds=30))
     """Deadline of an object-to-object call when the call being served has none."""
+
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    """Keepalive pings of the server's connections (gates) and of node-to-node channels."""
+
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """Port of the Prometheus endpoint (``/metrics`` on all interfaces); 0: none."""
 
     log_level: str = "info"
     """Minimum level logged."""
@@ -167,6 +175,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
         parse=parse_duration,
         metavar="DURATION",
     )
+    parser.keepalive_flags()
+    parser.metrics_flag(DEFAULT_METRICS_PORT)
     parser.logging_flags()
     return parser
 
@@ -201,6 +211,14 @@ def parse_config(
         parser.error(f"argument --max-message-bytes: must be at least {MIN_MESSAGE_BYTES}")
     if args.gate_queue_bytes < 1:
         parser.error("argument --gate-queue-bytes: must be at least 1")
+    try:
+        keepalive = Keepalive(
+            time=args.keepalive_time,
+            timeout=args.keepalive_timeout,
+            min_time=args.keepalive_min_time,
+        )
+    except ValueError as error:
+        parser.error(f"argument {error}")
     return NodeConfig(
         listen=args.listen,
         advertise=advertise,
@@ -212,6 +230,8 @@ def parse_config(
         heartbeat_interval=args.heartbeat_interval,
         max_message_bytes=args.max_message_bytes,
         call_timeout=args.call_timeout,
+        keepalive=keepalive,
+        metrics_port=args.metrics_port,
         log_level=args.log_level,
         log_format=args.log_format,
     )

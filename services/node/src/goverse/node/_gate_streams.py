@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from goverse.ids import gate_id_problem, gate_of_client
-from goverse.runtime import Mailbox, Supervisor
+from goverse.runtime import Mailbox, Supervisor, current_trace_context, record_push
 from goverse.v1.node_pb2 import (
     BroadcastEnvelope,
     ClientMessageEnvelope,
@@ -34,6 +34,8 @@ BATCH_MAX_ENVELOPES = 1024
 FRAMING_BYTES = 1024
 """Room left in a stream message for the response, batch and per-envelope framing."""
 CLOSE_REASON_METADATA_KEY = "goverse-close-reason"
+DROP_LOG_INTERVAL = 10.0
+"""Seconds between two "push dropped" log lines for the same reason and gate."""
 
 # Drop reasons, as counted in StatusResponse.dropped_pushes.
 DROP_MALFORMED_CLIENT_ID = "malformed_client_id"
@@ -75,6 +77,11 @@ class GateStreams:
         self._max_batch_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
         self._mailboxes: dict[str, Mailbox[_Queued]] = {}
         self._dropped: collections.Counter[str] = collections.Counter()
+        self._dropped_by_gate: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._drop_logged_at: dict[tuple[str, str], float] = {}
+        self._drop_unlogged: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.queued_total = 0
+        """Pushes queued since start (client ids for pushes, gates for broadcasts)."""
         self._closed = False
 
     # -- state ------------------------------------------------------------------------------
@@ -90,6 +97,15 @@ class GateStreams:
     def dropped(self) -> dict[str, int]:
         """Pushes dropped since start, by reason (client ids for pushes, gates for broadcasts)."""
         return dict(self._dropped)
+
+    def dropped_by_gate(self) -> dict[tuple[str, str], int]:
+        """Pushes dropped since start, by (reason, gate id); the gate id is empty for drops
+        that name no gate (malformed client ids, invalid messages)."""
+        return dict(self._dropped_by_gate)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Envelopes queued now, by registered gate id."""
+        return {gate_id: len(mailbox) for gate_id, mailbox in list(self._mailboxes.items())}
 
     def queued(self, gate_id: str) -> int:
         """Envelopes waiting in the gate's mailbox (0 when it is not registered)."""
@@ -108,6 +124,7 @@ class GateStreams:
             packed = self._pack(message, len(ids))
             if packed is None:
                 return 0
+            trace_context = current_trace_context()
             by_gate: dict[str, list[str]] = {}
             for client_id in ids:
                 gate_id = gate_of_client(client_id)
@@ -118,10 +135,12 @@ class GateStreams:
             accepted = 0
             for gate_id, members in by_gate.items():
                 envelope = Envelope(
-                    client_message=ClientMessageEnvelope(client_ids=members, message=packed)
+                    client_message=ClientMessageEnvelope(client_ids=members, message=packed),
+                    trace_context=trace_context,
                 )
                 if self._offer(gate_id, envelope, len(members)):
                     accepted += len(members)
+            record_push(len(ids), accepted)
             return accepted
         except Exception:
             log.exception("push failed")
@@ -134,8 +153,12 @@ class GateStreams:
             packed = self._pack(message, len(self._mailboxes))
             if packed is None:
                 return 0
-            envelope = Envelope(broadcast=BroadcastEnvelope(message=packed))
-            return sum(self._offer(gate_id, envelope, 1) for gate_id in list(self._mailboxes))
+            envelope = Envelope(
+                broadcast=BroadcastEnvelope(message=packed), trace_context=current_trace_context()
+            )
+            accepted = sum(self._offer(gate_id, envelope, 1) for gate_id in list(self._mailboxes))
+            record_push(len(self._mailboxes), accepted, broadcast=True)
+            return accepted
         except Exception:
             log.exception("broadcast failed")
             return 0
@@ -160,11 +183,24 @@ class GateStreams:
         if not mailbox.put((envelope, size), size):
             self._drop(DROP_QUEUE_FULL, count, gate_id=gate_id, queued=len(mailbox))
             return False
+        self.queued_total += count
         return True
 
     def _drop(self, reason: str, count: int, **fields: Any) -> None:
+        key = (reason, str(fields.get("gate_id", "")))
         self._dropped[reason] += count
-        log.warning("push dropped", reason=reason, recipients=count, **fields)
+        self._dropped_by_gate[key] += count
+        # Every drop is counted; the log says so at most once per interval and reason and gate,
+        # so a gate that stopped reading does not flood the log with a line per push.
+        now = time.monotonic()
+        if now - self._drop_logged_at.get(key, -DROP_LOG_INTERVAL) < DROP_LOG_INTERVAL:
+            self._drop_unlogged[key] += count
+            return
+        self._drop_logged_at[key] = now
+        unlogged = self._drop_unlogged.pop(key, 0)
+        log.warning(
+            "push dropped", reason=reason, recipients=count, unlogged_before=unlogged, **fields
+        )
 
     # -- streams ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from goverse.node._call_context import ObjectKey, serving
 from goverse.node._object_types import MethodInfo, ObjectType
 from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
 from goverse.placement import Placement
-from goverse.runtime import log_fields
+from goverse.runtime import log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,14 @@ class ObjectHost:
     @property
     def active_count(self) -> int:
         return sum(1 for entry in self._objects.values() if entry.active)
+
+    def active_by_type(self) -> dict[str, int]:
+        """How many objects of each type are active now (safe to call from another thread)."""
+        counts: dict[str, int] = {}
+        for (object_type, _), entry in list(self._objects.items()):
+            if entry.active:
+                counts[object_type] = counts.get(object_type, 0) + 1
+        return counts
 
     def list(self, object_type: str = "") -> list[ObjectKey]:
         """The active objects (of `object_type` only, unless empty), sorted."""
@@ -132,8 +140,15 @@ class ObjectHost:
         """Runs `method` on the object with the packed `request`, activating it if needed.
 
         Waits for the object's turn. A method that raises a GoverseError answers with it; any
-        other exception is logged and answers INTERNAL, as does a wrongly typed result.
+        other exception is logged and answers INTERNAL, as does a wrongly typed result. The
+        whole call (turn, activation, method) is one span, ``<Type>.<Method>``.
         """
+        with object_call_span(object_type, object_id, method):
+            return await self._invoke(object_type, object_id, method, request, caller)
+
+    async def _invoke(
+        self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
+    ) -> Any:
         found = self.resolve(object_type, object_id)
         info = self.method(found, method)
         message = self.unpack(info, object_type, request)

@@ -1,0 +1,307 @@
+"""Tracing: W3C context over gRPC metadata, spans for calls, registrations, pushes and deliveries.
+
+What is traced, and how it is named:
+
+- every unary gRPC call, on both sides, by the OpenTelemetry gRPC instrumentation
+  (``/goverse.v1.GateService/CallObject`` …; client spans on our channels, server spans on our
+  servers); the W3C ``traceparent`` travels in the call's metadata;
+- the *registration* of a long-lived stream (``/goverse.v1.GateService/Register``,
+  ``/goverse.v1.NodeService/RegisterGate``): a client and a server span that end when the
+  first response (``Registered`` / the ack) is sent or received, never one span as long as the
+  stream;
+- each object method call on a node (``<Type>.<Method>``, internal), local calls included;
+- a push: an event on the pushing call's span, and its W3C context in ``Envelope.trace_context``;
+- each delivery of an envelope on the gate (``goverse.push.deliver``), a new trace *linked* to
+  the pushing call's span.
+
+Health checks (``grpc.health.v1``) are not traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from goverse.v1.node_pb2 import Envelope
+
+_tracer = trace.get_tracer("goverse")
+
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1."
+REGISTRATION_METHODS = frozenset(
+    {"/goverse.v1.GateService/Register", "/goverse.v1.NodeService/RegisterGate"}
+)
+"""Long-lived streams traced only until their first response (see the module docstring)."""
+
+DELIVERY_SPAN = "goverse.push.deliver"
+PUSH_EVENT = "goverse.push"
+
+
+def method_of(details: Any) -> str:
+    method = getattr(details, "method", "") or ""
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+def _traced_by_instrumentation(details: Any) -> bool:
+    """Whether the gRPC instrumentation traces this call: not health, not a registration."""
+    method = method_of(details)
+    return not method.startswith(HEALTH_SERVICE_PREFIX) and method not in REGISTRATION_METHODS
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _metadata_carrier(metadata: Any) -> dict[str, str]:
+    return {str(item[0]): item[1] for item in metadata or () if isinstance(item[1], str)}
+
+
+def status_code_of(error: BaseException, context: Any = None) -> grpc.StatusCode:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code()
+    if isinstance(error, grpc.aio.AbortError) and context is not None:
+        with contextlib.suppress(Exception):
+            code = context.code()
+            if isinstance(code, grpc.StatusCode):
+                return code
+    if isinstance(error, BaseException) and not isinstance(error, Exception):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _end_with_error(span: trace.Span, error: BaseException, context: Any = None) -> None:
+    code = status_code_of(error, context)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {error}".rstrip(": ")))
+
+
+class _OnceSpan:
+    """A span that ends exactly once, whoever gets there first."""
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self._ended = False
+
+    def end(self, error: BaseException | None = None, context: Any = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if error is not None:
+            _end_with_error(self.span, error, context)
+        else:
+            self.span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
+        self.span.end()
+
+
+class _RegistrationServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Gives the server side of a registration stream a span from the request to the first
+    response; the rest of the stream runs outside any span."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method = method_of(handler_call_details)
+        if handler is None or method not in REGISTRATION_METHODS or handler.unary_stream is None:
+            return handler
+        behavior = handler.unary_stream
+
+        async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
+            parent = propagate.extract(_metadata_carrier(context.invocation_metadata()))
+            span = _OnceSpan(
+                _tracer.start_span(
+                    method,
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes=_rpc_attributes(method),
+                )
+            )
+            stream = behavior(request, context)
+            async with contextlib.aclosing(stream):
+                token = otel_context.attach(trace.set_span_in_context(span.span, parent))
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    span.end()
+                    return
+                except BaseException as error:
+                    span.end(error, context)
+                    raise
+                finally:
+                    otel_context.detach(token)
+                span.end()
+                yield first
+                async for item in stream:
+                    yield item
+
+        return handler._replace(unary_stream=traced)
+
+
+class _RegistrationClientInterceptor(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Gives the client side of a registration stream a span from the call to the first
+    response, and sends that span's context in the call's metadata."""
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        method = method_of(client_call_details)
+        if method not in REGISTRATION_METHODS:
+            return await continuation(client_call_details, request)
+        span = _OnceSpan(
+            _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_rpc_attributes(method))
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span.span))
+        metadata = grpc.aio.Metadata(*tuple(client_call_details.metadata or ()))
+        for key, value in carrier.items():
+            metadata.add(key, value)
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        try:
+            call = await continuation(details, request)
+        except BaseException as error:
+            span.end(error)
+            raise
+        call.add_done_callback(lambda _: span.end())
+        return _until_first_response(call, span)
+
+
+async def _until_first_response(call: Any, span: _OnceSpan) -> AsyncIterator[Any]:
+    iterator = call.__aiter__()
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        span.end()
+        return
+    except BaseException as error:
+        span.end(error)
+        raise
+    span.end()
+    yield first
+    async for item in iterator:
+        yield item
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """Interceptors that trace a server's calls (health checks excluded)."""
+    return [
+        aio_server_interceptor(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
+        _RegistrationServerInterceptor(),
+    ]
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that trace a channel's calls and send the W3C context with each of them."""
+    return [
+        *aio_client_interceptors(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
+        _RegistrationClientInterceptor(),
+    ]
+
+
+# -- objects, pushes and deliveries -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def object_call_span(object_type: str, object_id: str, method: str) -> Iterator[trace.Span]:
+    """The span of one object method call on a node (current for the block)."""
+    with _tracer.start_as_current_span(
+        f"{object_type}.{method}",
+        kind=SpanKind.INTERNAL,
+        attributes={
+            "goverse.object.type": object_type,
+            "goverse.object.id": object_id,
+            "goverse.object.method": method,
+        },
+    ) as span:
+        yield span
+
+
+def current_trace_context() -> dict[str, str]:
+    """The W3C context (``traceparent``, ``tracestate``) of the current span; empty when there
+    is none."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def record_push(recipients: int, queued: int, broadcast: bool = False) -> None:
+    """Notes a push on the current span (when it is recorded)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            PUSH_EVENT,
+            {
+                "goverse.push.recipients": recipients,
+                "goverse.push.queued": queued,
+                "goverse.push.broadcast": broadcast,
+            },
+        )
+
+
+def linked_context(carrier: Mapping[str, str]) -> trace.SpanContext | None:
+    """The sampled span context `carrier` holds, or None."""
+    if not carrier:
+        return None
+    linked = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    if not linked.is_valid or not linked.trace_flags.sampled:
+        return None
+    return linked
+
+
+def deliver_traced(deliver: Callable[[Envelope], int], envelope: Envelope) -> int:
+    """Runs ``deliver(envelope)`` in a delivery span linked to the call that pushed it.
+
+    An envelope without a sampled trace context is delivered without a span. Log lines written
+    during the delivery carry ``pushed_by_trace_id``, the pushing call's trace id.
+    """
+    linked = linked_context(envelope.trace_context)
+    if linked is None:
+        return deliver(envelope)
+    with (
+        _tracer.start_as_current_span(
+            DELIVERY_SPAN,
+            context=otel_context.Context(),
+            kind=SpanKind.CONSUMER,
+            links=[Link(linked)],
+            attributes={"goverse.push.target": envelope.WhichOneof("target") or ""},
+        ) as span,
+        structlog.contextvars.bound_contextvars(pushed_by_trace_id=format(linked.trace_id, "032x")),
+    ):
+        accepted = deliver(envelope)
+        span.set_attribute("goverse.push.accepted", accepted)
+        return accepted
+
+
+def deliver_all_traced(deliver: Callable[[Envelope], int], envelopes: Iterable[Envelope]) -> int:
+    """:func:`deliver_traced` for each envelope; returns the total accepted."""
+    return sum(deliver_traced(deliver, envelope) for envelope in envelopes)
+
+
+__all__ = [
+    "DELIVERY_SPAN",
+    "PUSH_EVENT",
+    "REGISTRATION_METHODS",
+    "client_interceptors",
+    "current_trace_context",
+    "deliver_all_traced",
+    "deliver_traced",
+    "linked_context",
+    "object_call_span",
+    "record_push",
+    "server_interceptors",
+]

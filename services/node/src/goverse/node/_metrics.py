@@ -1,0 +1,87 @@
+"""Node metrics: the instruments a node exposes on its Prometheus endpoint.
+
+Every instrument, its Prometheus name and its attributes are listed in
+``docs/observability.md``. Observable instruments read the node's state at scrape time, on the
+endpoint's thread: each callback takes an atomic snapshot and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from goverse.node._gate_streams import GateStreams
+from goverse.node._object_host import ObjectHost
+from goverse.node._servicer import SERVICE_NAME
+from goverse.runtime import CallMetricsInterceptor, LabelLimiter, call_duration_histogram
+
+
+class NodeMetrics:
+    """Creates the node's instruments on `meter`; :attr:`interceptor` records call metrics."""
+
+    def __init__(self, meter: metrics.Meter, host: ObjectHost, gates: GateStreams) -> None:
+        self._host = host
+        self._gates = gates
+        self._gate_labels = LabelLimiter()
+        self.interceptor = CallMetricsInterceptor(
+            call_duration_histogram(meter, "goverse.node.call.duration", "calls the node served"),
+            [SERVICE_NAME],
+        )
+        meter.create_observable_gauge(
+            "goverse.node.objects.active",
+            callbacks=[self._active_objects],
+            unit="{object}",
+            description="Objects active on this node, by type",
+        )
+        meter.create_observable_gauge(
+            "goverse.node.gate_streams",
+            callbacks=[self._gate_streams],
+            unit="{stream}",
+            description="Gates with an open RegisterGate stream to this node",
+        )
+        meter.create_observable_gauge(
+            "goverse.node.gate_queue.depth",
+            callbacks=[self._gate_queue_depth],
+            unit="{envelope}",
+            description="Envelopes queued for each gate's stream",
+        )
+        meter.create_observable_counter(
+            "goverse.node.pushes.queued",
+            callbacks=[self._pushes_queued],
+            unit="{push}",
+            description="Pushes queued for a gate (one per client id; one per gate for broadcasts)",
+        )
+        meter.create_observable_counter(
+            "goverse.node.pushes.dropped",
+            callbacks=[self._pushes_dropped],
+            unit="{push}",
+            description="Pushes dropped by the node, by reason and gate",
+        )
+
+    def _active_objects(self, _: CallbackOptions) -> Iterable[Observation]:
+        counts = self._host.active_by_type()
+        for object_type in self._host.types:
+            yield Observation(counts.get(object_type, 0), {"object_type": object_type})
+
+    def _gate_streams(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(len(self._gates.gate_ids()))
+
+    def _gate_queue_depth(self, _: CallbackOptions) -> Iterable[Observation]:
+        for gate_id, depth in self._gates.queue_depths().items():
+            yield Observation(depth, {"gate_id": self._gate_labels(gate_id)})
+
+    def _pushes_queued(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._gates.queued_total)
+
+    def _pushes_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[tuple[str, str], int] = {}
+        for (reason, gate_id), count in self._gates.dropped_by_gate().items():
+            key = (reason, self._gate_labels(gate_id) if gate_id else "")
+            totals[key] = totals.get(key, 0) + count
+        for (reason, gate_id), count in totals.items():
+            yield Observation(count, {"reason": reason, "gate_id": gate_id})
+
+
+__all__ = ["NodeMetrics"]

@@ -1,0 +1,239 @@
+"""SDK clients when their gate is killed, frozen or stopped: they move and keep calling."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import random
+import signal
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.faults import sigkill, sigstop
+from tests.helpers.processes import ProcessGroup
+from tests.unit.gate.fake_node import eventually
+
+SLACK = 5.0
+"""What a loaded 2-core machine may add to a bound."""
+DEFAULTS = os.environ.get("GOVERSE_TEST_DEFAULT_TIMEOUTS") == "1"
+"""Set GOVERSE_TEST_DEFAULT_TIMEOUTS=1 to run with the production defaults (slower)."""
+KEEPALIVE = timedelta(seconds=10 if DEFAULTS else 1)
+KEEPALIVE_TIMEOUT = timedelta(seconds=5 if DEFAULTS else 1)
+EXIT_BOUND = 8.0
+"""A gate's shutdown budget is 5 s; a loaded 2-core machine gets 3 s of slack."""
+
+
+class Tracked:
+    """An SDK client whose first gate is chosen by the test, and the moments it re-registered."""
+
+    def __init__(self, cluster: Cluster, gates: Sequence[str], first: str, **options: Any):
+        # A seed of its own whose first choice is `first`: the clients must not share one
+        # random sequence, or they would all choose alike afterwards.
+        start = random.randrange(1 << 30)
+        seed = next(s for s in itertools.count(start) if random.Random(s).choice(gates) == first)
+        self.reconnected_at: list[float] = []
+        self.client = cluster.client(
+            list(gates),
+            rng=random.Random(seed),
+            on_reconnect=lambda old, new: self.reconnected_at.append(time.time()),
+            **options,
+        )
+
+    async def connect(self, expected_gate: str) -> Tracked:
+        await self.client.connect()
+        assert self.client.gate == expected_gate
+        return self
+
+    async def increment(self, counter: str) -> int:
+        reply = await self.client.call(
+            "Counter", counter, "Increment", IncrementRequest(by=1), CounterValue, timeout=10
+        )
+        return reply.value
+
+
+async def tracked_clients(
+    cluster: Cluster, per_gate: int, **options: Any
+) -> dict[str, list[Tracked]]:
+    """`per_gate` clients registered with each gate of the cluster, all knowing every gate."""
+    by_gate: dict[str, list[Tracked]] = {}
+    for gate in cluster.gate_addresses:
+        by_gate[gate] = [
+            await Tracked(cluster, cluster.gate_addresses, gate, **options).connect(gate)
+            for _ in range(per_gate)
+        ]
+    return by_gate
+
+
+async def close_all(by_gate: dict[str, list[Tracked]]) -> None:
+    for tracked in by_gate.values():
+        for item in tracked:
+            await item.client.close()
+
+
+async def test_clients_of_a_killed_gate_spread_over_the_others_and_call_again(
+    processes: ProcessGroup,
+) -> None:
+    """Three gates with clients on each; SIGKILL one. Its clients notice the broken stream,
+    register again (avoiding the dead gate) spread over the two others, and can call; the
+    clients of the other gates keep their registration."""
+    cluster = start_cluster(processes, gates=3)
+    doomed_proc = cluster.gates[0]
+    doomed = doomed_proc.address
+    by_gate = await tracked_clients(cluster, per_gate=4)
+    movers = [*by_gate[doomed]]
+    for _ in range(16):  # more clients on the doomed gate, to see how they spread
+        movers.append(await Tracked(cluster, cluster.gate_addresses, doomed).connect(doomed))
+    try:
+        killed = sigkill(doomed_proc)
+        await eventually(lambda: all(m.reconnected_at for m in movers), 20, "every client to move")
+        failover = [m.reconnected_at[0] - killed for m in movers]
+        for mover in movers:
+            assert mover.client.gate != doomed
+            assert await mover.increment("after-kill") >= 1
+        called = time.time() - killed
+        spread = collections.Counter(m.client.gate for m in movers)
+        print(
+            f"\n{len(movers)} clients re-registered {min(failover):.2f}-{max(failover):.2f}s "
+            f"after the kill, spread {sorted(spread.values())}; all had called again "
+            f"{called:.2f}s after it"
+        )
+        assert len(spread) == 2, spread
+        assert max(failover) < 2 + SLACK
+        for gate, stayers in by_gate.items():
+            if gate == doomed:
+                continue
+            for stayer in stayers:
+                assert stayer.client.registrations == 1
+                assert await stayer.increment("after-kill") >= 1
+    finally:
+        await close_all(by_gate)
+        for mover in movers:
+            await mover.client.close()
+
+
+async def test_clients_of_a_frozen_gate_notice_through_keepalive_and_move(
+    processes: ProcessGroup,
+) -> None:
+    """SIGSTOP a gate: its sockets stay open and nothing answers, so only keepalive can tell.
+    SDK clients pinging every second with a 1 s timeout (the gates permit pings every 0.5 s;
+    with DEFAULTS 10 s and 5 s) give up on it within keepalive time + timeout, register with
+    the other gate and call again."""
+    gate_flags = () if DEFAULTS else ("--keepalive-min-time=500ms",)
+    cluster = start_cluster(processes, gates=2, gate_extra=gate_flags)
+    doomed_proc = cluster.gates[0]
+    doomed = doomed_proc.address
+    keepalive = {"keepalive_time": KEEPALIVE, "keepalive_timeout": KEEPALIVE_TIMEOUT}
+    bound = (KEEPALIVE + KEEPALIVE_TIMEOUT).total_seconds() + SLACK
+    by_gate = await tracked_clients(cluster, per_gate=3, **keepalive)
+    movers = by_gate[doomed]
+    try:
+        with sigstop(doomed_proc) as stopped:
+            await eventually(
+                lambda: all(m.reconnected_at for m in movers), bound + 3, "the clients to move"
+            )
+            noticed = [m.reconnected_at[0] - stopped for m in movers]
+            for mover in movers:
+                assert mover.client.gate != doomed
+                assert await mover.increment("after-freeze") >= 1
+        print(
+            f"\nclients of a frozen gate re-registered {min(noticed):.2f}-{max(noticed):.2f}s "
+            f"after SIGSTOP (keepalive {KEEPALIVE.total_seconds():g} s + timeout "
+            f"{KEEPALIVE_TIMEOUT.total_seconds():g} s)"
+        )
+        assert max(noticed) < bound
+        for stayer in by_gate[cluster.gate_addresses[1]]:
+            assert stayer.client.registrations == 1
+    finally:
+        await close_all(by_gate)
+
+
+async def test_gate_sigterm_lets_calls_finish_and_moves_clients_on_its_notice(
+    processes: ProcessGroup,
+) -> None:
+    """SIGTERM a gate while its clients call in a loop and one call (2 s) is in flight: that
+    call completes, no call fails, every client of the gate moves because of the draining
+    notice (not a broken stream), and the gate exits 0 within its budget."""
+    cluster = start_cluster(processes, gates=2)
+    doomed_proc = cluster.gates[0]
+    doomed = doomed_proc.address
+    by_gate = await tracked_clients(cluster, per_gate=3)
+    failures: list[BaseException] = []
+    calls = 0
+    stopping = asyncio.Event()
+
+    async def keep_calling(tracked: Tracked) -> None:
+        nonlocal calls
+        while not stopping.is_set():
+            try:
+                await tracked.increment(f"loop-{id(tracked)}")
+                calls += 1
+            except Exception as error:
+                failures.append(error)
+            await asyncio.sleep(0.02)
+
+    loops = [asyncio.create_task(keep_calling(t)) for tracked in by_gate.values() for t in tracked]
+    sleeper_owner = cluster.placement.node_for("Sleeper", "in-flight")
+    long_call = asyncio.ensure_future(
+        by_gate[doomed][0].client.call(
+            "Sleeper", "in-flight", "Sleep", Int64Value(value=2000), Int64Value, timeout=15
+        )
+    )
+    try:
+        await eventually_async(
+            lambda: _active(cluster, sleeper_owner, "Sleeper", "in-flight"), 15, "the long call"
+        )
+        with structlog.testing.capture_logs() as logs:
+            doomed_proc.signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await eventually(
+                lambda: all(t.reconnected_at for t in by_gate[doomed]), 15, "the clients to move"
+            )
+            moved = time.monotonic() - signalled
+            assert (await long_call).value == 1
+            finished = time.monotonic() - signalled
+        code = await asyncio.to_thread(doomed_proc.process.wait, 15)  # type: ignore[union-attr]
+        exited = time.monotonic() - signalled
+        stopping.set()
+        await asyncio.gather(*loops)
+        draining = [line for line in logs if line["event"] == "gate is draining"]
+        print(
+            f"\nclients moved {moved:.2f}s after SIGTERM; the 2 s call in flight finished after "
+            f"{finished:.2f}s; the gate exited {exited:.2f}s after SIGTERM; {calls} calls, "
+            f"{len(failures)} failed"
+        )
+        assert failures == []
+        assert code == 0
+        assert exited < EXIT_BOUND
+        assert len(draining) == len(by_gate[doomed])
+        assert all(line["gate"] == doomed for line in draining)
+        for tracked in by_gate[doomed]:
+            assert tracked.client.gate != doomed
+    finally:
+        stopping.set()
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        long_call.cancel()
+        await asyncio.gather(long_call, return_exceptions=True)
+        await close_all(by_gate)
+
+
+async def _active(cluster: Cluster, node: str, object_type: str, object_id: str) -> bool:
+    return object_id in await cluster.list_objects(node, object_type)
+
+
+async def eventually_async(predicate: Any, timeout: float, what: str) -> None:
+    """Like `eventually`, for a coroutine predicate."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -1,0 +1,174 @@
+"""SDK reconnection: backoff when every gate is down, dead gates skipped, reset when stable."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import grpc
+import pytest
+
+from goverse.client import CallError, Client
+from goverse.v1 import gate_pb2, gate_pb2_grpc
+from tests.helpers.processes import free_port
+
+
+@dataclass
+class FakeGate(gate_pb2_grpc.GateServiceServicer):
+    """A GateService that refuses every Register, or accepts it for `lifetime` seconds."""
+
+    refuse: bool = True
+    lifetime: float | None = None
+    attempts: list[float] = field(default_factory=list)
+    port: int = 0
+    _server: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeGate:
+        self._server = grpc.aio.server()
+        gate_pb2_grpc.add_GateServiceServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._server.stop(0)
+
+    async def Register(
+        self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gate_pb2.RegisterResponse]:
+        self.attempts.append(time.monotonic())
+        if self.refuse:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not today")
+        yield gate_pb2.RegisterResponse(
+            registered=gate_pb2.Registered(
+                client_id=f"fake/{len(self.attempts)}", credential="c", gate_id="fake"
+            )
+        )
+        await asyncio.sleep(3600 if self.lifetime is None else self.lifetime)
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a fake gate takes no calls")
+        raise AssertionError("abort returned")
+
+    async def CallObject(
+        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.CallObjectResponse:
+        await self._unimplemented(context)
+
+    async def CreateObject(
+        self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.CreateObjectResponse:
+        await self._unimplemented(context)
+
+    async def DeleteObject(
+        self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.DeleteObjectResponse:
+        await self._unimplemented(context)
+
+
+@pytest.fixture
+async def gates() -> AsyncIterator[list[FakeGate]]:
+    started: list[FakeGate] = []
+    yield started
+    for gate in started:
+        await gate.stop()
+
+
+async def fake_gate(gates: list[FakeGate], **options: Any) -> FakeGate:
+    gate = await FakeGate(**options).start()
+    gates.append(gate)
+    return gate
+
+
+class Ceiling(random.Random):
+    """Backoff jitter that always picks the longest delay, so backoff growth is observable."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_when_every_gate_refuses_the_client_backs_off_instead_of_looping(
+    gates: list[FakeGate],
+) -> None:
+    """Two gates refusing every registration for 3 s: both are tried, a handful of times
+    (backoff 100 ms doubling to 1 s, full jitter), never in a tight loop; then connect()
+    gives up with UNAVAILABLE."""
+    a, b = await fake_gate(gates), await fake_gate(gates)
+    client = Client(
+        [a.address, b.address],
+        connect_timeout=timedelta(seconds=3),
+        reconnect_initial=timedelta(milliseconds=100),
+        reconnect_max=timedelta(seconds=1),
+    )
+    with pytest.raises(CallError) as failed:
+        await client.connect()
+    assert failed.value.status_code == grpc.StatusCode.UNAVAILABLE
+    attempts = len(a.attempts) + len(b.attempts)
+    print(f"{attempts} registration attempts in 3 s ({len(a.attempts)} + {len(b.attempts)})")
+    assert a.attempts
+    assert b.attempts
+    assert 3 <= attempts <= 30
+    # After a close, nothing tries again.
+    await asyncio.sleep(0.3)
+    assert len(a.attempts) + len(b.attempts) == attempts
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_dead_gate_is_skipped_and_the_live_one_registers(
+    gates: list[FakeGate], seed: int
+) -> None:
+    """Whichever gate is chosen first, a client with one dead gate in its list registers with
+    the live one promptly."""
+    live = await fake_gate(gates, refuse=False)
+    dead = f"127.0.0.1:{free_port()}"
+    client = Client(
+        [dead, live.address],
+        connect_timeout=timedelta(seconds=5),
+        reconnect_initial=timedelta(milliseconds=100),
+        rng=random.Random(seed),
+    )
+    started = time.monotonic()
+    await client.connect()
+    try:
+        assert client.gate == live.address
+        assert time.monotonic() - started < 3
+    finally:
+        await client.close()
+
+
+async def test_backoff_resets_after_a_registration_that_lasted(gates: list[FakeGate]) -> None:
+    """Registrations that each last longer than `stable_after` reset the backoff, so the
+    client comes back after the initial delay every time instead of ever longer ones."""
+    gate = await fake_gate(gates, refuse=False, lifetime=0.3)
+    reconnects = 0
+
+    def count(old: str, new: str) -> None:
+        nonlocal reconnects
+        reconnects += 1
+
+    client = Client(
+        [gate.address],
+        reconnect_initial=timedelta(milliseconds=100),
+        reconnect_max=timedelta(seconds=10),
+        stable_after=timedelta(milliseconds=200),
+        on_reconnect=count,
+        rng=Ceiling(),
+    )
+    await client.connect()
+    try:
+        await asyncio.sleep(2.6)
+    finally:
+        await client.close()
+    # With resets every cycle takes 0.3 + 0.1 s (6 in 2.6 s); without, the delays would
+    # double (0.1, 0.2, 0.4, 0.8 s ...) and at most 4 would fit.
+    assert len(gate.attempts) >= 5, gate.attempts
+    assert reconnects == len(gate.attempts) - 1

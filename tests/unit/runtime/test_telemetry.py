@@ -1,0 +1,179 @@
+"""Telemetry: OTEL_* configuration, the metrics endpoint, log correlation and a bounded flush."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from goverse.runtime import ListenError, Telemetry, TelemetryConfigError, configure_logging
+from goverse.runtime._logging import ThrottleTelemetryLogs, add_trace_context
+from goverse.runtime._telemetry import traces_exporters
+from tests.helpers.processes import free_port
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, ()),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, ("otlp",)),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}, ("otlp",)),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, ()),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ("console",)),
+        ({"OTEL_TRACES_EXPORTER": "OTLP, console"}, ("otlp", "console")),
+    ],
+)
+def test_traces_exporter_follows_otel_traces_exporter(
+    environ: dict[str, str], expected: tuple[str, ...]
+) -> None:
+    """Unset, it exports by OTLP only when an OTLP endpoint is configured."""
+    assert traces_exporters(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "jaeger is not one of"),
+        ({"OTEL_TRACES_EXPORTER": "none,console"}, "none excludes"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            "only grpc",
+        ),
+    ],
+)
+def test_unusable_otel_variables_are_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(TelemetryConfigError, match=message):
+        Telemetry("goverse-node", environ=environ)
+
+
+def test_service_name_defaults_to_the_service_and_otel_service_name_wins() -> None:
+    assert Telemetry("goverse-gate", environ={}).service_name == "goverse-gate"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_SERVICE_NAME", "edge")
+        patch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")
+        telemetry = Telemetry("goverse-gate", resource_attributes={"service.instance.id": "g0"})
+    assert telemetry.service_name == "edge"
+    assert telemetry.resource.attributes["deployment.environment"] == "prod"
+    assert telemetry.resource.attributes["service.instance.id"] == "g0"
+
+
+async def test_the_metrics_endpoint_serves_instruments_and_stops() -> None:
+    port = free_port()
+    telemetry = Telemetry("goverse-node", metrics_port=port, environ={})
+    telemetry.meter("test").create_counter("goverse.test.things", unit="{thing}").add(3)
+    assert telemetry.start_metrics_server() == port
+    text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    assert "goverse_test_things_total 3.0" in text
+    assert 'service_name="goverse-node"' in text
+    assert "process_cpu_seconds_total" in text
+    await telemetry.shutdown(5)
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+async def test_a_busy_metrics_port_is_a_listen_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        telemetry = Telemetry("goverse-node", metrics_port=busy.getsockname()[1], environ={})
+        with pytest.raises(ListenError, match="cannot serve metrics"):
+            telemetry.start_metrics_server()
+    await telemetry.shutdown(1)
+
+
+async def test_metrics_port_0_serves_nothing() -> None:
+    telemetry = Telemetry("goverse-node", metrics_port=0, environ={})
+    assert telemetry.start_metrics_server() == 0
+    await telemetry.shutdown(1)
+
+
+async def test_shutdown_with_an_unreachable_collector_keeps_to_its_timeout() -> None:
+    """Spans waiting for a collector that does not answer delay the stop by the timeout at
+    most; a second shutdown returns at once."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    telemetry = Telemetry(
+        "goverse-node",
+        environ={
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        },
+    )
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    for index in range(10):
+        with tracer.start_as_current_span(f"span-{index}"):
+            pass
+    started = time.monotonic()
+    await telemetry.shutdown(0.5)
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    await telemetry.shutdown(5)
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.fixture
+def provider() -> TracerProvider:
+    return TracerProvider(shutdown_on_exit=False)
+
+
+def test_log_lines_in_a_span_carry_its_trace_and_span_ids(provider: TracerProvider) -> None:
+    with provider.get_tracer("test").start_as_current_span("call") as span:
+        fields = add_trace_context(None, "info", {"event": "x"})
+    context = span.get_span_context()
+    assert fields["trace_id"] == format(context.trace_id, "032x")
+    assert fields["span_id"] == format(context.span_id, "016x")
+    assert len(fields["trace_id"]) == 32
+    assert len(fields["span_id"]) == 16
+    assert "trace_id" not in add_trace_context(None, "info", {"event": "y"})
+
+
+def test_configured_logging_renders_trace_ids_in_json(
+    provider: TracerProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("info", "json", service="test")
+    try:
+        with provider.get_tracer("test").start_as_current_span("call") as span:
+            structlog.get_logger("t").info("inside")
+            logging.getLogger("grpc").warning("library line")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2
+    assert all(f'"trace_id": "{trace_id}"' in line for line in lines)
+
+
+def test_telemetry_library_logs_are_throttled() -> None:
+    throttle = ThrottleTelemetryLogs(interval=60)
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None)
+
+    exporter = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+    assert throttle.filter(record(exporter, "Transient error %s"))
+    assert not throttle.filter(record(exporter, "Transient error %s"))
+    assert throttle.filter(record(exporter, "Failed to export %s"))
+    assert throttle.filter(record("goverse.node", "Transient error %s"))
+    assert throttle.filter(record("goverse.node", "Transient error %s"))
+
+
+def test_no_span_means_no_ids() -> None:
+    assert not trace.get_current_span().get_span_context().is_valid
