@@ -10,9 +10,10 @@ What is traced, and how it is named:
   first response (``Registered`` / the ack) is sent or received, never one span as long as the
   stream;
 - each object method call on a node (``<Type>.<Method>``, internal), local calls included;
-- a push: an event on the pushing call's span, and its W3C context in ``Envelope.trace_context``;
-- each delivery of an envelope on the gate (``goverse.push.deliver``), a new trace *linked* to
-  the pushing call's span.
+- a push: counted on the pushing call's span (``goverse.push.count``, ``.recipients``,
+  ``.queued``, set when the call ends), and its W3C context in ``Envelope.trace_context``;
+- each delivery of a batch of envelopes on the gate (``goverse.push.deliver``), a new trace
+  *linked* to the spans of the calls that pushed them.
 
 Health checks (``grpc.health.v1``) are not traced.
 """
@@ -20,7 +21,8 @@ Health checks (``grpc.health.v1``) are not traced.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+import contextvars
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -214,43 +216,71 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 # -- objects, pushes and deliveries -------------------------------------------------------------
 
 
+_push_tally: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "goverse_push_tally", default=None
+)
+"""[pushes, recipients, queued] of the object call being served; None outside one."""
+
+
 @contextlib.contextmanager
 def object_call_span(object_type: str, object_id: str, method: str) -> Iterator[trace.Span]:
-    """The span of one object method call on a node (current for the block)."""
-    with _tracer.start_as_current_span(
-        f"{object_type}.{method}",
-        kind=SpanKind.INTERNAL,
-        attributes={
-            "goverse.object.type": object_type,
-            "goverse.object.id": object_id,
-            "goverse.object.method": method,
-        },
-    ) as span:
-        yield span
+    """The span of one object method call on a node (current for the block).
+
+    Pushes made during the call are tallied and recorded once, as attributes, when it ends:
+    an attribute per call instead of an event per push keeps pushing cheap.
+    """
+    tally = [0, 0, 0]
+    token = _push_tally.set(tally)
+    try:
+        with _tracer.start_as_current_span(
+            f"{object_type}.{method}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "goverse.object.type": object_type,
+                "goverse.object.id": object_id,
+                "goverse.object.method": method,
+            },
+        ) as span:
+            try:
+                yield span
+            finally:
+                if tally[0] and span.is_recording():
+                    span.set_attributes(
+                        {
+                            "goverse.push.count": tally[0],
+                            "goverse.push.recipients": tally[1],
+                            "goverse.push.queued": tally[2],
+                        }
+                    )
+    finally:
+        _push_tally.reset(token)
+
+
+_last_carrier: tuple[trace.SpanContext | None, dict[str, str]] = (None, {})
 
 
 def current_trace_context() -> dict[str, str]:
     """The W3C context (``traceparent``, ``tracestate``) of the current span; empty when there
-    is none."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    is none. Computed once per span: a method pushing many messages pays for it once."""
+    global _last_carrier
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
         return {}
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    cached_for, carrier = _last_carrier
+    if cached_for is not span_context and cached_for != span_context:
+        carrier = {}
+        propagate.inject(carrier)
+        _last_carrier = (span_context, carrier)
     return carrier
 
 
 def record_push(recipients: int, queued: int, broadcast: bool = False) -> None:
-    """Notes a push on the current span (when it is recorded)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(
-            PUSH_EVENT,
-            {
-                "goverse.push.recipients": recipients,
-                "goverse.push.queued": queued,
-                "goverse.push.broadcast": broadcast,
-            },
-        )
+    """Counts a push towards the object call being served (recorded when the call ends)."""
+    tally = _push_tally.get()
+    if tally is not None:
+        tally[0] += 1
+        tally[1] += recipients
+        tally[2] += queued
 
 
 def linked_context(carrier: Mapping[str, str]) -> trace.SpanContext | None:
@@ -263,33 +293,52 @@ def linked_context(carrier: Mapping[str, str]) -> trace.SpanContext | None:
     return linked
 
 
-def deliver_traced(deliver: Callable[[Envelope], int], envelope: Envelope) -> int:
-    """Runs ``deliver(envelope)`` in a delivery span linked to the call that pushed it.
+MAX_DELIVERY_LINKS = 32
+"""Most pushing calls one delivery span links to; a batch from more calls links to the first."""
 
-    An envelope without a sampled trace context is delivered without a span. Log lines written
-    during the delivery carry ``pushed_by_trace_id``, the pushing call's trace id.
+
+def deliver_traced(deliver: Callable[[Envelope], int], envelope: Envelope) -> int:
+    """Runs ``deliver(envelope)`` in a delivery span linked to the call that pushed it."""
+    return deliver_all_traced(deliver, (envelope,))
+
+
+def deliver_all_traced(deliver: Callable[[Envelope], int], envelopes: Sequence[Envelope]) -> int:
+    """Delivers a batch of envelopes in ONE delivery span linked to the calls that pushed them.
+
+    A span per batch, not per envelope: a stream message carries many pushes and the span is
+    the expensive part. A batch without a sampled trace context is delivered without a span.
+    When every envelope of the batch comes from one trace, log lines written during the
+    delivery carry ``pushed_by_trace_id``, that trace's id.
     """
-    linked = linked_context(envelope.trace_context)
-    if linked is None:
-        return deliver(envelope)
+    links: list[Link] = []
+    seen: set[str] = set()
+    for envelope in envelopes:
+        parent = envelope.trace_context.get("traceparent")
+        if not parent or parent in seen or len(links) >= MAX_DELIVERY_LINKS:
+            continue
+        seen.add(parent)
+        linked = linked_context(envelope.trace_context)
+        if linked is not None:
+            links.append(Link(linked))
+    if not links:
+        return sum(deliver(envelope) for envelope in envelopes)
+    trace_ids = {link.context.trace_id for link in links}
+    pushed_by = (
+        {"pushed_by_trace_id": format(next(iter(trace_ids)), "032x")} if len(trace_ids) == 1 else {}
+    )
     with (
         _tracer.start_as_current_span(
             DELIVERY_SPAN,
             context=otel_context.Context(),
             kind=SpanKind.CONSUMER,
-            links=[Link(linked)],
-            attributes={"goverse.push.target": envelope.WhichOneof("target") or ""},
+            links=links,
+            attributes={"goverse.push.envelopes": len(envelopes)},
         ) as span,
-        structlog.contextvars.bound_contextvars(pushed_by_trace_id=format(linked.trace_id, "032x")),
+        structlog.contextvars.bound_contextvars(**pushed_by),
     ):
-        accepted = deliver(envelope)
+        accepted = sum(deliver(envelope) for envelope in envelopes)
         span.set_attribute("goverse.push.accepted", accepted)
         return accepted
-
-
-def deliver_all_traced(deliver: Callable[[Envelope], int], envelopes: Iterable[Envelope]) -> int:
-    """:func:`deliver_traced` for each envelope; returns the total accepted."""
-    return sum(deliver_traced(deliver, envelope) for envelope in envelopes)
 
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 
@@ -168,8 +168,9 @@ class ClientRegistry:
         log.debug("envelope without a target ignored")
         return 0
 
-    def deliver_batch(self, envelopes: Iterable[node_pb2.Envelope]) -> int:
-        return deliver_all_traced(self.deliver, envelopes)  # a span per traced envelope
+    def deliver_batch(self, envelopes: Sequence[node_pb2.Envelope]) -> int:
+        """Delivers one stream message's envelopes, in one delivery span when traced."""
+        return deliver_all_traced(self.deliver, envelopes)
 
     def _push_to(self, client_ids: Iterable[str], envelope: node_pb2.ClientMessageEnvelope) -> int:
         accepted = 0
