@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -116,7 +117,9 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         structlog.contextvars.bind_contextvars(client_id=proxy.client_id)
         try:
             with self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id):
-                log.info("client registered", clients=len(self._registry))
+                # Per-client lines are DEBUG: at thousands of clients they cost real CPU (13 % of
+                # a 1,000-stream shutdown in the first profile). Unusual ends stay at INFO.
+                log.debug("client registered", clients=len(self._registry))
                 yield gate_pb2.RegisterResponse(
                     registered=gate_pb2.Registered(
                         client_id=proxy.client_id,
@@ -151,8 +154,12 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             reason = proxy.close_reason or "the client went away"
             proxy.close(reason)
             self._registry.remove(proxy)
-            log.info(
-                "client stream ended", reason=reason, pushed=proxy.pushed, dropped=proxy.dropped
+            log.log(
+                logging.INFO if proxy.slow_consumer or proxy.dropped else logging.DEBUG,
+                "client stream ended",
+                reason=reason,
+                pushed=proxy.pushed,
+                dropped=proxy.dropped,
             )
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
