@@ -22,7 +22,13 @@ from goverse.runtime._grpc import (
     channel_options,
     server_options,
 )
-from goverse.runtime._lifecycle import Service, run, run_until_signalled
+from goverse.runtime._lifecycle import (
+    Service,
+    StartupError,
+    run,
+    run_until_signalled,
+    serve_main,
+)
 from goverse.runtime._logging import configure_logging, log_fields
 from goverse.runtime._mailbox import Mailbox
 from goverse.runtime._metrics import (
@@ -54,6 +60,7 @@ __all__ = [
     "ListenError",
     "Mailbox",
     "Service",
+    "StartupError",
     "Supervisor",
     "SupervisorClosed",
     "Telemetry",
@@ -77,6 +84,7 @@ __all__ = [
     "record_push",
     "run",
     "run_until_signalled",
+    "serve_main",
     "server_interceptors",
     "server_options",
 ]

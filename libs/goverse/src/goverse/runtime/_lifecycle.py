@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
+
+from goverse.runtime._grpc import ListenError
+from goverse.runtime._telemetry import Telemetry, TelemetryConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -52,3 +57,41 @@ def run(service: Service) -> int:
     except ImportError:
         return asyncio.run(run_until_signalled(service))
     return uvloop.run(run_until_signalled(service))  # type: ignore[no-any-return]
+
+
+class StartupError(Exception):
+    """A service cannot start for a reason its operator must fix; the process exits with 2."""
+
+
+def serve_main(
+    program: str, instance_id: str, metrics_port: int, build: Callable[[Telemetry], Service]
+) -> int:
+    """The shared body of ``goverse-gate`` and ``goverse-node`` once flags and logging are set.
+
+    Sets up telemetry from ``OTEL_*`` (invalid: exit 2), builds the service (a
+    :class:`StartupError`: exit 2), runs it until signalled (exit 0), or exits 1 when it cannot
+    listen or serve metrics. Each failure is logged and also printed to stderr.
+    """
+
+    def fail(what: str, error: Exception, code: int) -> int:
+        log.error(what, error=str(error))
+        print(f"{program}: {error}", file=sys.stderr)
+        return code
+
+    try:
+        telemetry = Telemetry(
+            program,
+            resource_attributes={"service.instance.id": instance_id},
+            metrics_port=metrics_port,
+        )
+    except TelemetryConfigError as error:
+        return fail("invalid telemetry configuration", error, 2)
+    telemetry.install()
+    try:
+        service = build(telemetry)
+    except StartupError as error:
+        return fail("cannot start", error, 2)
+    try:
+        return run(service)
+    except ListenError as error:
+        return fail("cannot start", error, 1)

@@ -6,13 +6,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-import structlog
-
 from goverse.gate._app import GateApp
 from goverse.gate._config import parse_config
-from goverse.runtime import ListenError, Telemetry, TelemetryConfigError, configure_logging, run
-
-log = structlog.get_logger("goverse.gate")
+from goverse.runtime import configure_logging, serve_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,23 +17,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     anything starts."""
     config = parse_config(argv, os.environ)
     configure_logging(config.log_level, config.log_format, service="gate", gate_id=config.gate_id)
-    try:
-        telemetry = Telemetry(
-            "goverse-gate",
-            resource_attributes={"service.instance.id": config.gate_id},
-            metrics_port=config.metrics_port,
-        )
-    except TelemetryConfigError as error:
-        log.error("invalid telemetry configuration", error=str(error))
-        print(f"goverse-gate: {error}", file=sys.stderr)
-        return 2
-    telemetry.install()
-    try:
-        return run(GateApp(config, telemetry))
-    except ListenError as error:
-        log.error("cannot start", error=str(error))
-        print(f"goverse-gate: {error}", file=sys.stderr)
-        return 1
+    return serve_main(
+        "goverse-gate",
+        config.gate_id,
+        config.metrics_port,
+        lambda telemetry: GateApp(config, telemetry),
+    )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from google.protobuf.message import Message
 from goverse.errors import GoverseError
 from goverse.ids import validate_object_type
 from goverse.objects import Object
+from goverse.runtime import StartupError
 
 log = structlog.get_logger(__name__)
 
 
-class ObjectLoadError(Exception):
+class ObjectLoadError(StartupError):
     """An ``--objects`` module cannot be imported or defines unusable object types."""
 
 
