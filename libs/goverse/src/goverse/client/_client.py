@@ -378,8 +378,7 @@ class Client:
             while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "messages":
-                    for item in event.messages.messages:
-                        await self._inbox.put(item)
+                    await self._enqueue(event.messages.messages)
                 elif kind == "draining":
                     log.info("gate is draining", gate=gate, reason=event.draining.reason)
                     return True
@@ -392,6 +391,15 @@ class Client:
             stream.cancel()
             if session is not None:
                 session.ended.set()
+
+    async def _enqueue(self, items: Sequence[any_pb2.Any]) -> None:
+        """Buffers pushed messages; waits (so stops reading the stream) only when full."""
+        inbox = self._inbox
+        for item in items:
+            try:
+                inbox.put_nowait(item)  # the common case, without a coroutine per message
+            except asyncio.QueueFull:
+                await inbox.put(item)
 
     async def _registered(
         self, gate: str, stub: gate_pb2_grpc.GateServiceStub, registered: gate_pb2.Registered
