@@ -18,6 +18,11 @@ from goverse.v1 import gate_pb2, node_pb2, node_pb2_grpc
 log = structlog.get_logger(__name__)
 
 Resp = TypeVar("Resp")
+_NodeRequest = (
+    node_pb2.NodeCallObjectRequest
+    | node_pb2.NodeCreateObjectRequest
+    | node_pb2.NodeDeleteObjectRequest
+)
 
 
 class Router:
@@ -57,10 +62,8 @@ class Router:
     ) -> gate_pb2.CallObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
         ids.validate_method(request.method)
-        node = self.node_for(request.object_type, request.object_id)
-        reply = await self._send(
-            node,
-            self._stub(node).CallObject,
+        reply = await self._route(
+            lambda stub: stub.CallObject,
             node_pb2.NodeCallObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
@@ -76,10 +79,8 @@ class Router:
         self, client_id: str, request: gate_pb2.CreateObjectRequest, time_remaining: float | None
     ) -> gate_pb2.CreateObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
-        node = self.node_for(request.object_type, request.object_id)
-        reply = await self._send(
-            node,
-            self._stub(node).CreateObject,
+        reply = await self._route(
+            lambda stub: stub.CreateObject,
             node_pb2.NodeCreateObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
@@ -93,10 +94,8 @@ class Router:
         self, client_id: str, request: gate_pb2.DeleteObjectRequest, time_remaining: float | None
     ) -> gate_pb2.DeleteObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
-        node = self.node_for(request.object_type, request.object_id)
-        reply = await self._send(
-            node,
-            self._stub(node).DeleteObject,
+        reply = await self._route(
+            lambda stub: stub.DeleteObject,
             node_pb2.NodeDeleteObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
@@ -105,6 +104,16 @@ class Router:
             time_remaining,
         )
         return gate_pb2.DeleteObjectResponse(deleted=reply.deleted)
+
+    async def _route(
+        self,
+        rpc: Callable[[node_pb2_grpc.NodeServiceStub], Callable[..., Awaitable[Resp]]],
+        request: _NodeRequest,
+        time_remaining: float | None,
+    ) -> Resp:
+        """Sends a validated `request` to the node that owns its object, by `rpc` of its stub."""
+        node = self.node_for(request.object_type, request.object_id)
+        return await self._send(node, rpc(self._stub(node)), request, time_remaining)
 
     async def _send(
         self,

@@ -19,6 +19,10 @@ from goverse.gate._router import Router
 from goverse.runtime import Supervisor, SupervisorClosed
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
+_ObjectRequest = (
+    gate_pb2.CallObjectRequest | gate_pb2.CreateObjectRequest | gate_pb2.DeleteObjectRequest
+)
+
 log = structlog.get_logger(__name__)
 
 CLIENT_ID_METADATA = "goverse-client-id"
@@ -170,41 +174,36 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         structlog.contextvars.bind_contextvars(client_id=proxy.client_id)
         return proxy
 
-    @translate_errors
-    async def CallObject(
-        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.CallObjectResponse:
+    @contextlib.contextmanager
+    def _verified_call(
+        self, request: _ObjectRequest, context: grpc.aio.ServicerContext
+    ) -> Iterator[str]:
+        """Authenticates the caller, binds the object to the log context and counts the call as
+        in flight (the gate lets it finish while draining); yields the trusted client id."""
         proxy = self._authenticate(context)
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
         with self.calls.track():
-            return await self._router.call_object(
-                proxy.client_id, request, context.time_remaining()
-            )
+            yield proxy.client_id
+
+    @translate_errors
+    async def CallObject(
+        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.CallObjectResponse:
+        with self._verified_call(request, context) as client_id:
+            return await self._router.call_object(client_id, request, context.time_remaining())
 
     @translate_errors
     async def CreateObject(
         self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.CreateObjectResponse:
-        proxy = self._authenticate(context)
-        structlog.contextvars.bind_contextvars(
-            object_type=request.object_type, object_id=request.object_id[:256]
-        )
-        with self.calls.track():
-            return await self._router.create_object(
-                proxy.client_id, request, context.time_remaining()
-            )
+        with self._verified_call(request, context) as client_id:
+            return await self._router.create_object(client_id, request, context.time_remaining())
 
     @translate_errors
     async def DeleteObject(
         self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.DeleteObjectResponse:
-        proxy = self._authenticate(context)
-        structlog.contextvars.bind_contextvars(
-            object_type=request.object_type, object_id=request.object_id[:256]
-        )
-        with self.calls.track():
-            return await self._router.delete_object(
-                proxy.client_id, request, context.time_remaining()
-            )
+        with self._verified_call(request, context) as client_id:
+            return await self._router.delete_object(client_id, request, context.time_remaining())
