@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-PACKAGES := libs/goverse services/gate services/node
+PACKAGES := libs/goverse libs/goverse-server services/gate services/node
 
 .PHONY: help venv protos check-protos lint test unit integration run clean
 

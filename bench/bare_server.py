@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench import wire
 from bench.launch import LOOPS
-from goverse.runtime import server_options
+from goverse.transport import server_options
 from goverse.v1 import gate_pb2
 
 SERVICE = "goverse.bench.Bare"

@@ -15,7 +15,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from bench import wire
 from bench.bare_server import SERVICE
-from goverse.runtime import channel_options
+from goverse.transport import channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 CALL_TIMEOUT = 30.0

@@ -17,7 +17,12 @@ from goverse.v1 import node_pb2, node_pb2_grpc
 
 GATE_ID = "bench"
 OBJECTS = "bench.objects"
-CODE_SOURCES = ("libs/goverse/src", "services/gate/src", "services/node/src")
+CODE_SOURCES = (
+    "libs/goverse/src",
+    "libs/goverse-server/src",
+    "services/gate/src",
+    "services/node/src",
+)
 """Where the goverse packages live in a checkout; put first on PYTHONPATH, they shadow the
 editable installs of the work tree (goverse is a namespace package)."""
 METRICS_PORT_ENV = "GOVERSE_METRICS_PORT"

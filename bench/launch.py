@@ -2,7 +2,7 @@
 
 ``python -m bench.launch --loop asyncio|uvloop gate|node [service flags...]``
 
-The services run on uvloop whenever it can be imported (``goverse.runtime.run``). With
+The services run on uvloop whenever it can be imported (``goverse.server.run``). With
 ``--loop asyncio`` this wrapper makes ``import uvloop`` fail, so the plain asyncio loop runs
 even where uvloop is installed; with ``--loop uvloop`` it checks that uvloop imports (the
 harness puts a side directory holding it on PYTHONPATH). Then it calls the service's ``main``.

@@ -45,8 +45,9 @@ from bench.procs import PYTHON, Proc, Procs, free_port
 from bench.profiling import PY_SPY_ARGS, py_spy, summarize_file
 from bench.results_model import ScenarioResult
 from bench.stats import latency_ms, median
-from goverse.client import CLIENT_ID_HEADER, CREDENTIAL_HEADER, Client
+from goverse.client import Client
 from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
 
 PUSH_TIMEOUT = 120.0
 ROUND_TIMEOUT = 30.0
@@ -474,7 +475,7 @@ def _fanout_summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _metadata(registered: gate_pb2.Registered) -> tuple[tuple[str, str], ...]:
-    return ((CLIENT_ID_HEADER, registered.client_id), (CREDENTIAL_HEADER, registered.credential))
+    return ((CLIENT_ID_KEY, registered.client_id), (CREDENTIAL_KEY, registered.credential))
 
 
 def _packed(message: Message) -> any_pb2.Any:

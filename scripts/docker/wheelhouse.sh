@@ -7,7 +7,7 @@
 #   scripts/docker/wheelhouse.sh [DIR]     (default DIR: build/wheelhouse)
 #
 # Idempotent: pip skips wheels already in DIR. Inputs: the runtime dependencies of
-# libs/goverse (its pyproject.toml), the build backends of the three packages, and
+# libs/goverse and libs/goverse-server (their pyproject.toml), the build backends of the four packages, and
 # requirements/constraints.txt for the versions.
 set -euo pipefail
 
@@ -28,7 +28,7 @@ import sys
 import tomllib
 
 lines = []
-for package in ("libs/goverse", "services/gate", "services/node"):
+for package in ("libs/goverse", "libs/goverse-server", "services/gate", "services/node"):
     with open(f"{package}/pyproject.toml", "rb") as f:
         meta = tomllib.load(f)
     lines += meta.get("build-system", {}).get("requires", [])

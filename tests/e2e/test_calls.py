@@ -10,9 +10,10 @@ from google.protobuf import any_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.client import CLIENT_ID_HEADER, CREDENTIAL_HEADER, CallError, Client
+from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
 from tests.e2e.conftest import Cluster
 
 
@@ -139,8 +140,8 @@ async def test_garbage_payload_is_invalid_argument(shared_cluster: Cluster) -> N
         stream = stub.Register(gate_pb2.RegisterRequest())
         registered = (await stream.read()).registered
         metadata = (
-            (CLIENT_ID_HEADER, registered.client_id),
-            (CREDENTIAL_HEADER, registered.credential),
+            (CLIENT_ID_KEY, registered.client_id),
+            (CREDENTIAL_KEY, registered.credential),
         )
         garbage = any_pb2.Any(
             type_url="type.googleapis.com/goverse.examples.v1.IncrementRequest",
@@ -194,10 +195,10 @@ async def test_calls_without_a_valid_credential_are_refused_and_do_nothing(
         request.request.Pack(IncrementRequest(by=1))
         attempts = [
             (),
-            ((CLIENT_ID_HEADER, victim.client_id),),
-            ((CLIENT_ID_HEADER, victim.client_id), (CREDENTIAL_HEADER, mine.credential)),
-            ((CLIENT_ID_HEADER, mine.client_id), (CREDENTIAL_HEADER, "forged")),
-            ((CLIENT_ID_HEADER, "gate-0/0000"), (CREDENTIAL_HEADER, mine.credential)),
+            ((CLIENT_ID_KEY, victim.client_id),),
+            ((CLIENT_ID_KEY, victim.client_id), (CREDENTIAL_KEY, mine.credential)),
+            ((CLIENT_ID_KEY, mine.client_id), (CREDENTIAL_KEY, "forged")),
+            ((CLIENT_ID_KEY, "gate-0/0000"), (CREDENTIAL_KEY, mine.credential)),
         ]
         for metadata in attempts:
             with pytest.raises(grpc.aio.AioRpcError) as error:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
-from goverse.runtime import Keepalive, channel_options, server_options
+from goverse.transport import Keepalive, channel_options, server_options
 from tests.helpers.processes import ROOT
 
 IDLE_SECONDS = 6.0
@@ -107,7 +107,7 @@ _FROZEN_SERVER = """
 import asyncio, sys
 import grpc
 from google.protobuf.wrappers_pb2 import BytesValue
-from goverse.runtime import Keepalive, server_options
+from goverse.transport import Keepalive, server_options
 
 async def stream(request, context):
     yield BytesValue(value=b"hello")

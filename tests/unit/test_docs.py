@@ -8,7 +8,7 @@ import pytest
 
 from goverse.gate._config import build_parser as gate_parser
 from goverse.node._config import build_parser as node_parser
-from goverse.runtime import FlagParser
+from goverse.server import FlagParser
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

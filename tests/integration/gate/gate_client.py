@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 
-from goverse.gate import CLIENT_ID_METADATA, CREDENTIAL_METADATA
 from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
 from tests.unit.gate.fake_node import unpack_text
 
 WAIT = 15.0  # generous: a loaded 2-core machine
@@ -71,8 +71,8 @@ class GateClient:
         self, client_id: str | None = None, credential: str | None = None
     ) -> tuple[tuple[str, str], ...]:
         return (
-            (CLIENT_ID_METADATA, self.client_id if client_id is None else client_id),
-            (CREDENTIAL_METADATA, self.credential if credential is None else credential),
+            (CLIENT_ID_KEY, self.client_id if client_id is None else client_id),
+            (CREDENTIAL_KEY, self.credential if credential is None else credential),
         )
 
     @classmethod

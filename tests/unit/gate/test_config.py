@@ -8,7 +8,8 @@ import pytest
 
 from goverse.gate._config import GateConfig, default_gate_id, parse_config
 from goverse.ids import gate_id_problem
-from goverse.runtime import Keepalive, parse_byte_size
+from goverse.server import parse_byte_size
+from goverse.transport import Keepalive
 
 
 def test_defaults() -> None:

@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 
 from goverse.gate import ClientRegistry, LinkState, NodeLink
-from goverse.runtime import Backoff, ChannelPool, Supervisor, channel_options
+from goverse.server import Supervisor
+from goverse.transport import Backoff, ChannelPool, channel_options
 from goverse.v1 import node_pb2
 from tests.unit.gate.fake_node import FakeNode, broadcast, eventually, to_clients
 

@@ -10,8 +10,6 @@ import goverse.gate
 def test_public_names() -> None:
     """The facade exports exactly the gate's public interface, and every name resolves."""
     assert sorted(goverse.gate.__all__) == [
-        "CLIENT_ID_METADATA",
-        "CREDENTIAL_METADATA",
         "ClientProxy",
         "ClientRegistry",
         "GateApp",

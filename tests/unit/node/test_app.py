@@ -12,7 +12,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from goverse.node import NodeApp
-from goverse.runtime import ListenError
+from goverse.server import ListenError
 from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.unit.node.conftest import eventually, node_config, pack
 

@@ -8,7 +8,8 @@ import pytest
 
 from goverse.node import NodeConfig, build_parser, parse_config
 from goverse.node._config import module_list
-from goverse.runtime import Keepalive, parse_byte_size
+from goverse.server import parse_byte_size
+from goverse.transport import Keepalive
 
 FLAGS = [
     "--listen",

@@ -12,8 +12,8 @@ import pytest
 import structlog
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.node._gate_streams import CLOSE_REASON_METADATA_KEY
 from goverse.v1 import node_pb2
+from goverse.wire import CLOSE_REASON_KEY
 from tests.unit.node.conftest import NODE, Node, eventually
 
 
@@ -124,7 +124,7 @@ async def test_re_registration_replaces_the_old_stream_which_ends_cleanly(node: 
         while (message := await old.read()) is not grpc.aio.EOF:
             received += [texts(e) for e in message.envelopes.envelopes]
     assert await old.code() == grpc.StatusCode.OK
-    assert dict(await old.trailing_metadata())[CLOSE_REASON_METADATA_KEY] == "replaced"
+    assert dict(await old.trailing_metadata())[CLOSE_REASON_KEY] == "replaced"
     assert node.app.runtime.push(["g1/b"], StringValue(value="after")) == 1
     while "after" not in received:
         received += [texts(e) for e in (await read(new)).envelopes.envelopes]

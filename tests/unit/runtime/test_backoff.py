@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from goverse.runtime import Backoff
+from goverse.transport import Backoff
 
 
 def test_delays_stay_under_a_doubling_ceiling_capped_at_maximum() -> None:

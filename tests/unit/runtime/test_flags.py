@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from goverse.runtime import FlagParser, parse_address_list, parse_duration
+from goverse.server import FlagParser, parse_address_list, parse_duration
 
 
 @pytest.mark.parametrize(

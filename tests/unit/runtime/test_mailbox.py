@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from goverse.runtime import Mailbox
+from goverse.server import Mailbox
 
 
 async def test_get_batch_returns_everything_queued_in_one_read() -> None:

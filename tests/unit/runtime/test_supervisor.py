@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from goverse.runtime import Supervisor, SupervisorClosed
+from goverse.server import Supervisor, SupervisorClosed
 
 
 async def test_spawned_tasks_are_named_and_leave_when_done() -> None:

@@ -14,9 +14,9 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from goverse.runtime import ListenError, Telemetry, TelemetryConfigError, configure_logging
-from goverse.runtime._logging import ThrottleTelemetryLogs, add_trace_context
-from goverse.runtime._telemetry import traces_exporters
+from goverse.server import ListenError, Telemetry, TelemetryConfigError, configure_logging
+from goverse.server._logging import ThrottleTelemetryLogs, add_trace_context
+from goverse.server._telemetry import traces_exporters
 from tests.helpers.processes import free_port
 
 

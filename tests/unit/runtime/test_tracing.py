@@ -16,15 +16,14 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from goverse.errors import NotFound, translate_errors
-from goverse.runtime import (
+from goverse.server import (
     CallMetricsInterceptor,
-    ChannelPool,
     GrpcHost,
     call_duration_histogram,
-    channel_options,
     current_trace_context,
     deliver_traced,
 )
+from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.helpers.telemetry import Span, SpanCapture
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from goverse.client._client import (
-    CLIENT_ID_HEADER,
-    CREDENTIAL_HEADER,
     Client,
     ClientClosedError,
     ClientState,
@@ -12,8 +10,6 @@ from goverse.client._client import (
 from goverse.errors import CallError
 
 __all__ = [
-    "CLIENT_ID_HEADER",
-    "CREDENTIAL_HEADER",
     "CallError",
     "Client",
     "ClientClosedError",

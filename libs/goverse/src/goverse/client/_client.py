@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import inspect
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,26 +15,22 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from goverse import wire
 from goverse.client._gates import GateChooser
 from goverse.errors import CallError
-from goverse.runtime import Backoff, ChannelPool, Keepalive, channel_options
+from goverse.transport import Backoff, ChannelPool, Keepalive, channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 M = TypeVar("M", bound=Message)
 ReconnectCallback = Callable[[str, str], Awaitable[None] | None]
 
-log = structlog.get_logger(__name__)
+# The SDK logs with the standard library, as a library should: the application decides where
+# its lines go (the services route them through their structlog renderer).
+log = logging.getLogger(__name__)
 
-CLIENT_ID_HEADER = "goverse-client-id"
-CREDENTIAL_HEADER = "goverse-credential"
-CLOSE_REASON_HEADER = "goverse-close-reason"
-"""Trailing metadata a gate sets when it ends a Register stream with an error."""
-SLOW_CONSUMER = "slow_consumer"
-"""The close reason of a stream ended because the client did not read its pushes in time."""
 
 # However the jitter falls, a registration is never retried sooner than this: no tight loop.
 MIN_RETRY_DELAY = 0.01
@@ -64,7 +61,7 @@ class _Session:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((CLIENT_ID_HEADER, self.client_id), (CREDENTIAL_HEADER, self.credential))
+        return ((wire.CLIENT_ID_KEY, self.client_id), (wire.CREDENTIAL_KEY, self.credential))
 
 
 _END = object()
@@ -236,21 +233,20 @@ class Client:
         timeout: float | None = None,
     ) -> M:
         """Calls `method` of object ``(object_type, object_id)``, activating it if needed."""
-        payload = any_pb2.Any()
-        payload.Pack(request)
         message = gate_pb2.CallObjectRequest(
-            object_type=object_type, object_id=object_id, method=method, request=payload
+            object_type=object_type,
+            object_id=object_id,
+            method=method,
+            request=wire.pack(request),
         )
         reply = await self._unary("CallObject", message, timeout)
         assert isinstance(reply, gate_pb2.CallObjectResponse)
-        result = response_type()
-        if not reply.response.Unpack(result):
+        try:
+            return wire.unpack(reply.response, response_type)
+        except wire.UnpackError as error:
             raise CallError(
-                grpc.StatusCode.INTERNAL,
-                f"{object_type}.{method} returned {reply.response.TypeName()!r}, "
-                f"not {result.DESCRIPTOR.full_name!r}",
-            )
-        return result
+                grpc.StatusCode.INTERNAL, f"{object_type}.{method} answered: {error}"
+            ) from None
 
     async def create(
         self, object_type: str, object_id: str, *, timeout: float | None = None
@@ -333,20 +329,24 @@ class Client:
             try:
                 draining = await self._registration(gate)
             except grpc.aio.AioRpcError as error:
-                if _close_reason(error) == SLOW_CONSUMER:
+                reason = wire.close_reason_of(error.trailing_metadata())
+                if reason is wire.CloseReason.SLOW_CONSUMER:
                     # The gate is fine; this client did not read its pushes in time.
-                    log.warning("disconnected as a slow consumer", gate=gate)
+                    log.warning(
+                        "disconnected by gate %s as a slow consumer", gate, extra={"gate": gate}
+                    )
                 else:
                     self._chooser.mark_failed(gate)
                     log.info(
-                        "registration ended",
-                        gate=gate,
-                        code=error.code().name,
-                        details=error.details(),
+                        "registration with gate %s ended: %s: %s",
+                        gate,
+                        error.code().name,
+                        error.details(),
+                        extra={"gate": gate, "code": error.code().name},
                     )
             except Exception:  # a bug must not end the registration loop for good
                 self._chooser.mark_failed(gate)
-                log.exception("registration crashed", gate=gate)
+                log.exception("registration with gate %s crashed", gate, extra={"gate": gate})
             finally:
                 self._connected.clear()
                 if self._state is ClientState.CONNECTED:
@@ -380,12 +380,17 @@ class Client:
                 if kind == "messages":
                     await self._enqueue(event.messages.messages)
                 elif kind == "draining":
-                    log.info("gate is draining", gate=gate, reason=event.draining.reason)
+                    log.info(
+                        "gate %s is draining: %s",
+                        gate,
+                        event.draining.reason,
+                        extra={"gate": gate, "reason": event.draining.reason},
+                    )
                     return True
             return False
         except (TimeoutError, CallError) as error:
             self._chooser.mark_failed(gate)
-            log.info("registration failed", gate=gate, error=str(error))
+            log.info("registration with gate %s failed: %s", gate, error, extra={"gate": gate})
             return False
         finally:
             stream.cancel()
@@ -411,17 +416,14 @@ class Client:
         self._registered_at = asyncio.get_running_loop().time()
         self._state = ClientState.CONNECTED
         self._connected.set()
-        log.debug("registered", gate=gate, client_id=registered.client_id)
+        log.debug(
+            "registered with gate %s as %s",
+            gate,
+            registered.client_id,
+            extra={"gate": gate, "client_id": registered.client_id},
+        )
         if previous is not None and self._on_reconnect is not None:
             outcome = self._on_reconnect(previous.client_id, registered.client_id)
             if inspect.isawaitable(outcome):
                 await outcome
         return session
-
-
-def _close_reason(error: grpc.aio.AioRpcError) -> str:
-    """The ``goverse-close-reason`` a gate attached to the end of a stream, or ""."""
-    for key, value in error.trailing_metadata() or ():
-        if key == CLOSE_REASON_HEADER:
-            return str(value)
-    return ""

@@ -8,11 +8,9 @@ from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig, parse_config
 from goverse.gate._node_link import LinkState, NodeLink
 from goverse.gate._router import Router
-from goverse.gate._servicer import CLIENT_ID_METADATA, CREDENTIAL_METADATA, GateService
+from goverse.gate._servicer import GateService
 
 __all__ = [
-    "CLIENT_ID_METADATA",
-    "CREDENTIAL_METADATA",
     "ClientProxy",
     "ClientRegistry",
     "GateApp",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from goverse.gate._app import GateApp
 from goverse.gate._config import parse_config
-from goverse.runtime import configure_logging, serve_main
+from goverse.server import configure_logging, serve_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,25 +9,19 @@ import time
 import structlog
 from opentelemetry import metrics
 
+from goverse import wire
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
 from goverse.gate._node_link import NodeLink
 from goverse.gate._router import Router
 from goverse.gate._servicer import STREAM_TASK_PREFIX, GateService
-from goverse.runtime import (
-    Backoff,
-    ChannelPool,
-    GrpcHost,
-    Supervisor,
-    Telemetry,
-    channel_options,
-)
-from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.server import GrpcHost, Supervisor, Telemetry
+from goverse.transport import Backoff, ChannelPool, channel_options
+from goverse.v1 import gate_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name
 DRAIN_REASON = "the gate is shutting down"
 # Share of the shutdown budget that client streams get to flush and end by themselves.
 DRAIN_SHARE = 0.5
@@ -51,7 +45,7 @@ class _State(enum.Enum):
 class GateApp:
     """A gate: the GateService server with health, one NodeLink per node, and the registry.
 
-    :meth:`start` binds the listen address (raising :class:`~goverse.runtime.ListenError` when
+    :meth:`start` binds the listen address (raising :class:`~goverse.server.ListenError` when
     it cannot), reports SERVING and starts one link task per node.
 
     :meth:`stop` follows the shutdown contract within ``config.shutdown_timeout``:
@@ -126,7 +120,7 @@ class GateApp:
         self._state = _State.STARTING
         host = GrpcHost(
             self.config.listen,
-            [SERVICE_NAME],
+            [wire.GATE_SERVICE],
             self.config.max_message_bytes,
             interceptors=[self.metrics.interceptor],
             keepalive=self.config.keepalive,

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from goverse.runtime import Mailbox
+from goverse.server import Mailbox
 
 log = structlog.get_logger(__name__)
 

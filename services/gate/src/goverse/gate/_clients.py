@@ -9,10 +9,11 @@ from collections.abc import Iterable, Sequence
 
 import structlog
 
+from goverse import wire
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
 from goverse.gate._client_proxy import OVERFLOW_DISCONNECT, ClientProxy
 from goverse.ids import new_client_id
-from goverse.runtime import deliver_all_traced
+from goverse.server import deliver_all_traced
 from goverse.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
@@ -119,8 +120,8 @@ class ClientRegistry:
             missing = [
                 name
                 for name, value in (
-                    ("goverse-client-id", client_id),
-                    ("goverse-credential", credential),
+                    (wire.CLIENT_ID_KEY, client_id),
+                    (wire.CREDENTIAL_KEY, credential),
                 )
                 if not value
             ]

@@ -10,16 +10,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
-from goverse.runtime import (
-    DEFAULT_MAX_MESSAGE_BYTES,
+from goverse.server import (
     FlagParser,
-    Keepalive,
     parse_address,
     parse_address_list,
     parse_byte_size,
     parse_duration,
     positive_int,
 )
+from goverse.transport import DEFAULT_MAX_MESSAGE_BYTES, Keepalive
 
 DEFAULT_METRICS_PORT = 9465
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from goverse import wire
 from goverse.gate._client_proxy import (
     DROP_CLOSED,
     DROP_QUEUE_FULL,
@@ -20,10 +21,8 @@ from goverse.gate._client_proxy import (
 )
 from goverse.gate._clients import DROP_UNKNOWN_CLIENT, ClientRegistry
 from goverse.gate._node_link import LinkState, NodeLink
-from goverse.runtime import CallMetricsInterceptor, call_duration_histogram
-from goverse.v1 import gate_pb2
+from goverse.server import CallMetricsInterceptor, call_duration_histogram
 
-SERVICE_NAME = gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name
 DROP_REASONS = (
     DROP_CLOSED,
     DROP_QUEUE_FULL,
@@ -49,7 +48,7 @@ class GateMetrics:
             call_duration_histogram(
                 meter, "goverse.gate.call.duration", "client calls the gate served"
             ),
-            [SERVICE_NAME],
+            [wire.GATE_SERVICE],
         )
         gauges = {
             "goverse.gate.clients": (self._clients, "{client}", "Clients registered now"),

@@ -14,7 +14,7 @@ import grpc
 import structlog
 
 from goverse.gate._clients import ClientRegistry
-from goverse.runtime import Backoff
+from goverse.transport import Backoff
 from goverse.v1 import node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)

@@ -12,7 +12,7 @@ import structlog
 from goverse import ids
 from goverse.errors import CallError
 from goverse.placement import Placement
-from goverse.runtime import ChannelPool
+from goverse.transport import ChannelPool
 from goverse.v1 import gate_pb2, node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)

@@ -12,11 +12,12 @@ from typing import Any
 import grpc
 import structlog
 
+from goverse import wire
 from goverse.errors import GoverseError, translate_errors
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._router import Router
-from goverse.runtime import Supervisor, SupervisorClosed
+from goverse.server import Supervisor, SupervisorClosed
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 _ObjectRequest = (
@@ -25,11 +26,6 @@ _ObjectRequest = (
 
 log = structlog.get_logger(__name__)
 
-CLIENT_ID_METADATA = "goverse-client-id"
-CREDENTIAL_METADATA = "goverse-credential"
-CLOSE_REASON_METADATA = "goverse-close-reason"
-"""Trailing metadata of a Register stream the gate ended with an error: why it did."""
-SLOW_CONSUMER_CLOSE_REASON = "slow_consumer"
 STREAM_TASK_PREFIX = "client:"
 
 
@@ -67,14 +63,6 @@ class CallsInFlight:
         if tasks and timeout > 0:
             await asyncio.wait(tasks, timeout=timeout)
         return len(self._tasks)
-
-
-def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if key in (CLIENT_ID_METADATA, CREDENTIAL_METADATA) and isinstance(value, str):
-            values.setdefault(key, value)
-    return values
 
 
 class GateService(gate_pb2_grpc.GateServiceServicer):
@@ -146,7 +134,9 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         proxy.slow_consumer_details,
-                        trailing_metadata=((CLOSE_REASON_METADATA, SLOW_CONSUMER_CLOSE_REASON),),
+                        trailing_metadata=(
+                            (wire.CLOSE_REASON_KEY, wire.CloseReason.SLOW_CONSUMER.value),
+                        ),
                     )
         except SupervisorClosed:
             await context.abort(
@@ -167,9 +157,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             )
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
-        metadata = _metadata(context)
+        metadata = context.invocation_metadata()
         proxy = self._registry.authenticate(
-            metadata.get(CLIENT_ID_METADATA), metadata.get(CREDENTIAL_METADATA)
+            wire.metadata_value(metadata, wire.CLIENT_ID_KEY),
+            wire.metadata_value(metadata, wire.CREDENTIAL_KEY),
         )
         structlog.contextvars.bind_contextvars(client_id=proxy.client_id)
         return proxy

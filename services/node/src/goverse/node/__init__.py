@@ -14,10 +14,9 @@ from goverse.node._object_types import (
     method_table,
 )
 from goverse.node._runtime import NodeRuntime
-from goverse.node._servicer import SERVICE_NAME, NodeService
+from goverse.node._servicer import NodeService
 
 __all__ = [
-    "SERVICE_NAME",
     "GateStreams",
     "MethodInfo",
     "NodeApp",

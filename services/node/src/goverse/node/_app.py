@@ -10,15 +10,17 @@ from typing import Any
 import structlog
 from opentelemetry import metrics
 
+from goverse import wire
 from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
 from goverse.node._metrics import NodeMetrics
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_types import ObjectType, load_object_types
 from goverse.node._runtime import NodeRuntime
-from goverse.node._servicer import SERVICE_NAME, NodeService
+from goverse.node._servicer import NodeService
 from goverse.placement import Placement
-from goverse.runtime import ChannelPool, GrpcHost, Supervisor, Telemetry, channel_options
+from goverse.server import GrpcHost, Supervisor, Telemetry
+from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import node_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -91,7 +93,7 @@ class NodeApp:
     async def start(self) -> None:
         """Binds ``config.listen``, starts serving and reports SERVING on the health service.
 
-        Raises :class:`goverse.runtime.ListenError` when the address cannot be bound, and
+        Raises :class:`goverse.server.ListenError` when the address cannot be bound, and
         RuntimeError when called twice or after :meth:`stop`.
         """
         if self._started or self._stopped is not None:
@@ -99,7 +101,7 @@ class NodeApp:
         self._started = True
         host = GrpcHost(
             self.config.listen,
-            [SERVICE_NAME],
+            [wire.NODE_SERVICE],
             self.config.max_message_bytes,
             interceptors=[self.metrics.interceptor],
             keepalive=self.config.keepalive,

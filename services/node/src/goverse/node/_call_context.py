@@ -16,10 +16,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from goverse import wire
+
 ObjectKey = tuple[str, str]
 """An object's identity: (type, id)."""
 
-CHAIN_METADATA_KEY = "goverse-call-chain-bin"
 MAX_CHAIN_DEPTH = 64
 """Longest call chain allowed; deeper calls are refused (runaway recursion between objects)."""
 
@@ -66,14 +67,14 @@ def chain_metadata(chain: Sequence[ObjectKey]) -> tuple[tuple[str, bytes], ...]:
     """gRPC metadata carrying `chain` to the node that serves the next call."""
     if not chain:
         return ()
-    return ((CHAIN_METADATA_KEY, json.dumps([list(key) for key in chain]).encode()),)
+    return ((wire.CALL_CHAIN_KEY, json.dumps([list(key) for key in chain]).encode()),)
 
 
 def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]:
     """The chain sent by :func:`chain_metadata`; empty when absent or malformed."""
     for item in metadata or ():
         key, value = item[0], item[1]
-        if key != CHAIN_METADATA_KEY or not isinstance(value, bytes):
+        if key != wire.CALL_CHAIN_KEY or not isinstance(value, bytes):
             continue
         try:
             decoded = json.loads(value)
@@ -107,7 +108,6 @@ def inbound(context: Any) -> Iterator[None]:
 
 
 __all__ = [
-    "CHAIN_METADATA_KEY",
     "MAX_CHAIN_DEPTH",
     "ObjectKey",
     "chain_from_metadata",

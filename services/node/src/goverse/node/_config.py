@@ -8,10 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from goverse.runtime import (
-    DEFAULT_MAX_MESSAGE_BYTES,
+from goverse.server import (
     FlagParser,
-    Keepalive,
     parse_address,
     parse_address_list,
     parse_byte_size,
@@ -19,6 +17,7 @@ from goverse.runtime import (
     port_of,
     positive_int,
 )
+from goverse.transport import DEFAULT_MAX_MESSAGE_BYTES, Keepalive
 
 DEFAULT_OBJECTS = ("goverse.examples.counter", "goverse.examples.chat")
 DEFAULT_GATE_QUEUE_SIZE = 10_000

@@ -13,8 +13,9 @@ import structlog
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from goverse import wire
 from goverse.ids import gate_id_problem, gate_of_client
-from goverse.runtime import Mailbox, Supervisor, current_trace_context, record_push
+from goverse.server import Mailbox, Supervisor, current_trace_context, record_push
 from goverse.v1.node_pb2 import (
     BroadcastEnvelope,
     ClientMessageEnvelope,
@@ -33,7 +34,6 @@ BATCH_MAX_ENVELOPES = 1024
 """Most envelopes one stream message carries (fewer when they would exceed the size limit)."""
 FRAMING_BYTES = 1024
 """Room left in a stream message for the response, batch and per-envelope framing."""
-CLOSE_REASON_METADATA_KEY = "goverse-close-reason"
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two "push dropped" log lines for the same reason and gate."""
 
@@ -50,7 +50,7 @@ _Queued = tuple[Envelope, int]
 class GateStreams:
     """The node's side of every ``RegisterGate`` stream.
 
-    Each registered gate id owns one :class:`~goverse.runtime.Mailbox` of envelopes, bounded by
+    Each registered gate id owns one :class:`~goverse.server.Mailbox` of envelopes, bounded by
     count and bytes. :meth:`push` and :meth:`broadcast` put envelopes into those mailboxes and
     never block or raise; what cannot be queued is dropped, counted by reason and logged.
     :meth:`serve` is the stream itself: the acknowledgement first, then every batch of queued
@@ -167,9 +167,7 @@ class GateStreams:
         if not isinstance(message, Message):
             self._drop(DROP_INVALID_MESSAGE, count, got=type(message).__qualname__)
             return None
-        packed = any_pb2.Any()
-        packed.Pack(message)
-        return packed
+        return wire.pack(message)
 
     def _offer(self, gate_id: str, envelope: Envelope, count: int) -> bool:
         mailbox = self._mailboxes.get(gate_id)
@@ -233,7 +231,7 @@ class GateStreams:
                     )
                     if batch is None:
                         reason = mailbox.close_reason
-                        context.set_trailing_metadata(((CLOSE_REASON_METADATA_KEY, reason),))
+                        context.set_trailing_metadata(((wire.CLOSE_REASON_KEY, reason),))
                         return
                     if not batch:
                         yield RegisterGateResponse(

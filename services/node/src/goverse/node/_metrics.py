@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from goverse import wire
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
-from goverse.node._servicer import SERVICE_NAME
-from goverse.runtime import CallMetricsInterceptor, LabelLimiter, call_duration_histogram
+from goverse.server import CallMetricsInterceptor, LabelLimiter, call_duration_histogram
 
 
 class NodeMetrics:
@@ -27,7 +27,7 @@ class NodeMetrics:
         self._gate_labels = LabelLimiter()
         self.interceptor = CallMetricsInterceptor(
             call_duration_histogram(meter, "goverse.node.call.duration", "calls the node served"),
-            [SERVICE_NAME],
+            [wire.NODE_SERVICE],
         )
         meter.create_observable_gauge(
             "goverse.node.objects.active",

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from google.protobuf.any_pb2 import Any
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from goverse import wire
 from goverse.errors import (
     FailedPrecondition,
     GoverseError,
@@ -25,7 +26,7 @@ from goverse.node._call_context import ObjectKey, serving
 from goverse.node._object_types import MethodInfo, ObjectType
 from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
 from goverse.placement import Placement
-from goverse.runtime import log_fields, object_call_span
+from goverse.server import log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
 
@@ -119,20 +120,10 @@ class ObjectHost:
     @staticmethod
     def unpack(info: MethodInfo, object_type: str, request: Any) -> Message:
         """The request as the method's declared type; InvalidArgument when it is not one."""
-        got = request.TypeName()
-        if got != info.request_type_name:
-            raise InvalidArgument(
-                f"{object_type}.{info.name} expects a {info.request_type_name} request, "
-                f"got {got or 'no request'}"
-            )
-        message = info.request_type()
         try:
-            message.ParseFromString(request.value)
-        except DecodeError as error:
-            raise InvalidArgument(
-                f"the request is not a valid {info.request_type_name}: {error}"
-            ) from error
-        return message
+            return wire.unpack(request, info.request_type)
+        except wire.UnpackError as error:
+            raise InvalidArgument(f"the request of {object_type}.{info.name}: {error}") from None
 
     async def invoke(
         self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
@@ -161,9 +152,7 @@ class ObjectHost:
                 if not entry.active:
                     await self._activate(key, entry)
                 result = await self._call(key, entry, info, message, caller)
-            packed = Any()
-            packed.Pack(result)
-            return packed
+            return wire.pack(result)
 
     async def create(self, object_type: str, object_id: str) -> bool:
         """Activates the object; False when it already was active."""

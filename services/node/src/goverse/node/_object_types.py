@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from goverse.errors import GoverseError
 from goverse.ids import validate_object_type
 from goverse.objects import Object
-from goverse.runtime import StartupError
+from goverse.server import StartupError
 
 log = structlog.get_logger(__name__)
 

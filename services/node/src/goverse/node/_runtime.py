@@ -9,8 +9,9 @@ from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
+from goverse import wire
 from goverse.errors import (
     CallError,
     FailedPrecondition,
@@ -29,7 +30,7 @@ from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
 from goverse.placement import Placement
-from goverse.runtime import ChannelPool
+from goverse.transport import ChannelPool
 from goverse.v1 import node_pb2, node_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -96,14 +97,18 @@ class NodeRuntime:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no time left to call {object_type}/{object_id}.{method}",
             )
-        packed = any_pb2.Any()
-        packed.Pack(request)
+        packed = wire.pack(request)
         owner = self._placement.node_for(object_type, object_id)
         if owner == self._node:
             response = await self._call_local(caller, key, method, packed, timeout)
         else:
             response = await self._call_remote(owner, caller, key, method, packed, timeout)
-        return _unpack(response, response_type, f"{object_type}.{method}")
+        try:
+            return wire.unpack(response, response_type)
+        except wire.UnpackError as error:
+            raise CallError(
+                grpc.StatusCode.INTERNAL, f"{object_type}.{method} answered: {error}"
+            ) from None
 
     async def _call_local(
         self,
@@ -173,23 +178,6 @@ class NodeRuntime:
     def forget_channels(self) -> None:
         """Drops the cached stubs (the channel pool is being closed)."""
         self._stubs.clear()
-
-
-def _unpack(response: any_pb2.Any, response_type: type[M], what: str) -> M:
-    expected = response_type.DESCRIPTOR.full_name
-    if response.TypeName() != expected:
-        raise CallError(
-            grpc.StatusCode.INTERNAL,
-            f"{what} answered {response.TypeName() or 'nothing'}, the caller expected {expected}",
-        )
-    message = response_type()
-    try:
-        message.ParseFromString(response.value)
-    except DecodeError as error:
-        raise CallError(
-            grpc.StatusCode.INTERNAL, f"{what} answered an unparseable {expected}"
-        ) from error
-    return message
 
 
 __all__ = ["NodeRuntime"]

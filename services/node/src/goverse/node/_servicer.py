@@ -15,9 +15,6 @@ from goverse.objects import Caller
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
 
-SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-"""``goverse.v1.NodeService``: the name health checks ask about."""
-
 
 def _caller(message: node_pb2.Caller) -> Caller:
     return Caller(message.client_id, message.object_type, message.object_id)
@@ -97,4 +94,4 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         )
 
 
-__all__ = ["SERVICE_NAME", "NodeService"]
+__all__ = ["NodeService"]

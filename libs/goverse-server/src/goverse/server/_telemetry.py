@@ -46,7 +46,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from goverse.runtime._grpc import ListenError
+from goverse.server._grpc import ListenError
 
 log = structlog.get_logger(__name__)
 

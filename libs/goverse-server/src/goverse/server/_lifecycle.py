@@ -11,8 +11,8 @@ from typing import Protocol
 
 import structlog
 
-from goverse.runtime._grpc import ListenError
-from goverse.runtime._telemetry import Telemetry, TelemetryConfigError
+from goverse.server._grpc import ListenError
+from goverse.server._telemetry import Telemetry, TelemetryConfigError
 
 log = structlog.get_logger(__name__)
 

@@ -1,14 +1,12 @@
-"""Tracing: W3C context over gRPC metadata, spans for calls, registrations, pushes and deliveries.
+"""Server-side tracing: spans for served calls, registrations, object calls, pushes, deliveries.
 
-What is traced, and how it is named:
+What is traced, and how it is named (client spans on our channels: :mod:`goverse._tracing`):
 
-- every unary gRPC call, on both sides, by the OpenTelemetry gRPC instrumentation
-  (``/goverse.v1.GateService/CallObject`` …; client spans on our channels, server spans on our
-  servers); the W3C ``traceparent`` travels in the call's metadata;
-- the *registration* of a long-lived stream (``/goverse.v1.GateService/Register``,
-  ``/goverse.v1.NodeService/RegisterGate``): a client and a server span that end when the
-  first response (``Registered`` / the ack) is sent or received, never one span as long as the
-  stream;
+- every unary gRPC call a server serves, by the OpenTelemetry gRPC instrumentation
+  (``/goverse.v1.GateService/CallObject`` …), continuing the W3C context in its metadata;
+- the server side of a *registration* (``/goverse.v1.GateService/Register``,
+  ``/goverse.v1.NodeService/RegisterGate``): a span that ends when the first response
+  (``Registered`` / the ack) is sent, never one span as long as the stream;
 - each object method call on a node (``<Type>.<Method>``, internal), local calls included;
 - a push: counted on the pushing call's span (``goverse.push.count``, ``.recipients``,
   ``.queued``, set when the call ends), and its W3C context in ``Envelope.trace_context``;
@@ -29,26 +27,22 @@ import grpc
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.trace import Link, SpanKind
 
+from goverse._tracing import (
+    HEALTH_SERVICE_PREFIX,
+    REGISTRATION_METHODS,
+    OnceSpan,
+    method_of,
+    rpc_attributes,
+)
 from goverse.v1.node_pb2 import Envelope
 
 _tracer = trace.get_tracer("goverse")
 
-HEALTH_SERVICE_PREFIX = "/grpc.health.v1."
-REGISTRATION_METHODS = frozenset(
-    {"/goverse.v1.GateService/Register", "/goverse.v1.NodeService/RegisterGate"}
-)
-"""Long-lived streams traced only until their first response (see the module docstring)."""
-
 DELIVERY_SPAN = "goverse.push.deliver"
 PUSH_EVENT = "goverse.push"
-
-
-def method_of(details: Any) -> str:
-    method = getattr(details, "method", "") or ""
-    return method.decode() if isinstance(method, bytes) else str(method)
 
 
 def _traced_by_instrumentation(details: Any) -> bool:
@@ -57,50 +51,8 @@ def _traced_by_instrumentation(details: Any) -> bool:
     return not method.startswith(HEALTH_SERVICE_PREFIX) and method not in REGISTRATION_METHODS
 
 
-def _rpc_attributes(method: str) -> dict[str, str]:
-    service, _, name = method.lstrip("/").partition("/")
-    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-
-
 def _metadata_carrier(metadata: Any) -> dict[str, str]:
     return {str(item[0]): item[1] for item in metadata or () if isinstance(item[1], str)}
-
-
-def status_code_of(error: BaseException, context: Any = None) -> grpc.StatusCode:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code()
-    if isinstance(error, grpc.aio.AbortError) and context is not None:
-        with contextlib.suppress(Exception):
-            code = context.code()
-            if isinstance(code, grpc.StatusCode):
-                return code
-    if isinstance(error, BaseException) and not isinstance(error, Exception):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
-
-
-def _end_with_error(span: trace.Span, error: BaseException, context: Any = None) -> None:
-    code = status_code_of(error, context)
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {error}".rstrip(": ")))
-
-
-class _OnceSpan:
-    """A span that ends exactly once, whoever gets there first."""
-
-    def __init__(self, span: trace.Span) -> None:
-        self.span = span
-        self._ended = False
-
-    def end(self, error: BaseException | None = None, context: Any = None) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if error is not None:
-            _end_with_error(self.span, error, context)
-        else:
-            self.span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.OK.value[0])
-        self.span.end()
 
 
 class _RegistrationServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -118,12 +70,12 @@ class _RegistrationServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignor
 
         async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
             parent = propagate.extract(_metadata_carrier(context.invocation_metadata()))
-            span = _OnceSpan(
+            span = OnceSpan(
                 _tracer.start_span(
                     method,
                     context=parent,
                     kind=SpanKind.SERVER,
-                    attributes=_rpc_attributes(method),
+                    attributes=rpc_attributes(method),
                 )
             )
             stream = behavior(request, context)
@@ -147,69 +99,11 @@ class _RegistrationServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignor
         return handler._replace(unary_stream=traced)
 
 
-class _RegistrationClientInterceptor(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Gives the client side of a registration stream a span from the call to the first
-    response, and sends that span's context in the call's metadata."""
-
-    async def intercept_unary_stream(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
-    ) -> Any:
-        method = method_of(client_call_details)
-        if method not in REGISTRATION_METHODS:
-            return await continuation(client_call_details, request)
-        span = _OnceSpan(
-            _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=_rpc_attributes(method))
-        )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span.span))
-        metadata = grpc.aio.Metadata(*tuple(client_call_details.metadata or ()))
-        for key, value in carrier.items():
-            metadata.add(key, value)
-        details = grpc.aio.ClientCallDetails(
-            client_call_details.method,
-            client_call_details.timeout,
-            metadata,
-            client_call_details.credentials,
-            client_call_details.wait_for_ready,
-        )
-        try:
-            call = await continuation(details, request)
-        except BaseException as error:
-            span.end(error)
-            raise
-        call.add_done_callback(lambda _: span.end())
-        return _until_first_response(call, span)
-
-
-async def _until_first_response(call: Any, span: _OnceSpan) -> AsyncIterator[Any]:
-    iterator = call.__aiter__()
-    try:
-        first = await anext(iterator)
-    except StopAsyncIteration:
-        span.end()
-        return
-    except BaseException as error:
-        span.end(error)
-        raise
-    span.end()
-    yield first
-    async for item in iterator:
-        yield item
-
-
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """Interceptors that trace a server's calls (health checks excluded)."""
     return [
         aio_server_interceptor(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
         _RegistrationServerInterceptor(),
-    ]
-
-
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that trace a channel's calls and send the W3C context with each of them."""
-    return [
-        *aio_client_interceptors(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
-        _RegistrationClientInterceptor(),
     ]
 
 
@@ -345,7 +239,6 @@ __all__ = [
     "DELIVERY_SPAN",
     "PUSH_EVENT",
     "REGISTRATION_METHODS",
-    "client_interceptors",
     "current_trace_context",
     "deliver_all_traced",
     "deliver_traced",

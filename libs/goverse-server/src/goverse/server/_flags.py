@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from goverse.runtime._logging import LOG_FORMATS, LOG_LEVELS
+from goverse.server._logging import LOG_FORMATS, LOG_LEVELS
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?\Z")
 _BYTE_SIZE = re.compile(r"(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\Z", re.IGNORECASE)

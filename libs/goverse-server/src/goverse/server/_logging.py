@@ -100,7 +100,9 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
     handler.addFilter(ThrottleTelemetryLogs())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # Libraries that log with the standard library (the client SDK among them) pass
+            # their fields as `extra`: they become keys of the line like structlog's.
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )

@@ -1,9 +1,9 @@
-"""Runtime: what gate and node share for lifecycle, logging, telemetry, flags and gRPC plumbing."""
+"""What the gate and node servers share: lifecycle, supervisor, flags, logging, telemetry, tracing,
+metrics, mailbox and the gRPC server with health. Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
 
-from goverse.runtime._backoff import Backoff
-from goverse.runtime._flags import (
+from goverse.server._flags import (
     FlagParser,
     parse_address,
     parse_address_list,
@@ -13,33 +13,24 @@ from goverse.runtime._flags import (
     port_of,
     positive_int,
 )
-from goverse.runtime._grpc import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    ChannelPool,
-    GrpcHost,
-    Keepalive,
-    ListenError,
-    channel_options,
-    server_options,
-)
-from goverse.runtime._lifecycle import (
+from goverse.server._grpc import GrpcHost, ListenError
+from goverse.server._lifecycle import (
     Service,
     StartupError,
     run,
     run_until_signalled,
     serve_main,
 )
-from goverse.runtime._logging import configure_logging, log_fields
-from goverse.runtime._mailbox import Mailbox
-from goverse.runtime._metrics import (
+from goverse.server._logging import configure_logging, log_fields
+from goverse.server._mailbox import Mailbox
+from goverse.server._metrics import (
     CallMetricsInterceptor,
     LabelLimiter,
     call_duration_histogram,
 )
-from goverse.runtime._supervisor import Supervisor, SupervisorClosed
-from goverse.runtime._telemetry import Telemetry, TelemetryConfigError
-from goverse.runtime._tracing import (
-    client_interceptors,
+from goverse.server._supervisor import Supervisor, SupervisorClosed
+from goverse.server._telemetry import Telemetry, TelemetryConfigError
+from goverse.server._tracing import (
     current_trace_context,
     deliver_all_traced,
     deliver_traced,
@@ -49,13 +40,9 @@ from goverse.runtime._tracing import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "Backoff",
     "CallMetricsInterceptor",
-    "ChannelPool",
     "FlagParser",
     "GrpcHost",
-    "Keepalive",
     "LabelLimiter",
     "ListenError",
     "Mailbox",
@@ -66,8 +53,6 @@ __all__ = [
     "Telemetry",
     "TelemetryConfigError",
     "call_duration_histogram",
-    "channel_options",
-    "client_interceptors",
     "configure_logging",
     "current_trace_context",
     "deliver_all_traced",
@@ -86,5 +71,4 @@ __all__ = [
     "run_until_signalled",
     "serve_main",
     "server_interceptors",
-    "server_options",
 ]

@@ -1,7 +1,7 @@
 """Metrics plumbing shared by gate and node: call duration by RPC, object type, method and code.
 
 Instruments are OpenTelemetry instruments; the Prometheus endpoint (see
-:mod:`goverse.runtime._telemetry`) turns ``goverse.gate.call.duration`` (unit ``s``) into
+:mod:`goverse.server._telemetry`) turns ``goverse.gate.call.duration`` (unit ``s``) into
 ``goverse_gate_call_duration_seconds_{bucket,sum,count}`` and a counter ``x.y`` into
 ``x_y_total``. Observable instruments are read by the endpoint's thread at scrape time, so
 their callbacks only take atomic snapshots (``len()``, ``list(d.values())``, ``dict(c)``).
@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from opentelemetry import metrics
 
-from goverse.runtime._tracing import method_of, status_code_of
+from goverse._tracing import method_of, status_code_of
 
 CALL_DURATION_BUCKETS = (
     0.0005,

@@ -1,19 +1,17 @@
-"""gRPC plumbing shared by gate and node: options, a channel pool, and a server with health."""
+"""Transport: how goverse processes connect — channel and server options, keepalive, a channel
+pool and reconnect backoff. Shared by the client SDK and both services; needs only grpcio."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import grpc
-import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from goverse.runtime._tracing import client_interceptors, server_interceptors
-
-log = structlog.get_logger(__name__)
+from goverse._tracing import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -113,8 +111,9 @@ def channel_options(
 class ChannelPool:
     """One long-lived insecure channel per address, created on first use.
 
-    Channels carry the tracing interceptors (W3C context in each call's metadata) unless
-    `interceptors` says otherwise.
+    Channels carry the call-tracing interceptors (a client span per call and the W3C context
+    in its metadata; no-ops until an OpenTelemetry SDK is installed) unless `interceptors`
+    says otherwise.
     """
 
     def __init__(
@@ -142,50 +141,35 @@ class ChannelPool:
             await channel.close()
 
 
-class ListenError(RuntimeError):
-    """The server could not bind its listen address."""
+@dataclass
+class Backoff:
+    """Delays for successive reconnect attempts.
 
+    The n-th delay is uniform in ``[0, min(maximum, initial * 2**n)]`` ("full jitter"), so many
+    peers that lost the same server do not retry in step.
+    """
 
-class GrpcHost:
-    """A grpc.aio server with the ``grpc.health.v1`` service, for the overall server ("") and
-    for each named service. Calls are traced (health checks excepted), then pass through
-    `interceptors` (for example call metrics)."""
+    initial: timedelta
+    maximum: timedelta
+    rng: random.Random = field(default_factory=random.Random)
+    _attempt: int = 0
 
-    def __init__(
-        self,
-        listen: str,
-        service_names: Sequence[str],
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        keepalive: Keepalive = DEFAULT_KEEPALIVE,
-    ) -> None:
-        self._listen = listen
-        self._service_names = ("", *service_names)
-        self.server = grpc.aio.server(
-            options=server_options(max_message_bytes, keepalive),
-            interceptors=[*server_interceptors(), *interceptors],
-        )
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = 0
+    def __post_init__(self) -> None:
+        if self.initial <= timedelta(0):
+            raise ValueError("the initial backoff must be positive")
+        if self.maximum < self.initial:
+            raise ValueError("the maximum backoff must not be below the initial backoff")
 
-    async def start(self) -> int:
-        """Binds, starts serving, reports SERVING; returns the bound port."""
-        try:
-            self.port = self.server.add_insecure_port(self._listen)
-        except RuntimeError as error:
-            raise ListenError(f"cannot listen on {self._listen}: {error}") from error
-        if self.port == 0:
-            raise ListenError(f"cannot listen on {self._listen} (address in use?)")
-        await self.server.start()
-        for name in self._service_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return self.port
+    @property
+    def attempt(self) -> int:
+        return self._attempt
 
-    async def enter_shutdown(self) -> None:
-        """Reports NOT_SERVING for every service name, permanently."""
-        await self.health.enter_graceful_shutdown()
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt."""
+        ceiling = self.initial.total_seconds() * (2 ** min(self._attempt, 32))
+        ceiling = min(ceiling, self.maximum.total_seconds())
+        self._attempt += 1
+        return self.rng.uniform(0.0, ceiling)
 
-    async def stop(self, grace: float) -> None:
-        """Stops the server; in-flight unary calls get up to `grace` seconds to finish."""
-        await self.server.stop(grace)
+    def reset(self) -> None:
+        self._attempt = 0

@@ -1,0 +1,68 @@
+"""gRPC server of a service: a grpc.aio server with health, traced and intercepted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from goverse.server._tracing import server_interceptors
+from goverse.transport import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Keepalive,
+    server_options,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class ListenError(RuntimeError):
+    """The server could not bind its listen address."""
+
+
+class GrpcHost:
+    """A grpc.aio server with the ``grpc.health.v1`` service, for the overall server ("") and
+    for each named service. Calls are traced (health checks excepted), then pass through
+    `interceptors` (for example call metrics)."""
+
+    def __init__(
+        self,
+        listen: str,
+        service_names: Sequence[str],
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
+    ) -> None:
+        self._listen = listen
+        self._service_names = ("", *service_names)
+        self.server = grpc.aio.server(
+            options=server_options(max_message_bytes, keepalive),
+            interceptors=[*server_interceptors(), *interceptors],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds, starts serving, reports SERVING; returns the bound port."""
+        try:
+            self.port = self.server.add_insecure_port(self._listen)
+        except RuntimeError as error:
+            raise ListenError(f"cannot listen on {self._listen}: {error}") from error
+        if self.port == 0:
+            raise ListenError(f"cannot listen on {self._listen} (address in use?)")
+        await self.server.start()
+        for name in self._service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def enter_shutdown(self) -> None:
+        """Reports NOT_SERVING for every service name, permanently."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Stops the server; in-flight unary calls get up to `grace` seconds to finish."""
+        await self.server.stop(grace)

@@ -1,0 +1,166 @@
+"""Call tracing on the OpenTelemetry API: a client span per call on our channels, its W3C
+context in the call's metadata.
+
+Only ``opentelemetry-api`` is needed, so the client SDK carries it at no cost: until the
+application installs an OpenTelemetry SDK, spans are no-ops and no context is sent. The
+services install one, and their servers continue the trace (``goverse.server``'s tracing).
+
+- a unary call gets a CLIENT span named after its method (``/goverse.v1.GateService/CallObject``)
+  with ``rpc.system``, ``rpc.service``, ``rpc.method`` and ``rpc.grpc.status_code``;
+- a *registration* (``/goverse.v1.GateService/Register``, ``/goverse.v1.NodeService/RegisterGate``)
+  gets a span from the call to its first response, never one as long as the stream;
+- health checks (``grpc.health.v1``) are not traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from goverse import wire
+
+_tracer = trace.get_tracer("goverse")
+
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1."
+REGISTRATION_METHODS = frozenset({wire.GATE_REGISTER, wire.NODE_REGISTER_GATE})
+"""Long-lived streams traced only until their first response (see the module docstring)."""
+
+
+def method_of(details: Any) -> str:
+    """The full method name of call details (grpc passes bytes or str)."""
+    method = getattr(details, "method", "") or ""
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+def rpc_attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def status_code_of(error: BaseException, context: Any = None) -> grpc.StatusCode:
+    """The status code an exception ends a call with (CANCELLED for cancellation)."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code()
+    if isinstance(error, grpc.aio.AbortError) and context is not None:
+        try:
+            code = context.code()
+        except Exception:  # a context that cannot tell: fall through to UNKNOWN
+            code = None
+        if isinstance(code, grpc.StatusCode):
+            return code
+    if not isinstance(error, Exception):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class OnceSpan:
+    """A span that ends exactly once, whoever gets there first."""
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self._ended = False
+
+    def end(self, error: BaseException | None = None, context: Any = None) -> None:
+        """Ends the span OK, or with the status `error` ends a call with."""
+        if error is None:
+            self.end_with(grpc.StatusCode.OK)
+        else:
+            code = status_code_of(error, context)
+            self.end_with(code, f"{code.name}: {error}".rstrip(": "))
+
+    def end_with(self, code: grpc.StatusCode, description: str = "") -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            self.span.set_status(Status(StatusCode.ERROR, description or code.name))
+        self.span.end()
+
+
+def _start_client_span(details: Any) -> tuple[OnceSpan, grpc.aio.ClientCallDetails]:
+    """A CLIENT span for the call, and the call's details with the span's context added."""
+    method = method_of(details)
+    span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
+    for key, value in carrier.items():
+        metadata.add(key, value)
+    traced = grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+    return OnceSpan(span), traced
+
+
+class _UnaryCallTracing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """A client span per unary call, ended with the call's status code."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        if method_of(client_call_details).startswith(HEALTH_SERVICE_PREFIX):
+            return await continuation(client_call_details, request)
+        span, details = _start_client_span(client_call_details)
+        try:
+            call = await continuation(details, request)
+            code = await call.code()
+            span.end_with(code, f"{code.name}: {await call.details()}")
+        except BaseException as error:
+            span.end(error)
+            raise
+        return call
+
+
+class _RegistrationTracing(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """A client span for a registration stream, from the call to its first response."""
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        if method_of(client_call_details) not in REGISTRATION_METHODS:
+            return await continuation(client_call_details, request)
+        span, details = _start_client_span(client_call_details)
+        try:
+            call = await continuation(details, request)
+        except BaseException as error:
+            span.end(error)
+            raise
+        call.add_done_callback(lambda _: span.end())
+        return _until_first_response(call, span)
+
+
+async def _until_first_response(call: Any, span: OnceSpan) -> AsyncIterator[Any]:
+    iterator = call.__aiter__()
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        span.end()
+        return
+    except BaseException as error:
+        span.end(error)
+        raise
+    span.end()
+    yield first
+    async for item in iterator:
+        yield item
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that trace a channel's calls and send the W3C context with each of them."""
+    return [_UnaryCallTracing(), _RegistrationTracing()]
+
+
+__all__ = [
+    "HEALTH_SERVICE_PREFIX",
+    "REGISTRATION_METHODS",
+    "OnceSpan",
+    "client_interceptors",
+    "method_of",
+    "rpc_attributes",
+    "status_code_of",
+]

@@ -1,0 +1,136 @@
+"""Wire contract: what gate, node and client agree on beside the generated code.
+
+The messages and services are in ``goverse.v1`` (generated from ``protos/``); this module holds
+the rest of the contract, each name once: service and method names, the metadata keys calls
+and streams carry, the reasons a stream is closed for, and how payloads are packed into and
+out of ``google.protobuf.Any``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+
+from goverse.v1 import gate_pb2, node_pb2
+
+M = TypeVar("M", bound=Message)
+
+# -- services and methods ----------------------------------------------------------------------
+
+GATE_SERVICE: str = gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name
+"""``goverse.v1.GateService``: what clients call; also its health-check service name."""
+NODE_SERVICE: str = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+"""``goverse.v1.NodeService``: what gates and nodes call; also its health-check service name."""
+
+
+def method_path(service: str, method: str) -> str:
+    """The full gRPC method name, ``/<service>/<method>``."""
+    return f"/{service}/{method}"
+
+
+GATE_REGISTER = method_path(GATE_SERVICE, "Register")
+GATE_CALL_OBJECT = method_path(GATE_SERVICE, "CallObject")
+GATE_CREATE_OBJECT = method_path(GATE_SERVICE, "CreateObject")
+GATE_DELETE_OBJECT = method_path(GATE_SERVICE, "DeleteObject")
+NODE_REGISTER_GATE = method_path(NODE_SERVICE, "RegisterGate")
+NODE_CALL_OBJECT = method_path(NODE_SERVICE, "CallObject")
+
+# -- metadata keys -----------------------------------------------------------------------------
+
+CLIENT_ID_KEY = "goverse-client-id"
+"""Call metadata: the client id its Register stream was given."""
+CREDENTIAL_KEY = "goverse-credential"
+"""Call metadata: the secret of that registration; valid while its stream is open."""
+CLOSE_REASON_KEY = "goverse-close-reason"
+"""Trailing metadata of a stream a server ended: a :class:`CloseReason` value."""
+CALL_CHAIN_KEY = "goverse-call-chain-bin"
+"""Node-to-node call metadata: the objects already serving this call chain (JSON, binary)."""
+
+
+class CloseReason(enum.StrEnum):
+    """Why a long-lived stream (Register, RegisterGate) or its queue was closed.
+
+    Sent in the ``goverse-close-reason`` trailing metadata, logged as ``reason``, and counted.
+    """
+
+    SHUTDOWN = "shutdown"
+    """The server is stopping; the peer should go to another gate, or reconnect."""
+    SLOW_CONSUMER = "slow_consumer"
+    """The client did not read its pushes fast enough and its queue overflowed."""
+    REPLACED = "replaced"
+    """A newer stream of the same peer (the same gate id) took this one's place."""
+    PEER_GONE = "peer_gone"
+    """The peer cancelled the stream or its connection ended."""
+
+
+def metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
+    """The first text value of `key` in gRPC metadata, or None."""
+    for item_key, value in metadata or ():
+        if item_key == key and isinstance(value, str):
+            return value
+    return None
+
+
+def close_reason_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> CloseReason | None:
+    """The :class:`CloseReason` a server attached to the end of a stream, or None."""
+    value = metadata_value(trailing_metadata, CLOSE_REASON_KEY)
+    try:
+        return None if value is None else CloseReason(value)
+    except ValueError:  # a newer server's reason this client does not know
+        return None
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+
+class UnpackError(ValueError):
+    """A packed payload is not of the expected type, or does not parse as it."""
+
+
+def pack(message: Message) -> any_pb2.Any:
+    """`message` as a ``google.protobuf.Any``."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def unpack(packed: any_pb2.Any, message_type: type[M]) -> M:
+    """The message of `message_type` that `packed` holds; raises :class:`UnpackError` when it
+    holds another type (or nothing) or does not parse."""
+    expected = message_type.DESCRIPTOR.full_name
+    got = packed.TypeName()
+    if got != expected:
+        raise UnpackError(f"got {got or 'nothing'}, expected {expected}")
+    message = message_type()
+    try:
+        message.ParseFromString(packed.value)
+    except DecodeError:
+        raise UnpackError(f"got an unparseable {expected}") from None
+    return message
+
+
+__all__ = [
+    "CALL_CHAIN_KEY",
+    "CLIENT_ID_KEY",
+    "CLOSE_REASON_KEY",
+    "CREDENTIAL_KEY",
+    "GATE_CALL_OBJECT",
+    "GATE_CREATE_OBJECT",
+    "GATE_DELETE_OBJECT",
+    "GATE_REGISTER",
+    "GATE_SERVICE",
+    "NODE_CALL_OBJECT",
+    "NODE_REGISTER_GATE",
+    "NODE_SERVICE",
+    "CloseReason",
+    "UnpackError",
+    "close_reason_of",
+    "metadata_value",
+    "method_path",
+    "pack",
+    "unpack",
+]
