@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from google.protobuf.empty_pb2 import Empty
@@ -16,9 +17,10 @@ from tests.unit.node.sample_objects import Tally
 
 
 @pytest.fixture
-def app() -> NodeApp:
-    """A node that is not serving: its host is called directly."""
-    return NodeApp(node_config())
+async def app() -> AsyncIterator[NodeApp]:
+    """A started node whose host the tests call directly (its parts exist once it is bound)."""
+    async with NodeApp(node_config()) as started:
+        yield started
 
 
 async def hit(app: NodeApp, object_id: str) -> int:

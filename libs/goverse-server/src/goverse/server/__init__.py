@@ -3,6 +3,7 @@ metrics, mailbox and the gRPC server with health. Server-only: the client SDK ne
 
 from __future__ import annotations
 
+from goverse.server._calls import CallsInFlight
 from goverse.server._flags import (
     FlagParser,
     parse_address,
@@ -28,6 +29,12 @@ from goverse.server._metrics import (
     LabelLimiter,
     call_duration_histogram,
 )
+from goverse.server._service import (
+    BoundAddress,
+    ServiceApp,
+    ServiceConfig,
+    ShutdownBudget,
+)
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._telemetry import Telemetry, TelemetryConfigError
 from goverse.server._tracing import (
@@ -40,13 +47,18 @@ from goverse.server._tracing import (
 )
 
 __all__ = [
+    "BoundAddress",
     "CallMetricsInterceptor",
+    "CallsInFlight",
     "FlagParser",
     "GrpcHost",
     "LabelLimiter",
     "ListenError",
     "Mailbox",
     "Service",
+    "ServiceApp",
+    "ServiceConfig",
+    "ShutdownBudget",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",

@@ -46,18 +46,32 @@ class GrpcHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0
 
-    async def start(self) -> int:
-        """Binds, starts serving, reports SERVING; returns the bound port."""
+    def bind(self) -> int:
+        """Binds the listen address; returns the bound TCP port (0 for a ``unix:`` socket).
+
+        Port 0 picks a free port. Raises :class:`ListenError` when the address cannot be bound.
+        """
         try:
-            self.port = self.server.add_insecure_port(self._listen)
+            port = self.server.add_insecure_port(self._listen)
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {self._listen}: {error}") from error
-        if self.port == 0:
+        if port == 0:
             raise ListenError(f"cannot listen on {self._listen} (address in use?)")
+        # grpc answers 1 for a unix socket: it has no port.
+        self.port = 0 if self._listen.startswith("unix:") else port
+        return self.port
+
+    async def serve(self) -> None:
+        """Starts serving what was added to :attr:`server`, then reports SERVING."""
         await self.server.start()
         for name in self._service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return self.port
+
+    async def start(self) -> int:
+        """Binds and serves (:meth:`bind`, then :meth:`serve`); returns the bound port."""
+        port = self.bind()
+        await self.serve()
+        return port
 
     async def enter_shutdown(self) -> None:
         """Reports NOT_SERVING for every service name, permanently."""

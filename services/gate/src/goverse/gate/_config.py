@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
 from goverse.server import (
@@ -89,6 +90,9 @@ class GateConfig:
 
     log_format: str = "auto"
     """``json``, ``console``, or ``auto`` (console on a TTY, JSON lines otherwise)."""
+
+    ready_file: Path | None = None
+    """Where to write the bound addresses as JSON once serving (removed on stop)."""
 
     def __post_init__(self) -> None:
         problem = gate_id_problem(self.gate_id)
@@ -246,6 +250,13 @@ def build_parser(environ: Mapping[str, str]) -> FlagParser:
     parser.keepalive_flags()
     parser.metrics_flag(DEFAULT_METRICS_PORT)
     parser.logging_flags()
+    parser.flag(
+        "ready-file",
+        help="write the bound addresses as JSON to this file once serving; removed on stop",
+        default="",
+        parse=lambda text: Path(text) if text else None,
+        metavar="PATH",
+    )
     return parser
 
 
@@ -280,6 +291,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Gate
             metrics_port=args.metrics_port,
             log_level=args.log_level,
             log_format=args.log_format,
+            ready_file=args.ready_file,
         )
     except ValueError as error:
         parser.error(str(error))

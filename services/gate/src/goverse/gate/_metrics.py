@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from goverse import wire
 from goverse.gate._client_proxy import (
     DROP_CLOSED,
     DROP_QUEUE_FULL,
@@ -21,7 +20,6 @@ from goverse.gate._client_proxy import (
 )
 from goverse.gate._clients import DROP_UNKNOWN_CLIENT, ClientRegistry
 from goverse.gate._node_link import LinkState, NodeLink
-from goverse.server import CallMetricsInterceptor, call_duration_histogram
 
 DROP_REASONS = (
     DROP_CLOSED,
@@ -34,7 +32,7 @@ DROP_REASONS = (
 
 
 class GateMetrics:
-    """Creates the gate's instruments on `meter`; :attr:`interceptor` records call metrics.
+    """Creates the gate's instruments on `meter` (call durations: the service skeleton's).
 
     `links` is the gate's live map of node links (filled when the gate starts).
     """
@@ -44,12 +42,6 @@ class GateMetrics:
     ) -> None:
         self._registry = registry
         self._links = links
-        self.interceptor = CallMetricsInterceptor(
-            call_duration_histogram(
-                meter, "goverse.gate.call.duration", "client calls the gate served"
-            ),
-            [wire.GATE_SERVICE],
-        )
         gauges = {
             "goverse.gate.clients": (self._clients, "{client}", "Clients registered now"),
             "goverse.gate.client_queue.depth": (

@@ -13,6 +13,7 @@ from typing import NoReturn
 import grpc
 import structlog
 
+from goverse import wire
 from goverse.gate._clients import ClientRegistry
 from goverse.transport import Backoff
 from goverse.v1 import node_pb2, node_pb2_grpc
@@ -35,12 +36,16 @@ class LinkState(enum.Enum):
 
 
 class _LinkLost(Exception):
-    """A connection ended; `reason` says why, `connected_at` when it was acknowledged (if ever)."""
+    """A connection ended; `reason` says why, `connected_at` when it was acknowledged (if ever),
+    `planned` whether the node ended it because it is stopping (a rollout, not a fault)."""
 
-    def __init__(self, reason: str, connected_at: float | None = None) -> None:
+    def __init__(
+        self, reason: str, connected_at: float | None = None, *, planned: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connected_at = connected_at
+        self.planned = planned
 
 
 class NodeLink:
@@ -112,6 +117,7 @@ class NodeLink:
     async def run(self) -> None:
         """Keeps the link up until cancelled. Never returns otherwise, never raises."""
         failures = 0
+        planned = False  # the last connection ended because its node was stopping
         try:
             while True:
                 self.attempts += 1
@@ -121,6 +127,8 @@ class NodeLink:
                     await self._session()
                 except _LinkLost as lost:
                     reason, connected_at = lost.reason, lost.connected_at
+                    if connected_at is not None:
+                        planned = lost.planned
                 except Exception as error:  # a bug must not end the link for good
                     self._log.exception("node link session crashed")
                     reason, connected_at = f"crashed: {error!r}", None
@@ -134,11 +142,13 @@ class NodeLink:
                 self.last_error = reason
                 failures = 0 if connected_at is not None else failures + 1
                 # A lost connection and the first failure in a row are warnings; the retries
-                # against a node that stays down are not.
+                # against a node that stays down are not, nor is anything while a node that
+                # said it was stopping (a rollout) comes back.
                 self._log.log(
-                    logging.WARNING if failures <= 1 else logging.INFO,
+                    logging.INFO if planned or failures > 1 else logging.WARNING,
                     "node link lost" if connected_at is not None else "node link failed",
                     reason=reason,
+                    planned=planned,
                     failures_in_row=failures,
                     lasted_s=round(lasted, 3),
                     attempt=self.attempts,
@@ -168,7 +178,12 @@ class NodeLink:
                     deadline.reschedule(loop.time() + self._heartbeat_timeout)
                     message = await call.read()
                     if message is grpc.aio.EOF:
-                        raise _LinkLost("the node ended the stream", connected_at)
+                        closed = wire.close_reason_of(await call.trailing_metadata())
+                        if closed is wire.CloseReason.SHUTDOWN:
+                            raise _LinkLost("the node is stopping", connected_at, planned=True)
+                        raise _LinkLost(
+                            f"the node ended the stream ({closed or 'no reason'})", connected_at
+                        )
                     self._on_message(message)
         except TimeoutError:
             when = "after" if connected_at is not None else "before"
@@ -197,12 +212,12 @@ class NodeLink:
                 heartbeat_interval_s=interval,
                 heartbeat_timeout_s=self._heartbeat_timeout,
             )
-        self._log.info(
-            "node link connected",
-            node_name=ack.node,
-            attempt=self.attempts,
-            connections=self.connections,
-        )
+        if ack.node != self._address:
+            self._log.warning(
+                "node answers to another address than the gate dials",
+                advertised=ack.node,
+            )
+        self._log.info("node link connected", attempt=self.attempts, connections=self.connections)
         return self._clock()
 
     def _on_message(self, message: node_pb2.RegisterGateResponse) -> None:

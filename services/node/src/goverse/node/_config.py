@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from goverse.server import (
     FlagParser,
@@ -74,6 +75,9 @@ class NodeConfig:
 
     log_format: str = "auto"
     """``json``, ``console`` or ``auto`` (console on a TTY)."""
+
+    ready_file: Path | None = None
+    """Where to write the bound addresses as JSON once serving (removed on stop)."""
 
 
 def module_list(text: str) -> tuple[str, ...]:
@@ -177,6 +181,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     parser.keepalive_flags()
     parser.metrics_flag(DEFAULT_METRICS_PORT)
     parser.logging_flags()
+    parser.flag(
+        "ready-file",
+        help="write the bound addresses as JSON to this file once serving; removed on stop",
+        default="",
+        parse=lambda text: Path(text) if text else None,
+        metavar="PATH",
+    )
     return parser
 
 
@@ -233,4 +244,5 @@ def parse_config(
         metrics_port=args.metrics_port,
         log_level=args.log_level,
         log_format=args.log_format,
+        ready_file=args.ready_file,
     )

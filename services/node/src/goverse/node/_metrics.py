@@ -12,23 +12,18 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from goverse import wire
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
-from goverse.server import CallMetricsInterceptor, LabelLimiter, call_duration_histogram
+from goverse.server import LabelLimiter
 
 
 class NodeMetrics:
-    """Creates the node's instruments on `meter`; :attr:`interceptor` records call metrics."""
+    """Creates the node's instruments on `meter` (call durations: the service skeleton's)."""
 
     def __init__(self, meter: metrics.Meter, host: ObjectHost, gates: GateStreams) -> None:
         self._host = host
         self._gates = gates
         self._gate_labels = LabelLimiter()
-        self.interceptor = CallMetricsInterceptor(
-            call_duration_histogram(meter, "goverse.node.call.duration", "calls the node served"),
-            [wire.NODE_SERVICE],
-        )
         meter.create_observable_gauge(
             "goverse.node.objects.active",
             callbacks=[self._active_objects],

@@ -1,0 +1,336 @@
+"""ServiceApp: the one lifecycle gate and node share — bind, serve, report ready, stop in budget.
+
+A service is a :class:`ServiceApp` subclass that supplies only what is its own: the servicers
+it serves (:meth:`ServiceApp.assemble`), what runs once it serves (:meth:`ServiceApp.on_serving`),
+how its long-lived streams are told to end (:meth:`ServiceApp.close_streams`) and what it
+releases after its tasks are gone (:meth:`ServiceApp.release`). Start, the stop sequence, its
+budget, and the log lines ``listening``, ``stopping`` and ``stopped`` are written here once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+import grpc
+import structlog
+from opentelemetry import metrics
+
+from goverse.server._calls import CallsInFlight
+from goverse.server._grpc import GrpcHost
+from goverse.server._metrics import CallMetricsInterceptor, call_duration_histogram
+from goverse.server._supervisor import Supervisor
+from goverse.server._telemetry import Telemetry
+from goverse.transport import ChannelPool, Keepalive, channel_options
+
+log = structlog.get_logger(__name__)
+
+DRAIN_SHARE = 0.5
+"""Share of the shutdown budget long-lived streams get to flush and end by themselves."""
+RESERVE_SHARE = 0.2
+MAX_RESERVE = 1.0
+"""What the steps after the wait for calls in flight keep of the budget: a fifth, at most 1 s."""
+SERVER_GRACE = 1.0
+"""Longest grace the gRPC server gets for unary calls still running when it stops."""
+MIN_TELEMETRY_FLUSH = 0.2
+"""Least time buffered spans get to be exported, even when the budget is spent."""
+
+
+class ServiceConfig(Protocol):
+    """The settings every service has (declared once in the settings both configs share)."""
+
+    @property
+    def listen(self) -> str: ...
+    @property
+    def shutdown_timeout(self) -> timedelta: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def keepalive(self) -> Keepalive: ...
+    @property
+    def ready_file(self) -> Path | None: ...
+
+
+C = TypeVar("C", bound=ServiceConfig)
+
+
+class ShutdownBudget:
+    """The time one stop may take, spent by its steps in order.
+
+    Every step asks how long it may wait (:meth:`remaining`, :meth:`share`, :meth:`keeping`);
+    none gets more than what is left, so the whole stop ends within the budget however the
+    steps go (telemetry's flush floor excepted, see :data:`MIN_TELEMETRY_FLUSH`).
+    """
+
+    def __init__(self, total: timedelta, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total.total_seconds()
+        self._clock = clock
+        self._started = clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+    def remaining(self) -> float:
+        """Seconds left of the budget (never negative)."""
+        return max(self.total - self.elapsed(), 0.0)
+
+    def share(self, fraction: float) -> float:
+        """`fraction` of the whole budget, or what is left when that is less."""
+        return min(self.total * fraction, self.remaining())
+
+    def keeping(self, reserve: float) -> float:
+        """What is left once `reserve` seconds are kept for later steps."""
+        return max(self.remaining() - reserve, 0.0)
+
+
+@dataclass(frozen=True)
+class BoundAddress:
+    """Where a service listens once bound: `listen` with the bound port, and `local`, the
+    address a process on this machine dials (a wildcard host becomes loopback)."""
+
+    listen: str
+    local: str
+    port: int
+    """The bound TCP port; 0 for a unix socket."""
+
+    @classmethod
+    def of(cls, listen: str, port: int) -> BoundAddress:
+        if listen.startswith("unix:"):
+            return cls(listen, listen, 0)
+        host = listen.rpartition(":")[0]
+        local_host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+        return cls(f"{host}:{port}", f"{local_host}:{port}", port)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ServiceApp(abc.ABC, Generic[C]):
+    """One service process's gRPC server, tasks, channels and telemetry, as a unit.
+
+    :meth:`start` binds ``config.listen`` (port 0: a free port; raises
+    :class:`~goverse.server.ListenError` when it cannot bind), lets the service
+    :meth:`assemble` its servicers, serves with health SERVING, serves metrics when
+    `telemetry` has a port, runs :meth:`on_serving`, logs ``listening`` with the bound
+    addresses and writes them to ``config.ready_file`` when one is set.
+
+    :meth:`stop` follows the shutdown contract within ``config.shutdown_timeout``:
+
+    1. health reports NOT_SERVING at once, for every service name, permanently;
+    2. the service closes its long-lived streams (:meth:`close_streams`: each flushes what is
+       queued and ends by itself) and they get up to half the budget to end;
+    3. unary calls in flight get the rest of the budget but a reserve (a fifth, at most 1 s)
+       to finish;
+    4. the supervisor cancels every task left and awaits them for the rest of the budget, then
+       the names of any still pending are logged;
+    5. the service releases what it holds (:meth:`release`; the node deactivates its objects);
+    6. the gRPC server stops, giving unary calls still running at most 1 s;
+    7. channels are closed, buffered spans exported (at least 0.2 s), the metrics endpoint
+       stopped and the ready file removed; ``stopped`` is logged with the elapsed time.
+
+    Safe before :meth:`start` (nothing to stop), idempotent, and safe to call concurrently:
+    later callers return once the first stop has finished. After a stop the app cannot be
+    started again. ``async with`` starts and stops it.
+    """
+
+    service: ClassVar[str]
+    """``gate`` or ``node``: the instruments' and task names' prefix, the log's ``service``."""
+    grpc_service: ClassVar[str]
+    """The full name of the gRPC service it serves (``goverse.v1.GateService`` …)."""
+    stream_task_prefix: ClassVar[str]
+    """The supervisor's name prefix of the tasks that run this service's long-lived streams."""
+
+    def __init__(self, config: C, telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.meter = (
+            telemetry.meter(f"goverse.{self.service}")
+            if telemetry is not None
+            else metrics.get_meter(f"goverse.{self.service}")
+        )
+        self.supervisor = Supervisor(self.service)
+        self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
+        self.calls = CallsInFlight([self.grpc_service])
+        self._call_metrics = CallMetricsInterceptor(
+            call_duration_histogram(
+                self.meter,
+                f"goverse.{self.service}.call.duration",
+                f"calls the {self.service} served",
+            ),
+            [self.grpc_service],
+        )
+        self._host: GrpcHost | None = None
+        self._bound: BoundAddress | None = None
+        self._assembled = False
+        self._state = _State.NEW
+        self._stop_lock = asyncio.Lock()
+
+    # -- what a service supplies ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
+        """Builds what needs the bound address and adds the service's servicers to `server`
+        (called once, after binding, before serving)."""
+
+    async def on_serving(self) -> None:
+        """Starts what runs once the server serves (background tasks, through the supervisor)."""
+
+    @abc.abstractmethod
+    def close_streams(self) -> int:
+        """Tells every long-lived stream to flush and end by itself, refuses new ones, and
+        returns how many were open."""
+
+    async def release(self, budget: ShutdownBudget) -> None:
+        """Frees what the service holds once its tasks are gone, within `budget`."""
+
+    def identity(self) -> dict[str, Any]:
+        """Fields naming this instance in the ``listening`` line and the ready file."""
+        return {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (0 before :meth:`start`, and for a unix socket)."""
+        return self._bound.port if self._bound is not None else 0
+
+    @property
+    def address(self) -> str:
+        """Where a process on this machine reaches the server (valid once started)."""
+        if self._bound is None:
+            raise RuntimeError(f"the {self.service} has not started")
+        return self._bound.local
+
+    @property
+    def running(self) -> bool:
+        return self._state is _State.RUNNING
+
+    async def start(self) -> None:
+        """Binds, assembles, serves and reports ready (see the class docstring).
+
+        Raises ListenError when the address cannot be bound, RuntimeError when called twice
+        or after :meth:`stop`.
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"the {self.service} cannot start: it is {self._state.value}")
+        self._state = _State.STARTING
+        host = GrpcHost(
+            self.config.listen,
+            [self.grpc_service],
+            self.config.max_message_bytes,
+            interceptors=[self.calls.interceptor, self._call_metrics],
+            keepalive=self.config.keepalive,
+        )
+        self._host = host
+        self._bound = BoundAddress.of(self.config.listen, host.bind())
+        self.assemble(host.server, self._bound)
+        self._assembled = True
+        await host.serve()
+        metrics_port = None
+        if self.telemetry is not None:
+            metrics_port = self.telemetry.start_metrics_server() or None
+        await self.on_serving()
+        self._state = _State.RUNNING
+        ready = {
+            "service": self.service,
+            "pid": os.getpid(),
+            "address": self._bound.local,
+            "listen": self._bound.listen,
+            "port": self._bound.port,
+            "metrics_port": metrics_port,
+            **self.identity(),
+        }
+        log.info("listening", **ready)
+        if self.config.ready_file is not None:
+            _write_atomically(self.config.ready_file, json.dumps(ready) + "\n")
+
+    async def stop(self) -> None:
+        """Stops the service within ``config.shutdown_timeout`` (see the class docstring)."""
+        async with self._stop_lock:
+            if self._state is _State.STOPPED:
+                return
+            started = self._state is not _State.NEW
+            self._state = _State.STOPPING
+            try:
+                if started:
+                    await self._shutdown()
+            finally:
+                self._state = _State.STOPPED
+
+    async def _shutdown(self) -> None:
+        budget = ShutdownBudget(self.config.shutdown_timeout)
+        log.info("stopping", timeout_s=budget.total)
+        host = self._host
+        if host is not None:
+            await host.enter_shutdown()  # 1
+        streams = self.close_streams() if self._assembled else 0  # 2
+        open_streams = self.supervisor.tasks_named(self.stream_task_prefix)
+        await self.supervisor.wait(open_streams, budget.share(DRAIN_SHARE))
+        streams_left = sum(not task.done() for task in open_streams)
+        calls = len(self.calls)  # 3
+        calls_left = await self.calls.wait(
+            budget.keeping(min(budget.total * RESERVE_SHARE, MAX_RESERVE))
+        )
+        pending = await self.supervisor.shutdown(budget.remaining())  # 4
+        if pending:
+            log.warning(
+                "tasks still pending after the shutdown timeout",
+                tasks=pending,
+                timeout_s=budget.total,
+            )
+        if self._assembled:
+            await self.release(budget)  # 5
+        if host is not None:
+            await host.stop(grace=min(SERVER_GRACE, budget.remaining()))  # 6
+        await self.pool.close()  # 7
+        if self.telemetry is not None:
+            await self.telemetry.shutdown(max(budget.remaining(), MIN_TELEMETRY_FLUSH))
+        if self.config.ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.ready_file.unlink()
+        log.info(
+            "stopped",
+            elapsed_s=round(budget.elapsed(), 3),
+            timeout_s=budget.total,
+            streams=streams,
+            streams_left=streams_left,
+            calls=calls,
+            calls_left=calls_left,
+            tasks_pending=len(pending),
+        )
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes `text` to `path` so that a reader never sees a partial file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+__all__ = ["DRAIN_SHARE", "BoundAddress", "ServiceApp", "ServiceConfig", "ShutdownBudget"]
