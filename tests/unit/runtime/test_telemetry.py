@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from goverse.server import ListenError, Telemetry, TelemetryConfigError, configure_logging
 from goverse.server._logging import ThrottleTelemetryLogs, add_trace_context
 from goverse.server._telemetry import traces_exporters
-from tests.helpers.processes import free_port
 
 
 @pytest.mark.parametrize(
@@ -66,10 +65,11 @@ def test_service_name_defaults_to_the_service_and_otel_service_name_wins() -> No
 
 
 async def test_the_metrics_endpoint_serves_instruments_and_stops() -> None:
-    port = free_port()
-    telemetry = Telemetry("goverse-node", metrics_port=port, environ={})
+    """Port 0 binds a free port, which start_metrics_server() returns."""
+    telemetry = Telemetry("goverse-node", metrics_port=0, environ={})
     telemetry.meter("test").create_counter("goverse.test.things", unit="{thing}").add(3)
-    assert telemetry.start_metrics_server() == port
+    port = telemetry.start_metrics_server()
+    assert port > 0
     text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     assert "goverse_test_things_total 3.0" in text
     assert 'service_name="goverse-node"' in text
@@ -94,8 +94,9 @@ async def test_a_busy_metrics_port_is_a_listen_error() -> None:
     await telemetry.shutdown(1)
 
 
-async def test_metrics_port_0_serves_nothing() -> None:
-    telemetry = Telemetry("goverse-node", metrics_port=0, environ={})
+async def test_metrics_port_none_serves_nothing() -> None:
+    """No port (``--metrics-port off``): no endpoint."""
+    telemetry = Telemetry("goverse-node", metrics_port=None, environ={})
     assert telemetry.start_metrics_server() == 0
     await telemetry.shutdown(1)
 

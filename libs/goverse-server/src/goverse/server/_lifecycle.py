@@ -64,7 +64,10 @@ class StartupError(Exception):
 
 
 def serve_main(
-    program: str, instance_id: str, metrics_port: int, build: Callable[[Telemetry], Service]
+    program: str,
+    instance_id: str,
+    metrics_port: int | None,
+    build: Callable[[Telemetry], Service],
 ) -> int:
     """The shared body of ``goverse-gate`` and ``goverse-node`` once flags and logging are set.
 

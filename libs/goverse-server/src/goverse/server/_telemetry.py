@@ -119,7 +119,7 @@ class Telemetry:
     Construction reads the environment and builds both providers; nothing runs yet.
     :meth:`install` makes them the process's global providers (what gRPC interceptors and
     ``trace.get_tracer`` use). :meth:`start_metrics_server` binds the Prometheus endpoint on
-    ``0.0.0.0:<metrics_port>`` (port 0 in the constructor means no endpoint).
+    ``0.0.0.0:<metrics_port>`` (port 0: any free port; None in the constructor: no endpoint).
     :meth:`shutdown` exports the spans still buffered and stops the endpoint, bounded by a
     timeout; it is idempotent.
 
@@ -131,7 +131,7 @@ class Telemetry:
         default_service_name: str,
         *,
         resource_attributes: Mapping[str, str] | None = None,
-        metrics_port: int = 0,
+        metrics_port: int | None = None,
         environ: Mapping[str, str] | None = None,
         span_exporters: Sequence[SpanExporter] | None = None,
     ) -> None:
@@ -149,7 +149,7 @@ class Telemetry:
         self._registry = CollectorRegistry()
         self._requested_port = metrics_port
         readers = []
-        if metrics_port:
+        if metrics_port is not None:
             ProcessCollector(registry=self._registry)
             PlatformCollector(registry=self._registry)
             GCCollector(registry=self._registry)
@@ -184,8 +184,8 @@ class Telemetry:
 
     def start_metrics_server(self) -> int:
         """Serves ``/metrics`` on ``0.0.0.0:<metrics_port>``; returns the bound port (0 when
-        the port given to the constructor was 0). Raises ListenError when it cannot bind."""
-        if not self._requested_port or self._server is not None:
+        the constructor was given None: no endpoint). Raises ListenError when it cannot bind."""
+        if self._requested_port is None or self._server is not None:
             return self.metrics_port
         try:
             self._server, self._server_thread = start_http_server(
