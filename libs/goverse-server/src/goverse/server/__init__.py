@@ -29,6 +29,7 @@ from goverse.server._metrics import (
     LabelLimiter,
     call_duration_histogram,
 )
+from goverse.server._ready import Ready, wait_ready, write_ready
 from goverse.server._service import (
     BoundAddress,
     ServiceApp,
@@ -55,6 +56,7 @@ __all__ = [
     "LabelLimiter",
     "ListenError",
     "Mailbox",
+    "Ready",
     "Service",
     "ServiceApp",
     "ServiceConfig",
@@ -83,4 +85,6 @@ __all__ = [
     "run_until_signalled",
     "serve_main",
     "server_interceptors",
+    "wait_ready",
+    "write_ready",
 ]

@@ -13,7 +13,6 @@ import abc
 import asyncio
 import contextlib
 import enum
-import json
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from opentelemetry import metrics
 from goverse.server._calls import CallsInFlight
 from goverse.server._grpc import GrpcHost
 from goverse.server._metrics import CallMetricsInterceptor, call_duration_histogram
+from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
 from goverse.server._telemetry import Telemetry
 from goverse.transport import ChannelPool, Keepalive, channel_options
@@ -246,18 +246,18 @@ class ServiceApp(abc.ABC, Generic[C]):
             metrics_port = self.telemetry.start_metrics_server() or None
         await self.on_serving()
         self._state = _State.RUNNING
-        ready = {
-            "service": self.service,
-            "pid": os.getpid(),
-            "address": self._bound.local,
-            "listen": self._bound.listen,
-            "port": self._bound.port,
-            "metrics_port": metrics_port,
-            **self.identity(),
-        }
-        log.info("listening", **ready)
+        ready = Ready(
+            service=self.service,
+            pid=os.getpid(),
+            address=self._bound.local,
+            listen=self._bound.listen,
+            port=self._bound.port,
+            metrics_port=metrics_port,
+            identity=self.identity(),
+        )
+        log.info("listening", **ready.fields())
         if self.config.ready_file is not None:
-            _write_atomically(self.config.ready_file, json.dumps(ready) + "\n")
+            write_ready(self.config.ready_file, ready)
 
     async def stop(self) -> None:
         """Stops the service within ``config.shutdown_timeout`` (see the class docstring)."""
@@ -324,13 +324,6 @@ class ServiceApp(abc.ABC, Generic[C]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Writes `text` to `path` so that a reader never sees a partial file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 __all__ = ["DRAIN_SHARE", "BoundAddress", "ServiceApp", "ServiceConfig", "ShutdownBudget"]
