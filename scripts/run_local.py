@@ -1,19 +1,22 @@
 """Runs goverse locally: two nodes, one gate and the demo client, on loopback; Ctrl-C stops all.
 
-Service logs (JSON lines) go to .run/logs/; the demo's output is shown in the terminal.
+The nodes listen on unix sockets in a private temporary directory, the gate on 127.0.0.1:7100
+(``--gate-listen``); every metrics endpoint gets a free port. Service logs (JSON lines) go to
+.run/logs/; the demo's output is shown in the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from goverse.server import Ready, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -25,42 +28,43 @@ class Stop(Exception):
     """SIGTERM or SIGINT arrived."""
 
 
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def start(name: str, args: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
+    with (run_dir / "logs" / f"{name}.log").open("wb") as log:
+        # A session of its own: the terminal's Ctrl-C reaches only us; we send one SIGTERM each.
+        return subprocess.Popen(
+            [*args, f"--ready-file={run_dir / f'{name}.ready'}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
+def wait_ready_all(services: dict[str, subprocess.Popen[bytes]], run_dir: Path) -> dict[str, Ready]:
+    """Each service's ready file (so its bound addresses), once it serves."""
+    ready = {}
+    for name, proc in services.items():
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
+            ready[name] = wait_ready(
+                run_dir / f"{name}.ready",
+                START_TIMEOUT,
+                pid=proc.pid,
+                alive=lambda proc=proc: proc.poll() is None,  # type: ignore[misc]
             )
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except (RuntimeError, TimeoutError) as error:
+            log = run_dir / "logs" / f"{name}.log"
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"{name} did not start ({error}; see {log}):\n{tail}") from None
+    return ready
 
 
-def start(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"{name}.log").open("wb")
-    # A session of its own: the terminal's Ctrl-C reaches only us; we send one SIGTERM each.
-    return subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-    )
-
-
-def wait_serving(services: dict[str, tuple[subprocess.Popen[bytes], str]], log_dir: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    for name, (proc, address) in services.items():
-        while not serving(address):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"{name} did not start (see {log_dir}/{name}.log):\n{tail}")
-            time.sleep(0.2)
-
-
-def stop(services: dict[str, tuple[subprocess.Popen[bytes], str]]) -> bool:
+def stop(services: dict[str, subprocess.Popen[bytes]]) -> bool:
     """SIGTERM to each service, then waits; kills what outlives STOP_TIMEOUT. True if clean."""
     clean = True
-    for proc, _ in services.values():
+    for proc in services.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for name, (proc, _) in services.items():
+    for name, proc in services.items():
         started = time.monotonic()
         try:
             code = proc.wait(STOP_TIMEOUT)
@@ -76,54 +80,64 @@ def stop(services: dict[str, tuple[subprocess.Popen[bytes], str]]) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--node-ports", default="7000,7001", help="ports of the two nodes")
-    parser.add_argument("--gate-port", type=int, default=7100, help="port of the gate")
     parser.add_argument(
-        "--metrics-ports",
-        default="9464,9466,9465",
-        help="Prometheus ports of node-0, node-1 and the gate (0: none)",
+        "--gate-listen",
+        default="127.0.0.1:7100",
+        help="where the gate listens (port 0: any free port, printed)",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="serve Prometheus metrics on free ports (printed)",
     )
     parser.add_argument("--rounds", type=int, default=0, help="demo rounds; 0 runs until Ctrl-C")
-    parser.add_argument("--log-dir", default=str(ROOT / ".run" / "logs"), help="service logs")
+    parser.add_argument(
+        "--run-dir", default=str(ROOT / ".run"), help="service logs (logs/) and ready files"
+    )
     args = parser.parse_args()
-    log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    nodes = [f"127.0.0.1:{port.strip()}" for port in args.node_ports.split(",")]
-    gate = f"127.0.0.1:{args.gate_port}"
-    *node_metrics, gate_metrics = [port.strip() for port in args.metrics_ports.split(",")]
+    run_dir = Path(args.run_dir)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    # The nodes listen on unix sockets, named before they start, so each one can be told the
+    # whole node list without reserving a port; a short directory keeps the socket paths
+    # under the 107-byte limit wherever the checkout is.
+    sockets = Path(tempfile.mkdtemp(prefix="goverse-run-"))
+    nodes = [f"unix:{sockets / f'node-{index}.sock'}" for index in range(2)]
+    metrics = "--metrics-port=0" if args.metrics == "on" else "--metrics-port=off"
 
     def on_signal(signum: int, _: object) -> None:
         raise Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    services: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    services: dict[str, subprocess.Popen[bytes]] = {}
     demo: subprocess.Popen[bytes] | None = None
     code = 0
     try:
         for index, node in enumerate(nodes):
-            name = f"node-{index}"
             cmd = [
                 str(BIN / "goverse-node"),
                 f"--listen={node}",
-                f"--advertise={node}",
                 f"--nodes={','.join(nodes)}",
                 "--log-format=json",
-                f"--metrics-port={node_metrics[index]}",
+                metrics,
             ]
-            services[name] = (start(name, cmd, log_dir), node)
+            services[f"node-{index}"] = start(f"node-{index}", cmd, run_dir)
+        # Nodes first: a gate whose first dial is refused backs off before it calls again.
+        wait_ready_all(services, run_dir)
         cmd = [
             str(BIN / "goverse-gate"),
-            f"--listen={gate}",
+            f"--listen={args.gate_listen}",
             "--gate-id=gate-local",
             f"--nodes={','.join(nodes)}",
             "--log-format=json",
-            f"--metrics-port={gate_metrics}",
+            metrics,
         ]
-        services["gate"] = (start("gate", cmd, log_dir), gate)
-        wait_serving(services, log_dir)
-        print(f"nodes {', '.join(nodes)} and gate {gate} are serving; logs in {log_dir}")
-        served = [port for port in (*node_metrics, gate_metrics) if port != "0"]
+        services["gate"] = start("gate", cmd, run_dir)
+        ready = wait_ready_all(services, run_dir)
+        gate = ready["gate"].address
+        print(f"nodes {', '.join(nodes)} and gate {gate} are serving; logs in {run_dir}/logs")
+        served = [r.metrics_port for r in ready.values() if r.metrics_port]
         if served:
             print("metrics: " + ", ".join(f"http://127.0.0.1:{port}/metrics" for port in served))
         print("demo client (Ctrl-C stops everything):", flush=True)
@@ -153,6 +167,7 @@ def main() -> int:
                 demo.wait()
         if not stop(services):
             code = code or 1
+        shutil.rmtree(sockets, ignore_errors=True)
     return code
 
 
