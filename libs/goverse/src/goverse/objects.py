@@ -128,6 +128,12 @@ class Object:
         return self._goverse_runtime.broadcast(message)
 
 
+class ObjectDefinitionError(Exception):
+    """A class or a module of classes does not define usable object types: a module that
+    cannot be imported or defines none, an invalid or duplicate type name, a method whose
+    annotations cannot be resolved. The node refuses to start with it (exit status 2)."""
+
+
 def bind_object(obj: Object, object_id: str, runtime: ObjectRuntime) -> None:
     """Gives a new instance its id and runtime; used by the node."""
     obj._goverse_id = object_id
@@ -143,4 +149,12 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
     _current_caller.reset(token)
 
 
-__all__ = ["Caller", "Object", "ObjectRuntime", "bind_object", "reset_caller", "set_caller"]
+__all__ = [
+    "Caller",
+    "Object",
+    "ObjectDefinitionError",
+    "ObjectRuntime",
+    "bind_object",
+    "reset_caller",
+    "set_caller",
+]
