@@ -16,7 +16,8 @@ return one::
 The node creates one instance per ``(type, id)`` it owns, on first use, and runs one call at a
 time on it. Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
 another object wherever it lives, and :meth:`Object.push` / :meth:`Object.broadcast` send a
-message to clients without ever blocking.
+message to clients without ever blocking. :mod:`goverse.testing` hosts an object class in a
+unit test with the same rules.
 """
 
 from __future__ import annotations
