@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.node import ObjectLoadError, load_object_types, method_table
+from goverse.objects import ObjectDefinitionError
+from goverse.server import StartupError
 from tests.unit.node.sample_objects import Derived, Forwarder, Misbehaving
 
 
@@ -33,6 +36,22 @@ def test_methods_that_break_the_rules_are_not_callable() -> None:
     assert sorted(table) == ["Refuse", "WrongType"]
     assert table["WrongType"].request_type is Empty
     assert table["WrongType"].response_type is Int64Value
+
+
+def test_methods_left_out_are_logged_with_the_reason() -> None:
+    """Each upper-case method that is not callable is logged once, saying why."""
+    with structlog.testing.capture_logs() as logs:
+        method_table(Misbehaving)
+    left_out = {
+        entry["method"]: entry["reason"]
+        for entry in logs
+        if entry["event"] == "method is not callable"
+    }
+    assert left_out == {
+        "Sync": "it is not an async def",
+        "TwoArgs": "it does not take exactly one request argument",
+        "Untyped": "its request parameter is not annotated with a protobuf message class",
+    }
 
 
 def test_inherited_methods_are_callable() -> None:
@@ -62,3 +81,12 @@ def test_two_classes_with_one_type_name_are_refused() -> None:
 def test_a_module_without_object_types_is_refused() -> None:
     with pytest.raises(ObjectLoadError, match="defines no Object subclass"):
         load_object_types(["tests.unit.node.empty_objects"])
+
+
+def test_a_load_error_is_a_startup_error() -> None:
+    """The node's load error is the object API's definition error and a StartupError, so
+    ``goverse-node`` exits with status 2 for it."""
+    with pytest.raises(ObjectLoadError) as caught:
+        load_object_types(["tests.unit.node.empty_objects"])
+    assert isinstance(caught.value, ObjectDefinitionError)
+    assert isinstance(caught.value, StartupError)

@@ -16,7 +16,8 @@ return one::
 The node creates one instance per ``(type, id)`` it owns, on first use, and runs one call at a
 time on it. Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
 another object wherever it lives, and :meth:`Object.push` / :meth:`Object.broadcast` send a
-message to clients without ever blocking.
+message to clients without ever blocking. :mod:`goverse.testing` hosts an object class in a
+unit test with the same rules.
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ class Object:
         return self._goverse_runtime.broadcast(message)
 
 
+class ObjectDefinitionError(Exception):
+    """A class or a module of classes does not define usable object types: a module that
+    cannot be imported or defines none, an invalid or duplicate type name, a method whose
+    annotations cannot be resolved. The node refuses to start with it (exit status 2)."""
+
+
 def bind_object(obj: Object, object_id: str, runtime: ObjectRuntime) -> None:
     """Gives a new instance its id and runtime; used by the node."""
     obj._goverse_id = object_id
@@ -143,4 +150,12 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
     _current_caller.reset(token)
 
 
-__all__ = ["Caller", "Object", "ObjectRuntime", "bind_object", "reset_caller", "set_caller"]
+__all__ = [
+    "Caller",
+    "Object",
+    "ObjectDefinitionError",
+    "ObjectRuntime",
+    "bind_object",
+    "reset_caller",
+    "set_caller",
+]

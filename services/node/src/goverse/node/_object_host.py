@@ -12,18 +12,16 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
 from goverse import wire
+from goverse._object_types import MethodInfo, ObjectType
 from goverse.errors import (
     FailedPrecondition,
     GoverseError,
     Internal,
-    InvalidArgument,
     NotFound,
     Unavailable,
-    Unimplemented,
 )
-from goverse.ids import validate_method, validate_object_ref
+from goverse.ids import validate_object_ref
 from goverse.node._call_context import ObjectKey, serving
-from goverse.node._object_types import MethodInfo, ObjectType
 from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
 from goverse.placement import Placement
 from goverse.server import log_fields, object_call_span
@@ -111,19 +109,13 @@ class ObjectHost:
         return found
 
     def method(self, object_type: ObjectType, method: str) -> MethodInfo:
-        validate_method(method)
-        info = object_type.methods.get(method)
-        if info is None:
-            raise Unimplemented(f"{object_type.name} has no method {method!r}")
-        return info
+        """The callable method; InvalidArgument or Unimplemented (:meth:`ObjectType.method`)."""
+        return object_type.method(method)
 
     @staticmethod
     def unpack(info: MethodInfo, object_type: str, request: Any) -> Message:
         """The request as the method's declared type; InvalidArgument when it is not one."""
-        try:
-            return wire.unpack(request, info.request_type)
-        except wire.UnpackError as error:
-            raise InvalidArgument(f"the request of {object_type}.{info.name}: {error}") from None
+        return info.unpack_request(request, object_type)
 
     async def invoke(
         self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
@@ -272,17 +264,16 @@ class ObjectHost:
                 raise Internal(f"{key[0]}.{info.name} failed ({type(error).__name__})") from error
             finally:
                 reset_caller(token)
-            if not isinstance(result, info.response_type):
+            try:
+                info.check_response(result, key[0])
+            except Internal:
                 log.error(
                     "object method returned the wrong type",
                     method=info.name,
                     expected=info.response_type_name,
                     got=type(result).__qualname__,
                 )
-                raise Internal(
-                    f"{key[0]}.{info.name} returned {type(result).__qualname__}, "
-                    f"not {info.response_type_name}"
-                )
+                raise
             return result
 
 

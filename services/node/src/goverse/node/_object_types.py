@@ -1,125 +1,56 @@
-"""Object types: the classes loaded from ``--objects`` and each one's table of callable methods."""
+"""Object types on a node: loading ``--objects`` as a start-up step, and logging what is left out.
+
+Which methods are callable is decided by :mod:`goverse._object_types`, shared with
+:mod:`goverse.testing`; this module only turns its errors into a start-up error (exit status 2)
+and logs the methods that are not callable.
+"""
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType, ModuleType
-from typing import Any, TypeGuard
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 
 import structlog
-from google.protobuf.message import Message
 
-from goverse.errors import GoverseError
-from goverse.ids import validate_object_type
-from goverse.objects import Object
+from goverse import _object_types
+from goverse._object_types import MethodInfo, ObjectType
+from goverse.objects import Object, ObjectDefinitionError
 from goverse.server import StartupError
 
 log = structlog.get_logger(__name__)
 
 
-class ObjectLoadError(StartupError):
-    """An ``--objects`` module cannot be imported or defines unusable object types."""
+class ObjectLoadError(ObjectDefinitionError, StartupError):
+    """An ``--objects`` module cannot be imported or defines unusable object types.
+
+    The node's form of :class:`goverse.objects.ObjectDefinitionError`: also a StartupError,
+    so ``goverse-node`` exits with status 2.
+    """
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """One callable method: ``async def Name(self, request: Req) -> Resp``."""
-
-    name: str
-    request_type: type[Message]
-    response_type: type[Message]
-    function: Callable[[Object, Message], Awaitable[Message]]
-
-    @property
-    def request_type_name(self) -> str:
-        """Full protobuf name of the request type, e.g. ``goverse.examples.v1.IncrementRequest``."""
-        return self.request_type.DESCRIPTOR.full_name
-
-    @property
-    def response_type_name(self) -> str:
-        return self.response_type.DESCRIPTOR.full_name
-
-
-@dataclass(frozen=True)
-class ObjectType:
-    """A hosted class and its callable methods, by name."""
-
-    name: str
-    cls: type[Object]
-    methods: Mapping[str, MethodInfo]
-
-
-def _is_message_type(value: Any) -> TypeGuard[type[Message]]:
-    return isinstance(value, type) and issubclass(value, Message) and value is not Message
-
-
-def _method_info(cls: type[Object], name: str, function: Any) -> MethodInfo | str:
-    """The method's info, or why it is not callable."""
-    if not inspect.iscoroutinefunction(function):
-        return "it is not an async def"
-    parameters = list(inspect.signature(function).parameters.values())
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if len(parameters) != 2 or any(p.kind not in positional for p in parameters):
-        return "it does not take exactly one request argument"
+@contextlib.contextmanager
+def _as_load_error() -> Iterator[None]:
     try:
-        hints = typing.get_type_hints(function)
-    except Exception as error:
-        raise ObjectLoadError(
-            f"{cls.__module__}.{cls.__qualname__}.{name}: cannot resolve its type "
-            f"annotations ({type(error).__name__}: {error})"
-        ) from error
-    request_type = hints.get(parameters[1].name)
-    response_type = hints.get("return")
-    if not _is_message_type(request_type):
-        return "its request parameter is not annotated with a protobuf message class"
-    if not _is_message_type(response_type):
-        return "its return type is not a protobuf message class"
-    return MethodInfo(name, request_type, response_type, function)
+        yield
+    except ObjectDefinitionError as error:
+        raise ObjectLoadError(str(error)) from error
+
+
+def _log_rejected(object_type: str, rejected: Mapping[str, str]) -> None:
+    for method, reason in rejected.items():
+        log.warning("method is not callable", object_type=object_type, method=method, reason=reason)
 
 
 def method_table(cls: type[Object]) -> dict[str, MethodInfo]:
     """The callable methods of `cls` (inherited ones included), by name.
 
-    Callable methods are coroutine functions whose name starts with an upper-case letter, that
-    take one argument annotated with a protobuf message class and return one. Upper-case
-    methods that do not fit are logged and are not callable.
+    Upper-case methods that break the rules of :mod:`goverse._object_types` are logged and
+    are not callable.
     """
-    table: dict[str, MethodInfo] = {}
-    for name in sorted(dir(cls)):
-        if not name[:1].isupper():
-            continue
-        function = inspect.getattr_static(cls, name)
-        if isinstance(function, staticmethod | classmethod) or not callable(function):
-            continue
-        info = _method_info(cls, name, function)
-        if isinstance(info, str):
-            log.warning(
-                "method is not callable",
-                object_type=cls.object_type(),
-                method=name,
-                reason=info,
-            )
-            continue
-        table[name] = info
+    with _as_load_error():
+        table, rejected = _object_types.scan_methods(cls)
+    _log_rejected(cls.object_type(), rejected)
     return table
-
-
-def _classes_defined_in(module: ModuleType) -> list[type[Object]]:
-    found = []
-    for value in vars(module).values():
-        if (
-            isinstance(value, type)
-            and issubclass(value, Object)
-            and value is not Object
-            and value.__module__ == module.__name__
-            and not inspect.isabstract(value)
-        ):
-            found.append(value)
-    return found
 
 
 def load_object_types(modules: Iterable[str]) -> dict[str, ObjectType]:
@@ -128,31 +59,10 @@ def load_object_types(modules: Iterable[str]) -> dict[str, ObjectType]:
     Raises :class:`ObjectLoadError` when a module cannot be imported, defines no object type,
     or when two classes claim the same type name.
     """
-    types: dict[str, ObjectType] = {}
-    origin: dict[str, str] = {}
-    for module_name in modules:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as error:
-            raise ObjectLoadError(
-                f"cannot import object module {module_name!r}: {type(error).__name__}: {error}"
-            ) from error
-        classes = _classes_defined_in(module)
-        if not classes:
-            raise ObjectLoadError(f"object module {module_name!r} defines no Object subclass")
-        for cls in classes:
-            name = cls.object_type()
-            where = f"{cls.__module__}.{cls.__qualname__}"
-            try:
-                validate_object_type(name)
-            except GoverseError as error:
-                raise ObjectLoadError(f"{where}: {error.message}") from error
-            if name in types:
-                raise ObjectLoadError(
-                    f"object type {name!r} is defined twice: by {origin[name]} and by {where}"
-                )
-            types[name] = ObjectType(name, cls, MappingProxyType(method_table(cls)))
-            origin[name] = where
+    with _as_load_error():
+        types = _object_types.load_object_types(modules)
+    for found in types.values():
+        _log_rejected(found.name, found.rejected)
     return types
 
 
