@@ -18,9 +18,9 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.fake_node import eventually
 from tests.helpers.faults import sigkill, sigstop
 from tests.helpers.processes import ProcessGroup
-from tests.unit.gate.fake_node import eventually
 
 SLACK = 5.0
 """What a loaded 2-core machine may add to a bound."""
