@@ -24,11 +24,11 @@ from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc, node_pb2, node_pb2_grpc
 from tests.e2e.conftest import Cluster, start_cluster
-from tests.helpers.fake_node import eventually
 from tests.helpers.faults import rss_bytes
 from tests.helpers.load_objects import stamp_of
 from tests.helpers.processes import ProcessGroup
 from tests.helpers.pushes import Inbox
+from tests.helpers.waiting import eventually
 
 MiB = 1024 * 1024
 CLIENTS = 2000

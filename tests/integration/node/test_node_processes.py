@@ -19,7 +19,8 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, free_port, wait_until
+from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, free_port
+from tests.helpers.waiting import wait_until
 
 EXIT_BOUND_SECONDS = 8.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -49,18 +48,6 @@ def unpack(packed: any_pb2.Any, message_type: type[Message]) -> Any:
     message = message_type()
     assert packed.Unpack(message), f"expected {message_type.__name__}, got {packed.type_url}"
     return message
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Waits until `predicate` holds, checking every 10 ms; fails after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if predicate():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 def id_owned_by(placement: Placement, object_type: str, node: str, prefix: str = "obj") -> str:
