@@ -13,19 +13,17 @@ from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.wire import pack, unpack
 
 
 def text(value: str) -> any_pb2.Any:
     """A push payload: StringValue(value) packed in an Any."""
-    packed = any_pb2.Any()
-    packed.Pack(StringValue(value=value))
-    return packed
+    return pack(StringValue(value=value))
 
 
 def unpack_text(packed: any_pb2.Any) -> str:
-    value = StringValue()
-    assert packed.Unpack(value)
-    return value.value
+    """The text of a payload made by :func:`text`."""
+    return unpack(packed, StringValue).value
 
 
 def to_clients(client_ids: list[str], value: str) -> node_pb2.Envelope:
