@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 PACKAGES := libs/goverse libs/goverse-server services/gate services/node
 
-.PHONY: help venv protos check-protos lint test unit integration run clean
+.PHONY: help venv protos check-protos lint test unit integration e2e run clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,8 +35,14 @@ lint: $(STAMP) ## ruff and mypy --strict on our code
 test: check-protos lint chart-check ## Set everything up and run the whole suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-unit: $(STAMP) ## Only the unit tests
+unit: $(STAMP) ## Only the unit tests (in process)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP) ## Only the integration tests (real processes of one service)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+e2e: $(STAMP) ## Only the end-to-end tests, on local processes
+	$(BIN)/pytest tests/e2e --target local $(PYTEST_ARGS)
 
 run: $(STAMP) ## Start two nodes, a gate on :7100 and a demo client on loopback; Ctrl-C stops all
 	$(BIN)/python scripts/run_local.py

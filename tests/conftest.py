@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.fake_node import FakeNode
 from tests.helpers.processes import ProcessGroup, process_group
 from tests.helpers.telemetry import SpanCapture, span_capture
 
@@ -21,6 +22,17 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
         if report is not None and report.failed:
             for proc in group.processes:
                 print(f"----- {proc.name} -----\n{proc.output()[-20000:]}")
+
+
+@pytest.fixture
+async def fake_node() -> AsyncIterator[FakeNode]:
+    """A started FakeNode on loopback (gate tests, in process or against a gate process);
+    stopped after the test."""
+    node = await FakeNode().start()
+    try:
+        yield node
+    finally:
+        await node.stop(0)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from tests.e2e.conftest import Cluster, start_cluster
 from tests.helpers.faults import sigkill, sigstop
 from tests.helpers.processes import ProcessGroup
-from tests.unit.gate.fake_node import eventually
+from tests.helpers.waiting import eventually
 
 SLACK = 5.0
 """What a loaded 2-core machine may add to a bound."""
@@ -188,7 +188,7 @@ async def test_gate_sigterm_lets_calls_finish_and_moves_clients_on_its_notice(
         )
     )
     try:
-        await eventually_async(
+        await eventually(
             lambda: _active(cluster, sleeper_owner, "Sleeper", "in-flight"), 15, "the long call"
         )
         with structlog.testing.capture_logs() as logs:
@@ -229,11 +229,3 @@ async def test_gate_sigterm_lets_calls_finish_and_moves_clients_on_its_notice(
 
 async def _active(cluster: Cluster, node: str, object_type: str, object_id: str) -> bool:
     return object_id in await cluster.list_objects(node, object_type)
-
-
-async def eventually_async(predicate: Any, timeout: float, what: str) -> None:
-    """Like `eventually`, for a coroutine predicate."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.01)

@@ -16,7 +16,7 @@ from tests.e2e.conftest import Cluster, start_cluster
 from tests.helpers.faults import json_lines, log_events, logged_at, restart, sigkill, sigstop
 from tests.helpers.processes import ProcessGroup, ServiceProcess
 from tests.helpers.pushes import Inbox
-from tests.unit.gate.fake_node import eventually
+from tests.helpers.waiting import eventually
 
 DEFAULTS = os.environ.get("GOVERSE_TEST_DEFAULT_TIMEOUTS") == "1"
 """Set GOVERSE_TEST_DEFAULT_TIMEOUTS=1 to run with the production defaults (slower)."""

@@ -23,7 +23,6 @@ from tests.helpers.processes import (
     free_port,
     health_status,
     process_group,
-    wait_until,
 )
 from tests.helpers.pushes import Inbox
 from tests.helpers.telemetry import (
@@ -35,6 +34,7 @@ from tests.helpers.telemetry import (
     sample,
     scrape,
 )
+from tests.helpers.waiting import wait_until
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 CALL = "/goverse.v1.GateService/CallObject"

@@ -28,7 +28,7 @@ from tests.helpers.faults import rss_bytes
 from tests.helpers.load_objects import stamp_of
 from tests.helpers.processes import ProcessGroup
 from tests.helpers.pushes import Inbox
-from tests.unit.gate.fake_node import eventually
+from tests.helpers.waiting import eventually
 
 MiB = 1024 * 1024
 CLIENTS = 2000

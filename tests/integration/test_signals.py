@@ -9,7 +9,8 @@ import grpc
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import ProcessGroup, free_port, wait_until
+from tests.helpers.processes import ProcessGroup, free_port
+from tests.helpers.waiting import wait_until
 
 
 async def test_second_signal_exits_at_once(processes: ProcessGroup) -> None:

@@ -11,9 +11,10 @@ import time
 import grpc
 import pytest
 
+from tests.helpers.fake_node import FakeNode, broadcast
+from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.processes import BIN, ProcessGroup, free_port
-from tests.integration.gate.gate_client import WAIT, GateClient
-from tests.unit.gate.fake_node import FakeNode, broadcast, eventually
+from tests.helpers.waiting import eventually
 
 GATE = str(BIN / "goverse-gate")
 FLAGS = [

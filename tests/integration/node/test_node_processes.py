@@ -12,22 +12,17 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, free_port, wait_until
+from goverse.wire import pack, unpack
+from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, free_port
+from tests.helpers.waiting import wait_until
 
 EXIT_BOUND_SECONDS = 8.0
-
-
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 class NodeClient:
@@ -57,9 +52,7 @@ class NodeClient:
             ),
             timeout=15,
         )
-        message = response_type()
-        assert reply.response.Unpack(message)
-        return message
+        return unpack(reply.response, response_type)
 
     def listed(self, object_type: str = "") -> list[str]:
         reply = self.stub.ListObjects(

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from goverse.gate import ClientProxy
-from tests.unit.gate.fake_node import text, unpack_text
+from tests.helpers.fake_node import text, unpack_text
 
 
 def proxy(

@@ -6,7 +6,7 @@ import pytest
 
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
 from goverse.gate import ClientRegistry
-from tests.unit.gate.fake_node import broadcast, to_clients, unpack_text
+from tests.helpers.fake_node import broadcast, to_clients, unpack_text
 
 
 def registry(

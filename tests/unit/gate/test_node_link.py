@@ -15,7 +15,8 @@ from goverse.gate import ClientRegistry, LinkState, NodeLink
 from goverse.server import Supervisor
 from goverse.transport import Backoff, ChannelPool, channel_options
 from goverse.v1 import node_pb2
-from tests.unit.gate.fake_node import FakeNode, broadcast, eventually, to_clients
+from tests.helpers.fake_node import FakeNode, broadcast, to_clients
+from tests.helpers.waiting import eventually
 
 WAIT = 15.0  # generous: a loaded 2-core machine
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -10,12 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from goverse.node import NodeApp, NodeConfig
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.wire import pack, unpack
 from tests.unit.node.sample_objects import Fragile, Meeting, Tally
 
 OBJECT_MODULES = (
@@ -37,30 +36,6 @@ def node_config(**overrides: Any) -> NodeConfig:
         shutdown_timeout=timedelta(seconds=5),
     )
     return dataclasses.replace(base, **overrides)
-
-
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def unpack(packed: any_pb2.Any, message_type: type[Message]) -> Any:
-    message = message_type()
-    assert packed.Unpack(message), f"expected {message_type.__name__}, got {packed.type_url}"
-    return message
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Waits until `predicate` holds, checking every 10 ms; fails after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if predicate():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 def id_owned_by(placement: Placement, object_type: str, node: str, prefix: str = "obj") -> str:

@@ -14,7 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from goverse.node import NodeApp
 from goverse.server import ListenError
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.unit.node.conftest import eventually, node_config, pack
+from goverse.wire import pack
+from tests.helpers.waiting import eventually
+from tests.unit.node.conftest import node_config
 
 
 async def test_stop_leaves_no_task_behind() -> None:

@@ -14,7 +14,8 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.v1 import node_pb2
 from goverse.wire import CLOSE_REASON_KEY
-from tests.unit.node.conftest import NODE, Node, eventually
+from tests.helpers.waiting import eventually
+from tests.unit.node.conftest import NODE, Node
 
 
 async def register(node: Node, gate_id: str) -> Any:

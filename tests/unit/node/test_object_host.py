@@ -12,7 +12,9 @@ from google.protobuf.wrappers_pb2 import Int64Value
 from goverse.errors import Internal, Unavailable
 from goverse.node import NodeApp
 from goverse.objects import Caller
-from tests.unit.node.conftest import eventually, node_config, pack, unpack
+from goverse.wire import pack, unpack
+from tests.helpers.waiting import eventually
+from tests.unit.node.conftest import node_config
 from tests.unit.node.sample_objects import Tally
 
 

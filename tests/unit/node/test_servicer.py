@@ -14,7 +14,8 @@ from google.protobuf.wrappers_pb2 import StringValue
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.placement import Placement
 from goverse.v1 import node_pb2
-from tests.unit.node.conftest import NODE, Node, id_owned_by, pack
+from goverse.wire import pack
+from tests.unit.node.conftest import NODE, Node, id_owned_by
 
 OTHER = "127.0.0.1:7999"
 

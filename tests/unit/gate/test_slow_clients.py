@@ -14,8 +14,9 @@ import pytest
 from goverse.client import Client
 from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
-from tests.integration.gate.gate_client import WAIT, GateClient
-from tests.unit.gate.fake_node import FakeNode, eventually, text, to_clients, unpack_text
+from tests.helpers.fake_node import FakeNode, text, to_clients, unpack_text
+from tests.helpers.gate_client import WAIT, GateClient
+from tests.helpers.waiting import eventually
 
 BIG = "x" * 60_000  # a few of these fill a stalled client's transport window
 

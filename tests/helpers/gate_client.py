@@ -10,7 +10,7 @@ import grpc
 
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
-from tests.unit.gate.fake_node import unpack_text
+from tests.helpers.fake_node import unpack_text
 
 WAIT = 15.0  # generous: a loaded 2-core machine
 

@@ -14,9 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
+from tests.helpers.fake_node import FakeNode, broadcast, text, to_clients
+from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.processes import free_port
-from tests.integration.gate.gate_client import WAIT, GateClient
-from tests.unit.gate.fake_node import FakeNode, broadcast, eventually, text, to_clients
+from tests.helpers.waiting import eventually
 
 
 def config(*nodes: str, **overrides: Any) -> GateConfig:

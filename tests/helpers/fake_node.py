@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,28 +13,17 @@ from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse.v1 import node_pb2, node_pb2_grpc
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Waits until `predicate()` holds, re-checking often; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
+from goverse.wire import pack, unpack
 
 
 def text(value: str) -> any_pb2.Any:
     """A push payload: StringValue(value) packed in an Any."""
-    packed = any_pb2.Any()
-    packed.Pack(StringValue(value=value))
-    return packed
+    return pack(StringValue(value=value))
 
 
 def unpack_text(packed: any_pb2.Any) -> str:
-    value = StringValue()
-    assert packed.Unpack(value)
-    return value.value
+    """The text of a payload made by :func:`text`."""
+    return unpack(packed, StringValue).value
 
 
 def to_clients(client_ids: list[str], value: str) -> node_pb2.Envelope:

@@ -1,0 +1,69 @@
+"""The scenarios. Each measures the bare grpc.aio baseline and the system in the same run.
+
+1. ``calls`` (``_calls``): closed-loop calls of ``Echo.Echo`` through gate and node vs a bare
+   unary echo.
+2. ``push`` (``_push``): one object pushes N stamped messages to one client vs a bare server
+   stream.
+3. ``fanout`` (``_fanout``): one broadcast to many connected clients vs a bare server writing to
+   many streams.
+4. ``connections`` (``_connections``): gate RSS per idle registered client, and time to register
+   them.
+5. ``lifecycle`` (``_lifecycle``): SIGTERM-to-exit with many streams; node restart until pushes
+   flow again.
+6. ``tracing`` (``_tracing``): scenario 1's system side with tracing off and on.
+
+What they share (settings, the run's context, naming) is in ``_context``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from bench.cluster import Variant
+from bench.machine import load_average
+from bench.results_model import ScenarioResult
+from bench.scenarios._calls import calls
+from bench.scenarios._connections import connections
+from bench.scenarios._context import Ctx, Settings
+from bench.scenarios._fanout import fanout
+from bench.scenarios._lifecycle import lifecycle
+from bench.scenarios._push import push
+from bench.scenarios._tracing import tracing
+
+__all__ = [
+    "CODE_SCENARIOS",
+    "LOOP_SCENARIOS",
+    "SCENARIOS",
+    "Ctx",
+    "Settings",
+    "run_scenario",
+]
+
+SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
+    "1": calls,
+    "2": push,
+    "3": fanout,
+    "4": connections,
+    "5": lifecycle,
+    "6": tracing,
+}
+LOOP_SCENARIOS = ("1", "2")
+"""The scenarios repeated with the services on uvloop."""
+CODE_SCENARIOS = ("1", "2", "3", "4", "5")
+"""The scenarios repeated with the services of another checkout (``--compare-code``)."""
+
+
+async def run_scenario(
+    ctx: Ctx, number: str, variant: Variant, results: list[ScenarioResult]
+) -> None:
+    """Runs one scenario; a failure is recorded in its result and the run goes on."""
+    started = time.monotonic()
+    try:
+        result = await SCENARIOS[number](ctx, variant)
+    except Exception as error:
+        result = ScenarioResult(f"{number}-{variant.label}", f"scenario {number} ({variant.label})")
+        result.error = f"{type(error).__name__}: {error}"
+    result.seconds = time.monotonic() - started
+    result.load_average = load_average()
+    results.append(result)

@@ -1,0 +1,119 @@
+"""Scenario 1, calls: closed-loop ``Echo.Echo`` through gate and node vs a bare unary echo."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from google.protobuf.wrappers_pb2 import BytesValue
+
+from bench.clients import (
+    CALL_TIMEOUT,
+    BareStubs,
+    LoadResult,
+    closed_loop,
+    echo_request,
+    raw_channel,
+)
+from bench.cluster import Variant, start_bare, start_system
+from bench.results_model import ScenarioResult
+from bench.scenarios._context import Ctx, result_key, title_suffix
+from bench.stats import latency_ms
+from goverse.client import Client
+
+
+async def _bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
+    s = ctx.settings
+    results: dict[int, LoadResult] = {}
+    async with ctx.scope():
+        proc = await start_bare(ctx.procs, variant)
+        channel = raw_channel(proc.address)
+        stubs = BareStubs(channel)
+        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
+
+        async def call(worker: int) -> None:
+            reply = await stubs.echo(echo_request(ids[worker], payload), timeout=CALL_TIMEOUT)
+            out = BytesValue()
+            if not reply.response.Unpack(out):
+                raise RuntimeError("the echo is not a BytesValue")
+
+        try:
+            for level in s.concurrency:
+                async with ctx.profiled(f"calls-c{level}-{variant.label}", {"bare": proc}):
+                    results[level] = await closed_loop(
+                        call, level, warmup=s.warmup, duration=s.duration
+                    )
+        finally:
+            await channel.close()
+    return results
+
+
+async def system_calls(
+    ctx: Ctx, variant: Variant, payload: bytes
+) -> tuple[dict[int, LoadResult], list[Path]]:
+    """Scenario 1's system side; also returns the services' log files."""
+    s = ctx.settings
+    results: dict[int, LoadResult] = {}
+    async with ctx.scope():
+        system = await start_system(ctx.procs, variant)
+        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
+        async with Client(
+            [system.gate_address], call_timeout=timedelta(seconds=CALL_TIMEOUT)
+        ) as client:
+
+            async def call(worker: int) -> None:
+                await client.call(
+                    "Echo", ids[worker], "Echo", BytesValue(value=payload), BytesValue
+                )
+
+            for object_id in ids:  # activation is not what we measure
+                await client.call("Echo", object_id, "Echo", BytesValue(value=payload), BytesValue)
+            for level in s.concurrency:
+                targets = {"gate": system.gate, "node": system.node}
+                async with ctx.profiled(f"calls-c{level}-{variant.label}", targets):
+                    results[level] = await closed_loop(
+                        call, level, warmup=s.warmup, duration=s.duration
+                    )
+        logs = [system.gate.log_path, system.node.log_path]
+    return results, logs
+
+
+def call_rows(
+    result: ScenarioResult, a: dict[int, LoadResult], b: dict[int, LoadResult], suffix: str = ""
+) -> None:
+    """Adds the rows of scenario 1 (calls/s, p50, p99 per concurrency level) of sides a and b."""
+    for level in sorted(set(a) & set(b)):
+        case = f"concurrency {level}{suffix}"
+        la, lb = latency_ms(a[level].latencies_ns), latency_ms(b[level].latencies_ns)
+        result.add(case, "calls/s", "1/s", a[level].calls_per_second, b[level].calls_per_second)
+        result.add(case, "latency p50", "ms", la["p50"], lb["p50"], "lower")
+        result.add(case, "latency p99", "ms", la["p99"], lb["p99"], "lower")
+
+
+async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
+    s = ctx.settings
+    result = ScenarioResult(
+        result_key("calls", variant),
+        "1. Calls: client -> gate -> node -> back, Echo.Echo" + title_suffix(variant),
+        params={
+            "concurrency": list(s.concurrency),
+            "payload_bytes": s.payload,
+            "warmup_s": s.warmup,
+            "measure_s": s.duration,
+            "loop": variant.loop,
+            "code": variant.code or "work tree",
+            "bare": "unary echo of the same CallObjectRequest, packed and unpacked the same way",
+            "system": "goverse.client.Client.call, one Echo object per worker",
+        },
+    )
+    payload = b"x" * s.payload
+    bare = await _bare_calls(ctx, variant, payload)
+    system, _ = await system_calls(ctx, variant, payload)
+    call_rows(result, bare, system)
+    result.details = {
+        "errors": {
+            "bare": {level: r.errors for level, r in bare.items()},
+            "system": {level: r.errors for level, r in system.items()},
+        }
+    }
+    return result

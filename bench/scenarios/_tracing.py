@@ -1,0 +1,85 @@
+"""Scenario 6, tracing: scenario 1's system side with tracing off and on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.cluster import Variant
+from bench.procs import PYTHON, Proc, free_port
+from bench.results_model import ScenarioResult
+from bench.scenarios._calls import call_rows, system_calls
+from bench.scenarios._context import Ctx
+
+
+def _tracing_env(mode: str, sink_address: str) -> dict[str, str]:
+    env = {"OTEL_TRACES_EXPORTER": mode}
+    if mode == "otlp":
+        endpoint = f"http://{sink_address}"
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+    return env
+
+
+def _console_spans(paths: list[Path]) -> int:
+    """Spans the console exporter wrote into the services' output: lines naming a span id
+    that are not log lines (log lines carry the span id too, and an "event")."""
+    count = 0
+    for path in paths:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if "span_id" in line and '"event":' not in line:
+                    count += 1
+    return count
+
+
+async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
+    s = ctx.settings
+    result = ScenarioResult(
+        "tracing",
+        "6. Tracing off vs on, scenario 1's system side",
+        a_label="traces off",
+        b_label="traces on",
+        params={
+            "concurrency": list(s.concurrency),
+            "off": "OTEL_TRACES_EXPORTER=none (as implemented now: spans are made and "
+            "propagated, not exported)",
+            "on": {mode: _tracing_env(mode, "<sink>") for mode in s.tracing},
+            "sink": "bench.otlp_sink: an OTLP/gRPC receiver process that counts and drops spans",
+        },
+    )
+    payload = b"x" * s.payload
+    off, _ = await system_calls(ctx, Variant("traces-off", variant.loop), payload)
+    spans: dict[str, int] = {}
+    for mode in s.tracing:
+        async with ctx.scope():
+            sink: Proc | None = None
+            address = ""
+            if mode == "otlp":
+                address = f"127.0.0.1:{free_port()}"
+                sink = ctx.procs.spawn(
+                    "otlp-sink", [PYTHON, "-m", "bench.otlp_sink", f"--listen={address}"], address
+                )
+                await sink.wait_healthy()
+            env = _tracing_env(mode, address)
+            on, logs = await system_calls(
+                ctx, Variant(f"traces-{mode}", variant.loop, env), payload
+            )
+            if sink is not None:
+                await sink.terminate()
+                lines = sink.log_path.read_text(errors="replace").strip().splitlines()
+                spans[mode] = int(json.loads(lines[-1])["spans"]) if lines else 0
+            else:
+                spans[mode] = _console_spans(logs)
+        call_rows(result, off, on, f", {mode}")
+    result.details = {"spans_exported": spans}
+    if not any(spans.values()):
+        result.notes.append(
+            "No span was exported: the services measured do not trace (or ignore "
+            "OTEL_TRACES_EXPORTER), so 'on' equals 'off' up to noise."
+        )
+    return result
