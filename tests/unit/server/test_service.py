@@ -20,7 +20,8 @@ from goverse.node import NodeApp
 from goverse.server import BoundAddress, ServiceApp, ShutdownBudget
 from goverse.v1 import node_pb2, node_pb2_grpc
 from goverse.wire import pack, unpack
-from tests.unit.node.conftest import eventually, node_config
+from tests.helpers.waiting import eventually
+from tests.unit.node.conftest import node_config
 
 COMMON_LISTENING_KEYS = {"service", "pid", "address", "listen", "port", "metrics_port"}
 STOPPED_KEYS = {
