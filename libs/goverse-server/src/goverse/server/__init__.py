@@ -1,18 +1,9 @@
-"""What the gate and node servers share: lifecycle, supervisor, flags, logging, telemetry, tracing,
-metrics, mailbox and the gRPC server with health. Server-only: the client SDK never imports it."""
+"""What the gate and node servers share: lifecycle, supervisor, settings, logging, telemetry,
+tracing, metrics, mailbox and the gRPC server with health. Server-only: the client SDK never
+imports it."""
 
 from __future__ import annotations
 
-from goverse.server._flags import (
-    FlagParser,
-    parse_address,
-    parse_address_list,
-    parse_byte_size,
-    parse_duration,
-    parse_port,
-    port_of,
-    positive_int,
-)
 from goverse.server._grpc import GrpcHost, ListenError
 from goverse.server._lifecycle import (
     Service,
@@ -28,6 +19,18 @@ from goverse.server._metrics import (
     LabelLimiter,
     call_duration_histogram,
 )
+from goverse.server._service_settings import MIN_MESSAGE_BYTES, ServiceSettings
+from goverse.server._settings import (
+    Declared,
+    Setting,
+    SettingsParser,
+    at_least,
+    declared,
+    markdown_table,
+    not_negative,
+    positive,
+    setting,
+)
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._telemetry import Telemetry, TelemetryConfigError
 from goverse.server._tracing import (
@@ -38,37 +41,82 @@ from goverse.server._tracing import (
     record_push,
     server_interceptors,
 )
+from goverse.server._values import (
+    ADDRESS,
+    ADDRESS_LIST,
+    BYTE_SIZE,
+    COUNT,
+    DURATION,
+    PATH,
+    PORT,
+    Kind,
+    choice,
+    format_byte_size,
+    format_duration,
+    is_unix_address,
+    parse_address,
+    parse_address_list,
+    parse_byte_size,
+    parse_duration,
+    parse_list,
+    parse_port,
+    port_of,
+    positive_int,
+)
 
 __all__ = [
+    "ADDRESS",
+    "ADDRESS_LIST",
+    "BYTE_SIZE",
+    "COUNT",
+    "DURATION",
+    "MIN_MESSAGE_BYTES",
+    "PATH",
+    "PORT",
     "CallMetricsInterceptor",
-    "FlagParser",
+    "Declared",
     "GrpcHost",
+    "Kind",
     "LabelLimiter",
     "ListenError",
     "Mailbox",
     "Service",
+    "ServiceSettings",
+    "Setting",
+    "SettingsParser",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",
     "Telemetry",
     "TelemetryConfigError",
+    "at_least",
     "call_duration_histogram",
+    "choice",
     "configure_logging",
     "current_trace_context",
+    "declared",
     "deliver_all_traced",
     "deliver_traced",
+    "format_byte_size",
+    "format_duration",
+    "is_unix_address",
     "log_fields",
+    "markdown_table",
+    "not_negative",
     "object_call_span",
     "parse_address",
     "parse_address_list",
     "parse_byte_size",
     "parse_duration",
+    "parse_list",
     "parse_port",
     "port_of",
+    "positive",
     "positive_int",
     "record_push",
     "run",
     "run_until_signalled",
     "serve_main",
     "server_interceptors",
+    "setting",
 ]

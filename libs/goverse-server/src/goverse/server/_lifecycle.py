@@ -64,7 +64,10 @@ class StartupError(Exception):
 
 
 def serve_main(
-    program: str, instance_id: str, metrics_port: int, build: Callable[[Telemetry], Service]
+    program: str,
+    instance_id: str,
+    metrics_port: int | None,
+    build: Callable[[Telemetry], Service],
 ) -> int:
     """The shared body of ``goverse-gate`` and ``goverse-node`` once flags and logging are set.
 
@@ -82,7 +85,9 @@ def serve_main(
         telemetry = Telemetry(
             program,
             resource_attributes={"service.instance.id": instance_id},
-            metrics_port=metrics_port,
+            # None is --metrics-port off; Telemetry does not bind any free port for 0 yet
+            # and serves no endpoint for either.
+            metrics_port=metrics_port or 0,
         )
     except TelemetryConfigError as error:
         return fail("invalid telemetry configuration", error, 2)
