@@ -20,6 +20,7 @@ from goverse.server import (
     parse_byte_size,
     parse_duration,
     parse_port,
+    positive,
     setting,
 )
 
@@ -89,7 +90,7 @@ def test_an_invalid_default_fails_like_an_invalid_value() -> None:
     @dataclass(frozen=True, kw_only=True)
     class Broken(ServiceSettings, program="goverse-node"):
         drain_timeout: timedelta = setting(
-            timedelta(0), help="drain", kind=DURATION, check=lambda v: "must be positive"
+            timedelta(0), help="drain", kind=DURATION, check=positive
         )
 
     with pytest.raises(ValueError, match="--drain-timeout must be positive"):

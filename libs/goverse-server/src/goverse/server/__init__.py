@@ -19,7 +19,7 @@ from goverse.server._metrics import (
     LabelLimiter,
     call_duration_histogram,
 )
-from goverse.server._service_settings import MIN_MESSAGE_BYTES, ServiceSettings
+from goverse.server._service_settings import ServiceSettings
 from goverse.server._settings import (
     Declared,
     Setting,
@@ -70,7 +70,6 @@ __all__ = [
     "BYTE_SIZE",
     "COUNT",
     "DURATION",
-    "MIN_MESSAGE_BYTES",
     "PATH",
     "PORT",
     "CallMetricsInterceptor",
