@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 PACKAGES := libs/goverse libs/goverse-server services/gate services/node
 
-.PHONY: help venv protos check-protos lint test unit integration e2e run clean
+.PHONY: help venv protos check-protos docs lint test unit integration e2e run clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ protos: $(STAMP) ## Regenerate the Python code of protos/
 
 check-protos: $(STAMP) ## Fail if the generated code is stale
 	$(BIN)/python scripts/gen_protos.py --check
+
+docs: $(STAMP) ## Rewrite the settings tables of docs/configuration.md from their declarations
+	$(BIN)/python scripts/gen_config_docs.py
 
 lint: $(STAMP) ## ruff and mypy --strict on our code
 	$(BIN)/ruff check .

@@ -7,7 +7,8 @@ GOVERSE_NODES; it names every node pod
 `<statefulset>-<i>.<headless service>.<ns>.svc.<domain>:<port>`
 for i < replicas, and each pod's GOVERSE_ADVERTISE, with its name filled in, is its entry;
 the headless Service publishes not-ready addresses; gate ids come from the pod name; gRPC
-probes hit the container's gRPC port; terminationGracePeriodSeconds covers preStop + shutdown.
+probes hit the container's gRPC port; terminationGracePeriodSeconds covers preStop + shutdown;
+GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ def check(resources: list[Resource]) -> list[str]:
         expect(
             grace >= pre_stop + budget + 2,
             f"{name}: grace {grace}s < preStop {pre_stop}s + shutdown {budget}s + 2s",
+        )
+        metrics = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+        # `off` disables the endpoint; 0 would bind a port nobody knows.
+        expect(
+            cm["GOVERSE_METRICS_PORT"] == (str(metrics[0]) if metrics else "off"),
+            f"{name}: GOVERSE_METRICS_PORT={cm['GOVERSE_METRICS_PORT']} but metrics ports "
+            f"{metrics or 'none'}",
         )
         expect(
             "checksum/config" in workload["spec"]["template"]["metadata"].get("annotations", {}),

@@ -124,7 +124,7 @@ def node_args(listen: str, nodes: Sequence[str], extra: Sequence[str] = ()) -> l
         "--objects=goverse.examples.counter,goverse.examples.chat,tests.helpers.objects,"
         "tests.helpers.load_objects",
         "--log-format=json",
-        "--metrics-port=0",  # tests that scrape pass a free port in `extra`
+        "--metrics-port=off",  # tests that scrape pass a free port in `extra`
         *extra,
     ]
 
@@ -138,7 +138,7 @@ def gate_args(
         f"--gate-id={gate_id}",
         f"--nodes={','.join(nodes)}",
         "--log-format=json",
-        "--metrics-port=0",  # tests that scrape pass a free port in `extra`
+        "--metrics-port=off",  # tests that scrape pass a free port in `extra`
         *extra,
     ]
 

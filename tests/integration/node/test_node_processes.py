@@ -229,7 +229,10 @@ def test_help_lists_every_flag() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--listen=127.0.0.1:7000", "--advertise=127.0.0.1:7001"], "is not in --nodes"),
+        (
+            ["--listen=127.0.0.1:7000", "--advertise=127.0.0.1:7001", "--nodes=127.0.0.1:7000"],
+            "is not in --nodes",
+        ),
         (["--shutdown-timeout=forever"], "--shutdown-timeout"),
         (["--nodes=not-an-address"], "--nodes"),
         (["--gate-queue-size=-1"], "--gate-queue-size"),

@@ -121,3 +121,66 @@ def test_config_rejects_an_invalid_gate_id_when_built_directly() -> None:
     """Tests and embedders building a GateConfig get the same validation as the flags."""
     with pytest.raises(ValueError, match="gate id"):
         GateConfig(gate_id="a/b", nodes=("127.0.0.1:1",))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"call_timeout": timedelta(0)}, "--call-timeout must be positive"),
+        ({"max_clients": 0}, "argument --max-clients: 0 must be at least 1"),
+        ({"nodes": ("a:1", "a:1")}, "more than once"),
+        ({"nodes": ("nohost",)}, "host:port"),
+        ({"listen": "7100"}, "argument --listen"),
+        ({"slow_client_policy": "block"}, "invalid choice"),
+        ({"max_message_bytes": 1024}, "--max-message-bytes must be at least 64KiB"),
+        ({"reconnect_initial": timedelta(seconds=10)}, "--reconnect-max"),
+    ],
+)
+def test_a_config_built_in_code_is_checked_like_flags(
+    settings: dict[str, object], message: str
+) -> None:
+    """GateConfig(...) raises ValueError naming the flag, for the same checks as parse_config."""
+    with pytest.raises(ValueError, match=message):
+        GateConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["--nodes=a:1,a:1"], {}),
+        (["--call-timeout=0s"], {}),
+        (["--reconnect-initial=2s", "--reconnect-max=1s"], {}),
+        (["--no-such-flag"], {}),
+        ([], {"GOVERSE_MAX_CLIENTS": "many"}),
+    ],
+)
+def test_every_config_error_is_one_line_naming_the_program(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad values, bad combinations, unknown flags and bad variables: one line, no usage."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, environ)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("goverse-gate: error: ")
+    assert err.count("\n") == 1
+
+
+def test_an_environment_error_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_config([], {"GOVERSE_MAX_CLIENTS": "many"})
+    assert capsys.readouterr().err == (
+        "goverse-gate: error: argument --max-clients: 'many' is not a whole number "
+        "(from GOVERSE_MAX_CLIENTS)\n"
+    )
+
+
+def test_listen_and_nodes_take_unix_socket_addresses() -> None:
+    config = parse_config(["--listen=unix:/run/gate.sock", "--nodes=unix:/run/n0.sock"], {})
+    assert (config.listen, config.nodes) == ("unix:/run/gate.sock", ("unix:/run/n0.sock",))
+
+
+def test_gate_defaults_of_the_shared_settings() -> None:
+    """listen and metrics-port are declared once, with a default per service."""
+    config = GateConfig()
+    assert (config.listen, config.metrics_port, config.ready_file) == ("0.0.0.0:7100", 9465, None)

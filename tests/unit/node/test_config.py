@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -35,8 +36,10 @@ def test_defaults_match_the_documented_ones() -> None:
     config = parse_config([], {})
     assert config == NodeConfig()
     assert config.listen == "0.0.0.0:7000"
-    assert config.advertise == "127.0.0.1:7000"
-    assert config.nodes == ("127.0.0.1:7000",)
+    # --advertise and --nodes are unset: the name and the list follow from the bound address.
+    advertise, nodes = config.identity("0.0.0.0:7000")
+    assert advertise == "127.0.0.1:7000"
+    assert nodes == ("127.0.0.1:7000",)
     assert config.objects == ("goverse.examples.counter", "goverse.examples.chat")
     assert config.shutdown_timeout == timedelta(seconds=5)
     assert config.max_message_bytes == 4 * 1024 * 1024
@@ -57,7 +60,8 @@ def test_keepalive_flags_set_the_keepalive() -> None:
 def test_advertise_defaults_to_loopback_and_the_listen_port() -> None:
     """Without --advertise, the node's name is 127.0.0.1 and the port of --listen."""
     config = parse_config(["--listen=0.0.0.0:7005", "--nodes=127.0.0.1:7005,127.0.0.1:7006"], {})
-    assert config.advertise == "127.0.0.1:7005"
+    advertise, _ = config.identity("0.0.0.0:7005")
+    assert advertise == "127.0.0.1:7005"
 
 
 def test_environment_supplies_values_and_flags_win() -> None:
@@ -80,7 +84,7 @@ def test_environment_supplies_values_and_flags_win() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--advertise=127.0.0.1:7001"], "is not in --nodes"),
+        (["--advertise=127.0.0.1:7001", "--nodes=127.0.0.1:7000"], "is not in --nodes"),
         (["--listen=nowhere"], "--listen"),
         (["--nodes="], "--nodes"),
         (["--nodes=127.0.0.1:7000,127.0.0.1:7000"], "more than once"),
@@ -131,3 +135,110 @@ def test_byte_sizes_and_module_lists_parse() -> None:
     assert parse_byte_size("512KiB") == 512 * 1024
     assert parse_byte_size("4mib") == 4 * 1024 * 1024
     assert module_list("a.b, c") == ("a.b", "c")
+
+
+@pytest.mark.parametrize(
+    ("config", "bound", "expected"),
+    [
+        (NodeConfig(listen="127.0.0.1:0"), "127.0.0.1:43210", "127.0.0.1:43210"),
+        (NodeConfig(listen="[::]:7000"), "[::]:7000", "127.0.0.1:7000"),
+        (NodeConfig(listen="unix:/run/n.sock"), "unix:/run/n.sock", "unix:/run/n.sock"),
+        (NodeConfig(listen="0.0.0.0:0", advertise="n1:7000"), "0.0.0.0:43210", "n1:7000"),
+    ],
+)
+def test_identity_fills_in_an_unset_advertise_and_node_list_once_bound(
+    config: NodeConfig, bound: str, expected: str
+) -> None:
+    """Unset --advertise: 127.0.0.1 and the bound port (a unix: address names itself); unset
+    --nodes: this node alone."""
+    assert config.identity(bound) == (expected, (expected,))
+
+
+def test_identity_keeps_what_was_given() -> None:
+    config = NodeConfig(listen="0.0.0.0:0", advertise="n1:7000", nodes=("n0:7000", "n1:7000"))
+    assert config.identity("0.0.0.0:43210") == ("n1:7000", ("n0:7000", "n1:7000"))
+
+
+def test_unix_socket_addresses_are_accepted_for_listen_advertise_and_nodes() -> None:
+    config = parse_config(
+        [
+            "--listen=unix:/run/goverse/n0.sock",
+            "--advertise=unix:/run/goverse/n0.sock",
+            "--nodes=unix:/run/goverse/n0.sock,10.0.0.2:7000",
+        ],
+        {},
+    )
+    assert config.listen == "unix:/run/goverse/n0.sock"
+    assert config.nodes == ("unix:/run/goverse/n0.sock", "10.0.0.2:7000")
+    # A unix: --listen is its own name when --advertise is unset.
+    assert parse_config(["--listen=unix:/tmp/n.sock", "--nodes=unix:/tmp/n.sock"], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--listen=0.0.0.0:7005", "--nodes=127.0.0.1:7000"],
+            "--advertise 127.0.0.1:7005 (from --listen) is not in --nodes",
+        ),
+        (
+            ["--listen=127.0.0.1:0", "--nodes=127.0.0.1:7000"],
+            "the node's own address is unknown until it binds",
+        ),
+        (["--advertise=127.0.0.1:0"], "--advertise must not have port 0"),
+        (["--listen=unix:relative.sock"], "is not unix:/absolute/path"),
+        (["--metrics-port=never"], "argument --metrics-port"),
+        (["--ready-file="], "argument --ready-file: the path is empty"),
+    ],
+)
+def test_identity_and_new_settings_are_checked_at_parse_time(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What can be known before binding is checked before anything starts."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, {})
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_advertise_missing_from_nodes_is_one_line_naming_the_program(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not an argparse usage dump: one line, the program's name, the problem, exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--advertise=10.0.0.9:7000", "--nodes=10.0.0.1:7000,10.0.0.2:7000"], {})
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "goverse-node: error: --advertise 10.0.0.9:7000 is not in --nodes "
+        "(10.0.0.1:7000,10.0.0.2:7000); a node must be named in the node list it serves\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"advertise": "10.0.0.9:7000", "nodes": ("10.0.0.1:7000",)}, "is not in --nodes"),
+        ({"nodes": ()}, "argument --nodes: the list is empty"),
+        ({"heartbeat_interval": timedelta(milliseconds=10)}, "--heartbeat-interval"),
+        ({"objects": ("not a module",)}, "argument --objects"),
+        ({"metrics_port": 70_000}, "argument --metrics-port"),
+        ({"keepalive_time": timedelta(0)}, "--keepalive-time must be positive"),
+    ],
+)
+def test_a_config_built_in_code_is_checked_like_flags(
+    settings: dict[str, object], message: str
+) -> None:
+    """Tests and embedders get the same checks, as a ValueError naming the flag."""
+    with pytest.raises(ValueError, match=message):
+        NodeConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_metrics_port_off_disables_and_0_means_any_free_port() -> None:
+    assert parse_config(["--metrics-port=off"], {}).metrics_port is None
+    assert parse_config([], {"GOVERSE_METRICS_PORT": "0"}).metrics_port == 0
+    assert parse_config([], {}).metrics_port == 9464
+
+
+def test_ready_file_from_flag_or_environment() -> None:
+    assert parse_config([], {}).ready_file is None
+    assert parse_config([], {"GOVERSE_READY_FILE": "/tmp/n.json"}).ready_file == Path("/tmp/n.json")

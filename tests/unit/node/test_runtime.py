@@ -81,9 +81,9 @@ async def test_a_local_call_times_out_after_the_call_timeout(
 async def test_an_object_calls_an_object_on_another_node(start_node: Callable[..., Any]) -> None:
     """The call is routed by placement to the owner, where the callee is activated."""
     first, second = await two_nodes(start_node)
-    placement = Placement([first.app.config.advertise, second.app.config.advertise])
-    relay = id_owned_by(placement, "Relay", first.app.config.advertise, "relay")
-    counter = id_owned_by(placement, "Counter", second.app.config.advertise, "counter")
+    placement = Placement([first.app.advertise, second.app.advertise])
+    relay = id_owned_by(placement, "Relay", first.app.advertise, "relay")
+    counter = id_owned_by(placement, "Counter", second.app.advertise, "counter")
     for expected in (1, 2):
         reply = await first.call(
             "Relay", relay, "IncrementCounter", StringValue(value=counter), CounterValue
@@ -99,13 +99,13 @@ async def test_remote_calls_carry_the_client_id_and_the_call_chain(
 ) -> None:
     """x (first node) -> y (second node) -> x is refused by the chain the call carries."""
     first, second = await two_nodes(start_node)
-    placement = Placement([first.app.config.advertise, second.app.config.advertise])
-    x = id_owned_by(placement, "Forwarder", first.app.config.advertise, "x")
-    y = id_owned_by(placement, "Forwarder", second.app.config.advertise, "y")
+    placement = Placement([first.app.advertise, second.app.advertise])
+    x = id_owned_by(placement, "Forwarder", first.app.advertise, "x")
+    y = id_owned_by(placement, "Forwarder", second.app.advertise, "y")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await first.call("Forwarder", x, "Forward", StringValue(value=f"{y},{x}"), StringValue)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    pusher = id_owned_by(placement, "Pusher", second.app.config.advertise, "p")
+    pusher = id_owned_by(placement, "Pusher", second.app.advertise, "p")
     who = await first.call(
         "Forwarder", x, "WhoCalls", StringValue(value=pusher), StringValue, client_id="g/7"
     )
@@ -117,12 +117,12 @@ async def test_a_remote_call_times_out_and_reports_deadline_exceeded(
 ) -> None:
     """Forwarder (first node) calls a Sleeper on the second node that answers too late."""
     first, second = await two_nodes(start_node, call_timeout=timedelta(milliseconds=200))
-    placement = Placement([first.app.config.advertise, second.app.config.advertise])
+    placement = Placement([first.app.advertise, second.app.advertise])
     forwarder = next(
         f"f-{n}"
         for n in range(10_000)
-        if placement.node_for("Forwarder", f"f-{n}") == first.app.config.advertise
-        and placement.node_for("Sleeper", f"s-f-{n}") == second.app.config.advertise
+        if placement.node_for("Forwarder", f"f-{n}") == first.app.advertise
+        and placement.node_for("Sleeper", f"s-f-{n}") == second.app.advertise
     )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await first.call(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 
-from goverse.server import FlagParser, parse_address_list, parse_duration
+from goverse.server import (
+    Kind,
+    ServiceSettings,
+    SettingsParser,
+    parse_address_list,
+    parse_duration,
+    setting,
+)
 
 
 @pytest.mark.parametrize(
@@ -17,20 +25,25 @@ def test_durations(text: str, expected: float) -> None:
     assert parse_duration(text) == timedelta(seconds=expected)
 
 
-def make_parser(environ: dict[str, str]) -> FlagParser:
-    parser = FlagParser("test", "a test", environ=environ)
-    parser.flag("shutdown-timeout", help="budget", default="5s", parse=parse_duration)
-    parser.flag("nodes", help="nodes", default="127.0.0.1:7000", parse=parse_address_list)
-    parser.logging_flags()
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class Sample(ServiceSettings, program="goverse-node", description="a test"):
+    """The shared settings (shutdown-timeout, log-level, log-format, ...) and a node list."""
+
+    nodes: tuple[str, ...] = setting(
+        ("127.0.0.1:7000",), help="nodes", kind=Kind(parse_address_list, "NODES", ",".join)
+    )
+
+
+def make_parser(environ: dict[str, str]) -> SettingsParser[Sample]:
+    return Sample.parser(environ)
 
 
 def test_environment_fills_defaults_and_flags_win() -> None:
     parser = make_parser({"GOVERSE_SHUTDOWN_TIMEOUT": "2s", "GOVERSE_NODES": "a:1,b:2"})
-    args = parser.parse_flags([])
+    args = parser.parse([])
     assert args.shutdown_timeout == timedelta(seconds=2)
     assert args.nodes == ("a:1", "b:2")
-    args = parser.parse_flags(["--shutdown-timeout=3s"])
+    args = parser.parse(["--shutdown-timeout=3s"])
     assert args.shutdown_timeout == timedelta(seconds=3)
 
 
@@ -47,14 +60,14 @@ def test_bad_environment_values_exit_2_with_a_message(
     environ: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        make_parser(environ).parse_flags([])
+        make_parser(environ).parse([])
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
 
 
 def test_help_names_the_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        make_parser({}).parse_flags(["--help"])
+        make_parser({}).parse(["--help"])
     out = capsys.readouterr().out
     assert "GOVERSE_SHUTDOWN_TIMEOUT" in out
     assert "GOVERSE_LOG_FORMAT" in out

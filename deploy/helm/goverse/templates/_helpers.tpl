@@ -130,7 +130,7 @@ variables. Call with (dict "ctx" $ "service" "goverse-gate").
 {{- $v := .ctx.Values }}
 GOVERSE_LOG_LEVEL: {{ $v.logging.level | quote }}
 GOVERSE_LOG_FORMAT: {{ $v.logging.format | quote }}
-GOVERSE_METRICS_PORT: {{ ternary (int $v.metrics.port) 0 $v.metrics.enabled | toString | quote }}
+GOVERSE_METRICS_PORT: {{ ternary (toString (int $v.metrics.port)) "off" $v.metrics.enabled | quote }}
 OTEL_SERVICE_NAME: {{ .service | quote }}
 OTEL_TRACES_EXPORTER: {{ include "goverse.tracing.exporter" .ctx | quote }}
 {{- with include "goverse.tracing.endpoint" .ctx }}

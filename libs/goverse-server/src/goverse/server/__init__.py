@@ -1,19 +1,10 @@
-"""What the gate and node servers share: lifecycle, supervisor, flags, logging, telemetry, tracing,
-metrics, mailbox and the gRPC server with health. Server-only: the client SDK never imports it."""
+"""What the gate and node servers share: lifecycle, supervisor, settings, logging, telemetry,
+tracing, metrics, mailbox and the gRPC server with health. Server-only: the client SDK never
+imports it."""
 
 from __future__ import annotations
 
 from goverse.server._calls import CallsInFlight
-from goverse.server._flags import (
-    FlagParser,
-    parse_address,
-    parse_address_list,
-    parse_byte_size,
-    parse_duration,
-    parse_port,
-    port_of,
-    positive_int,
-)
 from goverse.server._grpc import GrpcHost, ListenError
 from goverse.server._lifecycle import (
     Service,
@@ -22,7 +13,7 @@ from goverse.server._lifecycle import (
     run_until_signalled,
     serve_main,
 )
-from goverse.server._logging import configure_logging, log_fields
+from goverse.server._logging import configure_logging, log_fields, set_log_identity
 from goverse.server._mailbox import Mailbox
 from goverse.server._metrics import (
     CallMetricsInterceptor,
@@ -36,6 +27,18 @@ from goverse.server._service import (
     ServiceConfig,
     ShutdownBudget,
 )
+from goverse.server._service_settings import ServiceSettings
+from goverse.server._settings import (
+    Declared,
+    Setting,
+    SettingsParser,
+    at_least,
+    declared,
+    markdown_table,
+    not_negative,
+    positive,
+    setting,
+)
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._telemetry import Telemetry, TelemetryConfigError
 from goverse.server._tracing import (
@@ -46,13 +49,43 @@ from goverse.server._tracing import (
     record_push,
     server_interceptors,
 )
+from goverse.server._values import (
+    ADDRESS,
+    ADDRESS_LIST,
+    BYTE_SIZE,
+    COUNT,
+    DURATION,
+    PATH,
+    PORT,
+    Kind,
+    choice,
+    format_byte_size,
+    format_duration,
+    is_unix_address,
+    parse_address,
+    parse_address_list,
+    parse_byte_size,
+    parse_duration,
+    parse_list,
+    parse_port,
+    port_of,
+    positive_int,
+)
 
 __all__ = [
+    "ADDRESS",
+    "ADDRESS_LIST",
+    "BYTE_SIZE",
+    "COUNT",
+    "DURATION",
+    "PATH",
+    "PORT",
     "BoundAddress",
     "CallMetricsInterceptor",
     "CallsInFlight",
-    "FlagParser",
+    "Declared",
     "GrpcHost",
+    "Kind",
     "LabelLimiter",
     "ListenError",
     "Mailbox",
@@ -60,31 +93,46 @@ __all__ = [
     "Service",
     "ServiceApp",
     "ServiceConfig",
+    "ServiceSettings",
+    "Setting",
+    "SettingsParser",
     "ShutdownBudget",
     "StartupError",
     "Supervisor",
     "SupervisorClosed",
     "Telemetry",
     "TelemetryConfigError",
+    "at_least",
     "call_duration_histogram",
+    "choice",
     "configure_logging",
     "current_trace_context",
+    "declared",
     "deliver_all_traced",
     "deliver_traced",
+    "format_byte_size",
+    "format_duration",
+    "is_unix_address",
     "log_fields",
+    "markdown_table",
+    "not_negative",
     "object_call_span",
     "parse_address",
     "parse_address_list",
     "parse_byte_size",
     "parse_duration",
+    "parse_list",
     "parse_port",
     "port_of",
+    "positive",
     "positive_int",
     "record_push",
     "run",
     "run_until_signalled",
     "serve_main",
     "server_interceptors",
+    "set_log_identity",
+    "setting",
     "wait_ready",
     "write_ready",
 ]

@@ -85,7 +85,9 @@ def serve_main(
         telemetry = Telemetry(
             program,
             resource_attributes={"service.instance.id": instance_id},
-            metrics_port=metrics_port,
+            # None is --metrics-port off; Telemetry does not bind any free port for 0 yet
+            # and serves no endpoint for either.
+            metrics_port=metrics_port or 0,
         )
     except TelemetryConfigError as error:
         return fail("invalid telemetry configuration", error, 2)

@@ -9,7 +9,6 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -20,16 +19,20 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
 
-def _static_fields(fields: Mapping[str, str]) -> Processor:
+_identity: dict[str, str] = {}
+"""The process's identity fields (``service``, ``gate_id`` or ``node``), added to every line."""
+
+
+def _add_identity(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Adds the service's identity to every line, whichever task or library logs it."""
-    items = tuple(fields.items())
+    for key, value in _identity.items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
-    def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        for key, value in items:
-            event_dict.setdefault(key, value)
-        return event_dict
 
-    return add
+def set_log_identity(**fields: str) -> None:
+    """Sets identity fields known only once the service runs (a node's bound address)."""
+    _identity.update(fields)
 
 
 def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -72,13 +75,15 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
     """
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
+    _identity.clear()
+    _identity.update(identity)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _static_fields(identity),
+        _add_identity,
     ]
     renderer: Processor
     if fmt == "json":

@@ -19,10 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     that cannot be loaded (:class:`~goverse.node.ObjectLoadError`, a StartupError).
     """
     config = parse_config(argv, os.environ)
-    configure_logging(config.log_level, config.log_format, service="node", node=config.advertise)
+    # The node's name before it binds: exact unless --listen has port 0 and --advertise is
+    # unset; then the app sets the bound name once it has bound (set_log_identity).
+    name, _ = config.identity(config.listen)
+    configure_logging(config.log_level, config.log_format, service="node", node=name)
     return serve_main(
         "goverse-node",
-        config.advertise,
+        name,
         config.metrics_port,
         lambda telemetry: NodeApp(config, telemetry=telemetry),
     )

@@ -17,7 +17,13 @@ from goverse.node._object_types import ObjectType, load_object_types
 from goverse.node._runtime import NodeRuntime
 from goverse.node._servicer import NodeService
 from goverse.placement import Placement
-from goverse.server import BoundAddress, ServiceApp, ShutdownBudget, Telemetry
+from goverse.server import (
+    BoundAddress,
+    ServiceApp,
+    ShutdownBudget,
+    Telemetry,
+    set_log_identity,
+)
 from goverse.v1 import node_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -67,8 +73,9 @@ class NodeApp(ServiceApp[NodeConfig]):
 
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
         config = self.config
-        self.advertise = config.advertise or bound.local
-        self.placement = Placement(config.nodes or (self.advertise,))
+        self.advertise, nodes = config.identity(bound.listen)
+        set_log_identity(node=self.advertise)
+        self.placement = Placement(nodes)
         self.gates = GateStreams(
             self.supervisor,
             self.advertise,

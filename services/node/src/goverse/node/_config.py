@@ -1,194 +1,141 @@
-"""Node configuration: the flags of ``goverse-node``, their environment variables and checks."""
+"""Node configuration: the settings of one node process, each declared once with its flag."""
 
 from __future__ import annotations
 
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from goverse.server import (
-    FlagParser,
-    parse_address,
-    parse_address_list,
-    parse_byte_size,
-    parse_duration,
+    ADDRESS,
+    ADDRESS_LIST,
+    BYTE_SIZE,
+    COUNT,
+    DURATION,
+    Kind,
+    ServiceSettings,
+    SettingsParser,
+    at_least,
+    format_duration,
+    is_unix_address,
+    parse_list,
     port_of,
-    positive_int,
+    setting,
 )
-from goverse.transport import DEFAULT_MAX_MESSAGE_BYTES, Keepalive
 
 DEFAULT_OBJECTS = ("goverse.examples.counter", "goverse.examples.chat")
-DEFAULT_GATE_QUEUE_SIZE = 10_000
-DEFAULT_GATE_QUEUE_BYTES = 64 * 1024 * 1024
-DEFAULT_METRICS_PORT = 9464
-MIN_MESSAGE_BYTES = 64 * 1024
 MIN_HEARTBEAT = timedelta(milliseconds=100)
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    """Everything a node is told at start; decided once, never changed while it runs."""
-
-    listen: str = "0.0.0.0:7000"
-    """Address the gRPC server binds (``host:port``; port 0 picks a free port)."""
-
-    advertise: str = "127.0.0.1:7000"
-    """Address gates and other nodes use to reach this node; also its name in `nodes`."""
-
-    nodes: tuple[str, ...] = ("127.0.0.1:7000",)
-    """Every node of the cluster, this one included; placement maps objects onto them."""
-
-    objects: tuple[str, ...] = DEFAULT_OBJECTS
-    """Python modules whose :class:`goverse.objects.Object` subclasses this node hosts."""
-
-    shutdown_timeout: timedelta = field(default=timedelta(seconds=5))
-    """Budget for a complete stop, from the signal to the closed server."""
-
-    gate_queue_size: int = DEFAULT_GATE_QUEUE_SIZE
-    """Envelopes queued per gate stream; pushes beyond it are dropped and counted."""
-
-    gate_queue_bytes: int = DEFAULT_GATE_QUEUE_BYTES
-    """Bytes of envelopes queued per gate stream; pushes beyond it are dropped and counted."""
-
-    heartbeat_interval: timedelta = field(default=timedelta(seconds=5))
-    """A gate stream carries a heartbeat when it has carried nothing else for this long."""
-
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest gRPC message sent or received, by the server and by node-to-node channels."""
-
-    call_timeout: timedelta = field(default=timedelta(seconds=30))
-    """Deadline of an object-to-object call when the call being served has none."""
-
-    keepalive: Keepalive = field(default_factory=Keepalive)
-    """Keepalive pings of the server's connections (gates) and of node-to-node channels."""
-
-    metrics_port: int = DEFAULT_METRICS_PORT
-    """Port of the Prometheus endpoint (``/metrics`` on all interfaces); 0: none."""
-
-    log_level: str = "info"
-    """Minimum level logged."""
-
-    log_format: str = "auto"
-    """``json``, ``console`` or ``auto`` (console on a TTY)."""
-
-    ready_file: Path | None = None
-    """Where to write the bound addresses as JSON once serving (removed on stop)."""
+def _module(text: str) -> str:
+    if not _MODULE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a module name")
+    return text
 
 
 def module_list(text: str) -> tuple[str, ...]:
     """Parses a comma-separated list of dotted module names; rejects empty lists and repeats."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("the list is empty")
-    for item in items:
-        if not _MODULE.match(item):
-            raise argparse.ArgumentTypeError(f"{item!r} is not a module name")
-    repeated = sorted({item for item in items if items.count(item) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} appears more than once")
-    return tuple(items)
+    return parse_list(text, _module)
 
 
-def _optional_address(text: str) -> str:
-    return parse_address(text) if text else ""
+def _advertisable(address: str) -> str | None:
+    if not is_unix_address(address) and port_of(address) == 0:
+        return "must not have port 0: gates and nodes dial it"
+    return None
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
-    """The ``goverse-node`` flag parser; `environ` supplies the ``GOVERSE_*`` fallbacks."""
-    parser = FlagParser(
-        "goverse-node",
-        "Hosts goverse objects: serves calls routed to it by placement and pushes the "
-        "messages its objects send down the RegisterGate stream of each gate.",
-        environ,
+def loopback_name(bound_address: str) -> str:
+    """The name of a node bound to `bound_address` that did not say how it is reached:
+    ``127.0.0.1:<port>``, or the ``unix:`` address itself."""
+    if is_unix_address(bound_address):
+        return bound_address
+    return f"127.0.0.1:{port_of(bound_address)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig(
+    ServiceSettings,
+    program="goverse-node",
+    description="Hosts goverse objects: serves calls routed to it by placement and pushes the "
+    "messages its objects send down the RegisterGate stream of each gate.",
+):
+    """Everything a node is told at start; decided once, never changed while it runs."""
+
+    advertise: str | None = setting(
+        None,
+        help="address gates and other nodes reach this node at, and its name in --nodes "
+        "(a unix: --listen address is its own default)",
+        kind=ADDRESS,
+        check=_advertisable,
+        default_text="127.0.0.1:<bound port>",
     )
-    defaults = NodeConfig()
-    parser.flag(
-        "listen",
-        help="address the gRPC server binds (port 0: any free port)",
-        default=defaults.listen,
-        parse=parse_address,
-        metavar="HOST:PORT",
-    )
-    parser.flag(
-        "advertise",
-        help="address gates and other nodes reach this node at; it must be one of --nodes "
-        "(when unset: 127.0.0.1:<port of --listen>)",
-        default="",
-        parse=_optional_address,
-        metavar="HOST:PORT",
-    )
-    parser.flag(
-        "nodes",
+    nodes: tuple[str, ...] | None = setting(
+        None,
         help="comma-separated addresses of every node, this one included (placement input)",
-        default=",".join(defaults.nodes),
-        parse=parse_address_list,
-        metavar="HOST:PORT,...",
+        kind=ADDRESS_LIST,
+        default_text="this node alone",
     )
-    parser.flag(
-        "objects",
+    objects: tuple[str, ...] = setting(
+        DEFAULT_OBJECTS,
         help="comma-separated Python modules whose Object subclasses this node hosts",
-        default=",".join(defaults.objects),
-        parse=module_list,
-        metavar="MODULE,...",
+        kind=Kind(module_list, "MODULE,...", ",".join),
     )
-    parser.flag(
-        "shutdown-timeout",
-        help="budget for a complete stop after SIGTERM/SIGINT (e.g. 5s, 500ms)",
-        default="5s",
-        parse=parse_duration,
-        metavar="DURATION",
-    )
-    parser.flag(
-        "gate-queue-size",
+    gate_queue_size: int = setting(
+        10_000,
         help="most envelopes queued per gate stream; further pushes are dropped and counted",
-        default=str(defaults.gate_queue_size),
-        parse=positive_int,
-        metavar="N",
+        kind=COUNT,
     )
-    parser.flag(
-        "gate-queue-bytes",
+    gate_queue_bytes: int = setting(
+        64 * 1024 * 1024,
         help="most bytes of envelopes queued per gate stream; further pushes are dropped",
-        default="64MiB",
-        parse=parse_byte_size,
-        metavar="SIZE",
+        kind=BYTE_SIZE,
     )
-    parser.flag(
-        "heartbeat-interval",
+    heartbeat_interval: timedelta = setting(
+        timedelta(seconds=5),
         help="a gate stream idle for this long carries a heartbeat",
-        default="5s",
-        parse=parse_duration,
-        metavar="DURATION",
+        kind=DURATION,
+        check=at_least(MIN_HEARTBEAT, format_duration),
     )
-    parser.flag(
-        "max-message-bytes",
-        help="largest gRPC message sent or received (server and node-to-node channels)",
-        default="4MiB",
-        parse=parse_byte_size,
-        metavar="SIZE",
-    )
-    parser.flag(
-        "call-timeout",
-        help="deadline of an object-to-object call when the call being served has none",
-        default="30s",
-        parse=parse_duration,
-        metavar="DURATION",
-    )
-    parser.keepalive_flags()
-    parser.metrics_flag(DEFAULT_METRICS_PORT)
-    parser.logging_flags()
-    parser.flag(
-        "ready-file",
-        help="write the bound addresses as JSON to this file once serving; removed on stop",
-        default="",
-        parse=lambda text: Path(text) if text else None,
-        metavar="PATH",
-    )
-    return parser
+
+    def _check_combinations(self) -> None:
+        if self.nodes is None:
+            return
+        if (
+            self.advertise is None
+            and not is_unix_address(self.listen)
+            and port_of(self.listen) == 0
+        ):
+            raise ValueError(
+                "--nodes: the node's own address is unknown until it binds (--listen has "
+                "port 0): give --advertise"
+            )
+        advertise, nodes = self.identity(self.listen)
+        if advertise not in nodes:
+            source = "" if self.advertise else " (from --listen)"
+            raise ValueError(
+                f"--advertise {advertise}{source} is not in --nodes ({','.join(nodes)}); "
+                "a node must be named in the node list it serves"
+            )
+
+    def identity(self, bound_address: str) -> tuple[str, tuple[str, ...]]:
+        """This node's name and the node list, once the server has bound `bound_address`
+        (the --listen address with its port resolved, or the ``unix:`` address).
+
+        Unset --advertise: ``127.0.0.1:<bound port>``; unset --nodes: this node alone. When
+        both are given, or the name is known before binding, construction checked that the
+        name is in the list; a name from a port 0 --listen comes only with an unset list.
+        """
+        advertise = self.advertise or loopback_name(bound_address)
+        return advertise, self.nodes or (advertise,)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> SettingsParser[NodeConfig]:
+    """The ``goverse-node`` flag parser; `environ` supplies the ``GOVERSE_*`` fallbacks."""
+    return NodeConfig.parser(environ)
 
 
 def parse_config(
@@ -196,53 +143,6 @@ def parse_config(
 ) -> NodeConfig:
     """Parses flags (falling back to ``GOVERSE_*`` in `environ`) into a checked config.
 
-    Invalid values end the process with exit code 2 and a message naming the flag.
+    Invalid values end the process with exit code 2 and a one-line message naming the flag.
     """
-    parser = build_parser(environ)
-    args = parser.parse_flags(argv)
-    advertise: str = args.advertise or f"127.0.0.1:{port_of(args.listen)}"
-    nodes: tuple[str, ...] = args.nodes
-    if advertise not in nodes:
-        parser.error(
-            f"argument --advertise: {advertise} is not in --nodes ({','.join(nodes)}); "
-            "a node must be named in the node list it serves"
-        )
-    if port_of(advertise) == 0:
-        parser.error("argument --advertise: the port must not be 0")
-    for name in ("shutdown_timeout", "call_timeout"):
-        if getattr(args, name) <= timedelta(0):
-            parser.error(f"argument --{name.replace('_', '-')}: must be more than 0")
-    if args.heartbeat_interval < MIN_HEARTBEAT:
-        parser.error(
-            f"argument --heartbeat-interval: must be at least "
-            f"{int(MIN_HEARTBEAT.total_seconds() * 1000)}ms"
-        )
-    if args.max_message_bytes < MIN_MESSAGE_BYTES:
-        parser.error(f"argument --max-message-bytes: must be at least {MIN_MESSAGE_BYTES}")
-    if args.gate_queue_bytes < 1:
-        parser.error("argument --gate-queue-bytes: must be at least 1")
-    try:
-        keepalive = Keepalive(
-            time=args.keepalive_time,
-            timeout=args.keepalive_timeout,
-            min_time=args.keepalive_min_time,
-        )
-    except ValueError as error:
-        parser.error(f"argument {error}")
-    return NodeConfig(
-        listen=args.listen,
-        advertise=advertise,
-        nodes=nodes,
-        objects=args.objects,
-        shutdown_timeout=args.shutdown_timeout,
-        gate_queue_size=args.gate_queue_size,
-        gate_queue_bytes=args.gate_queue_bytes,
-        heartbeat_interval=args.heartbeat_interval,
-        max_message_bytes=args.max_message_bytes,
-        call_timeout=args.call_timeout,
-        keepalive=keepalive,
-        metrics_port=args.metrics_port,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        ready_file=args.ready_file,
-    )
+    return build_parser(environ).parse(argv)

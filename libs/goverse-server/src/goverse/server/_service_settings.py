@@ -1,0 +1,154 @@
+"""The settings every goverse service has, declared once: the gate and node configs extend it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from goverse.server._logging import LOG_FORMATS, LOG_LEVELS
+from goverse.server._settings import (
+    SettingsParser,
+    apply_service_defaults,
+    at_least,
+    check_settings,
+    declared,
+    positive,
+    setting,
+)
+from goverse.server._values import (
+    ADDRESS,
+    BYTE_SIZE,
+    DURATION,
+    PATH,
+    PORT,
+    choice,
+    format_byte_size,
+)
+from goverse.transport import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, Keepalive
+
+NODE = "goverse-node"
+GATE = "goverse-gate"
+
+MIN_MESSAGE_BYTES = 64 * 1024
+"""Smallest message-size limit that still leaves room for ids, payload headers and a push."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """The settings of every service; a service's config subclasses it with its program name,
+    a description and its own settings, and tests build one directly::
+
+        @dataclass(frozen=True, kw_only=True)
+        class GateConfig(ServiceSettings, program="goverse-gate", description="..."):
+            max_clients: int = setting(10_000, help="...", kind=COUNT)
+
+    Every value is checked when the config is made, from flags or in code (a
+    :class:`ValueError` naming the flag); :meth:`_check_combinations` adds the checks of
+    settings that depend on each other.
+    """
+
+    program: ClassVar[str]
+    description: ClassVar[str]
+
+    listen: str = setting(
+        per_service={NODE: "0.0.0.0:7000", GATE: "0.0.0.0:7100"},
+        help="address the gRPC server binds: host:port (port 0: any free port) or "
+        "unix:/absolute/path",
+        kind=ADDRESS,
+    )
+    shutdown_timeout: timedelta = setting(
+        timedelta(seconds=5),
+        help="budget for a complete stop after SIGTERM or SIGINT, from the signal to the "
+        "closed server",
+        kind=DURATION,
+        check=positive,
+    )
+    call_timeout: timedelta = setting(
+        timedelta(seconds=30),
+        help="deadline of a call this service makes (a gate forwarding a client's call, a node "
+        "calling an object on another node) when the call it serves has none",
+        kind=DURATION,
+        check=positive,
+    )
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest gRPC message sent or received, by the server and by the channels to nodes",
+        kind=BYTE_SIZE,
+        check=at_least(MIN_MESSAGE_BYTES, format_byte_size),
+    )
+    keepalive_time: timedelta = setting(
+        DEFAULT_KEEPALIVE.time,
+        help="interval of keepalive pings on this process's connections; a peer that stopped "
+        "answering is noticed within keepalive-time + keepalive-timeout",
+        kind=DURATION,
+        check=positive,
+    )
+    keepalive_timeout: timedelta = setting(
+        DEFAULT_KEEPALIVE.timeout,
+        help="close a connection whose keepalive ping stays unanswered this long",
+        kind=DURATION,
+        check=positive,
+    )
+    keepalive_min_time: timedelta = setting(
+        DEFAULT_KEEPALIVE.min_time,
+        help="shortest interval between a client's keepalive pings this server accepts; a "
+        "client pinging faster gets GOAWAY too_many_pings",
+        kind=DURATION,
+        check=positive,
+    )
+    metrics_port: int | None = setting(
+        per_service={NODE: 9464, GATE: 9465},
+        help="port of the Prometheus endpoint (/metrics on all interfaces); 0: any free port; "
+        "off: no endpoint",
+        kind=PORT,
+    )
+    log_level: str = setting("info", help="minimum level logged", kind=choice(LOG_LEVELS))
+    log_format: str = setting(
+        "auto",
+        help="json lines, console, or auto (console on a TTY, json otherwise)",
+        kind=choice(LOG_FORMATS),
+    )
+    ready_file: Path | None = setting(
+        None,
+        help="write the bound addresses as JSON to PATH once serving; removed on stop",
+        kind=PATH,
+    )
+
+    def __init_subclass__(
+        cls, *, program: str | None = None, description: str = "", **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if program is not None:
+            cls.program = program
+            cls.description = description
+            apply_service_defaults(cls, program)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        """Checks of settings that depend on each other; raises ValueError naming the flags."""
+
+    @property
+    def keepalive(self) -> Keepalive:
+        """Keepalive pings of the server's connections and of this service's channels."""
+        return Keepalive(
+            time=self.keepalive_time,
+            timeout=self.keepalive_timeout,
+            min_time=self.keepalive_min_time,
+        )
+
+    @classmethod
+    def parser(cls, environ: Mapping[str, str] | None = None) -> SettingsParser[Self]:
+        """The flag parser of this service; `environ` supplies the ``GOVERSE_*`` fallbacks."""
+        return SettingsParser(
+            cls,
+            prog=cls.program,
+            description=cls.description,
+            environ=environ,
+            shared=[item.name for item in declared(ServiceSettings)],
+        )

@@ -1,0 +1,109 @@
+"""The Helm chart's settings agree with their declarations: names, and the defaults it states."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from goverse.gate import GateConfig
+from goverse.node import NodeConfig
+from goverse.server import Declared, ServiceSettings, declared
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "goverse"
+SERVICES: dict[str, type[ServiceSettings]] = {"node": NodeConfig, "gate": GateConfig}
+
+_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_]+):")
+_DEFAULT = re.compile(r"\(default ([^)]+)\)")
+# A ConfigMap key or an EnvVar name; comments that mention GOVERSE_* do not count.
+_VARIABLE = re.compile(r"^\s*(?:- name: )?(GOVERSE_[A-Z0-9_]+)\s*(?::|$)")
+
+
+def config_values(component: str) -> dict[str, str]:
+    """The keys of ``<component>.config`` in values.yaml, each with its comment as one line."""
+    keys: dict[str, str] = {}
+    path: list[tuple[int, str]] = []
+    comment: list[str] = []
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip().removeprefix("-- "))
+            continue
+        match = _KEY.match(line)
+        if match is None:
+            comment = []
+            continue
+        indent = len(match["indent"])
+        while path and path[-1][0] >= indent:
+            path.pop()
+        if [key for _, key in path] == [component, "config"]:
+            keys[match["key"]] = " ".join(comment)
+        path.append((indent, match["key"]))
+        comment = []
+    return keys
+
+
+def variable_of(key: str) -> str:
+    """What the chart's ``goverse.flagConfig`` makes of a key (helm's ``snakecase | upper``)."""
+    return "GOVERSE_" + re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).upper()
+
+
+def settings_by_variable(config_class: type[ServiceSettings]) -> dict[str, Declared]:
+    return {item.env: item for item in declared(config_class)}
+
+
+@pytest.mark.parametrize("component", sorted(SERVICES))
+def test_every_config_value_is_a_declared_setting_with_its_declared_default(
+    component: str,
+) -> None:
+    """A `config` key the chart passes as GOVERSE_* names a setting of that service; its
+    comment names the flag, and a `(default ...)` in it is the declared default."""
+    settings = settings_by_variable(SERVICES[component])
+    values = config_values(component)
+    assert values, f"no {component}.config values found in values.yaml"
+    for key, comment in values.items():
+        where = f"{component}.config.{key}"
+        item = settings.get(variable_of(key))
+        assert item is not None, f"{where}: {variable_of(key)} is no setting of {component}"
+        assert f"`{item.flag}`" in comment, f"{where}: the comment does not name {item.flag}"
+        stated = _DEFAULT.search(comment)
+        if stated is not None:
+            assert stated[1].strip("`") == item.default_text(), (
+                f"{where}: the comment says default {stated[1]}, the declaration "
+                f"{item.default_text()}"
+            )
+
+
+@pytest.mark.parametrize(
+    ("templates", "components"),
+    [("node/*.yaml", ["node"]), ("gate/*.yaml", ["gate"]), ("_helpers.tpl", ["node", "gate"])],
+)
+def test_every_variable_the_templates_set_is_a_declared_setting(
+    templates: str, components: list[str]
+) -> None:
+    """GOVERSE_* keys of the ConfigMaps and env of the pods name settings of the service
+    (the shared helpers' ones: of both)."""
+    for path in sorted((CHART / "templates").glob(templates)):
+        for line in path.read_text().splitlines():
+            match = _VARIABLE.match(line)
+            if match is None:
+                continue
+            for component in components:
+                assert match[1] in settings_by_variable(SERVICES[component]), (
+                    f"{path.name}: {match[1]} is no setting of {component}"
+                )
+
+
+def test_the_chart_turns_metrics_off_with_the_flags_own_word() -> None:
+    """metrics.enabled=false renders --metrics-port off (0 would bind any free port)."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert '"off" $v.metrics.enabled' in helpers
+
+
+def test_the_reader_finds_keys_and_their_comments() -> None:
+    """The values.yaml reader this check relies on sees nested keys and multi-line comments."""
+    gate = config_values("gate")
+    assert "slowClientPolicy" in gate
+    assert "(default disconnect)" in gate["slowClientPolicy"]
+    assert variable_of("keepaliveMinTime") == "GOVERSE_KEEPALIVE_MIN_TIME"
