@@ -1,8 +1,11 @@
 """What the gate and node servers share: lifecycle, supervisor, flags, logging, telemetry, tracing,
-metrics, mailbox and the gRPC server with health. Server-only: the client SDK never imports it."""
+metrics, mailbox, batching, drop reasons and the gRPC server with health. Server-only: the client
+SDK never imports it."""
 
 from __future__ import annotations
 
+from goverse.server._batching import BatchRule
+from goverse.server._drops import DropReason
 from goverse.server._flags import (
     FlagParser,
     parse_address,
@@ -40,7 +43,9 @@ from goverse.server._tracing import (
 )
 
 __all__ = [
+    "BatchRule",
     "CallMetricsInterceptor",
+    "DropReason",
     "FlagParser",
     "GrpcHost",
     "LabelLimiter",
