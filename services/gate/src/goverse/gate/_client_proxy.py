@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import grpc
@@ -257,7 +257,7 @@ class ClientProxy:
         """
         return await self._batching.next_batch(self._mailbox)
 
-    async def stream(self, gate_id: str) -> AsyncIterator[gate_pb2.RegisterResponse]:
+    async def stream(self, gate_id: str) -> AsyncGenerator[gate_pb2.RegisterResponse, None]:
         """The events of this client's Register stream, in the order the writer sends them.
 
         ``Registered`` (client id, credential and `gate_id`) first, then one ``PushedMessages``

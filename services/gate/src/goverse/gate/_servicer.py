@@ -100,8 +100,9 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                 self._registry.connect() as proxy,
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
-                async for response in proxy.stream(self._gate_id):
-                    yield response
+                async with contextlib.aclosing(proxy.stream(self._gate_id)) as events:
+                    async for event in events:
+                        yield event
                 context.set_trailing_metadata(wire.close_metadata(proxy.closed_by))
         except StreamEnd as end:
             await context.abort(
