@@ -16,6 +16,7 @@ from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
 from tests.helpers.fake_node import FakeNode, broadcast, text, to_clients
 from tests.helpers.gate_client import WAIT, GateClient
+from goverse.wire import CloseReason, close_reason_of
 from tests.helpers.processes import free_port
 from tests.helpers.waiting import eventually
 
@@ -399,6 +400,23 @@ async def test_registers_while_draining_are_unavailable(gate: Gate, fake_node: F
     finally:
         await late.close()
     assert fake_node.calls == []
+
+
+async def test_streams_the_draining_gate_ends_carry_close_reason_shutdown(gate: Gate) -> None:
+    """A drained stream ends OK after Draining, and a registration refused while draining
+    ends UNAVAILABLE; both carry goverse-close-reason: shutdown."""
+    client = await gate.client()
+    gate.app.registry.drain("test drain")
+    assert (await client.rest_of_stream())[-1].WhichOneof("event") == "draining"
+    assert await client.stream.code() == grpc.StatusCode.OK
+    assert close_reason_of(await client.stream.trailing_metadata()) is CloseReason.SHUTDOWN
+    late = GateClient(gate.app.address)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await late.connect()
+        assert close_reason_of(refused.value.trailing_metadata()) is CloseReason.SHUTDOWN
+    finally:
+        await late.close()
 
 
 async def test_health_reports_not_serving_once_stop_begins(gate: Gate) -> None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from goverse.gate import ClientProxy
 from tests.helpers.fake_node import text, unpack_text
+from goverse.gate._client_proxy import SlowClientPolicy, StreamEnd
+from goverse.gate._config import SLOW_CLIENT_POLICIES
+from goverse.server import DropReason
+from goverse.v1 import gate_pb2
+from goverse.wire import CloseReason
+from tests.unit.gate.fake_node import text, unpack_text
 
 
 def proxy(
@@ -190,3 +197,91 @@ async def test_waiting_reader_can_be_cancelled() -> None:
 
 def test_repr_never_shows_the_credential() -> None:
     assert "secret" not in repr(proxy())
+
+
+async def events(client: ClientProxy) -> list[gate_pb2.RegisterResponse]:
+    """Every event of the client's stream, until it ends with OK."""
+    async with asyncio.timeout(5):
+        return [event async for event in client.stream("g1")]
+
+
+async def test_the_stream_sends_registered_then_batches_then_draining() -> None:
+    """The stream protocol: Registered (id, credential, gate) first, then what was queued in
+    one PushedMessages, then after a draining close Draining with its text, then OK."""
+    client = proxy()
+    client.push(text("a"))
+    client.push(text("b"))
+    client.close("the gate is shutting down", drain=True)
+    sent = await events(client)
+    assert [event.WhichOneof("event") for event in sent] == ["registered", "messages", "draining"]
+    assert sent[0].registered == gate_pb2.Registered(
+        client_id="g1/abc", credential="secret", gate_id="g1"
+    )
+    assert [unpack_text(m) for m in sent[1].messages.messages] == ["a", "b"]
+    assert sent[2].draining.reason == "the gate is shutting down"
+    assert client.closed_by is CloseReason.SHUTDOWN
+
+
+async def test_a_slow_consumer_stream_ends_with_resource_exhausted_and_its_close_reason() -> None:
+    """After an overflow the stream sends nothing more and ends as the servicer must abort it:
+    RESOURCE_EXHAUSTED, the slow-consumer details, close reason slow_consumer."""
+    client = proxy(max_messages=1)
+    client.push(text("a"))
+    client.push(text("b"))
+    stream = client.stream("g1")
+    assert (await anext(stream)).WhichOneof("event") == "registered"
+    with pytest.raises(StreamEnd) as ended:
+        await anext(stream)
+    assert ended.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ended.value.details.startswith("slow consumer: ")
+    assert ended.value.reason is CloseReason.SLOW_CONSUMER
+
+
+async def test_closed_by_names_why_in_the_wire_vocabulary() -> None:
+    """None while open; shutdown for a draining close, slow_consumer for an overflow,
+    peer_gone for any other close (the stream ended); the first close decides."""
+    assert proxy().closed_by is None
+    drained, gone, slow = proxy(), proxy(), proxy(max_messages=1)
+    drained.close("bye", drain=True)
+    drained.close("stream ended")
+    gone.close("stream ended")
+    slow.push(text("a"))
+    slow.push(text("b"))
+    assert [drained.closed_by, gone.closed_by, slow.closed_by] == [
+        CloseReason.SHUTDOWN,
+        CloseReason.PEER_GONE,
+        CloseReason.SLOW_CONSUMER,
+    ]
+
+
+def test_the_slow_client_policies_are_the_flag_values() -> None:
+    """SlowClientPolicy is the vocabulary of --slow-client-policy; both spellings work."""
+    assert set(SlowClientPolicy) == set(SLOW_CLIENT_POLICIES)
+    by_enum = proxy(max_messages=1, overflow=SlowClientPolicy.DROP_OLDEST)
+    by_flag = proxy(max_messages=1, overflow="drop-oldest")
+    for client in (by_enum, by_flag):
+        assert client.push(text("a"))
+        assert client.push(text("b"))
+        assert not client.closed
+
+
+async def test_drops_are_counted_with_the_shared_reasons() -> None:
+    """Too large, closed and overflowing pushes are reported as DropReason values."""
+    drops: list[tuple[DropReason, int]] = []
+    client = ClientProxy(
+        "g1/abc",
+        "secret",
+        max_messages=1,
+        max_bytes=1 << 20,
+        max_batch_bytes=100,
+        on_drop=lambda reason, count: drops.append((reason, count)),
+    )
+    client.push(text("x" * 500))
+    client.push(text("a"))
+    client.push(text("b"))
+    client.push(text("c"))
+    assert drops == [
+        (DropReason.MESSAGE_TOO_LARGE, 1),
+        (DropReason.SLOW_CONSUMER, 2),
+        (DropReason.CLIENT_CLOSED, 1),
+    ]

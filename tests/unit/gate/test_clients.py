@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
+import structlog
 
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
 from goverse.gate import ClientRegistry
 from tests.helpers.fake_node import broadcast, to_clients, unpack_text
+from goverse.gate import ClientProxy, ClientRegistry
+from goverse.gate._client_proxy import StreamEnd
+from goverse.wire import CloseReason
+from tests.unit.gate.fake_node import broadcast, to_clients, unpack_text
 
 
 def registry(
@@ -194,3 +200,51 @@ def test_push_to_a_closed_proxy_is_counted() -> None:
     proxy.close("gone")
     assert reg.deliver(to_clients([proxy.client_id], "late")) == 0
     assert reg.dropped["client_closed"] == 1
+
+
+def test_connect_refuses_with_the_status_the_stream_must_end_with() -> None:
+    """A full gate refuses with RESOURCE_EXHAUSTED; a draining one with UNAVAILABLE and close
+    reason shutdown (go to another gate)."""
+    reg = registry(max_clients=1)
+    reg.register()
+    with pytest.raises(StreamEnd) as full, reg.connect():
+        pass
+    assert (full.value.code, full.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, None)
+    assert "maximum of 1 clients" in full.value.details
+    reg.drain("bye")
+    with pytest.raises(StreamEnd) as draining, reg.connect():
+        pass
+    assert draining.value.code == grpc.StatusCode.UNAVAILABLE
+    assert draining.value.reason is CloseReason.SHUTDOWN
+    assert "shutting down" in draining.value.details
+
+
+def test_connect_ends_the_registration_however_the_stream_ends() -> None:
+    """When the stream ends by an error, as by a cancellation, the proxy is closed as
+    peer_gone, unregistered and its credential void, and the end is logged with that reason."""
+    reg = registry()
+    opened: list[ClientProxy] = []
+
+    def stream_that_breaks() -> None:
+        with reg.connect() as proxy:
+            opened.append(proxy)
+            assert reg.authenticate(proxy.client_id, proxy.credential) is proxy
+            raise RuntimeError("the transport broke")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError):
+        stream_that_breaks()
+    [proxy] = opened
+    assert proxy.closed_by is CloseReason.PEER_GONE
+    assert len(reg) == 0
+    with pytest.raises(Unauthenticated):
+        reg.authenticate(proxy.client_id, proxy.credential)
+    [ended] = [line for line in logs if line["event"] == "client stream ended"]
+    assert ended["reason"] == "peer_gone"
+
+
+def test_a_drained_stream_ends_logged_as_shutdown() -> None:
+    reg = registry()
+    with structlog.testing.capture_logs() as logs, reg.connect():
+        reg.drain("bye")
+    [ended] = [line for line in logs if line["event"] == "client stream ended"]
+    assert ended["reason"] == "shutdown"

@@ -221,3 +221,32 @@ async def test_a_disconnected_gate_is_forgotten(node: Node) -> None:
     await eventually(lambda: node.app.gates.gate_ids() == [] and node.app.live_tasks() == [])
     assert node.app.runtime.push(["g1/a"], StringValue(value="late")) == 0
     assert dict((await node.status()).dropped_pushes) == {"gate_not_registered": 1}
+
+
+async def test_close_all_flushes_then_ends_the_stream_with_close_reason_shutdown(
+    node: Node,
+) -> None:
+    """What is queued still goes out; then the stream ends OK with goverse-close-reason:
+    shutdown, and the node logs that reason for it."""
+    call = await register(node, "g1")
+    node.app.runtime.push(["g1/a"], StringValue(value="last"))
+    with structlog.testing.capture_logs() as logs:
+        assert node.app.gates.close_all() == 1
+        received: list[str] = []
+        async with asyncio.timeout(10):
+            while (message := await call.read()) is not grpc.aio.EOF:
+                received += [texts(e) for e in message.envelopes.envelopes]
+        assert await call.code() == grpc.StatusCode.OK
+    assert received == ["last"]
+    assert dict(await call.trailing_metadata())[CLOSE_REASON_KEY] == "shutdown"
+    [ended] = [line for line in logs if line["event"] == "gate stream ended"]
+    assert (ended["reason"], ended["cancelled"]) == ("shutdown", False)
+
+
+async def test_a_gate_that_goes_away_is_logged_as_peer_gone(node: Node) -> None:
+    call = await register(node, "g1")
+    with structlog.testing.capture_logs() as logs:
+        call.cancel()
+        await eventually(lambda: node.app.live_tasks() == [])
+    [ended] = [line for line in logs if line["event"] == "gate stream ended"]
+    assert (ended["reason"], ended["cancelled"]) == ("peer_gone", True)

@@ -95,3 +95,17 @@ async def test_drop_oldest_frees_room() -> None:
     assert box.drop_oldest() == 1
     assert box.nbytes == 4
     assert box.put(3)
+
+
+async def test_move_to_hands_over_the_queue_in_order_with_its_sizes() -> None:
+    """What one mailbox holds moves to another, oldest first, byte counts and all; what the
+    other refuses stays behind."""
+    old: Mailbox[str] = Mailbox(max_items=5)
+    for item, size in (("a", 10), ("b", 20), ("c", 30)):
+        old.put(item, size)
+    new: Mailbox[str] = Mailbox(max_items=2)
+    assert old.move_to(new) == 2
+    assert (len(new), new.nbytes) == (2, 30)
+    assert (len(old), old.nbytes) == (1, 30)
+    assert await new.get_batch(10) == ["a", "b"]
+    assert await old.get_batch(10) == ["c"]

@@ -75,6 +75,11 @@ def metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str 
     return None
 
 
+def close_metadata(reason: CloseReason | None) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that tells the peer why a server ended its stream (none for None)."""
+    return () if reason is None else ((CLOSE_REASON_KEY, reason.value),)
+
+
 def close_reason_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> CloseReason | None:
     """The :class:`CloseReason` a server attached to the end of a stream, or None."""
     value = metadata_value(trailing_metadata, CLOSE_REASON_KEY)
@@ -128,6 +133,7 @@ __all__ = [
     "NODE_SERVICE",
     "CloseReason",
     "UnpackError",
+    "close_metadata",
     "close_reason_of",
     "metadata_value",
     "method_path",

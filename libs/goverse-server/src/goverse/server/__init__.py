@@ -1,10 +1,12 @@
-"""What the gate and node servers share: lifecycle, supervisor, settings, logging, telemetry,
-tracing, metrics, mailbox and the gRPC server with health. Server-only: the client SDK never
-imports it."""
+"""What the gate and node servers share: the service skeleton, supervisor, settings, logging,
+telemetry, tracing, metrics, mailbox, batching, drop reasons and the gRPC server with health.
+Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
 
+from goverse.server._batching import BatchRule
 from goverse.server._calls import CallsInFlight
+from goverse.server._drops import DropReason
 from goverse.server._grpc import GrpcHost, ListenError
 from goverse.server._lifecycle import (
     Service,
@@ -80,10 +82,12 @@ __all__ = [
     "DURATION",
     "PATH",
     "PORT",
+    "BatchRule",
     "BoundAddress",
     "CallMetricsInterceptor",
     "CallsInFlight",
     "Declared",
+    "DropReason",
     "GrpcHost",
     "Kind",
     "LabelLimiter",

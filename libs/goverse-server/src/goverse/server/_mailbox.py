@@ -68,6 +68,16 @@ class Mailbox(Generic[T]):
         self._bytes -= size
         return item
 
+    def move_to(self, other: Mailbox[T]) -> int:
+        """Moves what is queued into `other`, oldest first, with the sizes it was put with;
+        returns how many items `other` took. What it refused stays here."""
+        moved = 0
+        while self._items and other.put(*self._items[0]):
+            _, size = self._items.popleft()
+            self._bytes -= size
+            moved += 1
+        return moved
+
     def close(self, reason: str, *, discard: bool = False) -> bool:
         """Closes the mailbox; True on the first call only. `discard` drops what is queued."""
         if self._closed:

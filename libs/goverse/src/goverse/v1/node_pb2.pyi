@@ -465,7 +465,10 @@ class StatusResponse(_message.Message):
     def gates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def dropped_pushes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Pushes dropped since start, by reason (e.g. "gate_not_registered", "queue_full")."""
+        """Pushes dropped since start, by reason, spelled as the gate spells its drops
+        (goverse.server.DropReason): "queue_full", "message_too_large", "gate_not_registered",
+        "malformed_client_id", "invalid_message". A reason appears once a push was dropped for it.
+        """
 
     def __init__(
         self,

@@ -1,46 +1,48 @@
-"""ClientProxy: one registered client's identity, its bounded push queue and its close state."""
+"""ClientProxy: one client's identity, bounded push queue, close state and Register stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import grpc
 import structlog
 
-from goverse.server import Mailbox
+from goverse import wire
+from goverse.server import BatchRule, DropReason, Mailbox
+from goverse.v1 import gate_pb2
 
 log = structlog.get_logger(__name__)
 
-# Drop reasons, as counted by the registry and logged.
-DROP_CLOSED = "client_closed"
-DROP_QUEUE_FULL = "queue_full"
-DROP_TOO_LARGE = "too_large"
-DROP_SLOW_CONSUMER = "slow_consumer"
-"""The pushes a slow consumer's disconnect discarded: the one that overflowed and its queue."""
 
-# Overflow policies (``--slow-client-policy``).
-OVERFLOW_DISCONNECT = "disconnect"
-OVERFLOW_DROP_OLDEST = "drop-oldest"
+class SlowClientPolicy(enum.StrEnum):
+    """What an overflow of a client's queue does (``--slow-client-policy``)."""
 
-SLOW_CONSUMER = "slow consumer"
-"""The close reason of a proxy whose queue overflowed under the disconnect policy."""
-
-# Room a RegisterResponse needs around its PushedMessages (field tags and length prefixes).
-_ENVELOPE_OVERHEAD = 16
+    DISCONNECT = "disconnect"
+    """The client is disconnected as a slow consumer and its queue is discarded."""
+    DROP_OLDEST = "drop-oldest"
+    """The oldest queued pushes are dropped to make room; the client keeps its stream."""
 
 
-def _varint_len(value: int) -> int:
-    length = 1
-    while value >= 0x80:
-        value >>= 7
-        length += 1
-    return length
+_SLOW_CONSUMER = "slow consumer"
+"""The close text of a proxy whose queue overflowed under the disconnect policy."""
 
 
-def _wire_size(message: Any) -> int:
-    """Bytes `message` takes as one element of ``PushedMessages.messages``."""
-    size = int(message.ByteSize())
-    return 1 + _varint_len(size) + size
+class StreamEnd(Exception):
+    """How a Register stream ends when it does not end with OK: the servicer aborts with it.
+
+    `reason`, when there is one, goes to the client as ``goverse-close-reason`` trailing
+    metadata.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, reason: wire.CloseReason | None = None
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
 
 
 class ClientProxy:
@@ -48,14 +50,16 @@ class ClientProxy:
 
     Object code on the nodes pushes to the client through :meth:`push`, which never blocks and
     never raises: it returns False when the proxy is closed or its queue is full. The stream
-    writer (the Register handler) is the only reader; it takes pushes in batches with
-    :meth:`next_batch` and never sees the queue itself.
+    writer (the Register handler) is the only reader: it sends the events of :meth:`stream`,
+    which takes pushes in batches (:meth:`next_batch`), and never sees the queue itself.
 
     :meth:`close` ends the proxy; it is idempotent and safe to call multiple times, from any
     task. A *draining* close (the gate is shutting down) keeps what is queued so the writer can
     flush it and then send a ``Draining`` event; any other close discards the queue.
+    :attr:`closed_by` says why the proxy was closed, as a :class:`~goverse.wire.CloseReason`.
 
-    A push that does not fit the queue (either bound) is an *overflow*, handled by `overflow`:
+    A push that does not fit the queue (either bound) is an *overflow*, handled by `overflow`
+    (a :class:`SlowClientPolicy`, or its value):
 
     - ``disconnect`` (the default): the proxy closes as a slow consumer. Its queue is discarded
       at once, so the gate's memory for it is freed whatever the client does next, and the
@@ -63,6 +67,10 @@ class ClientProxy:
       :attr:`slow_consumer` is True and `on_slow_consumer` is called once.
     - ``drop-oldest``: the oldest queued pushes are dropped (counted as ``queue_full``) until
       the new one fits; the client keeps its stream and misses what was dropped.
+
+    `max_batch_bytes` is the size limit of one stream message: a push that would not fit one
+    even alone is refused (``message_too_large``), and batches are cut to fit it
+    (:class:`~goverse.server.BatchRule`).
     """
 
     def __init__(
@@ -73,22 +81,27 @@ class ClientProxy:
         max_messages: int,
         max_bytes: int,
         max_batch_bytes: int,
-        overflow: str = OVERFLOW_DISCONNECT,
-        on_drop: Callable[[str, int], None] | None = None,
+        overflow: SlowClientPolicy | str = SlowClientPolicy.DISCONNECT,
+        on_drop: Callable[[DropReason, int], None] | None = None,
         on_slow_consumer: Callable[[ClientProxy], None] | None = None,
     ) -> None:
-        if overflow not in (OVERFLOW_DISCONNECT, OVERFLOW_DROP_OLDEST):
-            raise ValueError(f"unknown overflow policy {overflow!r}")
+        try:
+            self._overflow = SlowClientPolicy(overflow)
+        except ValueError:
+            raise ValueError(f"unknown overflow policy {overflow!r}") from None
         self._client_id = client_id
         self._credential = credential
         self._mailbox: Mailbox[Any] = Mailbox(max_messages, max_bytes)
-        self._max_batch_messages = max_messages
-        self._max_batch_bytes = max(max_batch_bytes - _ENVELOPE_OVERHEAD, 1)
-        self._overflow = overflow
+        self._batching = BatchRule(
+            gate_pb2.RegisterResponse,
+            "messages.messages",
+            max_message_bytes=max_batch_bytes,
+            max_items=max_messages,
+        )
         self._on_drop = on_drop
         self._on_slow_consumer = on_slow_consumer
-        self._slow_consumer = ""
-        self._draining = False
+        self._closed_by: wire.CloseReason | None = None
+        self._slow_consumer_details = ""
         self._pushed = 0
         self._dropped = 0
 
@@ -111,23 +124,29 @@ class ClientProxy:
 
     @property
     def close_reason(self) -> str:
-        """Why the proxy was closed (its first close); empty while open."""
+        """The text of the proxy's first close (what :meth:`close` was given); empty while
+        open. A draining close sends it to the client in ``Draining``."""
         return self._mailbox.close_reason
+
+    @property
+    def closed_by(self) -> wire.CloseReason | None:
+        """Why the proxy was closed (its first close); None while open."""
+        return self._closed_by
 
     @property
     def draining(self) -> bool:
         """True when the proxy was first closed by a draining close."""
-        return self._draining
+        return self._closed_by is wire.CloseReason.SHUTDOWN
 
     @property
     def slow_consumer(self) -> bool:
         """True when the proxy was closed because its queue overflowed (disconnect policy)."""
-        return bool(self._slow_consumer)
+        return self._closed_by is wire.CloseReason.SLOW_CONSUMER
 
     @property
     def slow_consumer_details(self) -> str:
         """What the client is told when it is disconnected as a slow consumer."""
-        return self._slow_consumer
+        return self._slow_consumer_details
 
     @property
     def queued(self) -> int:
@@ -156,14 +175,14 @@ class ClientProxy:
         may be, or the queue overflowed under ``disconnect``. Never blocks, never raises.
         """
         if self._mailbox.closed:
-            return self._drop(DROP_CLOSED)
+            return self._drop(DropReason.CLIENT_CLOSED)
         try:
-            size = _wire_size(message)
+            size = self._batching.size_of(message)
         except Exception:  # a push must never raise into the caller
             log.exception("cannot size a push", client_id=self._client_id)
-            return self._drop(DROP_TOO_LARGE)
-        if size > self._max_batch_bytes:
-            return self._drop(DROP_TOO_LARGE)
+            return self._drop(DropReason.MESSAGE_TOO_LARGE)
+        if not self._batching.fits(size):
+            return self._drop(DropReason.MESSAGE_TOO_LARGE)
         if not self._mailbox.put(message, size):
             return self._on_overflow(message, size)
         self._pushed += 1
@@ -171,7 +190,7 @@ class ClientProxy:
 
     def _on_overflow(self, message: Any, size: int) -> bool:
         """A push that does not fit the queue, handled by the overflow policy."""
-        if self._overflow == OVERFLOW_DROP_OLDEST:
+        if self._overflow is SlowClientPolicy.DROP_OLDEST:
             if self._dropped == 0:
                 log.warning(
                     "client queue full, dropping its oldest pushes",
@@ -180,18 +199,18 @@ class ClientProxy:
                     queued_bytes=self._mailbox.nbytes,
                 )
             while self._mailbox.would_overflow(size) and self._mailbox.drop_oldest() is not None:
-                self._drop(DROP_QUEUE_FULL)
+                self._drop(DropReason.QUEUE_FULL)
             if not self._mailbox.put(message, size):
-                return self._drop(DROP_QUEUE_FULL)
+                return self._drop(DropReason.QUEUE_FULL)
             self._pushed += 1
             return True
         queued, queued_bytes = len(self._mailbox), self._mailbox.nbytes
-        self._slow_consumer = (
+        self._slow_consumer_details = (
             f"slow consumer: the client did not read its pushes fast enough; its queue of "
             f"{queued} pushes ({queued_bytes} bytes) overflowed and was discarded. Register "
             "again and resynchronise"
         )
-        self.close(SLOW_CONSUMER)
+        self._close(_SLOW_CONSUMER, wire.CloseReason.SLOW_CONSUMER, discard=True)
         log.warning(
             "client disconnected as a slow consumer",
             client_id=self._client_id,
@@ -201,25 +220,32 @@ class ClientProxy:
         )
         if self._on_slow_consumer is not None:
             self._on_slow_consumer(self)
-        return self._drop(DROP_SLOW_CONSUMER, queued + 1)
+        return self._drop(DropReason.SLOW_CONSUMER, queued + 1)
 
-    def _drop(self, reason: str, count: int = 1) -> bool:
+    def _drop(self, reason: DropReason, count: int = 1) -> bool:
         self._dropped += count
         if self._on_drop is not None:
             self._on_drop(reason, count)
         return False
 
     def close(self, reason: str, *, drain: bool = False) -> bool:
-        """Closes the proxy; True on the first call only. Safe to call multiple times.
+        """Closes the proxy with the text `reason`; True on the first call only. Safe to call
+        multiple times.
 
-        From the first call on, :meth:`push` returns False. With `drain`, what is queued is
-        kept for the writer to flush, then :meth:`next_batch` returns None and
-        :attr:`draining` is True; without it, the queue is discarded at once (also when the
-        proxy was already closed by a draining close: nobody is left to flush to).
+        From the first call on, :meth:`push` returns False. With `drain` (the gate is shutting
+        down: :attr:`closed_by` is ``shutdown``), what is queued is kept for the writer to
+        flush, then :meth:`next_batch` returns None and :attr:`draining` is True. Without it
+        (the stream ended: ``peer_gone``), the queue is discarded at once, also when the proxy
+        was already closed by a draining close: nobody is left to flush to.
         """
-        first = self._mailbox.close(reason, discard=not drain)
+        if drain:
+            return self._close(reason, wire.CloseReason.SHUTDOWN, discard=False)
+        return self._close(reason, wire.CloseReason.PEER_GONE, discard=True)
+
+    def _close(self, text: str, closed_by: wire.CloseReason, *, discard: bool) -> bool:
+        first = self._mailbox.close(text, discard=discard)
         if first:
-            self._draining = drain
+            self._closed_by = closed_by
         return first
 
     async def next_batch(self) -> list[Any] | None:
@@ -229,6 +255,31 @@ class ClientProxy:
         queue is flushed after a draining close. Cancellable at any point without loss of
         anything but the wait.
         """
-        return await self._mailbox.get_batch(
-            self._max_batch_messages, max_bytes=self._max_batch_bytes
+        return await self._batching.next_batch(self._mailbox)
+
+    async def stream(self, gate_id: str) -> AsyncGenerator[gate_pb2.RegisterResponse, None]:
+        """The events of this client's Register stream, in the order the writer sends them.
+
+        ``Registered`` (client id, credential and `gate_id`) first, then one ``PushedMessages``
+        per batch until the proxy is closed. After a draining close, once the queue is flushed,
+        ``Draining`` with the close text: the stream then ends with OK. After a slow-consumer
+        close it raises :class:`StreamEnd` (RESOURCE_EXHAUSTED, ``slow_consumer``). Holds
+        nothing to clean up: the registration ends in :meth:`ClientRegistry.connect`.
+        """
+        yield gate_pb2.RegisterResponse(
+            registered=gate_pb2.Registered(
+                client_id=self._client_id, credential=self._credential, gate_id=gate_id
+            )
         )
+        while (batch := await self.next_batch()) is not None:
+            yield gate_pb2.RegisterResponse(messages=gate_pb2.PushedMessages(messages=batch))
+        if self.draining:
+            yield gate_pb2.RegisterResponse(draining=gate_pb2.Draining(reason=self.close_reason))
+        elif self.slow_consumer:
+            # The queue is already discarded; this status follows whatever the transport still
+            # holds, and tells the client to register again.
+            raise StreamEnd(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                self._slow_consumer_details,
+                wire.CloseReason.SLOW_CONSUMER,
+            )

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import hmac
+import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import structlog
 
 from goverse import wire
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
-from goverse.gate._client_proxy import OVERFLOW_DISCONNECT, ClientProxy
+from goverse.gate._client_proxy import ClientProxy, SlowClientPolicy, StreamEnd
 from goverse.ids import new_client_id
-from goverse.server import deliver_all_traced
+from goverse.server import DropReason, deliver_all_traced
 from goverse.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
-
-DROP_UNKNOWN_CLIENT = "unknown_client"
 
 # Compared against when the client id is unknown, so both refusals cost the same.
 _NO_CREDENTIAL = secrets.token_urlsafe(32).encode()
@@ -27,10 +27,10 @@ _NO_CREDENTIAL = secrets.token_urlsafe(32).encode()
 class ClientRegistry:
     """Issues client ids and credentials, checks them on calls, and routes pushes to proxies.
 
-    A proxy is registered by :meth:`register` when its Register stream starts and removed by
-    :meth:`remove` when that stream ends, whichever side ends it; its credential is valid only
-    in between. :meth:`drain` closes every proxy with a draining notice and refuses further
-    registrations.
+    A Register stream holds its client's registration with :meth:`connect`: registered when
+    the stream starts, removed when it ends, whichever side ends it; its credential is valid
+    only in between. :meth:`drain` closes every proxy with a draining notice and refuses
+    further registrations.
     """
 
     def __init__(
@@ -41,7 +41,7 @@ class ClientRegistry:
         queue_messages: int,
         queue_bytes: int,
         max_message_bytes: int,
-        overflow: str = OVERFLOW_DISCONNECT,
+        overflow: SlowClientPolicy | str = SlowClientPolicy.DISCONNECT,
     ) -> None:
         self._gate_id = gate_id
         self._max_clients = max_clients
@@ -54,7 +54,7 @@ class ClientRegistry:
         self.delivered = 0
         """Pushes queued to a client since start."""
         self.dropped: collections.Counter[str] = collections.Counter()
-        """Pushes dropped since start, by reason."""
+        """Pushes dropped since start, by :class:`~goverse.server.DropReason`."""
         self.slow_consumer_disconnects = 0
         """Clients disconnected since start because their queue overflowed."""
 
@@ -103,7 +103,39 @@ class ClientRegistry:
         self._clients[client_id] = proxy
         return proxy
 
-    def _count_drop(self, reason: str, count: int) -> None:
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[ClientProxy]:
+        """Registers a client for as long as its Register stream runs; yields its proxy.
+
+        Raises :class:`StreamEnd` when the registration is refused: UNAVAILABLE (``shutdown``)
+        once draining, RESOURCE_EXHAUSTED at `max_clients`. On exit, whichever way the stream
+        ended (cancellation and GeneratorExit pass through), closes the proxy (``peer_gone``
+        unless it was closed already), unregisters it and logs why the stream ended.
+        """
+        try:
+            proxy = self.register()
+        except Unavailable as refused:  # draining
+            raise StreamEnd(refused.code, refused.message, wire.CloseReason.SHUTDOWN) from None
+        except ResourceExhausted as refused:
+            raise StreamEnd(refused.code, refused.message) from None
+        with structlog.contextvars.bound_contextvars(client_id=proxy.client_id):
+            # Per-client lines are DEBUG: at thousands of clients they cost real CPU (13 % of
+            # a 1,000-stream shutdown in the first profile). Unusual ends stay at INFO.
+            log.debug("client registered", clients=len(self._clients))
+            try:
+                yield proxy
+            finally:
+                proxy.close("the client went away")
+                self.remove(proxy)
+                log.log(
+                    logging.INFO if proxy.slow_consumer or proxy.dropped else logging.DEBUG,
+                    "client stream ended",
+                    reason=proxy.closed_by,
+                    pushed=proxy.pushed,
+                    dropped=proxy.dropped,
+                )
+
+    def _count_drop(self, reason: DropReason, count: int) -> None:
         self.dropped[reason] += count
 
     def _count_slow_consumer(self, proxy: ClientProxy) -> None:
@@ -178,7 +210,7 @@ class ClientRegistry:
         for client_id in client_ids:
             proxy = self._clients.get(client_id)
             if proxy is None:
-                self.dropped[DROP_UNKNOWN_CLIENT] += 1
+                self.dropped[DropReason.UNKNOWN_CLIENT] += 1
                 log.debug("push to a client not registered here dropped", target=client_id)
                 continue
             if proxy.push(envelope.message):

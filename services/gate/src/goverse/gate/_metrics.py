@@ -12,23 +12,19 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from goverse.gate._client_proxy import (
-    DROP_CLOSED,
-    DROP_QUEUE_FULL,
-    DROP_SLOW_CONSUMER,
-    DROP_TOO_LARGE,
-)
-from goverse.gate._clients import DROP_UNKNOWN_CLIENT, ClientRegistry
+from goverse import wire
+from goverse.gate._clients import ClientRegistry
 from goverse.gate._node_link import LinkState, NodeLink
+from goverse.server import DropReason
 
 DROP_REASONS = (
-    DROP_CLOSED,
-    DROP_QUEUE_FULL,
-    DROP_SLOW_CONSUMER,
-    DROP_TOO_LARGE,
-    DROP_UNKNOWN_CLIENT,
+    DropReason.CLIENT_CLOSED,
+    DropReason.QUEUE_FULL,
+    DropReason.SLOW_CONSUMER,
+    DropReason.MESSAGE_TOO_LARGE,
+    DropReason.UNKNOWN_CLIENT,
 )
-"""Reasons reported (as 0) before any push was dropped for them."""
+"""The reasons a gate drops pushes for, reported (as 0) before any push was dropped for them."""
 
 
 class GateMetrics:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,11 +12,11 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import GoverseError, translate_errors
-from goverse.gate._client_proxy import ClientProxy
+from goverse.errors import translate_errors
+from goverse.gate._client_proxy import ClientProxy, StreamEnd
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._router import Router
-from goverse.server import Supervisor, SupervisorClosed
+from goverse.server import Supervisor
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 _ObjectRequest = (
@@ -68,10 +67,12 @@ class CallsInFlight:
 class GateService(gate_pb2_grpc.GateServiceServicer):
     """Register streams and the three unary calls a client makes.
 
-    Each Register stream owns one :class:`ClientProxy` from start to end and runs in its own
-    RPC task, adopted by the supervisor as ``client:<client-id>``; it ends when the proxy is
-    closed (by a draining shutdown, after flushing and sending ``Draining``; as a slow consumer,
-    with RESOURCE_EXHAUSTED) or when the client goes away. A stream ends by its handler
+    A Register stream is the client registry's (:meth:`ClientRegistry.connect`) and its
+    proxy's (:meth:`ClientProxy.stream`): they decide what is sent and how the stream ends.
+    This servicer adapts them to gRPC: the stream's task is adopted by the supervisor as
+    ``client:<client-id>`` for as long as it runs, every event is yielded, and a
+    :class:`StreamEnd` becomes the status it names, with its close reason as trailing metadata
+    (a stream that ends with OK carries its close reason too). A stream ends by its handler
     returning or aborting, never by cancellation: cancelling the handler's task does not end
     the RPC for the client.
 
@@ -92,68 +93,20 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gate_pb2.RegisterResponse]:
+        # The registry refuses registrations once the gate drains, which it does before the
+        # supervisor closes: adopt() cannot find the supervisor closed here.
         try:
-            if self._supervisor.closing:
-                raise SupervisorClosed("shutting down")
-            proxy = self._registry.register()
-        except SupervisorClosed:
+            with (
+                self._registry.connect() as proxy,
+                self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
+            ):
+                async with contextlib.aclosing(proxy.stream(self._gate_id)) as events:
+                    async for event in events:
+                        yield event
+                context.set_trailing_metadata(wire.close_metadata(proxy.closed_by))
+        except StreamEnd as end:
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"gate {self._gate_id} is shutting down; connect to another gate",
-            )
-            return
-        except GoverseError as error:
-            await context.abort(error.status_code, error.message)
-            return
-        # Each RPC runs in its own task and context: what is bound here stays with this stream.
-        structlog.contextvars.bind_contextvars(client_id=proxy.client_id)
-        try:
-            with self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id):
-                # Per-client lines are DEBUG: at thousands of clients they cost real CPU (13 % of
-                # a 1,000-stream shutdown in the first profile). Unusual ends stay at INFO.
-                log.debug("client registered", clients=len(self._registry))
-                yield gate_pb2.RegisterResponse(
-                    registered=gate_pb2.Registered(
-                        client_id=proxy.client_id,
-                        credential=proxy.credential,
-                        gate_id=self._gate_id,
-                    )
-                )
-                # One stream message per batch; the loop ends when the proxy is closed.
-                while (batch := await proxy.next_batch()) is not None:
-                    yield gate_pb2.RegisterResponse(
-                        messages=gate_pb2.PushedMessages(messages=batch)
-                    )
-                if proxy.draining:
-                    yield gate_pb2.RegisterResponse(
-                        draining=gate_pb2.Draining(reason=proxy.close_reason)
-                    )
-                elif proxy.slow_consumer:
-                    # The queue is already discarded; this status follows whatever the
-                    # transport still holds, and tells the client to register again.
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        proxy.slow_consumer_details,
-                        trailing_metadata=(
-                            (wire.CLOSE_REASON_KEY, wire.CloseReason.SLOW_CONSUMER.value),
-                        ),
-                    )
-        except SupervisorClosed:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"gate {self._gate_id} is shutting down; connect to another gate",
-            )
-        finally:
-            # Whichever side ended the stream (cancellation and GeneratorExit pass through).
-            reason = proxy.close_reason or "the client went away"
-            proxy.close(reason)
-            self._registry.remove(proxy)
-            log.log(
-                logging.INFO if proxy.slow_consumer or proxy.dropped else logging.DEBUG,
-                "client stream ended",
-                reason=reason,
-                pushed=proxy.pushed,
-                dropped=proxy.dropped,
+                end.code, end.details, trailing_metadata=wire.close_metadata(end.reason)
             )
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +15,14 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse.ids import gate_id_problem, gate_of_client
-from goverse.server import Mailbox, Supervisor, current_trace_context, record_push
+from goverse.server import (
+    BatchRule,
+    DropReason,
+    Mailbox,
+    Supervisor,
+    current_trace_context,
+    record_push,
+)
 from goverse.v1.node_pb2 import (
     BroadcastEnvelope,
     ClientMessageEnvelope,
@@ -32,19 +39,8 @@ log = structlog.get_logger(__name__)
 STREAM_TASK_PREFIX = "gate-stream:"
 BATCH_MAX_ENVELOPES = 1024
 """Most envelopes one stream message carries (fewer when they would exceed the size limit)."""
-FRAMING_BYTES = 1024
-"""Room left in a stream message for the response, batch and per-envelope framing."""
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two "push dropped" log lines for the same reason and gate."""
-
-# Drop reasons, as counted in StatusResponse.dropped_pushes.
-DROP_MALFORMED_CLIENT_ID = "malformed_client_id"
-DROP_GATE_NOT_REGISTERED = "gate_not_registered"
-DROP_QUEUE_FULL = "queue_full"
-DROP_MESSAGE_TOO_LARGE = "message_too_large"
-DROP_INVALID_MESSAGE = "invalid_message"
-
-_Queued = tuple[Envelope, int]
 
 
 class GateStreams:
@@ -52,11 +48,12 @@ class GateStreams:
 
     Each registered gate id owns one :class:`~goverse.server.Mailbox` of envelopes, bounded by
     count and bytes. :meth:`push` and :meth:`broadcast` put envelopes into those mailboxes and
-    never block or raise; what cannot be queued is dropped, counted by reason and logged.
-    :meth:`serve` is the stream itself: the acknowledgement first, then every batch of queued
-    envelopes as one stream message, or a heartbeat when idle. A stream ends by itself, with
-    status OK, once its mailbox is closed: by a newer registration of the same gate id
-    ("replaced") or by :meth:`close_all` ("shutdown").
+    never block or raise; what cannot be queued is dropped, counted by :class:`DropReason`
+    and logged. :meth:`serve` is the stream itself: the acknowledgement first, then each batch
+    of queued envelopes (:class:`~goverse.server.BatchRule`) as one stream message, or a
+    heartbeat when idle. A stream ends by itself, with status OK, once its mailbox is closed: by
+    a newer registration of the same gate id (``replaced``) or by :meth:`close_all`
+    (``shutdown``); the :class:`~goverse.wire.CloseReason` is its trailing metadata.
     """
 
     def __init__(
@@ -74,8 +71,14 @@ class GateStreams:
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._heartbeat_seconds = heartbeat_interval.total_seconds()
-        self._max_batch_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
-        self._mailboxes: dict[str, Mailbox[_Queued]] = {}
+        self._batching = BatchRule(
+            RegisterGateResponse,
+            "envelopes.envelopes",
+            max_message_bytes=max_message_bytes,
+            max_items=BATCH_MAX_ENVELOPES,
+        )
+        self._mailboxes: dict[str, Mailbox[Envelope]] = {}
+        # By DropReason; typed str because Status.dropped_pushes and the metrics key by str.
         self._dropped: collections.Counter[str] = collections.Counter()
         self._dropped_by_gate: collections.Counter[tuple[str, str]] = collections.Counter()
         self._drop_logged_at: dict[tuple[str, str], float] = {}
@@ -129,7 +132,7 @@ class GateStreams:
             for client_id in ids:
                 gate_id = gate_of_client(client_id)
                 if gate_id is None:
-                    self._drop(DROP_MALFORMED_CLIENT_ID, 1, client_id=client_id[:100])
+                    self._drop(DropReason.MALFORMED_CLIENT_ID, 1, client_id=client_id[:100])
                     continue
                 by_gate.setdefault(gate_id, []).append(client_id)
             accepted = 0
@@ -165,26 +168,26 @@ class GateStreams:
 
     def _pack(self, message: Message, count: int) -> any_pb2.Any | None:
         if not isinstance(message, Message):
-            self._drop(DROP_INVALID_MESSAGE, count, got=type(message).__qualname__)
+            self._drop(DropReason.INVALID_MESSAGE, count, got=type(message).__qualname__)
             return None
         return wire.pack(message)
 
     def _offer(self, gate_id: str, envelope: Envelope, count: int) -> bool:
         mailbox = self._mailboxes.get(gate_id)
         if mailbox is None or mailbox.closed:
-            self._drop(DROP_GATE_NOT_REGISTERED, count, gate_id=gate_id)
+            self._drop(DropReason.GATE_NOT_REGISTERED, count, gate_id=gate_id)
             return False
-        size = envelope.ByteSize()
-        if size > self._max_batch_bytes:
-            self._drop(DROP_MESSAGE_TOO_LARGE, count, gate_id=gate_id, size=size)
+        size = self._batching.size_of(envelope)
+        if not self._batching.fits(size):
+            self._drop(DropReason.MESSAGE_TOO_LARGE, count, gate_id=gate_id, size=size)
             return False
-        if not mailbox.put((envelope, size), size):
-            self._drop(DROP_QUEUE_FULL, count, gate_id=gate_id, queued=len(mailbox))
+        if not mailbox.put(envelope, size):
+            self._drop(DropReason.QUEUE_FULL, count, gate_id=gate_id, queued=len(mailbox))
             return False
         self.queued_total += count
         return True
 
-    def _drop(self, reason: str, count: int, **fields: Any) -> None:
+    def _drop(self, reason: DropReason, count: int, **fields: Any) -> None:
         key = (reason, str(fields.get("gate_id", "")))
         self._dropped[reason] += count
         self._dropped_by_gate[key] += count
@@ -211,13 +214,17 @@ class GateStreams:
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self._closed or self._supervisor.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self._node} is stopping")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"node {self._node} is stopping",
+                trailing_metadata=wire.close_metadata(wire.CloseReason.SHUTDOWN),
+            )
         with (
             self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
             structlog.contextvars.bound_contextvars(gate_id=gate_id),
         ):
             mailbox = self._register(gate_id, context.peer())
-            reason = ""
+            ended = False
             try:
                 yield RegisterGateResponse(
                     ack=RegisterGateAck(
@@ -226,53 +233,30 @@ class GateStreams:
                     )
                 )
                 while True:
-                    batch = await mailbox.get_batch(
-                        BATCH_MAX_ENVELOPES, timeout=self._heartbeat_seconds
-                    )
+                    batch = await self._batching.next_batch(mailbox, self._heartbeat_seconds)
                     if batch is None:
-                        reason = mailbox.close_reason
-                        context.set_trailing_metadata(((wire.CLOSE_REASON_KEY, reason),))
+                        context.set_trailing_metadata(wire.close_metadata(_closed_by(mailbox)))
+                        ended = True
                         return
                     if not batch:
                         yield RegisterGateResponse(
                             heartbeat=Heartbeat(sent_unix_ms=int(time.time() * 1000))
                         )
                         continue
-                    for chunk in self._chunks(batch):
-                        yield RegisterGateResponse(envelopes=EnvelopeBatch(envelopes=chunk))
+                    yield RegisterGateResponse(envelopes=EnvelopeBatch(envelopes=batch))
             finally:
-                if not reason:
-                    # Cancelled, or closed while a write was pending: the stream did not end
-                    # by itself.
-                    reason = (
-                        f"{mailbox.close_reason}, cancelled"
-                        if mailbox.closed
-                        else "gate disconnected"
-                    )
-                self._unregister(gate_id, mailbox, reason)
+                # Not ended: cancelled (the gate went away, or the node's shutdown timeout
+                # passed while a write was pending) or the generator was closed.
+                self._unregister(gate_id, mailbox, cancelled=not ended)
 
-    def _chunks(self, batch: list[_Queued]) -> Iterator[list[Envelope]]:
-        """Splits a batch so that no stream message exceeds the message size limit."""
-        chunk: list[Envelope] = []
-        chunk_bytes = 0
-        for envelope, size in batch:
-            if chunk and chunk_bytes + size + 16 > self._max_batch_bytes:
-                yield chunk
-                chunk, chunk_bytes = [], 0
-            chunk.append(envelope)
-            chunk_bytes += size + 16
-        if chunk:
-            yield chunk
-
-    def _register(self, gate_id: str, peer: str) -> Mailbox[_Queued]:
-        mailbox: Mailbox[_Queued] = Mailbox(self._queue_size, self._queue_bytes)
+    def _register(self, gate_id: str, peer: str) -> Mailbox[Envelope]:
+        mailbox: Mailbox[Envelope] = Mailbox(self._queue_size, self._queue_bytes)
         old = self._mailboxes.get(gate_id)
         moved = 0
         if old is not None and not old.closed:
             # What the old stream has not sent yet goes down the new one.
-            while (item := old.drop_oldest()) is not None:
-                moved += mailbox.put(item, item[1])
-            old.close("replaced", discard=True)
+            moved = old.move_to(mailbox)
+            old.close(wire.CloseReason.REPLACED, discard=True)
         self._mailboxes[gate_id] = mailbox
         if old is not None:
             log.info("gate re-registered, replacing its stream", peer=peer, moved=moved)
@@ -280,33 +264,38 @@ class GateStreams:
             log.info("gate registered", peer=peer)
         return mailbox
 
-    def _unregister(self, gate_id: str, mailbox: Mailbox[_Queued], reason: str) -> None:
-        mailbox.close(reason, discard=True)
+    def _unregister(self, gate_id: str, mailbox: Mailbox[Envelope], *, cancelled: bool) -> None:
+        # A mailbox still open when its stream ends: the gate went away.
+        mailbox.close(wire.CloseReason.PEER_GONE, discard=True)
         if self._mailboxes.get(gate_id) is mailbox:
             del self._mailboxes[gate_id]
-        log.info("gate stream ended", reason=reason)
+        log.info("gate stream ended", reason=_closed_by(mailbox), cancelled=cancelled)
 
-    def close_all(self, reason: str = "shutdown") -> int:
-        """Takes no new registrations and closes every mailbox: each stream sends what is still
-        queued, then ends by itself with status OK. Returns how many streams were open."""
+    def close_all(self, reason: str = wire.CloseReason.SHUTDOWN) -> int:
+        """Takes no new registrations and closes every mailbox for `reason` (a
+        :class:`~goverse.wire.CloseReason` value): each stream sends what is still queued, then
+        ends by itself with status OK. Returns how many streams were open."""
+        closed_by = wire.CloseReason(reason)
         self._closed = True
         count = 0
         for mailbox in self._mailboxes.values():
-            count += mailbox.close(reason)
+            count += mailbox.close(closed_by)
         return count
 
     def clear(self) -> None:
         """Forgets every mailbox (after the stream tasks ended or were cancelled)."""
         for mailbox in self._mailboxes.values():
-            mailbox.close("shutdown", discard=True)
+            mailbox.close(wire.CloseReason.SHUTDOWN, discard=True)
         self._mailboxes.clear()
 
 
+def _closed_by(mailbox: Mailbox[Envelope]) -> wire.CloseReason:
+    """Why a closed mailbox was closed: it is only ever closed with a CloseReason."""
+    return wire.CloseReason(mailbox.close_reason)
+
+
 __all__ = [
-    "DROP_GATE_NOT_REGISTERED",
-    "DROP_MALFORMED_CLIENT_ID",
-    "DROP_MESSAGE_TOO_LARGE",
-    "DROP_QUEUE_FULL",
+    "BATCH_MAX_ENVELOPES",
     "STREAM_TASK_PREFIX",
     "GateStreams",
 ]

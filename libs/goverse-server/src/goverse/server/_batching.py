@@ -1,0 +1,92 @@
+"""BatchRule: how many queued items one stream message carries, by count and by wire bytes."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from goverse.server._mailbox import Mailbox
+
+T = TypeVar("T")
+
+_LENGTH_DELIMITED = 2
+"""The wire type of a message field: tag, then a length varint, then the bytes."""
+
+
+def varint_size(value: int) -> int:
+    """Bytes `value` (not negative) takes as a protobuf varint: 7 bits per byte."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _tag_size(field: FieldDescriptor) -> int:
+    return varint_size(field.number << 3 | _LENGTH_DELIMITED)
+
+
+class BatchRule:
+    """The batching rule of both stream writers: gate → client ``PushedMessages`` and
+    node → gate ``EnvelopeBatch``.
+
+    A stream message is a `response` whose field `path` names a batch: one field of the
+    response holding a message whose only field is the repeated one (``"messages.messages"``
+    for ``RegisterResponse``, ``"envelopes.envelopes"`` for ``RegisterGateResponse``). An item
+    takes :meth:`size_of` bytes there: its tag, its length varint and its payload. Each
+    enclosing field adds a tag and a length varint (at most that of `max_message_bytes`), so
+    items whose sizes add up to :attr:`max_bytes` make a stream message of at most
+    `max_message_bytes`: the limit the gRPC server enforces on what it sends.
+
+    Writers size each item once, when they queue it (``Mailbox.put(item, rule.size_of(item))``),
+    refuse an item that does not :meth:`fit` even alone (it could never be sent), and read with
+    :meth:`next_batch`: at most :attr:`max_items` items and :attr:`max_bytes` bytes, oldest
+    first.
+    """
+
+    def __init__(
+        self, response: type[Message], path: str, *, max_message_bytes: int, max_items: int
+    ) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        *enclosing, repeated = _fields(response, path)
+        if not repeated.is_repeated or repeated.message_type is None:
+            raise ValueError(f"{repeated.full_name} is not a repeated message field")
+        batch = repeated.containing_type
+        if batch is None or len(batch.fields) != 1:
+            raise ValueError(f"{repeated.full_name} is not the only field of its message")
+        framing = sum(_tag_size(field) + varint_size(max_message_bytes) for field in enclosing)
+        self._tag_size = _tag_size(repeated)
+        self.max_items = max_items
+        """Most items one stream message carries."""
+        self.max_bytes = max(max_message_bytes - framing, 1)
+        """Most bytes the items of one stream message take together (their :meth:`size_of`)."""
+
+    def size_of(self, item: Message) -> int:
+        """Bytes `item` takes as one element of the repeated field."""
+        payload = item.ByteSize()
+        return self._tag_size + varint_size(payload) + payload
+
+    def fits(self, size: int) -> bool:
+        """Whether an item of `size` bytes (its :meth:`size_of`) fits one stream message."""
+        return size <= self.max_bytes
+
+    async def next_batch(self, mailbox: Mailbox[T], timeout: float | None = None) -> list[T] | None:
+        """Waits for items in `mailbox` and returns the oldest that fit one stream message;
+        ``[]`` after `timeout` seconds with nothing queued, None once the mailbox is closed
+        and empty (see :meth:`Mailbox.get_batch`)."""
+        return await mailbox.get_batch(self.max_items, timeout, self.max_bytes)
+
+
+def _fields(response: type[Message], path: str) -> list[FieldDescriptor]:
+    """The fields `path` names, from the one of `response` down."""
+    fields: list[FieldDescriptor] = []
+    descriptor: Any = response.DESCRIPTOR
+    for name in path.split("."):
+        field = None if descriptor is None else descriptor.fields_by_name.get(name)
+        if field is None:
+            raise ValueError(f"{response.DESCRIPTOR.full_name} has no field {path!r}")
+        fields.append(field)
+        descriptor = field.message_type
+    return fields
+
+
+__all__ = ["BatchRule", "varint_size"]
