@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
+from goverse.wire import CloseReason, close_reason_of
 from tests.helpers.fake_node import FakeNode, broadcast, text, to_clients
 from tests.helpers.gate_client import WAIT, GateClient
-from goverse.wire import CloseReason, close_reason_of
 from tests.helpers.processes import free_port
 from tests.helpers.waiting import eventually
 

@@ -8,13 +8,12 @@ import grpc
 import pytest
 
 from goverse.gate import ClientProxy
-from tests.helpers.fake_node import text, unpack_text
 from goverse.gate._client_proxy import SlowClientPolicy, StreamEnd
 from goverse.gate._config import SLOW_CLIENT_POLICIES
 from goverse.server import DropReason
 from goverse.v1 import gate_pb2
 from goverse.wire import CloseReason
-from tests.unit.gate.fake_node import text, unpack_text
+from tests.helpers.fake_node import text, unpack_text
 
 
 def proxy(

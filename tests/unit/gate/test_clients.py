@@ -7,12 +7,10 @@ import pytest
 import structlog
 
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
-from goverse.gate import ClientRegistry
-from tests.helpers.fake_node import broadcast, to_clients, unpack_text
 from goverse.gate import ClientProxy, ClientRegistry
 from goverse.gate._client_proxy import StreamEnd
 from goverse.wire import CloseReason
-from tests.unit.gate.fake_node import broadcast, to_clients, unpack_text
+from tests.helpers.fake_node import broadcast, to_clients, unpack_text
 
 
 def registry(

@@ -8,7 +8,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from goverse.gate import ClientRegistry
 from goverse.gate._metrics import GateMetrics
 from goverse.server import DropReason
-from tests.unit.gate.fake_node import to_clients
+from tests.helpers.fake_node import to_clients
 
 
 def dropped_by_reason(reader: InMemoryMetricReader) -> dict[str, int]:

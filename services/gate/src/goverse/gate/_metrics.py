@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from goverse import wire
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._node_link import LinkState, NodeLink
 from goverse.server import DropReason

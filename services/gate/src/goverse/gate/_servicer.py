@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 import structlog
@@ -28,42 +25,6 @@ log = structlog.get_logger(__name__)
 STREAM_TASK_PREFIX = "client:"
 
 
-class CallsInFlight:
-    """The unary calls a gate is serving, so that a stop can let them finish.
-
-    Each call registers its own task for as long as it runs (:meth:`track`) and removes itself
-    when it ends, whichever way; :meth:`wait` waits for what is left. Nothing is cancelled here:
-    a call still running when the server stops is ended by the server's grace.
-    """
-
-    def __init__(self) -> None:
-        self._ids = itertools.count()
-        self._tasks: dict[int, asyncio.Task[Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("track() needs a running task")
-        key = next(self._ids)
-        self._tasks[key] = task
-        try:
-            yield
-        finally:
-            del self._tasks[key]
-
-    async def wait(self, timeout: float) -> int:
-        """Waits up to `timeout` seconds for the calls in flight to end; returns how many are
-        still running."""
-        tasks = list(self._tasks.values())
-        if tasks and timeout > 0:
-            await asyncio.wait(tasks, timeout=timeout)
-        return len(self._tasks)
-
-
 class GateService(gate_pb2_grpc.GateServiceServicer):
     """Register streams and the three unary calls a client makes.
 
@@ -76,9 +37,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     returning or aborting, never by cancellation: cancelling the handler's task does not end
     the RPC for the client.
 
-    Unary calls are verified against the registry before anything is routed, and are tracked in
-    :attr:`calls` while they run. A client whose stream is still open may call while the gate
-    drains; once its stream has ended, its credential is no longer valid.
+    Unary calls are verified against the registry before anything is routed (the service
+    skeleton tracks them as calls in flight, which a stop lets finish). A client whose stream
+    is still open may call while the gate drains; once its stream has ended, its credential is
+    no longer valid.
     """
 
     def __init__(
@@ -88,7 +50,6 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         self._registry = registry
         self._router = router
         self._supervisor = supervisor
-        self.calls = CallsInFlight()
 
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -122,14 +83,13 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     def _verified_call(
         self, request: _ObjectRequest, context: grpc.aio.ServicerContext
     ) -> Iterator[str]:
-        """Authenticates the caller, binds the object to the log context and counts the call as
-        in flight (the gate lets it finish while draining); yields the trusted client id."""
+        """Authenticates the caller and binds the object to the log context; yields the trusted
+        client id."""
         proxy = self._authenticate(context)
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
-        with self.calls.track():
-            yield proxy.client_id
+        yield proxy.client_id
 
     @translate_errors
     async def CallObject(
