@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,17 +145,19 @@ class Kind:
     """Value to the text that parses back to it."""
 
 
-def choice(options: Sequence[str]) -> Kind:
-    """One of `options`, given as is."""
+def choice(options: Sequence[str] | type[enum.StrEnum]) -> Kind:
+    """One of `options`, given as is; for a StrEnum, one of its values, parsed to its member."""
+    values = [str(option) for option in options]
+    to_value: Callable[[str], Any] = options if isinstance(options, type) else str
 
-    def parse(text: str) -> str:
-        if text not in options:
+    def parse(text: str) -> Any:
+        if text not in values:
             raise argparse.ArgumentTypeError(
-                f"invalid choice: {text!r} (choose from {', '.join(options)})"
+                f"invalid choice: {text!r} (choose from {', '.join(values)})"
             )
-        return text
+        return to_value(text)
 
-    return Kind(parse, "{" + ",".join(options) + "}")
+    return Kind(parse, "{" + ",".join(values) + "}", str)
 
 
 def _show_port(value: int | None) -> str:

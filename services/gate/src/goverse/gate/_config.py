@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from goverse.gate._client_proxy import SlowClientPolicy
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
 from goverse.server import (
     ADDRESS_LIST,
@@ -23,10 +24,6 @@ from goverse.server import (
     positive,
     setting,
 )
-
-SLOW_CLIENT_DISCONNECT = "disconnect"
-SLOW_CLIENT_DROP_OLDEST = "drop-oldest"
-SLOW_CLIENT_POLICIES = (SLOW_CLIENT_DISCONNECT, SLOW_CLIENT_DROP_OLDEST)
 
 
 def parse_gate_id(text: str) -> str:
@@ -102,12 +99,11 @@ class GateConfig(
         help="bytes of pushes queued per client; more is an overflow",
         kind=BYTE_SIZE,
     )
-    # A str until the gate's SlowClientPolicy enum lands; the flag's choices are its values.
-    slow_client_policy: str = setting(
-        SLOW_CLIENT_DISCONNECT,
+    slow_client_policy: SlowClientPolicy = setting(
+        SlowClientPolicy.DISCONNECT,
         help="on a client queue overflow: disconnect (end the stream with RESOURCE_EXHAUSTED "
         '"slow consumer" and free the queue) or drop-oldest (drop the oldest queued pushes)',
-        kind=choice(SLOW_CLIENT_POLICIES),
+        kind=choice(SlowClientPolicy),
     )
     max_clients: int = setting(
         10_000,
