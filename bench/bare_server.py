@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench import wire
 from bench.launch import LOOPS
+from bench.serving import serve_until_signalled
 from goverse.transport import server_options
 from goverse.v1 import gate_pb2
 
@@ -140,23 +139,12 @@ class Bare:
         )
 
 
-async def serve(listen: str) -> int:
+async def serve(listen: str, ready_file: Path | None) -> int:
     bare = Bare()
     server = grpc.aio.server(options=server_options())
     server.add_generic_rpc_handlers((bare.handler(),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(listen) == 0:
-        print(f"bare server: cannot listen on {listen}", file=sys.stderr)
+    if not await serve_until_signalled(server, "bare", listen, ready_file):
         return 1
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(f"bare server pid {os.getpid()} listening on {listen}", flush=True)
-    await stop.wait()
     ended = bare.end_holds()
     await server.stop(grace=1.0)
     print(f"bare server stopped; {ended} held streams ended", flush=True)
@@ -165,14 +153,15 @@ async def serve(listen: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_server", description=__doc__)
-    parser.add_argument("--listen", required=True)
+    parser.add_argument("--listen", required=True, help="host:port; port 0 picks a free one")
     parser.add_argument("--loop", choices=LOOPS, default="asyncio")
+    parser.add_argument("--ready-file", type=Path, help="where to write the bound address")
     args = parser.parse_args(argv)
     if args.loop == "uvloop":
         import uvloop
 
-        return int(uvloop.run(serve(args.listen)))
-    return asyncio.run(serve(args.listen))
+        return int(uvloop.run(serve(args.listen, args.ready_file)))
+    return asyncio.run(serve(args.listen, args.ready_file))
 
 
 if __name__ == "__main__":

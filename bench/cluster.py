@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.procs import PYTHON, UVLOOP_DIR, Proc, Procs, free_port
+from bench.procs import PYTHON, UVLOOP_DIR, Proc, Procs
 from goverse.v1 import node_pb2, node_pb2_grpc
 
 GATE_ID = "bench"
@@ -25,6 +25,8 @@ CODE_SOURCES = (
 )
 """Where the goverse packages live in a checkout; put first on PYTHONPATH, they shadow the
 editable installs of the work tree (goverse is a namespace package)."""
+LISTEN = "--listen=127.0.0.1:0"
+"""Every server of a run binds a free loopback port and reports it in its ready file."""
 METRICS_PORT_ENV = "GOVERSE_METRICS_PORT"
 TRACES_OFF = {"OTEL_TRACES_EXPORTER": "none"}
 """Tracing is off unless a variant turns it on: an SDK left at its default exporter (otlp)
@@ -59,16 +61,20 @@ class System:
     variant: Variant
     node: Proc
     gate: Proc
-    node_address: str
-    gate_address: str
-    node_args: list[str]
+
+    @property
+    def node_address(self) -> str:
+        return self.node.address
+
+    @property
+    def gate_address(self) -> str:
+        return self.gate.address
 
     async def restart_node(self) -> Proc:
-        """Starts the node again with the same flags and environment (the old process must be
-        gone)."""
-        self.node = self.procs.spawn(
-            "node-restarted", self.node_args, self.node_address, self.node.env
-        )
+        """Starts the node again with the same flags and environment, on the address it had
+        (the old process must be gone); :meth:`Proc.wait_ready` tells when it serves."""
+        old = self.node
+        self.node = self.procs.spawn("node-restarted", old.same_address_args(), old.env, ready=True)
         return self.node
 
 
@@ -110,57 +116,30 @@ async def start_system(
     node_flags: Sequence[str] = (),
 ) -> System:
     """Starts a node (hosting ``bench.objects``), then a gate; returns once the gate's link to
-    the node is up."""
-    node_address = f"127.0.0.1:{free_port()}"
-    gate_address = f"127.0.0.1:{free_port()}"
-    env = variant.process_env()
+    the node is up. Both bind free ports and report them in their ready files."""
     # Metrics on, as deployed, each on a free port (the defaults would collide with anything
     # else running here). The variable, not the flag: a version without metrics ignores it.
-    node_env = {**env, METRICS_PORT_ENV: str(free_port())}
-    gate_env = {**env, METRICS_PORT_ENV: str(free_port())}
-    node_args = _launch(
-        variant,
-        "node",
-        [
-            f"--listen={node_address}",
-            f"--advertise={node_address}",
-            f"--nodes={node_address}",
-            f"--objects={OBJECTS}",
-            "--log-format=json",
-            *node_flags,
-        ],
-    )
-    node = procs.spawn("node", node_args, node_address, node_env)
-    await node.wait_healthy()
+    env = {**variant.process_env(), METRICS_PORT_ENV: "0"}
+    # A lone node: unset --advertise and --nodes mean "the address it bound, alone".
+    node_args = [f"--objects={OBJECTS}", "--log-format=json", *node_flags]
+    node = procs.spawn("node", _launch(variant, "node", [LISTEN, *node_args]), env, ready=True)
+    await node.wait_ready()
+    gate_args = [f"--gate-id={GATE_ID}", f"--nodes={node.address}", "--log-format=json"]
     gate = procs.spawn(
-        "gate",
-        _launch(
-            variant,
-            "gate",
-            [
-                f"--listen={gate_address}",
-                f"--gate-id={GATE_ID}",
-                f"--nodes={node_address}",
-                "--log-format=json",
-                *gate_flags,
-            ],
-        ),
-        gate_address,
-        gate_env,
+        "gate", _launch(variant, "gate", [LISTEN, *gate_args, *gate_flags]), env, ready=True
     )
-    await gate.wait_healthy()
-    await wait_linked(node_address)
-    return System(procs, variant, node, gate, node_address, gate_address, node_args)
+    await gate.wait_ready()
+    await wait_linked(node.address)
+    return System(procs, variant, node, gate)
 
 
 async def start_bare(procs: Procs, variant: Variant, name: str = "bare") -> Proc:
     """Starts the bare grpc.aio server and waits until it serves."""
-    address = f"127.0.0.1:{free_port()}"
     proc = procs.spawn(
         name,
-        [PYTHON, "-m", "bench.bare_server", f"--listen={address}", f"--loop={variant.loop}"],
-        address,
+        [PYTHON, "-m", "bench.bare_server", LISTEN, f"--loop={variant.loop}"],
         variant.process_env(),
+        ready=True,
     )
-    await proc.wait_healthy()
+    await proc.wait_ready()
     return proc

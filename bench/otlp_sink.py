@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from bench.serving import serve_until_signalled
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -92,22 +93,12 @@ class Sink:
         )
 
 
-async def serve(listen: str) -> int:
+async def serve(listen: str, ready_file: Path | None) -> int:
     sink = Sink()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((sink.handler(),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(listen) == 0:
-        print(f"otlp sink: cannot listen on {listen}", file=sys.stderr)
+    if not await serve_until_signalled(server, "otlp-sink", listen, ready_file):
         return 1
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
     await server.stop(grace=0.5)
     summary = {"requests": sink.requests, "bytes": sink.bytes, "spans": sink.spans}
     print(json.dumps({**summary, "unparsed": sink.bad}), flush=True)
@@ -116,9 +107,10 @@ async def serve(listen: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.otlp_sink", description=__doc__)
-    parser.add_argument("--listen", required=True)
+    parser.add_argument("--listen", required=True, help="host:port; port 0 picks a free one")
+    parser.add_argument("--ready-file", type=Path, help="where to write the bound address")
     args = parser.parse_args(argv)
-    return asyncio.run(serve(args.listen))
+    return asyncio.run(serve(args.listen, args.ready_file))
 
 
 if __name__ == "__main__":

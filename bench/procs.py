@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from goverse.server import Ready, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -32,13 +30,6 @@ site-packages, so nothing else picks it up)."""
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 _SETPRIV = shutil.which("setpriv")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def uvloop_available() -> bool:
@@ -53,34 +44,37 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-async def serving(address: str, timeout: float = 1.0) -> bool:
-    """True when the health service at `address` answers SERVING for ""."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 @dataclass
 class Proc:
-    """One process of the run, its output captured to a log file."""
+    """One process of the run, its output captured to a log file.
+
+    A server is started with ``--listen ...:0`` and ``--ready-file``: :meth:`wait_ready` reads
+    the address it bound (:attr:`address`) from the ready file, so no port is picked here.
+    """
 
     name: str
     args: list[str]
     log_path: Path
-    address: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    ready_path: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
+    ready: Ready | None = None
+
+    @property
+    def address(self) -> str:
+        """Where the server listens (known once :meth:`wait_ready` returned)."""
+        if self.ready is None:
+            raise RuntimeError(f"{self.name} has not reported ready")
+        return self.ready.address
 
     def start(self) -> Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         paths = [str(ROOT), self.env.get("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         args = list(self.args)
+        if self.ready_path is not None:
+            self.ready_path.unlink(missing_ok=True)
+            args.append(f"--ready-file={self.ready_path}")
         if _SETPRIV is not None:
             args = [_SETPRIV, "--pdeathsig", "KILL", "--", *args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,20 +106,26 @@ class Proc:
             return ""
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    async def wait_healthy(self, timeout: float = START_TIMEOUT) -> float:
-        """Waits until the process serves; returns the seconds waited."""
+    async def wait_ready(self, timeout: float = START_TIMEOUT) -> float:
+        """Waits until the process serves (its ready file is written); returns the seconds
+        waited. Raises RuntimeError when it exits first or does not serve in time."""
+        assert self.ready_path is not None, f"{self.name} was started without a ready file"
         started = time.monotonic()
-        deadline = started + timeout
-        while True:
-            if not self.alive():
-                raise RuntimeError(
-                    f"{self.name} exited during start (see {self.log_path}):\n{self.output_tail()}"
-                )
-            if await serving(self.address):
-                return time.monotonic() - started
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not serve within {timeout}s")
-            await asyncio.sleep(0.05)
+        try:
+            self.ready = await asyncio.to_thread(
+                wait_ready, self.ready_path, timeout, pid=self.pid, alive=self.alive
+            )
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(
+                f"{self.name} did not serve ({error}; see {self.log_path}):\n{self.output_tail()}"
+            ) from None
+        return time.monotonic() - started
+
+    def same_address_args(self) -> list[str]:
+        """The arguments again, listening where this process listened: a restart comes back
+        on the address its peers know (the port is free again once this process is gone)."""
+        listen = f"--listen={self.address if self.ready is None else self.ready.listen}"
+        return [listen if arg.startswith("--listen=") else arg for arg in self.args]
 
     async def wait_exit(self, timeout: float) -> bool:
         """Waits (without polling, on a pidfd) until the process exits; False on timeout."""
@@ -200,15 +200,22 @@ class Procs:
         self._count = 0
 
     def spawn(
-        self, name: str, args: Sequence[str], address: str = "", env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        *,
+        ready: bool = False,
     ) -> Proc:
+        """Starts a process; with `ready` it gets ``--ready-file`` (see :meth:`Proc.wait_ready`)."""
         self._count += 1
+        base = self.log_dir / f"{self._count:03d}-{name}"
         proc = Proc(
             name,
             list(args),
-            self.log_dir / f"{self._count:03d}-{name}.log",
-            address,
+            base.with_suffix(".log"),
             dict(env or {}),
+            base.with_suffix(".ready") if ready else None,
         )
         self.started.append(proc.start())
         return proc

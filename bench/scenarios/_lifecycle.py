@@ -67,7 +67,7 @@ async def _bare_restart(ctx: Ctx, variant: Variant) -> dict[str, Any]:
         await stubs.echo(echo_request("r", b"x"), timeout=CALL_TIMEOUT)
         killed = time.monotonic()
         proc.kill()
-        ctx.procs.spawn("bare-restarted", proc.args, proc.address, proc.env)
+        ctx.procs.spawn("bare-restarted", proc.same_address_args(), proc.env, ready=True)
         attempts = 0
         while time.monotonic() - killed < RECOVERY_TIMEOUT:
             attempts += 1
@@ -106,7 +106,7 @@ async def _node_restart(ctx: Ctx, variant: Variant) -> dict[str, Any]:
             system.node.kill()
             node = await system.restart_node()
             restarted = time.monotonic()
-            serving = asyncio.create_task(node.wait_healthy())
+            serving = asyncio.create_task(node.wait_ready())
             first_call: float | None = None
             first_queued: float | None = None
             attempts = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.cluster import Variant
-from bench.procs import PYTHON, Proc, free_port
+from bench.cluster import LISTEN, Variant
+from bench.procs import PYTHON, Proc
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows, system_calls
 from bench.scenarios._context import Ctx
@@ -60,11 +60,11 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
             sink: Proc | None = None
             address = ""
             if mode == "otlp":
-                address = f"127.0.0.1:{free_port()}"
                 sink = ctx.procs.spawn(
-                    "otlp-sink", [PYTHON, "-m", "bench.otlp_sink", f"--listen={address}"], address
+                    "otlp-sink", [PYTHON, "-m", "bench.otlp_sink", LISTEN], ready=True
                 )
-                await sink.wait_healthy()
+                await sink.wait_ready()
+                address = sink.address
             env = _tracing_env(mode, address)
             on, logs = await system_calls(
                 ctx, Variant(f"traces-{mode}", variant.loop, env), payload
