@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse.client._gates import GateChooser
+from goverse.client._messages import MessageBuffer
 from goverse.errors import CallError
 from goverse.transport import Backoff, ChannelPool, Keepalive, channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
@@ -62,9 +63,6 @@ class _Session:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ((wire.CLIENT_ID_KEY, self.client_id), (wire.CREDENTIAL_KEY, self.credential))
-
-
-_END = object()
 
 
 class Client:
@@ -120,7 +118,7 @@ class Client:
         self._registered_at = 0.0
         keepalive = Keepalive(time=keepalive_time, timeout=keepalive_timeout)
         self._channels = ChannelPool(channel_options(max_message_bytes, keepalive))
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=message_buffer)
+        self._messages = MessageBuffer(message_buffer)
         self._on_reconnect = on_reconnect
         self._state = ClientState.UNOPENED
         self._session: _Session | None = None
@@ -201,12 +199,7 @@ class Client:
                 await self._runner
         self._session = None
         await self._channels.close()
-        while True:
-            try:
-                self._inbox.put_nowait(_END)
-                break
-            except asyncio.QueueFull:
-                self._inbox.get_nowait()
+        self._messages.end()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -310,14 +303,14 @@ class Client:
 
     # -- pushes ------------------------------------------------------------------------------
 
-    async def messages(self) -> AsyncIterator[any_pb2.Any]:
-        """Pushed messages in the order received, as ``google.protobuf.Any``; ends at close."""
-        while True:
-            item = await self._inbox.get()
-            if item is _END:
-                self._inbox.put_nowait(_END)  # let other iterators end too
-                return
-            yield item
+    def messages(self) -> AsyncIterator[any_pb2.Any]:
+        """Pushed messages in the order received, as ``google.protobuf.Any``; ends at close.
+
+        A read may be cancelled (``async with asyncio.timeout(…): await anext(messages)``):
+        it loses no message and the iterator stays usable. Iterators of one client share its
+        buffer: each message goes to one of them.
+        """
+        return self._messages.reader()
 
     # -- the registration loop ---------------------------------------------------------------
 
@@ -378,7 +371,7 @@ class Client:
             while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "messages":
-                    await self._enqueue(event.messages.messages)
+                    await self._messages.put(event.messages.messages)
                 elif kind == "draining":
                     log.info(
                         "gate %s is draining: %s",
@@ -396,15 +389,6 @@ class Client:
             stream.cancel()
             if session is not None:
                 session.ended.set()
-
-    async def _enqueue(self, items: Sequence[any_pb2.Any]) -> None:
-        """Buffers pushed messages; waits (so stops reading the stream) only when full."""
-        inbox = self._inbox
-        for item in items:
-            try:
-                inbox.put_nowait(item)  # the common case, without a coroutine per message
-            except asyncio.QueueFull:
-                await inbox.put(item)
 
     async def _registered(
         self, gate: str, stub: gate_pb2_grpc.GateServiceStub, registered: gate_pb2.Registered

@@ -1,0 +1,161 @@
+"""SDK pushed messages: reads that can be cancelled without losing a message, and their end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+import pytest
+
+from goverse.client import Client
+from goverse.client._messages import MessageBuffer
+from goverse.v1 import gate_pb2, gate_pb2_grpc
+from tests.helpers.fake_node import text, unpack_text
+
+WAIT = 10.0
+"""Bound on every wait for something that should happen promptly."""
+
+
+class PushingGate(gate_pb2_grpc.GateServiceServicer):
+    """A GateService that registers each client and then pushes what the test hands it."""
+
+    def __init__(self) -> None:
+        self.pushes: asyncio.Queue[str] = asyncio.Queue()
+        self._server = grpc.aio.server()
+        gate_pb2_grpc.add_GateServiceServicer_to_server(self, self._server)
+        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        async with asyncio.timeout(WAIT):
+            await self._server.stop(0)
+
+    async def Register(
+        self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gate_pb2.RegisterResponse]:
+        yield gate_pb2.RegisterResponse(
+            registered=gate_pb2.Registered(client_id="fake/1", credential="c", gate_id="fake")
+        )
+        while True:
+            value = await self.pushes.get()
+            yield gate_pb2.RegisterResponse(
+                messages=gate_pb2.PushedMessages(messages=[text(value)])
+            )
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this fake gate only pushes")
+        raise AssertionError("abort returned")
+
+    async def CallObject(
+        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.CallObjectResponse:
+        await self._unimplemented(context)
+
+    async def CreateObject(
+        self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.CreateObjectResponse:
+        await self._unimplemented(context)
+
+    async def DeleteObject(
+        self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
+    ) -> gate_pb2.DeleteObjectResponse:
+        await self._unimplemented(context)
+
+
+@pytest.fixture
+async def gate() -> AsyncIterator[PushingGate]:
+    gate = PushingGate()
+    await gate.start()
+    yield gate
+    await gate.stop()
+
+
+@pytest.fixture
+async def client(gate: PushingGate) -> AsyncIterator[Client]:
+    client = Client([gate.address])
+    await client.connect()
+    yield client
+    async with asyncio.timeout(WAIT):
+        await client.close()
+
+
+async def test_a_read_cancelled_by_a_timeout_leaves_the_iterator_usable_and_loses_no_message(
+    gate: PushingGate, client: Client
+) -> None:
+    """A read of ``client.messages()`` that times out (nothing was pushed yet) does not end the
+    iterator: the same iterator then yields every message pushed afterwards, in order."""
+    messages = client.messages()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # expires: nothing has been pushed
+            await anext(messages)
+    for value in ("first", "second"):
+        gate.pushes.put_nowait(value)
+    async with asyncio.timeout(WAIT):
+        assert [unpack_text(await anext(messages)) for _ in range(2)] == ["first", "second"]
+
+
+async def test_a_read_cancelled_in_the_tick_its_message_arrives_leaves_it_for_the_next_read() -> (
+    None
+):
+    """The hardest moment to cancel a read: its message has been handed to it but it has not
+    resumed yet. The cancellation wins (the read raises CancelledError) and the message stays
+    buffered, so the next read of the same iterator returns it."""
+    buffer = MessageBuffer(maxsize=10)
+    messages = buffer.reader()
+    reading = asyncio.Event()
+
+    async def read() -> str:
+        reading.set()
+        return unpack_text(await anext(messages))
+
+    reader = asyncio.create_task(read())
+    async with asyncio.timeout(WAIT):
+        await reading.wait()  # set in the step that parks the read on the empty buffer
+    # The same step, no await in between that could suspend (put does not wait with room):
+    # the read is woken with the message and cancelled before it can resume.
+    await buffer.put([text("kept")])
+    reader.cancel()
+    done, _ = await asyncio.wait({reader}, timeout=WAIT)
+    assert done
+    assert reader.cancelled()
+    async with asyncio.timeout(WAIT):
+        assert unpack_text(await anext(messages)) == "kept"
+
+
+async def test_every_reader_ends_at_close_after_the_messages_already_received() -> None:
+    """``end()`` (what close does) lets each reader read what was buffered and then stop;
+    a reader that comes later stops at once."""
+    buffer = MessageBuffer(maxsize=10)
+    first = buffer.reader()
+    await buffer.put([text("a"), text("b")])
+    buffer.end()
+    async with asyncio.timeout(WAIT):
+        assert [unpack_text(item) async for item in first] == ["a", "b"]
+        assert [item async for item in buffer.reader()] == []
+        assert [item async for item in first] == []
+
+
+async def test_async_for_over_messages_ends_when_the_client_closes(
+    gate: PushingGate, client: Client
+) -> None:
+    """A consumer in ``async for pushed in client.messages()`` receives the pushes and its loop
+    ends, without error, when the client is closed."""
+    received: list[str] = []
+    arrived = asyncio.Event()
+
+    async def consume() -> None:
+        async for pushed in client.messages():
+            received.append(unpack_text(pushed))
+            arrived.set()
+
+    consumer = asyncio.create_task(consume())
+    gate.pushes.put_nowait("hello")
+    async with asyncio.timeout(WAIT):
+        await arrived.wait()
+        await client.close()
+        await consumer
+    assert received == ["hello"]
