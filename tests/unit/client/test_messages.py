@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -10,6 +11,7 @@ import grpc
 import pytest
 
 from goverse.client import Client
+from goverse.client import _client as client_module
 from goverse.client._messages import MessageBuffer
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 from tests.helpers.fake_node import text, unpack_text
@@ -19,10 +21,12 @@ WAIT = 10.0
 
 
 class PushingGate(gate_pb2_grpc.GateServiceServicer):
-    """A GateService that registers each client and then pushes what the test hands it."""
+    """A GateService that registers each client and then pushes what the test hands it (None
+    ends the stream, and the client registers again)."""
 
     def __init__(self) -> None:
-        self.pushes: asyncio.Queue[str] = asyncio.Queue()
+        self.pushes: asyncio.Queue[str | None] = asyncio.Queue()
+        self.registrations = 0
         self._server = grpc.aio.server()
         gate_pb2_grpc.add_GateServiceServicer_to_server(self, self._server)
         self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
@@ -37,11 +41,13 @@ class PushingGate(gate_pb2_grpc.GateServiceServicer):
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gate_pb2.RegisterResponse]:
+        self.registrations += 1
         yield gate_pb2.RegisterResponse(
-            registered=gate_pb2.Registered(client_id="fake/1", credential="c", gate_id="fake")
+            registered=gate_pb2.Registered(
+                client_id=f"fake/{self.registrations}", credential="c", gate_id="fake"
+            )
         )
-        while True:
-            value = await self.pushes.get()
+        while (value := await self.pushes.get()) is not None:
             yield gate_pb2.RegisterResponse(
                 messages=gate_pb2.PushedMessages(messages=[text(value)])
             )
@@ -76,6 +82,7 @@ async def gate() -> AsyncIterator[PushingGate]:
 
 @pytest.fixture
 async def client(gate: PushingGate) -> AsyncIterator[Client]:
+    """A client registered with `gate`; closed after the test."""
     client = Client([gate.address])
     await client.connect()
     yield client
@@ -159,3 +166,38 @@ async def test_async_for_over_messages_ends_when_the_client_closes(
         await client.close()
         await consumer
     assert received == ["hello"]
+
+
+async def test_close_returns_within_its_bound_when_a_callback_holds_up_the_cancellation(
+    gate: PushingGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() cancels the registration task and waits for it for ``CLOSE_TIMEOUT`` at most:
+    an ``on_reconnect`` callback that does not let the task end in time (here: until the test
+    releases it) delays close() by that bound, not for ever, and the message iterators end."""
+    monkeypatch.setattr(client_module, "CLOSE_TIMEOUT", 0.2)
+    in_callback = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holds_up_cancellation(old: str, new: str) -> None:
+        in_callback.set()
+        try:
+            await asyncio.Event().wait()  # never set: only a cancellation ends this wait
+        except asyncio.CancelledError:
+            await release.wait()  # misbehaving on purpose: a slow cleanup
+            raise
+
+    client = Client([gate.address], on_reconnect=holds_up_cancellation)
+    await client.connect()
+    messages = client.messages()
+    gate.pushes.put_nowait(None)  # ends the registration: the client registers again
+    try:
+        async with asyncio.timeout(WAIT):
+            await in_callback.wait()
+            started = time.monotonic()
+            await client.close()
+        assert time.monotonic() - started < WAIT / 2
+        with pytest.raises(StopAsyncIteration):
+            async with asyncio.timeout(WAIT):
+                await anext(messages)
+    finally:
+        release.set()

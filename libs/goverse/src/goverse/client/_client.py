@@ -38,6 +38,9 @@ MIN_RETRY_DELAY = 0.01
 # How long a call refused with UNAUTHENTICATED waits to see whether its registration has just
 # ended (then it is re-sent once on the next registration; the gate refused it unforwarded).
 REGISTRATION_END_GRACE = 2.0
+# How long close() waits for the registration task it cancelled; a bound, so that a task that
+# ignores its cancellation cannot hang close().
+CLOSE_TIMEOUT = 5.0
 
 
 class ClientState(enum.Enum):
@@ -188,18 +191,31 @@ class Client:
 
     async def close(self) -> None:
         """Ends the registration and the background task; idempotent. :meth:`messages`
-        iterators end after what was already received."""
+        iterators end after what was already received.
+
+        The background task is cancelled and awaited for up to ``CLOSE_TIMEOUT`` seconds (it
+        ends at once, unless an ``on_reconnect`` callback ignores its cancellation: then it is
+        logged and left behind). The channels are closed and the iterators ended even when
+        close() itself is cancelled; a second call returns at once.
+        """
         if self._state is ClientState.CLOSED:
             return
         self._state = ClientState.CLOSED
         self._connected.clear()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        self._session = None
-        await self._channels.close()
-        self._messages.end()
+        try:
+            if self._runner is not None:
+                self._runner.cancel()
+                # asyncio.wait, not `await runner` under suppress(CancelledError): that would
+                # take a cancellation of close() itself for the runner's and swallow it.
+                _, pending = await asyncio.wait({self._runner}, timeout=CLOSE_TIMEOUT)
+                if pending:
+                    log.warning(
+                        "the registration task did not end within %ss of close()", CLOSE_TIMEOUT
+                    )
+        finally:
+            self._session = None
+            await self._channels.close()
+            self._messages.end()
 
     async def __aenter__(self) -> Client:
         await self.connect()
