@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
 
 import pytest
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.client import Client
 from tests.e2e.conftest import Cluster, start_cluster
 from tests.helpers.faults import json_lines, log_events, logged_at, restart, sigkill, sigstop
 from tests.helpers.processes import ProcessGroup, ServiceProcess
-from tests.helpers.pushes import Inbox
+from tests.helpers.pushes import PushFlow
+from tests.helpers.tasks import STOP_TIMEOUT
 from tests.helpers.waiting import eventually
 
 DEFAULTS = os.environ.get("GOVERSE_TEST_DEFAULT_TIMEOUTS") == "1"
@@ -29,59 +27,18 @@ SLACK = 5.0
 LINK_EVENTS = ("node link connected", "node link lost", "node link failed")
 
 
-class PushFlow:
-    """A client that keeps asking an object to push to it, and notes when a push came back."""
-
-    def __init__(self, client: Client, pusher: str) -> None:
-        self.client = client
-        self.pusher = pusher
-        self.inbox = Inbox(client)
-        self.arrived: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> PushFlow:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def arrived_since(self, moment: float) -> bool:
-        return any(arrival >= moment for arrival in self.arrived)
-
-    async def _run(self) -> None:
-        sequence = 0
-        while True:
-            sequence += 1
-            text = f"flow-{sequence}"
-            try:
-                accepted = await self.client.call(
-                    "Pusher",
-                    self.pusher,
-                    "PushToCaller",
-                    StringValue(value=text),
-                    Int64Value,
-                    timeout=2,
-                )
-                if accepted.value == 1:
-                    while (await self.inbox.next(StringValue, timeout=2)).value != text:
-                        pass  # a push from an attempt that timed out earlier
-                    self.arrived.append(time.time())
-            except Exception:  # the node is down or frozen: try again
-                pass
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def flows() -> AsyncIterator[list[PushFlow]]:
+    """The push flows a test starts; each is stopped and its client closed afterwards."""
     started: list[PushFlow] = []
     yield started
-    for flow in started:
-        await flow.stop()
-        await flow.client.close()
+    try:
+        for flow in started:
+            await flow.stop()
+    finally:
+        for flow in started:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await flow.client.close()
 
 
 def link_events(gate: ServiceProcess, node: str, since: float) -> list[dict[str, object]]:
