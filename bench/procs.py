@@ -146,7 +146,8 @@ class Proc:
 
         loop.add_reader(fd, on_exit)
         try:
-            await asyncio.wait_for(exited, timeout)
+            async with asyncio.timeout(timeout):  # wait_for could drop our cancellation (3.11)
+                await exited
         except TimeoutError:
             return False
         finally:

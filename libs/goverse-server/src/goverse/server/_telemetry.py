@@ -248,7 +248,10 @@ async def _in_daemon_thread(function: Callable[[], None], timeout: float) -> boo
 
     threading.Thread(target=target, name="telemetry-shutdown", daemon=True).start()
     try:
-        await asyncio.wait_for(asyncio.shield(finished), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation of this
+        # call that lands in the tick the thread finishes (CPython gh-86296).
+        async with asyncio.timeout(timeout):
+            await finished
     except TimeoutError:
         return False
     return True
