@@ -14,6 +14,7 @@ from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 from tests.e2e.conftest import Cluster
 from tests.helpers.pushes import Inbox
+from tests.helpers.tasks import bounded
 
 # The shutdown budget is 5 s; a loaded 2-core machine gets 3 s of slack.
 EXIT_BOUND = 8.0
@@ -86,7 +87,7 @@ async def test_gate_sigterm_moves_clients_to_the_other_gate(
     doomed.signal(signal.SIGTERM)
     started = time.monotonic()
     for client, reconnected in on_doomed:
-        await asyncio.wait_for(reconnected.wait(), 20)
+        await bounded(reconnected.wait(), 20)
         assert client.gate == survivor.address
         value = await client.call(
             "Counter", "moved", "Increment", IncrementRequest(by=1), CounterValue
@@ -118,7 +119,7 @@ async def test_gate_sigterm_with_100_streams_drains_and_exits_in_budget(
                 last = event.WhichOneof("event")
             return last
 
-        endings = await asyncio.wait_for(asyncio.gather(*(last_event(s) for s in streams)), 15)
+        endings = await bounded(asyncio.gather(*(last_event(s) for s in streams)), 15)
         assert endings == ["draining"] * 100
     code = await asyncio.to_thread(gate.process.wait, 15)  # type: ignore[union-attr]
     elapsed = time.monotonic() - started

@@ -21,6 +21,7 @@ from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from tests.e2e.conftest import Cluster, start_cluster
 from tests.helpers.faults import sigkill, sigstop
 from tests.helpers.processes import ProcessGroup
+from tests.helpers.tasks import STOP_TIMEOUT, bounded, cancel_and_wait
 from tests.helpers.waiting import eventually
 
 SLACK = 5.0
@@ -205,7 +206,7 @@ async def test_gate_sigterm_lets_calls_finish_and_moves_clients_on_its_notice(
         code = await asyncio.to_thread(doomed_proc.process.wait, 15)  # type: ignore[union-attr]
         exited = time.monotonic() - signalled
         stopping.set()
-        await asyncio.gather(*loops)
+        await bounded(asyncio.gather(*loops), STOP_TIMEOUT)
         draining = [r for r in caplog.records if "is draining" in r.getMessage()]
         print(
             f"\nclients moved {moved:.2f}s after SIGTERM; the 2 s call in flight finished after "
@@ -222,10 +223,8 @@ async def test_gate_sigterm_lets_calls_finish_and_moves_clients_on_its_notice(
     finally:
         stopping.set()
         for loop in loops:
-            loop.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        long_call.cancel()
-        await asyncio.gather(long_call, return_exceptions=True)
+            await cancel_and_wait(loop)
+        await cancel_and_wait(long_call)
         await close_all(by_gate)
 
 

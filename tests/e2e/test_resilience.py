@@ -28,6 +28,7 @@ from tests.helpers.faults import rss_bytes
 from tests.helpers.load_objects import stamp_of
 from tests.helpers.processes import ProcessGroup
 from tests.helpers.pushes import Inbox
+from tests.helpers.tasks import bounded, cancel_and_wait
 from tests.helpers.waiting import eventually
 
 MiB = 1024 * 1024
@@ -64,7 +65,7 @@ class RawClient:
         self._stream = gate_pb2_grpc.GateServiceStub(self._channel).Register(
             gate_pb2.RegisterRequest()
         )
-        first = await asyncio.wait_for(self._stream.read(), 30)
+        first = await bounded(self._stream.read(), 30)
         assert first.WhichOneof("event") == "registered", first
         self.client_id = first.registered.client_id
         self.credential = first.registered.credential
@@ -91,8 +92,7 @@ class RawClient:
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await cancel_and_wait(self._reader)
         if self._channel is not None:
             await self._channel.close()
 
@@ -188,7 +188,7 @@ async def test_a_slow_client_does_not_slow_the_others_or_grow_the_gate(
     assert slow99 <= 3 * base99 + 500
     for slow in slow_clients:
         slow.start_reading()
-        await asyncio.wait_for(slow.ended.wait(), 30)
+        await bounded(slow.ended.wait(), 30)
         assert slow.error is not None
         assert slow.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (slow.error.details() or "").startswith("slow consumer")

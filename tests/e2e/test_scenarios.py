@@ -40,6 +40,7 @@ from tests.e2e.targets import (
 )
 from tests.e2e.targets.chart import ROOT
 from tests.helpers.pushes import Inbox
+from tests.helpers.tasks import bounded
 
 SERVING_TIMEOUT = 90.0
 """How long a fresh or repaired cluster may take until every gate routes to every node."""
@@ -374,8 +375,7 @@ async def test_node_restart_pushes_resume(
             break
         except (CallError, TimeoutError) as error:
             # A push queued while the gates had not re-registered with the node is dropped.
-            # A timed-out read ends its iterator; new ones read on from the same buffer.
-            inboxes = [Inbox(user) for user in users]
+            # A timed-out read leaves the inbox usable: the next attempt reads on from it.
             if time.monotonic() - restarted > RESUME_TIMEOUT:
                 raise AssertionError(
                     f"pushes did not resume within {RESUME_TIMEOUT:.0f}s"
@@ -417,7 +417,7 @@ async def test_gate_sigterm_moves_clients_to_the_other_gate(
         stopping = asyncio.create_task(asyncio.to_thread(cluster.stop_gate, 0))
         started = time.monotonic()
         for client, moved in moving:
-            await asyncio.wait_for(moved.wait(), cluster.stop_bound + 20)
+            await bounded(moved.wait(), cluster.stop_bound + 20)
             assert client.gate == survivor
         failover = time.monotonic() - started
         stopped = await stopping

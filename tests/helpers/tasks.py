@@ -1,13 +1,25 @@
-"""Stopping the tasks a test owns: cancel, wait with a bound, and say which one did not end."""
+"""Tasks a test owns: awaiting with a bound, stopping them and saying which did not end."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 STOP_TIMEOUT = 10.0
 """How long a cancelled task may take to end; a loaded 2-core machine included."""
+
+
+async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
+    """Awaits `awaitable` for at most `timeout` seconds (then TimeoutError, and a task or
+    future awaited is cancelled): ``asyncio.wait_for`` built on ``asyncio.timeout``. On Python
+    3.11 wait_for returns the result and drops a cancellation that arrives in the tick the
+    result does (CPython gh-86296), which hung a fixture teardown (issue 9)."""
+    async with asyncio.timeout(timeout):
+        return await awaitable
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = STOP_TIMEOUT) -> None:

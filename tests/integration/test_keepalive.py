@@ -17,6 +17,7 @@ from google.protobuf.wrappers_pb2 import BytesValue
 
 from goverse.transport import Keepalive, channel_options, server_options
 from tests.helpers.processes import ROOT
+from tests.helpers.tasks import bounded
 
 IDLE_SECONDS = 6.0
 """How long the stream stays silent: gRPC pings at most once a second, and the third ping
@@ -136,7 +137,7 @@ async def test_a_frozen_server_is_noticed_within_keepalive_time_plus_timeout() -
     )
     try:
         assert server.stdout is not None
-        port = int(await asyncio.wait_for(server.stdout.readline(), 30))
+        port = int(await bounded(server.stdout.readline(), 30))
         keepalive = Keepalive(time=timedelta(seconds=1), timeout=timedelta(seconds=1))
         async with grpc.aio.insecure_channel(
             f"127.0.0.1:{port}", options=channel_options(keepalive=keepalive)
@@ -151,7 +152,7 @@ async def test_a_frozen_server_is_noticed_within_keepalive_time_plus_timeout() -
             stopped = time.monotonic()
             try:
                 with pytest.raises(grpc.aio.AioRpcError) as ended:
-                    await asyncio.wait_for(call.read(), 15)
+                    await bounded(call.read(), 15)
             finally:
                 server.send_signal(signal.SIGCONT)
             noticed = time.monotonic() - stopped

@@ -18,6 +18,7 @@ from goverse.wire import CloseReason, close_reason_of
 from tests.helpers.fake_node import FakeNode, broadcast, text, to_clients
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.processes import free_port
+from tests.helpers.tasks import bounded
 from tests.helpers.waiting import eventually
 
 
@@ -48,7 +49,7 @@ class Gate:
     async def linked(self) -> None:
         """Waits until every node link is connected."""
         for link in self.app.links.values():
-            await asyncio.wait_for(link.wait_for(lambda lk: lk.state is LinkState.CONNECTED), WAIT)
+            await bounded(link.wait_for(lambda lk: lk.state is LinkState.CONNECTED), WAIT)
 
     async def close(self) -> None:
         await self.app.stop()

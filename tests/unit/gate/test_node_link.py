@@ -16,6 +16,7 @@ from goverse.server import Supervisor
 from goverse.transport import Backoff, ChannelPool, channel_options
 from goverse.v1 import node_pb2
 from tests.helpers.fake_node import FakeNode, broadcast, to_clients
+from tests.helpers.tasks import bounded, cancel_and_wait
 from tests.helpers.waiting import eventually
 
 WAIT = 15.0  # generous: a loaded 2-core machine
@@ -79,7 +80,7 @@ async def links() -> AsyncIterator[Links]:
 
 
 async def connected(link: NodeLink, connections: int = 1) -> None:
-    await asyncio.wait_for(
+    await bounded(
         link.wait_for(lambda lk: lk.state is LinkState.CONNECTED and lk.connections >= connections),
         WAIT,
     )
@@ -194,9 +195,8 @@ async def test_stop_returns_promptly_while_the_node_stays_silent(
     await connected(link)
     assert fake_node.active == 1
     started = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 5)
+    await cancel_and_wait(task, 5)
+    assert task.cancelled()
     elapsed = time.monotonic() - started
     assert elapsed < 1.0, f"cancelling the link took {elapsed:.3f}s"
     assert link.state is LinkState.STOPPED
@@ -207,11 +207,10 @@ async def test_stop_returns_promptly_while_backing_off(links: Links) -> None:
     """Cancelling a link that waits out a long backoff delay ends it at once."""
     node = FakeNode(port=1)  # nothing listens on port 1: every attempt fails at once
     link, task = links.start(node, initial=30, maximum=30)
-    await asyncio.wait_for(link.wait_for(lambda lk: lk.state is LinkState.BACKING_OFF), WAIT)
+    await bounded(link.wait_for(lambda lk: lk.state is LinkState.BACKING_OFF), WAIT)
     started = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 5)
+    await cancel_and_wait(task, 5)
+    assert task.cancelled()
     assert time.monotonic() - started < 1.0
     assert "UNAVAILABLE" in link.last_error
 

@@ -16,6 +16,7 @@ from goverse.gate import GateApp, GateConfig, LinkState
 from goverse.v1 import gate_pb2
 from tests.helpers.fake_node import FakeNode, text, to_clients, unpack_text
 from tests.helpers.gate_client import WAIT, GateClient
+from tests.helpers.tasks import bounded
 from tests.helpers.waiting import eventually
 
 BIG = "x" * 60_000  # a few of these fill a stalled client's transport window
@@ -45,7 +46,7 @@ async def start_gate() -> AsyncIterator[Callable[..., Any]]:
         await app.start()
         apps.append(app)
         for link in app.links.values():
-            await asyncio.wait_for(link.wait_for(lambda lk: lk.state is LinkState.CONNECTED), WAIT)
+            await bounded(link.wait_for(lambda lk: lk.state is LinkState.CONNECTED), WAIT)
 
         async def client(stalled: bool = False) -> GateClient:
             made = GateClient.stalled(app.address) if stalled else GateClient(app.address)
@@ -154,12 +155,12 @@ async def test_an_sdk_client_that_falls_behind_is_disconnected_and_registers_aga
                 pass
 
         consumer = asyncio.create_task(consume())
-        await asyncio.wait_for(reconnected.wait(), WAIT)
+        await bounded(reconnected.wait(), WAIT)
         assert sdk.client_id != first_id
         assert sdk.registrations == 2
     finally:
         await sdk.close()
-    await asyncio.wait_for(consumer, WAIT)
+    await bounded(consumer, WAIT)
 
 
 async def test_a_call_in_flight_completes_while_the_gate_stops(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from goverse.server import Mailbox
+from tests.helpers.tasks import bounded
 
 
 async def test_get_batch_returns_everything_queued_in_one_read() -> None:
@@ -80,7 +81,7 @@ async def test_close_wakes_a_waiting_reader() -> None:
     reader = asyncio.create_task(box.get_batch(10))
     await asyncio.sleep(0)
     box.close("bye")
-    assert await asyncio.wait_for(reader, 5) is None
+    assert await bounded(reader, 5) is None
 
 
 async def test_timeout_returns_empty_batch() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from goverse.server import Supervisor, SupervisorClosed
+from tests.helpers.tasks import bounded
 
 
 async def test_spawned_tasks_are_named_and_leave_when_done() -> None:
@@ -46,7 +47,7 @@ async def test_shutdown_reports_tasks_that_ignore_cancellation() -> None:
     await asyncio.sleep(0)
     assert await sup.shutdown(0.05) == ["stubborn"]
     release.set()
-    await task
+    await bounded(task, 5)
 
 
 async def test_no_new_tasks_after_shutdown_and_shutdown_twice_is_safe() -> None:
