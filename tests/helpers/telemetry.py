@@ -68,7 +68,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         return self
 
     def stop(self) -> None:
-        self._server.stop(0).wait()
+        assert self._server.stop(0).wait(10), "the OTLP receiver did not stop within 10 s"
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any

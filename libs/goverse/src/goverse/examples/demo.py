@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import sys
 from collections.abc import Callable, Sequence
@@ -79,9 +78,9 @@ async def run(gates: list[str], rounds: int, interval: float) -> None:
         finally:
             for reader in readers:
                 reader.cancel()
-            for reader in readers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            # asyncio.wait, not `await reader` under suppress(CancelledError): a Ctrl-C that
+            # cancels run() while it waits here must not be taken for a reader's and dropped.
+            await asyncio.wait(readers, timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
