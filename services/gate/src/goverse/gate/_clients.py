@@ -211,7 +211,10 @@ class ClientRegistry:
             proxy = self._clients.get(client_id)
             if proxy is None:
                 self.dropped[DropReason.UNKNOWN_CLIENT] += 1
-                log.debug("push to a client not registered here dropped", target=client_id)
+                # Debug only: a client that just left makes one such line per push to it.
+                log.debug(
+                    "push dropped", reason=DropReason.UNKNOWN_CLIENT, client_id=client_id[:100]
+                )
                 continue
             if proxy.push(envelope.message):
                 accepted += 1
