@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
 
+from goverse import wire
 from goverse.v1 import node_pb2, node_pb2_grpc
 from goverse.wire import pack, unpack
 
@@ -68,6 +69,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     port: int = 0
     _queues: list[asyncio.Queue[node_pb2.RegisterGateResponse | None]] = field(default_factory=list)
     _server: Any = None
+    _close_reason: str = ""
 
     @property
     def address(self) -> str:
@@ -104,8 +106,10 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
             queue.put_nowait(event)
         return len(self._queues)
 
-    def end_streams(self) -> None:
-        """Ends every open RegisterGate stream with status OK."""
+    def end_streams(self, close_reason: str = "") -> None:
+        """Ends every open RegisterGate stream with status OK, and with `close_reason` in the
+        trailing metadata when given (as a node does: ``shutdown`` when it stops)."""
+        self._close_reason = close_reason
         for queue in self._queues:
             queue.put_nowait(None)
 
@@ -131,6 +135,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
                 return
             while (event := await queue.get()) is not None:
                 yield event
+            if self._close_reason:
+                context.set_trailing_metadata(((wire.CLOSE_REASON_KEY, self._close_reason),))
         finally:
             self.active -= 1
             self._queues.remove(queue)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import pytest
+import structlog
 
+from goverse import wire
 from goverse.gate import ClientRegistry, LinkState, NodeLink
 from goverse.server import Supervisor
 from goverse.transport import Backoff, ChannelPool, channel_options
@@ -121,6 +124,33 @@ async def test_reconnects_after_the_node_ends_the_stream(fake_node: FakeNode, li
     assert "ended the stream" in link.last_error
     assert fake_node.registrations == ["g1", "g1"]
     assert fake_node.max_active == 1
+
+
+async def test_a_node_that_stops_ends_its_link_as_planned_not_as_a_fault(
+    fake_node: FakeNode, links: Links
+) -> None:
+    """A stream the node ends with the close reason ``shutdown`` (a rollout) is a planned end:
+    logged at INFO, and so are the failed attempts while the node is away; a stream ended with
+    no reason is a WARNING, as is the first failure after it."""
+    link, _ = links.start(fake_node, initial=0.05, maximum=0.1)
+    await connected(link)
+    with structlog.testing.capture_logs() as planned:
+        fake_node.end_streams(wire.CloseReason.SHUTDOWN)
+        await fake_node.stop(0)
+        await eventually(lambda: link.attempts >= 4, WAIT, "three failed retries")
+    await fake_node.start(fake_node.port)
+    await connected(link, connections=2)
+    with structlog.testing.capture_logs() as unplanned:
+        fake_node.end_streams()
+        await connected(link, connections=3)
+
+    def levels(logs: list[MutableMapping[str, Any]], event: str) -> list[str]:
+        return [line["log_level"] for line in logs if line["event"] == event]
+
+    assert levels(planned, "node link lost") == ["info"]
+    assert [line["planned"] for line in planned if line["event"] == "node link lost"] == [True]
+    assert set(levels(planned, "node link failed")) == {"info"}
+    assert levels(unplanned, "node link lost") == ["warning"]
 
 
 async def test_reconnects_after_the_node_restarts_on_the_same_port(
