@@ -54,6 +54,7 @@ def dead_address() -> Iterator[str]:
     meanwhile (the socket sets neither SO_REUSEADDR nor SO_REUSEPORT). Releasing a port and
     hoping it stays free is the race this replaces.
     """
+    # Held, never released while in use, never listening: the port stays dead and ours.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
         held.bind(("127.0.0.1", 0))
         yield f"127.0.0.1:{held.getsockname()[1]}"
