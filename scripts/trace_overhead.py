@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from goverse.client import Client  # noqa: E402
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest  # noqa: E402
-from tests.helpers.processes import free_port, process_group  # noqa: E402
+from tests.helpers.processes import process_group  # noqa: E402
 from tests.helpers.telemetry import OtlpReceiver  # noqa: E402
 
 
@@ -58,14 +58,11 @@ Result = tuple[float, float, float]
 
 async def measure(env: dict[str, str], calls: int, workers: int) -> Result:
     with tempfile.TemporaryDirectory() as logs, process_group(Path(logs)) as group:
-        node_port, gate_port = free_port(), free_port()
-        node = await asyncio.to_thread(
-            group.node, node_port, [node_port], ("--log-level=warning",), True, env
-        )
-        gate = await asyncio.to_thread(
-            group.gate, gate_port, "bench", [node_port], ("--log-level=warning",), True, env
-        )
-        async with Client([f"127.0.0.1:{gate_port}"]) as client:
+        quiet = ("--log-level=warning",)
+        # Each binds a free loopback port and reports it in its ready file.
+        node = await asyncio.to_thread(lambda: group.node(extra=quiet, env=env))
+        gate = await asyncio.to_thread(lambda: group.gate("bench", [node.address], quiet, env=env))
+        async with Client([gate.address]) as client:
             await sequential(client, 200)  # warm up
             cpu_before = cpu_seconds(node.pid) + cpu_seconds(gate.pid)
             seq = await sequential(client, calls)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.addresses import SocketDir, dead_address, socket_dir
 from tests.helpers.fake_node import FakeNode
 from tests.helpers.processes import ProcessGroup, process_group
 from tests.helpers.telemetry import SpanCapture, span_capture
@@ -33,6 +34,22 @@ async def fake_node() -> AsyncIterator[FakeNode]:
         yield node
     finally:
         await node.stop(0)
+
+
+@pytest.fixture
+def unreachable() -> Iterator[str]:
+    """``127.0.0.1:<port>`` where nothing listens, nor can, during the test (a connection is
+    refused): :func:`tests.helpers.addresses.dead_address`."""
+    with dead_address() as address:
+        yield address
+
+
+@pytest.fixture
+def sockets() -> Iterator[SocketDir]:
+    """A short private directory for unix sockets named before anything listens on them;
+    removed after the test."""
+    with socket_dir() as directory:
+        yield directory
 
 
 @pytest.fixture

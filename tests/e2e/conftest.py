@@ -13,26 +13,24 @@ import pytest
 from goverse.client import Client
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import ProcessGroup, ServiceProcess, free_port, process_group
+from tests.helpers.processes import ProcessGroup, ServiceProcess, process_group
 
 
 @dataclass
 class Cluster:
-    """Two nodes and one or more gates, as real processes."""
+    """Nodes and gates, as real processes."""
 
     group: ProcessGroup
-    node_ports: list[int]
-    gate_ports: list[int]
+    node_addresses: list[str]
+    """The nodes' unix addresses, exactly as every node and gate was given them in --nodes
+    (so placement's names for the nodes)."""
     nodes: list[ServiceProcess] = field(default_factory=list)
     gates: list[ServiceProcess] = field(default_factory=list)
 
     @property
-    def node_addresses(self) -> list[str]:
-        return [f"127.0.0.1:{port}" for port in self.node_ports]
-
-    @property
     def gate_addresses(self) -> list[str]:
-        return [f"127.0.0.1:{port}" for port in self.gate_ports]
+        """Where the gates listen (each on a loopback port it bound, from its ready file)."""
+        return [proc.address for proc in self.gates]
 
     @property
     def placement(self) -> Placement:
@@ -72,20 +70,27 @@ def start_cluster(
     gates: int = 1,
     gate_extra: tuple[str, ...] = (),
     node_extra: tuple[str, ...] = (),
+    *,
+    nodes: int = 2,
+    env: dict[str, str] | None = None,
 ) -> Cluster:
-    cluster = Cluster(group, [free_port(), free_port()], [free_port() for _ in range(gates)])
+    """`nodes` nodes on unix sockets named up front and `gates` gates (``gate-0`` …) on
+    loopback ports they bind; returns once all of them serve."""
+    cluster = Cluster(group, group.node_addresses(nodes))
     # Nodes first: a gate that starts before its nodes serve routes its first calls into a
     # channel still backing off from "connection refused", and those fail with UNAVAILABLE.
-    for port in cluster.node_ports:
-        cluster.nodes.append(group.node(port, cluster.node_ports, extra=node_extra, wait=False))
+    for address in cluster.node_addresses:
+        cluster.nodes.append(
+            group.node(address, cluster.node_addresses, node_extra, wait=False, env=env)
+        )
     for proc in cluster.nodes:
-        proc.wait_healthy()
-    for index, port in enumerate(cluster.gate_ports):
+        proc.wait_ready()
+    for index in range(gates):
         cluster.gates.append(
-            group.gate(port, f"gate-{index}", cluster.node_ports, extra=gate_extra, wait=False)
+            group.gate(f"gate-{index}", cluster.node_addresses, gate_extra, wait=False, env=env)
         )
     for proc in cluster.gates:
-        proc.wait_healthy()
+        proc.wait_ready()
     return cluster
 
 

@@ -16,14 +16,9 @@ from opentelemetry import trace
 
 from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from tests.e2e.conftest import Cluster
-from tests.helpers.processes import (
-    ProcessGroup,
-    ServiceProcess,
-    free_port,
-    health_status,
-    process_group,
-)
+from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.addresses import dead_address
+from tests.helpers.processes import ProcessGroup, ServiceProcess, health_status, process_group
 from tests.helpers.pushes import Inbox
 from tests.helpers.telemetry import (
     OtlpReceiver,
@@ -39,6 +34,8 @@ from tests.helpers.waiting import wait_until
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 CALL = "/goverse.v1.GateService/CallObject"
 NODE_CALL = "/goverse.v1.NodeService/CallObject"
+METRICS_ON = "--metrics-port=0"
+"""Metrics on a free port each service picks and reports in its ready file."""
 
 
 @dataclass
@@ -47,8 +44,15 @@ class Observed:
 
     cluster: Cluster
     receiver: OtlpReceiver | None
-    node_metrics: list[int]
-    gate_metrics: list[int]
+
+    @property
+    def node_metrics(self) -> list[int]:
+        """The nodes' metrics ports, in the order of ``cluster.nodes``."""
+        return [proc.metrics_port for proc in self.cluster.nodes]
+
+    @property
+    def gate_metrics(self) -> list[int]:
+        return [proc.metrics_port for proc in self.cluster.gates]
 
 
 def start_observed(
@@ -60,20 +64,16 @@ def start_observed(
     gate_extra: tuple[str, ...] = (),
     receiver: OtlpReceiver | None = None,
 ) -> Observed:
-    """`nodes` nodes and one gate (``gate-0``), each with `env` and its own metrics port."""
-    cluster = Cluster(group, [free_port() for _ in range(nodes)], [free_port()])
-    node_metrics = [free_port() for _ in cluster.node_ports]
-    gate_metrics = [free_port()]
-    for port, metrics in zip(cluster.node_ports, node_metrics, strict=True):
-        extra = (*node_extra, f"--metrics-port={metrics}")
-        cluster.nodes.append(group.node(port, cluster.node_ports, extra, wait=False, env=env))
-    for proc in cluster.nodes:
-        proc.wait_healthy()
-    extra = (*gate_extra, f"--metrics-port={gate_metrics[0]}")
-    cluster.gates.append(
-        group.gate(cluster.gate_ports[0], "gate-0", cluster.node_ports, extra, env=env)
+    """`nodes` nodes and one gate (``gate-0``), each with `env` and a metrics endpoint on a
+    port of its choosing (read from its ready file)."""
+    cluster = start_cluster(
+        group,
+        gate_extra=(*gate_extra, METRICS_ON),
+        node_extra=(*node_extra, METRICS_ON),
+        nodes=nodes,
+        env=env,
     )
-    return Observed(cluster, receiver, node_metrics, gate_metrics)
+    return Observed(cluster, receiver)
 
 
 @pytest.fixture(scope="module")
@@ -388,16 +388,16 @@ async def test_without_a_collector_tracing_neither_slows_calls_nor_logs_errors(
     """``OTEL_TRACES_EXPORTER=none``: not one warning. OTLP towards a port nobody serves: calls
     are as fast (export runs in the background), the services themselves complain of nothing,
     and the exporter's complaints are few, not one per call or per export."""
-    dead = {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
     with process_group(tmp_path / "none") as group:
         quiet = start_observed(group, {"OTEL_TRACES_EXPORTER": "none"}, nodes=1)
         none_seconds = await _timed_calls(quiet.cluster, 200)
         assert _complaints([*quiet.cluster.nodes, *quiet.cluster.gates]) == []
-    with process_group(tmp_path / "dead") as group:
+    with dead_address() as collector, process_group(tmp_path / "dead") as group:
+        dead = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{collector}",  # nothing listens
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
         unreachable = start_observed(group, dead, nodes=1)
         procs = [*unreachable.cluster.nodes, *unreachable.cluster.gates]
         dead_seconds = await _timed_calls(unreachable.cluster, 200)

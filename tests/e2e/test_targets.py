@@ -128,12 +128,12 @@ def test_statefulset_pods_as_docker_runs() -> None:
         7000,
         "svc",
     )
-    command = docker_run_command(plan, "c-x-1", "net", {"run": "r"}, {7000: 40000}, {})
+    command = docker_run_command(plan, "c-x-1", "net", {"run": "r"}, [7000], {})
     joined = " ".join(command)
     for expected in [
         "--network net --ip 10.0.0.11 --hostname x-1",
         "--network-alias x-1.x-headless.e2e.svc.cluster.local",
-        "--publish 127.0.0.1:40000:7000",
+        "--publish 127.0.0.1::7000",
         "--user 10001:10001 --group-add 7 --read-only",
         "--security-opt no-new-privileges --cap-drop ALL",
         f"--memory {64 * 2**20}",

@@ -39,7 +39,8 @@ def sigkill(proc: ServiceProcess, timeout: float = 10.0) -> float:
 
 def restart(proc: ServiceProcess, *, kill: bool = False, timeout: float = 15.0) -> float:
     """Stops `proc` (SIGTERM, or SIGKILL with `kill`) and starts it again on the same address
-    with the same flags; returns once it serves, with the wall-clock time it stopped."""
+    (its unix socket, or the TCP port it bound) with the same flags; returns once it serves,
+    with the wall-clock time it stopped."""
     if kill:
         stopped = sigkill(proc)
     else:

@@ -9,15 +9,14 @@ import grpc
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import ProcessGroup, free_port
+from tests.helpers.processes import ProcessGroup
 from tests.helpers.waiting import wait_until
 
 
 async def test_second_signal_exits_at_once(processes: ProcessGroup) -> None:
     """A node stopping slowly (an object is busy in a long call) exits at once, with
     128 + SIGTERM, on a second SIGTERM."""
-    port = free_port()
-    node = processes.node(port, [port], extra=["--shutdown-timeout=60s"])
+    node = processes.node(extra=["--shutdown-timeout=60s"])
     async with grpc.aio.insecure_channel(node.address) as channel:
         request = node_pb2.NodeCallObjectRequest(
             object_type="Sleeper", object_id="s", method="Sleep"

@@ -35,7 +35,7 @@ import math
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -481,19 +481,20 @@ def docker_run_command(
     container: str,
     network: str,
     labels: Mapping[str, str],
-    published: Mapping[int, int],
+    published: Iterable[int],
     mounts: Mapping[str, Path],
 ) -> list[str]:
-    """``docker run`` for `plan` as container `container` on `network`; `published` maps
-    container ports to ports on 127.0.0.1; `mounts` maps mount paths to host directories."""
+    """``docker run`` for `plan` as container `container` on `network`; each container port
+    in `published` is published on a port of 127.0.0.1 that Docker chooses (``docker port``
+    tells which); `mounts` maps mount paths to host directories."""
     command = ["docker", "run", "--detach", "--name", container, "--network", network]
     command += ["--ip", plan.ip, "--hostname", plan.hostname]
     for alias in plan.aliases:
         command += ["--network-alias", alias]
     for key, value in {**plan.labels, **labels}.items():
         command += ["--label", f"{key}={value}"]
-    for container_port, host_port in published.items():
-        command += ["--publish", f"127.0.0.1:{host_port}:{container_port}"]
+    for container_port in published:
+        command += ["--publish", f"127.0.0.1::{container_port}"]
     for path, directory in mounts.items():
         command += ["--volume", f"{directory}:{path}:ro"]
     command += ["--stop-timeout", str(plan.stop_timeout), *plan.options]

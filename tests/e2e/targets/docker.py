@@ -3,8 +3,9 @@
 One user-defined Docker network per run (``goverse-e2e-<run>``), its subnet fixed so pods get
 the IP the downward API reports; one container per pod (``gve2e-<run>-<pod>``), with the node
 and Service DNS names the chart computes as network aliases (chart.py says what is emulated).
-Every container port is published on a random port of 127.0.0.1, so the test process reaches
-the gates (and the probes reach everyone) on loopback only. Traces go to an OTLP receiver in
+Every container port is published on a port of 127.0.0.1 that Docker chooses (read back with
+``docker port``, again after a restart), so the test process reaches the gates (and the probes
+reach everyone) on loopback only. Traces go to an OTLP receiver in
 the test process bound to the network's gateway address, set with the chart's
 ``tracing.otlpEndpoint`` value.
 
@@ -52,7 +53,6 @@ from tests.e2e.targets.chart import (
 )
 from tests.e2e.targets.chart import Placement as PodPlacement
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
-from tests.helpers.processes import free_port
 
 RELEASE = "goverse"
 NAMESPACE = "e2e"
@@ -189,7 +189,6 @@ class DockerTarget:
         return f"gve2e-{self.run_id}-{plan.name}"
 
     def _run(self, plan: PodPlan) -> None:
-        self._published[plan.name] = {port: free_port() for port in plan.ports.values()}
         mounts: dict[str, Path] = {}
         for path, files in plan.files.items():
             directory = Path(tempfile.mkdtemp(prefix=f"{plan.name}-", dir=self._workdir))
@@ -204,10 +203,22 @@ class DockerTarget:
             self._container(plan),
             self.network,
             self._labels,
-            self._published[plan.name],
+            plan.ports.values(),
             mounts,
         )
         docker(*command[1:])
+        self._read_published(plan)
+
+    def _read_published(self, plan: PodPlan) -> None:
+        """Records the host ports Docker chose for the container's ports (on each start)."""
+        published = {}
+        for port in plan.ports.values():
+            # One line per host address: "127.0.0.1:49153".
+            lines = docker("port", self._container(plan), f"{port}/tcp").split()
+            if not lines:
+                raise TargetError(f"{plan.name}: Docker published no port for {port}")
+            published[port] = int(lines[0].rpartition(":")[2])
+        self._published[plan.name] = published
 
     def _state(self, plan: PodPlan) -> dict[str, Any]:
         out = docker("inspect", "--format={{json .State}}", self._container(plan), check=False)
@@ -280,6 +291,7 @@ class DockerTarget:
 
     def _start_again(self, plan: PodPlan) -> None:
         docker("start", self._container(plan))
+        self._read_published(plan)  # Docker may choose other host ports this time
         self._wait_ready(plan)
 
     def stop_gate(self, index: int) -> StopResult:

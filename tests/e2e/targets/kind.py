@@ -3,9 +3,10 @@
 It attaches to what ``scripts/e2e/kind.sh`` (``make e2e-kind``) made: a kind cluster from
 ``tests/e2e/kind/cluster.yaml`` with the images loaded and the chart installed with
 ``helm install --wait`` and ``tests/e2e/kind/values.yaml``. Each gate pod is reached through its
-own ``kubectl port-forward`` on 127.0.0.1. Stopping a gate or a node deletes its pod (the
-kubelet runs preStop, then SIGTERM) and its controller makes a new one; logs are
-``kubectl logs``; traces are read from the bundled OpenTelemetry Collector's debug exporter.
+own ``kubectl port-forward`` on a port of 127.0.0.1 that kubectl chooses. Stopping a gate or a
+node deletes its pod (the kubelet runs preStop, then SIGTERM) and its controller makes a new
+one; logs are ``kubectl logs``; traces are read from the bundled OpenTelemetry Collector's
+debug exporter.
 
 Environment: ``GOVERSE_E2E_KUBE_CONTEXT`` (default ``kind-goverse-e2e``),
 ``GOVERSE_E2E_NAMESPACE`` and ``GOVERSE_E2E_RELEASE`` (default ``goverse`` both).
@@ -33,11 +34,12 @@ from tests.e2e.targets.base import (
     wait_until,
 )
 from tests.e2e.targets.chart import HELM, TOOLS
-from tests.helpers.processes import free_port
 
 READY_TIMEOUT = 180.0
 _FIELD = re.compile(r"^\s*(Trace ID|Parent ID|ID|Name)\s*:\s*(\S*)\s*$")
 _ATTRIBUTE = re.compile(r"^\s*-> ([^:]+): \w+\((.*)\)\s*$")
+FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) ->")
+"""The line in which ``kubectl port-forward`` names the local port it listens on."""
 
 
 def parse_debug_exporter(text: str) -> list[ExportedSpan]:
@@ -171,10 +173,13 @@ class KindTarget:
         for gate in self._gates:
             self._forward(gate)
 
-    def _forward(self, pod: str, local_port: int | None = None) -> None:
-        """``kubectl port-forward`` to the gate pod's gRPC port; waits until it answers."""
-        port = local_port or free_port()
-        log = (self._workdir / f"port-forward-{pod}.log").open("ab")
+    def _forward(self, pod: str, local_port: int = 0) -> None:
+        """``kubectl port-forward`` to the gate pod's gRPC port, on `local_port` of 127.0.0.1
+        (0: one kubectl chooses, read from its "Forwarding from" line); waits until it
+        answers."""
+        log_path = self._workdir / f"port-forward-{pod}.log"
+        log = log_path.open("ab")
+        offset = log.tell()
         with log:
             process = subprocess.Popen(
                 [
@@ -184,16 +189,25 @@ class KindTarget:
                     "port-forward",
                     "--address=127.0.0.1",
                     f"pod/{pod}",
-                    f"{port}:{self._gate_port}",
+                    f"{local_port or ''}:{self._gate_port}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self._forwards[pod] = (process, port)
+        self._forwards[pod] = (process, local_port)
 
         def ready() -> bool:
             if process.poll() is not None:
                 raise TargetError(f"kubectl port-forward to {pod} exited")
+            port = self._forwards[pod][1]
+            if not port:
+                with log_path.open("rb") as out:
+                    out.seek(offset)
+                    found = FORWARDING.search(out.read().decode(errors="replace"))
+                if found is None:
+                    return False
+                port = int(found.group(1))
+                self._forwards[pod] = (process, port)
             return serving(f"127.0.0.1:{port}", "goverse.v1.GateService")
 
         wait_until(ready, 60, f"the port-forward to {pod}", interval=0.2)
@@ -276,7 +290,8 @@ class KindTarget:
         if not new:
             raise TargetError(f"no new gate pod replaced {old}: {live}")
         self._gates[index] = new[0]
-        self._forward(new[0], port)
+        # The new pod is reached where the old one was: the port its forward released.
+        self._forward(new[0], port or 0)
 
     def restart_node(self, index: int) -> StopResult:
         pod = self._nodes[index]

@@ -1,4 +1,4 @@
-"""The local target: 2 goverse-node and 2 goverse-gate processes on 127.0.0.1 (the venv's)."""
+"""The local target: 2 goverse-node (unix sockets) and 2 goverse-gate (127.0.0.1) processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.e2e.targets.base import (
     TargetError,
 )
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
-from tests.helpers.processes import ProcessGroup, ServiceProcess, free_port
+from tests.helpers.processes import ProcessGroup, ServiceProcess
 
 NODES = 2
 GATES = 2
@@ -27,8 +27,7 @@ class LocalTarget:
     def __init__(self, log_dir: Path) -> None:
         self._group = ProcessGroup(log_dir)
         self._receiver: OtlpReceiver | None = None
-        self._node_ports = [free_port() for _ in range(NODES)]
-        self._gate_ports = [free_port() for _ in range(GATES)]
+        self._node_addresses: list[str] = []
         self._nodes: list[ServiceProcess] = []
         self._gates: list[ServiceProcess] = []
 
@@ -44,16 +43,17 @@ class LocalTarget:
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             }
         # Nodes first, like tests/e2e/conftest.py: a gate routes its first calls at once.
-        for port in self._node_ports:
-            self._nodes.append(self._group.node(port, self._node_ports, wait=False, env=env))
+        # The nodes listen on unix sockets named up front, the gates on ports they bind.
+        self._node_addresses = self._group.node_addresses(NODES)
+        nodes = self._node_addresses
+        for address in nodes:
+            self._nodes.append(self._group.node(address, nodes, wait=False, env=env))
         for proc in self._nodes:
-            proc.wait_healthy()
-        for index, port in enumerate(self._gate_ports):
-            self._gates.append(
-                self._group.gate(port, f"gate-{index}", self._node_ports, wait=False, env=env)
-            )
+            proc.wait_ready()
+        for index in range(GATES):
+            self._gates.append(self._group.gate(f"gate-{index}", nodes, wait=False, env=env))
         for proc in self._gates:
-            proc.wait_healthy()
+            proc.wait_ready()
 
     def close(self) -> None:
         self._group.stop_all()
@@ -66,7 +66,7 @@ class LocalTarget:
         return [proc.address for proc in self._gates]
 
     def node_addresses(self) -> list[str]:
-        return [f"127.0.0.1:{port}" for port in self._node_ports]
+        return list(self._node_addresses)
 
     def instance_ids(self, component: Component) -> list[str]:
         if component == "gate":
@@ -91,7 +91,7 @@ class LocalTarget:
         proc = self._nodes[index]
         code = proc.terminate(timeout=30)
         assert proc.exit_seconds is not None
-        proc.start()  # same port, same name; waits until it serves
+        proc.start()  # same socket, same name; waits until it serves
         return StopResult(proc.exit_seconds, code)
 
     def logs(self, component: Component, index: int) -> list[str]:

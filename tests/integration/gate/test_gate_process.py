@@ -11,9 +11,10 @@ import time
 import grpc
 import pytest
 
+from tests.helpers.addresses import dead_address
 from tests.helpers.fake_node import FakeNode, broadcast
 from tests.helpers.gate_client import WAIT, GateClient
-from tests.helpers.processes import BIN, ProcessGroup, free_port
+from tests.helpers.processes import BIN, ProcessGroup
 from tests.helpers.waiting import eventually
 
 GATE = str(BIN / "goverse-gate")
@@ -48,8 +49,7 @@ async def test_sigterm_with_100_open_streams_drains_every_client_and_exits_0(
 ) -> None:
     """SIGTERM to a gate holding 100 Register streams: every client receives Draining, the
     streams end with OK, and the process exits with code 0 well within the 5 s budget."""
-    port = free_port()
-    gate = await asyncio.to_thread(processes.gate, port, "sigterm-gate", [fake_node.port])
+    gate = await asyncio.to_thread(processes.gate, "sigterm-gate", [fake_node.address])
     await eventually(lambda: fake_node.active == 1, WAIT, "the gate's link to the node")
     clients = list(await asyncio.gather(*(GateClient(gate.address).connect() for _ in range(100))))
     try:
@@ -87,9 +87,9 @@ async def test_sigterm_with_100_open_streams_drains_every_client_and_exits_0(
 
 async def test_sigterm_while_the_node_is_down_exits_0_quickly(processes: ProcessGroup) -> None:
     """A gate whose only node never answers still stops at once on SIGTERM."""
-    port = free_port()
-    gate = await asyncio.to_thread(processes.gate, port, "lonely", [free_port()])
-    code = await asyncio.to_thread(gate.terminate, 15)
+    with dead_address() as node:
+        gate = await asyncio.to_thread(processes.gate, "lonely", [node])
+        code = await asyncio.to_thread(gate.terminate, 15)
     print(f"\nSIGTERM with the node down: exit code {code} after {gate.exit_seconds:.3f}s")
     assert code == 0
     assert gate.exit_seconds is not None
@@ -131,12 +131,11 @@ def test_invalid_environment_variable_exits_2() -> None:
 
 
 def test_listen_address_in_use_exits_1_with_a_clear_message() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+    # The port is held (listening) for the whole run of the gate: it is busy, not released.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken, dead_address() as node:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_gate(
-            f"--listen=127.0.0.1:{port}", "--gate-id=busy", f"--nodes=127.0.0.1:{free_port()}"
-        )
+        result = run_gate(f"--listen=127.0.0.1:{port}", "--gate-id=busy", f"--nodes={node}")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

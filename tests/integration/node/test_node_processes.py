@@ -19,7 +19,7 @@ from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementR
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
 from goverse.wire import pack, unpack
-from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, free_port
+from tests.helpers.processes import ANY_PORT, BIN, ProcessGroup, ServiceProcess
 from tests.helpers.waiting import wait_until
 
 EXIT_BOUND_SECONDS = 8.0
@@ -66,11 +66,13 @@ class NodeClient:
 
 @pytest.fixture
 def cluster(processes: ProcessGroup) -> Iterator[tuple[NodeClient, NodeClient, Placement]]:
-    """Two node processes that know each other, with a client for each."""
-    ports = [free_port(), free_port()]
-    procs = [processes.node(port, ports) for port in ports]
+    """Two node processes that know each other (on unix sockets), with a client for each."""
+    nodes = processes.node_addresses(2)
+    procs = [processes.node(address, nodes, wait=False) for address in nodes]
+    for proc in procs:
+        proc.wait_ready()
     clients = [NodeClient(proc) for proc in procs]
-    yield clients[0], clients[1], Placement([proc.address for proc in procs])
+    yield clients[0], clients[1], Placement(nodes)
     for client in clients:
         client.close()
 
@@ -174,8 +176,7 @@ def test_a_gate_stream_gets_the_ack_then_pushes(
 def test_sigterm_with_a_gate_stream_attached_exits_0_in_time(processes: ProcessGroup) -> None:
     """SIGTERM while a gate holds a stream: the stream ends with OK, the process exits 0
     well within the 5 s budget (asserted: 8 s)."""
-    port = free_port()
-    proc = processes.node(port, [port])
+    proc = processes.node()
     client = NodeClient(proc)
     stream = client.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id="gate-a"), timeout=60)
     assert next(stream).WhichOneof("event") == "ack"
@@ -248,12 +249,10 @@ def test_invalid_flags_exit_2_with_a_message(args: list[str], message: str) -> N
 
 def test_an_object_module_that_cannot_load_exits_2() -> None:
     """The node refuses to start, naming the module it could not import."""
-    port = free_port()
     result = subprocess.run(
         [
             str(BIN / "goverse-node"),
-            f"--listen=127.0.0.1:{port}",
-            f"--nodes=127.0.0.1:{port}",
+            f"--listen={ANY_PORT}",
             "--objects=goverse.examples.counter,no.such.module",
             "--log-format=json",
         ],
@@ -266,10 +265,11 @@ def test_an_object_module_that_cannot_load_exits_2() -> None:
 
 
 def test_a_busy_port_exits_1_with_a_clear_error(processes: ProcessGroup) -> None:
-    port = free_port()
-    processes.node(port, [port])
+    """A second node told to listen on the port the first one bound exits 1 at once."""
+    first = processes.node()
+    assert first.ready is not None
     started = time.monotonic()
-    proc = processes.node(port, [port], wait=False)
+    proc = processes.node(first.ready.listen, wait=False)
     assert proc.process is not None
     code = proc.process.wait(60)
     assert code == 1
@@ -278,8 +278,7 @@ def test_a_busy_port_exits_1_with_a_clear_error(processes: ProcessGroup) -> None
 
 
 def test_sigint_stops_like_sigterm(processes: ProcessGroup) -> None:
-    port = free_port()
-    proc = processes.node(port, [port])
+    proc = processes.node()
     proc.signal(signal.SIGINT)
     assert proc.process is not None
     assert proc.process.wait(30) == 0

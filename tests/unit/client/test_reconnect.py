@@ -15,7 +15,6 @@ import pytest
 
 from goverse.client import CallError, Client
 from goverse.v1 import gate_pb2, gate_pb2_grpc
-from tests.helpers.processes import free_port
 
 
 @dataclass
@@ -124,12 +123,12 @@ async def test_when_every_gate_refuses_the_client_backs_off_instead_of_looping(
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_a_dead_gate_is_skipped_and_the_live_one_registers(
-    gates: list[FakeGate], seed: int
+    gates: list[FakeGate], seed: int, unreachable: str
 ) -> None:
     """Whichever gate is chosen first, a client with one dead gate in its list registers with
     the live one promptly."""
     live = await fake_gate(gates, refuse=False)
-    dead = f"127.0.0.1:{free_port()}"
+    dead = unreachable
     client = Client(
         [dead, live.address],
         connect_timeout=timedelta(seconds=5),

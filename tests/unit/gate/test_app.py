@@ -17,7 +17,6 @@ from goverse.v1 import gate_pb2
 from goverse.wire import CloseReason, close_reason_of
 from tests.helpers.fake_node import FakeNode, broadcast, text, to_clients
 from tests.helpers.gate_client import WAIT, GateClient
-from tests.helpers.processes import free_port
 from tests.helpers.tasks import bounded
 from tests.helpers.waiting import eventually
 
@@ -240,11 +239,11 @@ async def test_node_errors_keep_their_code_and_details(gate: Gate, fake_node: Fa
 
 
 async def test_unreachable_node_is_unavailable_quickly(
-    make_gate: Callable[[GateConfig], Any],
+    unreachable: str, make_gate: Callable[[GateConfig], Any]
 ) -> None:
     """With nothing listening at the owner's address, the call fails with UNAVAILABLE naming
     the node within a few seconds, not after the call timeout."""
-    dead = f"127.0.0.1:{free_port()}"
+    dead = unreachable
     gate: Gate = await make_gate(config(dead))
     client = await gate.client()
     started = time.monotonic()

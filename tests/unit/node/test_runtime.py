@@ -14,13 +14,15 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest
 from goverse.placement import Placement
-from tests.helpers.processes import free_port
+from tests.helpers.addresses import SocketDir
 from tests.unit.node.conftest import Node, id_owned_by
 
 
-async def two_nodes(start_node: Callable[..., Any], **overrides: Any) -> tuple[Node, Node]:
-    """Two in-process nodes on loopback that know each other."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+async def two_nodes(
+    start_node: Callable[..., Any], sockets: SocketDir, **overrides: Any
+) -> tuple[Node, Node]:
+    """Two in-process nodes that know each other, on unix sockets named before they start."""
+    addresses = [sockets.address(f"node-{index}") for index in range(2)]
     nodes = []
     for address in addresses:
         nodes.append(
@@ -78,9 +80,11 @@ async def test_a_local_call_times_out_after_the_call_timeout(
     assert reply.value == 1
 
 
-async def test_an_object_calls_an_object_on_another_node(start_node: Callable[..., Any]) -> None:
+async def test_an_object_calls_an_object_on_another_node(
+    sockets: SocketDir, start_node: Callable[..., Any]
+) -> None:
     """The call is routed by placement to the owner, where the callee is activated."""
-    first, second = await two_nodes(start_node)
+    first, second = await two_nodes(start_node, sockets)
     placement = Placement([first.app.advertise, second.app.advertise])
     relay = id_owned_by(placement, "Relay", first.app.advertise, "relay")
     counter = id_owned_by(placement, "Counter", second.app.advertise, "counter")
@@ -95,10 +99,10 @@ async def test_an_object_calls_an_object_on_another_node(start_node: Callable[..
 
 
 async def test_remote_calls_carry_the_client_id_and_the_call_chain(
-    start_node: Callable[..., Any],
+    sockets: SocketDir, start_node: Callable[..., Any]
 ) -> None:
     """x (first node) -> y (second node) -> x is refused by the chain the call carries."""
-    first, second = await two_nodes(start_node)
+    first, second = await two_nodes(start_node, sockets)
     placement = Placement([first.app.advertise, second.app.advertise])
     x = id_owned_by(placement, "Forwarder", first.app.advertise, "x")
     y = id_owned_by(placement, "Forwarder", second.app.advertise, "y")
@@ -113,10 +117,10 @@ async def test_remote_calls_carry_the_client_id_and_the_call_chain(
 
 
 async def test_a_remote_call_times_out_and_reports_deadline_exceeded(
-    start_node: Callable[..., Any],
+    sockets: SocketDir, start_node: Callable[..., Any]
 ) -> None:
     """Forwarder (first node) calls a Sleeper on the second node that answers too late."""
-    first, second = await two_nodes(start_node, call_timeout=timedelta(milliseconds=200))
+    first, second = await two_nodes(start_node, sockets, call_timeout=timedelta(milliseconds=200))
     placement = Placement([first.app.advertise, second.app.advertise])
     forwarder = next(
         f"f-{n}"
@@ -145,10 +149,10 @@ async def test_an_inherited_deadline_bounds_object_calls(node: Node) -> None:
 
 
 async def test_a_call_to_an_unreachable_node_fails_with_its_status(
-    start_node: Callable[..., Any],
+    unreachable: str, start_node: Callable[..., Any]
 ) -> None:
     """The callee's node is down: the calling object gets UNAVAILABLE, quickly."""
-    down = f"127.0.0.1:{free_port()}"
+    down = unreachable
     node: Node = await start_node(
         nodes=("127.0.0.1:7000", down), call_timeout=timedelta(seconds=20)
     )
