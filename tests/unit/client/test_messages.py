@@ -5,83 +5,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
-import grpc
 import pytest
 
 from goverse.client import Client
 from goverse.client import _client as client_module
 from goverse.client._messages import MessageBuffer
-from goverse.v1 import gate_pb2, gate_pb2_grpc
+from tests.helpers.fake_gate import FakeGate
 from tests.helpers.fake_node import text, unpack_text
 
 WAIT = 10.0
 """Bound on every wait for something that should happen promptly."""
 
 
-class PushingGate(gate_pb2_grpc.GateServiceServicer):
-    """A GateService that registers each client and then pushes what the test hands it (None
-    ends the stream, and the client registers again)."""
-
-    def __init__(self) -> None:
-        self.pushes: asyncio.Queue[str | None] = asyncio.Queue()
-        self.registrations = 0
-        self._server = grpc.aio.server()
-        gate_pb2_grpc.add_GateServiceServicer_to_server(self, self._server)
-        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self) -> None:
-        async with asyncio.timeout(WAIT):
-            await self._server.stop(0)
-
-    async def Register(
-        self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[gate_pb2.RegisterResponse]:
-        self.registrations += 1
-        yield gate_pb2.RegisterResponse(
-            registered=gate_pb2.Registered(
-                client_id=f"fake/{self.registrations}", credential="c", gate_id="fake"
-            )
-        )
-        while (value := await self.pushes.get()) is not None:
-            yield gate_pb2.RegisterResponse(
-                messages=gate_pb2.PushedMessages(messages=[text(value)])
-            )
-
-    async def _unimplemented(self, context: grpc.aio.ServicerContext) -> NoReturn:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this fake gate only pushes")
-        raise AssertionError("abort returned")
-
-    async def CallObject(
-        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.CallObjectResponse:
-        await self._unimplemented(context)
-
-    async def CreateObject(
-        self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.CreateObjectResponse:
-        await self._unimplemented(context)
-
-    async def DeleteObject(
-        self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.DeleteObjectResponse:
-        await self._unimplemented(context)
-
-
 @pytest.fixture
-async def gate() -> AsyncIterator[PushingGate]:
-    gate = PushingGate()
-    await gate.start()
+async def gate() -> AsyncIterator[FakeGate]:
+    gate = await FakeGate().start()
     yield gate
     await gate.stop()
 
 
 @pytest.fixture
-async def client(gate: PushingGate) -> AsyncIterator[Client]:
+async def client(gate: FakeGate) -> AsyncIterator[Client]:
     """A client registered with `gate`; closed after the test."""
     client = Client([gate.address])
     await client.connect()
@@ -91,7 +36,7 @@ async def client(gate: PushingGate) -> AsyncIterator[Client]:
 
 
 async def test_a_read_cancelled_by_a_timeout_leaves_the_iterator_usable_and_loses_no_message(
-    gate: PushingGate, client: Client
+    gate: FakeGate, client: Client
 ) -> None:
     """A read of ``client.messages()`` that times out (nothing was pushed yet) does not end the
     iterator: the same iterator then yields every message pushed afterwards, in order."""
@@ -147,7 +92,7 @@ async def test_every_reader_ends_at_close_after_the_messages_already_received() 
 
 
 async def test_async_for_over_messages_ends_when_the_client_closes(
-    gate: PushingGate, client: Client
+    gate: FakeGate, client: Client
 ) -> None:
     """A consumer in ``async for pushed in client.messages()`` receives the pushes and its loop
     ends, without error, when the client is closed."""
@@ -169,7 +114,7 @@ async def test_async_for_over_messages_ends_when_the_client_closes(
 
 
 async def test_close_returns_within_its_bound_when_a_callback_holds_up_the_cancellation(
-    gate: PushingGate, monkeypatch: pytest.MonkeyPatch
+    gate: FakeGate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """close() cancels the registration task and waits for it for ``CLOSE_TIMEOUT`` at most:
     an ``on_reconnect`` callback that does not let the task end in time (here: until the test

@@ -6,72 +6,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import pytest
 
 from goverse.client import CallError, Client
-from goverse.v1 import gate_pb2, gate_pb2_grpc
-
-
-@dataclass
-class FakeGate(gate_pb2_grpc.GateServiceServicer):
-    """A GateService that refuses every Register, or accepts it for `lifetime` seconds."""
-
-    refuse: bool = True
-    lifetime: float | None = None
-    attempts: list[float] = field(default_factory=list)
-    port: int = 0
-    _server: Any = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> FakeGate:
-        self._server = grpc.aio.server()
-        gate_pb2_grpc.add_GateServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop(0)
-
-    async def Register(
-        self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[gate_pb2.RegisterResponse]:
-        self.attempts.append(time.monotonic())
-        if self.refuse:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not today")
-        yield gate_pb2.RegisterResponse(
-            registered=gate_pb2.Registered(
-                client_id=f"fake/{len(self.attempts)}", credential="c", gate_id="fake"
-            )
-        )
-        await asyncio.sleep(3600 if self.lifetime is None else self.lifetime)
-
-    async def _unimplemented(self, context: grpc.aio.ServicerContext) -> NoReturn:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a fake gate takes no calls")
-        raise AssertionError("abort returned")
-
-    async def CallObject(
-        self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.CallObjectResponse:
-        await self._unimplemented(context)
-
-    async def CreateObject(
-        self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.CreateObjectResponse:
-        await self._unimplemented(context)
-
-    async def DeleteObject(
-        self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
-    ) -> gate_pb2.DeleteObjectResponse:
-        await self._unimplemented(context)
+from tests.helpers.fake_gate import FakeGate
 
 
 @pytest.fixture
@@ -101,7 +43,7 @@ async def test_when_every_gate_refuses_the_client_backs_off_instead_of_looping(
     """Two gates refusing every registration for 3 s: both are tried, a handful of times
     (backoff 100 ms doubling to 1 s, full jitter), never in a tight loop; then connect()
     gives up with UNAVAILABLE."""
-    a, b = await fake_gate(gates), await fake_gate(gates)
+    a, b = await fake_gate(gates, refuse=True), await fake_gate(gates, refuse=True)
     client = Client(
         [a.address, b.address],
         connect_timeout=timedelta(seconds=3),
@@ -127,7 +69,7 @@ async def test_a_dead_gate_is_skipped_and_the_live_one_registers(
 ) -> None:
     """Whichever gate is chosen first, a client with one dead gate in its list registers with
     the live one promptly."""
-    live = await fake_gate(gates, refuse=False)
+    live = await fake_gate(gates)
     dead = unreachable
     client = Client(
         [dead, live.address],
@@ -147,7 +89,7 @@ async def test_a_dead_gate_is_skipped_and_the_live_one_registers(
 async def test_backoff_resets_after_a_registration_that_lasted(gates: list[FakeGate]) -> None:
     """Registrations that each last longer than `stable_after` reset the backoff, so the
     client comes back after the initial delay every time instead of ever longer ones."""
-    gate = await fake_gate(gates, refuse=False, lifetime=0.3)
+    gate = await fake_gate(gates, lifetime=0.3)
     reconnects = 0
 
     def count(old: str, new: str) -> None:
