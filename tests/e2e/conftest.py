@@ -4,94 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-import grpc
 import pytest
 
 from goverse.client import Client
-from goverse.placement import Placement
-from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import ProcessGroup, ServiceProcess, process_group
-
-
-@dataclass
-class Cluster:
-    """Nodes and gates, as real processes."""
-
-    group: ProcessGroup
-    node_addresses: list[str]
-    """The nodes' unix addresses, exactly as every node and gate was given them in --nodes
-    (so placement's names for the nodes)."""
-    nodes: list[ServiceProcess] = field(default_factory=list)
-    gates: list[ServiceProcess] = field(default_factory=list)
-
-    @property
-    def gate_addresses(self) -> list[str]:
-        """Where the gates listen (each on a loopback port it bound, from its ready file)."""
-        return [proc.address for proc in self.gates]
-
-    @property
-    def placement(self) -> Placement:
-        return Placement(self.node_addresses)
-
-    def ids_owned_by(self, node: str, object_type: str, count: int, prefix: str) -> list[str]:
-        """`count` object ids of `object_type` that placement puts on `node`."""
-        ids: list[str] = []
-        n = 0
-        while len(ids) < count:
-            candidate = f"{prefix}-{n}"
-            if self.placement.node_for(object_type, candidate) == node:
-                ids.append(candidate)
-            n += 1
-        return ids
-
-    def client(self, gates: list[str] | None = None, **options: Any) -> Client:
-        return Client(gates or self.gate_addresses, **options)
-
-    async def list_objects(self, node: str, object_type: str = "") -> set[str]:
-        async with grpc.aio.insecure_channel(node) as channel:
-            reply = await node_pb2_grpc.NodeServiceStub(channel).ListObjects(
-                node_pb2.ListObjectsRequest(object_type=object_type), timeout=10
-            )
-        return {ref.object_id for ref in reply.objects}
-
-    async def status(self, node: str) -> node_pb2.StatusResponse:
-        async with grpc.aio.insecure_channel(node) as channel:
-            reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
-                node_pb2.StatusRequest(), timeout=10
-            )
-        return reply
-
-
-def start_cluster(
-    group: ProcessGroup,
-    gates: int = 1,
-    gate_extra: tuple[str, ...] = (),
-    node_extra: tuple[str, ...] = (),
-    *,
-    nodes: int = 2,
-    env: dict[str, str] | None = None,
-) -> Cluster:
-    """`nodes` nodes on unix sockets named up front and `gates` gates (``gate-0`` …) on
-    loopback ports they bind; returns once all of them serve."""
-    cluster = Cluster(group, group.node_addresses(nodes))
-    # Nodes first: a gate that starts before its nodes serve routes its first calls into a
-    # channel still backing off from "connection refused", and those fail with UNAVAILABLE.
-    for address in cluster.node_addresses:
-        cluster.nodes.append(
-            group.node(address, cluster.node_addresses, node_extra, wait=False, env=env)
-        )
-    for proc in cluster.nodes:
-        proc.wait_ready()
-    for index in range(gates):
-        cluster.gates.append(
-            group.gate(f"gate-{index}", cluster.node_addresses, gate_extra, wait=False, env=env)
-        )
-    for proc in cluster.gates:
-        proc.wait_ready()
-    return cluster
+from tests.helpers.cluster import Cluster, start_cluster
+from tests.helpers.processes import ProcessGroup, process_group
 
 
 @pytest.fixture(scope="module")

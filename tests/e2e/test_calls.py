@@ -14,7 +14,7 @@ from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
-from tests.e2e.conftest import Cluster
+from tests.helpers.cluster import Cluster
 
 
 async def test_calls_land_on_the_node_placement_chooses(

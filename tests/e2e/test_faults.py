@@ -12,7 +12,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 from goverse.client import Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc
-from tests.e2e.conftest import Cluster
+from tests.helpers.cluster import Cluster
 from tests.helpers.pushes import Inbox
 from tests.helpers.tasks import bounded
 

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.faults import sigkill, sigstop
 from tests.helpers.processes import ProcessGroup
 from tests.helpers.tasks import STOP_TIMEOUT, bounded, cancel_and_wait

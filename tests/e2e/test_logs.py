@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from goverse.client import Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from tests.e2e.conftest import Cluster
+from tests.helpers.cluster import Cluster
 
 
 async def test_every_line_is_json_naming_service_and_instance(

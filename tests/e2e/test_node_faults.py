@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.faults import json_lines, log_events, logged_at, restart, sigkill, sigstop
 from tests.helpers.processes import ProcessGroup, ServiceProcess
 from tests.helpers.pushes import PushFlow

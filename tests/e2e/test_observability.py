@@ -16,8 +16,8 @@ from opentelemetry import trace
 
 from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from tests.e2e.conftest import Cluster, start_cluster
 from tests.helpers.addresses import dead_address
+from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.processes import ProcessGroup, ServiceProcess, health_status, process_group
 from tests.helpers.pushes import Inbox
 from tests.helpers.telemetry import (

@@ -12,7 +12,7 @@ from goverse.examples.v1.chat_pb2 import (
     SendRequest,
     SendResponse,
 )
-from tests.e2e.conftest import Cluster
+from tests.helpers.cluster import Cluster
 from tests.helpers.pushes import Inbox
 
 

@@ -23,7 +23,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value
 from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import gate_pb2, gate_pb2_grpc, node_pb2, node_pb2_grpc
-from tests.e2e.conftest import Cluster, start_cluster
+from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.faults import rss_bytes
 from tests.helpers.load_objects import stamp_of
 from tests.helpers.processes import ProcessGroup

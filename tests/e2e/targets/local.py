@@ -12,6 +12,7 @@ from tests.e2e.targets.base import (
     TargetError,
 )
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
+from tests.helpers.cluster import start_cluster
 from tests.helpers.processes import ProcessGroup, ServiceProcess
 
 NODES = 2
@@ -42,18 +43,10 @@ class LocalTarget:
                 "OTEL_EXPORTER_OTLP_ENDPOINT": self._receiver.endpoint,
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             }
-        # Nodes first, like tests/e2e/conftest.py: a gate routes its first calls at once.
-        # The nodes listen on unix sockets named up front, the gates on ports they bind.
-        self._node_addresses = self._group.node_addresses(NODES)
-        nodes = self._node_addresses
-        for address in nodes:
-            self._nodes.append(self._group.node(address, nodes, wait=False, env=env))
-        for proc in self._nodes:
-            proc.wait_ready()
-        for index in range(GATES):
-            self._gates.append(self._group.gate(f"gate-{index}", nodes, wait=False, env=env))
-        for proc in self._gates:
-            proc.wait_ready()
+        cluster = start_cluster(self._group, gates=GATES, nodes=NODES, env=env)
+        self._node_addresses = cluster.node_addresses
+        self._nodes = cluster.nodes
+        self._gates = cluster.gates
 
     def close(self) -> None:
         self._group.stop_all()
