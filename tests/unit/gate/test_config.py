@@ -16,7 +16,7 @@ def test_defaults() -> None:
     """Without flags or variables, the documented defaults apply."""
     config = parse_config([], {})
     assert config.listen == "0.0.0.0:7100"
-    assert config.nodes == ("127.0.0.1:7000",)
+    assert config.static_nodes == ("127.0.0.1:7000",)
     assert config.shutdown_timeout == timedelta(seconds=5)
     assert config.reconnect_initial == timedelta(milliseconds=100)
     assert config.reconnect_max == timedelta(seconds=5)

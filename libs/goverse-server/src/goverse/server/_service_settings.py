@@ -22,16 +22,21 @@ from goverse.server._values import (
     ADDRESS,
     BYTE_SIZE,
     DURATION,
+    ETCD_ENDPOINTS,
+    ETCD_PREFIX,
     PATH,
     PORT,
     choice,
     format_byte_size,
+    format_duration,
 )
 from goverse.transport import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, Keepalive
 
 NODE = "goverse-node"
 GATE = "goverse-gate"
 
+MIN_LEASE_TTL = timedelta(seconds=2)
+"""Shortest etcd lease TTL allowed: keep-alives go every third of it."""
 MIN_MESSAGE_BYTES = 64 * 1024
 """Smallest message-size limit that still leaves room for ids, payload headers and a push."""
 
@@ -116,6 +121,33 @@ class ServiceSettings:
         help="write the bound addresses as JSON to PATH once serving; removed on stop",
         kind=PATH,
     )
+    etcd_endpoints: tuple[str, ...] | None = setting(
+        None,
+        help="comma-separated etcd client endpoints (host:port or http://host:port): "
+        "membership and shard ownership come from etcd, and --nodes is not used; unset: the "
+        "static node list",
+        kind=ETCD_ENDPOINTS,
+        default_text="none: static membership",
+    )
+    etcd_prefix: str = setting(
+        "/goverse",
+        help="prefix of every key this cluster keeps in etcd; clusters sharing an etcd need "
+        "distinct prefixes",
+        kind=ETCD_PREFIX,
+    )
+    lease_ttl: timedelta = setting(
+        timedelta(seconds=10),
+        help="TTL of the etcd lease a process registers on; a crashed node's shards are "
+        "reclaimed within about this long",
+        kind=DURATION,
+        check=at_least(MIN_LEASE_TTL, format_duration),
+    )
+    etcd_timeout: timedelta = setting(
+        timedelta(seconds=3),
+        help="deadline of one etcd request; must be under half of --lease-ttl",
+        kind=DURATION,
+        check=positive,
+    )
 
     def __init_subclass__(
         cls, *, program: str | None = None, description: str = "", **kwargs: Any
@@ -131,7 +163,19 @@ class ServiceSettings:
         self._check_combinations()
 
     def _check_combinations(self) -> None:
-        """Checks of settings that depend on each other; raises ValueError naming the flags."""
+        """Checks of settings that depend on each other; raises ValueError naming the flags.
+        A service that adds its own calls this one first."""
+        if self.etcd_timeout * 2 >= self.lease_ttl:
+            raise ValueError(
+                f"--etcd-timeout ({format_duration(self.etcd_timeout)}) must be under half of "
+                f"--lease-ttl ({format_duration(self.lease_ttl)}): a lease must survive a "
+                "keep-alive that times out"
+            )
+
+    @property
+    def membership(self) -> str:
+        """``etcd`` with --etcd-endpoints, else ``static``."""
+        return "static" if self.etcd_endpoints is None else "etcd"
 
     @property
     def keepalive(self) -> Keepalive:

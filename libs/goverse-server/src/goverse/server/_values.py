@@ -123,6 +123,40 @@ def parse_port(text: str) -> int | None:
     return int(text)
 
 
+def parse_etcd_endpoint(text: str) -> str:
+    """Checks an etcd client endpoint, ``host:port`` or ``http://host:port``; returns
+    ``host:port``. TLS endpoints (``https://``) are not supported yet."""
+    text = text.strip()
+    if text.startswith("https://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: TLS to etcd is not supported yet")
+    address = text.removeprefix("http://").rstrip("/")
+    if "://" in address or is_unix_address(address):
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port or http://host:port")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port or http://host:port")
+    return address
+
+
+def parse_etcd_endpoints(text: str) -> tuple[str, ...]:
+    """A comma-separated list of etcd endpoints (see :func:`parse_etcd_endpoint`)."""
+    return parse_list(text, parse_etcd_endpoint)
+
+
+_PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+\Z")
+
+
+def parse_etcd_prefix(text: str) -> str:
+    """A key prefix like ``/goverse`` or ``/apps/chat``: segments of letters, digits and
+    ``._-``, each after a ``/``, no trailing ``/``."""
+    if not _PREFIX.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key prefix like /goverse (segments of letters, digits, '.', "
+            "'_', '-', each after a '/')"
+        )
+    return text
+
+
 def parse_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("the path is empty")
@@ -171,3 +205,5 @@ ADDRESS = Kind(parse_address, "HOST:PORT")
 ADDRESS_LIST = Kind(parse_address_list, "HOST:PORT,...", ",".join)
 PORT = Kind(parse_port, "PORT|off", _show_port)
 PATH = Kind(parse_path, "PATH")
+ETCD_ENDPOINTS = Kind(parse_etcd_endpoints, "HOST:PORT,...", ",".join)
+ETCD_PREFIX = Kind(parse_etcd_prefix, "PREFIX")

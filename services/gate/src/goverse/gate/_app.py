@@ -48,7 +48,7 @@ class GateApp(ServiceApp[GateConfig]):
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
         )
-        self.router = Router(config.nodes, self.pool, config.call_timeout)
+        self.router = Router(config.static_nodes, self.pool, config.call_timeout)
         self.links: dict[str, NodeLink] = {}
         self.metrics = GateMetrics(self.meter, self.registry, self.links)
 
@@ -57,7 +57,7 @@ class GateApp(ServiceApp[GateConfig]):
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 
     async def on_serving(self) -> None:
-        for node in self.config.nodes:
+        for node in self.config.static_nodes:
             link = NodeLink(
                 node,
                 self.config.gate_id,
@@ -74,7 +74,7 @@ class GateApp(ServiceApp[GateConfig]):
         return self.registry.drain(DRAIN_REASON)
 
     def identity(self) -> dict[str, Any]:
-        return {"gate_id": self.config.gate_id, "nodes": list(self.config.nodes)}
+        return {"gate_id": self.config.gate_id, "nodes": list(self.config.static_nodes)}
 
 
 __all__ = ["GateApp"]

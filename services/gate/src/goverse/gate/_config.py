@@ -43,6 +43,10 @@ def default_gate_id(hostname: str | None = None) -> str:
     return name
 
 
+DEFAULT_NODE = "127.0.0.1:7000"
+"""The node a gate routes to when it is given neither --nodes nor --etcd-endpoints."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class GateConfig(
     ServiceSettings,
@@ -59,10 +63,12 @@ class GateConfig(
         kind=Kind(parse_gate_id, "GATE_ID"),
         default_text="the host name",
     )
-    nodes: tuple[str, ...] = setting(
-        ("127.0.0.1:7000",),
-        help="comma-separated addresses of every node; calls are placed over this list",
+    nodes: tuple[str, ...] | None = setting(
+        None,
+        help="comma-separated addresses of every node; calls are placed over this list "
+        "(static membership; not used with --etcd-endpoints)",
         kind=ADDRESS_LIST,
+        default_text=f"{DEFAULT_NODE} without --etcd-endpoints",
     )
     reconnect_initial: timedelta = setting(
         timedelta(milliseconds=100),
@@ -112,11 +118,22 @@ class GateConfig(
     )
 
     def _check_combinations(self) -> None:
+        super()._check_combinations()
+        if self.etcd_endpoints is not None and self.nodes is not None:
+            raise ValueError(
+                "--nodes and --etcd-endpoints exclude each other: with etcd, nodes register "
+                "themselves"
+            )
         if self.reconnect_max < self.reconnect_initial:
             raise ValueError(
                 f"--reconnect-max ({self.reconnect_max.total_seconds()}s) is below "
                 f"--reconnect-initial ({self.reconnect_initial.total_seconds()}s)"
             )
+
+    @property
+    def static_nodes(self) -> tuple[str, ...]:
+        """The node list of static membership (--nodes, else the one default node)."""
+        return self.nodes or (DEFAULT_NODE,)
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> SettingsParser[GateConfig]:

@@ -20,8 +20,10 @@ from goverse.server import (
     at_least,
     format_duration,
     is_unix_address,
+    not_negative,
     parse_list,
     port_of,
+    positive,
     setting,
 )
 
@@ -100,8 +102,45 @@ class NodeConfig(
         kind=DURATION,
         check=at_least(MIN_HEARTBEAT, format_duration),
     )
+    fence_margin: timedelta = setting(
+        timedelta(seconds=2),
+        help="with etcd: stop serving this long before the lease could expire, as etcd "
+        "counts it (the node fences itself and rejoins)",
+        kind=DURATION,
+        check=positive,
+    )
+    rebalance_delay: timedelta = setting(
+        timedelta(seconds=5),
+        help="with etcd: how long the node set must stay unchanged before owners release "
+        "shards to a node that joined (orphans are claimed at once)",
+        kind=DURATION,
+        check=not_negative,
+    )
+    handoff_timeout: timedelta = setting(
+        timedelta(seconds=5),
+        help="with etcd: how long a released shard's calls in flight may take to finish "
+        "before its objects are deactivated anyway",
+        kind=DURATION,
+        check=positive,
+    )
+    max_handoffs: int = setting(
+        256,
+        help="with etcd: most shards this node releases at once",
+        kind=COUNT,
+    )
 
     def _check_combinations(self) -> None:
+        super()._check_combinations()
+        if self.etcd_endpoints is not None and self.nodes is not None:
+            raise ValueError(
+                "--nodes and --etcd-endpoints exclude each other: with etcd, nodes register "
+                "themselves"
+            )
+        if self.fence_margin * 2 >= self.lease_ttl:
+            raise ValueError(
+                f"--fence-margin ({format_duration(self.fence_margin)}) must be under half of "
+                f"--lease-ttl ({format_duration(self.lease_ttl)})"
+            )
         if self.nodes is None:
             return
         if (
