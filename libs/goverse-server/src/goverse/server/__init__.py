@@ -17,6 +17,13 @@ from goverse.server._lifecycle import (
 )
 from goverse.server._logging import configure_logging, log_fields, set_log_identity
 from goverse.server._mailbox import Mailbox
+from goverse.server._membership import (
+    ClusterView,
+    NodeInfo,
+    ShardOwner,
+    StaticView,
+    Versioned,
+)
 from goverse.server._metrics import (
     CallMetricsInterceptor,
     LabelLimiter,
@@ -86,6 +93,7 @@ __all__ = [
     "BoundAddress",
     "CallMetricsInterceptor",
     "CallsInFlight",
+    "ClusterView",
     "Declared",
     "DropReason",
     "GrpcHost",
@@ -93,6 +101,7 @@ __all__ = [
     "LabelLimiter",
     "ListenError",
     "Mailbox",
+    "NodeInfo",
     "Ready",
     "Service",
     "ServiceApp",
@@ -100,12 +109,15 @@ __all__ = [
     "ServiceSettings",
     "Setting",
     "SettingsParser",
+    "ShardOwner",
     "ShutdownBudget",
     "StartupError",
+    "StaticView",
     "Supervisor",
     "SupervisorClosed",
     "Telemetry",
     "TelemetryConfigError",
+    "Versioned",
     "at_least",
     "call_duration_histogram",
     "choice",
