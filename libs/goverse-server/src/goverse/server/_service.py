@@ -35,6 +35,9 @@ from goverse.transport import ChannelPool, Keepalive, channel_options
 
 log = structlog.get_logger(__name__)
 
+LEAVE_SHARE = 0.6
+"""Share of the shutdown budget a service gets to leave its cluster (a node hands off its
+shards) while it still serves and streams still carry what its objects push."""
 DRAIN_SHARE = 0.5
 """Share of the shutdown budget long-lived streams get to flush and end by themselves."""
 RESERVE_SHARE = 0.2
@@ -132,15 +135,17 @@ class ServiceApp(abc.ABC, Generic[C]):
     :meth:`stop` follows the shutdown contract within ``config.shutdown_timeout``:
 
     1. health reports NOT_SERVING at once, for every service name, permanently;
-    2. the service closes its long-lived streams (:meth:`close_streams`: each flushes what is
+    2. the service leaves its cluster while it still serves (:meth:`leave`, up to 60 % of the
+       budget; the node hands off its shards);
+    3. the service closes its long-lived streams (:meth:`close_streams`: each flushes what is
        queued and ends by itself) and they get up to half the budget to end;
-    3. unary calls in flight get the rest of the budget but a reserve (a fifth, at most 1 s)
+    4. unary calls in flight get the rest of the budget but a reserve (a fifth, at most 1 s)
        to finish;
-    4. the supervisor cancels every task left and awaits them for the rest of the budget, then
+    5. the supervisor cancels every task left and awaits them for the rest of the budget, then
        the names of any still pending are logged;
-    5. the service releases what it holds (:meth:`release`; the node deactivates its objects);
-    6. the gRPC server stops, giving unary calls still running at most 1 s;
-    7. channels are closed, buffered spans exported (at least 0.2 s), the metrics endpoint
+    6. the service releases what it holds (:meth:`release`; the node deactivates its objects);
+    7. the gRPC server stops, giving unary calls still running at most 1 s;
+    8. channels are closed, buffered spans exported (at least 0.2 s), the metrics endpoint
        stopped and the ready file removed; ``stopped`` is logged with the elapsed time.
 
     Safe before :meth:`start` (nothing to stop), idempotent, and safe to call concurrently:
@@ -194,6 +199,10 @@ class ServiceApp(abc.ABC, Generic[C]):
     def close_streams(self) -> int:
         """Tells every long-lived stream to flush and end by itself, refuses new ones, and
         returns how many were open."""
+
+    async def leave(self, budget: ShutdownBudget) -> None:  # noqa: B027 - optional hook
+        """Leaves the cluster while still serving, within `budget` (the node hands off its
+        shards: their objects deactivate while the gate streams still carry their pushes)."""
 
     async def release(self, budget: ShutdownBudget) -> None:
         """Frees what the service holds once its tasks are gone, within `budget`."""
@@ -278,15 +287,17 @@ class ServiceApp(abc.ABC, Generic[C]):
         host = self._host
         if host is not None:
             await host.enter_shutdown()  # 1
-        streams = self.close_streams() if self._assembled else 0  # 2
+        if self._assembled:
+            await self.leave(ShutdownBudget(timedelta(seconds=budget.share(LEAVE_SHARE))))  # 2
+        streams = self.close_streams() if self._assembled else 0  # 3
         open_streams = self.supervisor.tasks_named(self.stream_task_prefix)
         await self.supervisor.wait(open_streams, budget.share(DRAIN_SHARE))
         streams_left = sum(not task.done() for task in open_streams)
-        calls = len(self.calls)  # 3
+        calls = len(self.calls)  # 4
         calls_left = await self.calls.wait(
             budget.keeping(min(budget.total * RESERVE_SHARE, MAX_RESERVE))
         )
-        pending = await self.supervisor.shutdown(budget.remaining())  # 4
+        pending = await self.supervisor.shutdown(budget.remaining())  # 5
         if pending:
             log.warning(
                 "tasks still pending after the shutdown timeout",
@@ -294,10 +305,10 @@ class ServiceApp(abc.ABC, Generic[C]):
                 timeout_s=budget.total,
             )
         if self._assembled:
-            await self.release(budget)  # 5
+            await self.release(budget)  # 6
         if host is not None:
-            await host.stop(grace=min(SERVER_GRACE, budget.remaining()))  # 6
-        await self.pool.close()  # 7
+            await host.stop(grace=min(SERVER_GRACE, budget.remaining()))  # 7
+        await self.pool.close()  # 8
         if self.telemetry is not None:
             await self.telemetry.shutdown(max(budget.remaining(), MIN_TELEMETRY_FLUSH))
         if self.config.ready_file is not None:
