@@ -200,7 +200,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         """Tells every long-lived stream to flush and end by itself, refuses new ones, and
         returns how many were open."""
 
-    async def leave(self, budget: ShutdownBudget) -> None:  # noqa: B027 - optional hook
+    async def leave(self, budget: ShutdownBudget) -> None:
         """Leaves the cluster while still serving, within `budget` (the node hands off its
         shards: their objects deactivate while the gate streams still carry their pushes)."""
 
