@@ -48,12 +48,14 @@ def undocumented(lines: list[str]) -> list[str]:
     return problems
 
 
-# Kubernetes objects the chart passes through unchanged (affinity terms, EnvVarSource).
+# Kubernetes objects the chart passes through unchanged (affinity terms, EnvVarSource, the
+# HorizontalPodAutoscaler's behavior).
 OPEN_OBJECTS = {
     "definitions.affinity.properties.nodeAffinity",
     "definitions.affinity.properties.podAffinity",
     "definitions.affinity.properties.podAntiAffinity",
     "definitions.envVar.properties.valueFrom",
+    "definitions.autoscaling.properties.behavior",
 }
 
 

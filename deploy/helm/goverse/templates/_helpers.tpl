@@ -1,6 +1,7 @@
 {{/*
-Names, labels and the values every template shares. The node list is computed here, once, so
-the gates, the nodes and NOTES.txt agree on it.
+Names, labels and the values every template shares. The node list, the etcd endpoints and the
+stop budgets are computed here, once, so the gates, the nodes, the etcd members and NOTES.txt
+agree on them.
 */}}
 
 {{/* The chart name, or nameOverride. */}}
@@ -65,6 +66,14 @@ app.kubernetes.io/component: {{ . }}
 {{- printf "%s-gate" (include "goverse.fullname" .) }}
 {{- end }}
 
+{{- define "goverse.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "goverse.fullname" .) }}
+{{- end }}
+
+{{- define "goverse.etcd.headlessName" -}}
+{{- printf "%s-etcd-headless" (include "goverse.fullname" .) }}
+{{- end }}
+
 {{- define "goverse.otelCollector.fullname" -}}
 {{- printf "%s-otel-collector" (include "goverse.fullname" .) }}
 {{- end }}
@@ -95,6 +104,138 @@ gates and nodes, and the set each node's `--advertise` address is taken from.
 {{- $addresses = append $addresses (printf "%s-%d.%s:%d" $sts $i $suffix (int $.Values.node.port)) }}
 {{- end }}
 {{- join "," $addresses }}
+{{- end }}
+
+{{/*
+Ports of the bundled etcd members: clients (gates and nodes), peers (the other members), and
+the plain-HTTP listener of /metrics, /health, /livez and /readyz (the probes).
+*/}}
+{{- define "goverse.etcd.clientPort" -}}2379{{- end }}
+{{- define "goverse.etcd.peerPort" -}}2380{{- end }}
+{{- define "goverse.etcd.metricsPort" -}}2381{{- end }}
+
+{{/* The domain suffix of the bundled etcd members' stable DNS names. */}}
+{{- define "goverse.etcd.domain" -}}
+{{- printf "%s.%s.svc.%s" (include "goverse.etcd.headlessName" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/*
+`--initial-cluster` of the bundled etcd: every member's name (its pod name) and peer URL on
+its stable DNS name, `<fullname>-etcd-<i>=http://<fullname>-etcd-<i>.<headless>...:2380`.
+*/}}
+{{- define "goverse.etcd.initialCluster" -}}
+{{- $sts := include "goverse.etcd.fullname" . }}
+{{- $domain := include "goverse.etcd.domain" . }}
+{{- $members := list }}
+{{- range $i := until (int .Values.etcd.replicaCount) }}
+{{- $members = append $members (printf "%s-%d=http://%s-%d.%s:%s" $sts $i $sts $i $domain (include "goverse.etcd.peerPort" $)) }}
+{{- end }}
+{{- join "," $members }}
+{{- end }}
+
+{{/*
+GOVERSE_ETCD_ENDPOINTS: the bundled etcd's client Service (it routes to ready members only),
+or the configured endpoints of an existing cluster.
+*/}}
+{{- define "goverse.etcd.endpoints" -}}
+{{- if .Values.etcd.bundled }}
+{{- printf "%s.%s.svc.%s:%s" (include "goverse.etcd.fullname" .) .Release.Namespace .Values.clusterDomain (include "goverse.etcd.clientPort" .) }}
+{{- else }}
+{{- join "," .Values.etcd.endpoints }}
+{{- end }}
+{{- end }}
+
+{{/*
+How gates and nodes learn the cluster, for both ConfigMaps: the node list (static), or where
+etcd is (etcd). With etcd nothing here depends on the node count, so scaling the nodes
+changes no ConfigMap and restarts no pod.
+*/}}
+{{- define "goverse.membershipConfig" -}}
+{{- if eq .Values.membership "etcd" }}
+GOVERSE_ETCD_ENDPOINTS: {{ include "goverse.etcd.endpoints" . | quote }}
+GOVERSE_ETCD_PREFIX: {{ .Values.etcd.prefix | quote }}
+{{- else }}
+GOVERSE_NODES: {{ include "goverse.node.addresses" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds in a duration value (`500ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds, as the
+schema's `duration` allows), as a float.
+*/}}
+{{- define "goverse.seconds" -}}
+{{- $text := toString . }}
+{{- if hasSuffix "ms" $text }}
+{{- divf (trimSuffix "ms" $text | float64) 1000 }}
+{{- else if hasSuffix "m" $text }}
+{{- mulf (trimSuffix "m" $text | float64) 60 }}
+{{- else }}
+{{- trimSuffix "s" $text | float64 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node's own defaults of the settings the chart computes with, as the node declares them
+(tests/unit/test_chart_settings.py checks each against the declaration).
+*/}}
+{{- define "goverse.nodeDefault.shutdownTimeout" -}}5s{{- end }}
+{{- define "goverse.nodeDefault.handoffTimeout" -}}5s{{- end }}
+
+{{/*
+The node's `--handoff-timeout` in whole seconds, rounded up: node.config.handoffTimeout, or
+the node's own default.
+*/}}
+{{- define "goverse.node.handoffSeconds" -}}
+{{- $handoff := default (include "goverse.nodeDefault.handoffTimeout" .) .Values.node.config.handoffTimeout }}
+{{- include "goverse.seconds" $handoff | float64 | ceil | int }}
+{{- end }}
+
+{{/*
+The node's shutdown budget in seconds: node.shutdownTimeoutSeconds, or when 0, the node's own
+default (static) or handoff timeout + 5 (etcd: the wait for calls in flight on the shards it
+hands off, then deactivation and the release of the shards).
+*/}}
+{{- define "goverse.node.shutdownSeconds" -}}
+{{- if .Values.node.shutdownTimeoutSeconds }}
+{{- int .Values.node.shutdownTimeoutSeconds }}
+{{- else if eq .Values.membership "etcd" }}
+{{- add (include "goverse.node.handoffSeconds" . | int) 5 }}
+{{- else }}
+{{- include "goverse.seconds" (include "goverse.nodeDefault.shutdownTimeout" .) | float64 | ceil | int }}
+{{- end }}
+{{- end }}
+
+{{/* A component's shutdown budget in seconds. Call with (dict "ctx" $ "component" "gate"). */}}
+{{- define "goverse.shutdownSeconds" -}}
+{{- if eq .component "node" }}
+{{- include "goverse.node.shutdownSeconds" .ctx }}
+{{- else }}
+{{- int (index .ctx.Values .component).shutdownTimeoutSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's terminationGracePeriodSeconds: the value, or when 0, preStop + shutdown budget
++ a margin of 5. Call with (dict "ctx" $ "component" "node").
+*/}}
+{{- define "goverse.terminationGrace" -}}
+{{- $c := index .ctx.Values .component }}
+{{- if $c.terminationGracePeriodSeconds }}
+{{- int $c.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add (int $c.preStopSleepSeconds) (include "goverse.shutdownSeconds" . | int) 5 }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when a component may run more than one pod (its replica count, or its autoscaler's
+maximum), else empty: PodDisruptionBudgets exist only then. Call with (dict "ctx" $
+"component" "gate").
+*/}}
+{{- define "goverse.multiReplica" -}}
+{{- $c := index .ctx.Values .component }}
+{{- $most := ternary $c.autoscaling.maxReplicas $c.replicaCount $c.autoscaling.enabled }}
+{{- if gt (int $most) 1 }}true{{- end }}
 {{- end }}
 
 {{/* The address of the gate Service inside the cluster. */}}
@@ -208,14 +349,26 @@ and lint with the reason.
 {{- $v := .Values }}
 {{- range $component := list "gate" "node" }}
 {{- $c := index $v $component }}
-{{- $needed := add $c.preStopSleepSeconds $c.shutdownTimeoutSeconds 2 }}
-{{- if lt (int $c.terminationGracePeriodSeconds) (int $needed) }}
-{{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: it must cover %s.preStopSleepSeconds (%d) + %s.shutdownTimeoutSeconds (%d) + a margin of at least 2 s (recommended 5 s), i.e. at least %d" $component (int $c.terminationGracePeriodSeconds) $component (int $c.preStopSleepSeconds) $component (int $c.shutdownTimeoutSeconds) (int $needed)) }}
+{{- $shutdown := include "goverse.shutdownSeconds" (dict "ctx" $ "component" $component) | int }}
+{{- $grace := include "goverse.terminationGrace" (dict "ctx" $ "component" $component) | int }}
+{{- $needed := add $c.preStopSleepSeconds $shutdown 2 }}
+{{- if lt $grace (int $needed) }}
+{{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: it must cover %s.preStopSleepSeconds (%d) + the shutdown budget (%d s) + a margin of at least 2 s (recommended 5 s), i.e. at least %d" $component $grace $component (int $c.preStopSleepSeconds) $shutdown (int $needed)) }}
 {{- end }}
 {{- if and $v.metrics.enabled (eq (int $c.port) (int $v.metrics.port)) }}
 {{- fail (printf "%s.port and metrics.port are both %d; they must differ" $component (int $c.port)) }}
 {{- end }}
+{{- $scaling := $c.autoscaling }}
+{{- if $scaling.enabled }}
+{{- if gt (int $scaling.minReplicas) (int $scaling.maxReplicas) }}
+{{- fail (printf "%s.autoscaling.minReplicas (%d) is above %s.autoscaling.maxReplicas (%d)" $component (int $scaling.minReplicas) $component (int $scaling.maxReplicas)) }}
 {{- end }}
+{{- if not (($c.resources).requests).cpu }}
+{{- fail (printf "%s.autoscaling scales on CPU use in percent of the request: set %s.resources.requests.cpu" $component $component) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- include "goverse.validateMembership" . }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is nothing to scrape" }}
 {{- end }}
@@ -247,5 +400,37 @@ and lint with the reason.
 {{- $longest := printf "%s-%d" (include "goverse.node.fullname" .) (sub (int $v.node.replicaCount) 1) }}
 {{- if gt (len $longest) 63 }}
 {{- fail (printf "the node pod name %s is longer than 63 characters; use a shorter release name or fullnameOverride" $longest) }}
+{{- end }}
+{{- end }}
+
+{{/* Checks of the membership values: static or etcd, bundled or external, and scaling. */}}
+{{- define "goverse.validateMembership" -}}
+{{- $v := .Values }}
+{{- $etcd := $v.etcd }}
+{{- if eq $v.membership "etcd" }}
+{{- if and $etcd.bundled $etcd.endpoints }}
+{{- fail "membership etcd: set etcd.bundled=true (an etcd deployed with the chart) or etcd.endpoints (an existing cluster), not both" }}
+{{- end }}
+{{- if not (or $etcd.bundled $etcd.endpoints) }}
+{{- fail "membership etcd needs an etcd: set etcd.bundled=true to deploy one with the chart, or etcd.endpoints to the client endpoints of an existing cluster" }}
+{{- end }}
+{{- if and $etcd.bundled (eq (mod (int $etcd.replicaCount) 2) 0) }}
+{{- fail (printf "etcd.replicaCount=%d: an etcd cluster needs an odd number of members (3 tolerates the loss of one, 5 of two; an even count tolerates no more than one fewer)" (int $etcd.replicaCount)) }}
+{{- end }}
+{{- $handoff := include "goverse.node.handoffSeconds" . | int }}
+{{- $shutdown := include "goverse.node.shutdownSeconds" . | int }}
+{{- if lt $shutdown (add $handoff 2) }}
+{{- fail (printf "node.shutdownTimeoutSeconds=%d does not cover the handoff: with membership etcd a stopping node waits up to the handoff timeout (%d s, node.config.handoffTimeout) for the calls in flight on its shards, then deactivates their objects and releases the shards; it needs at least %d (recommended %d), or 0 for automatic" $shutdown $handoff (add $handoff 2) (add $handoff 5)) }}
+{{- end }}
+{{- else }}
+{{- if $v.node.autoscaling.enabled }}
+{{- fail "node.autoscaling needs membership etcd: with membership static the node list is computed from the replica count, so every scale would restart every gate and node (and an autoscaler cannot change that list)" }}
+{{- end }}
+{{- if $etcd.bundled }}
+{{- fail "etcd.bundled=true with membership static: nothing would use that etcd; set membership=etcd" }}
+{{- end }}
+{{- if $etcd.endpoints }}
+{{- fail "etcd.endpoints is set with membership static: nothing would use it; set membership=etcd" }}
+{{- end }}
 {{- end }}
 {{- end }}
