@@ -8,7 +8,10 @@
 #   3. strict validation of every rendered manifest against the Kubernetes schemas of the
 #      minimum supported version and of the newest version kubernetes-validate ships
 #      (validate.py; the ServiceMonitor CRD is checked by hand there), and of the wiring
-#      (wiring.py: node list, advertise, gate id, probes, grace period, config checksum);
+#      (wiring.py: node list or etcd endpoints, the bundled etcd, advertise, gate id, probes,
+#      grace period and handoff budget, config checksum, autoscalers); every values file is
+#      rendered again with other replica counts: with etcd membership no gate or node pod
+#      template may change (scaling.py);
 #   4. every scripts/chart/bad-values/*.yaml must make helm template fail with the message in
 #      its `# expect:` line (schema: unknown keys, wrong types; `fail`: bad combinations);
 #      the schema cases must make helm lint fail too (lint only logs a template's `fail`).
@@ -62,6 +65,21 @@ step "kubernetes schemas (strict) $K8S_MINIMUM and $K8S_CURRENT"
 
 step "wiring"
 "$PY" scripts/chart/wiring.py "$OUT"/*.yaml
+
+step "scaling: what other replica counts restart"
+# Other gate and node counts and autoscaler bounds than any ci/*-values.yaml uses.
+SCALED=node.replicaCount=7,gate.replicaCount=5
+SCALED+=,node.autoscaling.minReplicas=3,node.autoscaling.maxReplicas=9
+SCALED+=,gate.autoscaling.minReplicas=3,gate.autoscaling.maxReplicas=9
+mkdir -p "$OUT/scaled"
+pairs=()
+for values in "$CHART"/ci/*-values.yaml; do
+    name="$(basename "$values" -values.yaml)"
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --values "$values" \
+        --set "$SCALED" >"$OUT/scaled/$name.yaml"
+    pairs+=("$OUT/$name.yaml" "$OUT/scaled/$name.yaml")
+done
+"$PY" scripts/chart/scaling.py "${pairs[@]}"
 
 step "values that must be refused"
 failed=0

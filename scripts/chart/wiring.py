@@ -1,25 +1,40 @@
-"""Checks that rendered manifests wire goverse together: node list, advertise, probes, budget.
+"""Checks that rendered manifests wire goverse together: membership, advertise, probes, budget.
 
     build/tools/venv/bin/python scripts/chart/wiring.py FILE...
 
-For each file (one `helm template` output): the gate and node ConfigMaps carry the same
-GOVERSE_NODES; it names every node pod
-`<statefulset>-<i>.<headless service>.<ns>.svc.<domain>:<port>`
-for i < replicas, and each pod's GOVERSE_ADVERTISE, with its name filled in, is its entry;
-the headless Service publishes not-ready addresses; gate ids come from the pod name; gRPC
-probes hit the container's gRPC port; terminationGracePeriodSeconds covers preStop + shutdown;
-GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one.
+For each file (one `helm template` output):
+
+- static membership: the gate and node ConfigMaps carry the same GOVERSE_NODES; it names every
+  node pod `<statefulset>-<i>.<headless service>.<ns>.svc.<domain>:<port>` for i < replicas,
+  and each pod's GOVERSE_ADVERTISE, with its name filled in, is its entry; no node autoscaler;
+- etcd membership: no GOVERSE_NODES anywhere; both ConfigMaps carry the same
+  GOVERSE_ETCD_ENDPOINTS and GOVERSE_ETCD_PREFIX; GOVERSE_ADVERTISE is the pod's stable DNS
+  name; with the bundled etcd, the endpoints are its client Service, and the members' URLs,
+  --initial-cluster, ports, probes, volume and NetworkPolicy agree with each other;
+- both: the node headless Service publishes not-ready addresses; gate ids come from the pod
+  name; gRPC probes hit the container's gRPC port (readiness: the service name, liveness: the
+  overall status ""); terminationGracePeriodSeconds covers preStop + shutdown, and with etcd
+  the node's shutdown covers the handoff; GOVERSE_METRICS_PORT is the `metrics` container
+  port, or `off` without one; an autoscaled workload has no replica count of its own and CPU
+  requests; every PodDisruptionBudget selects the pods of a workload.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped, unused-ignore]  # in build/tools/venv
 
 Resource = dict[str, Any]
+
+# The node's own --handoff-timeout default, for a rendering that does not set it: the chart's
+# `goverse.nodeDefault.handoffTimeout` (tests/unit/test_chart_settings.py checks both against
+# the node's declaration).
+DEFAULT_HANDOFF_TIMEOUT = "5s"
 
 
 def _seconds(duration: str) -> float:
@@ -30,14 +45,23 @@ def _seconds(duration: str) -> float:
     return value / 1000 if match.group(2) == "ms" else value * (60 if match.group(2) == "m" else 1)
 
 
-def _one(resources: list[Resource], kind: str, component: str) -> Resource:
-    found = [
+def _component(resource: Resource) -> str | None:
+    labels: dict[str, str] = resource["metadata"].get("labels", {})
+    return labels.get("app.kubernetes.io/component")
+
+
+def _all(resources: list[Resource], kind: str, component: str) -> list[Resource]:
+    return [
         r
         for r in resources
         if r["kind"] == kind
-        and r["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        and _component(r) == component
         and not r["metadata"].get("name", "").endswith("-metrics")
     ]
+
+
+def _one(resources: list[Resource], kind: str, component: str) -> Resource:
+    found = _all(resources, kind, component)
     if len(found) != 1:
         raise AssertionError(f"expected one {kind} of component {component}, found {len(found)}")
     return found[0]
@@ -52,114 +76,373 @@ def _env(container: Resource) -> dict[str, Resource]:
     return {item["name"]: item for item in container.get("env", [])}
 
 
-def check(resources: list[Resource]) -> list[str]:
-    problems: list[str] = []
+def _env_value(container: Resource, name: str) -> str:
+    return str(_env(container).get(name, {}).get("value", ""))
 
-    def expect(condition: bool, message: str) -> None:
+
+def _port(container: Resource, name: str) -> int | None:
+    return next((p["containerPort"] for p in container["ports"] if p["name"] == name), None)
+
+
+def _service(resources: list[Resource], name: str) -> Resource | None:
+    return next(
+        (r for r in resources if r["kind"] == "Service" and r["metadata"]["name"] == name), None
+    )
+
+
+def _selects(selector: dict[str, str], workload: Resource) -> bool:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"].get("labels", {})
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class Checker:
+    """Collects the problems of one rendering."""
+
+    def __init__(self, resources: list[Resource]) -> None:
+        self.resources = resources
+        self.problems: list[str] = []
+
+    def expect(self, condition: bool, message: str) -> None:
         if not condition:
-            problems.append(message)
+            self.problems.append(message)
 
-    node_cm = _one(resources, "ConfigMap", "node")["data"]
-    gate_cm = _one(resources, "ConfigMap", "gate")["data"]
-    sts = _one(resources, "StatefulSet", "node")
-    gate = _one(resources, "Deployment", "gate")
-    headless = next(
-        r
-        for r in resources
-        if r["kind"] == "Service" and r["metadata"]["name"] == sts["spec"]["serviceName"]
-    )
+    def check(self) -> list[str]:
+        resources = self.resources
+        node_cm = _one(resources, "ConfigMap", "node")["data"]
+        gate_cm = _one(resources, "ConfigMap", "gate")["data"]
+        sts = _one(resources, "StatefulSet", "node")
+        gate = _one(resources, "Deployment", "gate")
+        headless = _service(resources, sts["spec"]["serviceName"])
+        if headless is None:
+            return [f"no Service {sts['spec']['serviceName']} for the node StatefulSet"]
 
-    expect(
-        node_cm["GOVERSE_NODES"] == gate_cm["GOVERSE_NODES"],
-        "gates and nodes get different node lists",
-    )
-    expect(headless["spec"].get("clusterIP") == "None", "the node Service is not headless")
-    expect(
-        headless["spec"].get("publishNotReadyAddresses") is True,
-        "publishNotReadyAddresses is not true",
-    )
-
-    node_container = _container(sts)
-    node_port = next(p["containerPort"] for p in node_container["ports"] if p["name"] == "grpc")
-    nodes = node_cm["GOVERSE_NODES"].split(",")
-    expect(
-        len(nodes) == sts["spec"]["replicas"],
-        f"{len(nodes)} nodes listed for {sts['spec']['replicas']} replicas",
-    )
-    expect(
-        node_cm["GOVERSE_LISTEN"] == f"0.0.0.0:{node_port}",
-        "node --listen is not the gRPC container port",
-    )
-    advertise = _env(node_container)["GOVERSE_ADVERTISE"]["value"]
-    expect("$(POD_NAME)" in advertise, "GOVERSE_ADVERTISE is not built from the pod name")
-    expect(
-        _env(node_container)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name",
-        "POD_NAME is not the pod name",
-    )
-    for i in range(sts["spec"]["replicas"]):
-        pod = f"{sts['metadata']['name']}-{i}"
-        mine = advertise.replace("$(POD_NAME)", pod)
-        expect(mine in nodes, f"node pod {pod} advertises {mine}, which is not in the node list")
-        expect(
-            mine.startswith(
-                f"{pod}.{headless['metadata']['name']}.{sts['metadata']['namespace']}.svc."
-            ),
-            f"{mine} is not the stable DNS name of {pod}",
+        self.expect(headless["spec"].get("clusterIP") == "None", "the node Service is not headless")
+        self.expect(
+            headless["spec"].get("publishNotReadyAddresses") is True,
+            "publishNotReadyAddresses is not true",
         )
-        expect(len(pod) <= 63, f"pod name {pod} is longer than a DNS label")
+        node_container = _container(sts)
+        node_port = _port(node_container, "grpc")
+        self.expect(
+            node_cm["GOVERSE_LISTEN"] == f"0.0.0.0:{node_port}",
+            "node --listen is not the gRPC container port",
+        )
+        advertise = _env_value(node_container, "GOVERSE_ADVERTISE")
+        self.expect("$(POD_NAME)" in advertise, "GOVERSE_ADVERTISE is not built from the pod name")
+        self.expect(
+            _env(node_container)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.name",
+            "POD_NAME is not the pod name",
+        )
+        replicas = sts["spec"].get("replicas")
+        # An autoscaled StatefulSet has no count: check the names of its first pods.
+        for i in range(replicas if replicas is not None else 3):
+            pod = f"{sts['metadata']['name']}-{i}"
+            mine = advertise.replace("$(POD_NAME)", pod)
+            self.expect(
+                mine.startswith(
+                    f"{pod}.{headless['metadata']['name']}.{sts['metadata']['namespace']}.svc."
+                )
+                and mine.endswith(f":{node_port}"),
+                f"{mine} is not the stable DNS name and gRPC port of {pod}",
+            )
+            self.expect(len(pod) <= 63, f"pod name {pod} is longer than a DNS label")
 
-    gate_container = _container(gate)
-    gate_env = _env(gate_container)
-    expect(
-        gate_env["GOVERSE_GATE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name",
-        "the gate id is not the pod name",
-    )
-    gate_port = next(p["containerPort"] for p in gate_container["ports"] if p["name"] == "grpc")
-    expect(
-        gate_cm["GOVERSE_LISTEN"] == f"0.0.0.0:{gate_port}",
-        "gate --listen is not the gRPC container port",
-    )
+        if "GOVERSE_ETCD_ENDPOINTS" in node_cm or "GOVERSE_ETCD_ENDPOINTS" in gate_cm:
+            self.check_etcd_membership(node_cm, gate_cm)
+        else:
+            self.check_static_membership(node_cm, gate_cm, sts, advertise)
 
-    for workload, container, cm, service in (
-        (sts, node_container, node_cm, "goverse.v1.NodeService"),
-        (gate, gate_container, gate_cm, "goverse.v1.GateService"),
-    ):
+        gate_container = _container(gate)
+        self.expect(
+            _env(gate_container)["GOVERSE_GATE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.name",
+            "the gate id is not the pod name",
+        )
+        self.expect(
+            gate_cm["GOVERSE_LISTEN"] == f"0.0.0.0:{_port(gate_container, 'grpc')}",
+            "gate --listen is not the gRPC container port",
+        )
+        for workload, cm, service in (
+            (sts, node_cm, "goverse.v1.NodeService"),
+            (gate, gate_cm, "goverse.v1.GateService"),
+        ):
+            self.check_service_pod(workload, cm, service)
+        if "GOVERSE_ETCD_ENDPOINTS" in node_cm:
+            handoff = _seconds(node_cm.get("GOVERSE_HANDOFF_TIMEOUT", DEFAULT_HANDOFF_TIMEOUT))
+            budget = _seconds(node_cm["GOVERSE_SHUTDOWN_TIMEOUT"])
+            self.expect(
+                budget >= math.ceil(handoff) + 2,
+                f"node shutdown budget {budget}s does not cover the handoff timeout "
+                f"{handoff}s + 2s",
+            )
+        self.check_autoscalers()
+        self.check_disruption_budgets()
+        return self.problems
+
+    def check_static_membership(
+        self, node_cm: dict[str, str], gate_cm: dict[str, str], sts: Resource, advertise: str
+    ) -> None:
+        for name, cm in (("node", node_cm), ("gate", gate_cm)):
+            self.expect("GOVERSE_NODES" in cm, f"static membership: the {name} has no node list")
+            self.expect(
+                not any(key.startswith("GOVERSE_ETCD_") for key in cm),
+                f"static membership: the {name} ConfigMap has etcd settings",
+            )
+        self.expect(
+            node_cm.get("GOVERSE_NODES") == gate_cm.get("GOVERSE_NODES"),
+            "gates and nodes get different node lists",
+        )
+        nodes = node_cm.get("GOVERSE_NODES", "").split(",")
+        replicas = sts["spec"].get("replicas")
+        self.expect(
+            replicas is not None, "static membership: the node StatefulSet has no replica count"
+        )
+        self.expect(len(nodes) == replicas, f"{len(nodes)} nodes listed for {replicas} replicas")
+        for i in range(replicas or 0):
+            pod = f"{sts['metadata']['name']}-{i}"
+            mine = advertise.replace("$(POD_NAME)", pod)
+            self.expect(
+                mine in nodes, f"node pod {pod} advertises {mine}, which is not in the node list"
+            )
+        self.expect(
+            not _all(self.resources, "StatefulSet", "etcd"),
+            "static membership with an etcd StatefulSet",
+        )
+
+    def check_etcd_membership(self, node_cm: dict[str, str], gate_cm: dict[str, str]) -> None:
+        for name, cm in (("node", node_cm), ("gate", gate_cm)):
+            self.expect(
+                "GOVERSE_NODES" not in cm, f"etcd membership: the {name} still gets GOVERSE_NODES"
+            )
+            self.expect(
+                bool(cm.get("GOVERSE_ETCD_PREFIX")), f"etcd membership: the {name} has no prefix"
+            )
+        for key in ("GOVERSE_ETCD_ENDPOINTS", "GOVERSE_ETCD_PREFIX"):
+            self.expect(
+                node_cm.get(key) == gate_cm.get(key), f"gates and nodes get different {key}"
+            )
+        etcd = _all(self.resources, "StatefulSet", "etcd")
+        if etcd:
+            self.check_bundled_etcd(etcd[0], node_cm["GOVERSE_ETCD_ENDPOINTS"])
+
+    def check_bundled_etcd(self, sts: Resource, endpoints: str) -> None:
+        name = sts["metadata"]["name"]
+        namespace = sts["metadata"]["namespace"]
+        container = _container(sts)
+        env = _env(container)
+        replicas = sts["spec"]["replicas"]
+        self.expect(replicas % 2 == 1, f"{name}: {replicas} members, not an odd number")
+        headless = _service(self.resources, sts["spec"]["serviceName"])
+        self.expect(
+            headless is not None
+            and headless["spec"].get("clusterIP") == "None"
+            and headless["spec"].get("publishNotReadyAddresses") is True,
+            f"{name}: its Service is not headless with not-ready addresses published",
+        )
+        self.expect(
+            sts["spec"].get("podManagementPolicy") == "Parallel",
+            f"{name}: members must start in parallel to form a quorum",
+        )
+        self.expect(
+            env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            and env["ETCD_NAME"]["value"] == "$(POD_NAME)",
+            f"{name}: the member name is not the pod name",
+        )
+        client, peer, metrics = (_port(container, p) for p in ("client", "peer", "metrics"))
+        domain = f"{sts['spec']['serviceName']}.{namespace}.svc."
+        for variable, port, own_name in (
+            ("ETCD_LISTEN_CLIENT_URLS", client, False),
+            ("ETCD_ADVERTISE_CLIENT_URLS", client, True),
+            ("ETCD_LISTEN_PEER_URLS", peer, False),
+            ("ETCD_INITIAL_ADVERTISE_PEER_URLS", peer, True),
+            ("ETCD_LISTEN_METRICS_URLS", metrics, False),
+        ):
+            url = urlsplit(env.get(variable, {}).get("value", ""))
+            self.expect(url.port == port, f"{name}: {variable} is not on the container port {port}")
+            if own_name:
+                self.expect(
+                    (url.hostname or "").startswith(f"$(pod_name).{domain}"),
+                    f"{name}: {variable} is not on the member's stable DNS name",
+                )
+        members = dict(
+            entry.split("=", 1) for entry in env["ETCD_INITIAL_CLUSTER"]["value"].split(",")
+        )
+        peer_url = env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]["value"]
+        expected = {
+            f"{name}-{i}": peer_url.replace("$(POD_NAME)", f"{name}-{i}") for i in range(replicas)
+        }
+        self.expect(
+            members == expected,
+            f"{name}: ETCD_INITIAL_CLUSTER is not every member on its peer URL: {members}",
+        )
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+            get = container.get(probe, {}).get("httpGet", {})
+            self.expect(
+                get.get("path") == path and get.get("port") in ("metrics", metrics),
+                f"{name}: {probe} is not GET {path} on the metrics port",
+            )
+        data_dir = env["ETCD_DATA_DIR"]["value"]
+        claims = {c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])}
+        self.expect(
+            any(
+                m["name"] in claims and data_dir.startswith(m["mountPath"].rstrip("/") + "/")
+                for m in container.get("volumeMounts", [])
+            ),
+            f"{name}: the data dir {data_dir} is not on a persistent volume claim",
+        )
+
+        selector = sts["spec"]["selector"]["matchLabels"]
+        clients = [
+            r
+            for r in self.resources
+            if r["kind"] == "Service"
+            and r["spec"].get("clusterIP") != "None"
+            and r["spec"].get("selector") == selector
+        ]
+        self.expect(len(clients) == 1, f"{name}: expected one client Service, found {len(clients)}")
+        for service in clients:
+            port = next(
+                p for p in service["spec"]["ports"] if p["targetPort"] in ("client", client)
+            )
+            host = f"{service['metadata']['name']}.{namespace}.svc."
+            self.expect(
+                endpoints.startswith(host) and endpoints.endswith(f":{port['port']}"),
+                f"GOVERSE_ETCD_ENDPOINTS={endpoints} is not the etcd client Service {host}..."
+                f":{port['port']}",
+            )
+        for policy in _all(self.resources, "NetworkPolicy", "etcd"):
+            rules = {
+                port["port"]: [
+                    peer.get("podSelector", {}).get("matchLabels") for peer in rule.get("from", [])
+                ]
+                for rule in policy["spec"]["ingress"]
+                for port in rule.get("ports", [])
+            }
+            allowed = {
+                (labels or {}).get("app.kubernetes.io/component")
+                for labels in rules.get("client", [None])
+            }
+            self.expect(
+                allowed == {"gate", "node"},
+                f"{name}: the NetworkPolicy lets {sorted(map(str, allowed))} reach the client "
+                "port, not the gates and nodes only",
+            )
+            self.expect(
+                [
+                    (labels or {}).get("app.kubernetes.io/component")
+                    for labels in rules.get("peer", [None])
+                ]
+                == ["etcd"],
+                f"{name}: the NetworkPolicy does not limit the peer port to the members",
+            )
+        for pdb in _all(self.resources, "PodDisruptionBudget", "etcd"):
+            self.expect(
+                pdb["spec"].get("maxUnavailable") == 1,
+                f"{name}: the PodDisruptionBudget allows more than one member down",
+            )
+
+    def check_service_pod(self, workload: Resource, cm: dict[str, str], service: str) -> None:
         name = workload["metadata"]["name"]
-        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        container = _container(workload)
+        port = _port(container, "grpc")
         readiness = container["readinessProbe"].get("grpc", {})
         liveness = container["livenessProbe"].get("grpc", {})
-        expect(readiness.get("port") == port, f"{name}: readiness probe is not gRPC on port {port}")
-        expect(
+        self.expect(
+            readiness.get("port") == port, f"{name}: readiness probe is not gRPC on port {port}"
+        )
+        self.expect(
             readiness.get("service") == service, f"{name}: readiness probe does not check {service}"
         )
-        expect(liveness.get("port") == port, f"{name}: liveness probe is not gRPC on port {port}")
+        self.expect(
+            liveness.get("port") == port, f"{name}: liveness probe is not gRPC on port {port}"
+        )
+        self.expect(
+            liveness.get("service", "") == "",
+            f"{name}: liveness probe checks {liveness.get('service')}, not the overall status",
+        )
         pre_stop = 0.0
         hook = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
         if hook:
-            expect(hook[0] == "sleep", f"{name}: preStop is not a sleep")
+            self.expect(hook[0] == "sleep", f"{name}: preStop is not a sleep")
             pre_stop = float(hook[1])
         grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         budget = _seconds(cm["GOVERSE_SHUTDOWN_TIMEOUT"])
-        expect(
+        self.expect(
             grace >= pre_stop + budget + 2,
             f"{name}: grace {grace}s < preStop {pre_stop}s + shutdown {budget}s + 2s",
         )
         metrics = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
         # `off` disables the endpoint; 0 would bind a port nobody knows.
-        expect(
+        self.expect(
             cm["GOVERSE_METRICS_PORT"] == (str(metrics[0]) if metrics else "off"),
             f"{name}: GOVERSE_METRICS_PORT={cm['GOVERSE_METRICS_PORT']} but metrics ports "
             f"{metrics or 'none'}",
         )
-        expect(
+        self.expect(
             "checksum/config" in workload["spec"]["template"]["metadata"].get("annotations", {}),
             f"{name}: no checksum/config annotation",
         )
-        expect(
+        self.expect(
             any(ref.get("configMapRef") for ref in container.get("envFrom", [])),
             f"{name}: the ConfigMap is not consumed through envFrom",
         )
-    return problems
+
+    def check_autoscalers(self) -> None:
+        workloads = {
+            (r["kind"], r["metadata"]["name"]): r
+            for r in self.resources
+            if r["kind"] in ("StatefulSet", "Deployment")
+        }
+        node_cm = _one(self.resources, "ConfigMap", "node")["data"]
+        scaled = set()
+        for hpa in (r for r in self.resources if r["kind"] == "HorizontalPodAutoscaler"):
+            name = hpa["metadata"]["name"]
+            target = hpa["spec"]["scaleTargetRef"]
+            workload = workloads.get((target["kind"], target["name"]))
+            if workload is None:
+                self.problems.append(f"HPA {name}: no {target['kind']} {target['name']}")
+                continue
+            scaled.add((target["kind"], target["name"]))
+            self.expect(
+                _component(workload) == _component(hpa),
+                f"HPA {name} scales a workload of another component",
+            )
+            self.expect(
+                "replicas" not in workload["spec"],
+                f"HPA {name}: {target['name']} sets its own replica count, which every upgrade "
+                "would reset",
+            )
+            self.expect(
+                hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"],
+                f"HPA {name}: minReplicas above maxReplicas",
+            )
+            self.expect(
+                "cpu" in _container(workload).get("resources", {}).get("requests", {}),
+                f"HPA {name}: {target['name']} has no CPU request to measure utilization against",
+            )
+            if _component(workload) == "node":
+                self.expect(
+                    "GOVERSE_ETCD_ENDPOINTS" in node_cm,
+                    f"HPA {name}: nodes autoscaled with a static node list",
+                )
+        for (kind, name), workload in workloads.items():
+            if _component(workload) in ("node", "gate") and (kind, name) not in scaled:
+                self.expect("replicas" in workload["spec"], f"{name}: no replica count and no HPA")
+
+    def check_disruption_budgets(self) -> None:
+        workloads = [r for r in self.resources if r["kind"] in ("StatefulSet", "Deployment")]
+        for pdb in (r for r in self.resources if r["kind"] == "PodDisruptionBudget"):
+            selector = pdb["spec"]["selector"].get("matchLabels", {})
+            self.expect(
+                sum(_selects(selector, w) for w in workloads) == 1,
+                f"PodDisruptionBudget {pdb['metadata']['name']} does not select the pods of "
+                "one workload",
+            )
+
+
+def check(resources: list[Resource]) -> list[str]:
+    return Checker(resources).check()
 
 
 def main() -> int:
