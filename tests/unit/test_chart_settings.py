@@ -95,6 +95,40 @@ def test_every_variable_the_templates_set_is_a_declared_setting(
                 )
 
 
+def test_the_defaults_the_chart_computes_with_are_the_declared_ones() -> None:
+    """The stop budget the chart derives (handoff timeout + 5 with etcd, the node's own budget
+    with a static list) starts from the node's declared defaults, and so does wiring.py."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    chart_defaults = dict(
+        re.findall(r'define "goverse\.nodeDefault\.([A-Za-z]+)" -}}([^{]*){{', helpers)
+    )
+    assert chart_defaults, "no goverse.nodeDefault.* in _helpers.tpl"
+    settings = settings_by_variable(NodeConfig)
+    for key, text in chart_defaults.items():
+        item = settings[variable_of(key)]
+        assert text == item.default_text(), (
+            f"goverse.nodeDefault.{key} is {text}, the node declares {item.default_text()}"
+        )
+    wiring = (CHART.parents[2] / "scripts" / "chart" / "wiring.py").read_text()
+    assert f'DEFAULT_HANDOFF_TIMEOUT = "{chart_defaults["handoffTimeout"]}"' in wiring
+
+
+def test_the_etcd_prefix_value_is_the_declared_default() -> None:
+    """`etcd.prefix`, passed to both services as GOVERSE_ETCD_PREFIX, defaults to what both
+    declare, and its comment names the flag and that default."""
+    values = (CHART / "values.yaml").read_text()
+    block = re.search(r"^etcd:\n(?:(?:  .*|#.*|)\n)*", values, re.MULTILINE)
+    assert block is not None, "no etcd: section in values.yaml"
+    match = re.search(r"((?:^  #.*\n)+)^  prefix: (\S+)$", block[0], re.MULTILINE)
+    assert match is not None, "no etcd.prefix in values.yaml"
+    comment, value = match[1], match[2]
+    for config in SERVICES.values():
+        item = settings_by_variable(config)["GOVERSE_ETCD_PREFIX"]
+        assert value == item.default_text()
+        assert f"`{item.flag}`" in comment
+        assert f"(default {item.default_text()})" in comment
+
+
 def test_the_chart_turns_metrics_off_with_the_flags_own_word() -> None:
     """metrics.enabled=false renders --metrics-port off (0 would bind any free port)."""
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
