@@ -14,14 +14,14 @@ For each file (one `helm template` output):
 - both: the node headless Service publishes not-ready addresses; gate ids come from the pod
   name; gRPC probes hit the container's gRPC port (readiness: the service name, liveness: the
   overall status ""); terminationGracePeriodSeconds covers preStop + shutdown, and with etcd
-  the node's shutdown covers the handoff; GOVERSE_METRICS_PORT is the `metrics` container
-  port, or `off` without one; an autoscaled workload has no replica count of its own and CPU
-  requests; every PodDisruptionBudget selects the pods of a workload.
+  the leave share of the node's shutdown budget covers the handoff timeout;
+  GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one; an autoscaled
+  workload has no replica count of its own and CPU requests; every PodDisruptionBudget
+  selects the pods of a workload.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from typing import Any
@@ -31,10 +31,12 @@ import yaml  # type: ignore[import-untyped, unused-ignore]  # in build/tools/ven
 
 Resource = dict[str, Any]
 
-# The node's own --handoff-timeout default, for a rendering that does not set it: the chart's
-# `goverse.nodeDefault.handoffTimeout` (tests/unit/test_chart_settings.py checks both against
-# the node's declaration).
+# The node's own --handoff-timeout default, for a rendering that does not set it, and the share
+# of its shutdown budget a stopping node gets to hand its shards off (LEAVE_SHARE in
+# goverse.server._service): the chart's `goverse.nodeDefault.handoffTimeout` and
+# `goverse.node.leaveShare` (tests/unit/test_chart_settings.py checks all four against the code).
 DEFAULT_HANDOFF_TIMEOUT = "5s"
+LEAVE_SHARE = 0.6
 
 
 def _seconds(duration: str) -> float:
@@ -172,9 +174,9 @@ class Checker:
             handoff = _seconds(node_cm.get("GOVERSE_HANDOFF_TIMEOUT", DEFAULT_HANDOFF_TIMEOUT))
             budget = _seconds(node_cm["GOVERSE_SHUTDOWN_TIMEOUT"])
             self.expect(
-                budget >= math.ceil(handoff) + 2,
-                f"node shutdown budget {budget}s does not cover the handoff timeout "
-                f"{handoff}s + 2s",
+                budget * LEAVE_SHARE >= handoff,
+                f"node shutdown budget {budget}s: its leave share ({LEAVE_SHARE:.0%}) does not "
+                f"cover the handoff timeout {handoff}s",
             )
         self.check_autoscalers()
         self.check_disruption_budgets()

@@ -10,6 +10,7 @@ import pytest
 from goverse.gate import GateConfig
 from goverse.node import NodeConfig
 from goverse.server import Declared, ServiceSettings, declared
+from goverse.server._service import LEAVE_SHARE
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "goverse"
 SERVICES: dict[str, type[ServiceSettings]] = {"node": NodeConfig, "gate": GateConfig}
@@ -96,8 +97,9 @@ def test_every_variable_the_templates_set_is_a_declared_setting(
 
 
 def test_the_defaults_the_chart_computes_with_are_the_declared_ones() -> None:
-    """The stop budget the chart derives (handoff timeout + 5 with etcd, the node's own budget
-    with a static list) starts from the node's declared defaults, and so does wiring.py."""
+    """The stop budget the chart derives (from the handoff timeout with etcd, the node's own
+    budget with a static list) starts from the node's declared defaults, and so does
+    wiring.py."""
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     chart_defaults = dict(
         re.findall(r'define "goverse\.nodeDefault\.([A-Za-z]+)" -}}([^{]*){{', helpers)
@@ -111,6 +113,17 @@ def test_the_defaults_the_chart_computes_with_are_the_declared_ones() -> None:
         )
     wiring = (CHART.parents[2] / "scripts" / "chart" / "wiring.py").read_text()
     assert f'DEFAULT_HANDOFF_TIMEOUT = "{chart_defaults["handoffTimeout"]}"' in wiring
+
+
+def test_the_chart_gives_the_handoff_the_share_of_the_budget_the_node_does() -> None:
+    """A stopping node hands its shards off within LEAVE_SHARE of its shutdown budget; the
+    chart's budget rule (and wiring.py's check of it) use the same share."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    share = re.search(r'define "goverse\.node\.leaveShare" -}}([^{]*){{', helpers)
+    assert share is not None, "no goverse.node.leaveShare in _helpers.tpl"
+    assert float(share[1]) == LEAVE_SHARE
+    wiring = (CHART.parents[2] / "scripts" / "chart" / "wiring.py").read_text()
+    assert f"LEAVE_SHARE = {LEAVE_SHARE}\n" in wiring
 
 
 def test_the_etcd_prefix_value_is_the_declared_default() -> None:

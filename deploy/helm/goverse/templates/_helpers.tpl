@@ -175,33 +175,46 @@ schema's `duration` allows), as a float.
 {{- end }}
 
 {{/*
-The node's own defaults of the settings the chart computes with, as the node declares them
-(tests/unit/test_chart_settings.py checks each against the declaration).
+The node's own defaults of the settings the chart computes with, as the node declares them,
+and the share of its shutdown budget a stopping node gets to leave the cluster (hand its
+shards off) while it still serves: LEAVE_SHARE in goverse.server._service.
+tests/unit/test_chart_settings.py checks each against the code.
 */}}
 {{- define "goverse.nodeDefault.shutdownTimeout" -}}5s{{- end }}
 {{- define "goverse.nodeDefault.handoffTimeout" -}}5s{{- end }}
+{{- define "goverse.node.leaveShare" -}}0.6{{- end }}
+
+{{/* The node's `--handoff-timeout` in seconds (a float): node.config.handoffTimeout, or the
+node's own default. */}}
+{{- define "goverse.node.handoffSeconds" -}}
+{{- include "goverse.seconds" (default (include "goverse.nodeDefault.handoffTimeout" .) .Values.node.config.handoffTimeout) }}
+{{- end }}
 
 {{/*
-The node's `--handoff-timeout` in whole seconds, rounded up: node.config.handoffTimeout, or
-the node's own default.
+The smallest node shutdown budget (whole seconds) whose leave share covers the handoff
+timeout: with etcd a stopping node waits up to the handoff timeout for the calls in flight on
+its shards, and must do it within the leave share of its budget.
 */}}
-{{- define "goverse.node.handoffSeconds" -}}
-{{- $handoff := default (include "goverse.nodeDefault.handoffTimeout" .) .Values.node.config.handoffTimeout }}
-{{- include "goverse.seconds" $handoff | float64 | ceil | int }}
+{{- define "goverse.node.minimumShutdownSeconds" -}}
+{{- divf (include "goverse.node.handoffSeconds" . | float64) (include "goverse.node.leaveShare" . | float64) | ceil | int }}
 {{- end }}
 
 {{/*
 The node's shutdown budget in seconds: node.shutdownTimeoutSeconds, or when 0, the node's own
-default (static) or handoff timeout + 5 (etcd: the wait for calls in flight on the shards it
-hands off, then deactivation and the release of the shards).
+default (static) or, with etcd, (handoff timeout + 1 s) / leave share rounded up, and no less
+than the node's own default: the wait for calls in flight on the shards it hands off plus a
+second to deactivate their objects and release the shards, all within the leave share (10 s
+with the default 5 s handoff timeout).
 */}}
 {{- define "goverse.node.shutdownSeconds" -}}
+{{- $own := include "goverse.seconds" (include "goverse.nodeDefault.shutdownTimeout" .) | float64 | ceil | int }}
 {{- if .Values.node.shutdownTimeoutSeconds }}
 {{- int .Values.node.shutdownTimeoutSeconds }}
 {{- else if eq .Values.membership "etcd" }}
-{{- add (include "goverse.node.handoffSeconds" . | int) 5 }}
+{{- $handoff := divf (addf (include "goverse.node.handoffSeconds" . | float64) 1) (include "goverse.node.leaveShare" . | float64) | ceil | int }}
+{{- max $own $handoff }}
 {{- else }}
-{{- include "goverse.seconds" (include "goverse.nodeDefault.shutdownTimeout" .) | float64 | ceil | int }}
+{{- $own }}
 {{- end }}
 {{- end }}
 
@@ -417,10 +430,11 @@ and lint with the reason.
 {{- if and $etcd.bundled (eq (mod (int $etcd.replicaCount) 2) 0) }}
 {{- fail (printf "etcd.replicaCount=%d: an etcd cluster needs an odd number of members (3 tolerates the loss of one, 5 of two; an even count tolerates no more than one fewer)" (int $etcd.replicaCount)) }}
 {{- end }}
-{{- $handoff := include "goverse.node.handoffSeconds" . | int }}
 {{- $shutdown := include "goverse.node.shutdownSeconds" . | int }}
-{{- if lt $shutdown (add $handoff 2) }}
-{{- fail (printf "node.shutdownTimeoutSeconds=%d does not cover the handoff: with membership etcd a stopping node waits up to the handoff timeout (%d s, node.config.handoffTimeout) for the calls in flight on its shards, then deactivates their objects and releases the shards; it needs at least %d (recommended %d), or 0 for automatic" $shutdown $handoff (add $handoff 2) (add $handoff 5)) }}
+{{- $minimum := include "goverse.node.minimumShutdownSeconds" . | int }}
+{{- if lt $shutdown $minimum }}
+{{- $share := include "goverse.node.leaveShare" . | float64 }}
+{{- fail (printf "node.shutdownTimeoutSeconds=%d does not cover the handoff: with membership etcd a stopping node hands its shards off within %.0f%% of its budget, waiting up to the handoff timeout (%s s, node.config.handoffTimeout) for the calls in flight on them; it needs at least %d, or 0 for automatic ((handoff + 1 s) / %.0f%%)" $shutdown (mulf $share 100) (include "goverse.node.handoffSeconds" .) $minimum (mulf $share 100)) }}
 {{- end }}
 {{- else }}
 {{- if $v.node.autoscaling.enabled }}
