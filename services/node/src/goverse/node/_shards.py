@@ -1,0 +1,145 @@
+"""Shard table: which shards this node serves now, and the calls in flight in each of them.
+
+Every call a node serves passes :meth:`ShardTable.admit` before it waits for its object's turn:
+one synchronous step checks that the shard is *owned* (not draining, not someone else's) and
+that the lease is valid, and counts the call in flight. A release marks the shard *draining* in
+one synchronous step too and then waits for its count to reach zero, so no call can slip into a
+shard that is being handed off. Fencing makes every shard unowned at once and cancels the calls
+still running: a node never serves an object after another node may have activated it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from goverse.placement import SHARD_COUNT
+
+
+class ShardState(enum.Enum):
+    UNOWNED = "unowned"
+    """Another node's, or nobody's yet: calls are refused as "not the owner"."""
+    OWNED = "owned"
+    """This node's: calls are served."""
+    DRAINING = "draining"
+    """Being handed off: new calls are refused as "moving"; those in flight finish."""
+
+
+class ShardRefused(Exception):
+    """A call for a shard this node does not serve now; `reason` is ``not-owner`` or
+    ``moving`` (the routing layer retries both, the second one soon)."""
+
+    def __init__(self, shard: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.shard = shard
+        self.reason = reason
+
+
+NOT_OWNER = "not-owner"
+MOVING = "moving"
+
+
+class ShardTable:
+    """The state, ownership epoch and calls in flight of each of the 8192 shards.
+
+    `lease_valid` says whether this node may still serve anything (static membership: always);
+    it is asked on every admission, so a node whose lease ran out refuses calls even before its
+    fencing has run (after a pause, the first thing the loop runs may be a call).
+    """
+
+    def __init__(self, node: str, lease_valid: Callable[[], bool] = lambda: True) -> None:
+        self._node = node
+        self._lease_valid = lease_valid
+        self._state = [ShardState.UNOWNED] * SHARD_COUNT
+        self._epoch = [0] * SHARD_COUNT
+        self._calls: list[set[asyncio.Task[Any]]] = [set() for _ in range(SHARD_COUNT)]
+        self._idle: dict[int, asyncio.Event] = {}
+
+    # -- reading --------------------------------------------------------------------------
+
+    def state(self, shard: int) -> ShardState:
+        return self._state[shard]
+
+    def epoch(self, shard: int) -> int:
+        """The ownership epoch of a shard this node owns (0 otherwise, and in static mode)."""
+        return self._epoch[shard]
+
+    def shards(self, state: ShardState) -> list[int]:
+        return [shard for shard in range(SHARD_COUNT) if self._state[shard] is state]
+
+    def count(self, state: ShardState) -> int:
+        return sum(1 for value in self._state if value is state)
+
+    def in_flight(self, shard: int) -> int:
+        return len(self._calls[shard])
+
+    # -- serving --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def admit(self, shard: int) -> Iterator[int]:
+        """Admits a call for `shard` (yields the ownership epoch) or raises
+        :class:`ShardRefused`. The call counts as in flight until the block ends."""
+        state = self._state[shard]
+        if state is ShardState.DRAINING:
+            raise ShardRefused(shard, MOVING, f"shard {shard} is moving away from {self._node}")
+        if state is not ShardState.OWNED or not self._lease_valid():
+            raise ShardRefused(shard, NOT_OWNER, f"shard {shard} is not owned by {self._node}")
+        task = asyncio.current_task()
+        assert task is not None, "a call always runs in a task"
+        calls = self._calls[shard]
+        calls.add(task)
+        try:
+            yield self._epoch[shard]
+        finally:
+            calls.discard(task)
+            if not calls and shard in self._idle:
+                self._idle.pop(shard).set()
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def own(self, shard: int, epoch: int = 0) -> None:
+        """This node owns `shard` from now on (claimed with `epoch`, or static)."""
+        self._state[shard] = ShardState.OWNED
+        self._epoch[shard] = epoch
+
+    def start_draining(self, shard: int) -> None:
+        """New calls for `shard` are refused as moving from now on."""
+        self._state[shard] = ShardState.DRAINING
+
+    def keep(self, shard: int) -> None:
+        """A handoff that could not finish: the shard is served again."""
+        if self._state[shard] is ShardState.DRAINING:
+            self._state[shard] = ShardState.OWNED
+
+    async def drained(self, shard: int, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for the calls in flight in a draining shard to end;
+        True when none is left."""
+        if not self._calls[shard]:
+            return True
+        idle = self._idle.setdefault(shard, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await idle.wait()
+        return not self._calls[shard]
+
+    def disown(self, shard: int) -> None:
+        """`shard` is no longer this node's (its key was deleted, or it was never claimed)."""
+        self._state[shard] = ShardState.UNOWNED
+        self._epoch[shard] = 0
+
+    def fence(self) -> int:
+        """Makes every shard unowned at once and cancels every call in flight; returns how many
+        calls were cancelled. Safe to call again."""
+        self._state = [ShardState.UNOWNED] * SHARD_COUNT
+        self._epoch = [0] * SHARD_COUNT
+        cancelled = 0
+        for calls in self._calls:
+            for task in calls:
+                cancelled += task.cancel()
+        return cancelled
+
+
+__all__ = ["MOVING", "NOT_OWNER", "ShardRefused", "ShardState", "ShardTable"]

@@ -1,0 +1,92 @@
+"""Shard table: admission in one step, draining that waits for calls in flight, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from goverse.node._shards import MOVING, NOT_OWNER, ShardRefused, ShardState, ShardTable
+from tests.helpers.tasks import bounded
+
+WAIT = 5.0
+
+
+async def test_only_an_owned_shard_admits_calls_and_says_why_otherwise() -> None:
+    table = ShardTable("n1")
+    with pytest.raises(ShardRefused) as refused, table.admit(7):
+        pass
+    assert refused.value.reason == NOT_OWNER
+    table.own(7, epoch=42)
+    with table.admit(7) as epoch:
+        assert epoch == 42
+        assert table.in_flight(7) == 1
+    assert table.in_flight(7) == 0
+    table.start_draining(7)
+    with pytest.raises(ShardRefused) as refused, table.admit(7):
+        pass
+    assert refused.value.reason == MOVING
+
+
+async def test_an_expired_lease_refuses_every_call_before_any_fencing() -> None:
+    valid = [True]
+    table = ShardTable("n1", lease_valid=lambda: valid[0])
+    table.own(3)
+    with table.admit(3):
+        pass
+    valid[0] = False
+    with pytest.raises(ShardRefused) as refused, table.admit(3):
+        pass
+    assert refused.value.reason == NOT_OWNER
+
+
+async def test_draining_waits_for_the_calls_in_flight_and_admits_no_new_one() -> None:
+    """A call admitted before the drain finishes; the drain returns once it has; a call that
+    arrives meanwhile is refused as moving."""
+    table = ShardTable("n1")
+    table.own(1)
+    release = asyncio.Event()
+
+    async def call() -> None:
+        with table.admit(1):
+            await release.wait()
+
+    running = asyncio.create_task(call())
+    await asyncio.sleep(0)  # the call is admitted
+    assert table.in_flight(1) == 1
+    table.start_draining(1)
+    assert not await table.drained(1, 0.05)  # still running: not drained within the bound
+    with pytest.raises(ShardRefused), table.admit(1):
+        pass
+    waiting = asyncio.create_task(table.drained(1, WAIT))
+    release.set()
+    assert await bounded(waiting, WAIT)
+    await bounded(running, WAIT)
+    table.disown(1)
+    assert table.state(1) is ShardState.UNOWNED
+
+
+async def test_a_handoff_that_cannot_finish_keeps_the_shard() -> None:
+    table = ShardTable("n1")
+    table.own(2, epoch=5)
+    table.start_draining(2)
+    table.keep(2)
+    assert (table.state(2), table.epoch(2)) == (ShardState.OWNED, 5)
+
+
+async def test_fencing_disowns_everything_and_cancels_the_calls_in_flight() -> None:
+    table = ShardTable("n1")
+    for shard in (1, 2):
+        table.own(shard)
+
+    async def call(shard: int) -> None:
+        with table.admit(shard):
+            await asyncio.Event().wait()
+
+    calls = [asyncio.create_task(call(shard)) for shard in (1, 2)]
+    await asyncio.sleep(0)
+    assert table.fence() == 2
+    done, _ = await asyncio.wait(calls, timeout=WAIT)
+    assert len(done) == 2
+    assert all(task.cancelled() for task in calls)
+    assert table.count(ShardState.OWNED) == 0
