@@ -42,6 +42,18 @@ async def etcd(request: pytest.FixtureRequest) -> AsyncIterator[EtcdServer]:
         server.close()
 
 
+@pytest.fixture(scope="module")
+def etcd_module() -> Iterator[EtcdServer]:
+    """One real etcd shared by the tests of a module (each test uses its own key prefix);
+    started once, killed and removed after the module. Tests that kill, pause or restart
+    etcd use the function-scoped ``etcd`` fixture instead."""
+    server = EtcdServer()
+    try:
+        yield server.start_blocking()
+    finally:
+        server.close()
+
+
 @pytest.fixture
 async def fake_node() -> AsyncIterator[FakeNode]:
     """A started FakeNode on loopback (gate tests, in process or against a gate process);
