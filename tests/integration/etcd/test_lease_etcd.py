@@ -136,3 +136,27 @@ async def test_revoke_deletes_the_keys_of_the_lease(watched: Watched, client: Et
     assert await client.get("/t/a") is None
     await watched.stopped(timeout=TTL.total_seconds())
     assert watched.lost_at == []
+
+
+async def test_a_process_paused_past_its_ttl_loses_the_lease_before_sending_anything(
+    watched: Watched, client: EtcdClient
+) -> None:
+    """This whole process stops for longer than the TTL (its event loop blocked, as under
+    SIGSTOP or a long GC pause): etcd expires the lease and its key meanwhile, and when the
+    process runs again the lease is lost at its first step, without a keep-alive."""
+    await watched.start()
+    await client.put("/t/a", b"1", watched.lease.id)
+    await eventually(lambda: watched.lease.keepalives >= 1, timeout=10, what="a keep-alive")
+    renewed, failed = watched.lease.keepalives, watched.lease.keepalive_failures
+    time.sleep(TTL.total_seconds() + 1)  # noqa: ASYNC251 - the pause is the fault under test
+    await watched.stopped(timeout=5)
+    assert len(watched.lost_at) == 1
+    # Nothing was sent after the pause (a reply to one sent just before may still count).
+    assert watched.lease.keepalives <= renewed + 1
+    assert watched.lease.keepalive_failures == failed
+    assert "validity ran out" in (watched.lease.lost_reason or "")
+    await eventually(lambda: _absent(client, "/t/a"), timeout=5, what="etcd expiring the key")
+
+
+async def _absent(client: EtcdClient, key: str) -> bool:
+    return await client.get(key) is None
