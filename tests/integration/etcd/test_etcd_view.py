@@ -225,22 +225,44 @@ async def test_a_change_wakes_whoever_waits_for_the_next_version(
 async def test_the_view_is_not_ready_after_a_ttl_without_etcd_and_ready_again_when_it_returns(
     view: EtcdView, client: EtcdClient, etcd: EtcdServer
 ) -> None:
-    """With etcd killed, the view keeps its map and stays ready for the lease TTL, then turns
-    not ready (a version bump wakes waiters); when etcd is back it reads etcd again, is ready
-    again and follows new changes."""
+    """With etcd killed, the view keeps its map and stays ready until a lease TTL after etcd
+    last spoke, then turns not ready (a version bump wakes waiters); when etcd is back it
+    reads etcd again, is ready again and follows new changes."""
     await Node.join(client, "n1:7001", ttl=60)
     await until(view, lambda: len(view.nodes()) == 1)
     loop = asyncio.get_running_loop()
     etcd.kill()
     killed_at = loop.time()
     await until(view, lambda: not view.ready, timeout=TTL.total_seconds() + 10)
-    assert loop.time() - killed_at >= TTL.total_seconds()
+    # A TTL after etcd last spoke: at most a quiet timeout (a progress report) before the kill.
+    assert loop.time() - killed_at >= TTL.total_seconds() - client.timeout
     assert list(view.nodes()) == ["n1:7001"]  # routing goes on with the last map
     await etcd.start()
     await until(view, lambda: view.ready)
     await Node.join(client, "n2:7001")
     await until(view, lambda: len(view.nodes()) == 2)
     assert view.stats.watch_reconnects >= 1
+
+
+async def test_a_frozen_etcd_makes_the_view_not_ready_about_a_ttl_after_it_froze(
+    view: EtcdView, client: EtcdClient, etcd: EtcdServer
+) -> None:
+    """With etcd paused, the watch hangs without breaking: the view notices the silence and
+    turns not ready a TTL after etcd last spoke (it asks for progress every quiet timeout),
+    not a TTL after noticing; resumed, it is ready again."""
+    await Node.join(client, "n1:7001", ttl=60)
+    await until(view, lambda: len(view.nodes()) == 1)
+    loop = asyncio.get_running_loop()
+    etcd.pause()
+    try:
+        paused_at = loop.time()
+        await until(view, lambda: not view.ready, timeout=TTL.total_seconds() + 10)
+        elapsed = loop.time() - paused_at
+    finally:
+        etcd.resume()
+    timeout = client.timeout
+    assert TTL.total_seconds() - timeout <= elapsed <= TTL.total_seconds() + timeout + 0.5
+    await until(view, lambda: view.ready)
 
 
 async def test_a_view_started_without_etcd_loads_once_etcd_is_there(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -558,6 +559,9 @@ class Watch:
         self._broken: EtcdError | None = None
         self.endpoint: str | None = None
         """The endpoint the stream is open on."""
+        self.last_heard: float | None = None
+        """When etcd last sent something on the stream (``time.monotonic``; progress reports
+        included): when the stream breaks, the view is known current up to then."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -598,6 +602,7 @@ class Watch:
 
         self._call, reply = await client._call("watch", attempt)
         self.endpoint = client.endpoints[client._current]
+        self.last_heard = time.monotonic()
         try:
             self._check(reply)
         except EtcdError:
@@ -680,6 +685,7 @@ class Watch:
             raise self._client._translate(error, "watch") from None
         if reply is grpc.aio.EOF:
             raise EtcdUnavailable("etcd ended the watch stream")
+        self.last_heard = time.monotonic()
         return reply
 
     async def close(self) -> None:

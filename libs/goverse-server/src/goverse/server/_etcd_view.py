@@ -114,8 +114,9 @@ class EtcdView(Versioned):
     is an older run of a node that restarted, is no owner), :meth:`owner_address` and
     :meth:`target` (rendezvous over the live node ids with :class:`~goverse.placement.Placement`,
     recomputed only when the set of node ids changes). :attr:`ready` is false until loaded
-    and once the watch has been down for longer than the lease TTL; the version is bumped
-    when readiness changes too, so a waiter on :meth:`changed` sees it.
+    and once the watch has been down for longer than the lease TTL, counted from the last
+    word etcd sent on it; the version is bumped when readiness changes too, so a waiter on
+    :meth:`changed` sees it.
 
     It logs one INFO line per change of the node set (joined, left, rejoined, count) and
     nothing per shard; :attr:`stats` counts reconnects, reloads and events for metrics.
@@ -220,10 +221,9 @@ class EtcdView(Versioned):
             while True:
                 opened = time.monotonic()
                 compacted = False
+                watch = self._client.watch_prefix(self.keys.root, self._revision + 1)
                 try:
-                    async with self._client.watch_prefix(
-                        self.keys.root, self._revision + 1
-                    ) as watch:
+                    async with watch:
                         self._watch_up()
                         async for batch in watch:
                             self._apply(batch)
@@ -234,7 +234,9 @@ class EtcdView(Versioned):
                     self.stats.compactions += 1
                     log.info("etcd watch revision compacted; reading again", error=str(error))
                 except EtcdError as error:
-                    self._watch_down(str(error))
+                    # Current up to what etcd last said, which for a silent stream (a frozen
+                    # etcd) is up to two timeouts before the break was noticed.
+                    self._watch_down(str(error), since=watch.last_heard)
                 self.stats.watch_reconnects += 1
                 if time.monotonic() - opened > STABLE_WATCH:
                     self._backoff.reset()
@@ -344,17 +346,21 @@ class EtcdView(Versioned):
 
     # -- readiness -----------------------------------------------------------------------------
 
-    def _watch_down(self, reason: str) -> None:
+    def _watch_down(self, reason: str, since: float | None = None) -> None:
+        """Records that the view stopped following etcd at `since` (default: now)."""
         if self._down_since is not None:
             return
         loop = asyncio.get_running_loop()
-        self._down_since = time.monotonic()
+        now = time.monotonic()
+        self._down_since = now if since is None else min(since, now)
         if self._loaded:
             log.warning("etcd watch lost; routing with the last map", error=reason)
         else:
             log.warning("etcd unreachable; the cluster view is not loaded", error=reason)
         # Readiness flips by the clock, not by an event: wake the waiters when it does.
-        self._not_ready_timer = loop.call_later(self._ttl, self._not_ready_any_more)
+        self._not_ready_timer = loop.call_later(
+            max(self._down_since + self._ttl - now, 0.0), self._not_ready_any_more
+        )
 
     def _not_ready_any_more(self) -> None:
         self._not_ready_timer = None
