@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.addresses import SocketDir, dead_address, socket_dir
+from tests.helpers.etcd import EtcdServer
 from tests.helpers.fake_node import FakeNode
 from tests.helpers.processes import ProcessGroup, process_group
 from tests.helpers.telemetry import SpanCapture, span_capture
@@ -23,6 +24,34 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
         if report is not None and report.failed:
             for proc in group.processes:
                 print(f"----- {proc.name} -----\n{proc.output()[-20000:]}")
+
+
+@pytest.fixture
+async def etcd(request: pytest.FixtureRequest) -> AsyncIterator[EtcdServer]:
+    """A real etcd for one test: a single member on loopback with a fresh data directory
+    (:class:`tests.helpers.etcd.EtcdServer`); killed and removed afterwards, its log printed
+    when the test failed."""
+    server = EtcdServer()
+    try:
+        await server.start()
+        yield server
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"----- etcd -----\n{server.output()[-20000:]}")
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def etcd_module() -> Iterator[EtcdServer]:
+    """One real etcd shared by the tests of a module (each test uses its own key prefix);
+    started once, killed and removed after the module. Tests that kill, pause or restart
+    etcd use the function-scoped ``etcd`` fixture instead."""
+    server = EtcdServer()
+    try:
+        yield server.start_blocking()
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -1,13 +1,36 @@
 """What the gate and node servers share: the service skeleton, supervisor, settings, logging,
-telemetry, tracing, metrics, mailbox, batching, drop reasons and the gRPC server with health.
+telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health, and
+membership (the static view; etcd's client, lease, key layout and view).
 Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
 
 from goverse.server._batching import BatchRule
 from goverse.server._calls import CallsInFlight
+from goverse.server._cluster_keys import (
+    ClusterKeys,
+    ForeignData,
+    GateInfo,
+    encode_gate,
+    encode_node,
+    encode_shard,
+)
 from goverse.server._drops import DropReason
+from goverse.server._etcd import (
+    EtcdClient,
+    EtcdClosed,
+    EtcdCompacted,
+    EtcdError,
+    EtcdLeaseNotFound,
+    EtcdUnavailable,
+    EventType,
+    KeyValue,
+    WatchBatch,
+    WatchEvent,
+)
+from goverse.server._etcd_view import EtcdView, ViewStats
 from goverse.server._grpc import GrpcHost, ListenError
+from goverse.server._lease import Lease
 from goverse.server._lifecycle import (
     Service,
     StartupError,
@@ -93,12 +116,25 @@ __all__ = [
     "BoundAddress",
     "CallMetricsInterceptor",
     "CallsInFlight",
+    "ClusterKeys",
     "ClusterView",
     "Declared",
     "DropReason",
+    "EtcdClient",
+    "EtcdClosed",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdLeaseNotFound",
+    "EtcdUnavailable",
+    "EtcdView",
+    "EventType",
+    "ForeignData",
+    "GateInfo",
     "GrpcHost",
+    "KeyValue",
     "Kind",
     "LabelLimiter",
+    "Lease",
     "ListenError",
     "Mailbox",
     "NodeInfo",
@@ -118,6 +154,9 @@ __all__ = [
     "Telemetry",
     "TelemetryConfigError",
     "Versioned",
+    "ViewStats",
+    "WatchBatch",
+    "WatchEvent",
     "at_least",
     "call_duration_histogram",
     "choice",
@@ -126,6 +165,9 @@ __all__ = [
     "declared",
     "deliver_all_traced",
     "deliver_traced",
+    "encode_gate",
+    "encode_node",
+    "encode_shard",
     "format_byte_size",
     "format_duration",
     "is_unix_address",
