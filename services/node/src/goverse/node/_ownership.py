@@ -1,0 +1,381 @@
+"""Shard ownership in etcd: a node's registration, its claims and handoffs, and its fencing.
+
+The rules are those of ``docs/membership.md``: a node registers on its lease, claims at once
+the unowned shards whose target it is, releases a shard to its new target only once the node
+set has been stable for ``--rebalance-delay`` (draining its calls, deactivating its objects,
+then deleting the key if it still holds this node's value), and fences itself when its lease
+can no longer be trusted — then rejoins as a new incarnation that owns nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from goverse.node._config import NodeConfig
+from goverse.node._object_host import ObjectHost
+from goverse.node._shards import ShardState, ShardTable
+from goverse.placement import SHARD_COUNT
+from goverse.server import ShutdownBudget
+from goverse.server._cluster_keys import encode_node, encode_shard
+from goverse.server._etcd import EtcdClient, EtcdClosed, EtcdError
+from goverse.server._etcd_view import EtcdView
+from goverse.server._lease import Lease
+from goverse.transport import Backoff
+
+log = structlog.get_logger(__name__)
+
+RECONCILE_INTERVAL = 1.0
+"""Seconds between two reconciliations when the view does not change."""
+
+
+@dataclass
+class OwnershipStats:
+    """Counters of a node's ownership, for metrics and Status."""
+
+    claims: int = 0
+    """Shards claimed since start."""
+    handoffs_started: int = 0
+    handoffs_finished: int = 0
+    handoffs_timed_out: int = 0
+    """Handoffs given up because calls or deactivations did not finish in time (kept)."""
+    fences: int = 0
+    """Times this node fenced itself."""
+
+
+class ShardOwnership:
+    """Keeps this node's share of the shards in etcd (see the module docstring).
+
+    :meth:`run` (owned by the node's supervisor) joins, reconciles on every change of the view
+    and every second, and after a fence rejoins, until cancelled; etcd being unreachable only
+    delays it. :meth:`leave` is the graceful stop: it deletes the node key, hands off every
+    shard within the budget, and revokes the lease when nothing was left behind.
+    `on_ready(bool)` is told whenever the node starts or stops being able to serve.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: EtcdClient,
+        view: EtcdView,
+        node_id: str,
+        address: str,
+        table: ShardTable,
+        host: ObjectHost,
+        config: NodeConfig,
+        on_ready: Callable[[bool], None],
+    ) -> None:
+        self._client = client
+        self._view = view
+        self._keys = view.keys
+        self._node = node_id
+        self._address = address
+        self._table = table
+        self._host = host
+        self._ttl = config.lease_ttl
+        self._margin = config.fence_margin
+        self._rebalance_delay = config.rebalance_delay.total_seconds()
+        self._handoff_timeout = config.handoff_timeout.total_seconds()
+        self._handoffs = asyncio.Semaphore(config.max_handoffs)
+        self._on_ready = on_ready
+        self._lease: Lease | None = None
+        self._nodes_signature: frozenset[tuple[str, str]] = frozenset()
+        self._stable_since = time.monotonic()
+        self._releasing: set[int] = set()
+        self._undeleted: set[int] = set()
+        """Shards handed off whose key could not be deleted yet (etcd unreachable)."""
+        self._leaving = False
+        self._reconciler: asyncio.Task[None] | None = None
+        self.stats = OwnershipStats()
+
+    # -- what others read ---------------------------------------------------------------------
+
+    def serving(self) -> bool:
+        """Whether this node may serve now: registered on a lease valid beyond the margin."""
+        lease = self._lease
+        return lease is not None and not self._leaving and lease.valid(self._margin)
+
+    @property
+    def incarnation(self) -> str:
+        lease = self._lease
+        return "" if lease is None else lease.incarnation
+
+    def lease_valid_for(self) -> float:
+        """Seconds this node may still serve (0 when it may not)."""
+        lease = self._lease
+        if lease is None or not lease.valid(self._margin):
+            return 0.0
+        return max(lease.remaining() - self._margin.total_seconds(), 0.0)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Joins and keeps this node's share until cancelled; rejoins after every fence."""
+        retry = Backoff(timedelta(milliseconds=200), timedelta(seconds=2))
+        while not self._leaving:
+            try:
+                await self._incarnation()
+                retry.reset()
+            except EtcdClosed:
+                raise
+            except EtcdError as error:
+                if retry.attempt == 0:
+                    log.warning("cannot join the cluster in etcd yet", error=str(error))
+                await asyncio.sleep(retry.next_delay())
+
+    async def _incarnation(self) -> None:
+        """One lease's life: grant, register, reconcile until the lease is lost, fence."""
+        lost = asyncio.Event()
+        lease = Lease(self._client, self._ttl, on_lost=lost.set)
+        await lease.grant()
+        try:
+            await self._client.put(
+                self._keys.node(self._node),
+                encode_node(self._address, lease.incarnation),
+                lease.id,
+            )
+        except BaseException:
+            await lease.revoke()
+            raise
+        self._lease = lease
+        self._on_ready(True)
+        log.info("joined the cluster", incarnation=lease.incarnation)
+        # Three children of this task, cancelled and awaited on the way out: the keeper
+        # renews the lease, the reconciler claims and releases, the watchdog ends the
+        # incarnation once the lease cannot be trusted beyond the fence margin.
+        keeper = asyncio.create_task(lease.run(), name="lease-keepalive")
+        self._reconciler = asyncio.create_task(self._reconcile_forever(lease), name="shards")
+        watchdog = asyncio.create_task(self._until_untrusted(lease), name="lease-watchdog")
+        children = {keeper, self._reconciler, watchdog}
+        try:
+            done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a crash is a bug: let the supervisor log it
+        finally:
+            for task in children:
+                task.cancel()
+            await asyncio.wait(children)
+        if not self._leaving:
+            self._fence(lease.lost_reason or "the lease's validity reached the fence margin")
+
+    async def _until_untrusted(self, lease: Lease) -> None:
+        """Returns once the lease is no longer valid beyond the fence margin."""
+        margin = self._margin.total_seconds()
+        while lease.valid(self._margin):
+            # A timer, not a poll: it sleeps until the margin is reached, a moment that moves
+            # on with every acknowledged keep-alive.
+            await asyncio.sleep(max(lease.remaining() - margin, 0.01))  # noqa: ASYNC110
+
+    async def _reconcile_forever(self, lease: Lease) -> None:
+        version = -1
+        failing = False
+        while not self._leaving:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONCILE_INTERVAL):
+                    version = await self._view.changed(version)
+            try:
+                await self._reconcile(lease)
+            except EtcdClosed:
+                raise
+            except EtcdError as error:
+                if not failing:
+                    log.warning("reconciliation postponed: etcd did not answer", error=str(error))
+                failing = True
+            else:
+                if failing:
+                    log.info("reconciliation resumed")
+                failing = False
+
+    async def _reconcile(self, lease: Lease) -> None:
+        view = self._view
+        if not view.loaded or not lease.valid(self._margin):
+            return
+        nodes = view.nodes()
+        me = nodes.get(self._node)
+        if me is None or me.incarnation != lease.incarnation:
+            return  # our registration is not in the view yet
+        signature = frozenset((node.node_id, node.incarnation) for node in nodes.values())
+        if signature != self._nodes_signature:
+            self._nodes_signature = signature
+            self._stable_since = time.monotonic()
+        self._adopt(lease)
+        await self._claim(lease)
+        await self._retry_deletes(lease)
+        if time.monotonic() - self._stable_since >= self._rebalance_delay:
+            await self._release_moved(lease)
+
+    def _adopt(self, lease: Lease) -> None:
+        """Brings the table in line with the keys: ours that it does not know yet (a claim
+        whose reply was lost), and owned shards whose key is gone (never expected while the
+        lease is valid; logged)."""
+        lost = 0
+        for shard in range(SHARD_COUNT):
+            claim = self._view.claim(shard)
+            mine = (
+                claim is not None
+                and claim.node_id == self._node
+                and claim.incarnation == lease.incarnation
+            )
+            state = self._table.state(shard)
+            if mine and state is ShardState.UNOWNED and shard not in self._undeleted:
+                assert claim is not None
+                self._table.own(shard, claim.epoch)
+            elif not mine and state is ShardState.OWNED:
+                self._table.disown(shard)
+                lost += 1
+        if lost:
+            log.warning("shard keys gone while the lease was valid", shards=lost)
+
+    async def _claim(self, lease: Lease) -> None:
+        view = self._view
+        wanted = [
+            shard
+            for shard in range(SHARD_COUNT)
+            if view.target(shard) == self._node
+            and view.claim(shard) is None
+            and self._table.state(shard) is ShardState.UNOWNED
+        ]
+        if not wanted:
+            return
+        value = encode_shard(self._node, lease.incarnation)
+        keys = {self._keys.shard(shard): shard for shard in wanted}
+        created = await self._client.create_many(dict.fromkeys(keys, value), lease.id)
+        if not lease.valid(self._margin):
+            return  # too late to serve them: the fence takes them away
+        for key, kv in created.items():
+            self._table.own(keys[key], kv.create_revision)
+        self.stats.claims += len(created)
+        log.info("shards claimed", shards=len(created), asked=len(wanted))
+
+    async def _release_moved(self, lease: Lease) -> None:
+        moved = [
+            shard
+            for shard in self._table.shards(ShardState.OWNED)
+            if self._view.target(shard) not in (None, self._node) and shard not in self._releasing
+        ]
+        if moved:
+            await self._hand_off_all(moved, lease, self._handoff_timeout)
+
+    async def _hand_off_all(self, shards: list[int], lease: Lease, timeout: float) -> int:
+        """Hands `shards` off, at most ``--max-handoffs`` at once; returns how many left."""
+        self.stats.handoffs_started += len(shards)
+        results = await asyncio.gather(*(self._hand_off(s, lease, timeout) for s in shards))
+        handed = sum(results)
+        log.info(
+            "shards handed off",
+            shards=handed,
+            kept=len(shards) - handed,
+            pending_delete=len(self._undeleted),
+        )
+        return handed
+
+    async def _hand_off(self, shard: int, lease: Lease, timeout: float) -> bool:
+        """Drains, deactivates and deletes one shard; False when it had to be kept."""
+        async with self._handoffs:
+            if self._table.state(shard) is not ShardState.OWNED:
+                return False
+            self._releasing.add(shard)
+            try:
+                budget = ShutdownBudget(timedelta(seconds=timeout))
+                self._table.start_draining(shard)
+                drained = await self._table.drained(shard, budget.remaining())
+                stuck = (
+                    await self._host.deactivate_shard(shard, budget.remaining()) if drained else []
+                )
+                if not drained or stuck:
+                    self._table.keep(shard)
+                    self.stats.handoffs_timed_out += 1
+                    log.warning(
+                        "shard kept: its handoff did not finish in time",
+                        shard=shard,
+                        calls_in_flight=self._table.in_flight(shard),
+                        objects=stuck,
+                    )
+                    return False
+                self._undeleted.add(shard)
+                await self._delete(shard, lease)
+                self.stats.handoffs_finished += 1
+                return True
+            finally:
+                self._releasing.discard(shard)
+
+    async def _delete(self, shard: int, lease: Lease) -> None:
+        """Deletes a handed-off shard's key if it still holds our value; on an etcd error the
+        shard stays draining (calls answered "moving") and the delete is retried."""
+        try:
+            await self._client.delete_if(
+                self._keys.shard(shard), encode_shard(self._node, lease.incarnation)
+            )
+        except EtcdClosed:
+            raise
+        except EtcdError as error:
+            log.info("shard key not deleted yet", shard=shard, error=str(error))
+            return
+        self._undeleted.discard(shard)
+        self._table.disown(shard)
+
+    async def _retry_deletes(self, lease: Lease) -> None:
+        for shard in sorted(self._undeleted):
+            await self._delete(shard, lease)
+
+    def _fence(self, reason: str) -> None:
+        """Stops serving at once: every shard unowned, calls cancelled, activations dropped
+        without running their code (another node may already own them)."""
+        self._on_ready(False)
+        cancelled = self._table.fence()
+        dropped = self._host.drop_all()
+        self._undeleted.clear()
+        self.stats.fences += 1
+        log.error(
+            "fenced: the lease could not be renewed in time; rejoining as a new incarnation",
+            reason=reason,
+            calls_cancelled=cancelled,
+            objects_dropped=dropped,
+        )
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    async def leave(self, budget: ShutdownBudget) -> None:
+        """The graceful stop: stop claiming, delete the node key (peers recompute targets at
+        once), hand off every owned shard within `budget`, stop serving, and revoke the lease
+        when nothing was left behind (otherwise let it expire: whatever this node still holds
+        is then surely gone before another node can claim it)."""
+        self._leaving = True
+        reconciler = self._reconciler
+        if reconciler is not None:
+            reconciler.cancel()
+            await asyncio.wait({reconciler}, timeout=budget.remaining())
+        lease = self._lease
+        if lease is None or not lease.valid(self._margin):
+            self._on_ready(False)
+            self._table.fence()
+            return
+        with contextlib.suppress(EtcdError):
+            await self._client.delete(self._keys.node(self._node))
+        owned = self._table.shards(ShardState.OWNED) + self._table.shards(ShardState.DRAINING)
+        handed = 0
+        if owned:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget.remaining()):
+                    handed = await self._hand_off_all(
+                        owned, lease, min(self._handoff_timeout, budget.remaining())
+                    )
+        self._on_ready(False)
+        self._table.fence()
+        if handed == len(owned) and not self._undeleted:
+            await lease.revoke()
+        else:
+            log.warning(
+                "leaving with shards not handed off: the lease is left to expire",
+                shards=len(owned) - handed + len(self._undeleted),
+                expires_in_s=round(max(lease.remaining(), 0.0), 3),
+            )
+
+
+__all__ = ["OwnershipStats", "ShardOwnership"]
