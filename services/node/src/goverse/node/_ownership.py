@@ -167,10 +167,10 @@ class ShardOwnership:
     async def _until_untrusted(self, lease: Lease) -> None:
         """Returns once the lease is no longer valid beyond the fence margin."""
         margin = self._margin.total_seconds()
-        while lease.valid(self._margin):
-            # A timer, not a poll: it sleeps until the margin is reached, a moment that moves
-            # on with every acknowledged keep-alive.
-            await asyncio.sleep(max(lease.remaining() - margin, 0.01))  # noqa: ASYNC110
+        # A timer, not a poll: it sleeps until the margin is reached, a moment that moves on
+        # with every acknowledged keep-alive.
+        while lease.valid(self._margin):  # noqa: ASYNC110
+            await asyncio.sleep(max(lease.remaining() - margin, 0.01))
 
     async def _reconcile_forever(self, lease: Lease) -> None:
         version = -1
