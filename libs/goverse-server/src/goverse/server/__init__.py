@@ -1,5 +1,6 @@
 """What the gate and node servers share: the service skeleton, supervisor, settings, logging,
-telemetry, tracing, metrics, mailbox, batching, drop reasons and the gRPC server with health.
+telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health,
+membership and routing.
 Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from goverse.server._metrics import (
     call_duration_histogram,
 )
 from goverse.server._ready import Ready, wait_ready, write_ready
+from goverse.server._routing import Routing
 from goverse.server._service import (
     BoundAddress,
     ServiceApp,
@@ -103,6 +105,7 @@ __all__ = [
     "Mailbox",
     "NodeInfo",
     "Ready",
+    "Routing",
     "Service",
     "ServiceApp",
     "ServiceConfig",
