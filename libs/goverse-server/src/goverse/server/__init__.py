@@ -82,6 +82,7 @@ from goverse.server._values import (
     port_of,
     positive_int,
 )
+from goverse.server._waits import first_of
 
 __all__ = [
     "ADDRESS",
@@ -129,6 +130,7 @@ __all__ = [
     "declared",
     "deliver_all_traced",
     "deliver_traced",
+    "first_of",
     "format_byte_size",
     "format_duration",
     "is_unix_address",

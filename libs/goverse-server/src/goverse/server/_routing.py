@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ import structlog
 from goverse import wire
 from goverse.errors import CallError, ShardNotServed
 from goverse.server._membership import ClusterView
+from goverse.server._waits import first_of
 from goverse.transport import Backoff, ChannelPool
 
 log = structlog.get_logger(__name__)
@@ -56,8 +57,6 @@ MARGIN_SHARE = 0.2
 """Routing gives up this long before the call's deadline (100 ms, at most a fifth of the
 call's time), so the caller gets routing's answer (UNAVAILABLE naming the node, say) rather
 than its own DEADLINE_EXCEEDED racing it."""
-CLEANUP_TIMEOUT = 1.0
-"""How long the helper tasks of a wait may take to end once cancelled."""
 
 
 class _Wait(enum.Enum):
@@ -136,7 +135,14 @@ class Routing:
                     last = CallError(refused.status_code, refused.message)
                 except grpc.aio.AioRpcError as error:
                     if wire.shard_refusal_of(error.trailing_metadata()) is None:
-                        raise _failed(address, error, budget) from None
+                        failed = _failed(address, error, budget)
+                        log.debug(
+                            "node call failed",
+                            node=address,
+                            code=failed.status_code.name,
+                            details=failed.message,
+                        )
+                        raise failed from None
                     last = CallError.from_rpc_error(error)
             if loop.time() >= give_up or waited is _Wait.TIMED_OUT:
                 log.debug(
@@ -160,7 +166,8 @@ class Routing:
                 reason=last.message,
                 retry_in_s=round(delay, 3),
             )
-            await _first([self._view.changed(version)], min(delay, max(give_up - loop.time(), 0.0)))
+            pause = min(delay, give_up - loop.time())
+            await first_of([self._view.changed(version)], pause)
 
     async def _connected(self, address: str, version: int, give_up: float) -> _Wait:
         """Waits until the channel to `address` is READY (asking it to connect), the view
@@ -174,31 +181,13 @@ class Routing:
             left = give_up - loop.time()
             if left <= 0:
                 return _Wait.TIMED_OUT
-            done = await _first(
+            done = await first_of(
                 [self._view.changed(version), channel.wait_for_state_change(state)], left
             )
             if 0 in done:
                 return _Wait.VIEW_CHANGED
             state = channel.get_state(try_to_connect=True)
         return _Wait.READY
-
-
-async def _first(awaitables: Sequence[Awaitable[object]], timeout: float) -> set[int]:
-    """Waits until one of `awaitables` is done or `timeout` seconds pass; cancels and awaits
-    the others. Returns the indexes of those done; raises what one of them raised."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        done, _ = await asyncio.wait(
-            tasks, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for task in tasks:
-            task.cancel()
-        # asyncio.wait neither cancels what it waits for nor loses a cancellation of ours.
-        await asyncio.wait(tasks, timeout=CLEANUP_TIMEOUT)
-    for task in done:
-        task.result()
-    return {index for index, task in enumerate(tasks) if task in done}
 
 
 def _failed(address: str, error: grpc.aio.AioRpcError, timeout: float) -> CallError:
