@@ -87,10 +87,6 @@ class Routing:
         self._local = local
         self._rng = rng or random.Random()
 
-    @property
-    def view(self) -> ClusterView:
-        return self._view
-
     async def call(self, shard: int, send: Send[R], timeout: float) -> R:
         """Sends a call for `shard` to its owner by `send` and returns the answer, within
         `timeout` seconds.
