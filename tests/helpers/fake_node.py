@@ -52,7 +52,9 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     RegisterGate sends the acknowledgement (unless `ack` is False), then whatever the test
     hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Unary calls are
     recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`,
-    after `call_delay` seconds.
+    after `call_delay` seconds. With `refuse` set, every unary call is recorded and refused at
+    once as a node refuses a shard it does not serve: FAILED_PRECONDITION with the
+    ``goverse-shard`` marker.
     """
 
     ack: bool = True
@@ -60,6 +62,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     end_after_ack: bool = False
     heartbeat_interval_ms: int = 0
     fail_with: tuple[grpc.StatusCode, str] | None = None
+    refuse: wire.ShardRefusal | None = None
     call_delay: float = 0.0
     registrations: list[str] = field(default_factory=list)
     registered_at: list[float] = field(default_factory=list)
@@ -67,21 +70,26 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     active: int = 0
     max_active: int = 0
     port: int = 0
+    unix: str = ""
+    """The ``unix:`` address it listens on, when started on one."""
     _queues: list[asyncio.Queue[node_pb2.RegisterGateResponse | None]] = field(default_factory=list)
     _server: Any = None
     _close_reason: str = ""
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.unix or f"127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> FakeNode:
-        """Serves on 127.0.0.1:`port` (a free port when 0; the same port again on restart)."""
+    async def start(self, port: int = 0, unix: str = "") -> FakeNode:
+        """Serves on 127.0.0.1:`port` (a free port when 0; the same port again on restart), or
+        on the ``unix:`` address `unix` (one named before anything listens on it)."""
         server = grpc.aio.server()
         node_pb2_grpc.add_NodeServiceServicer_to_server(self, server)
-        bound = server.add_insecure_port(f"127.0.0.1:{port or self.port}")
-        assert bound, f"cannot bind 127.0.0.1:{port or self.port}"
-        self.port = bound
+        self.unix = unix or self.unix
+        listen = self.unix or f"127.0.0.1:{port or self.port}"
+        bound = server.add_insecure_port(listen)
+        assert bound, f"cannot bind {listen}"
+        self.port = 0 if self.unix else bound
         await server.start()
         self._server = server
         return self
@@ -144,6 +152,12 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     async def _unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         self.calls.append(ReceivedCall(method, request, metadata, context.time_remaining()))
+        if self.refuse is not None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard refused: {self.refuse.value}",
+                trailing_metadata=wire.shard_metadata(self.refuse),
+            )
         if self.call_delay:
             await asyncio.sleep(self.call_delay)
         if self.fail_with is not None:

@@ -1,4 +1,4 @@
-"""Wire contract: a close reason travels as trailing metadata and comes back as itself."""
+"""Wire contract: close reasons and shard refusals travel as trailing metadata and come back."""
 
 from __future__ import annotations
 
@@ -18,3 +18,19 @@ def test_a_close_reason_round_trips_through_trailing_metadata(reason: CloseReaso
 def test_no_close_reason_is_no_metadata() -> None:
     assert wire.close_metadata(None) == ()
     assert wire.close_reason_of(()) is None
+
+
+@pytest.mark.parametrize("refusal", list(wire.ShardRefusal))
+def test_a_shard_refusal_round_trips_through_trailing_metadata(
+    refusal: wire.ShardRefusal,
+) -> None:
+    metadata = wire.shard_metadata(refusal)
+    assert metadata == (("goverse-shard", refusal.value),)
+    assert wire.shard_refusal_of(metadata) is refusal
+
+
+def test_a_call_without_or_with_an_unknown_shard_marker_is_not_a_refusal() -> None:
+    """Only a refusal this process knows is one is safe to send again."""
+    assert wire.shard_refusal_of(()) is None
+    assert wire.shard_refusal_of(None) is None
+    assert wire.shard_refusal_of((("goverse-shard", "frozen"),)) is None

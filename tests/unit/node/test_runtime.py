@@ -3,6 +3,7 @@ another in-process node, under deadlines, without deadlocking on their own turn.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest
 from goverse.placement import Placement
 from tests.helpers.addresses import SocketDir
+from tests.helpers.tasks import bounded, cancel_and_wait
 from tests.unit.node.conftest import Node, id_owned_by
 
 
@@ -98,6 +100,30 @@ async def test_an_object_calls_an_object_on_another_node(
     assert active(first, "Relay") == [relay]
 
 
+async def test_an_object_calling_a_node_that_starts_later_waits_for_it(
+    sockets: SocketDir, start_node: Callable[..., Any]
+) -> None:
+    """The callee's node is not up yet (nodes started together): the call waits for it within
+    its deadline, as a gate's does, instead of failing fast while the channel backs off."""
+    addresses = [sockets.address("first"), sockets.address("late")]
+    first: Node = await start_node(listen=addresses[0], advertise=addresses[0], nodes=addresses)
+    placement = Placement(addresses)
+    relay = id_owned_by(placement, "Relay", addresses[0], "relay")
+    counter = id_owned_by(placement, "Counter", addresses[1], "counter")
+    call = asyncio.create_task(
+        first.call("Relay", relay, "IncrementCounter", StringValue(value=counter), CounterValue)
+    )
+    try:
+        await asyncio.sleep(0.5)  # the first connection is refused; the channel backs off
+        assert not call.done()
+        late: Node = await start_node(listen=addresses[1], advertise=addresses[1], nodes=addresses)
+        reply = await bounded(call, 10)
+    finally:
+        await cancel_and_wait(call)
+    assert reply.value == 1
+    assert active(late, "Counter") == [counter]
+
+
 async def test_remote_calls_carry_the_client_id_and_the_call_chain(
     sockets: SocketDir, start_node: Callable[..., Any]
 ) -> None:
@@ -151,7 +177,8 @@ async def test_an_inherited_deadline_bounds_object_calls(node: Node) -> None:
 async def test_a_call_to_an_unreachable_node_fails_with_its_status(
     unreachable: str, start_node: Callable[..., Any]
 ) -> None:
-    """The callee's node is down: the calling object gets UNAVAILABLE, quickly."""
+    """The callee's node is down: the call waits for it within the deadline of the call being
+    served, then the calling object gets UNAVAILABLE naming the node, before that deadline."""
     down = unreachable
     node: Node = await start_node(
         nodes=("127.0.0.1:7000", down), call_timeout=timedelta(seconds=20)
@@ -161,6 +188,12 @@ async def test_a_call_to_an_unreachable_node_fails_with_its_status(
     counter = id_owned_by(placement, "Counter", down, "counter")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await node.call(
-            "Relay", relay, "IncrementCounter", StringValue(value=counter), CounterValue
+            "Relay",
+            relay,
+            "IncrementCounter",
+            StringValue(value=counter),
+            CounterValue,
+            timeout=1.5,
         )
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert down in raised.value.details()

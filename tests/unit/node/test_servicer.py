@@ -11,6 +11,7 @@ from google.protobuf import any_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import StringValue
 
+from goverse import wire
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.placement import Placement
 from goverse.v1 import node_pb2
@@ -110,6 +111,30 @@ async def test_objects_owned_by_another_node_are_refused(
             await rpc(message(object_type="Counter", object_id=foreign), timeout=5)
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await node.status()).active_objects == 0
+
+
+async def test_a_refusal_for_another_nodes_object_says_the_call_did_not_run(
+    start_node: Callable[..., Any],
+) -> None:
+    """The refusal carries ``goverse-shard: not-owner`` in its trailing metadata, on every
+    entry point: routing (a gate, another node) may send the call again to the owner; a call
+    that failed for another reason carries no such marker."""
+    node: Node = await start_node(nodes=(NODE, OTHER))
+    foreign = id_owned_by(Placement((NODE, OTHER)), "Counter", OTHER)
+    for rpc, message in (
+        (node.stub.CallObject, node_pb2.NodeCallObjectRequest),
+        (node.stub.CreateObject, node_pb2.NodeCreateObjectRequest),
+        (node.stub.DeleteObject, node_pb2.NodeDeleteObjectRequest),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await rpc(message(object_type="Counter", object_id=foreign), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        refusal = wire.shard_refusal_of(raised.value.trailing_metadata())
+        assert refusal is wire.ShardRefusal.NOT_OWNER
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await node.call("Relay", "r", "CallSelf", Empty(), Empty)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert wire.shard_refusal_of(raised.value.trailing_metadata()) is None
 
 
 async def test_create_delete_and_list_objects(node: Node) -> None:

@@ -4,7 +4,8 @@
     ├── InvalidArgument               INVALID_ARGUMENT  malformed ids, wrong or garbage payloads
     ├── NotFound                      NOT_FOUND         unknown object type
     ├── Unimplemented                 UNIMPLEMENTED     unknown method of a known type
-    ├── FailedPrecondition            FAILED_PRECONDITION  object owned by another node
+    ├── FailedPrecondition            FAILED_PRECONDITION  e.g. an object calling itself
+    │   └── ShardNotServed            FAILED_PRECONDITION  + goverse-shard: not the owner, moving
     ├── Unauthenticated               UNAUTHENTICATED   missing or wrong client credential
     ├── Unavailable                   UNAVAILABLE       node unreachable, service shutting down
     ├── ResourceExhausted             RESOURCE_EXHAUSTED  limits
@@ -12,7 +13,9 @@
     └── CallError                     any               a call to another object failed
 
 Object code may raise any of these to answer its caller with that status. Servicers translate
-them in one place, :func:`translate_errors`.
+them in one place, :func:`translate_errors`, which also sends an error's
+:attr:`~GoverseError.trailing_metadata` (a :class:`ShardNotServed` carries the marker routing
+retries on).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import grpc
+
+from goverse import wire
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +47,11 @@ class GoverseError(Exception):
     def status_code(self) -> grpc.StatusCode:
         return self.code
 
+    @property
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent with the status (none unless a subclass says otherwise)."""
+        return ()
+
 
 class InvalidArgument(GoverseError):
     code = grpc.StatusCode.INVALID_ARGUMENT
@@ -57,6 +67,26 @@ class Unimplemented(GoverseError):
 
 class FailedPrecondition(GoverseError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ShardNotServed(FailedPrecondition):
+    """A node refuses a call for `shard` before running anything: it does not own the shard
+    (:attr:`~goverse.wire.ShardRefusal.NOT_OWNER`) or is handing it off
+    (:attr:`~goverse.wire.ShardRefusal.MOVING`).
+
+    The status stays FAILED_PRECONDITION with `message`; the ``goverse-shard`` trailing
+    metadata tells routing (gates, and nodes calling objects on other nodes) that the call did
+    not run and may be sent again, to the owner it finds next.
+    """
+
+    def __init__(self, shard: int, reason: wire.ShardRefusal, message: str) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.reason = reason
+
+    @property
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return wire.shard_metadata(self.reason)
 
 
 class Unauthenticated(GoverseError):
@@ -94,7 +124,8 @@ class CallError(GoverseError):
 def translate_errors(
     handler: Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]],
 ) -> Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]]:
-    """Answers a unary handler's :class:`GoverseError` with its status code and message."""
+    """Answers a unary handler's :class:`GoverseError` with its status code, message and
+    trailing metadata."""
 
     @functools.wraps(handler)
     async def wrapper(
@@ -103,7 +134,9 @@ def translate_errors(
         try:
             return await handler(self, request, context, *args, **kwargs)
         except GoverseError as error:
-            await context.abort(error.status_code, error.message)
+            await context.abort(
+                error.status_code, error.message, trailing_metadata=error.trailing_metadata
+            )
             raise AssertionError("context.abort returned") from error  # abort always raises
 
     return cast(Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]], wrapper)
@@ -124,6 +157,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",
+    "ShardNotServed",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

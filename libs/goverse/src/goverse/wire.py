@@ -49,6 +49,9 @@ CLOSE_REASON_KEY = "goverse-close-reason"
 """Trailing metadata of a stream a server ended: a :class:`CloseReason` value."""
 CALL_CHAIN_KEY = "goverse-call-chain-bin"
 """Node-to-node call metadata: the objects already serving this call chain (JSON, binary)."""
+SHARD_KEY = "goverse-shard"
+"""Trailing metadata of a call a node refused for its shard, before running anything: a
+:class:`ShardRefusal` value. Routing retries such a call (on the owner it finds next)."""
 
 
 class CloseReason(enum.StrEnum):
@@ -65,6 +68,19 @@ class CloseReason(enum.StrEnum):
     """A newer stream of the same peer (the same gate id) took this one's place."""
     PEER_GONE = "peer_gone"
     """The peer cancelled the stream or its connection ended."""
+
+
+class ShardRefusal(enum.StrEnum):
+    """Why a node refused a call for the object's shard (``goverse-shard`` trailing metadata).
+
+    Either way the call did not run, so it is safe to send again; the status stays
+    FAILED_PRECONDITION for callers that do not read the metadata.
+    """
+
+    NOT_OWNER = "not-owner"
+    """The node does not own the shard: the caller's view of the owners is stale."""
+    MOVING = "moving"
+    """The node owns the shard but is handing it off; the next owner serves it soon."""
 
 
 def metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
@@ -86,6 +102,21 @@ def close_reason_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> Clos
     try:
         return None if value is None else CloseReason(value)
     except ValueError:  # a newer server's reason this client does not know
+        return None
+
+
+def shard_metadata(refusal: ShardRefusal) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that marks a call refused for its shard."""
+    return ((SHARD_KEY, refusal.value),)
+
+
+def shard_refusal_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> ShardRefusal | None:
+    """The :class:`ShardRefusal` a node attached to a call it refused, or None (the call was
+    not refused for its shard, or by a node that does not say so)."""
+    value = metadata_value(trailing_metadata, SHARD_KEY)
+    try:
+        return None if value is None else ShardRefusal(value)
+    except ValueError:  # a newer node's reason: not known to be safe to send again
         return None
 
 
@@ -131,12 +162,16 @@ __all__ = [
     "NODE_CALL_OBJECT",
     "NODE_REGISTER_GATE",
     "NODE_SERVICE",
+    "SHARD_KEY",
     "CloseReason",
+    "ShardRefusal",
     "UnpackError",
     "close_metadata",
     "close_reason_of",
     "metadata_value",
     "method_path",
     "pack",
+    "shard_metadata",
+    "shard_refusal_of",
     "unpack",
 ]

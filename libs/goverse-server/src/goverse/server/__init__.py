@@ -1,6 +1,8 @@
 """What the gate and node servers share: the service skeleton, supervisor, settings, logging,
 telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health, and
 membership (the static view; etcd's client, lease, key layout and view).
+telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health,
+membership and routing.
 Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from goverse.server._metrics import (
     call_duration_histogram,
 )
 from goverse.server._ready import Ready, wait_ready, write_ready
+from goverse.server._routing import Routing
 from goverse.server._service import (
     BoundAddress,
     ServiceApp,
@@ -103,6 +106,7 @@ from goverse.server._values import (
     port_of,
     positive_int,
 )
+from goverse.server._waits import first_of
 
 __all__ = [
     "ADDRESS",
@@ -139,6 +143,7 @@ __all__ = [
     "Mailbox",
     "NodeInfo",
     "Ready",
+    "Routing",
     "Service",
     "ServiceApp",
     "ServiceConfig",
@@ -168,6 +173,7 @@ __all__ = [
     "encode_gate",
     "encode_node",
     "encode_shard",
+    "first_of",
     "format_byte_size",
     "format_duration",
     "is_unix_address",

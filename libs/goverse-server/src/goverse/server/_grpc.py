@@ -61,11 +61,24 @@ class GrpcHost:
         self.port = 0 if self._listen.startswith("unix:") else port
         return self.port
 
-    async def serve(self) -> None:
-        """Starts serving what was added to :attr:`server`, then reports SERVING."""
+    async def serve(self, ready: bool = True) -> None:
+        """Starts serving what was added to :attr:`server`, then reports SERVING for the
+        overall server (``""``, liveness) and, when `ready`, for each named service (else
+        NOT_SERVING until :meth:`set_ready`)."""
         await self.server.start()
-        for name in self._service_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.set_ready(ready)
+
+    async def set_ready(self, ready: bool) -> None:
+        """Reports each named service SERVING or NOT_SERVING (readiness); the overall status
+        stays as it is. Does nothing once :meth:`enter_shutdown` was called."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._service_names[1:]:
+            await self.health.set(name, status)
 
     async def start(self) -> int:
         """Binds and serves (:meth:`bind`, then :meth:`serve`); returns the bound port."""

@@ -128,8 +128,9 @@ class ServiceApp(abc.ABC, Generic[C]):
 
     :meth:`start` binds ``config.listen`` (port 0: a free port; raises
     :class:`~goverse.server.ListenError` when it cannot bind), lets the service
-    :meth:`assemble` its servicers, serves with health SERVING, serves metrics when
-    `telemetry` has a port, runs :meth:`on_serving`, logs ``listening`` with the bound
+    :meth:`assemble` its servicers, serves with health SERVING (its service name: at once
+    when :attr:`starts_ready`, else once it says so with :meth:`report_ready`), serves metrics
+    when `telemetry` has a port, runs :meth:`on_serving`, logs ``listening`` with the bound
     addresses and writes them to ``config.ready_file`` when one is set.
 
     :meth:`stop` follows the shutdown contract within ``config.shutdown_timeout``:
@@ -159,6 +160,10 @@ class ServiceApp(abc.ABC, Generic[C]):
     """The full name of the gRPC service it serves (``goverse.v1.GateService`` …)."""
     stream_task_prefix: ClassVar[str]
     """The supervisor's name prefix of the tasks that run this service's long-lived streams."""
+    starts_ready: ClassVar[bool] = True
+    """Whether :attr:`grpc_service` reports SERVING as soon as the server serves; a service
+    that is ready only once something holds (the gate: a node link is up) says False and
+    reports it with :meth:`report_ready`."""
 
     def __init__(self, config: C, telemetry: Telemetry | None = None) -> None:
         self.config = config
@@ -211,6 +216,13 @@ class ServiceApp(abc.ABC, Generic[C]):
         """Fields naming this instance in the ``listening`` line and the ready file."""
         return {}
 
+    async def report_ready(self, ready: bool) -> None:
+        """Reports :attr:`grpc_service` SERVING or NOT_SERVING in health (readiness); the
+        overall ``""`` status (liveness) stays SERVING. Ignored before :meth:`start` and once
+        a stop has begun (health is NOT_SERVING for good then)."""
+        if self._host is not None and self._state in (_State.STARTING, _State.RUNNING):
+            await self._host.set_ready(ready)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
@@ -249,7 +261,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         self._bound = BoundAddress.of(self.config.listen, host.bind())
         self.assemble(host.server, self._bound)
         self._assembled = True
-        await host.serve()
+        await host.serve(ready=self.starts_ready)
         metrics_port = None
         if self.telemetry is not None:
             metrics_port = self.telemetry.start_metrics_server() or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -11,9 +12,10 @@ from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
 from goverse.gate._node_link import NodeLink
+from goverse.gate._node_links import NodeLinks
 from goverse.gate._router import Router
 from goverse.gate._servicer import STREAM_TASK_PREFIX, GateService
-from goverse.server import BoundAddress, ServiceApp, Telemetry
+from goverse.server import BoundAddress, ClusterView, NodeInfo, ServiceApp, StaticView, Telemetry
 from goverse.transport import Backoff
 from goverse.v1 import gate_pb2_grpc
 
@@ -21,14 +23,21 @@ DRAIN_REASON = "the gate is shutting down"
 
 
 class GateApp(ServiceApp[GateConfig]):
-    """A gate: the GateService server with health, one NodeLink per node, and the registry.
+    """A gate: the GateService server with health, one NodeLink per live node, and the registry.
 
     Starts and stops as every service does (:class:`~goverse.server.ServiceApp`). Its own
-    parts: once serving it starts one link task per node; its long-lived streams are the
-    clients' Register streams, which a stop closes for draining — each flushes what is queued,
-    sends ``Draining`` and ends, new registrations are refused with UNAVAILABLE, and a client
-    may still call until its stream has ended (then its credential is void: UNAUTHENTICATED,
-    which the SDK re-sends on its new registration).
+    parts: it routes by `view` (:attr:`view`; the static view of ``--nodes`` unless one is
+    given: the etcd view in etcd mode); once serving, it keeps one link to each node of the
+    view (:class:`NodeLinks`); its long-lived streams are the clients' Register streams,
+    which a stop closes for draining — each flushes what is queued, sends ``Draining`` and
+    ends, new registrations are refused with UNAVAILABLE, and a client may still call until
+    its stream has ended (then its credential is void: UNAUTHENTICATED, which the SDK re-sends
+    on its new registration).
+
+    Readiness: ``goverse.v1.GateService`` reports SERVING only while the view is ready and at
+    least one node link is connected, and flips as that changes; the overall ``""`` status
+    (liveness) is SERVING while the gate runs. A gate that can route nowhere takes no new
+    clients (``docs/membership.md``, "Gates and routing").
 
     With `telemetry`, its meter holds the gate's metrics and :meth:`start` serves them on its
     metrics port; without it, metrics go to the global meter provider and nothing is served.
@@ -37,9 +46,16 @@ class GateApp(ServiceApp[GateConfig]):
     service = "gate"
     grpc_service = wire.GATE_SERVICE
     stream_task_prefix = STREAM_TASK_PREFIX
+    starts_ready = False
 
-    def __init__(self, config: GateConfig, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: GateConfig,
+        telemetry: Telemetry | None = None,
+        view: ClusterView | None = None,
+    ) -> None:
         super().__init__(config, telemetry)
+        self.view: ClusterView = view if view is not None else StaticView(config.static_nodes)
         self.registry = ClientRegistry(
             config.gate_id,
             max_clients=config.max_clients,
@@ -48,33 +64,39 @@ class GateApp(ServiceApp[GateConfig]):
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
         )
-        self.router = Router(config.static_nodes, self.pool, config.call_timeout)
-        self.links: dict[str, NodeLink] = {}
-        self.metrics = GateMetrics(self.meter, self.registry, self.links)
+        self.router = Router(self.view, self.pool, config.call_timeout)
+        self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
+        self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
+
+    @property
+    def links(self) -> Mapping[str, NodeLink]:
+        """The node links by node id."""
+        return self.node_links.links
+
+    def _open_link(self, node: NodeInfo, on_state: Callable[[NodeLink], None]) -> NodeLink:
+        return NodeLink(
+            node.address,
+            self.config.gate_id,
+            self.pool.get(node.address),
+            self.registry,
+            backoff=Backoff(self.config.reconnect_initial, self.config.reconnect_max),
+            stable_after=self.config.stable_after,
+            heartbeat_timeout=self.config.node_heartbeat_timeout,
+            on_state=on_state,
+        )
 
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
         servicer = GateService(self.config.gate_id, self.registry, self.router, self.supervisor)
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 
     async def on_serving(self) -> None:
-        for node in self.config.static_nodes:
-            link = NodeLink(
-                node,
-                self.config.gate_id,
-                self.pool.get(node),
-                self.registry,
-                backoff=Backoff(self.config.reconnect_initial, self.config.reconnect_max),
-                stable_after=self.config.stable_after,
-                heartbeat_timeout=self.config.node_heartbeat_timeout,
-            )
-            self.links[node] = link
-            self.supervisor.spawn(f"node-link:{node}", link.run())
+        self.node_links.start()
 
     def close_streams(self) -> int:
         return self.registry.drain(DRAIN_REASON)
 
     def identity(self) -> dict[str, Any]:
-        return {"gate_id": self.config.gate_id, "nodes": list(self.config.static_nodes)}
+        return {"gate_id": self.config.gate_id, "nodes": sorted(self.view.nodes())}
 
 
 __all__ = ["GateApp"]

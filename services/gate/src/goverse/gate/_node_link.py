@@ -56,7 +56,8 @@ class NodeLink:
     failed, nothing arrived for `heartbeat_timeout`), log why, wait a backoff delay (exponential
     ceiling, full jitter, reset after a connection that lasted `stable_after`) and reconnect.
     Every wait, including the wait for the next stream message, is cancellable; the call is
-    always cancelled on the way out.
+    always cancelled on the way out. `on_state` is called with the link on every change of
+    :attr:`state`.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class NodeLink:
         stable_after: timedelta,
         heartbeat_timeout: timedelta,
         clock: Callable[[], float] = time.monotonic,
+        on_state: Callable[[NodeLink], None] | None = None,
     ) -> None:
         self._address = address
         self._gate_id = gate_id
@@ -79,6 +81,7 @@ class NodeLink:
         self._stable_after = stable_after.total_seconds()
         self._heartbeat_timeout = heartbeat_timeout.total_seconds()
         self._clock = clock
+        self._on_state = on_state
         self._log = log.bind(node=address)
         self._state = LinkState.CONNECTING
         self._changed = asyncio.Event()
@@ -108,6 +111,8 @@ class NodeLink:
         self._state = state
         self._changed.set()
         self._changed = asyncio.Event()
+        if self._on_state is not None:
+            self._on_state(self)
 
     async def wait_for(self, predicate: Callable[[NodeLink], bool]) -> None:
         """Returns once `predicate(self)` holds; re-checked on every state change."""

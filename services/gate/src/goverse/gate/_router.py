@@ -1,4 +1,4 @@
-"""Router: forwards a verified client's calls to the node that owns the object, by placement."""
+"""Router: forwards a verified client's calls to the node that owns the object's shard."""
 
 from __future__ import annotations
 
@@ -6,16 +6,11 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
-import grpc
-import structlog
-
 from goverse import ids
-from goverse.errors import CallError
-from goverse.placement import Placement
+from goverse.placement import shard_of
+from goverse.server import ClusterView, Routing
 from goverse.transport import ChannelPool
 from goverse.v1 import gate_pb2, node_pb2, node_pb2_grpc
-
-log = structlog.get_logger(__name__)
 
 Resp = TypeVar("Resp")
 _NodeRequest = (
@@ -26,26 +21,23 @@ _NodeRequest = (
 
 
 class Router:
-    """Places each call with :class:`~goverse.placement.Placement` over the configured nodes and
-    sends it over that node's pooled channel, stamped with the caller the gate verified.
+    """Sends each call to the owner of its object's shard in `view`, through
+    :class:`~goverse.server.Routing`, over that node's pooled channel, stamped with the caller
+    the gate verified.
 
     Ids are validated before anything is sent (:class:`~goverse.errors.InvalidArgument`). A
-    node's error keeps its status code and details; an unreachable node fails at once with
-    UNAVAILABLE naming the node (calls do not wait for the channel to become ready).
+    call is held while its shard has no owner or its owner is not reachable yet, and sent
+    again when the node refused it for its shard, within the client's deadline (or
+    `call_timeout`); routing gives up a little before the deadline with UNAVAILABLE naming
+    the node (or the refusal). A call the node received is never sent twice: its error keeps
+    the node's status code and details.
     """
 
-    def __init__(self, nodes: tuple[str, ...], pool: ChannelPool, call_timeout: timedelta) -> None:
-        self._placement = Placement(nodes)
+    def __init__(self, view: ClusterView, pool: ChannelPool, call_timeout: timedelta) -> None:
+        self._routing = Routing(view, pool)
         self._pool = pool
         self._call_timeout = call_timeout.total_seconds()
         self._stubs: dict[str, node_pb2_grpc.NodeServiceStub] = {}
-
-    @property
-    def placement(self) -> Placement:
-        return self._placement
-
-    def node_for(self, object_type: str, object_id: str) -> str:
-        return self._placement.node_for(object_type, object_id)
 
     def _stub(self, node: str) -> node_pb2_grpc.NodeServiceStub:
         stub = self._stubs.get(node)
@@ -112,25 +104,11 @@ class Router:
         time_remaining: float | None,
     ) -> Resp:
         """Sends a validated `request` to the node that owns its object, by `rpc` of its stub."""
-        node = self.node_for(request.object_type, request.object_id)
-        return await self._send(node, rpc(self._stub(node)), request, time_remaining)
 
-    async def _send(
-        self,
-        node: str,
-        method: Callable[..., Awaitable[Resp]],
-        request: object,
-        time_remaining: float | None,
-    ) -> Resp:
-        timeout = self._timeout(time_remaining)
-        try:
-            return await method(request, timeout=timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            details = error.details() or code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = f"node {node} is unavailable: {details}"
-            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                details = f"node {node} did not answer within {timeout:g}s: {details}"
-            log.debug("node call failed", node=node, code=code.name, details=details)
-            raise CallError(code, details) from None
+        def send(node: str, timeout: float) -> Awaitable[Resp]:
+            # wait_for_ready: a connection that drops between routing's check and the send
+            # holds the call for the next one instead of failing it fast.
+            return rpc(self._stub(node))(request, timeout=timeout, wait_for_ready=True)
+
+        shard = shard_of(request.object_type, request.object_id)
+        return await self._routing.call(shard, send, self._timeout(time_remaining))

@@ -19,8 +19,10 @@ from goverse.node._servicer import NodeService
 from goverse.placement import Placement
 from goverse.server import (
     BoundAddress,
+    ClusterView,
     ServiceApp,
     ShutdownBudget,
+    StaticView,
     Telemetry,
     set_log_identity,
 )
@@ -36,10 +38,11 @@ class NodeApp(ServiceApp[NodeConfig]):
     :class:`~goverse.node.ObjectLoadError`) and needs no event loop. It starts and stops as
     every service does (:class:`~goverse.server.ServiceApp`); its own parts: once bound, it
     knows its address (``--advertise``, or the bound address when unset) and builds its
-    placement, gate streams, object host and object runtime (:attr:`placement`, :attr:`gates`,
-    :attr:`host`, :attr:`runtime` exist from then on). Its long-lived streams are the gates'
-    RegisterGate streams, which a stop closes (each sends what is queued and ends with OK);
-    once its tasks are gone, every object is deactivated in its turn.
+    view of the cluster, placement, gate streams, object host and object runtime
+    (:attr:`view`, :attr:`placement`, :attr:`gates`, :attr:`host`, :attr:`runtime` exist from
+    then on). Its long-lived streams are the gates' RegisterGate streams, which a stop closes
+    (each sends what is queued and ends with OK); once its tasks are gone, every object is
+    deactivated in its turn.
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -50,6 +53,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     grpc_service = wire.NODE_SERVICE
     stream_task_prefix = STREAM_TASK_PREFIX
 
+    view: ClusterView
     placement: Placement
     gates: GateStreams
     host: ObjectHost
@@ -75,7 +79,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         config = self.config
         self.advertise, nodes = config.identity(bound.listen)
         set_log_identity(node=self.advertise)
-        self.placement = Placement(nodes)
+        static = StaticView(nodes)
+        self.view, self.placement = static, static.placement
         self.gates = GateStreams(
             self.supervisor,
             self.advertise,
@@ -86,7 +91,7 @@ class NodeApp(ServiceApp[NodeConfig]):
         )
         self.host = ObjectHost(self.types, self.placement, self.advertise)
         self.runtime = NodeRuntime(
-            self.host, self.gates, self.pool, self.placement, self.advertise, config.call_timeout
+            self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout
         )
         self.host.attach_runtime(self.runtime)
         self.metrics = NodeMetrics(self.meter, self.host, self.gates)

@@ -14,16 +14,16 @@ from google.protobuf.message import Message
 from goverse import wire
 from goverse._object_types import MethodInfo, ObjectType
 from goverse.errors import (
-    FailedPrecondition,
     GoverseError,
     Internal,
     NotFound,
+    ShardNotServed,
     Unavailable,
 )
 from goverse.ids import validate_object_ref
 from goverse.node._call_context import ObjectKey, serving
 from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
-from goverse.placement import Placement
+from goverse.placement import Placement, shard_of
 from goverse.server import log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
@@ -96,15 +96,21 @@ class ObjectHost:
         return self._placement.node_for(object_type, object_id)
 
     def resolve(self, object_type: str, object_id: str) -> ObjectType:
-        """Checks an object reference and that this node owns it; returns its type."""
+        """Checks an object reference and that this node owns it; returns its type.
+
+        An object this node does not own is refused with :class:`ShardNotServed` (not the
+        owner): FAILED_PRECONDITION naming the owner, marked so that routing sends it again.
+        """
         validate_object_ref(object_type, object_id)
         found = self._types.get(object_type)
         if found is None:
             raise NotFound(f"unknown object type {object_type!r}")
         owner = self.owner_of(object_type, object_id)
         if owner != self._node:
-            raise FailedPrecondition(
-                f"{object_type}/{object_id} is owned by node {owner}, not by {self._node}"
+            raise ShardNotServed(
+                shard_of(object_type, object_id),
+                wire.ShardRefusal.NOT_OWNER,
+                f"{object_type}/{object_id} is owned by node {owner}, not by {self._node}",
             )
         return found
 

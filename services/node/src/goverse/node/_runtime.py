@@ -17,6 +17,7 @@ from goverse.errors import (
     FailedPrecondition,
     GoverseError,
     ResourceExhausted,
+    ShardNotServed,
 )
 from goverse.ids import validate_method, validate_object_ref
 from goverse.node._call_context import (
@@ -29,7 +30,8 @@ from goverse.node._call_context import (
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
-from goverse.placement import Placement
+from goverse.placement import shard_of
+from goverse.server import ClusterView, Routing
 from goverse.transport import ChannelPool
 from goverse.v1 import node_pb2, node_pb2_grpc
 
@@ -39,14 +41,16 @@ M = TypeVar("M", bound=Message)
 class NodeRuntime:
     """Implements :class:`goverse.objects.ObjectRuntime` for the objects of one node.
 
-    :meth:`call_object` routes by placement: to the local :class:`ObjectHost` without gRPC when
-    this node owns the callee, else to the owner's ``NodeService.CallObject`` over one pooled
-    channel per node. The call runs under the deadline of the call being served, or
-    `call_timeout` when that has none. Any failure reaches the calling object as a
-    :class:`goverse.errors.CallError` with the callee's status code, except a call to an object
-    already serving this call chain, refused at once with FAILED_PRECONDITION (it would wait
-    for its own turn forever). When the deadline passes, the callee's method is cancelled
-    wherever it runs, as gRPC does for a remote call.
+    :meth:`call_object` routes the call to the owner of the callee's shard in `view`, through
+    :class:`~goverse.server.Routing` as gates do (held while the shard has no owner or its
+    owner is not reachable yet, sent again when a node refused it for its shard): to the local
+    :class:`ObjectHost` without gRPC when this node owns it, else to the owner's
+    ``NodeService.CallObject`` over one pooled channel per node. The call runs under the
+    deadline of the call being served, or `call_timeout` when that has none. Any failure
+    reaches the calling object as a :class:`goverse.errors.CallError` with the callee's status
+    code, except a call to an object already serving this call chain, refused at once with
+    FAILED_PRECONDITION (it would wait for its own turn forever). When the deadline passes,
+    the callee's method is cancelled wherever it runs, as gRPC does for a remote call.
     """
 
     def __init__(
@@ -54,14 +58,14 @@ class NodeRuntime:
         host: ObjectHost,
         gates: GateStreams,
         pool: ChannelPool,
-        placement: Placement,
+        view: ClusterView,
         node: str,
         call_timeout: timedelta,
     ) -> None:
         self._host = host
         self._gates = gates
         self._pool = pool
-        self._placement = placement
+        self._routing = Routing(view, pool, local=node)
         self._node = node
         self._call_timeout = call_timeout.total_seconds()
         self._stubs: dict[str, node_pb2_grpc.NodeServiceAsyncStub] = {}
@@ -98,11 +102,13 @@ class NodeRuntime:
                 f"no time left to call {object_type}/{object_id}.{method}",
             )
         packed = wire.pack(request)
-        owner = self._placement.node_for(object_type, object_id)
-        if owner == self._node:
-            response = await self._call_local(caller, key, method, packed, timeout)
-        else:
-            response = await self._call_remote(owner, caller, key, method, packed, timeout)
+
+        async def send(address: str, budget: float) -> any_pb2.Any:
+            if address == self._node:
+                return await self._call_local(caller, key, method, packed, budget)
+            return await self._call_remote(address, caller, key, method, packed, budget)
+
+        response = await self._routing.call(shard_of(object_type, object_id), send, timeout)
         try:
             return wire.unpack(response, response_type)
         except wire.UnpackError as error:
@@ -129,8 +135,8 @@ class NodeRuntime:
                     f"{key[0]}/{key[1]}.{method} did not answer within {timeout:.3g}s",
                 ) from error
             raise
-        except CallError:
-            raise
+        except (CallError, ShardNotServed):
+            raise  # a refusal for the shard is routing's to retry
         except GoverseError as error:
             raise CallError(error.status_code, error.message) from error
 
@@ -161,12 +167,14 @@ class NodeRuntime:
                 object_id=caller.object_id,
             ),
         )
-        try:
-            reply: node_pb2.NodeCallObjectResponse = await stub.CallObject(
-                message, timeout=timeout, metadata=chain_metadata(current_chain())
-            )
-        except grpc.aio.AioRpcError as error:
-            raise CallError.from_rpc_error(error) from error
+        # A failure (grpc.aio.AioRpcError) is routing's to judge: retried when the node refused
+        # the shard, else answered with the node's status.
+        reply: node_pb2.NodeCallObjectResponse = await stub.CallObject(
+            message,
+            timeout=timeout,
+            metadata=chain_metadata(current_chain()),
+            wait_for_ready=True,
+        )
         return reply.response
 
     def push(self, client_ids: Iterable[str], message: Message) -> int:
