@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from goverse.node._shards import MOVING, NOT_OWNER, ShardRefused, ShardState, ShardTable
+from goverse.errors import ShardNotServed
+from goverse.node._shards import ShardState, ShardTable
+from goverse.wire import ShardRefusal
 from tests.helpers.tasks import bounded
 
 WAIT = 5.0
@@ -14,18 +16,18 @@ WAIT = 5.0
 
 async def test_only_an_owned_shard_admits_calls_and_says_why_otherwise() -> None:
     table = ShardTable("n1")
-    with pytest.raises(ShardRefused) as refused, table.admit(7):
+    with pytest.raises(ShardNotServed) as refused, table.admit(7):
         pass
-    assert refused.value.reason == NOT_OWNER
+    assert refused.value.reason is ShardRefusal.NOT_OWNER
     table.own(7, epoch=42)
     with table.admit(7) as epoch:
         assert epoch == 42
         assert table.in_flight(7) == 1
     assert table.in_flight(7) == 0
     table.start_draining(7)
-    with pytest.raises(ShardRefused) as refused, table.admit(7):
+    with pytest.raises(ShardNotServed) as refused, table.admit(7):
         pass
-    assert refused.value.reason == MOVING
+    assert refused.value.reason is ShardRefusal.MOVING
 
 
 async def test_an_expired_lease_refuses_every_call_before_any_fencing() -> None:
@@ -35,9 +37,9 @@ async def test_an_expired_lease_refuses_every_call_before_any_fencing() -> None:
     with table.admit(3):
         pass
     valid[0] = False
-    with pytest.raises(ShardRefused) as refused, table.admit(3):
+    with pytest.raises(ShardNotServed) as refused, table.admit(3):
         pass
-    assert refused.value.reason == NOT_OWNER
+    assert refused.value.reason is ShardRefusal.NOT_OWNER
 
 
 async def test_draining_waits_for_the_calls_in_flight_and_admits_no_new_one() -> None:
@@ -56,7 +58,7 @@ async def test_draining_waits_for_the_calls_in_flight_and_admits_no_new_one() ->
     assert table.in_flight(1) == 1
     table.start_draining(1)
     assert not await table.drained(1, 0.05)  # still running: not drained within the bound
-    with pytest.raises(ShardRefused), table.admit(1):
+    with pytest.raises(ShardNotServed), table.admit(1):
         pass
     waiting = asyncio.create_task(table.drained(1, WAIT))
     release.set()

@@ -30,6 +30,7 @@ from goverse.server._etcd import (
     WatchBatch,
     WatchEvent,
 )
+from goverse.server._etcd_membership import EtcdMembership
 from goverse.server._etcd_view import EtcdView, ViewStats
 from goverse.server._grpc import GrpcHost, ListenError
 from goverse.server._lease import Lease
@@ -129,6 +130,7 @@ __all__ = [
     "EtcdCompacted",
     "EtcdError",
     "EtcdLeaseNotFound",
+    "EtcdMembership",
     "EtcdUnavailable",
     "EtcdView",
     "EventType",

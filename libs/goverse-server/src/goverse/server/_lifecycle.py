@@ -22,11 +22,17 @@ class Service(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def failed(self) -> BaseException:
+        """Returns the error that ends the service by itself (e.g. a StartupError found once
+        it runs); waits until there is one."""
+        ...
+
 
 async def run_until_signalled(service: Service) -> int:
     """Starts `service`, waits for SIGTERM or SIGINT, stops it and returns the exit code (0).
 
     A second signal while stopping exits the process at once with 128 + the signal number.
+    When the service fails by itself instead, it is stopped and its error raised.
     """
     loop = asyncio.get_running_loop()
     requested = asyncio.Event()
@@ -42,7 +48,16 @@ async def run_until_signalled(service: Service) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await service.start()
-        await requested.wait()
+        signalled = loop.create_task(requested.wait(), name="signal")
+        failure = loop.create_task(service.failed(), name="service-failure")
+        try:
+            await asyncio.wait({signalled, failure}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (signalled, failure):
+                task.cancel()
+            await asyncio.wait({signalled, failure})
+        if not failure.cancelled():
+            raise failure.result()
     finally:
         await service.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -100,3 +115,5 @@ def serve_main(
         return run(service)
     except ListenError as error:
         return fail("cannot start", error, 1)
+    except StartupError as error:
+        return fail("cannot run", error, 2)

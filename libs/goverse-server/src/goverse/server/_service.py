@@ -160,10 +160,6 @@ class ServiceApp(abc.ABC, Generic[C]):
     """The full name of the gRPC service it serves (``goverse.v1.GateService`` …)."""
     stream_task_prefix: ClassVar[str]
     """The supervisor's name prefix of the tasks that run this service's long-lived streams."""
-    starts_ready: ClassVar[bool] = True
-    """Whether :attr:`grpc_service` reports SERVING as soon as the server serves; a service
-    that is ready only once something holds (the gate: a node link is up) says False and
-    reports it with :meth:`report_ready`."""
 
     def __init__(self, config: C, telemetry: Telemetry | None = None) -> None:
         self.config = config
@@ -189,6 +185,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         self._assembled = False
         self._state = _State.NEW
         self._stop_lock = asyncio.Lock()
+        self._failure: asyncio.Future[BaseException] | None = None  # made in the loop
 
     # -- what a service supplies ----------------------------------------------------------
 
@@ -215,6 +212,29 @@ class ServiceApp(abc.ABC, Generic[C]):
     def identity(self) -> dict[str, Any]:
         """Fields naming this instance in the ``listening`` line and the ready file."""
         return {}
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the service by itself: the process stops it as on SIGTERM, then exits with
+        the error (a :class:`~goverse.server.StartupError`: exit code 2 and one line)."""
+        failure = self._failure_future()
+        if not failure.done():
+            failure.set_result(error)
+
+    async def failed(self) -> BaseException:
+        """The error passed to :meth:`fail`, once there is one."""
+        return await asyncio.shield(self._failure_future())
+
+    def _failure_future(self) -> asyncio.Future[BaseException]:
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        return self._failure
+
+    @property
+    def starts_ready(self) -> bool:
+        """Whether :attr:`grpc_service` reports SERVING as soon as the server serves; a service
+        that is ready only once something holds (the gate: a node link is up; a node in etcd
+        membership: it has joined) says False and reports it with :meth:`report_ready`."""
+        return True
 
     async def report_ready(self, ready: bool) -> None:
         """Reports :attr:`grpc_service` SERVING or NOT_SERVING in health (readiness); the

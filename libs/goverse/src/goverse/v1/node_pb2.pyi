@@ -455,8 +455,24 @@ class StatusResponse(_message.Message):
     ACTIVE_OBJECTS_FIELD_NUMBER: _builtins.int
     GATES_FIELD_NUMBER: _builtins.int
     DROPPED_PUSHES_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    OWNED_SHARDS_FIELD_NUMBER: _builtins.int
+    DRAINING_SHARDS_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    LEASE_VALID_MS_FIELD_NUMBER: _builtins.int
+    FENCED_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     active_objects: _builtins.int
+    membership: _builtins.str
+    """"static" (--nodes) or "etcd" (--etcd-endpoints)."""
+    incarnation: _builtins.str
+    """etcd: this run's incarnation (its lease id, hexadecimal); empty when static."""
+    lease_valid_ms: _builtins.int
+    """etcd: milliseconds this node may still serve on its lease (0: it may not)."""
+    fenced: _builtins.bool
+    """etcd: the node fenced itself (its lease could not be renewed in time) and has not
+    rejoined yet; it serves nothing meanwhile.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -470,6 +486,14 @@ class StatusResponse(_message.Message):
         "malformed_client_id", "invalid_message". A reason appears once a push was dropped for it.
         """
 
+    @_builtins.property
+    def owned_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shards this node serves now, ascending."""
+
+    @_builtins.property
+    def draining_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shards it is handing off (calls to them are answered "moving")."""
+
     def __init__(
         self,
         *,
@@ -479,10 +503,16 @@ class StatusResponse(_message.Message):
         active_objects: _builtins.int = ...,
         gates: _abc.Iterable[_builtins.str] | None = ...,
         dropped_pushes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        membership: _builtins.str = ...,
+        owned_shards: _abc.Iterable[_builtins.int] | None = ...,
+        draining_shards: _abc.Iterable[_builtins.int] | None = ...,
+        incarnation: _builtins.str = ...,
+        lease_valid_ms: _builtins.int = ...,
+        fenced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "dropped_pushes", b"dropped_pushes", "gates", b"gates", "node", b"node", "nodes", b"nodes", "object_types", b"object_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "draining_shards", b"draining_shards", "dropped_pushes", b"dropped_pushes", "fenced", b"fenced", "gates", b"gates", "incarnation", b"incarnation", "lease_valid_ms", b"lease_valid_ms", "membership", b"membership", "node", b"node", "nodes", b"nodes", "object_types", b"object_types", "owned_shards", b"owned_shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,7 +15,16 @@ from goverse.gate._node_link import NodeLink
 from goverse.gate._node_links import NodeLinks
 from goverse.gate._router import Router
 from goverse.gate._servicer import STREAM_TASK_PREFIX, GateService
-from goverse.server import BoundAddress, ClusterView, NodeInfo, ServiceApp, StaticView, Telemetry
+from goverse.server import (
+    BoundAddress,
+    ClusterView,
+    EtcdMembership,
+    NodeInfo,
+    ServiceApp,
+    ShutdownBudget,
+    StaticView,
+    Telemetry,
+)
 from goverse.transport import Backoff
 from goverse.v1 import gate_pb2_grpc
 
@@ -46,7 +55,10 @@ class GateApp(ServiceApp[GateConfig]):
     service = "gate"
     grpc_service = wire.GATE_SERVICE
     stream_task_prefix = STREAM_TASK_PREFIX
-    starts_ready = False
+
+    @property
+    def starts_ready(self) -> bool:
+        return False  # ready once it can route: reported by the node links
 
     def __init__(
         self,
@@ -55,6 +67,10 @@ class GateApp(ServiceApp[GateConfig]):
         view: ClusterView | None = None,
     ) -> None:
         super().__init__(config, telemetry)
+        self.etcd: EtcdMembership | None = None
+        if view is None and config.membership == "etcd":
+            self.etcd = EtcdMembership(config)
+            view = self.etcd.view
         self.view: ClusterView = view if view is not None else StaticView(config.static_nodes)
         self.registry = ClientRegistry(
             config.gate_id,
@@ -90,7 +106,14 @@ class GateApp(ServiceApp[GateConfig]):
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 
     async def on_serving(self) -> None:
+        if self.etcd is not None:
+            await self.etcd.open()
+            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
         self.node_links.start()
+
+    async def release(self, budget: ShutdownBudget) -> None:
+        if self.etcd is not None:
+            await self.etcd.close()
 
     def close_streams(self) -> int:
         return self.registry.drain(DRAIN_REASON)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,19 +15,23 @@ from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
 from goverse.node._metrics import NodeMetrics
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_types import ObjectType, load_object_types
+from goverse.node._ownership import ShardOwnership
 from goverse.node._runtime import NodeRuntime
 from goverse.node._servicer import NodeService
-from goverse.placement import Placement
+from goverse.node._shards import ShardState, ShardTable
+from goverse.placement import SHARD_COUNT
 from goverse.server import (
     BoundAddress,
     ClusterView,
+    EtcdMembership,
     ServiceApp,
     ShutdownBudget,
     StaticView,
+    SupervisorClosed,
     Telemetry,
     set_log_identity,
 )
-from goverse.v1 import node_pb2_grpc
+from goverse.v1 import node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +59,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     stream_task_prefix = STREAM_TASK_PREFIX
 
     view: ClusterView
-    placement: Placement
+    shards: ShardTable
     gates: GateStreams
     host: ObjectHost
     runtime: NodeRuntime
@@ -70,17 +75,32 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.types = dict(load_object_types(config.objects) if types is None else types)
         self.advertise = ""
         """The address gates and other nodes reach this node at (known once bound)."""
+        self.etcd: EtcdMembership | None = None
+        self.ownership: ShardOwnership | None = None
+        """The node's claims and handoffs, with etcd membership (None: static)."""
 
     def live_tasks(self) -> list[str]:
         """Names of the tasks the node's supervisor holds now (gate streams)."""
         return self.supervisor.task_names()
 
+    @property
+    def starts_ready(self) -> bool:
+        # With etcd, a node is ready once it has joined (it may serve only on a valid lease).
+        return self.config.membership == "static"
+
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
         config = self.config
         self.advertise, nodes = config.identity(bound.listen)
         set_log_identity(node=self.advertise)
-        static = StaticView(nodes)
-        self.view, self.placement = static, static.placement
+        if config.membership == "etcd":
+            self._join_etcd()
+        else:
+            static = StaticView(nodes)
+            self.view = static
+            self.shards = ShardTable(self.advertise, owner_of=static.target)
+            for shard in range(SHARD_COUNT):
+                if static.target(shard) == self.advertise:
+                    self.shards.own(shard)
         self.gates = GateStreams(
             self.supervisor,
             self.advertise,
@@ -89,14 +109,65 @@ class NodeApp(ServiceApp[NodeConfig]):
             heartbeat_interval=config.heartbeat_interval,
             max_message_bytes=config.max_message_bytes,
         )
-        self.host = ObjectHost(self.types, self.placement, self.advertise)
+        self.host = ObjectHost(self.types, self.shards, self.advertise)
         self.runtime = NodeRuntime(
             self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout
         )
         self.host.attach_runtime(self.runtime)
         self.metrics = NodeMetrics(self.meter, self.host, self.gates)
-        servicer = NodeService(self.advertise, self.placement, self.host, self.gates)
+        if self.etcd is not None:
+            self.ownership = ShardOwnership(
+                client=self.etcd.client,
+                view=self.etcd.view,
+                node_id=self.advertise,
+                address=self.advertise,
+                table=self.shards,
+                host=self.host,
+                config=config,
+                on_ready=self._report_ready_soon,
+            )
+        servicer = NodeService(
+            self.advertise, self.view, self.host, self.gates, self.membership_status
+        )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
+
+    def _join_etcd(self) -> None:
+        self.etcd = EtcdMembership(self.config)
+        self.view = self.etcd.view
+        # Calls are admitted only while the lease is valid beyond the fence margin.
+        self.shards = ShardTable(
+            self.advertise,
+            lease_valid=lambda: self.ownership is not None and self.ownership.serving(),
+            owner_of=self.etcd.view.owner_address,
+        )
+
+    def membership_status(self) -> node_pb2.StatusResponse:
+        """The membership part of Status: mode, shards owned and draining, lease, fence."""
+        status = node_pb2.StatusResponse(
+            membership=self.config.membership,
+            owned_shards=self.shards.shards(ShardState.OWNED),
+            draining_shards=self.shards.shards(ShardState.DRAINING),
+        )
+        if self.ownership is not None:
+            status.incarnation = self.ownership.incarnation
+            status.lease_valid_ms = int(self.ownership.lease_valid_for() * 1000)
+            status.fenced = self.ownership.fenced
+        return status
+
+    def _report_ready_soon(self, ready: bool) -> None:
+        """Readiness follows the ownership (joined, fenced); health is set by an owned task."""
+        with contextlib.suppress(SupervisorClosed):
+            self.supervisor.spawn(f"readiness:{ready}", self.report_ready(ready))
+
+    async def on_serving(self) -> None:
+        if self.etcd is not None and self.ownership is not None:
+            await self.etcd.open()
+            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
+            self.supervisor.spawn("shard-ownership", self.ownership.run())
+
+    async def leave(self, budget: ShutdownBudget) -> None:
+        if self.ownership is not None:
+            await self.ownership.leave(budget)
 
     def close_streams(self) -> int:
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)
@@ -109,11 +180,14 @@ class NodeApp(ServiceApp[NodeConfig]):
             log.warning("objects not deactivated within the shutdown timeout", objects=stuck)
         log.info("objects deactivated", objects=active - len(stuck), stuck=len(stuck))
         self.runtime.forget_channels()
+        if self.etcd is not None:
+            await self.etcd.close()
 
     def identity(self) -> dict[str, Any]:
         return {
             "advertise": self.advertise,
-            "nodes": list(self.placement.nodes),
+            "nodes": sorted(self.view.nodes()),
+            "membership": self.config.membership,
             "object_types": sorted(self.types),
         }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -17,13 +18,13 @@ from goverse.errors import (
     GoverseError,
     Internal,
     NotFound,
-    ShardNotServed,
     Unavailable,
 )
 from goverse.ids import validate_object_ref
 from goverse.node._call_context import ObjectKey, serving
+from goverse.node._shards import ShardTable
 from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
-from goverse.placement import Placement, shard_of
+from goverse.placement import shard_of
 from goverse.server import log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
@@ -46,16 +47,18 @@ class ObjectHost:
     An object is created and activated on its first call (or an explicit :meth:`create`),
     exactly once even when many first calls arrive together. Each object serves one call at a
     time, in arrival order (an :class:`asyncio.Lock` per object); different objects serve
-    calls concurrently. Every entry point checks the ids, the type, and that placement gives
-    the object to this node, and raises a :class:`goverse.errors.GoverseError` saying what is
-    wrong otherwise.
+    calls concurrently. Every entry point checks the ids and the type, then is admitted by the
+    :class:`~goverse.node._shards.ShardTable` for the object's shard before it waits for the
+    object's turn (this node owns the shard, it is not being handed off, the lease is valid),
+    and raises a :class:`goverse.errors.GoverseError` saying what is wrong otherwise.
     """
 
-    def __init__(self, types: Mapping[str, ObjectType], placement: Placement, node: str) -> None:
+    def __init__(self, types: Mapping[str, ObjectType], shards: ShardTable, node: str) -> None:
         self._types = types
-        self._placement = placement
+        self._shards = shards
         self._node = node
         self._objects: dict[ObjectKey, _Activation] = {}
+        self._by_shard: dict[int, set[ObjectKey]] = {}
         self._runtime: ObjectRuntime | None = None
         self._closing = False
 
@@ -91,28 +94,21 @@ class ObjectHost:
         entry = self._objects.get((object_type, object_id))
         return entry is not None and entry.active
 
-    def owner_of(self, object_type: str, object_id: str) -> str:
-        """The node placement gives the object to."""
-        return self._placement.node_for(object_type, object_id)
-
     def resolve(self, object_type: str, object_id: str) -> ObjectType:
-        """Checks an object reference and that this node owns it; returns its type.
-
-        An object this node does not own is refused with :class:`ShardNotServed` (not the
-        owner): FAILED_PRECONDITION naming the owner, marked so that routing sends it again.
-        """
+        """Checks an object reference; returns its type."""
         validate_object_ref(object_type, object_id)
         found = self._types.get(object_type)
         if found is None:
             raise NotFound(f"unknown object type {object_type!r}")
-        owner = self.owner_of(object_type, object_id)
-        if owner != self._node:
-            raise ShardNotServed(
-                shard_of(object_type, object_id),
-                wire.ShardRefusal.NOT_OWNER,
-                f"{object_type}/{object_id} is owned by node {owner}, not by {self._node}",
-            )
         return found
+
+    @contextlib.contextmanager
+    def _admitted(self, key: ObjectKey) -> Iterator[None]:
+        """The call counts in flight in its shard, or is refused with
+        :class:`~goverse.errors.ShardNotServed` (not the owner, or moving) — marked so that
+        routing sends it again, to the owner it finds next."""
+        with self._shards.admit(shard_of(*key), f"{key[0]}/{key[1]}"):
+            yield
 
     def method(self, object_type: ObjectType, method: str) -> MethodInfo:
         """The callable method; InvalidArgument or Unimplemented (:meth:`ObjectType.method`)."""
@@ -139,37 +135,41 @@ class ObjectHost:
         self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
     ) -> Any:
         found = self.resolve(object_type, object_id)
-        info = self.method(found, method)
-        message = self.unpack(info, object_type, request)
         key = (object_type, object_id)
-        while True:
-            entry = self._entry(key, found)
-            async with entry.turn:
-                if entry.gone:
-                    continue
-                if not entry.active:
-                    await self._activate(key, entry)
-                result = await self._call(key, entry, info, message, caller)
-            return wire.pack(result)
+        with self._admitted(key):  # before the method's checks: a foreign object is retried
+            info = self.method(found, method)
+            message = self.unpack(info, object_type, request)
+            while True:
+                entry = self._entry(key, found)
+                async with entry.turn:
+                    if entry.gone:
+                        continue
+                    if not entry.active:
+                        await self._activate(key, entry)
+                    result = await self._call(key, entry, info, message, caller)
+                return wire.pack(result)
 
     async def create(self, object_type: str, object_id: str) -> bool:
         """Activates the object; False when it already was active."""
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
-        while True:
-            entry = self._entry(key, found)
-            async with entry.turn:
-                if entry.gone:
-                    continue
-                if entry.active:
-                    return False
-                await self._activate(key, entry)
-                return True
+        with self._admitted(key):
+            while True:
+                entry = self._entry(key, found)
+                async with entry.turn:
+                    if entry.gone:
+                        continue
+                    if entry.active:
+                        return False
+                    await self._activate(key, entry)
+                    return True
 
     async def delete(self, object_type: str, object_id: str) -> bool:
         """Deactivates the object in its turn and forgets it; False when it was not active."""
         self.resolve(object_type, object_id)
-        return await self._delete((object_type, object_id))
+        key = (object_type, object_id)
+        with self._admitted(key):
+            return await self._delete(key)
 
     async def _delete(self, key: ObjectKey) -> bool:
         while True:
@@ -180,8 +180,7 @@ class ObjectHost:
                 if entry.gone:
                     continue
                 entry.gone = True
-                if self._objects.get(key) is entry:
-                    del self._objects[key]
+                self._forget(key, entry)
                 if not entry.active:
                     return False
                 entry.active = False
@@ -206,7 +205,47 @@ class ObjectHost:
         if pending:
             await asyncio.wait(pending, timeout=0.5)
         self._objects.clear()
+        self._by_shard.clear()
         return sorted(f"{tasks[task][0]}/{tasks[task][1]}" for task in pending)
+
+    async def deactivate_shard(self, shard: int, timeout: float) -> builtins.list[str]:
+        """Deactivates every object of `shard`, each in its turn, all at once (a handoff: the
+        shard admits no call any more). Returns the objects not deactivated within `timeout`
+        seconds; their deactivation is cancelled and they stay active."""
+        keys = list(self._by_shard.get(shard, ()))
+        if not keys:
+            return []
+        tasks = {
+            asyncio.create_task(self._delete(key), name=f"deactivate:{key[0]}/{key[1]}"): key
+            for key in keys
+        }
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+        return sorted(f"{tasks[task][0]}/{tasks[task][1]}" for task in pending)
+
+    def drop_all(self) -> int:
+        """Forgets every object without running any of its code (fencing: another node may
+        already own them); a call waiting for a dropped object's turn starts over and is
+        refused by its shard. Returns how many were active."""
+        active = sum(1 for entry in self._objects.values() if entry.active)
+        for entry in self._objects.values():
+            entry.gone = True
+            entry.active = False
+        self._objects.clear()
+        self._by_shard.clear()
+        return active
+
+    def _forget(self, key: ObjectKey, entry: _Activation) -> None:
+        if self._objects.get(key) is entry:
+            del self._objects[key]
+            members = self._by_shard.get(shard_of(*key))
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._by_shard[shard_of(*key)]
 
     def _entry(self, key: ObjectKey, object_type: ObjectType) -> _Activation:
         entry = self._objects.get(key)
@@ -221,6 +260,7 @@ class ObjectHost:
             raise Internal(f"{key[0]}/{key[1]} could not be constructed") from error
         entry = _Activation(instance)
         self._objects[key] = entry
+        self._by_shard.setdefault(shard_of(*key), set()).add(key)
         return entry
 
     async def _activate(self, key: ObjectKey, entry: _Activation) -> None:
@@ -235,8 +275,7 @@ class ObjectHost:
                 await entry.instance.on_activate()
         except BaseException as error:
             entry.gone = True
-            if self._objects.get(key) is entry:
-                del self._objects[key]
+            self._forget(key, entry)
             if isinstance(error, GoverseError) or not isinstance(error, Exception):
                 raise
             log.exception("activation failed", object_type=key[0], object_id=key[1])

@@ -91,6 +91,8 @@ class ShardOwnership:
         self._undeleted: set[int] = set()
         """Shards handed off whose key could not be deleted yet (etcd unreachable)."""
         self._leaving = False
+        self.fenced = False
+        """Whether the node fenced itself and has not rejoined yet."""
         self._reconciler: asyncio.Task[None] | None = None
         self.stats = OwnershipStats()
 
@@ -144,6 +146,7 @@ class ShardOwnership:
             await lease.revoke()
             raise
         self._lease = lease
+        self.fenced = False
         self._on_ready(True)
         log.info("joined the cluster", incarnation=lease.incarnation)
         # Three children of this task, cancelled and awaited on the way out: the keeper
@@ -331,6 +334,7 @@ class ShardOwnership:
         cancelled = self._table.fence()
         dropped = self._host.drop_all()
         self._undeleted.clear()
+        self.fenced = True
         self.stats.fences += 1
         log.error(
             "fenced: the lease could not be renewed in time; rejoining as a new incarnation",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -12,7 +12,7 @@ from goverse.node._call_context import inbound
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
-from goverse.placement import Placement
+from goverse.server import ClusterView
 from goverse.v1 import node_pb2, node_pb2_grpc
 
 
@@ -25,12 +25,18 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     :class:`goverse.errors.GoverseError` with its status code (:func:`translate_errors`)."""
 
     def __init__(
-        self, node: str, placement: Placement, host: ObjectHost, gates: GateStreams
+        self,
+        node: str,
+        view: ClusterView,
+        host: ObjectHost,
+        gates: GateStreams,
+        membership: Callable[[], node_pb2.StatusResponse],
     ) -> None:
         self._node = node
-        self._placement = placement
+        self._view = view
         self._host = host
         self._gates = gates
+        self._membership = membership
 
     async def RegisterGate(
         self, request: node_pb2.RegisterGateRequest, context: grpc.aio.ServicerContext
@@ -73,14 +79,18 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def Status(
         self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.StatusResponse:
-        return node_pb2.StatusResponse(
-            node=self._node,
-            nodes=self._placement.nodes,
-            object_types=sorted(self._host.types),
-            active_objects=self._host.active_count,
-            gates=self._gates.gate_ids(),
-            dropped_pushes=self._gates.dropped(),
+        status = self._membership()
+        status.MergeFrom(
+            node_pb2.StatusResponse(
+                node=self._node,
+                nodes=sorted(self._view.nodes()),
+                object_types=sorted(self._host.types),
+                active_objects=self._host.active_count,
+                gates=self._gates.gate_ids(),
+                dropped_pushes=self._gates.dropped(),
+            )
         )
+        return status
 
     @translate_errors
     async def ListObjects(

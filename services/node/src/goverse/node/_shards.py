@@ -16,7 +16,9 @@ import enum
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from goverse.errors import ShardNotServed
 from goverse.placement import SHARD_COUNT
+from goverse.wire import ShardRefusal
 
 
 class ShardState(enum.Enum):
@@ -28,20 +30,6 @@ class ShardState(enum.Enum):
     """Being handed off: new calls are refused as "moving"; those in flight finish."""
 
 
-class ShardRefused(Exception):
-    """A call for a shard this node does not serve now; `reason` is ``not-owner`` or
-    ``moving`` (the routing layer retries both, the second one soon)."""
-
-    def __init__(self, shard: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.shard = shard
-        self.reason = reason
-
-
-NOT_OWNER = "not-owner"
-MOVING = "moving"
-
-
 class ShardTable:
     """The state, ownership epoch and calls in flight of each of the 8192 shards.
 
@@ -50,9 +38,15 @@ class ShardTable:
     fencing has run (after a pause, the first thing the loop runs may be a call).
     """
 
-    def __init__(self, node: str, lease_valid: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        node: str,
+        lease_valid: Callable[[], bool] = lambda: True,
+        owner_of: Callable[[int], str | None] = lambda shard: None,
+    ) -> None:
         self._node = node
         self._lease_valid = lease_valid
+        self._owner_of = owner_of
         self._state = [ShardState.UNOWNED] * SHARD_COUNT
         self._epoch = [0] * SHARD_COUNT
         self._calls: list[set[asyncio.Task[Any]]] = [set() for _ in range(SHARD_COUNT)]
@@ -79,14 +73,24 @@ class ShardTable:
     # -- serving --------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def admit(self, shard: int) -> Iterator[int]:
+    def admit(self, shard: int, what: str = "") -> Iterator[int]:
         """Admits a call for `shard` (yields the ownership epoch) or raises
-        :class:`ShardRefused`. The call counts as in flight until the block ends."""
+        :class:`~goverse.errors.ShardNotServed` saying why, about `what` (the object). The
+        call counts as in flight until the block ends."""
         state = self._state[shard]
+        what = what or f"shard {shard}"
         if state is ShardState.DRAINING:
-            raise ShardRefused(shard, MOVING, f"shard {shard} is moving away from {self._node}")
+            raise ShardNotServed(
+                shard, ShardRefusal.MOVING, f"{what} is moving away from node {self._node}"
+            )
         if state is not ShardState.OWNED or not self._lease_valid():
-            raise ShardRefused(shard, NOT_OWNER, f"shard {shard} is not owned by {self._node}")
+            owner = self._owner_of(shard)
+            by = f"owned by node {owner}, not by {self._node}" if owner else "not owned by"
+            raise ShardNotServed(
+                shard,
+                ShardRefusal.NOT_OWNER,
+                f"{what} is {by}" if owner else f"{what} is {by} node {self._node}",
+            )
         task = asyncio.current_task()
         assert task is not None, "a call always runs in a task"
         calls = self._calls[shard]
@@ -142,4 +146,4 @@ class ShardTable:
         return cancelled
 
 
-__all__ = ["MOVING", "NOT_OWNER", "ShardRefused", "ShardState", "ShardTable"]
+__all__ = ["ShardState", "ShardTable"]
