@@ -168,13 +168,14 @@ def node_args(listen: str, nodes: Sequence[str] | None, extra: Sequence[str] = (
 
 
 def gate_args(
-    listen: str, gate_id: str, nodes: Sequence[str], extra: Sequence[str] = ()
+    listen: str, gate_id: str, nodes: Sequence[str] | None, extra: Sequence[str] = ()
 ) -> list[str]:
+    """A gate routing to `nodes` (None: etcd membership, given in `extra`)."""
     return [
         str(BIN / "goverse-gate"),
         f"--listen={listen}",
         f"--gate-id={gate_id}",
-        f"--nodes={','.join(nodes)}",
+        *([f"--nodes={','.join(nodes)}"] if nodes is not None else []),
         "--log-format=json",
         "--metrics-port=off",  # tests that scrape pass --metrics-port=0 in `extra`
         *extra,
@@ -225,7 +226,7 @@ class ProcessGroup:
     def gate(
         self,
         gate_id: str,
-        nodes: Sequence[str],
+        nodes: Sequence[str] | None,
         extra: Sequence[str] = (),
         wait: bool = True,
         env: dict[str, str] | None = None,
