@@ -50,6 +50,7 @@ from goverse.server._membership import (
     StaticView,
     Versioned,
 )
+from goverse.server._membership_metrics import membership_metrics
 from goverse.server._metrics import (
     CallMetricsInterceptor,
     LabelLimiter,
@@ -181,6 +182,7 @@ __all__ = [
     "is_unix_address",
     "log_fields",
     "markdown_table",
+    "membership_metrics",
     "not_negative",
     "object_call_span",
     "parse_address",

@@ -24,6 +24,7 @@ from goverse.server import (
     ShutdownBudget,
     StaticView,
     Telemetry,
+    membership_metrics,
 )
 from goverse.transport import Backoff
 from goverse.v1 import gate_pb2_grpc
@@ -83,6 +84,7 @@ class GateApp(ServiceApp[GateConfig]):
         self.router = Router(self.view, self.pool, config.call_timeout)
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
+        membership_metrics(self.meter, self.service, self.view)
 
     @property
     def links(self) -> Mapping[str, NodeLink]:

@@ -29,6 +29,7 @@ from goverse.server import (
     StaticView,
     SupervisorClosed,
     Telemetry,
+    membership_metrics,
     set_log_identity,
 )
 from goverse.v1 import node_pb2, node_pb2_grpc
@@ -114,7 +115,6 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout
         )
         self.host.attach_runtime(self.runtime)
-        self.metrics = NodeMetrics(self.meter, self.host, self.gates)
         if self.etcd is not None:
             self.ownership = ShardOwnership(
                 client=self.etcd.client,
@@ -126,6 +126,8 @@ class NodeApp(ServiceApp[NodeConfig]):
                 config=config,
                 on_ready=self._report_ready_soon,
             )
+        self.metrics = NodeMetrics(self.meter, self.host, self.gates, self.shards, self.ownership)
+        membership_metrics(self.meter, self.service, self.view)
         servicer = NodeService(
             self.advertise, self.view, self.host, self.gates, self.membership_status
         )

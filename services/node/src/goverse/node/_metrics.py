@@ -14,15 +14,50 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
+from goverse.node._ownership import ShardOwnership
+from goverse.node._shards import ShardState, ShardTable
 from goverse.server import LabelLimiter
 
 
 class NodeMetrics:
     """Creates the node's instruments on `meter` (call durations: the service skeleton's)."""
 
-    def __init__(self, meter: metrics.Meter, host: ObjectHost, gates: GateStreams) -> None:
+    def __init__(
+        self,
+        meter: metrics.Meter,
+        host: ObjectHost,
+        gates: GateStreams,
+        shards: ShardTable,
+        ownership: ShardOwnership | None = None,
+    ) -> None:
         self._host = host
         self._gates = gates
+        self._shards = shards
+        self._ownership = ownership
+        meter.create_observable_gauge(
+            "goverse.node.shards",
+            callbacks=[self._shard_states],
+            unit="{shard}",
+            description="Shards this node owns and is handing off, by state (owned, draining)",
+        )
+        if ownership is not None:
+            counters = {
+                "goverse.node.shard_claims": (self._claims, "{shard}", "Shards claimed"),
+                "goverse.node.handoffs": (
+                    self._handoffs,
+                    "{shard}",
+                    "Shard handoffs, by outcome (started, finished, timed_out)",
+                ),
+                "goverse.node.fences": (
+                    self._fences,
+                    "{fence}",
+                    "Times the node fenced itself (its lease could not be renewed in time)",
+                ),
+            }
+            for name, (callback, unit, description) in counters.items():
+                meter.create_observable_counter(
+                    name, callbacks=[callback], unit=unit, description=description
+                )
         self._gate_labels = LabelLimiter()
         meter.create_observable_gauge(
             "goverse.node.objects.active",
@@ -59,6 +94,25 @@ class NodeMetrics:
         counts = self._host.active_by_type()
         for object_type in self._host.types:
             yield Observation(counts.get(object_type, 0), {"object_type": object_type})
+
+    def _shard_states(self, _: CallbackOptions) -> Iterable[Observation]:
+        for state in (ShardState.OWNED, ShardState.DRAINING):
+            yield Observation(self._shards.count(state), {"state": state.value})
+
+    def _claims(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._ownership is not None
+        yield Observation(self._ownership.stats.claims)
+
+    def _handoffs(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._ownership is not None
+        stats = self._ownership.stats
+        yield Observation(stats.handoffs_started, {"outcome": "started"})
+        yield Observation(stats.handoffs_finished, {"outcome": "finished"})
+        yield Observation(stats.handoffs_timed_out, {"outcome": "timed_out"})
+
+    def _fences(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._ownership is not None
+        yield Observation(self._ownership.stats.fences)
 
     def _gate_streams(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._gates.gate_ids()))
