@@ -117,3 +117,19 @@ async def test_a_lone_node_owns_every_shard_and_says_so_in_status(
     assert 0 < reply.lease_valid_ms <= 3000
     assert not reply.fenced
     assert list(reply.nodes) == [reply.node]
+
+
+async def test_a_gate_registers_itself_for_operators_and_leaves_on_stop(
+    processes: ProcessGroup, etcd: EtcdServer
+) -> None:
+    """``gates/<gate-id>`` holds the gate's address while it runs and is gone once it stopped
+    (its lease revoked)."""
+    gate = processes.gate("g7", None, (*etcd_flags(etcd), *TIMING))
+    async with EtcdClient([etcd.endpoint], timedelta(seconds=5)) as client:
+
+        async def registered() -> bool:
+            return await client.get("/goverse/gates/g7") is not None
+
+        await eventually(registered, WAIT, "the gate's key")
+        assert await asyncio.to_thread(gate.terminate) == 0
+        assert await client.get("/goverse/gates/g7") is None

@@ -111,6 +111,9 @@ class GateApp(ServiceApp[GateConfig]):
         if self.etcd is not None:
             await self.etcd.open()
             self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
+            self.supervisor.spawn(
+                "etcd-registration", self.etcd.register_gate(self.config.gate_id, self.address)
+            )
         self.node_links.start()
 
     async def release(self, budget: ShutdownBudget) -> None:
