@@ -157,9 +157,16 @@ class ShardOwnership:
         watchdog = asyncio.create_task(self._until_untrusted(lease), name="lease-watchdog")
         children = {keeper, self._reconciler, watchdog}
         try:
-            done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a crash is a bug: let the supervisor log it
+            waiting = set(children)
+            while True:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled():
+                        task.result()  # a crash is a bug: let the supervisor log it
+                if keeper in done or watchdog in done:
+                    break  # the lease is lost, or can no longer be trusted
+                # The reconciler ended because the node is leaving: the lease is kept alive
+                # while leave() hands the shards off, until the stop cancels this task.
         finally:
             for task in children:
                 task.cancel()
