@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
 
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.objects import Object
+
+WITNESS_DIR = "GOVERSE_TEST_WITNESS_DIR"
+"""The environment variable naming the directory where :class:`Witness` objects record what
+their node did with them; unset, they record nothing."""
 
 
 class Relay(Object):
@@ -73,3 +80,59 @@ class Failing(Object):
 
     async def Raise(self, request: Empty) -> Empty:
         raise ValueError("this object always fails")
+
+
+class Witness(Object):
+    """Records every activation, deactivation and call in ``$GOVERSE_TEST_WITNESS_DIR``, one
+    JSON line each, for :mod:`tests.helpers.witness` to check that no two nodes ever held the
+    same object at overlapping times.
+
+    Each node process writes its own file, ``witness-<pid>.jsonl``, with one unbuffered
+    ``write`` per line: a line written is on disk even when the process is killed next. A
+    line holds the event, the object id, the pid and the time twice: ``wall`` (``time.time``,
+    to compare with the nodes' log lines) and ``mono_ns`` (``CLOCK_MONOTONIC``, system-wide on
+    Linux: comparable between the processes of one machine, and never stepped).
+    """
+
+    async def on_activate(self) -> None:
+        _witness("activate", self.id)
+
+    async def on_deactivate(self) -> None:
+        _witness("deactivate", self.id)
+
+    async def Touch(self, request: Empty) -> Int64Value:
+        """Records the call; answers the pid of the node process that served it."""
+        _witness("call", self.id)
+        return Int64Value(value=os.getpid())
+
+    async def Hold(self, request: Int64Value) -> Int64Value:
+        """Records the call, then keeps it in flight for `request.value` milliseconds;
+        answers the pid of the node process that served it."""
+        _witness("call", self.id)
+        await asyncio.sleep(request.value / 1000)
+        return Int64Value(value=os.getpid())
+
+
+def _witness(event: str, object_id: str) -> None:
+    directory = os.environ.get(WITNESS_DIR)
+    if not directory:
+        return
+    pid = os.getpid()
+    line = json.dumps(
+        {
+            "event": event,
+            "object_id": object_id,
+            "pid": pid,
+            "wall": time.time(),
+            "mono_ns": time.monotonic_ns(),
+        }
+    )
+    fd = os.open(
+        os.path.join(directory, f"witness-{pid}.jsonl"),
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+        0o644,
+    )
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
