@@ -90,6 +90,9 @@ class ShardOwnership:
         self._releasing: set[int] = set()
         self._undeleted: set[int] = set()
         """Shards handed off whose key could not be deleted yet (etcd unreachable)."""
+        self._released: dict[int, int] = {}
+        """Shards this incarnation handed off, with the epoch (create revision) of the key it
+        deleted, until the view no longer shows that key: a view that still does is behind."""
         self._leaving = False
         self.fenced = False
         """Whether the node fenced itself and has not rejoined yet."""
@@ -223,7 +226,18 @@ class ShardOwnership:
     def _adopt(self, lease: Lease) -> None:
         """Brings the table in line with the keys: ours that it does not know yet (a claim
         whose reply was lost), and owned shards whose key is gone (never expected while the
-        lease is valid; logged)."""
+        lease is valid; logged).
+
+        The view follows etcd a watch hop behind this node's own writes, further when etcd is
+        slow, so it is believed only where it has seen them: an owned shard whose key the view
+        does not show is taken for lost only once the view's revision has reached the key's
+        create revision (the claim's epoch); a key the view shows as ours is not taken back
+        when it is the very key this node deleted when it handed the shard off (same epoch).
+        Believing a view that is behind disowned fresh claims (calls refused, every shard
+        claimed again on each reconciliation) and took back shards already handed off to
+        another node (admitting calls for them until handed off again).
+        """
+        revision = self._view.revision
         lost = 0
         for shard in range(SHARD_COUNT):
             claim = self._view.claim(shard)
@@ -232,11 +246,18 @@ class ShardOwnership:
                 and claim.node_id == self._node
                 and claim.incarnation == lease.incarnation
             )
+            released = self._released.get(shard)
+            if released is not None and not (
+                mine and claim is not None and claim.epoch == released
+            ):
+                del self._released[shard]  # the view has seen the delete
+                released = None
             state = self._table.state(shard)
             if mine and state is ShardState.UNOWNED and shard not in self._undeleted:
                 assert claim is not None
-                self._table.own(shard, claim.epoch)
-            elif not mine and state is ShardState.OWNED:
+                if released is None:
+                    self._table.own(shard, claim.epoch)
+            elif not mine and state is ShardState.OWNED and revision >= self._table.epoch(shard):
                 self._table.disown(shard)
                 lost += 1
         if lost:
@@ -328,6 +349,7 @@ class ShardOwnership:
             log.info("shard key not deleted yet", shard=shard, error=str(error))
             return
         self._undeleted.discard(shard)
+        self._released[shard] = self._table.epoch(shard)
         self._table.disown(shard)
 
     async def _retry_deletes(self, lease: Lease) -> None:
@@ -341,6 +363,7 @@ class ShardOwnership:
         cancelled = self._table.fence()
         dropped = self._host.drop_all()
         self._undeleted.clear()
+        self._released.clear()
         self.fenced = True
         self.stats.fences += 1
         log.error(

@@ -1,0 +1,175 @@
+"""ShardOwnership against a real etcd while its view of etcd lags behind its own writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+import structlog
+
+from goverse.node._config import NodeConfig
+from goverse.node._object_host import ObjectHost
+from goverse.node._ownership import ShardOwnership
+from goverse.node._shards import ShardState, ShardTable
+from goverse.placement import SHARD_COUNT, Placement
+from goverse.server._cluster_keys import ClusterKeys, encode_node, encode_shard
+from goverse.server._etcd import EtcdClient, WatchBatch
+from goverse.server._etcd_view import EtcdView
+from tests.helpers.etcd import EtcdServer
+from tests.helpers.tasks import cancel_and_wait
+
+PREFIX = "/goverse"
+KEYS = ClusterKeys(PREFIX)
+NODE = "node-a"
+OTHER = "node-b"
+CONFIG = NodeConfig(
+    lease_ttl=timedelta(seconds=10),
+    fence_margin=timedelta(seconds=2),
+    rebalance_delay=timedelta(milliseconds=500),
+    handoff_timeout=timedelta(seconds=2),
+)
+WAIT = 20.0
+"""Bound of every wait: claiming 8192 shards on a loaded 2-core machine included."""
+
+
+class LaggingView(EtcdView):
+    """An EtcdView whose watch falls behind on demand (the batches etcd sends are kept, not
+    applied, while held), and that counts how often it is waited on: ShardOwnership waits on
+    its view once after each reconciliation, so :meth:`reconciled` waits for whole ones."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        super().__init__(client, PREFIX, lease_ttl=CONFIG.lease_ttl)
+        self._held: list[WatchBatch] | None = None
+        self._hold_when: Callable[[], bool] | None = None
+        self.waits = 0
+        self._waited = asyncio.Event()
+
+    def hold_when(self, condition: Callable[[], bool]) -> None:
+        """Stops applying batches right after the first one after which `condition()` holds."""
+        self._hold_when = condition
+
+    @property
+    def held(self) -> bool:
+        return self._held is not None
+
+    def _apply(self, batch: WatchBatch) -> None:
+        if self._held is not None:
+            self._held.append(batch)
+            return
+        super()._apply(batch)
+        if self._hold_when is not None and self._hold_when():
+            self._hold_when = None
+            self._held = []
+
+    async def changed(self, since: int) -> int:
+        self.waits += 1
+        self._waited.set()
+        self._waited = asyncio.Event()
+        return await super().changed(since)
+
+    async def reconciled(self, count: int = 2) -> None:
+        """Waits until the ownership has waited on this view `count` more times: at least
+        `count - 1` whole reconciliations ran in between."""
+        target = self.waits + count
+        async with asyncio.timeout(WAIT):
+            while self.waits < target:
+                await self._waited.wait()
+
+
+@dataclass
+class Owner:
+    """One node's ShardOwnership, run in this process, and what it owns."""
+
+    ownership: ShardOwnership
+    table: ShardTable
+    view: LaggingView
+
+    def owned(self) -> set[int]:
+        return set(self.table.shards(ShardState.OWNED))
+
+
+@pytest.fixture
+async def client(etcd: EtcdServer) -> AsyncIterator[EtcdClient]:
+    async with EtcdClient([etcd.endpoint], timedelta(seconds=2)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def running_owner(client: EtcdClient) -> AsyncIterator[Owner]:
+    """Node `NODE`'s ownership and view, running until the block ends."""
+    view = LaggingView(client)
+    await view.start()
+    table = ShardTable(NODE)
+    ownership = ShardOwnership(
+        client=client,
+        view=view,
+        node_id=NODE,
+        address=NODE,
+        table=table,
+        host=ObjectHost({}, table, NODE),
+        config=CONFIG,
+        on_ready=lambda ready: None,
+    )
+    tasks = [
+        asyncio.create_task(view.run(), name="view"),
+        asyncio.create_task(ownership.run(), name="ownership"),
+    ]
+    try:
+        yield Owner(ownership, table, view)
+    finally:
+        for task in tasks:
+            await cancel_and_wait(task)
+
+
+async def until(condition: Callable[[], bool], view: LaggingView, what: str) -> None:
+    """Waits, one reconciliation at a time, until `condition()` (bounded)."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await view.reconciled(1)
+    assert condition(), what
+
+
+async def test_a_claim_the_view_has_not_seen_yet_is_kept(client: EtcdClient) -> None:
+    """The node claims every shard while its view does not show the claims yet (the watch is
+    behind). Reconciling again on that view must not take the claims for lost: the node keeps
+    owning its shards, claims each once, and logs no "shard keys gone" warning."""
+    async with running_owner(client) as owner:
+        owner.view.hold_when(lambda: NODE in owner.view.nodes())
+        with structlog.testing.capture_logs() as logs:
+            await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+            assert owner.view.held
+            claims = owner.ownership.stats.claims
+            await owner.view.reconciled(3)
+            assert len(owner.owned()) == SHARD_COUNT
+            assert owner.ownership.stats.claims == claims == SHARD_COUNT
+    assert [line for line in logs if "gone" in line["event"]] == []
+
+
+async def test_a_shard_handed_off_is_not_taken_back_from_a_stale_view(client: EtcdClient) -> None:
+    """The node owns every shard; another node joins. Once the node's view has seen the
+    newcomer it falls behind, so it still shows the node's claims on the shards it hands off
+    next. The newcomer claims them. The node must not take them back from its stale view: it
+    owns exactly its targets, never a shard whose key is the newcomer's."""
+    async with running_owner(client) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        lease = await client.grant(30)
+        owner.view.hold_when(lambda: OTHER in owner.view.nodes())
+        await client.put(KEYS.node(OTHER), encode_node(OTHER, f"{lease:x}"), lease)
+        placement = Placement([NODE, OTHER])
+        theirs = {s for s in range(SHARD_COUNT) if placement.node_for_shard(s) == OTHER}
+        await until(
+            lambda: not owner.owned() & theirs and not owner.table.shards(ShardState.DRAINING),
+            owner.view,
+            "the newcomer's shards handed off",
+        )
+        assert owner.view.held
+        value = encode_shard(OTHER, f"{lease:x}")
+        created = await client.create_many({KEYS.shard(s): value for s in theirs}, lease)
+        assert len(created) == len(theirs)
+        await owner.view.reconciled(3)
+        assert owner.ownership.stats.handoffs_started == len(theirs)
+        assert owner.owned() == set(range(SHARD_COUNT)) - theirs
