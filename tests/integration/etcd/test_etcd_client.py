@@ -119,6 +119,27 @@ async def test_delete_if_deletes_only_a_key_that_holds_the_value(client: EtcdCli
     assert await client.delete_if("/t/a", b"mine") is False
 
 
+async def test_delete_many_deletes_the_keys_holding_their_value_in_a_few_revisions(
+    client: EtcdClient,
+) -> None:
+    """delete_many over 4096 keys (a node handing off half the shards) deletes each key that
+    holds its value and no other, 127 keys to a transaction: one revision each, not one per
+    key. It reports the keys it deleted; called again, it deletes nothing."""
+    lease = await client.grant(30)
+    items = {f"/t/shards/{n}": b"mine" for n in range(4096)}
+    await client.create_many(items, lease)
+    theirs = {f"/t/shards/{n}" for n in range(0, 4096, 100)}
+    for key in theirs:
+        await client.put(key, b"theirs")
+    before, _ = await client.get_prefix("/t/shards/")
+    deleted = await client.delete_many(items)
+    assert deleted == set(items) - theirs
+    after, kvs = await client.get_prefix("/t/shards/")
+    assert {kv.key: kv.value for kv in kvs} == dict.fromkeys(theirs, b"theirs")
+    assert after - before == -(-len(items) // 127)
+    assert await client.delete_many(items) == set()
+
+
 async def test_create_many_creates_the_absent_keys_and_reports_exactly_those(
     client: EtcdClient,
 ) -> None:

@@ -152,11 +152,13 @@ async def test_a_claim_the_view_has_not_seen_yet_is_kept(client: EtcdClient) -> 
 async def test_a_shard_handed_off_is_not_taken_back_from_a_stale_view(client: EtcdClient) -> None:
     """The node owns every shard; another node joins. Once the node's view has seen the
     newcomer it falls behind, so it still shows the node's claims on the shards it hands off
-    next. The newcomer claims them. The node must not take them back from its stale view: it
-    owns exactly its targets, never a shard whose key is the newcomer's."""
+    next. The newcomer claims them. The node must not take them back from its stale view (it
+    would admit calls for them until it handed them off again): it hands each off once, owns
+    exactly its targets, and deleted the keys it handed off in a few etcd transactions."""
     async with running_owner(client) as owner:
         await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
         lease = await client.grant(30)
+        before, _ = await client.get_prefix(KEYS.shards)
         owner.view.hold_when(lambda: OTHER in owner.view.nodes())
         await client.put(KEYS.node(OTHER), encode_node(OTHER, f"{lease:x}"), lease)
         placement = Placement([NODE, OTHER])
@@ -167,9 +169,14 @@ async def test_a_shard_handed_off_is_not_taken_back_from_a_stale_view(client: Et
             "the newcomer's shards handed off",
         )
         assert owner.view.held
+        handed_off, _ = await client.get_prefix(KEYS.shards)
         value = encode_shard(OTHER, f"{lease:x}")
         created = await client.create_many({KEYS.shard(s): value for s in theirs}, lease)
         assert len(created) == len(theirs)
         await owner.view.reconciled(3)
         assert owner.ownership.stats.handoffs_started == len(theirs)
         assert owner.owned() == set(range(SHARD_COUNT)) - theirs
+        # The newcomer's node key, then the deletes: 127 keys to a transaction, by chunks of
+        # --max-handoffs (256: two transactions of 127 and one of 2), not one per shard.
+        chunks = -(-len(theirs) // CONFIG.max_handoffs)
+        assert handed_off - before <= 1 + 3 * chunks

@@ -402,6 +402,54 @@ class EtcdClient:
 
     # -- leases --------------------------------------------------------------------------------
 
+    async def delete_many(self, items: Mapping[str, bytes]) -> set[str]:
+        """:meth:`delete_if` for many keys at once: deletes each key that holds its value in
+        `items`; returns the keys it deleted.
+
+        The keys go in transactions of up to ``max_txn_ops - 1`` nested delete-if-equal
+        transactions (as :meth:`create_many`), a few in flight at a time: one revision per
+        transaction instead of one per key. When one transaction fails, the others are
+        cancelled and its error is raised; some keys may have been deleted by then, and
+        calling again leaves none of them holding its value.
+        """
+        keys = list(items)
+        deleted: set[str] = set()
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def delete_batch(batch: list[str]) -> None:
+            txn = rpc.TxnRequest()
+            for key in batch:
+                nested = txn.success.add().request_txn
+                compare = nested.compare.add()
+                compare.key = key.encode()
+                compare.target = rpc.Compare.VALUE
+                compare.result = rpc.Compare.EQUAL
+                compare.value = items[key]
+                nested.success.add().request_delete_range.key = key.encode()
+            async with slots:
+                reply = await self._call(
+                    "delete_many", lambda s, t: s.kv.Txn(txn, timeout=t, **_READY)
+                )
+            for key, op in zip(batch, reply.responses, strict=True):
+                nested_reply = op.response_txn
+                if (
+                    nested_reply.succeeded
+                    and nested_reply.responses[0].response_delete_range.deleted
+                ):
+                    deleted.add(key)
+
+        step = self._max_txn_ops - 1
+        try:
+            async with asyncio.TaskGroup() as group:
+                for start in range(0, len(keys), step):
+                    group.create_task(delete_batch(keys[start : start + step]))
+        except ExceptionGroup as failures:
+            errors = [e for e in failures.exceptions if isinstance(e, EtcdError)]
+            if len(errors) != len(failures.exceptions):
+                raise
+            raise errors[0] from None
+        return deleted
+
     async def grant(self, ttl: int) -> int:
         """Grants a lease of `ttl` seconds; returns its id. (A retried grant whose first reply
         was lost leaves an unused lease behind; it expires after `ttl`.)"""
