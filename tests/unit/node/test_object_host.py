@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from goverse.errors import Internal, Unavailable
+from goverse.errors import Internal, ShardNotServed, Unavailable
 from goverse.node import NodeApp
-from goverse.objects import Caller
-from goverse.wire import pack, unpack
+from goverse.node._object_host import ObjectHost
+from goverse.node._object_types import load_object_types
+from goverse.node._shards import ShardTable
+from goverse.objects import Caller, ObjectRuntime
+from goverse.placement import SHARD_COUNT, shard_of
+from goverse.wire import ShardRefusal, pack, unpack
+from tests.helpers.objects import WITNESS_DIR
 from tests.helpers.waiting import eventually
+from tests.helpers.witness import read_records
 from tests.unit.node.conftest import node_config
 from tests.unit.node.sample_objects import Tally
 
@@ -123,3 +131,31 @@ async def test_deactivate_all_waits_for_the_turn_of_a_busy_object(app: NodeApp) 
     assert await app.host.deactivate_all(timeout=5) == []
     assert busy.done()
     assert unpack(busy.result(), Int64Value).value == 1
+
+
+async def test_a_call_waiting_for_its_turn_does_not_run_once_the_lease_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call is admitted while the lease is valid and waits for its object's turn behind a
+    running call; the lease stops being valid meanwhile (the process was paused past it, and
+    its fence has not run yet). When the turn comes, the waiting call is refused as not the
+    owner, which routing sends again, and none of the object's code runs for it."""
+    monkeypatch.setenv(WITNESS_DIR, str(tmp_path))
+    valid = [True]
+    table = ShardTable("n1", lease_valid=lambda: valid[0])
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    host = ObjectHost(load_object_types(["tests.helpers.objects"]), table, "n1")
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    release = Int64Value(value=300)
+    running = asyncio.create_task(host.invoke("Witness", "w", "Hold", pack(release), Caller()))
+    await eventually(lambda: len(read_records(tmp_path)) == 2, 5, "the first call to run")
+    waiting = asyncio.create_task(host.invoke("Witness", "w", "Touch", pack(Empty()), Caller()))
+    shard = shard_of("Witness", "w")
+    await eventually(lambda: table.in_flight(shard) == 2, 5, "the second call to be admitted")
+    valid[0] = False
+    await running
+    with pytest.raises(ShardNotServed) as refused:
+        await waiting
+    assert refused.value.reason is ShardRefusal.NOT_OWNER
+    assert [record.event for record in read_records(tmp_path)] == ["activate", "call"]

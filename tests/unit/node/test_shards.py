@@ -42,6 +42,27 @@ async def test_an_expired_lease_refuses_every_call_before_any_fencing() -> None:
     assert refused.value.reason is ShardRefusal.NOT_OWNER
 
 
+async def test_an_admitted_call_may_run_only_while_the_shard_is_still_served() -> None:
+    """still_admitted lets an admitted call run while its shard is owned or draining (a drain
+    lets its calls finish), and refuses it as not the owner once the lease is no longer valid
+    or the shard was fenced away."""
+    valid = [True]
+    table = ShardTable("n1", lease_valid=lambda: valid[0])
+    table.own(4)
+    table.still_admitted(4)
+    table.start_draining(4)
+    table.still_admitted(4)
+    valid[0] = False
+    with pytest.raises(ShardNotServed) as refused:
+        table.still_admitted(4, "Witness/w-1")
+    assert refused.value.reason is ShardRefusal.NOT_OWNER
+    assert "Witness/w-1" in refused.value.message
+    valid[0] = True
+    table.fence()
+    with pytest.raises(ShardNotServed):
+        table.still_admitted(4)
+
+
 async def test_draining_waits_for_the_calls_in_flight_and_admits_no_new_one() -> None:
     """A call admitted before the drain finishes; the drain returns once it has; a call that
     arrives meanwhile is refused as moving."""

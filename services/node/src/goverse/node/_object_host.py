@@ -110,6 +110,11 @@ class ObjectHost:
         with self._shards.admit(shard_of(*key), f"{key[0]}/{key[1]}"):
             yield
 
+    def _still_admitted(self, key: ObjectKey) -> None:
+        """Refuses, before any of the object's code runs, a call that was admitted but may not
+        run any more (:meth:`ShardTable.still_admitted`): routing sends it again."""
+        self._shards.still_admitted(shard_of(*key), f"{key[0]}/{key[1]}")
+
     def method(self, object_type: ObjectType, method: str) -> MethodInfo:
         """The callable method; InvalidArgument or Unimplemented (:meth:`ObjectType.method`)."""
         return object_type.method(method)
@@ -144,8 +149,10 @@ class ObjectHost:
                 async with entry.turn:
                     if entry.gone:
                         continue
+                    self._still_admitted(key)
                     if not entry.active:
                         await self._activate(key, entry)
+                        self._still_admitted(key)
                     result = await self._call(key, entry, info, message, caller)
                 return wire.pack(result)
 
@@ -161,6 +168,7 @@ class ObjectHost:
                         continue
                     if entry.active:
                         return False
+                    self._still_admitted(key)
                     await self._activate(key, entry)
                     return True
 

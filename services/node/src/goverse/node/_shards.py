@@ -102,6 +102,23 @@ class ShardTable:
             if not calls and shard in self._idle:
                 self._idle.pop(shard).set()
 
+    def still_admitted(self, shard: int, what: str = "") -> None:
+        """Raises :class:`~goverse.errors.ShardNotServed` (not the owner) when a call admitted
+        for `shard` may not run any more: the shard is no longer this node's (fenced, or taken
+        away) or the lease is not valid now. Checked again once the call has its object's
+        turn, just before anything of the object runs: the call may have waited there through
+        a pause of the process past its lease (SIGSTOP, a long GC), and on resumption it would
+        run before the fence, which comes from a timer, had cancelled it. A draining shard
+        still runs the calls it admitted."""
+        if self._state[shard] is ShardState.UNOWNED or not self._lease_valid():
+            owner = self._owner_of(shard)
+            by = f"owned by node {owner}, not by" if owner else "not owned by"
+            raise ShardNotServed(
+                shard,
+                ShardRefusal.NOT_OWNER,
+                f"{what or f'shard {shard}'} is {by} node {self._node}",
+            )
+
     # -- ownership ------------------------------------------------------------------------
 
     def own(self, shard: int, epoch: int = 0) -> None:
