@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +23,7 @@ from goverse.server._etcd import EtcdClient, WatchBatch
 from goverse.server._etcd_view import EtcdView
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.tasks import cancel_and_wait
+from tests.helpers.waiting import eventually
 
 PREFIX = "/goverse"
 KEYS = ClusterKeys(PREFIX)
@@ -99,7 +102,7 @@ async def client(etcd: EtcdServer) -> AsyncIterator[EtcdClient]:
 
 
 @contextlib.asynccontextmanager
-async def running_owner(client: EtcdClient) -> AsyncIterator[Owner]:
+async def running_owner(client: EtcdClient, config: NodeConfig = CONFIG) -> AsyncIterator[Owner]:
     """Node `NODE`'s ownership and view, running until the block ends."""
     view = LaggingView(client)
     await view.start()
@@ -111,7 +114,7 @@ async def running_owner(client: EtcdClient) -> AsyncIterator[Owner]:
         address=NODE,
         table=table,
         host=ObjectHost({}, table, NODE),
-        config=CONFIG,
+        config=config,
         on_ready=lambda ready: None,
     )
     tasks = [
@@ -180,3 +183,31 @@ async def test_a_shard_handed_off_is_not_taken_back_from_a_stale_view(client: Et
         # --max-handoffs (256: two transactions of 127 and one of 2), not one per shard.
         chunks = -(-len(theirs) // CONFIG.max_handoffs)
         assert handed_off - before <= 1 + 3 * chunks
+
+
+async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(
+    client: EtcdClient, etcd: EtcdServer
+) -> None:
+    """etcd is killed: the node cannot renew its lease and fences itself, and keeps trying to
+    join again. etcd starts again on its port and, as it does for every lease when it starts,
+    gives the fenced incarnation's lease a whole TTL again. The node revokes that lease before
+    it joins, so its old shard keys go at once and it owns every shard again well before
+    that TTL has passed (it would wait for the whole TTL otherwise)."""
+    ttl = timedelta(seconds=6)
+    config = dataclasses.replace(
+        CONFIG, lease_ttl=ttl, fence_margin=timedelta(seconds=1), etcd_timeout=timedelta(seconds=2)
+    )
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        fenced = owner.ownership.incarnation
+        etcd.kill()
+        await eventually(lambda: owner.ownership.fenced, WAIT, "the fence")
+        await etcd.start()
+        back = time.monotonic()
+        await eventually(
+            lambda: owner.ownership.incarnation != fenced and len(owner.owned()) == SHARD_COUNT,
+            WAIT,
+            "every shard owned by the new incarnation",
+        )
+        took = time.monotonic() - back
+    assert took < ttl.total_seconds() - 1, f"{took:.2f}s"

@@ -104,6 +104,8 @@ class ShardOwnership:
         """Shards this incarnation handed off, with the epoch (create revision) of the key it
         deleted, until the view no longer shows that key: a view that still does is behind."""
         self._leaving = False
+        self._fenced_lease: int | None = None
+        """The lease of the incarnation that fenced itself, until it is revoked."""
         self.fenced = False
         """Whether the node fenced itself and has not rejoined yet."""
         self._reconciler: asyncio.Task[None] | None = None
@@ -146,6 +148,7 @@ class ShardOwnership:
 
     async def _incarnation(self) -> None:
         """One lease's life: grant, register, reconcile until the lease is lost, fence."""
+        await self._revoke_fenced()
         lost = asyncio.Event()
         lease = Lease(self._client, self._ttl, on_lost=lost.set)
         await lease.grant()
@@ -186,6 +189,18 @@ class ShardOwnership:
             await asyncio.wait(children)
         if not self._leaving:
             self._fence(lease.lost_reason or "the lease's validity reached the fence margin")
+            self._fenced_lease = lease.id
+
+    async def _revoke_fenced(self) -> None:
+        """Revokes the lease of the incarnation that fenced itself, before the next one joins:
+        its shard keys go at once instead of when etcd expires the lease. That one serves
+        nothing any more, so nothing is lost; and etcd, when it restarted meanwhile, gave
+        every lease a whole TTL again, so the new incarnation (and its peers) would otherwise
+        wait that long to claim the shards. Raises the client's errors: joining waits for it."""
+        if self._fenced_lease is not None:
+            await self._client.revoke(self._fenced_lease)
+            log.info("the fenced incarnation's lease revoked: its shards are free")
+            self._fenced_lease = None
 
     async def _until_untrusted(self, lease: Lease) -> None:
         """Returns once the lease is no longer valid beyond the fence margin."""
