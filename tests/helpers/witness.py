@@ -22,6 +22,7 @@ machine); records are placed in a life on ``wall``, the clock of the log lines.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -158,6 +159,20 @@ class Verdict:
         for hold in self.holds:
             holders[hold.object_id].add(hold.holder)
         return sum(1 for found in holders.values() if len(found) > 1)
+
+    def handoff_gaps(self) -> list[float]:
+        """For each time an object changed holder: seconds from the end of the old hold to the
+        start of the new one (how long nobody held it; negative for an overlap)."""
+        by_object: dict[str, list[Hold]] = defaultdict(list)
+        for hold in self.holds:
+            by_object[hold.object_id].append(hold)
+        gaps = []
+        for found in by_object.values():
+            found.sort(key=lambda hold: hold.start_ns)
+            for before, after in itertools.pairwise(found):
+                if before.holder != after.holder:
+                    gaps.append((after.start_ns - before.end_ns) / 1e9)
+        return gaps
 
     def summary(self) -> str:
         return (

@@ -1,0 +1,172 @@
+"""Clients that call Witness objects in a loop through the gates, every outcome recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from goverse.client import CallError, Client
+from tests.helpers.tasks import STOP_TIMEOUT, cancel_and_wait
+
+CALL_TIMEOUT = 10.0
+"""Each call's deadline: above a crashed node's TTL plus its reclaim, so that a call that
+waits through a crash window can still succeed."""
+PAUSE = 0.02
+"""Seconds a client waits between two calls: about 8 x 40 calls a second in all, load enough
+to hit every moving shard while leaving the 2 shared cores to the processes under test."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One call: who made it, to which object, when (wall clock), how it ended, and the pid of
+    the node process that served it (0 when it failed)."""
+
+    client: int
+    object_id: str
+    started: float
+    ended: float
+    code: str
+    """``OK`` or the gRPC status code's name."""
+    pid: int
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    @property
+    def latency(self) -> float:
+        return self.ended - self.started
+
+
+class CallLoad:
+    """`clients` SDK clients, each knowing every gate in `gates`, each calling ``Witness.Touch``
+    on `object_ids` in a loop (client *i* starts at its own offset, so the clients spread over
+    the objects and sometimes call the same one together), pausing :data:`PAUSE` in between.
+    Every call's :class:`Outcome` goes to :attr:`outcomes`.
+
+    :meth:`start` connects the clients and starts the loops; :meth:`stop` lets each loop
+    finish its call in flight (bounded by the call timeout), then closes the clients. Use it as
+    an async context manager to always stop it.
+    """
+
+    def __init__(
+        self,
+        gates: Sequence[str],
+        object_ids: Sequence[str],
+        *,
+        clients: int = 8,
+        timeout: float = CALL_TIMEOUT,
+        pause: float = PAUSE,
+        **options: Any,
+    ) -> None:
+        self._gates = list(gates)
+        self._ids = list(object_ids)
+        self._count = clients
+        self._timeout = timeout
+        self._pause = pause
+        self._options = options
+        self.clients: list[Client] = []
+        self.outcomes: list[Outcome] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    async def __aenter__(self) -> CallLoad:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> CallLoad:
+        for _ in range(self._count):
+            client = Client(self._gates, **self._options)
+            self.clients.append(client)
+            await client.connect()
+        step = max(len(self._ids) // self._count, 1)
+        self._loops = [
+            asyncio.create_task(self._loop(index, client, index * step), name=f"caller-{index}")
+            for index, client in enumerate(self.clients)
+        ]
+        return self
+
+    async def stop(self) -> None:
+        """Stops the loops after their call in flight, then closes the clients; idempotent."""
+        self._stopping.set()
+        if self._loops:
+            _, pending = await asyncio.wait(self._loops, timeout=self._timeout + STOP_TIMEOUT)
+            for task in pending:
+                await cancel_and_wait(task)
+            for task in self._loops:
+                if not task.cancelled():
+                    task.result()  # a crashed loop is a bug of this helper: say so
+        for client in self.clients:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await client.close()
+
+    async def _loop(self, index: int, client: Client, offset: int) -> None:
+        ids = self._ids[offset:] + self._ids[:offset]
+        for object_id in itertools.cycle(ids):
+            if self._stopping.is_set():
+                return
+            started = time.time()
+            try:
+                reply = await client.call(
+                    "Witness", object_id, "Touch", Empty(), Int64Value, timeout=self._timeout
+                )
+            except CallError as error:
+                outcome = Outcome(
+                    index, object_id, started, time.time(), error.status_code.name, 0, error.message
+                )
+            else:
+                outcome = Outcome(index, object_id, started, time.time(), "OK", reply.value)
+            self.outcomes.append(outcome)
+            async with self._progress:
+                self._progress.notify_all()
+            await asyncio.sleep(self._pause)  # pacing, not waiting for anything
+
+    async def until(
+        self, predicate: Callable[[list[Outcome]], object], timeout: float, what: str
+    ) -> None:
+        """Waits until `predicate(outcomes)` holds, checked after each call ends; fails the
+        test after `timeout` seconds naming `what`."""
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: bool(predicate(self.outcomes)))
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+    async def calls(self, count: int, timeout: float = 30.0) -> None:
+        """Waits until `count` more calls have ended."""
+        target = len(self.outcomes) + count
+        await self.until(lambda done: len(done) >= target, timeout, f"{count} more calls")
+
+    def between(self, start: float, end: float) -> list[Outcome]:
+        """The calls that started in [start, end)."""
+        return [o for o in self.outcomes if start <= o.started < end]
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def served_by(self, before: float) -> dict[str, int]:
+        """For each object, the pid of the node that served its last call ended before
+        `before`."""
+        served: dict[str, int] = {}
+        for outcome in sorted(self.outcomes, key=lambda o: o.ended):
+            if outcome.ok and outcome.ended < before:
+                served[outcome.object_id] = outcome.pid
+        return served
+
+
+def witness_ids(count: int, prefix: str = "w") -> list[str]:
+    return [f"{prefix}-{n}" for n in range(count)]
+
+
+__all__ = ["CALL_TIMEOUT", "CallLoad", "Outcome", "witness_ids"]
