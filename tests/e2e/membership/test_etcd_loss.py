@@ -1,6 +1,6 @@
 """etcd killed (SIGKILL) while clients call, then started again on its port: nobody restarts.
 
-Two nodes and a gate on a real etcd (``--lease-ttl=5s``, :mod:`tests.helpers.etcd_cluster`),
+Two nodes and a gate on a real etcd (``--lease-ttl=6s``, :mod:`tests.helpers.etcd_cluster`),
 8 SDK clients calling 100 Witness objects in a loop. Prints what it measured (run with
 ``-s``).
 """

@@ -1,6 +1,6 @@
 """Planned membership changes under calls: scaling out and in, a rolling restart, a gate restart.
 
-Each scenario runs real nodes and gates on a real etcd (``--lease-ttl=5s``, see
+Each scenario runs real nodes and gates on a real etcd (``--lease-ttl=6s``, see
 :mod:`tests.helpers.etcd_cluster`) while 8 SDK clients call 100 Witness objects in a loop, and
 asserts that no call failed and that no two node incarnations ever held one object at
 overlapping times. Each prints what it measured (run with ``-s``); docs/membership.md
