@@ -165,8 +165,16 @@ class CallLoad:
         return served
 
 
+def codes(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many of `outcomes` ended with each status code (``OK`` included)."""
+    found: dict[str, int] = {}
+    for outcome in outcomes:
+        found[outcome.code] = found.get(outcome.code, 0) + 1
+    return found
+
+
 def witness_ids(count: int, prefix: str = "w") -> list[str]:
     return [f"{prefix}-{n}" for n in range(count)]
 
 
-__all__ = ["CALL_TIMEOUT", "CallLoad", "Outcome", "witness_ids"]
+__all__ = ["CALL_TIMEOUT", "CallLoad", "Outcome", "codes", "witness_ids"]

@@ -200,10 +200,6 @@ class EtcdCluster:
         status = await asyncio.to_thread(health_status, proc.address, NODE_SERVICE)
         return status == 1  # SERVING
 
-    def pids(self, proc: ServiceProcess) -> list[int]:
-        """The pids of every run of a node process, in order."""
-        return [pid for pid, _ in _runs(proc)]
-
     def verdict(self) -> Verdict:
         """The one-activation invariant over everything the Witness objects recorded."""
         return check(read_records(self.witness_dir), self.lives())

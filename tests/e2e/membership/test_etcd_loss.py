@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers.call_load import CallLoad, Outcome, witness_ids
+from tests.helpers.call_load import CallLoad, codes, witness_ids
 from tests.helpers.etcd_cluster import ETCD_TIMEOUT, FENCE_MARGIN, TTL, EtcdCluster
 from tests.helpers.faults import logged_at
 from tests.helpers.waiting import eventually
@@ -21,13 +21,6 @@ SLACK = 5.0
 OUTAGE_CODES = {"FAILED_PRECONDITION", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 """What a call answers when no node may serve its shard until its deadline (docs/errors.md):
 the last refusal (fenced nodes are not the owner), no owner, or the deadline."""
-
-
-def codes(outcomes: list[Outcome]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for outcome in outcomes:
-        found[outcome.code] = found.get(outcome.code, 0) + 1
-    return found
 
 
 async def test_nodes_fence_and_gates_turn_not_ready_without_etcd_and_all_recover_after_it(

@@ -18,7 +18,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.client import CallError, Client
 from goverse.placement import shard_of
-from tests.helpers.call_load import CallLoad, Outcome, witness_ids
+from tests.helpers.call_load import CallLoad, codes, witness_ids
 from tests.helpers.etcd_cluster import TTL, EtcdCluster, percentile
 from tests.helpers.faults import logged_at, sigkill, sigstop
 from tests.helpers.waiting import eventually
@@ -57,13 +57,6 @@ def describe(result: Int64Value | BaseException, frozen: int) -> str:
     if isinstance(result, BaseException):
         return f"failed: {result!r}"
     return "served by the frozen node" if result.value == frozen else "served by another node"
-
-
-def codes(outcomes: list[Outcome]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for outcome in outcomes:
-        found[outcome.code] = found.get(outcome.code, 0) + 1
-    return found
 
 
 async def test_a_killed_nodes_objects_are_served_again_once_its_lease_expired(

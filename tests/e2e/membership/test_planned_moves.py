@@ -13,7 +13,7 @@ import asyncio
 import functools
 import time
 
-from tests.helpers.call_load import CallLoad, Outcome, witness_ids
+from tests.helpers.call_load import CallLoad, codes, witness_ids
 from tests.helpers.etcd_cluster import EtcdCluster, percentile
 from tests.helpers.waiting import eventually
 
@@ -38,13 +38,6 @@ def describe(extra: list[float]) -> str:
         f"{percentile(extra, 0.5) * 1000:.0f} ms, p99 {percentile(extra, 0.99) * 1000:.0f} ms, "
         f"max {max(extra, default=0.0) * 1000:.0f} ms"
     )
-
-
-def codes(outcomes: list[Outcome]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for outcome in outcomes:
-        found[outcome.code] = found.get(outcome.code, 0) + 1
-    return found
 
 
 async def test_scaling_from_two_to_four_nodes_and_back_fails_no_call(
