@@ -435,12 +435,16 @@ async def pushes_reach_everyone(
             await next_chat(inbox, f"{text} {room}")
 
 
+HANDOFF_EVENTS = ("shards handed off", "leaving with shards not handed off")
+"""The node's log events (their beginnings) about handing its shards off."""
+
+
 def handoff_lines(target: Target, index: int) -> list[dict[str, Any]]:
-    """A stopped node's log lines about handing shards off when it left."""
+    """A stopped node's log lines about handing shards off, the one when it left last."""
     return [
         line
         for line in json_lines(target, "node", index)
-        if line["event"] in ("shards handed off", "leaving with shards not handed off")
+        if str(line["event"]).startswith(HANDOFF_EVENTS)
     ]
 
 
