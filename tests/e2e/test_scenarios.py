@@ -448,6 +448,15 @@ def handoff_lines(target: Target, index: int) -> list[dict[str, Any]]:
     ]
 
 
+def handoff_summary(lines: list[dict[str, Any]]) -> str:
+    if not lines:
+        return "no handoff logged"
+    last = lines[-1]
+    if last["event"] == "shards handed off":
+        return f"{last['shards']} shards handed off, {last['kept']} kept"
+    return f"{last.get('shards')} shards NOT handed off (left to the lease)"
+
+
 def latencies(load: CallLoad, start: float, end: float, objects: set[str], steady: float) -> str:
     seconds = load.seconds(start, end, objects)
     p99 = percentile(seconds, 0.99)
@@ -520,9 +529,9 @@ async def test_nodes_scale_out_and_in_under_calls(
     )
     report(
         f"scale-in: nodes stopped in {', '.join(f'{s.seconds:.2f}s' for s in stopped)} "
-        f"(exit {', '.join(str(s.exit_code) for s in stopped)}), handing off "
-        f"{' and '.join(str(lines[-1].get('shards') if lines else None) for lines in handoffs)} "
-        f"shards; settled {settled_in:.1f}s after; calls to the moving counters: "
+        f"(exit {', '.join(str(s.exit_code) for s in stopped)}), "
+        f"{' and '.join(map(handoff_summary, handoffs))}; settled {settled_in:.1f}s after; "
+        f"calls to the moving counters: "
         f"{latencies(load, in_at, in_end, moving, steady)}"
     )
 
