@@ -118,7 +118,8 @@ class KindTarget:
         """The node pods' GOVERSE_ADVERTISE, ``$(POD_NAME)`` unexpanded."""
         self._statefulset = ""
         self._removed_logs: dict[str, Path] = {}
-        self._followers: list[subprocess.Popen[bytes]] = []
+        self._followers: dict[str, subprocess.Popen[bytes]] = {}
+        """``kubectl logs --follow`` of each node pod a scale-in removed, into a file."""
         self._pre_stop = 0.0
         self._gate_port = 0
         self._node_port = 0
@@ -257,7 +258,7 @@ class KindTarget:
     def close(self) -> None:
         for pod in list(self._forwards):
             self._unforward(pod)
-        for follower in self._followers:
+        for follower in self._followers.values():
             follower.terminate()
             follower.wait(10)
 
@@ -307,7 +308,7 @@ class KindTarget:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
-            self._followers.append(follower)
+            self._followers[pod] = follower
             self._removed_logs[pod] = path
         started = time.monotonic()
         self.kubectl("scale", f"statefulset/{self._statefulset}", f"--replicas={count}")
@@ -327,11 +328,15 @@ class KindTarget:
         return results
 
     def _gone(self, pod: str, started: float) -> StopResult:
-        """Waits until a pod a scale-in removes is gone; its exit code is not observed."""
+        """Waits until a pod a scale-in removes is gone (its exit code is not observed), then
+        until its logs are all in their file (the follower ends with the container)."""
         self.kubectl(
             "wait", "--for=delete", f"pod/{pod}", "--timeout=120s", timeout=150, check=False
         )
-        return StopResult(time.monotonic() - started, None)
+        result = StopResult(time.monotonic() - started, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._followers[pod].wait(30)
+        return result
 
     def _delete(self, pod: str) -> StopResult:
         """Deletes `pod` and watches it: seconds until its container terminated (preStop
