@@ -2,10 +2,13 @@
 # Scripts: scripts/docker/ (images) and scripts/chart/ (chart checks); docs/deploy.md.
 # None of these needs the project's virtual environment: they use $(PYTHON) (3.11+) directly.
 
-.PHONY: images docker-engine base-image wheelhouse chart-tools chart-check
+.PHONY: images etcd-image docker-engine base-image wheelhouse chart-tools chart-check
 
 images: ## Build the goverse-gate and goverse-node images (starts a Docker engine if needed)
 	PYTHON=$(PYTHON) scripts/docker/build.sh
+
+etcd-image: ## Build goverse-etcd, the single-member etcd of the e2e docker target (no pull needed)
+	PYTHON=$(PYTHON) scripts/docker/etcd-image.sh
 
 docker-engine: ## Install (Debian docker.io) and start a Docker engine when none answers
 	scripts/docker/engine.sh

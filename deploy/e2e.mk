@@ -5,7 +5,7 @@ E2E_ARGS ?= -v
 
 .PHONY: e2e-docker e2e-kind e2e-docker-clean
 
-e2e-docker: $(STAMP) chart-tools images ## Run the e2e scenarios on containers made from the chart's helm template output
+e2e-docker: $(STAMP) chart-tools images etcd-image ## Run the e2e scenarios on containers made from the chart's helm template output, with an etcd container
 	$(BIN)/pytest tests/e2e/test_scenarios.py --target docker $(E2E_ARGS) $(PYTEST_ARGS)
 
 e2e-kind: ## Run the e2e scenarios on a kind cluster with the chart installed (needs kind)

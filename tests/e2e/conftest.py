@@ -42,3 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where tests/e2e/test_scenarios.py runs (tests/e2e/targets): local processes, "
         "containers from the chart on Docker, or a kind cluster (env GOVERSE_E2E_TARGET)",
     )
+    parser.addoption(
+        "--membership",
+        default=os.environ.get("GOVERSE_E2E_MEMBERSHIP", "etcd"),
+        choices=("etcd", "static"),
+        help="membership of the local and docker targets' services: etcd (an etcd the target "
+        "starts; nodes scale) or the static node list (env GOVERSE_E2E_MEMBERSHIP); the kind "
+        "target runs what the release installed",
+    )

@@ -1,11 +1,12 @@
 """The shared end-to-end scenarios, run on the target `--target` names (default `local`).
 
-One cluster of 2 nodes and 2 gates per run of this module (tests/e2e/targets): `local`
-processes in `make test`, containers made from the chart's `helm template` output in
-`make e2e-docker`, the installed chart on kind in `make e2e-kind`. The scenarios talk to the
-gates only, with the client SDK, and read what each target offers: logs, exported spans,
-stop times. Scenarios that break something (a node restart, a gate stop) run last and put
-the cluster back.
+One cluster of 2 nodes and 2 gates per run of this module (tests/e2e/targets), on etcd
+membership unless `--membership static`: `local` processes in `make test`, containers made
+from the chart's `helm template` output in `make e2e-docker`, the installed chart on kind in
+`make e2e-kind`. The scenarios talk to the gates with the client SDK, ask the nodes for their
+Status, and read what each target offers: logs, exported spans, stop times. Scenarios that
+break something (a scale out and in, a node restart, a gate stop) run last and put the
+cluster back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from goverse.client import CallError, Client
@@ -29,16 +31,19 @@ from goverse.examples.v1.chat_pb2 import (
     SendResponse,
 )
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from goverse.placement import Placement
+from goverse.placement import SHARD_COUNT, Placement
+from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.e2e.targets import (
     Component,
     ExportedSpan,
+    Membership,
     StopResult,
     Target,
     TargetError,
     make_target,
 )
 from tests.e2e.targets.chart import ROOT
+from tests.helpers.counter_calls import CallLoad, percentile
 from tests.helpers.pushes import Inbox
 from tests.helpers.tasks import bounded
 
@@ -47,6 +52,16 @@ SERVING_TIMEOUT = 90.0
 RESUME_TIMEOUT = 60.0
 """How long pushes may take to flow again after a node restarted."""
 TRACE_TIMEOUT = 30.0
+SETTLE_TIMEOUT = 120.0
+"""How long the shards may take to reach their targets after nodes joined or left: the
+rebalance delay (5 s) after the last join, the handoffs, containers starting on a loaded
+2-core machine."""
+SCALED_NODES = 4
+CALLERS = 4
+CALL_INTERVAL = 0.05
+"""Seconds between two calls of one caller: 80 calls a second in all hit every moving shard
+of the 64 counters and leave the shared 2 cores to the processes under test."""
+CALL_OBJECTS = 64
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 GATE_CALL = "/goverse.v1.GateService/CallObject"
@@ -66,7 +81,8 @@ def target(
     name = request.config.getoption("--target", default=None) or os.environ.get(
         "GOVERSE_E2E_TARGET", "local"
     )
-    made = make_target(str(name), tmp_path_factory.mktemp(f"e2e-{name}"))
+    membership: Membership = request.config.getoption("--membership", default=None) or "etcd"
+    made = make_target(str(name), tmp_path_factory.mktemp(f"e2e-{name}"), membership)
     try:
         try:
             made.start()
@@ -121,9 +137,63 @@ def owned_id(target: Target, node_index: int, object_type: str, prefix: str) -> 
     return f"{prefix}-{n}"
 
 
+async def node_status(endpoint: str) -> node_pb2.StatusResponse:
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
+            node_pb2.StatusRequest(), timeout=5
+        )
+    return reply
+
+
+def unsettled(target: Target, statuses: list[node_pb2.StatusResponse]) -> list[str]:
+    """What keeps the nodes from the state placement wants: each node sees exactly the
+    running nodes, owns exactly the shards whose target it is (so together all 8192, each
+    once), drains none, and has both gates' streams. Empty when settled."""
+    names = target.node_addresses()
+    placement = Placement(names)
+    gate_ids = sorted(target.instance_ids("gate"))
+    problems = []
+    for name, status in zip(names, statuses, strict=True):
+        targets = [s for s in range(SHARD_COUNT) if placement.node_for_shard(s) == name]
+        if status.node != name:
+            problems.append(f"{name} answers as {status.node}")
+        if sorted(status.nodes) != sorted(names):
+            problems.append(f"{name} sees nodes {sorted(status.nodes)}")
+        if list(status.owned_shards) != targets:
+            problems.append(f"{name} owns {len(status.owned_shards)} of its {len(targets)} shards")
+        if status.draining_shards:
+            problems.append(f"{name} drains {len(status.draining_shards)} shards")
+        if sorted(status.gates) != gate_ids:
+            problems.append(f"{name} has streams of gates {sorted(status.gates)}")
+    return problems
+
+
+async def wait_settled(target: Target) -> float:
+    """With etcd membership, waits until the shards are where placement over the running
+    nodes puts them (:func:`unsettled`); returns how long that took."""
+    started = time.monotonic()
+    problems = ["not asked yet"]
+    while time.monotonic() - started < SETTLE_TIMEOUT:
+        endpoints = await asyncio.to_thread(target.node_endpoints)
+        try:
+            statuses = [await node_status(endpoint) for endpoint in endpoints]
+        except grpc.RpcError as error:
+            problems = [f"Status failed: {error}"]
+        else:
+            problems = unsettled(target, statuses)
+            if not problems:
+                return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"shards not settled within {SETTLE_TIMEOUT:.0f}s: {problems}")
+
+
 async def wait_serving(target: Target) -> None:
     """Waits until a call through each gate reaches an object on each node (a gate serves
-    before its links to the nodes are up, and a restarted node is dialled again with backoff)."""
+    before its links to the nodes are up, and a restarted node is dialled again with backoff);
+    with etcd membership, first until every shard is on its target node (a room that moves in
+    the middle of a scenario loses its members)."""
+    if target.membership == "etcd":
+        await wait_settled(target)
     deadline = time.monotonic() + SERVING_TIMEOUT
     for gate in target.gate_addresses():
         async with Client([gate]) as client:
@@ -344,6 +414,145 @@ async def test_chart_test_pod_passes(cluster: Target) -> None:
 # -- scenarios that break something and put it back -----------------------------------------------
 
 
+def staying_id(target: Target, counts: tuple[int, ...], object_type: str, prefix: str) -> str:
+    """An object id on node 0 with any of `counts` nodes running: its shard never moves."""
+    placements = [Placement(target.node_addresses(count)) for count in counts]
+    first = target.node_addresses(1)[0]
+    n = 0
+    while any(p.node_for(object_type, f"{prefix}-{n}") != first for p in placements):
+        n += 1
+    return f"{prefix}-{n}"
+
+
+async def pushes_reach_everyone(
+    target: Target, users: list[Client], inboxes: list[Inbox], rooms: list[str], text: str
+) -> None:
+    """Each member joins `rooms`, a message is sent to each, every member gets it."""
+    for room in rooms:
+        await join_all(users, room)
+        await say(users[0], room, f"{text} {room}")
+        for inbox in inboxes:
+            await next_chat(inbox, f"{text} {room}")
+
+
+HANDOFF_EVENTS = ("shards handed off", "leaving with shards not handed off")
+"""The node's log events (their beginnings) about handing its shards off."""
+
+
+def handoff_lines(target: Target, index: int) -> list[dict[str, Any]]:
+    """A stopped node's log lines about handing shards off, the one when it left last."""
+    return [
+        line
+        for line in json_lines(target, "node", index)
+        if str(line["event"]).startswith(HANDOFF_EVENTS)
+    ]
+
+
+def handoff_summary(lines: list[dict[str, Any]]) -> str:
+    if not lines:
+        return "no handoff logged"
+    last = lines[-1]
+    if last["event"] == "shards handed off":
+        return f"{last['shards']} shards handed off, {last['kept']} kept"
+    return f"{last.get('shards')} shards NOT handed off (left to the lease)"
+
+
+def latencies(load: CallLoad, start: float, end: float, objects: set[str], steady: float) -> str:
+    seconds = load.seconds(start, end, objects)
+    p99 = percentile(seconds, 0.99)
+    return (
+        f"{len(seconds)} calls, p50 {percentile(seconds, 0.5) * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms (+{max(p99 - steady, 0) * 1000:.0f} ms), "
+        f"max {max(seconds, default=0) * 1000:.0f} ms"
+    )
+
+
+@pytest.mark.timeout(SETTLE_TIMEOUT * 2 + 4 * SERVING_TIMEOUT)
+async def test_nodes_scale_out_and_in_under_calls(
+    cluster: Target, clients: list[Client], report: Report
+) -> None:
+    """Nodes scale from 2 to 4 and back to 2 (SIGTERM) the platform's way while clients call
+    64 counters on both gates without pause: no call fails (a call to a moving shard waits and
+    succeeds on the new owner); the new nodes own their shards and the two that stopped
+    handed all of theirs off (the two left own all 8192 shards, and the stopped ones exited
+    0 having kept none); pushes reach members on both gates from every node, and a room
+    whose shard never moved keeps its members throughout."""
+    reason = await asyncio.to_thread(cluster.scaling_unsupported)
+    if reason:
+        pytest.skip(f"nodes do not scale on {cluster.name}: {reason}")
+    base = len(cluster.node_addresses())
+    gates = cluster.gate_addresses()
+    users = [await connect(clients, [gates[i % len(gates)]]) for i in range(4)]
+    inboxes = [Inbox(user) for user in users]
+    staying = staying_id(cluster, (base, SCALED_NODES), "ChatRoom", "e2e-stays")
+    await pushes_reach_everyone(cluster, users, inboxes, [staying], "before")
+
+    callers = [await connect(clients, [gates[i % len(gates)]]) for i in range(CALLERS)]
+    ids = [f"e2e-scale-{n}" for n in range(CALL_OBJECTS)]
+    small = Placement(cluster.node_addresses(base))
+    large = Placement(cluster.node_addresses(SCALED_NODES))
+    moving = {i for i in ids if small.node_for("Counter", i) != large.node_for("Counter", i)}
+    load = CallLoad(callers, ids, CALL_INTERVAL).start()
+    try:
+        await load.made(100, timeout=60)
+        out_at = time.monotonic()
+        await asyncio.to_thread(cluster.scale_nodes, SCALED_NODES)
+        ready = time.monotonic() - out_at
+        settled_out = ready + await wait_settled(cluster)
+        out_end = time.monotonic()
+        new_nodes = range(base, SCALED_NODES)
+        rooms = [owned_id(cluster, node, "ChatRoom", "e2e-scaled") for node in new_nodes]
+        await pushes_reach_everyone(cluster, users, inboxes, [staying, *rooms], "out")
+        names = cluster.node_addresses()
+        targets = [large.node_for_shard(shard) for shard in range(SHARD_COUNT)]
+        owned = [targets.count(names[node]) for node in new_nodes]
+
+        in_at = time.monotonic()
+        stopped = await asyncio.to_thread(cluster.scale_nodes, base)
+        settled_in = await wait_settled(cluster)
+        in_end = time.monotonic()
+        await pushes_reach_everyone(cluster, users, inboxes, [staying], "in")
+    finally:
+        await load.stop()
+
+    handoffs = [await asyncio.to_thread(handoff_lines, cluster, node) for node in new_nodes]
+    failed = load.failed()
+    steady = percentile(load.seconds(0, out_at), 0.99)
+    report(
+        f"nodes {base}->{SCALED_NODES}->{base} under {CALLERS} callers: {len(load.records)} "
+        f"calls, {len(failed)} failed; steady p99 {steady * 1000:.0f} ms"
+    )
+    report(
+        f"scale-out: new nodes ready in {ready:.1f}s, shards settled {settled_out:.1f}s after "
+        f"the scale; calls to the {len(moving)} moving counters: "
+        f"{latencies(load, out_at, out_end, moving, steady)}"
+    )
+    report(
+        f"scale-in: nodes stopped in {', '.join(f'{s.seconds:.2f}s' for s in stopped)} "
+        f"(exit {', '.join(str(s.exit_code) for s in stopped)}), "
+        f"{' and '.join(map(handoff_summary, handoffs))}; settled {settled_in:.1f}s after; "
+        f"calls to the moving counters: "
+        f"{latencies(load, in_at, in_end, moving, steady)}"
+    )
+
+    assert not failed, (
+        f"{len(failed)} of {len(load.records)} calls failed; (seconds after the scale-out "
+        f"began, the scale-in began at {in_at - out_at:.1f}s; counter; error): "
+        f"{[(round(r.started - out_at, 1), r.object_id, r.error) for r in failed[:10]]}"
+    )
+    assert len(stopped) == SCALED_NODES - base
+    for stop in stopped:
+        assert stop.exit_code in (0, None), f"a node exited with {stop.exit_code}"
+        assert stop.seconds < cluster.node_stop_bound, f"a node stop took {stop.seconds:.2f}s"
+    for node, shards, lines in zip(new_nodes, owned, handoffs, strict=True):
+        assert lines, f"node {node} logged no handoff when it left"
+        # At least its own: the other node leaving with it may have claimed a few of this
+        # one's released shards in the moment before its own SIGTERM stopped its claims.
+        assert lines[-1]["event"] == "shards handed off", lines[-1]
+        assert lines[-1]["kept"] == 0, lines[-1]
+        assert lines[-1]["shards"] >= shards, (shards, lines[-1])
+
+
 async def test_node_restart_pushes_resume(
     cluster: Target, clients: list[Client], report: Report
 ) -> None:
@@ -361,7 +570,7 @@ async def test_node_restart_pushes_resume(
     stopped = await asyncio.to_thread(cluster.restart_node, 0)
     restarted = time.monotonic()
     assert stopped.exit_code in (0, None), f"the node exited with {stopped.exit_code}"
-    assert stopped.seconds < cluster.stop_bound, f"node stop took {stopped.seconds:.2f}s"
+    assert stopped.seconds < cluster.node_stop_bound, f"node stop took {stopped.seconds:.2f}s"
 
     attempt = 0
     while True:

@@ -1,5 +1,5 @@
 """The e2e targets' own logic, without Docker or Kubernetes: the chart -> `docker run`
-translation and the collector log parser."""
+translation (scaled-out StatefulSet pods included) and the collector log parser."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.e2e.targets.chart import (
     helm_test_pods,
     quantity,
     render,
+    statefulset_pod,
     workload_pods,
 )
 from tests.e2e.targets.kind import parse_debug_exporter
@@ -156,6 +157,43 @@ def test_what_docker_cannot_honour_is_refused() -> None:
     container["env"].append({"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.phase"}}})
     with pytest.raises(UnsupportedSpec, match=r"status\.phase"):
         workload_pods(manifests, Placement("e2e"), addresses())
+
+
+def test_a_statefulset_scaled_out_makes_the_next_ordinal_from_its_template() -> None:
+    """Scaling out: pod `x-3` from the same template, its name in aliases and environment;
+    pods made all at once only (Parallel), OrderedReady is refused."""
+    manifests = _manifests()
+    with pytest.raises(UnsupportedSpec, match="OrderedReady"):
+        statefulset_pod(manifests, "node", 3, Placement("e2e"), "10.0.0.99")
+    manifests[2]["spec"]["podManagementPolicy"] = "Parallel"
+    plan = statefulset_pod(manifests, "node", 3, Placement("e2e"), "10.0.0.99")
+    assert (plan.name, plan.hostname, plan.ip) == ("x-3", "x-3", "10.0.0.99")
+    assert plan.aliases[0] == "x-3.x-headless.e2e.svc.cluster.local"
+    assert plan.env["SELF"] == "x-3.x-headless:from-map"
+    assert plan.args == ["--as=x-3", "--ip=10.0.0.99"]
+
+
+@pytest.mark.skipif(
+    not (HELM.exists() and TOOLS_PYTHON.exists()), reason="chart tools not installed"
+)
+def test_the_charts_etcd_nodes_advertise_their_pod_dns_names() -> None:
+    """With membership etcd and an external endpoint: no node list, and a scaled-out node
+    advertises its own stable DNS name (its node id in etcd), which is its first alias."""
+    resources = render(
+        "goverse",
+        "e2e",
+        ["--set=membership=etcd", '--set-json=etcd.endpoints=["etcd.e2e.svc.cluster.local:2379"]'],
+    )
+    plans = workload_pods(resources, Placement("e2e"), addresses())
+    assert all("GOVERSE_NODES" not in plan.env for plan in plans)
+    assert {plan.env["GOVERSE_ETCD_ENDPOINTS"] for plan in plans} == {
+        "etcd.e2e.svc.cluster.local:2379"
+    }
+    plan = statefulset_pod(resources, "node", 3, Placement("e2e"), "10.0.0.99")
+    assert plan.name == "goverse-node-3"
+    host = "goverse-node-3.goverse-node-headless.e2e.svc.cluster.local"
+    assert plan.env["GOVERSE_ADVERTISE"] == f"{host}:7000"
+    assert plan.aliases[0] == host
 
 
 @pytest.mark.skipif(

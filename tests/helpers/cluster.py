@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
+from goverse import wire
 from goverse.client import Client
 from goverse.placement import Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess
+from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess, health_status
 from tests.helpers.waiting import wait_until
 
 
@@ -71,23 +73,33 @@ def start_cluster(
     *,
     nodes: int = 2,
     env: dict[str, str] | None = None,
+    etcd: str | None = None,
 ) -> Cluster:
     """`nodes` nodes on unix sockets named up front and `gates` gates (``gate-0`` …) on
     loopback ports they bind; returns once all of them serve and every gate's link to every
-    node is up (a gate serves before its links connect: they are its background tasks)."""
+    node is up (a gate serves before its links connect: they are its background tasks).
+
+    With `etcd` (an endpoint), membership is etcd's: nobody gets ``--nodes``, each node
+    registers its unix address; it returns once every node has joined, too."""
     cluster = Cluster(group, group.node_addresses(nodes))
+    membership = () if etcd is None else (f"--etcd-endpoints={etcd}",)
+    listed = None if etcd is not None else cluster.node_addresses
     # Nodes first: a gate that starts before its nodes serve routes its first calls into a
     # channel still backing off from "connection refused", and those fail with UNAVAILABLE.
     for address in cluster.node_addresses:
-        cluster.nodes.append(
-            group.node(address, cluster.node_addresses, node_extra, wait=False, env=env)
-        )
+        extra = (*membership, *node_extra)
+        cluster.nodes.append(group.node(address, listed, extra, wait=False, env=env))
     for proc in cluster.nodes:
         proc.wait_ready()
-    for index in range(gates):
-        cluster.gates.append(
-            group.gate(f"gate-{index}", cluster.node_addresses, gate_extra, wait=False, env=env)
+    if etcd is not None:
+        wait_until(
+            lambda: all(joined(node) for node in cluster.node_addresses),
+            START_TIMEOUT,
+            what="every node to join the cluster in etcd",
         )
+    for index in range(gates):
+        extra = (*membership, *gate_extra)
+        cluster.gates.append(group.gate(f"gate-{index}", listed, extra, wait=False, env=env))
     for proc in cluster.gates:
         proc.wait_ready()
     expected = [f"gate-{index}" for index in range(gates)]
@@ -97,6 +109,11 @@ def start_cluster(
         what="every gate to link to every node",
     )
     return cluster
+
+
+def joined(node: str) -> bool:
+    """Whether `node` is ready (health of its NodeService): in etcd membership, it joined."""
+    return bool(health_status(node, wire.NODE_SERVICE) == health_pb2.HealthCheckResponse.SERVING)
 
 
 def linked_gates(node: str) -> list[str]:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from tests.e2e.targets.base import (
     EXIT_BOUND,
+    MEMBERSHIPS,
     Component,
     ExportedSpan,
+    Membership,
     StopResult,
     Target,
     TargetError,
@@ -20,16 +22,17 @@ from tests.e2e.targets.base import (
 TARGETS = ("local", "docker", "kind")
 
 
-def make_target(name: str, workdir: Path) -> Target:
-    """A target, not started yet. Imports lazily: each target needs only its own tools."""
+def make_target(name: str, workdir: Path, membership: Membership = MEMBERSHIPS[0]) -> Target:
+    """A target, not started yet, whose services run on `membership` (the kind target runs
+    what the release installed). Imports lazily: each target needs only its own tools."""
     if name == "local":
         from tests.e2e.targets.local import LocalTarget
 
-        return LocalTarget(workdir)
+        return LocalTarget(workdir, membership)
     if name == "docker":
         from tests.e2e.targets.docker import DockerTarget
 
-        return DockerTarget(workdir)
+        return DockerTarget(workdir, membership=membership)
     if name == "kind":
         from tests.e2e.targets.kind import KindTarget
 
@@ -39,9 +42,11 @@ def make_target(name: str, workdir: Path) -> Target:
 
 __all__ = [
     "EXIT_BOUND",
+    "MEMBERSHIPS",
     "TARGETS",
     "Component",
     "ExportedSpan",
+    "Membership",
     "StopResult",
     "Target",
     "TargetError",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -12,11 +13,19 @@ from grpc_health.v1 import health_pb2
 from tests.helpers.processes import health_status
 
 Component = Literal["gate", "node"]
+Membership = Literal["static", "etcd"]
+MEMBERSHIPS: tuple[Membership, ...] = ("etcd", "static")
+"""What a target can run; the first is the default (``--membership``)."""
 
-# The services' shutdown budget is 5 s (--shutdown-timeout); a loaded 2-core machine gets
-# 3 s of slack. Targets whose stop includes more than SIGTERM -> exit (Kubernetes' preStop
-# sleep) add that on top.
-EXIT_BOUND = 8.0
+EXIT_SLACK = 3.0
+"""Seconds a loaded 2-core machine may add to a service's shutdown budget before it exits."""
+# The services' shutdown budget is 5 s (--shutdown-timeout) plus the slack. Targets whose stop
+# includes more than SIGTERM -> exit (Kubernetes' preStop sleep) add that on top.
+EXIT_BOUND = 5.0 + EXIT_SLACK
+ETCD_NODE_SHUTDOWN = 10.0
+"""The nodes' budget with etcd membership, as the chart computes it: a leaving node hands its
+shards off within 60% of it, waiting up to the handoff timeout (5 s) for their calls, plus a
+second to deactivate and release: (5 + 1) / 0.6."""
 
 
 class TargetError(RuntimeError):
@@ -58,8 +67,12 @@ class Target(Protocol):
     """
 
     name: str
+    membership: Membership
+    """How the services learn the nodes: a static list, or etcd (nodes join and leave)."""
     stop_bound: float
     """Seconds a stopped gate may take to exit here (SIGTERM budget + slack + preStop)."""
+    node_stop_bound: float
+    """Seconds a stopped node may take to exit here (its budget, longer with etcd, + slack)."""
 
     def start(self) -> None: ...
 
@@ -69,8 +82,28 @@ class Target(Protocol):
         """host:port of each gate, reachable from the test process (index = gate index)."""
         ...
 
-    def node_addresses(self) -> list[str]:
-        """The node list the services are configured with (what placement hashes)."""
+    def node_addresses(self, count: int | None = None) -> list[str]:
+        """The nodes' names, what placement hashes: the list the services are configured
+        with (static), or the addresses the running nodes registered (etcd). With `count`:
+        the names nodes 0 … count-1 have or will have when the target runs that many (a
+        StatefulSet's pod names are predictable)."""
+        ...
+
+    def node_endpoints(self) -> list[str]:
+        """Where the test process reaches each running node's gRPC server (for
+        NodeService.Status), index = node index."""
+        ...
+
+    def scaling_unsupported(self) -> str | None:
+        """Why :meth:`scale_nodes` cannot run here (static membership), or None."""
+        ...
+
+    def scale_nodes(self, count: int) -> list[StopResult]:
+        """Scales the nodes to `count` the platform's way. Up: nodes with the next ordinals
+        start; returns once each is ready (it joined the cluster in etcd). Down: the highest
+        ordinals get SIGTERM at once (a StatefulSet with ``Parallel`` pod management);
+        returns once they exited, with how each stopped, lowest ordinal first. A stopped
+        node's logs stay readable by its index until that ordinal starts again."""
         ...
 
     def instance_ids(self, component: Component) -> list[str]:
@@ -88,7 +121,7 @@ class Target(Protocol):
 
     def restart_node(self, index: int) -> StopResult:
         """Stops node `index` (SIGTERM) and starts it again with the same name; returns when
-        it serves again. The result is about the stop."""
+        it is ready again (with etcd: it joined). The result is about the stop."""
         ...
 
     def logs(self, component: Component, index: int) -> list[str]:
@@ -123,6 +156,14 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TargetError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_all(stops: Sequence[Callable[[], StopResult]]) -> list[StopResult]:
+    """Runs every stop at once (each blocks until its instance exited); results in order."""
+    if not stops:
+        return []
+    with ThreadPoolExecutor(len(stops)) as pool:
+        return list(pool.map(lambda stop: stop(), stops))
 
 
 def serving(address: str, service: str = "") -> bool:

@@ -431,35 +431,57 @@ def replica_set_suffix() -> str:
     )
 
 
+def _workload_pod(
+    resources: list[Resource],
+    kind: str,
+    workload: Resource,
+    index: int,
+    placement: Placement,
+    ip: str,
+) -> PodPlan:
+    """Pod `index` of `workload` (a StatefulSet or a Deployment)."""
+    template = workload["spec"]["template"]
+    labels = template.get("metadata", {}).get("labels") or {}
+    component = labels.get("app.kubernetes.io/component", workload["metadata"]["name"])
+    selecting = [svc for svc in _by_kind(resources, "Service") if _selects(svc, labels)]
+    domain = f"{placement.namespace}.svc.{placement.cluster_domain}"
+    base = workload["metadata"]["name"]
+    name = f"{base}-{index}" if kind == "StatefulSet" else f"{base}-{replica_set_suffix()}"
+    aliases = [f"{svc['metadata']['name']}.{domain}" for svc in selecting]
+    if kind == "StatefulSet":
+        governing = workload["spec"].get("serviceName")
+        if governing not in {svc["metadata"]["name"] for svc in selecting}:
+            raise UnsupportedSpec(f"{base}: governing Service {governing!r} missing")
+        aliases.insert(0, f"{name}.{governing}.{domain}")
+    return pod_plan(component, template, name, ip, aliases, placement, _configmaps(resources))
+
+
 def workload_pods(
     resources: list[Resource], placement: Placement, ips: Iterator[str]
 ) -> list[PodPlan]:
     """The pods of every StatefulSet and Deployment, StatefulSets first, replicas in order."""
-    configmaps = _configmaps(resources)
-    services = _by_kind(resources, "Service")
-    domain = f"{placement.namespace}.svc.{placement.cluster_domain}"
     plans: list[PodPlan] = []
     for kind in ("StatefulSet", "Deployment"):
         for workload in _by_kind(resources, kind):
-            template = workload["spec"]["template"]
-            labels = template.get("metadata", {}).get("labels") or {}
-            component = labels.get("app.kubernetes.io/component", workload["metadata"]["name"])
-            selecting = [svc for svc in services if _selects(svc, labels)]
             for index in range(int(workload["spec"].get("replicas", 1))):
-                base = workload["metadata"]["name"]
-                name = (
-                    f"{base}-{index}" if kind == "StatefulSet" else f"{base}-{replica_set_suffix()}"
-                )
-                aliases = [f"{svc['metadata']['name']}.{domain}" for svc in selecting]
-                if kind == "StatefulSet":
-                    governing = workload["spec"].get("serviceName")
-                    if governing not in {svc["metadata"]["name"] for svc in selecting}:
-                        raise UnsupportedSpec(f"{base}: governing Service {governing!r} missing")
-                    aliases.insert(0, f"{name}.{governing}.{domain}")
-                plans.append(
-                    pod_plan(component, template, name, next(ips), aliases, placement, configmaps)
-                )
+                plans.append(_workload_pod(resources, kind, workload, index, placement, next(ips)))
     return plans
+
+
+def statefulset_pod(
+    resources: list[Resource], component: str, index: int, placement: Placement, ip: str
+) -> PodPlan:
+    """Pod `index` of the StatefulSet of `component`: what its controller makes when scaled
+    to more than `index` replicas (same template, the ordinal in the name). Pods are made
+    and removed all at once (``Parallel``); ``OrderedReady`` one by one is not emulated."""
+    for workload in _by_kind(resources, "StatefulSet"):
+        labels = workload["spec"]["template"].get("metadata", {}).get("labels") or {}
+        if labels.get("app.kubernetes.io/component") == component:
+            policy = workload["spec"].get("podManagementPolicy", "OrderedReady")
+            if policy != "Parallel":
+                raise UnsupportedSpec(f"scaling a StatefulSet of podManagementPolicy {policy}")
+            return _workload_pod(resources, "StatefulSet", workload, index, placement, ip)
+    raise TargetError(f"the chart rendered no StatefulSet of {component} pods")
 
 
 def helm_test_pods(

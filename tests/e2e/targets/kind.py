@@ -3,10 +3,12 @@
 It attaches to what ``scripts/e2e/kind.sh`` (``make e2e-kind``) made: a kind cluster from
 ``tests/e2e/kind/cluster.yaml`` with the images loaded and the chart installed with
 ``helm install --wait`` and ``tests/e2e/kind/values.yaml``. Each gate pod is reached through its
-own ``kubectl port-forward`` on a port of 127.0.0.1 that kubectl chooses. Stopping a gate or a
-node deletes its pod (the kubelet runs preStop, then SIGTERM) and its controller makes a new
-one; logs are ``kubectl logs``; traces are read from the bundled OpenTelemetry Collector's
-debug exporter.
+own ``kubectl port-forward`` on a port of 127.0.0.1 that kubectl chooses (each node pod too,
+for its Status). Stopping a gate or a node deletes its pod (the kubelet runs preStop, then
+SIGTERM) and its controller makes a new one; with etcd membership (the release's bundled
+etcd) nodes scale with ``kubectl scale statefulset``; logs are ``kubectl logs`` (followed into
+a file for a node pod a scale-in removes); traces are read from the bundled OpenTelemetry
+Collector's debug exporter.
 
 Environment: ``GOVERSE_E2E_KUBE_CONTEXT`` (default ``kind-goverse-e2e``),
 ``GOVERSE_E2E_NAMESPACE`` and ``GOVERSE_E2E_RELEASE`` (default ``goverse`` both).
@@ -15,6 +17,7 @@ Environment: ``GOVERSE_E2E_KUBE_CONTEXT`` (default ``kind-goverse-e2e``),
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -26,14 +29,17 @@ from typing import Any
 
 from tests.e2e.targets.base import (
     EXIT_BOUND,
+    EXIT_SLACK,
     Component,
     ExportedSpan,
+    Membership,
     StopResult,
     TargetError,
     serving,
+    stop_all,
     wait_until,
 )
-from tests.e2e.targets.chart import HELM, TOOLS
+from tests.e2e.targets.chart import HELM, TOOLS, expand
 
 READY_TIMEOUT = 180.0
 _FIELD = re.compile(r"^\s*(Trace ID|Parent ID|ID|Name)\s*:\s*(\S*)\s*$")
@@ -86,6 +92,12 @@ def parse_debug_exporter(text: str) -> list[ExportedSpan]:
     return spans
 
 
+def _pre_stop(container: dict[str, Any]) -> float:
+    """Seconds of the container's ``preStop: sleep N`` hook (0 without one)."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    return float(command[1]) if command and len(command) == 2 and command[0] == "sleep" else 0.0
+
+
 class KindTarget:
     """The installed release: 2 nodes (StatefulSet), 2 gates (Deployment), a collector."""
 
@@ -102,9 +114,18 @@ class KindTarget:
         self._gates: list[str] = []
         self._nodes: list[str] = []
         self._node_list: list[str] = []
+        self._advertise = ""
+        """The node pods' GOVERSE_ADVERTISE, ``$(POD_NAME)`` unexpanded."""
+        self._statefulset = ""
+        self._removed_logs: dict[str, Path] = {}
+        self._followers: dict[str, subprocess.Popen[bytes]] = {}
+        """``kubectl logs --follow`` of each node pod a scale-in removed, into a file."""
         self._pre_stop = 0.0
         self._gate_port = 0
+        self._node_port = 0
+        self.membership: Membership = "static"
         self.stop_bound = EXIT_BOUND
+        self.node_stop_bound = EXIT_BOUND
 
     # -- kubectl ------------------------------------------------------------------------------
 
@@ -156,27 +177,37 @@ class KindTarget:
             timeout=READY_TIMEOUT + 30,
         )
         statefulset = self._get("statefulset", f"--selector={self._selector('node')}")["items"][0]
-        configmap = statefulset["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]
+        self._statefulset = statefulset["metadata"]["name"]
+        node_container = statefulset["spec"]["template"]["spec"]["containers"][0]
+        configmap = node_container["envFrom"][0]
         data = self._get("configmap", configmap["configMapRef"]["name"])["data"]
-        self._node_list = str(data["GOVERSE_NODES"]).split(",")
+        self.membership = "etcd" if "GOVERSE_ETCD_ENDPOINTS" in data else "static"
+        self._node_list = str(data.get("GOVERSE_NODES", "")).split(",")
+        env = {item["name"]: item.get("value", "") for item in node_container["env"]}
+        self._advertise = str(env["GOVERSE_ADVERTISE"])
+        self._node_port = int(node_container["ports"][0]["containerPort"])
+        budget = float(str(data["GOVERSE_SHUTDOWN_TIMEOUT"]).removesuffix("s"))
+        self.node_stop_bound = budget + EXIT_SLACK + _pre_stop(node_container)
         deployment = self._get("deployment", f"--selector={self._selector('gate')}")["items"][0]
         gate_container = deployment["spec"]["template"]["spec"]["containers"][0]
         ports = {port.get("name"): port["containerPort"] for port in gate_container["ports"]}
         self._gate_port = int(ports["grpc"])
-        pre_stop = gate_container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
-        command = pre_stop.get("command", [])
-        if len(command) == 2 and command[0] == "sleep":
-            self._pre_stop = float(command[1])
+        self._pre_stop = _pre_stop(gate_container)
         self.stop_bound = EXIT_BOUND + self._pre_stop
         self._nodes = [pod["metadata"]["name"] for pod in self._live_pods("node")]
         self._gates = [pod["metadata"]["name"] for pod in self._live_pods("gate")]
         for gate in self._gates:
             self._forward(gate)
+        for node in self._nodes:
+            self._forward(node)
 
     def _forward(self, pod: str, local_port: int = 0) -> None:
-        """``kubectl port-forward`` to the gate pod's gRPC port, on `local_port` of 127.0.0.1
-        (0: one kubectl chooses, read from its "Forwarding from" line); waits until it
-        answers."""
+        """``kubectl port-forward`` to the gate or node pod's gRPC port, on `local_port` of
+        127.0.0.1 (0: one kubectl chooses, read from its "Forwarding from" line); waits until
+        it answers."""
+        node = pod in self._nodes
+        remote_port = self._node_port if node else self._gate_port
+        service = "goverse.v1.NodeService" if node else "goverse.v1.GateService"
         log_path = self._workdir / f"port-forward-{pod}.log"
         log = log_path.open("ab")
         offset = log.tell()
@@ -189,7 +220,7 @@ class KindTarget:
                     "port-forward",
                     "--address=127.0.0.1",
                     f"pod/{pod}",
-                    f"{local_port or ''}:{self._gate_port}",
+                    f"{local_port or ''}:{remote_port}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -208,7 +239,7 @@ class KindTarget:
                     return False
                 port = int(found.group(1))
                 self._forwards[pod] = (process, port)
-            return serving(f"127.0.0.1:{port}", "goverse.v1.GateService")
+            return serving(f"127.0.0.1:{port}", service)
 
         wait_until(ready, 60, f"the port-forward to {pod}", interval=0.2)
 
@@ -227,19 +258,85 @@ class KindTarget:
     def close(self) -> None:
         for pod in list(self._forwards):
             self._unforward(pod)
+        for follower in self._followers.values():
+            follower.terminate()
+            follower.wait(10)
 
     # -- the cluster ----------------------------------------------------------------------------
 
     def gate_addresses(self) -> list[str]:
         return [f"127.0.0.1:{self._forwards[pod][1]}" for pod in self._gates]
 
-    def node_addresses(self) -> list[str]:
-        return list(self._node_list)
+    def node_addresses(self, count: int | None = None) -> list[str]:
+        if self.membership == "static":
+            return list(self._node_list)
+        count = len(self._nodes) if count is None else count
+        return [
+            expand(self._advertise, {"POD_NAME": f"{self._statefulset}-{ordinal}"})
+            for ordinal in range(count)
+        ]
+
+    def node_endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{self._forwards[pod][1]}" for pod in self._nodes]
 
     def instance_ids(self, component: Component) -> list[str]:
         if component == "gate":
             return list(self._gates)  # GOVERSE_GATE_ID is the pod name
-        return list(self._node_list)  # node i advertises entry i
+        return self.node_addresses()  # node i advertises entry i
+
+    def scaling_unsupported(self) -> str | None:
+        if self.membership == "static":
+            return "the release has static membership: the node list is fixed"
+        return None
+
+    def scale_nodes(self, count: int) -> list[StopResult]:
+        leaving = self._nodes[count:]
+        for pod in leaving:  # its logs, kept after the pod is gone
+            self._unforward(pod)
+            path = self._workdir / f"logs-{pod}.txt"
+            with path.open("wb") as out:
+                follower = subprocess.Popen(
+                    [
+                        self._kubectl,
+                        f"--context={self.context}",
+                        f"--namespace={self.namespace}",
+                        "logs",
+                        "--follow",
+                        f"pod/{pod}",
+                        "--container=node",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            self._followers[pod] = follower
+            self._removed_logs[pod] = path
+        started = time.monotonic()
+        self.kubectl("scale", f"statefulset/{self._statefulset}", f"--replicas={count}")
+        results = stop_all([functools.partial(self._gone, pod, started) for pod in leaving])
+        self.kubectl(
+            "rollout",
+            "status",
+            f"statefulset/{self._statefulset}",
+            f"--timeout={int(READY_TIMEOUT)}s",
+            timeout=READY_TIMEOUT + 30,
+        )
+        self._nodes = [f"{self._statefulset}-{ordinal}" for ordinal in range(count)]
+        for pod in self._nodes:
+            if pod not in self._forwards:
+                self._removed_logs.pop(pod, None)
+                self._forward(pod)
+        return results
+
+    def _gone(self, pod: str, started: float) -> StopResult:
+        """Waits until a pod a scale-in removes is gone (its exit code is not observed), then
+        until its logs are all in their file (the follower ends with the container)."""
+        self.kubectl(
+            "wait", "--for=delete", f"pod/{pod}", "--timeout=120s", timeout=150, check=False
+        )
+        result = StopResult(time.monotonic() - started, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._followers[pod].wait(30)
+        return result
 
     def _delete(self, pod: str) -> StopResult:
         """Deletes `pod` and watches it: seconds until its container terminated (preStop
@@ -308,9 +405,13 @@ class KindTarget:
             return bool(data["metadata"]["uid"] != uid and ready)
 
         wait_until(ready_again, READY_TIMEOUT, f"node pod {pod} to be ready again", interval=0.5)
+        self._forward(pod, self._unforward(pod) or 0)  # the old pod's forward ended with it
         return result
 
     def logs(self, component: Component, index: int) -> list[str]:
+        if component == "node" and index >= len(self._nodes):
+            path = self._removed_logs[f"{self._statefulset}-{index}"]
+            return path.read_text(errors="replace").splitlines()
         pod = (self._gates if component == "gate" else self._nodes)[index]
         return self.kubectl("logs", f"pod/{pod}", f"--container={component}").splitlines()
 
