@@ -43,7 +43,7 @@ from tests.e2e.targets import (
     make_target,
 )
 from tests.e2e.targets.chart import ROOT
-from tests.helpers.counter_calls import CallLoad, percentile
+from tests.helpers.call_load import INCREMENT, CallLoad, object_ids, percentile
 from tests.helpers.pushes import Inbox
 from tests.helpers.tasks import bounded
 
@@ -58,9 +58,12 @@ rebalance delay (5 s) after the last join, the handoffs, containers starting on 
 2-core machine."""
 SCALED_NODES = 4
 CALLERS = 4
-CALL_INTERVAL = 0.05
-"""Seconds between two calls of one caller: 80 calls a second in all hit every moving shard
-of the 64 counters and leave the shared 2 cores to the processes under test."""
+CALL_PAUSE = 0.05
+"""Seconds a caller pauses between two calls: some 70 calls a second in all hit every moving
+shard of the 64 counters and leave the shared 2 cores to the processes under test."""
+CALL_TIMEOUT = 20.0
+"""A scaling call's deadline: a call to a moving shard is held by the gate within it, and
+containers start slowly on a loaded machine."""
 CALL_OBJECTS = 64
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -458,7 +461,7 @@ def handoff_summary(lines: list[dict[str, Any]]) -> str:
 
 
 def latencies(load: CallLoad, start: float, end: float, objects: set[str], steady: float) -> str:
-    seconds = load.seconds(start, end, objects)
+    seconds = [o.latency for o in load.between(start, end, objects)]
     p99 = percentile(seconds, 0.99)
     return (
         f"{len(seconds)} calls, p50 {percentile(seconds, 0.5) * 1000:.0f} ms, "
@@ -487,19 +490,26 @@ async def test_nodes_scale_out_and_in_under_calls(
     staying = staying_id(cluster, (base, SCALED_NODES), "ChatRoom", "e2e-stays")
     await pushes_reach_everyone(cluster, users, inboxes, [staying], "before")
 
-    callers = [await connect(clients, [gates[i % len(gates)]]) for i in range(CALLERS)]
-    ids = [f"e2e-scale-{n}" for n in range(CALL_OBJECTS)]
+    ids = object_ids("e2e-scale", CALL_OBJECTS)
     small = Placement(cluster.node_addresses(base))
     large = Placement(cluster.node_addresses(SCALED_NODES))
     moving = {i for i in ids if small.node_for("Counter", i) != large.node_for("Counter", i)}
-    load = CallLoad(callers, ids, CALL_INTERVAL).start()
-    try:
-        await load.made(100, timeout=60)
-        out_at = time.monotonic()
+    async with CallLoad(
+        gates,
+        ids,
+        clients=CALLERS,
+        method=INCREMENT,
+        timeout=CALL_TIMEOUT,
+        pause=CALL_PAUSE,
+        one_gate_each=True,
+    ) as load:
+        await load.calls(100, timeout=60)
+        # Wall-clock times, the clock of the load's outcomes.
+        out_at = time.time()
         await asyncio.to_thread(cluster.scale_nodes, SCALED_NODES)
-        ready = time.monotonic() - out_at
+        ready = time.time() - out_at
         settled_out = ready + await wait_settled(cluster)
-        out_end = time.monotonic()
+        out_end = time.time()
         new_nodes = range(base, SCALED_NODES)
         rooms = [owned_id(cluster, node, "ChatRoom", "e2e-scaled") for node in new_nodes]
         await pushes_reach_everyone(cluster, users, inboxes, [staying, *rooms], "out")
@@ -507,19 +517,17 @@ async def test_nodes_scale_out_and_in_under_calls(
         targets = [large.node_for_shard(shard) for shard in range(SHARD_COUNT)]
         owned = [targets.count(names[node]) for node in new_nodes]
 
-        in_at = time.monotonic()
+        in_at = time.time()
         stopped = await asyncio.to_thread(cluster.scale_nodes, base)
         settled_in = await wait_settled(cluster)
-        in_end = time.monotonic()
+        in_end = time.time()
         await pushes_reach_everyone(cluster, users, inboxes, [staying], "in")
-    finally:
-        await load.stop()
 
     handoffs = [await asyncio.to_thread(handoff_lines, cluster, node) for node in new_nodes]
-    failed = load.failed()
-    steady = percentile(load.seconds(0, out_at), 0.99)
+    failed = load.failures()
+    steady = percentile([o.latency for o in load.between(0, out_at)], 0.99)
     report(
-        f"nodes {base}->{SCALED_NODES}->{base} under {CALLERS} callers: {len(load.records)} "
+        f"nodes {base}->{SCALED_NODES}->{base} under {CALLERS} callers: {len(load.outcomes)} "
         f"calls, {len(failed)} failed; steady p99 {steady * 1000:.0f} ms"
     )
     report(
@@ -536,9 +544,9 @@ async def test_nodes_scale_out_and_in_under_calls(
     )
 
     assert not failed, (
-        f"{len(failed)} of {len(load.records)} calls failed; (seconds after the scale-out "
+        f"{len(failed)} of {len(load.outcomes)} calls failed; (seconds after the scale-out "
         f"began, the scale-in began at {in_at - out_at:.1f}s; counter; error): "
-        f"{[(round(r.started - out_at, 1), r.object_id, r.error) for r in failed[:10]]}"
+        f"{[(round(o.started - out_at, 1), o.object_id, o.code, o.detail) for o in failed[:10]]}"
     )
     assert len(stopped) == SCALED_NODES - base
     for stop in stopped:

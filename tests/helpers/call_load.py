@@ -1,18 +1,21 @@
-"""Clients that call Witness objects in a loop through the gates, every outcome recorded."""
+"""Call load for tests: clients calling objects in a loop through the gates, every call kept."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.client import CallError, Client
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from tests.helpers.tasks import STOP_TIMEOUT, cancel_and_wait
 
 CALL_TIMEOUT = 10.0
@@ -24,9 +27,29 @@ to hit every moving shard while leaving the 2 shared cores to the processes unde
 
 
 @dataclass(frozen=True)
+class Method:
+    """What every call of a load calls: `name` of `object_type` with `request`, answered with
+    a `response`; `served_by` reads from the answer the pid of the node process that served
+    it (None: the answer does not say)."""
+
+    object_type: str
+    name: str
+    request: Message
+    response: type[Message]
+    served_by: Callable[[Any], int] | None = None
+
+
+TOUCH = Method("Witness", "Touch", Empty(), Int64Value, lambda reply: int(reply.value))
+"""``Witness.Touch``: recorded by the node for the one-activation check; answers its pid."""
+INCREMENT = Method("Counter", "Increment", IncrementRequest(by=1), CounterValue)
+"""``Counter.Increment`` by one, on the example counter every node hosts."""
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """One call: who made it, to which object, when (wall clock), how it ended, and the pid of
-    the node process that served it (0 when it failed)."""
+    """One call: who made it, to which object, when (wall clock, to compare with log lines and
+    Witness records), how it ended, and the pid of the node process that served it (0 when it
+    failed or the method does not say)."""
 
     client: int
     object_id: str
@@ -47,10 +70,14 @@ class Outcome:
 
 
 class CallLoad:
-    """`clients` SDK clients, each knowing every gate in `gates`, each calling ``Witness.Touch``
-    on `object_ids` in a loop (client *i* starts at its own offset, so the clients spread over
-    the objects and sometimes call the same one together), pausing :data:`PAUSE` in between.
-    Every call's :class:`Outcome` goes to :attr:`outcomes`.
+    """`clients` SDK clients, each calling `method` (:data:`TOUCH` unless told) on
+    `object_ids` in a loop (client *i* starts at its own offset, so the clients spread over
+    the objects and sometimes call the same one together), pausing `pause` seconds in between.
+    Each client knows every gate in `gates`, or with `one_gate_each` only gate ``i % len``
+    (so that the load reaches every gate). A call waits up to `timeout` (its deadline: calls
+    to a moving shard are held by the gate within it). Every call's :class:`Outcome` goes to
+    :attr:`outcomes`, so a test can assert that none failed and measure what the calls saw
+    in a time window.
 
     :meth:`start` connects the clients and starts the loops; :meth:`stop` lets each loop
     finish its call in flight (bounded by the call timeout), then closes the clients. Use it as
@@ -63,15 +90,19 @@ class CallLoad:
         object_ids: Sequence[str],
         *,
         clients: int = 8,
+        method: Method = TOUCH,
         timeout: float = CALL_TIMEOUT,
         pause: float = PAUSE,
+        one_gate_each: bool = False,
         **options: Any,
     ) -> None:
         self._gates = list(gates)
         self._ids = list(object_ids)
         self._count = clients
+        self._method = method
         self._timeout = timeout
         self._pause = pause
+        self._one_gate_each = one_gate_each
         self._options = options
         self.clients: list[Client] = []
         self.outcomes: list[Outcome] = []
@@ -86,8 +117,9 @@ class CallLoad:
         await self.stop()
 
     async def start(self) -> CallLoad:
-        for _ in range(self._count):
-            client = Client(self._gates, **self._options)
+        for index in range(self._count):
+            gates = [self._gates[index % len(self._gates)]] if self._one_gate_each else self._gates
+            client = Client(gates, **self._options)
             self.clients.append(client)
             await client.connect()
         step = max(len(self._ids) // self._count, 1)
@@ -112,6 +144,7 @@ class CallLoad:
                 await client.close()
 
     async def _loop(self, index: int, client: Client, offset: int) -> None:
+        method = self._method
         ids = self._ids[offset:] + self._ids[:offset]
         for object_id in itertools.cycle(ids):
             if self._stopping.is_set():
@@ -119,14 +152,20 @@ class CallLoad:
             started = time.time()
             try:
                 reply = await client.call(
-                    "Witness", object_id, "Touch", Empty(), Int64Value, timeout=self._timeout
+                    method.object_type,
+                    object_id,
+                    method.name,
+                    method.request,
+                    method.response,
+                    timeout=self._timeout,
                 )
             except CallError as error:
                 outcome = Outcome(
                     index, object_id, started, time.time(), error.status_code.name, 0, error.message
                 )
             else:
-                outcome = Outcome(index, object_id, started, time.time(), "OK", reply.value)
+                pid = 0 if method.served_by is None else method.served_by(reply)
+                outcome = Outcome(index, object_id, started, time.time(), "OK", pid)
             self.outcomes.append(outcome)
             async with self._progress:
                 self._progress.notify_all()
@@ -148,16 +187,23 @@ class CallLoad:
         target = len(self.outcomes) + count
         await self.until(lambda done: len(done) >= target, timeout, f"{count} more calls")
 
-    def between(self, start: float, end: float) -> list[Outcome]:
-        """The calls that started in [start, end)."""
-        return [o for o in self.outcomes if start <= o.started < end]
+    def between(
+        self, start: float, end: float, objects: Iterable[str] | None = None
+    ) -> list[Outcome]:
+        """The calls that started in [start, end), to `objects` only when given."""
+        chosen = None if objects is None else set(objects)
+        return [
+            o
+            for o in self.outcomes
+            if start <= o.started < end and (chosen is None or o.object_id in chosen)
+        ]
 
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]
 
     def served_by(self, before: float) -> dict[str, int]:
         """For each object, the pid of the node that served its last call ended before
-        `before`."""
+        `before` (with a method that says it: :data:`TOUCH`)."""
         served: dict[str, int] = {}
         for outcome in sorted(self.outcomes, key=lambda o: o.ended):
             if outcome.ok and outcome.ended < before:
@@ -173,8 +219,30 @@ def codes(outcomes: list[Outcome]) -> dict[str, int]:
     return found
 
 
-def witness_ids(count: int, prefix: str = "w") -> list[str]:
-    return [f"{prefix}-{n}" for n in range(count)]
+def percentile(values: Sequence[float], share: float) -> float:
+    """The `share` percentile (0..1: 0.99 is p99) of `values`, nearest rank; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-__all__ = ["CALL_TIMEOUT", "CallLoad", "Outcome", "codes", "witness_ids"]
+def object_ids(prefix: str, count: int, where: Callable[[str], object] | None = None) -> list[str]:
+    """The first `count` of the ids ``<prefix>-0``, ``<prefix>-1`` … that `where` accepts
+    (every one when None): ``where=lambda i: placement.node_for("Counter", i) == node`` picks
+    ids a node owns."""
+    candidates = (f"{prefix}-{n}" for n in itertools.count())
+    return list(itertools.islice((i for i in candidates if where is None or where(i)), count))
+
+
+__all__ = [
+    "CALL_TIMEOUT",
+    "INCREMENT",
+    "TOUCH",
+    "CallLoad",
+    "Method",
+    "Outcome",
+    "codes",
+    "object_ids",
+    "percentile",
+]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,19 +232,10 @@ def _runs(proc: ServiceProcess) -> list[tuple[int, list[dict[str, Any]]]]:
     return runs
 
 
-def percentile(values: Sequence[float], share: float) -> float:
-    """The `share` percentile (0..1) of `values`, nearest rank; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
-
-
 __all__ = [
     "ETCD_TIMEOUT",
     "FENCE_MARGIN",
     "NODE_FLAGS",
     "TTL",
     "EtcdCluster",
-    "percentile",
 ]

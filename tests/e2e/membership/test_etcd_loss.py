@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers.call_load import CallLoad, codes, witness_ids
+from tests.helpers.call_load import CallLoad, codes, object_ids
 from tests.helpers.etcd_cluster import ETCD_TIMEOUT, FENCE_MARGIN, TTL, EtcdCluster
 from tests.helpers.faults import logged_at
 from tests.helpers.waiting import eventually
@@ -38,7 +38,7 @@ async def test_nodes_fence_and_gates_turn_not_ready_without_etcd_and_all_recover
     await cluster.settled()
     nodes = list(cluster.nodes)
     pids = [proc.pid for proc in nodes]
-    async with CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load:
+    async with CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load:
         await load.calls(4 * OBJECTS)
         killed = time.time()
         cluster.etcd.kill()
@@ -65,7 +65,7 @@ async def test_nodes_fence_and_gates_turn_not_ready_without_etcd_and_all_recover
         await load.until(
             lambda outcomes: (
                 {o.object_id for o in outcomes if o.ok and o.started > settled}
-                == set(witness_ids(OBJECTS))
+                == set(object_ids("w", OBJECTS))
             ),
             30,
             "every object to be served again",

@@ -18,8 +18,8 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from goverse.client import CallError, Client
 from goverse.placement import shard_of
-from tests.helpers.call_load import CallLoad, codes, witness_ids
-from tests.helpers.etcd_cluster import TTL, EtcdCluster, percentile
+from tests.helpers.call_load import CallLoad, codes, object_ids, percentile
+from tests.helpers.etcd_cluster import TTL, EtcdCluster
 from tests.helpers.faults import logged_at, sigkill, sigstop
 from tests.helpers.waiting import eventually
 from tests.helpers.witness import read_records
@@ -71,7 +71,7 @@ async def test_a_killed_nodes_objects_are_served_again_once_its_lease_expired(
     await cluster.add_gates(1)
     await cluster.settled()
     victim = cluster.nodes[0]
-    async with CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load:
+    async with CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load:
         await load.calls(4 * OBJECTS)
         killed = sigkill(victim)
         cluster.forget(victim)
@@ -124,7 +124,7 @@ async def test_a_node_frozen_past_its_lease_fences_itself_before_serving_and_rej
         f"probe-{n}" for n in itertools.count() if shard_of("Witness", f"probe-{n}") in owned
     )
     async with (
-        CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load,
+        CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load,
         Client(cluster.gate_addresses) as first,
         Client(cluster.gate_addresses) as second,
         Client(cluster.gate_addresses) as third,

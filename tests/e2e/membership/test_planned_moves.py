@@ -13,8 +13,8 @@ import asyncio
 import functools
 import time
 
-from tests.helpers.call_load import CallLoad, codes, witness_ids
-from tests.helpers.etcd_cluster import EtcdCluster, percentile
+from tests.helpers.call_load import CallLoad, codes, object_ids, percentile
+from tests.helpers.etcd_cluster import EtcdCluster
 from tests.helpers.waiting import eventually
 
 OBJECTS = 100
@@ -29,7 +29,7 @@ def extra_latencies(
     that changed node between `start` and `after`."""
     before, later = load.served_by(start), load.served_by(after)
     moved = {obj for obj, pid in before.items() if later.get(obj, pid) != pid}
-    return [o.latency - baseline for o in load.between(start, end) if o.object_id in moved]
+    return [o.latency - baseline for o in load.between(start, end, moved)]
 
 
 def describe(extra: list[float]) -> str:
@@ -50,7 +50,7 @@ async def test_scaling_from_two_to_four_nodes_and_back_fails_no_call(
     await cluster.add_nodes(2)
     await cluster.add_gates(2)
     await cluster.settled()
-    async with CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load:
+    async with CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load:
         await load.calls(4 * OBJECTS)  # every object active
         warm = len(load.outcomes)
         keys, revision = await cluster.etcd_keys()
@@ -104,7 +104,7 @@ async def test_a_rolling_restart_of_every_node_fails_no_call(cluster: EtcdCluste
     await cluster.add_nodes(3)
     await cluster.add_gates(2)
     await cluster.settled()
-    async with CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load:
+    async with CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load:
         await load.calls(4 * OBJECTS)
         started = time.time()
         baseline = percentile([o.latency for o in load.outcomes], 0.5)
@@ -138,7 +138,7 @@ async def test_a_gate_restart_moves_its_clients_and_activates_nothing_twice(
     await cluster.add_nodes(2)
     await cluster.add_gates(2)
     await cluster.settled()
-    async with CallLoad(cluster.gate_addresses, witness_ids(OBJECTS)) as load:
+    async with CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load:
         await load.calls(4 * OBJECTS)
         for gate in list(cluster.gates):
             assert await cluster.terminate(gate) == 0
