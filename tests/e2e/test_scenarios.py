@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import grpc
 import pytest
 
 from goverse.client import CallError, Client
@@ -32,7 +31,6 @@ from goverse.examples.v1.chat_pb2 import (
 )
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.placement import SHARD_COUNT, Placement
-from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.e2e.targets import (
     Component,
     ExportedSpan,
@@ -44,6 +42,7 @@ from tests.e2e.targets import (
 )
 from tests.e2e.targets.chart import ROOT
 from tests.helpers.call_load import INCREMENT, CallLoad, object_ids, percentile
+from tests.helpers.cluster import wait_settled as shards_settled
 from tests.helpers.pushes import Inbox
 from tests.helpers.tasks import bounded
 
@@ -140,54 +139,19 @@ def owned_id(target: Target, node_index: int, object_type: str, prefix: str) -> 
     return f"{prefix}-{n}"
 
 
-async def node_status(endpoint: str) -> node_pb2.StatusResponse:
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
-            node_pb2.StatusRequest(), timeout=5
-        )
-    return reply
-
-
-def unsettled(target: Target, statuses: list[node_pb2.StatusResponse]) -> list[str]:
-    """What keeps the nodes from the state placement wants: each node sees exactly the
-    running nodes, owns exactly the shards whose target it is (so together all 8192, each
-    once), drains none, and has both gates' streams. Empty when settled."""
-    names = target.node_addresses()
-    placement = Placement(names)
-    gate_ids = sorted(target.instance_ids("gate"))
-    problems = []
-    for name, status in zip(names, statuses, strict=True):
-        targets = [s for s in range(SHARD_COUNT) if placement.node_for_shard(s) == name]
-        if status.node != name:
-            problems.append(f"{name} answers as {status.node}")
-        if sorted(status.nodes) != sorted(names):
-            problems.append(f"{name} sees nodes {sorted(status.nodes)}")
-        if list(status.owned_shards) != targets:
-            problems.append(f"{name} owns {len(status.owned_shards)} of its {len(targets)} shards")
-        if status.draining_shards:
-            problems.append(f"{name} drains {len(status.draining_shards)} shards")
-        if sorted(status.gates) != gate_ids:
-            problems.append(f"{name} has streams of gates {sorted(status.gates)}")
-    return problems
-
-
 async def wait_settled(target: Target) -> float:
     """With etcd membership, waits until the shards are where placement over the running
-    nodes puts them (:func:`unsettled`); returns how long that took."""
-    started = time.monotonic()
-    problems = ["not asked yet"]
-    while time.monotonic() - started < SETTLE_TIMEOUT:
-        endpoints = await asyncio.to_thread(target.node_endpoints)
-        try:
-            statuses = [await node_status(endpoint) for endpoint in endpoints]
-        except grpc.RpcError as error:
-            problems = [f"Status failed: {error}"]
-        else:
-            problems = unsettled(target, statuses)
-            if not problems:
-                return time.monotonic() - started
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"shards not settled within {SETTLE_TIMEOUT:.0f}s: {problems}")
+    nodes puts them and each node has both gates' streams
+    (:func:`tests.helpers.cluster.unsettled`); returns how long that took."""
+    started = time.time()
+    settled = await shards_settled(
+        target.node_endpoints,
+        SETTLE_TIMEOUT,
+        names=target.node_addresses,
+        gates=lambda: target.instance_ids("gate"),
+        interval=0.2,
+    )
+    return settled - started
 
 
 async def wait_serving(target: Target) -> None:

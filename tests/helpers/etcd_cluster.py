@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from aetcd import rpc
 
-from goverse.placement import SHARD_COUNT, Placement
-from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse import wire
+from tests.helpers.cluster import Cluster, joined, wait_settled
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.objects import WITNESS_DIR
-from tests.helpers.processes import ProcessGroup, ServiceProcess, health_status
+from tests.helpers.processes import ProcessGroup, ServiceProcess, serving
 from tests.helpers.witness import NodeLife, Verdict, check, read_records
 
 TTL = 6.0
@@ -37,72 +35,53 @@ NODE_FLAGS = (
     "--rebalance-delay=1s",
     "--handoff-timeout=2s",
 )
-GATE_SERVICE = "goverse.v1.GateService"
-"""The health service whose status is the gate's readiness."""
-NODE_SERVICE = "goverse.v1.NodeService"
-"""The health service whose status is the node's readiness."""
-POLL = 0.1
-"""Seconds between two looks at the nodes' Status while waiting for a state."""
 SETTLE_TIMEOUT = 30.0
 """How long the shards may take to settle after a change (a loaded 2-core machine)."""
 
 
-@dataclass
-class EtcdCluster:
-    """Nodes on unix sockets and gates on loopback ports, all on etcd membership under
-    `prefix`; every node records its Witness objects in `witness_dir`.
+class EtcdCluster(Cluster):
+    """A :class:`Cluster` on the etcd `etcd`, under `prefix`, with this module's short lease
+    (:data:`TTL`); every node records its Witness objects in `witness_dir`. It starts empty:
+    the test adds nodes and gates.
 
     Processes start and stop in threads (:func:`asyncio.to_thread`), so that the clients a
-    test runs on the event loop keep calling meanwhile. `nodes` are the node processes that
-    should be live (a killed or stopped one is removed with :meth:`forget`).
+    test runs on the event loop keep calling meanwhile. :attr:`nodes` and :attr:`gates` hold
+    every process started, for the invariant check; those the test killed, stopped or froze
+    are :meth:`forget`-ten until they run again, and the shards settle on the others
+    (:attr:`live_nodes`).
     """
 
-    group: ProcessGroup
-    etcd: EtcdServer
-    prefix: str
-    witness_dir: Path
-    nodes: list[ServiceProcess] = field(default_factory=list)
-    gates: list[ServiceProcess] = field(default_factory=list)
-    every_node: list[ServiceProcess] = field(default_factory=list)
-    """Every node process ever started, live or not, for the invariant check."""
+    def __init__(
+        self, group: ProcessGroup, etcd: EtcdServer, prefix: str, witness_dir: Path
+    ) -> None:
+        scope = f"--etcd-prefix={prefix}"
+        super().__init__(
+            group,
+            [],
+            etcd.endpoint,
+            node_extra=(scope, *NODE_FLAGS),
+            gate_extra=(scope, *MEMBERSHIP_FLAGS),
+            env={WITNESS_DIR: str(witness_dir)},
+        )
+        self.etcd = etcd
+        self.prefix = prefix
+        self.witness_dir = witness_dir
+        self.down: list[ServiceProcess] = []
+        """The processes not expected live (see :meth:`forget`)."""
 
     @property
-    def etcd_flags(self) -> tuple[str, ...]:
-        return (f"--etcd-endpoints={self.etcd.endpoint}", f"--etcd-prefix={self.prefix}")
-
-    @property
-    def gate_addresses(self) -> list[str]:
-        return [gate.address for gate in self.gates]
+    def live_nodes(self) -> list[ServiceProcess]:
+        return [proc for proc in self.nodes if proc not in self.down]
 
     # -- processes ------------------------------------------------------------------------------
 
     async def add_nodes(self, count: int) -> list[ServiceProcess]:
-        """Starts `count` new nodes together; returns once each serves (it has joined)."""
-        env = {WITNESS_DIR: str(self.witness_dir)}
-        added = [
-            self.group.node(address, None, (*self.etcd_flags, *NODE_FLAGS), wait=False, env=env)
-            for address in self.group.node_addresses(count)
-        ]
-        for proc in added:
-            await asyncio.to_thread(proc.wait_ready)
-        self.nodes.extend(added)
-        self.every_node.extend(added)
-        return added
+        """Starts `count` new nodes together; returns once each has joined."""
+        return await asyncio.to_thread(self.start_nodes, count)
 
     async def add_gates(self, count: int) -> list[ServiceProcess]:
-        """Starts `count` new gates together; returns once each is ready (it has a shard map
-        and a link to a node)."""
-        first = len(self.gates)
-        added = [
-            self.group.gate(
-                f"gate-{first + n}", None, (*self.etcd_flags, *MEMBERSHIP_FLAGS), wait=False
-            )
-            for n in range(count)
-        ]
-        for proc in added:
-            await asyncio.to_thread(proc.wait_ready)
-        self.gates.extend(added)
-        return added
+        """Starts `count` new gates together; returns once each serves."""
+        return await asyncio.to_thread(self.start_gates, count)
 
     async def terminate(self, proc: ServiceProcess) -> int:
         """SIGTERM and wait for the exit (bounded); the process is no longer expected live."""
@@ -110,63 +89,36 @@ class EtcdCluster:
         return await asyncio.to_thread(proc.terminate, 20.0)
 
     async def start_again(self, proc: ServiceProcess) -> None:
-        """Starts a stopped node or gate again on its address; returns once it serves."""
-        await asyncio.to_thread(proc.start)
-        (self.nodes if proc in self.every_node else self.gates).append(proc)
+        """Starts a stopped node or gate again on its address; returns once it serves (a node:
+        has joined)."""
+        await asyncio.to_thread(self.start_stopped, proc)
+        self.remember(proc)
 
     def forget(self, proc: ServiceProcess) -> None:
         """`proc` is no longer expected to be live (killed, stopped or frozen by the test)."""
-        for live in (self.nodes, self.gates):
-            if proc in live:
-                live.remove(proc)
+        if proc not in self.down:
+            self.down.append(proc)
+
+    def remember(self, proc: ServiceProcess) -> None:
+        """`proc` is expected live again (it ran again and rejoined)."""
+        if proc in self.down:
+            self.down.remove(proc)
 
     # -- what the nodes say ---------------------------------------------------------------------
 
-    async def status(self, proc: ServiceProcess, timeout: float = 5.0) -> node_pb2.StatusResponse:
-        async with grpc.aio.insecure_channel(proc.address) as channel:
-            reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
-                node_pb2.StatusRequest(), timeout=timeout
-            )
-        return reply
-
-    async def unsettled(self) -> str | None:
-        """None when the shards have settled on the live nodes: every live node sees exactly
-        the live nodes, is not fenced, drains nothing and owns exactly the shards whose
-        target it is (so together they own each shard once); else what is not so yet."""
-        statuses = await asyncio.gather(*(self.status(proc) for proc in self.nodes))
-        ids = sorted(status.node for status in statuses)
-        targets: dict[str, set[int]] = {node: set() for node in ids}
-        placement = Placement(ids)
-        for shard in range(SHARD_COUNT):
-            targets[placement.node_for_shard(shard)].add(shard)
-        for status in statuses:
-            if sorted(status.nodes) != ids:
-                return f"{status.node} sees {sorted(status.nodes)}, not {ids}"
-            if status.fenced:
-                return f"{status.node} is fenced"
-            if status.draining_shards:
-                return f"{status.node} drains {len(status.draining_shards)} shards"
-            owned = set(status.owned_shards)
-            if owned != targets[status.node]:
-                return (
-                    f"{status.node} owns {len(owned)} shards, "
-                    f"{len(owned & targets[status.node])} of its {len(targets[status.node])}"
-                )
-        return None
-
     async def settled(self, timeout: float = SETTLE_TIMEOUT) -> float:
         """Waits (bounded, polling Status) until the shards have settled on the live nodes
-        (:meth:`unsettled`); returns the wall-clock time it saw them settled."""
-        deadline = time.monotonic() + timeout
-        while (why := await self.unsettled()) is not None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the shards did not settle within {timeout}s: {why}")
-            await asyncio.sleep(POLL)
-        return time.time()
+        (:func:`tests.helpers.cluster.unsettled`); returns the wall-clock time it saw them
+        settled."""
+        addresses = [proc.address for proc in self.live_nodes]
+        return await wait_settled(lambda: addresses, timeout)
 
     async def gate_ready(self, gate: ServiceProcess) -> bool:
-        status = await asyncio.to_thread(health_status, gate.address, GATE_SERVICE)
-        return status == 1  # SERVING
+        return await asyncio.to_thread(serving, gate.address, wire.GATE_SERVICE)
+
+    async def node_ready(self, proc: ServiceProcess) -> bool:
+        """Whether the node reports itself ready (it has joined and may serve)."""
+        return await asyncio.to_thread(joined, proc.address)
 
     # -- the invariant --------------------------------------------------------------------------
 
@@ -174,7 +126,7 @@ class EtcdCluster:
         """The life of every node process run so far, from the node logs (one run per
         ``listening`` line, which carries the pid)."""
         lives = []
-        for proc in self.every_node:
+        for proc in self.nodes:
             for pid, lines in _runs(proc):
                 lives.append(NodeLife.from_log(pid, proc.name, lines))
         return lives
@@ -186,17 +138,12 @@ class EtcdCluster:
         `proc`'s runs, or of the run with `pid` only)."""
         return [
             line
-            for node in ([proc] if proc is not None else self.every_node)
+            for node in ([proc] if proc is not None else self.nodes)
             for run, lines in _runs(node)
             if pid is None or run == pid
             for line in lines
             if str(line.get("event", "")).startswith(prefix)
         ]
-
-    async def node_ready(self, proc: ServiceProcess) -> bool:
-        """Whether the node reports itself ready (it has joined and may serve)."""
-        status = await asyncio.to_thread(health_status, proc.address, NODE_SERVICE)
-        return status == 1  # SERVING
 
     def verdict(self) -> Verdict:
         """The one-activation invariant over everything the Witness objects recorded."""

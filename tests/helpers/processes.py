@@ -40,6 +40,12 @@ def health_status(address: str, service: str = "", timeout: float = 1.0) -> int 
         return int(reply.status)
 
 
+def serving(address: str, service: str = "") -> bool:
+    """Whether grpc.health.v1 at `address` reports `service` SERVING (``wire.NODE_SERVICE``,
+    ``wire.GATE_SERVICE``: the service's readiness; ``""``: its liveness)."""
+    return bool(health_status(address, service) == health_pb2.HealthCheckResponse.SERVING)
+
+
 @dataclass
 class ServiceProcess:
     """One goverse-node or goverse-gate process, its output captured to a file.

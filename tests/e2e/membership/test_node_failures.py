@@ -118,7 +118,7 @@ async def test_a_node_frozen_past_its_lease_fences_itself_before_serving_and_rej
     await cluster.settled()
     victim = cluster.nodes[0]
     pid = victim.pid
-    before = await cluster.status(victim)
+    before = await cluster.status(victim.address)
     owned = set(before.owned_shards)
     probe = next(
         f"probe-{n}" for n in itertools.count() if shard_of("Witness", f"probe-{n}") in owned
@@ -165,8 +165,8 @@ async def test_a_node_frozen_past_its_lease_fences_itself_before_serving_and_rej
             TTL + SLACK,
             "the rejoin",
         )
-        cluster.nodes.append(victim)
-        after = await cluster.status(victim)
+        cluster.remember(victim)
+        after = await cluster.status(victim.address)
         await cluster.settled()
         await load.calls(2 * OBJECTS)
         [held, waited] = await asyncio.gather(running, waiting, return_exceptions=True)

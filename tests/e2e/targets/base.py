@@ -8,10 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from grpc_health.v1 import health_pb2
-
-from tests.helpers.processes import health_status
-
 Component = Literal["gate", "node"]
 Membership = Literal["static", "etcd"]
 MEMBERSHIPS: tuple[Membership, ...] = ("etcd", "static")
@@ -164,8 +160,3 @@ def stop_all(stops: Sequence[Callable[[], StopResult]]) -> list[StopResult]:
         return []
     with ThreadPoolExecutor(len(stops)) as pool:
         return list(pool.map(lambda stop: stop(), stops))
-
-
-def serving(address: str, service: str = "") -> bool:
-    """Whether grpc.health.v1 at `address` reports `service` SERVING."""
-    return bool(health_status(address, service) == health_pb2.HealthCheckResponse.SERVING)

@@ -50,7 +50,6 @@ from tests.e2e.targets.base import (
     Membership,
     StopResult,
     TargetError,
-    serving,
     stop_all,
     wait_until,
 )
@@ -68,6 +67,7 @@ from tests.e2e.targets.chart import (
 )
 from tests.e2e.targets.chart import Placement as PodPlacement
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
+from tests.helpers.processes import serving
 
 RELEASE = "goverse"
 NAMESPACE = "e2e"

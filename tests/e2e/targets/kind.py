@@ -35,11 +35,11 @@ from tests.e2e.targets.base import (
     Membership,
     StopResult,
     TargetError,
-    serving,
     stop_all,
     wait_until,
 )
 from tests.e2e.targets.chart import HELM, TOOLS, expand
+from tests.helpers.processes import serving
 
 READY_TIMEOUT = 180.0
 _FIELD = re.compile(r"^\s*(Trace ID|Parent ID|ID|Name)\s*:\s*(\S*)\s*$")

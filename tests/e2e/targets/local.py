@@ -15,20 +15,20 @@ from tests.e2e.targets.base import (
     StopResult,
     TargetError,
     stop_all,
-    wait_until,
 )
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
-from tests.helpers.cluster import joined, start_cluster
+from tests.helpers.cluster import Cluster
 from tests.helpers.etcd import EtcdServer
-from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess
+from tests.helpers.processes import ProcessGroup, ServiceProcess
 
 NODES = 2
 GATES = 2
 
 
 class LocalTarget:
-    """Real processes started from this checkout's virtual environment, logs in files; with
-    etcd membership, an etcd (:class:`~tests.helpers.etcd.EtcdServer`) of its own."""
+    """Real processes started from this checkout's virtual environment, logs in files, as a
+    :class:`~tests.helpers.cluster.Cluster`; with etcd membership, an etcd
+    (:class:`~tests.helpers.etcd.EtcdServer`) of its own."""
 
     name = "local"
     stop_bound = EXIT_BOUND
@@ -41,12 +41,10 @@ class LocalTarget:
         self._etcd: EtcdServer | None = None
         self._receiver: OtlpReceiver | None = None
         self._env: dict[str, str] = {}
-        self._names: list[str] = []
-        """Every node name (unix address) handed out so far, by ordinal."""
-        self._nodes: list[ServiceProcess] = []
-        """Every node process started so far, by ordinal; the first :attr:`_count` run."""
+        self._cluster = Cluster(self._group, [])
+        """Every node and gate started so far, by ordinal (empty until :meth:`start`)."""
         self._count = 0
-        self._gates: list[ServiceProcess] = []
+        """How many nodes run: the first ones of the cluster's."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -62,18 +60,15 @@ class LocalTarget:
             self._etcd = EtcdServer().start_blocking()
             self._node_extra = (f"--shutdown-timeout={ETCD_NODE_SHUTDOWN:g}s",)
             self.node_stop_bound = ETCD_NODE_SHUTDOWN + EXIT_SLACK
-        cluster = start_cluster(
+        self._cluster = Cluster(
             self._group,
-            gates=GATES,
+            self._group.node_addresses(NODES),
+            None if self._etcd is None else self._etcd.endpoint,
             node_extra=self._node_extra,
-            nodes=NODES,
             env=self._env,
-            etcd=None if self._etcd is None else self._etcd.endpoint,
         )
-        self._names = cluster.node_addresses
-        self._nodes = cluster.nodes
-        self._count = len(cluster.nodes)
-        self._gates = cluster.gates
+        self._count = NODES
+        self._cluster.start(NODES, GATES)
 
     def close(self) -> None:
         self._group.stop_all()
@@ -85,13 +80,10 @@ class LocalTarget:
     # -- the cluster ----------------------------------------------------------------------------
 
     def gate_addresses(self) -> list[str]:
-        return [proc.address for proc in self._gates]
+        return self._cluster.gate_addresses
 
     def node_addresses(self, count: int | None = None) -> list[str]:
-        count = self._count if count is None else count
-        if count > len(self._names):
-            self._names += self._group.node_addresses(count - len(self._names))
-        return self._names[:count]
+        return self._cluster.names(self._count if count is None else count)
 
     def node_endpoints(self) -> list[str]:
         return self.node_addresses()  # the unix addresses the nodes listen on
@@ -102,26 +94,12 @@ class LocalTarget:
     def scale_nodes(self, count: int) -> list[StopResult]:
         if self._etcd is None:
             raise TargetError("static membership: the node list is fixed")
-        names = self.node_addresses(count)
-        for ordinal in range(self._count, count):
-            if ordinal < len(self._nodes):  # a node stopped by an earlier scale-in
-                self._nodes[ordinal].start(wait=False)
-            else:
-                extra = (f"--etcd-endpoints={self._etcd.endpoint}", *self._node_extra)
-                proc = self._group.node(names[ordinal], None, extra, wait=False, env=self._env)
-                self._nodes.append(proc)
-        leaving = self._nodes[count : self._count]
-        starting = self._nodes[self._count : count]
+        nodes = self._cluster.nodes
+        leaving = nodes[count : self._count]
+        self._cluster.start_stopped(*nodes[self._count : count])  # stopped by a scale-in
+        self._cluster.start_nodes(max(count - len(nodes), 0))
         self._count = count
-        for proc in starting:
-            self._wait_joined(proc)
         return stop_all([functools.partial(self._terminate, proc) for proc in leaving])
-
-    @staticmethod
-    def _wait_joined(proc: ServiceProcess) -> None:
-        """Waits until `proc` serves and is ready (with etcd: it joined the cluster)."""
-        proc.wait_ready()
-        wait_until(lambda: joined(proc.address), START_TIMEOUT, f"{proc.name} to be ready")
 
     def _terminate(self, proc: ServiceProcess) -> StopResult:
         code = proc.terminate(timeout=30)
@@ -130,25 +108,24 @@ class LocalTarget:
 
     def instance_ids(self, component: Component) -> list[str]:
         if component == "gate":
-            return [f"gate-{index}" for index in range(len(self._gates))]
+            return self._cluster.gate_ids
         return self.node_addresses()
 
     def _proc(self, component: Component, index: int) -> ServiceProcess:
-        return (self._gates if component == "gate" else self._nodes)[index]
+        return (self._cluster.gates if component == "gate" else self._cluster.nodes)[index]
 
     def stop_gate(self, index: int) -> StopResult:
-        return self._terminate(self._gates[index])
+        return self._terminate(self._cluster.gates[index])
 
     def start_gate(self, index: int) -> None:
-        proc = self._gates[index]
+        proc = self._cluster.gates[index]
         if not proc.alive():
-            proc.start()
+            self._cluster.start_stopped(proc)
 
     def restart_node(self, index: int) -> StopResult:
-        proc = self._nodes[index]
+        proc = self._cluster.nodes[index]
         result = self._terminate(proc)
-        proc.start(wait=False)  # same socket, same name
-        self._wait_joined(proc)
+        self._cluster.start_stopped(proc)  # same socket, same name
         return result
 
     def logs(self, component: Component, index: int) -> list[str]:
@@ -173,7 +150,7 @@ class LocalTarget:
         parts = []
         if self._etcd is not None:
             parts.append(f"----- etcd -----\n{self._etcd.output()[-5000:]}")
-        for proc in [*self._nodes, *self._gates]:
+        for proc in [*self._cluster.nodes, *self._cluster.gates]:
             state = "running" if proc.alive() else "exited"
             parts.append(f"----- {proc.name} ({state}) -----\n{proc.output()[-20000:]}")
         return "\n".join(parts)
