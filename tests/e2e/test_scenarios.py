@@ -133,10 +133,10 @@ def owned_id(target: Target, node_index: int, object_type: str, prefix: str) -> 
     """An object id that placement (over the target's node list) puts on node `node_index`."""
     nodes = target.node_addresses()
     placement = Placement(nodes)
-    n = 0
-    while placement.node_for(object_type, f"{prefix}-{n}") != nodes[node_index]:
-        n += 1
-    return f"{prefix}-{n}"
+    [found] = object_ids(
+        prefix, 1, lambda i: placement.node_for(object_type, i) == nodes[node_index]
+    )
+    return found
 
 
 async def wait_settled(target: Target) -> float:
@@ -385,10 +385,10 @@ def staying_id(target: Target, counts: tuple[int, ...], object_type: str, prefix
     """An object id on node 0 with any of `counts` nodes running: its shard never moves."""
     placements = [Placement(target.node_addresses(count)) for count in counts]
     first = target.node_addresses(1)[0]
-    n = 0
-    while any(p.node_for(object_type, f"{prefix}-{n}") != first for p in placements):
-        n += 1
-    return f"{prefix}-{n}"
+    [found] = object_ids(
+        prefix, 1, lambda i: all(p.node_for(object_type, i) == first for p in placements)
+    )
+    return found
 
 
 async def pushes_reach_everyone(

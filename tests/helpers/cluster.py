@@ -14,6 +14,7 @@ from goverse import wire
 from goverse.client import Client
 from goverse.placement import SHARD_COUNT, Placement
 from goverse.v1 import node_pb2, node_pb2_grpc
+from tests.helpers.call_load import object_ids
 from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess, serving
 from tests.helpers.waiting import wait_until
 
@@ -148,14 +149,8 @@ class Cluster:
 
     def ids_owned_by(self, node: str, object_type: str, count: int, prefix: str) -> list[str]:
         """`count` object ids of `object_type` that placement puts on `node`."""
-        ids: list[str] = []
-        n = 0
-        while len(ids) < count:
-            candidate = f"{prefix}-{n}"
-            if self.placement.node_for(object_type, candidate) == node:
-                ids.append(candidate)
-            n += 1
-        return ids
+        placement = self.placement
+        return object_ids(prefix, count, lambda i: placement.node_for(object_type, i) == node)
 
     def client(self, gates: list[str] | None = None, **options: Any) -> Client:
         return Client(gates or self.gate_addresses, **options)

@@ -10,7 +10,6 @@ ever held by two node incarnations at once. Each prints what it measured (run wi
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 
 from google.protobuf.empty_pb2 import Empty
@@ -120,9 +119,7 @@ async def test_a_node_frozen_past_its_lease_fences_itself_before_serving_and_rej
     pid = victim.pid
     before = await cluster.status(victim.address)
     owned = set(before.owned_shards)
-    probe = next(
-        f"probe-{n}" for n in itertools.count() if shard_of("Witness", f"probe-{n}") in owned
-    )
+    [probe] = object_ids("probe", 1, lambda i: shard_of("Witness", i) in owned)
     async with (
         CallLoad(cluster.gate_addresses, object_ids("w", OBJECTS)) as load,
         Client(cluster.gate_addresses) as first,
