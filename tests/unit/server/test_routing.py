@@ -275,3 +275,25 @@ async def test_a_waiting_call_can_be_cancelled(pool: ChannelPool, unreachable: s
     assert call.cancelled()
     left = [task for task in asyncio.all_tasks() - before if task is not asyncio.current_task()]
     assert left == [], left
+
+
+async def test_a_refused_call_waits_for_its_shard_to_change_owner_not_for_any_change(
+    pool: ChannelPool, nodes: list[FakeNode]
+) -> None:
+    """While shards move, the view changes with every key; a call its owner refused as moving
+    is sent again when *its* shard has a new owner, not on each of those changes (which made
+    it meet the same refusal again and again, and its backoff grow to a second)."""
+    first, second = nodes
+    first.refuse = wire.ShardRefusal.MOVING
+    view = FakeView(first.address, second.address, default_owner=first.address)
+    calling = asyncio.create_task(Routing(view, pool).call(SHARD, sender(pool), WAIT))
+    await eventually(lambda: len(first.calls) >= 1, WAIT, "the first refusal")
+    for other in range(30):  # other shards change owner, 30 times over 0.6 s
+        view.set_owner(other + 1000, second.address)
+        await asyncio.sleep(0.02)
+    refusals = len(first.calls)
+    view.set_owner(SHARD, second.address)
+    reply = await bounded(calling, WAIT)
+    assert reply.response == text("hi")
+    assert refusals <= 10, f"{refusals} refusals while other shards moved"
+    assert len(second.calls) == 1

@@ -163,7 +163,25 @@ class Routing:
                 retry_in_s=round(delay, 3),
             )
             pause = min(delay, give_up - loop.time())
-            await first_of([self._view.changed(version)], pause)
+            if await self._owner_changed(shard, address, version, pause):
+                backoff.reset()  # progress: the next refusal, if any, is a new owner's
+
+    async def _owner_changed(
+        self, shard: int, address: str | None, version: int, timeout: float
+    ) -> bool:
+        """Waits until the view names another owner address for `shard` than `address`
+        (None: no owner), or `timeout` seconds pass; True when it does. While shards move the
+        view changes with every key, and waking on every change only to meet the same refusal
+        again grew the backoff to its ceiling: the calls to a moving shard waited up to a
+        second longer than its move took."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while self._view.owner_address(shard) == address:
+            left = until - loop.time()
+            if left <= 0 or not await first_of([self._view.changed(version)], left):
+                return False
+            version = self._view.version
+        return True
 
     async def _connected(self, address: str, version: int, give_up: float) -> _Wait:
         """Waits until the channel to `address` is READY (asking it to connect), the view
