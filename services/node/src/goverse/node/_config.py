@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from goverse.server import (
     ADDRESS,
@@ -14,6 +15,7 @@ from goverse.server import (
     BYTE_SIZE,
     COUNT,
     DURATION,
+    PATH,
     Kind,
     ServiceSettings,
     SettingsParser,
@@ -42,6 +44,31 @@ def _module(text: str) -> str:
 def module_list(text: str) -> tuple[str, ...]:
     """Parses a comma-separated list of dotted module names; rejects empty lists and repeats."""
     return parse_list(text, _module)
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def parse_store(text: str) -> str:
+    """Checks a ``--store`` value: ``sqlite:PATH`` or a ``postgresql://`` URL."""
+    text = text.strip()
+    if text.startswith("sqlite:"):
+        if not text.removeprefix("sqlite:"):
+            raise argparse.ArgumentTypeError("sqlite: needs a file path, e.g. sqlite:/data/x.db")
+        return text
+    if text.startswith(_POSTGRES_SCHEMES):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{redact_store(text)!r} is not a store: use sqlite:PATH or postgresql://USER@HOST/DB"
+    )
+
+
+def redact_store(text: str) -> str:
+    """`text` with any password of a ``postgresql://user:password@host`` URL replaced."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", text)
+
+
+STORE = Kind(parse_store, "URL", redact_store)
 
 
 def _advertisable(address: str) -> str | None:
@@ -128,6 +155,43 @@ class NodeConfig(
         help="with etcd: most shards this node releases at once",
         kind=COUNT,
     )
+    store: str | None = setting(
+        None,
+        help="where object state is kept: sqlite:PATH (one node only) or "
+        "postgresql://USER@HOST:PORT/DB; unset: in memory, lost when the object deactivates",
+        kind=STORE,
+        default_text="none: state in memory",
+    )
+    store_password_file: Path | None = setting(
+        None,
+        help="file holding the PostgreSQL password (else the URL's, or PGPASSWORD / "
+        "PGPASSFILE as libpq reads them); never logged",
+        kind=PATH,
+    )
+    store_pool_size: int = setting(
+        4,
+        help="most connections to PostgreSQL this node opens",
+        kind=COUNT,
+    )
+    save_interval: timedelta = setting(
+        timedelta(seconds=5),
+        help="how often objects of periodic durability save their changed state",
+        kind=DURATION,
+        check=positive,
+    )
+    idle_timeout: timedelta = setting(
+        timedelta(minutes=15),
+        help="an object no call reached for this long is saved and deactivated; 0: never "
+        "(memory then grows with every id ever called)",
+        kind=DURATION,
+        check=not_negative,
+    )
+    max_objects: int = setting(
+        1_000_000,
+        help="most objects active at once; an activation beyond it is refused with "
+        "RESOURCE_EXHAUSTED",
+        kind=COUNT,
+    )
 
     def _check_combinations(self) -> None:
         super()._check_combinations()
@@ -140,6 +204,11 @@ class NodeConfig(
             raise ValueError(
                 f"--fence-margin ({format_duration(self.fence_margin)}) must be under half of "
                 f"--lease-ttl ({format_duration(self.lease_ttl)})"
+            )
+        if self.store is not None and self.store.startswith("sqlite:") and self.clustered:
+            raise ValueError(
+                "--store sqlite: serves one node only (a file is not shared between nodes): "
+                "use postgresql:// with --etcd-endpoints or more than one node in --nodes"
             )
         if self.nodes is None:
             return
@@ -159,6 +228,11 @@ class NodeConfig(
                 f"--advertise {advertise}{source} is not in --nodes ({','.join(nodes)}); "
                 "a node must be named in the node list it serves"
             )
+
+    @property
+    def clustered(self) -> bool:
+        """More than one node may serve: etcd membership, or several nodes listed."""
+        return self.etcd_endpoints is not None or len(self.nodes or ()) > 1
 
     def identity(self, bound_address: str) -> tuple[str, tuple[str, ...]]:
         """This node's name and the node list, once the server has bound `bound_address`
