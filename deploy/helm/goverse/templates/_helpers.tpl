@@ -312,6 +312,27 @@ GOVERSE_{{ $key | snakecase | upper }}: {{ $text | quote }}
 {{- end }}
 
 {{/*
+The node's state store. The password Secret's key is mounted as one file in its own
+directory: a path of the chart's choosing, so GOVERSE_STORE_PASSWORD_FILE never depends on
+the key's name.
+*/}}
+{{- define "goverse.store.passwordDir" -}}/etc/goverse/store{{- end }}
+{{- define "goverse.store.passwordFile" -}}{{ include "goverse.store.passwordDir" . }}/password{{- end }}
+
+{{/* "true" when the nodes have a store (its URL in values or in a Secret), else empty. */}}
+{{- define "goverse.store.enabled" -}}
+{{- if or .Values.store.url .Values.store.existingSecret }}true{{- end }}
+{{- end }}
+
+{{/*
+"true" when the store may be PostgreSQL: a postgresql:// URL, or a URL in a Secret (which
+the chart cannot read; the node checks that one itself), else empty.
+*/}}
+{{- define "goverse.store.mayBePostgres" -}}
+{{- if or .Values.store.existingSecret (hasPrefix "postgres" .Values.store.url) }}true{{- end }}
+{{- end }}
+
+{{/*
 Environment variables every gate and node container gets from the downward API, and the
 resource attributes built from them. $(VAR) references are expanded by the kubelet.
 */}}
@@ -382,6 +403,7 @@ and lint with the reason.
 {{- end }}
 {{- end }}
 {{- include "goverse.validateMembership" . }}
+{{- include "goverse.validateStore" . }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is nothing to scrape" }}
 {{- end }}
@@ -446,5 +468,56 @@ and lint with the reason.
 {{- if $etcd.endpoints }}
 {{- fail "etcd.endpoints is set with membership static: nothing would use it; set membership=etcd" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the store values. A password never goes into a ConfigMap, and the failure messages
+never repeat store.url: it may be the very URL with a password that is refused.
+*/}}
+{{- define "goverse.validateStore" -}}
+{{- $v := .Values }}
+{{- $s := $v.store }}
+{{- if and $s.url $s.existingSecret }}
+{{- fail "store.url and store.existingSecret are both set: give the store's URL in values (store.url) or in a Secret (store.existingSecret with store.urlKey), not both" }}
+{{- end }}
+{{- if and $s.existingSecret (not $s.urlKey) }}
+{{- fail "store.existingSecret needs store.urlKey: the key of that Secret that holds the store's URL" }}
+{{- end }}
+{{- if and $s.urlKey (not $s.existingSecret) }}
+{{- fail "store.urlKey is set without store.existingSecret: name the Secret that holds the store's URL" }}
+{{- end }}
+{{- if and $s.passwordSecret (not $s.passwordKey) }}
+{{- fail "store.passwordSecret needs store.passwordKey: the key of that Secret that holds the PostgreSQL password" }}
+{{- end }}
+{{- if and $s.passwordKey (not $s.passwordSecret) }}
+{{- fail "store.passwordKey is set without store.passwordSecret: name the Secret that holds the PostgreSQL password" }}
+{{- end }}
+{{- if and $s.url (not (regexMatch "^(sqlite:.|postgres(ql)?://.)" $s.url)) }}
+{{- fail "store.url is not a store the node knows: use postgresql://USER@HOST:PORT/DB or sqlite:PATH" }}
+{{- end }}
+{{- /* user:password@ in the authority, or libpq's password= query option */}}
+{{- if or (regexMatch "^[A-Za-z]+://[^/@]*:[^/@]*@" $s.url) (regexMatch "[?&]password=" $s.url) }}
+{{- fail "store.url contains a password, which the node ConfigMap would hold in plain text: put the password in a Secret (store.passwordSecret with store.passwordKey), or the whole URL (store.existingSecret with store.urlKey)" }}
+{{- end }}
+{{- if hasPrefix "sqlite:" $s.url }}
+{{- if eq $v.membership "etcd" }}
+{{- fail "store.url sqlite: serves one node only (its file is not shared between nodes), and membership etcd lets nodes come and go: use a postgresql:// store" }}
+{{- end }}
+{{- if gt (int $v.node.replicaCount) 1 }}
+{{- fail (printf "store.url sqlite: serves one node only (its file is not shared between nodes), and node.replicaCount is %d: set node.replicaCount=1 or use a postgresql:// store" (int $v.node.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- if not (include "goverse.store.mayBePostgres" .) }}
+{{- $what := ternary "a sqlite: store" "no store (state in memory)" (hasPrefix "sqlite:" $s.url) }}
+{{- if $s.passwordSecret }}
+{{- fail (printf "store.passwordSecret is set with %s: the password file is for PostgreSQL" $what) }}
+{{- end }}
+{{- if $s.poolSize }}
+{{- fail (printf "store.poolSize is set with %s: the pool holds PostgreSQL connections" $what) }}
+{{- end }}
+{{- end }}
+{{- if and $s.saveInterval (not (include "goverse.store.enabled" .)) }}
+{{- fail "store.saveInterval is set without a store: state in memory is never saved; set store.url or store.existingSecret" }}
 {{- end }}
 {{- end }}
