@@ -9,11 +9,12 @@
 #      minimum supported version and of the newest version kubernetes-validate ships
 #      (validate.py; the ServiceMonitor CRD is checked by hand there), and of the wiring
 #      (wiring.py: node list or etcd endpoints, the bundled etcd, advertise, gate id, probes,
-#      grace period and handoff budget, config checksum, autoscalers); every values file is
-#      rendered again with other replica counts: with etcd membership no gate or node pod
-#      template may change (scaling.py);
+#      grace period and handoff budget, config checksum, autoscalers, the store URL and
+#      password file); every values file is rendered again with other replica counts: with
+#      etcd membership no gate or node pod template may change (scaling.py);
 #   4. every scripts/chart/bad-values/*.yaml must make helm template fail with the message in
-#      its `# expect:` line (schema: unknown keys, wrong types; `fail`: bad combinations);
+#      its `# expect:` line (schema: unknown keys, wrong types; `fail`: bad combinations), and
+#      without printing the text of its `# never:` line if it has one (a password);
 #      the schema cases must make helm lint fail too (lint only logs a template's `fail`).
 set -euo pipefail
 
@@ -85,6 +86,7 @@ step "values that must be refused"
 failed=0
 for values in scripts/chart/bad-values/*.yaml; do
     expect="$(sed -n 's/^# expect: //p' "$values" | head -n 1)"
+    never="$(sed -n 's/^# never: //p' "$values" | head -n 1)"
     if "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --values "$values" \
         >/dev/null 2>"$OUT/refused.log"; then
         echo "FAIL: helm template accepted $values"
@@ -93,6 +95,12 @@ for values in scripts/chart/bad-values/*.yaml; do
     fi
     if ! grep -qF -- "$expect" "$OUT/refused.log"; then
         echo "FAIL: $values was refused, but not with \"$expect\":"
+        cat "$OUT/refused.log"
+        failed=1
+        continue
+    fi
+    if [[ -n "$never" ]] && grep -qF -- "$never" "$OUT/refused.log"; then
+        echo "FAIL: the refusal of $values prints \"$never\":"
         cat "$OUT/refused.log"
         failed=1
         continue

@@ -17,7 +17,12 @@ For each file (one `helm template` output):
   the leave share of the node's shutdown budget covers the handoff timeout;
   GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one; an autoscaled
   workload has no replica count of its own and CPU requests; every PodDisruptionBudget
-  selects the pods of a workload.
+  selects the pods of a workload;
+- the store: GOVERSE_STORE either in the node ConfigMap, without a password, or in the env from
+  a Secret, not both; sqlite: only for one node with static membership; with
+  GOVERSE_STORE_PASSWORD_FILE, that path is the one key of a Secret volume mounted read-only,
+  readable by the node's user; no password anywhere in the ConfigMap or the environment (no
+  literal, and no secretKeyRef to the password Secret).
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ Resource = dict[str, Any]
 # `goverse.node.leaveShare` (tests/unit/test_chart_settings.py checks all four against the code).
 DEFAULT_HANDOFF_TIMEOUT = "5s"
 LEAVE_SHARE = 0.6
+
+# A password in a store URL: user:password@ in the authority, or libpq's password= option.
+_URL_PASSWORD = re.compile(r"^[A-Za-z]+://[^/@]*:[^/@]*@|[?&]password=")
+# A secret volume's files without a defaultMode (Kubernetes' default).
+_DEFAULT_SECRET_MODE = 0o644
 
 
 def _seconds(duration: str) -> float:
@@ -178,6 +188,7 @@ class Checker:
                 f"node shutdown budget {budget}s: its leave share ({LEAVE_SHARE:.0%}) does not "
                 f"cover the handoff timeout {handoff}s",
             )
+        self.check_store(node_cm, sts)
         self.check_autoscalers()
         self.check_disruption_budgets()
         return self.problems
@@ -388,6 +399,87 @@ class Checker:
         self.expect(
             any(ref.get("configMapRef") for ref in container.get("envFrom", [])),
             f"{name}: the ConfigMap is not consumed through envFrom",
+        )
+
+    def check_store(self, node_cm: dict[str, str], sts: Resource) -> None:
+        name = sts["metadata"]["name"]
+        container = _container(sts)
+        pod = sts["spec"]["template"]["spec"]
+        env = _env(container)
+        in_config = node_cm.get("GOVERSE_STORE")
+        from_env = env.get("GOVERSE_STORE")
+        self.expect(
+            not (in_config and from_env),
+            f"{name}: GOVERSE_STORE is in both the ConfigMap and the env",
+        )
+        if from_env is not None:
+            self.expect(
+                "value" not in from_env and bool(from_env.get("valueFrom", {}).get("secretKeyRef")),
+                f"{name}: GOVERSE_STORE in the env is not from a Secret",
+            )
+        if in_config:
+            self.expect(
+                not _URL_PASSWORD.search(in_config),
+                f"{name}: the ConfigMap's GOVERSE_STORE carries a password",
+            )
+            if in_config.startswith("sqlite:"):
+                self.expect(
+                    "GOVERSE_ETCD_ENDPOINTS" not in node_cm and sts["spec"].get("replicas") == 1,
+                    f"{name}: a sqlite: store, whose file one node alone can use, with more "
+                    "than one node or with etcd",
+                )
+        for key in node_cm:
+            self.expect(
+                "PASSWORD" not in key or key.endswith("_FILE"),
+                f"{name}: the ConfigMap sets {key}",
+            )
+        for key, item in env.items():
+            self.expect(
+                "PASSWORD" not in key or key.endswith("_FILE") or "value" not in item,
+                f"{name}: {key} is set to a literal value in the env",
+            )
+
+        password_file = node_cm.get("GOVERSE_STORE_PASSWORD_FILE")
+        if not password_file:
+            return
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        found = None
+        for mount in container.get("volumeMounts", []):
+            secret = volumes.get(mount["name"], {}).get("secret")
+            if secret is None:
+                continue
+            for item in secret.get("items", []):
+                if f"{mount['mountPath'].rstrip('/')}/{item['path']}" == password_file:
+                    found = (mount, secret, item)
+        if found is None:
+            self.problems.append(
+                f"{name}: GOVERSE_STORE_PASSWORD_FILE={password_file} is no key of a mounted Secret"
+            )
+            return
+        mount, secret, item = found
+        self.expect(
+            mount.get("readOnly") is True, f"{name}: the password Secret is not mounted read-only"
+        )
+        self.expect(
+            len(secret["items"]) == 1, f"{name}: the password volume holds more than the password"
+        )
+        for key, variable in env.items():
+            ref = variable.get("valueFrom", {}).get("secretKeyRef", {})
+            self.expect(
+                (ref.get("name"), ref.get("key")) != (secret["secretName"], item["key"]),
+                f"{name}: {key} puts the store password in the environment",
+            )
+        mode = item.get("mode", secret.get("defaultMode", _DEFAULT_SECRET_MODE))
+        group = pod.get("securityContext", {}).get("fsGroup")
+        # With an fsGroup the file's group is the node's; without, it is root's.
+        readable = mode & 0o040 if group is not None else mode & 0o004
+        self.expect(
+            bool(readable), f"{name}: the node cannot read its password file (mode {mode:o})"
+        )
+        self.expect(
+            group is None or not mode & 0o004,
+            f"{name}: the password file is readable by others (mode {mode:o}) though its "
+            "group is the node's",
         )
 
     def check_autoscalers(self) -> None:
