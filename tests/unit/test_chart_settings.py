@@ -1,9 +1,13 @@
-"""The Helm chart's settings agree with their declarations: names, and the defaults it states."""
+"""The Helm chart's settings agree with their declarations: names, the defaults it states, and
+what the node parses out of a rendering (the store's settings)."""
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +15,7 @@ from goverse.gate import GateConfig
 from goverse.node import NodeConfig
 from goverse.server import Declared, ServiceSettings, declared
 from goverse.server._service import LEAVE_SHARE
+from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, render
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "goverse"
 SERVICES: dict[str, type[ServiceSettings]] = {"node": NodeConfig, "gate": GateConfig}
@@ -23,6 +28,12 @@ _VARIABLE = re.compile(r"^\s*(?:- name: )?(GOVERSE_[A-Z0-9_]+)\s*(?::|$)")
 
 def config_values(component: str) -> dict[str, str]:
     """The keys of ``<component>.config`` in values.yaml, each with its comment as one line."""
+    return section_values(component, "config")
+
+
+def section_values(*section: str) -> dict[str, str]:
+    """The keys right under `section` (a path of keys) in values.yaml, each with its comment
+    as one line."""
     keys: dict[str, str] = {}
     path: list[tuple[int, str]] = []
     comment: list[str] = []
@@ -38,7 +49,7 @@ def config_values(component: str) -> dict[str, str]:
         indent = len(match["indent"])
         while path and path[-1][0] >= indent:
             path.pop()
-        if [key for _, key in path] == [component, "config"]:
+        if [key for _, key in path] == list(section):
             keys[match["key"]] = " ".join(comment)
         path.append((indent, match["key"]))
         comment = []
@@ -154,3 +165,173 @@ def test_the_reader_finds_keys_and_their_comments() -> None:
     assert "slowClientPolicy" in gate
     assert "(default disconnect)" in gate["slowClientPolicy"]
     assert variable_of("keepaliveMinTime") == "GOVERSE_KEEPALIVE_MIN_TIME"
+
+
+# -- the store ------------------------------------------------------------------------------
+
+# The `store` values that carry a node setting of their own, with its variable; the others name
+# where a Secret keeps the URL or the password.
+STORE_SETTINGS = {
+    "url": "GOVERSE_STORE",
+    "passwordSecret": "GOVERSE_STORE_PASSWORD_FILE",
+    "poolSize": "GOVERSE_STORE_POOL_SIZE",
+    "saveInterval": "GOVERSE_SAVE_INTERVAL",
+    "idleTimeout": "GOVERSE_IDLE_TIMEOUT",
+    "maxObjects": "GOVERSE_MAX_OBJECTS",
+}
+STORE_SECRET_KEYS = {"existingSecret", "urlKey", "passwordKey"}
+STORE_VARIABLES = set(STORE_SETTINGS.values())
+
+PG_URL = "postgresql://goverse@pg.example:5432/goverse?sslmode=require"
+
+needs_chart_tools = pytest.mark.skipif(
+    not (HELM.exists() and TOOLS_PYTHON.exists()),
+    reason="the pinned helm is not installed: `make chart-tools` (make test installs it)",
+)
+
+
+def test_every_store_value_names_its_flag_and_the_declared_default() -> None:
+    """Each `store` value that sets a node flag names it in its comment, and a `(default ...)`
+    there is the declared default; no other key hides in the section."""
+    settings = settings_by_variable(NodeConfig)
+    values = section_values("store")
+    assert set(values) == set(STORE_SETTINGS) | STORE_SECRET_KEYS
+    for key, variable in STORE_SETTINGS.items():
+        item = settings[variable]
+        assert f"`{item.flag}`" in values[key], (
+            f"store.{key}: the comment does not name {item.flag}"
+        )
+        stated = _DEFAULT.search(values[key])
+        if stated is not None:
+            assert stated[1].strip("`") == item.default_text(), (
+                f"store.{key}: the comment says default {stated[1]}, the declaration "
+                f"{item.default_text()}"
+            )
+
+
+class NodePod:
+    """The node StatefulSet of one rendering: its ConfigMap data, pod spec and container."""
+
+    def __init__(self, resources: list[dict[str, Any]]) -> None:
+        def one(kind: str) -> dict[str, Any]:
+            (found,) = [
+                r
+                for r in resources
+                if r["kind"] == kind
+                and r["metadata"]["labels"].get("app.kubernetes.io/component") == "node"
+            ]
+            return found
+
+        self.statefulset = one("StatefulSet")
+        self.config: dict[str, str] = one("ConfigMap")["data"]
+        self.spec: dict[str, Any] = self.statefulset["spec"]["template"]["spec"]
+        (self.container,) = self.spec["containers"]
+        self.env: dict[str, dict[str, Any]] = {e["name"]: e for e in self.container["env"]}
+
+    def environ(self, secrets: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
+        """The environment of the first pod as the kubelet builds it: the ConfigMap, then the
+        env (the pod name filled in; `secrets` by (Secret, key) for secretKeyRef)."""
+        pod = f"{self.statefulset['metadata']['name']}-0"
+        environ = dict(self.config)
+        for name, item in self.env.items():
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                environ[name] = (secrets or {})[(ref["name"], ref["key"])]
+            elif "value" in item:
+                environ[name] = item["value"].replace("$(POD_NAME)", pod)
+        return environ
+
+
+def node_pod(tmp_path: Path, values: dict[str, Any]) -> NodePod:
+    """The node pod of the chart rendered with `values` (JSON is YAML to helm)."""
+    path = tmp_path / "values.yaml"
+    path.write_text(json.dumps(values))
+    return NodePod(render("goverse", "goverse", ["--values", str(path)]))
+
+
+@needs_chart_tools
+def test_without_store_values_the_node_pod_is_as_before(tmp_path: Path) -> None:
+    """The defaults set no store setting, no Secret and no volume but /tmp: a release that
+    does not use a store renders as it did before the store values existed."""
+    pod = node_pod(tmp_path, {})
+    assert not STORE_VARIABLES & set(pod.config)
+    assert list(pod.env) == [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "GOVERSE_ADVERTISE",
+    ]
+    assert [v["name"] for v in pod.spec["volumes"]] == ["tmp"]
+    assert [m["mountPath"] for m in pod.container["volumeMounts"]] == ["/tmp"]
+    assert NodeConfig.parser(pod.environ()).parse([]).store is None
+
+
+@needs_chart_tools
+def test_a_postgresql_store_and_its_tuning_are_what_the_node_parses(tmp_path: Path) -> None:
+    """store.url and the tuning values reach the node as its settings; a count stays a whole
+    number (not 1e+06) and idleTimeout "0" is passed on as never, not dropped as a default."""
+    pod = node_pod(
+        tmp_path,
+        {
+            "store": {
+                "url": PG_URL,
+                "poolSize": 8,
+                "saveInterval": "2s",
+                "idleTimeout": "0",
+                "maxObjects": 1000000,
+            }
+        },
+    )
+    assert pod.config["GOVERSE_MAX_OBJECTS"] == "1000000"
+    config = NodeConfig.parser(pod.environ()).parse([])
+    assert config.store == PG_URL
+    assert config.store_pool_size == 8
+    assert config.save_interval == timedelta(seconds=2)
+    assert config.idle_timeout == timedelta(0)
+    assert config.max_objects == 1_000_000
+    assert config.store_password_file is None
+
+
+@needs_chart_tools
+def test_the_password_is_a_read_only_file_never_an_environment_variable(tmp_path: Path) -> None:
+    """store.passwordSecret mounts that one key read-only where GOVERSE_STORE_PASSWORD_FILE
+    points; no variable of the pod holds the password or refers to its Secret."""
+    pod = node_pod(
+        tmp_path,
+        {"store": {"url": PG_URL, "passwordSecret": "goverse-pg", "passwordKey": "pg-password"}},
+    )
+    config = NodeConfig.parser(pod.environ()).parse([])
+    assert config.store_password_file is not None
+    (volume,) = [v for v in pod.spec["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "goverse-pg"
+    (item,) = volume["secret"]["items"]
+    assert item["key"] == "pg-password"
+    (mount,) = [m for m in pod.container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert Path(mount["mountPath"]) / item["path"] == config.store_password_file
+    for name, variable in pod.env.items():
+        assert "PASSWORD" not in name, f"{name} is in the env"
+        assert "secretKeyRef" not in variable.get("valueFrom", {}), f"{name} reads a Secret"
+    assert not any("PASSWORD" in key and not key.endswith("_FILE") for key in pod.config)
+
+
+@needs_chart_tools
+def test_a_url_kept_in_a_secret_is_read_from_it_not_written_into_the_configmap(
+    tmp_path: Path,
+) -> None:
+    """store.existingSecret sets GOVERSE_STORE from that Secret's key; the ConfigMap (whose
+    contents anyone who can read the namespace's ConfigMaps sees) has no store URL."""
+    pod = node_pod(tmp_path, {"store": {"existingSecret": "goverse-dsn", "urlKey": "dsn"}})
+    assert "GOVERSE_STORE" not in pod.config
+    assert "value" not in pod.env["GOVERSE_STORE"]
+    secret_url = "postgresql://goverse:s3cret@pg.example:5432/goverse"
+    config = NodeConfig.parser(pod.environ({("goverse-dsn", "dsn"): secret_url})).parse([])
+    assert config.store == secret_url
+
+
+@needs_chart_tools
+def test_a_sqlite_store_serves_one_node_with_a_static_list(tmp_path: Path) -> None:
+    """sqlite: renders with one node (and the node accepts it); more nodes are refused by the
+    chart (scripts/chart/bad-values) as by the node."""
+    pod = node_pod(tmp_path, {"node": {"replicaCount": 1}, "store": {"url": "sqlite:/tmp/g.db"}})
+    assert NodeConfig.parser(pod.environ()).parse([]).store == "sqlite:/tmp/g.db"
