@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from goverse.node import _postgres_store
 from goverse.node._postgres_store import PostgresBackend
 from goverse.node._store import Op, OpKind, Store, StoreUnavailable, open_store
 from tests.helpers.postgres import STOP_TIMEOUT, PostgresServer
@@ -103,6 +104,32 @@ async def test_a_mixed_batch_is_one_transaction_of_one_statement_per_kind(store:
     assert round_trips(store) - statements == 1 + 3 + 1
     await store.delete(("Counter", "never"), 1)
     assert round_trips(store) - statements == 5 + 2
+
+
+async def test_a_new_schema_version_is_one_more_step(
+    database: PostgresDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of version 1 opened by nodes that know version 2 (two at once) runs step
+    2 only, once."""
+    async with database.store() as store:
+        await store.load(KEY, 1)
+        await store.save(KEY, 1, b"v1")
+    steps = (
+        *_postgres_store.MIGRATIONS,
+        ("ALTER TABLE goverse_objects ADD COLUMN saved_at TIMESTAMPTZ",),
+    )
+    monkeypatch.setattr(_postgres_store, "MIGRATIONS", steps)
+    monkeypatch.setattr(_postgres_store, "SCHEMA_VERSION", 2)
+    stores = [database.store() for _ in range(2)]
+    try:
+        await bounded(asyncio.gather(*(store.open() for store in stores)))
+        assert await stores[1].load(KEY, 1) == b"v1"
+    finally:
+        for store in stores:
+            await store.close()
+    versions = "SELECT string_agg(version::text, ',' ORDER BY version) FROM goverse_schema"
+    assert await database.fetchval(versions) == "1,2"
+    assert await database.fetchval("SELECT count(saved_at) FROM goverse_objects") == 0
 
 
 async def test_a_stopped_server_is_unavailable_until_it_is_back(postgres: PostgresServer) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from goverse.node import _sqlite_store
 from goverse.node._sqlite_store import SqliteBackend
 from goverse.node._store import (
     Op,
@@ -257,6 +258,44 @@ async def test_batches_are_bounded(gated: GatedBackend) -> None:
         await bounded(asyncio.gather(first, *rest))
         assert gated.batches == [1, 50, 50, 20]
         assert (store.transactions, store.ops) == (4, 121)
+
+
+async def test_batches_are_bounded_in_bytes_too(gated: GatedBackend) -> None:
+    """States of 40 bytes under a bound of 100: two per transaction; a lone bigger one goes
+    alone."""
+    async with Store(gated, max_batch_bytes=100) as store:
+        keys = [("Counter", str(i)) for i in range(5)]
+        await asyncio.gather(*(store.load(key, 1) for key in keys))
+        gated.gate.clear()
+        gated.batches.clear()
+        gated.entered.clear()
+        first = asyncio.create_task(store.save(keys[0], 1, b"x" * 40))
+        await bounded(gated.entered.wait())
+        rest = [
+            asyncio.create_task(store.save(key, 1, b"x" * (400 if key == keys[3] else 40)))
+            for key in keys[1:]
+        ]
+        await asyncio.sleep(0)
+        gated.gate.set()
+        await bounded(asyncio.gather(first, *rest))
+        assert gated.batches == [1, 2, 1, 1]
+
+
+async def test_a_new_schema_version_is_one_more_step(
+    database: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of version 1 opened by code that knows version 2 runs step 2 only, once."""
+    async with database.store() as store:
+        await store.load(KEY, 1)
+        await store.save(KEY, 1, b"v1")
+    steps = (*_sqlite_store.MIGRATIONS, ("ALTER TABLE goverse_objects ADD COLUMN saved_at TEXT",))
+    monkeypatch.setattr(_sqlite_store, "MIGRATIONS", steps)
+    monkeypatch.setattr(_sqlite_store, "SCHEMA_VERSION", 2)
+    for _ in range(2):
+        async with database.store() as store:
+            assert await store.load(KEY, 1) == b"v1"
+    assert await database.fetchval("SELECT group_concat(version) FROM goverse_schema") == "1,2"
+    assert await database.fetchval("SELECT count(saved_at) FROM goverse_objects") == 0
 
 
 async def test_open_store_refuses_other_schemes_without_showing_a_password() -> None:

@@ -128,6 +128,10 @@ MAX_BATCH = 512
 milliseconds on either backend; bounding it keeps one transaction (and the latency of the
 operations queued behind it) short when a burst arrives."""
 
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+"""Most bytes of state in one transaction (a lone larger state still goes, alone): a burst of
+big states must not make one statement of gigabytes."""
+
 CLOSE_TIMEOUT = 5.0
 """How long :meth:`Store.close` lets the transaction in flight finish by default."""
 
@@ -147,9 +151,12 @@ class Store:
     raise :class:`StoreUnavailable`.
     """
 
-    def __init__(self, backend: Backend, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, backend: Backend, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
         self._backend = backend
         self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
         self._state: Literal["unopened", "open", "closed"] = "unopened"
         # Unbounded on purpose: each entry is a caller awaiting its outcome, so the queue never
         # holds more than the node has objects asking, and those are bounded (--max-objects).
@@ -215,6 +222,12 @@ class Store:
             finally:
                 # Also when this close is cancelled: the writer never outlives its store.
                 if not writer.done():
+                    log.warning(
+                        "store transaction abandoned at close",
+                        store=self.description,
+                        ops=len(self._inflight),
+                        timeout_s=timeout,
+                    )
                     writer.cancel()
                     # asyncio.wait never raises the writer's CancelledError, only ours.
                     await asyncio.wait([writer])
@@ -282,14 +295,25 @@ class Store:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue and self._state == "open":
-                batch: list[_Pending] = []
-                while self._queue and len(batch) < self._max_batch:
-                    pending = self._queue.popleft()
-                    # A caller that was cancelled gave up on its operation: skip it.
-                    if not pending[1].done():
-                        batch.append(pending)
+                batch = self._take()
                 if batch:
                     await self._commit(batch)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: queued operations, oldest first, up to the bounds."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and len(batch) < self._max_batch:
+            op, future = self._queue[0]
+            if future.done():
+                # A caller that was cancelled gave up on its operation: skip it.
+                self._queue.popleft()
+                continue
+            size += len(op.data or b"")
+            if batch and size > self._max_batch_bytes:
+                break
+            batch.append(self._queue.popleft())
+        return batch
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """Runs `batch` as one transaction and hands each caller its outcome."""
@@ -376,6 +400,7 @@ def _read_password(path: Path) -> str:
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "Backend",
     "ObjectKey",
     "Op",
