@@ -85,6 +85,16 @@ def postgres_session() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+async def postgres_restored(postgres_session: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """The run's shared PostgreSQL for a test that stops or freezes it (cheaper than a
+    cluster of its own): resumed and started again after the test, whatever it did."""
+    yield postgres_session
+    postgres_session.resume()
+    if not postgres_session.alive():
+        await postgres_session.start()
+
+
+@pytest.fixture
 async def fake_node() -> AsyncIterator[FakeNode]:
     """A started FakeNode on loopback (gate tests, in process or against a gate process);
     stopped after the test."""

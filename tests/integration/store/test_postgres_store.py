@@ -132,22 +132,24 @@ async def test_a_new_schema_version_is_one_more_step(
     assert await database.fetchval("SELECT count(saved_at) FROM goverse_objects") == 0
 
 
-async def test_a_stopped_server_is_unavailable_until_it_is_back(postgres: PostgresServer) -> None:
+async def test_a_stopped_server_is_unavailable_until_it_is_back(
+    postgres_restored: PostgresServer,
+) -> None:
     """While the server is down every operation fails at once with StoreUnavailable (no
     password in it) and `available` is False; once it is back, the same store works again."""
-    async with open_store(await postgres.create_database(), None, POOL_SIZE) as store:
+    async with open_store(await postgres_restored.create_database(), None, POOL_SIZE) as store:
         await store.load(KEY, 1)
         await store.save(KEY, 1, b"before")
-        await postgres.stop()
+        await postgres_restored.stop()
         with pytest.raises(StoreUnavailable) as refused:
             await bounded(store.save(KEY, 1, b"during"))
         message = str(refused.value)
-        assert postgres.password not in message
-        assert message.startswith(f"postgresql://goverse:***@127.0.0.1:{postgres.port}/")
+        assert postgres_restored.password not in message
+        assert message.startswith(f"postgresql://goverse:***@127.0.0.1:{postgres_restored.port}/")
         assert not store.available
         with pytest.raises(StoreUnavailable):
             await bounded(store.next_epoch())
-        await postgres.start()
+        await postgres_restored.start()
         assert await bounded(store.load(KEY, 1)) == b"before"
         assert store.available
         await store.save(KEY, 1, b"after")
@@ -168,20 +170,20 @@ async def test_the_store_recovers_from_a_crashed_server(postgres: PostgresServer
 
 
 async def test_a_frozen_server_fails_the_transaction_after_the_timeout(
-    postgres: PostgresServer,
+    postgres_restored: PostgresServer,
 ) -> None:
     """A server that stops answering (SIGSTOP) must not hold the writer forever."""
     backend = PostgresBackend(
-        await postgres.create_database(), None, POOL_SIZE, timeout=timedelta(seconds=0.3)
+        await postgres_restored.create_database(), None, POOL_SIZE, timeout=timedelta(seconds=0.3)
     )
     async with Store(backend) as store:
         await store.load(KEY, 1)
-        postgres.pause()
+        postgres_restored.pause()
         try:
             with pytest.raises(StoreUnavailable, match=r"no answer within 0.3s"):
                 await bounded(store.save(KEY, 1, b"frozen"))
         finally:
-            postgres.resume()
+            postgres_restored.resume()
         await bounded(store.save(KEY, 1, b"thawed"))
         assert await store.load(KEY, 1) == b"thawed"
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from goverse.node._postgres_store import PostgresBackend, _segments
-from goverse.node._store import Op, OpKind
+from goverse.node._store import Op, OpKind, StoreUnavailable, open_store
 
 A, B = ("Counter", "a"), ("Counter", "b")
 
@@ -35,3 +39,19 @@ def test_a_batch_is_cut_where_an_object_comes_again() -> None:
     ]
     assert _segments(ops) == [[0, 1], [2, 3, 4], [5]]
     assert _segments([]) == [[]]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://goverse:hunter2@127.0.0.1:notaport/db", "ValueError: invalid literal"),
+        ("postgresql://goverse:hunter2@127.0.0.1:1/db?sslmode=bogus", "`sslmode` parameter"),
+    ],
+)
+async def test_a_bad_url_is_unavailable_with_the_reason(url: str, why: str) -> None:
+    store = open_store(url, None, 2)
+    with pytest.raises(StoreUnavailable, match="cannot connect") as refused:
+        async with asyncio.timeout(10):
+            await store.open()
+    assert why in str(refused.value)
+    assert "hunter2" not in str(refused.value)

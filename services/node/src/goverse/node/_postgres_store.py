@@ -127,31 +127,40 @@ class PostgresBackend:
         cost."""
 
     async def open(self) -> None:
-        """Opens the pool (one connection at once) and creates or migrates the schema under an
+        """Opens the pool, connects once and creates or migrates the schema under an
         advisory lock, so nodes starting together migrate once. Raises
         :class:`StoreUnavailable` when the server cannot be reached or refuses us,
         :class:`SchemaTooNew` when a newer node migrated the database."""
         if self._pool is not None:
             return
+        # No connection kept open while idle (min_size 0): with a floor, asyncpg reconnects
+        # in the background during an outage and logs a traceback each time it fails; this
+        # way the next transaction connects, and its failure is the one report.
+        pool = asyncpg.create_pool(
+            self._url,
+            password=self._password,
+            min_size=0,
+            max_size=self._pool_size,
+            timeout=self._timeout,
+            command_timeout=self._timeout,
+            server_settings={"application_name": "goverse-node"},
+        )
         try:
-            pool = await asyncpg.create_pool(
-                self._url,
-                password=self._password,
-                min_size=1,
-                max_size=self._pool_size,
-                timeout=self._timeout,
-                command_timeout=self._timeout,
-                server_settings={"application_name": "goverse-node"},
-            )
-        except (*_UNAVAILABLE, ValueError) as error:
-            raise self._unavailable("cannot connect", error) from None
-        try:
-            async with pool.acquire(timeout=self._timeout) as connection:
+            try:
+                await pool
+                connection = await pool.acquire(timeout=self._timeout)
+            except Exception as error:
+                # Whatever connecting raised (a refused socket, a bad password, a port out
+                # of range in the URL) means the same to the node: no database.
+                raise self._unavailable("cannot connect", error) from None
+            try:
                 await self._migrate(connection)
-        except BaseException as error:
-            pool.terminate()
-            if isinstance(error, _UNAVAILABLE):
+            except _UNAVAILABLE as error:
                 raise self._unavailable("cannot create the schema", error) from None
+            finally:
+                await pool.release(connection)
+        except BaseException:
+            pool.terminate()
             raise
         self._pool = pool
 
@@ -298,6 +307,9 @@ class PostgresBackend:
         reason = str(error) or type(error).__name__
         if isinstance(error, TimeoutError):
             reason = f"no answer within {self._timeout:g}s"
+        elif not isinstance(error, (OSError, asyncpg.PostgresError)):
+            # The driver's own messages ("invalid literal for int()...") need their kind.
+            reason = f"{type(error).__name__}: {reason}"
         for secret in self._secrets:
             reason = reason.replace(secret, "***")
         return StoreUnavailable(f"{self.description}: {what}: {reason}")

@@ -124,9 +124,10 @@ class Backend(Protocol):
 
 
 MAX_BATCH = 512
-"""Most operations in one transaction. A batch of 512 saves of small states commits in a few
-milliseconds on either backend; bounding it keeps one transaction (and the latency of the
-operations queued behind it) short when a burst arrives."""
+"""Most operations in one transaction. 200 saves of 100 bytes took one transaction of 8-12 ms
+on SQLite and 20-40 ms on PostgreSQL on the 2-core test machine (against 150-200 ms and
+270-580 ms saved one at a time); bounding a batch keeps one transaction, and the latency of
+what is queued behind it, short when a burst arrives."""
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 """Most bytes of state in one transaction (a lone larger state still goes, alone): a burst of
@@ -167,7 +168,7 @@ class Store:
         self.available = False
         """False from a transaction that failed until one succeeds (and before :meth:`open`)."""
         self.transactions = 0
-        """Transactions attempted (:meth:`Backend.apply` calls, successful or not)."""
+        """Transactions attempted, successful or not (batches and :meth:`next_epoch` calls)."""
         self.ops = 0
         """Operations sent to the database in those transactions."""
 
