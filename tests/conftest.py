@@ -10,6 +10,7 @@ import pytest
 from tests.helpers.addresses import SocketDir, dead_address, socket_dir
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.fake_node import FakeNode
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.processes import ProcessGroup, process_group
 from tests.helpers.telemetry import SpanCapture, span_capture
 
@@ -52,6 +53,45 @@ def etcd_module() -> Iterator[EtcdServer]:
         yield server.start_blocking()
     finally:
         server.close()
+
+
+@pytest.fixture
+async def postgres(request: pytest.FixtureRequest) -> AsyncIterator[PostgresServer]:
+    """A real PostgreSQL for one test, which may stop, kill and restart it: its own cluster
+    on a loopback port (:class:`tests.helpers.postgres.PostgresServer`); killed and removed
+    afterwards, its log printed when the test failed."""
+    server = PostgresServer()
+    try:
+        await server.start()
+        yield server
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"----- postgres -----\n{server.output()[-20000:]}")
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_session() -> Iterator[PostgresServer]:
+    """One real PostgreSQL shared by every test of the run that asks for it (each uses a
+    database of its own: :meth:`PostgresServer.create_database`); started on first use,
+    killed and removed at the end of the run. Tests that stop or kill the server use the
+    function-scoped ``postgres`` fixture instead."""
+    server = PostgresServer()
+    try:
+        yield server.start_blocking()
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def postgres_restored(postgres_session: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """The run's shared PostgreSQL for a test that stops or freezes it (cheaper than a
+    cluster of its own): resumed and started again after the test, whatever it did."""
+    yield postgres_session
+    postgres_session.resume()
+    if not postgres_session.alive():
+        await postgres_session.start()
 
 
 @pytest.fixture
