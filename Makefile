@@ -47,7 +47,7 @@ integration: $(STAMP) ## Only the integration tests (real processes of one servi
 e2e: $(STAMP) ## Only the end-to-end tests, on local processes
 	$(BIN)/pytest tests/e2e --target local $(PYTEST_ARGS)
 
-run: $(STAMP) ## Start two nodes, a gate on :7100 and a demo client on loopback; Ctrl-C stops all
+run: $(STAMP) ## Start a node (state in .run/state.db), a gate on :7100 and a demo client; Ctrl-C stops all
 	$(BIN)/python scripts/run_local.py
 
 clean: ## Remove the virtual environment and caches

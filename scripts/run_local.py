@@ -1,8 +1,10 @@
-"""Runs goverse locally: two nodes, one gate and the demo client, on loopback; Ctrl-C stops all.
+"""Runs goverse locally: a node, one gate and the demo client, on loopback; Ctrl-C stops all.
 
-The nodes listen on unix sockets in a private temporary directory, the gate on 127.0.0.1:7100
-(``--gate-listen``); every metrics endpoint gets a free port. Service logs (JSON lines) go to
-.run/logs/; the demo's output is shown in the terminal.
+The node keeps its objects' state in ``.run/state.db`` (SQLite), so counters and chat rooms
+survive a restart of ``make run``. ``--node-count N`` starts N nodes instead, keeping state in
+memory (SQLite serves one node). Nodes listen on unix sockets in a private temporary
+directory, the gate on 127.0.0.1:7100 (``--gate-listen``); every metrics endpoint gets a free
+port. Service logs (JSON lines) go to .run/logs/; the demo's output is shown in the terminal.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=0, help="demo rounds; 0 runs until Ctrl-C")
     parser.add_argument(
+        "--node-count",
+        type=int,
+        default=1,
+        help="nodes to start; one keeps state in RUN_DIR/state.db, more keep it in memory",
+    )
+    parser.add_argument(
         "--run-dir", default=str(ROOT / ".run"), help="service logs (logs/) and ready files"
     )
     args = parser.parse_args()
@@ -102,7 +110,8 @@ def main() -> int:
     # whole node list without reserving a port; a short directory keeps the socket paths
     # under the 107-byte limit wherever the checkout is.
     sockets = Path(tempfile.mkdtemp(prefix="goverse-run-"))
-    nodes = [f"unix:{sockets / f'node-{index}.sock'}" for index in range(2)]
+    nodes = [f"unix:{sockets / f'node-{index}.sock'}" for index in range(args.node_count)]
+    store = [f"--store=sqlite:{run_dir / 'state.db'}"] if args.node_count == 1 else []
     metrics = "--metrics-port=0" if args.metrics == "on" else "--metrics-port=off"
 
     def on_signal(signum: int, _: object) -> None:
@@ -121,6 +130,7 @@ def main() -> int:
                 f"--nodes={','.join(nodes)}",
                 "--log-format=json",
                 metrics,
+                *store,
             ]
             services[f"node-{index}"] = start(f"node-{index}", cmd, run_dir)
         # Nodes first: a gate whose first dial is refused backs off before it calls again.
@@ -137,6 +147,7 @@ def main() -> int:
         ready = wait_ready_all(services, run_dir)
         gate = ready["gate"].address
         print(f"nodes {', '.join(nodes)} and gate {gate} are serving; logs in {run_dir}/logs")
+        print(f"object state: {store[0].partition('=')[2] if store else 'in memory'}")
         served = [r.metrics_port for r in ready.values() if r.metrics_port]
         if served:
             print("metrics: " + ", ".join(f"http://127.0.0.1:{port}/metrics" for port in served))

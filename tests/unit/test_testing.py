@@ -156,7 +156,7 @@ async def test_a_hosted_counter_keeps_its_state_between_calls() -> None:
     assert (await counter.call("Increment", IncrementRequest(by=2), CounterValue)).value == 2
     assert (await counter.call("Increment", IncrementRequest(by=3), CounterValue)).value == 5
     assert (await counter.call("Get", GetRequest(), CounterValue)).value == 5
-    assert counter.instance.value == 5
+    assert counter.instance.state.value == 5
     assert counter.instance.id == "apples"
 
 
@@ -185,7 +185,7 @@ async def test_the_caller_is_who_the_test_says() -> None:
     room = env.create(ChatRoom, "lobby")
     await room.call("Join", JoinRequest(user="ann"), JoinResponse, caller=ANN)
     await room.call("Join", JoinRequest(user="bot"), JoinResponse, caller=Caller(BOB, "Bot", "b"))
-    assert room.instance.members == {ANN: "ann", BOB: "bot"}
+    assert dict(room.instance.state.members) == {ANN: "ann", BOB: "bot"}
     with pytest.raises(InvalidArgument, match="only clients can join") as caught:
         await room.call("Join", JoinRequest(user="nobody"), JoinResponse)
     assert caught.value.status_code is grpc.StatusCode.INVALID_ARGUMENT
@@ -259,7 +259,7 @@ async def test_a_call_to_a_hosted_object_is_routed_to_it() -> None:
     await tallier.call("Add", IncrementRequest(by=2), CounterValue)
     reply = await tallier.call("Add", IncrementRequest(by=3), CounterValue)
     assert reply.value == 5
-    assert counter.instance.value == 5
+    assert counter.instance.state.value == 5
     assert [call.method for call in env.calls] == ["Increment", "Increment"]
 
 

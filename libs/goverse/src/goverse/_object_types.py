@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from goverse import wire
 from goverse.errors import GoverseError, Internal, InvalidArgument, Unimplemented
 from goverse.ids import validate_method, validate_object_type
-from goverse.objects import Object, ObjectDefinitionError
+from goverse.objects import Durability, Object, ObjectDefinitionError, state_type_of
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,10 @@ class ObjectType:
     methods: Mapping[str, MethodInfo]
     rejected: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Upper-case methods that are not callable, with the reason (for logs and test errors)."""
+    state_type: type[Message] | None = None
+    """The state message of a :class:`~goverse.objects.Stateful` type; None: stateless."""
+    durability: Durability = Durability.EACH_CALL
+    """When a stateful type's state is saved."""
 
     def method(self, name: str) -> MethodInfo:
         """The callable method `name`; InvalidArgument for a malformed name, Unimplemented when
@@ -144,7 +148,21 @@ def object_type_of(cls: type[Object]) -> ObjectType:
         where = f"{cls.__module__}.{cls.__qualname__}"
         raise ObjectDefinitionError(f"{where}: {error.message}") from error
     methods, rejected = scan_methods(cls)
-    return ObjectType(name, cls, MappingProxyType(methods), MappingProxyType(rejected))
+    state_type = state_type_of(cls)
+    durability = getattr(cls, "durability", Durability.EACH_CALL)
+    if not isinstance(durability, Durability):
+        raise ObjectDefinitionError(
+            f"{cls.__module__}.{cls.__qualname__}.durability is {durability!r}, not a "
+            "goverse.objects.Durability"
+        )
+    return ObjectType(
+        name,
+        cls,
+        MappingProxyType(methods),
+        MappingProxyType(rejected),
+        state_type=state_type,
+        durability=durability,
+    )
 
 
 def _classes_defined_in(module: ModuleType) -> list[type[Object]]:

@@ -105,6 +105,13 @@ class Internal(GoverseError):
     code = grpc.StatusCode.INTERNAL
 
 
+class DataLoss(GoverseError):
+    """An object's stored state cannot be read back (it no longer parses as its state type);
+    the object is not activated and the stored state is left as it is."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class CallError(GoverseError):
     """A call to another object failed with `status_code`; raised to object code."""
 

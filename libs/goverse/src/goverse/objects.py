@@ -14,7 +14,18 @@ return one::
             return CounterValue(value=self.value)
 
 The node creates one instance per ``(type, id)`` it owns, on first use, and runs one call at a
-time on it. Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
+time on it. An object whose state must outlive its activation (a restart, a shard move, an idle
+deactivation) subclasses :class:`Stateful` instead and keeps that state in ``self.state``, one
+protobuf message the node loads before ``on_activate`` and saves as its :class:`Durability`
+says::
+
+    class Counter(Stateful[CounterState]):
+        durability = Durability.EACH_CALL
+
+        async def Increment(self, request: IncrementRequest) -> CounterValue:
+            self.state.value += request.by
+            return CounterValue(value=self.state.value)
+ Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
 another object wherever it lives, and :meth:`Object.push` / :meth:`Object.broadcast` send a
 message to clients without ever blocking. :mod:`goverse.testing` hosts an object class in a
 unit test with the same rules.
@@ -23,13 +34,16 @@ unit test with the same rules.
 from __future__ import annotations
 
 import contextvars
+import enum
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,55 @@ class Object:
         return self._goverse_runtime.broadcast(message)
 
 
+class Durability(enum.StrEnum):
+    """When the node saves a :class:`Stateful` object's state (only when it changed)."""
+
+    EACH_CALL = "each-call"
+    """After every call that changed it, before the reply is sent: an acknowledged call is
+    never lost. Saves of concurrent calls to different objects share one transaction."""
+    PERIODIC = "periodic"
+    """Every ``--save-interval`` and when the object deactivates (idle, handoff, stop): much
+    cheaper; a crash loses the changes of the last interval, acknowledged or not."""
+
+
+class Stateful(Object, Generic[S]):
+    """An object whose state is one protobuf message of type ``S``, kept in ``self.state``.
+
+    With a store (``--store``), the node loads the stored state (or a fresh ``S()``) into
+    ``self.state`` before ``on_activate`` and saves it as :attr:`durability` says; without one
+    the state lives as long as the activation. Keep everything that must survive in
+    ``self.state``: other attributes start afresh at each activation.
+    """
+
+    durability: ClassVar[Durability] = Durability.EACH_CALL
+    state_type: ClassVar[type[Message]]
+    """``S``, found in the class's bases when it is defined."""
+
+    state: S
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Stateful:
+                (argument,) = typing.get_args(base)
+                if isinstance(argument, type) and issubclass(argument, Message):
+                    cls.state_type = argument
+
+
+def state_type_of(cls: type[Object]) -> type[Message] | None:
+    """The state message class of a :class:`Stateful` class; None for a stateless one.
+    Raises :class:`ObjectDefinitionError` for a Stateful class that does not say ``S``."""
+    if not issubclass(cls, Stateful):
+        return None
+    found = getattr(cls, "state_type", None)
+    if found is None:
+        raise ObjectDefinitionError(
+            f"{cls.__module__}.{cls.__qualname__}: a Stateful class names its state message "
+            "class: class MyObject(Stateful[MyState])"
+        )
+    return typing.cast("type[Message]", found)
+
+
 class ObjectDefinitionError(Exception):
     """A class or a module of classes does not define usable object types: a module that
     cannot be imported or defines none, an invalid or duplicate type name, a method whose
@@ -152,10 +215,13 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
 
 __all__ = [
     "Caller",
+    "Durability",
     "Object",
     "ObjectDefinitionError",
     "ObjectRuntime",
+    "Stateful",
     "bind_object",
     "reset_caller",
     "set_caller",
+    "state_type_of",
 ]

@@ -22,7 +22,8 @@ result checks are the node's own code, :mod:`goverse._object_types`):
   :class:`~goverse.errors.Internal`;
 - ``on_activate`` runs once, before the first call; calls to one object run one at a time;
   after a failed activation or :meth:`HostedObject.deactivate`, the next call starts over with
-  a fresh instance;
+  a fresh instance; a :class:`~goverse.objects.Stateful` object's state is saved when it
+  deactivates (``env.stored``) and the fresh instance starts from it, as from a node's store;
 - ``self.caller`` is who the test says calls;
 - a :class:`~goverse.errors.GoverseError` raised by a method reaches the test as it is, with its
   ``status_code``; any other exception becomes Internal, chained to the original;
@@ -133,7 +134,7 @@ class HostedObject(Generic[T]):
         self._cls = cls
         self._type = found
         self._id = object_id
-        self._instance: T | None = self._cls()
+        self._instance: T | None = self._fresh()
         self._turn = asyncio.Lock()
         self._active = False
 
@@ -150,8 +151,18 @@ class HostedObject(Generic[T]):
         """The instance that serves calls, to look at its state (a fresh one after
         :meth:`deactivate` or a failed activation)."""
         if self._instance is None:
-            self._instance = self._cls()
+            self._instance = self._fresh()
         return self._instance
+
+    def _fresh(self) -> T:
+        """A new instance; a stateful one holds the state its last deactivation saved."""
+        instance = self._cls()
+        state_type = self._type.state_type
+        if state_type is not None:
+            state = state_type()
+            state.ParseFromString(self._environment.stored.get(self._key, b""))
+            instance.state = state  # type: ignore[attr-defined]
+        return instance
 
     @property
     def active(self) -> bool:
@@ -200,6 +211,9 @@ class HostedObject(Generic[T]):
                 await instance.on_deactivate()
             finally:
                 _serving.reset(token)
+            if self._type.state_type is not None:
+                state: Message = instance.state  # type: ignore[attr-defined]
+                self._environment.stored[self._key] = state.SerializeToString()
             return True
 
     @property
@@ -294,6 +308,9 @@ class ObjectEnvironment:
         """Every broadcast message, in order."""
         self.calls: list[ObjectCall] = []
         """Every call an object made to another object, in order (answered or not)."""
+        self.stored: dict[tuple[str, str], bytes] = {}
+        """The serialized state of each :class:`~goverse.objects.Stateful` object, by
+        ``(type, id)``, as its last deactivation saved it: a fresh instance starts from it."""
         self._runtime = _Runtime(self)
         self._types: dict[str, ObjectType] = {}
         self._objects: dict[tuple[str, str], HostedObject[Any]] = {}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import collections
-
 from goverse.errors import InvalidArgument
 from goverse.examples.v1.chat_pb2 import (
     ChatMessage,
+    ChatRoomState,
     JoinRequest,
     JoinResponse,
     LeaveRequest,
@@ -14,35 +13,39 @@ from goverse.examples.v1.chat_pb2 import (
     SendRequest,
     SendResponse,
 )
-from goverse.objects import Object
+from goverse.objects import Durability, Stateful
 
 RECENT_MESSAGES = 50
 MAX_TEXT_BYTES = 4096
 
 
-class ChatRoom(Object):
-    """A room: its members (client ids) and its most recent messages."""
+class ChatRoom(Stateful[ChatRoomState]):
+    """A room: its members (client ids) and its most recent messages, kept in the store."""
 
-    def __init__(self) -> None:
-        self.members: dict[str, str] = {}
-        self.recent: collections.deque[ChatMessage] = collections.deque(maxlen=RECENT_MESSAGES)
-        self.seq = 0
+    durability = Durability.EACH_CALL
 
     async def Join(self, request: JoinRequest) -> JoinResponse:
         client_id = self.caller.client_id
         if not client_id:
             raise InvalidArgument("only clients can join a room")
-        self.members[client_id] = request.user
-        return JoinResponse(recent_messages=list(self.recent))
+        self.state.members[client_id] = request.user
+        return JoinResponse(recent_messages=list(self.state.recent))
 
     async def Leave(self, request: LeaveRequest) -> LeaveResponse:
-        return LeaveResponse(left=self.members.pop(self.caller.client_id, None) is not None)
+        members = self.state.members
+        left = self.caller.client_id in members
+        if left:
+            del members[self.caller.client_id]
+        return LeaveResponse(left=left)
 
     async def Send(self, request: SendRequest) -> SendResponse:
         if len(request.text.encode()) > MAX_TEXT_BYTES:
             raise InvalidArgument(f"text is longer than {MAX_TEXT_BYTES} bytes")
-        self.seq += 1
-        message = ChatMessage(room=self.id, user=request.user, text=request.text, seq=self.seq)
-        self.recent.append(message)
-        self.push(self.members, message)
-        return SendResponse(seq=self.seq)
+        state = self.state
+        state.seq += 1
+        message = ChatMessage(room=self.id, user=request.user, text=request.text, seq=state.seq)
+        state.recent.append(message)
+        if len(state.recent) > RECENT_MESSAGES:
+            del state.recent[: len(state.recent) - RECENT_MESSAGES]
+        self.push(list(state.members), message)
+        return SendResponse(seq=state.seq)

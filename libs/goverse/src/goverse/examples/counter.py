@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
-from goverse.objects import Object
+from goverse.examples.v1.counter_pb2 import (
+    CounterState,
+    CounterValue,
+    GetRequest,
+    IncrementRequest,
+)
+from goverse.objects import Durability, Stateful
 
 
-class Counter(Object):
-    """An integer, per object id, starting at 0."""
+class Counter(Stateful[CounterState]):
+    """An integer, per object id, starting at 0; with a store, an acknowledged increment is
+    never lost."""
 
-    def __init__(self) -> None:
-        self.value = 0
+    durability = Durability.EACH_CALL
 
     async def Increment(self, request: IncrementRequest) -> CounterValue:
-        self.value += request.by
-        return CounterValue(value=self.value)
+        self.state.value += request.by
+        return CounterValue(value=self.state.value)
 
     async def Get(self, request: GetRequest) -> CounterValue:
-        return CounterValue(value=self.value)
+        return CounterValue(value=self.state.value)

@@ -14,11 +14,14 @@ from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
 from goverse.node._metrics import NodeMetrics
 from goverse.node._object_host import ObjectHost
+from goverse.node._object_state import ObjectState
 from goverse.node._object_types import ObjectType, load_object_types
 from goverse.node._ownership import ShardOwnership
 from goverse.node._runtime import NodeRuntime
 from goverse.node._servicer import NodeService
 from goverse.node._shards import ShardState, ShardTable
+from goverse.node._store import open_store
+from goverse.node._upkeep import run_upkeep
 from goverse.placement import SHARD_COUNT
 from goverse.server import (
     BoundAddress,
@@ -63,6 +66,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     shards: ShardTable
     gates: GateStreams
     host: ObjectHost
+    state: ObjectState
     runtime: NodeRuntime
     metrics: NodeMetrics
 
@@ -81,8 +85,10 @@ class NodeApp(ServiceApp[NodeConfig]):
         """The node's claims and handoffs, with etcd membership (None: static)."""
 
     def live_tasks(self) -> list[str]:
-        """Names of the tasks the node's supervisor holds now (gate streams)."""
-        return self.supervisor.task_names()
+        """Names of the gate stream tasks the node's supervisor holds now."""
+        return [
+            name for name in self.supervisor.task_names() if name.startswith(STREAM_TASK_PREFIX)
+        ]
 
     @property
     def starts_ready(self) -> bool:
@@ -110,7 +116,15 @@ class NodeApp(ServiceApp[NodeConfig]):
             heartbeat_interval=config.heartbeat_interval,
             max_message_bytes=config.max_message_bytes,
         )
-        self.host = ObjectHost(self.types, self.shards, self.advertise)
+        store = None
+        if config.store is not None:
+            store = open_store(config.store, config.store_password_file, config.store_pool_size)
+        self.state = ObjectState(
+            store, self.shards, self.advertise, static=config.membership == "static"
+        )
+        self.host = ObjectHost(
+            self.types, self.shards, self.advertise, self.state, config.max_objects
+        )
         self.runtime = NodeRuntime(
             self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout
         )
@@ -149,6 +163,8 @@ class NodeApp(ServiceApp[NodeConfig]):
             membership=self.config.membership,
             owned_shards=self.shards.shards(ShardState.OWNED),
             draining_shards=self.shards.shards(ShardState.DRAINING),
+            store=self.state.description,
+            store_available=self.state.available,
         )
         if self.ownership is not None:
             status.incarnation = self.ownership.incarnation
@@ -162,6 +178,11 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.supervisor.spawn(f"readiness:{ready}", self.report_ready(ready))
 
     async def on_serving(self) -> None:
+        if self.state.store is not None:
+            self.supervisor.spawn("store", self.state.open(self.fail))
+        self.supervisor.spawn(
+            "upkeep", run_upkeep(self.host, self.config.save_interval, self.config.idle_timeout)
+        )
         if self.etcd is not None and self.ownership is not None:
             await self.etcd.open()
             self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
@@ -181,6 +202,7 @@ class NodeApp(ServiceApp[NodeConfig]):
         if stuck:
             log.warning("objects not deactivated within the shutdown timeout", objects=stuck)
         log.info("objects deactivated", objects=active - len(stuck), stuck=len(stuck))
+        await self.state.close()
         self.runtime.forget_channels()
         if self.etcd is not None:
             await self.etcd.close()

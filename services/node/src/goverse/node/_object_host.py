@@ -1,10 +1,11 @@
-"""Object host: the active objects of a node, their activation, turns and deactivation."""
+"""Object host: the active objects of a node, their activation, turns, state and deactivation."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -18,12 +19,22 @@ from goverse.errors import (
     GoverseError,
     Internal,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from goverse.ids import validate_object_ref
 from goverse.node._call_context import ObjectKey, serving
+from goverse.node._object_state import ObjectState
 from goverse.node._shards import ShardTable
-from goverse.objects import Caller, Object, ObjectRuntime, bind_object, reset_caller, set_caller
+from goverse.objects import (
+    Caller,
+    Durability,
+    Object,
+    ObjectRuntime,
+    bind_object,
+    reset_caller,
+    set_caller,
+)
 from goverse.placement import shard_of
 from goverse.server import log_fields, object_call_span
 
@@ -32,13 +43,18 @@ log = structlog.get_logger(__name__)
 
 @dataclass(eq=False)
 class _Activation:
-    """One object instance and its turn. `gone` once deleted or failed to activate: a caller
-    that was waiting for the turn then starts over with a fresh instance."""
+    """One object instance and its turn. `gone` once deactivated, dropped or failed to
+    activate: a caller that was waiting for the turn then starts over with a fresh instance.
+    `stored` is its state as the store has it; `dirty` says a call ran since it was saved."""
 
     instance: Object
+    type: ObjectType
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     active: bool = False
     gone: bool = False
+    stored: bytes = b""
+    dirty: bool = False
+    used: float = field(default_factory=time.monotonic)
 
 
 class ObjectHost:
@@ -51,12 +67,29 @@ class ObjectHost:
     :class:`~goverse.node._shards.ShardTable` for the object's shard before it waits for the
     object's turn (this node owns the shard, it is not being handed off, the lease is valid),
     and raises a :class:`goverse.errors.GoverseError` saying what is wrong otherwise.
+
+    A stateful object's state is loaded (:class:`ObjectState`) before its ``on_activate`` and
+    saved after ``on_deactivate``; of an each-call type also after every call, before the
+    reply; of a periodic type by :meth:`save_changed`. When a save fails (the store is
+    unreachable, a newer owner claimed the object), the object is dropped without running any
+    more of its code, so the next call starts from what the store has. At most `max_objects`
+    objects are held (`state`: none kept beyond an activation when not given);
+    :meth:`deactivate_idle` retires those no call reached for a while.
     """
 
-    def __init__(self, types: Mapping[str, ObjectType], shards: ShardTable, node: str) -> None:
+    def __init__(
+        self,
+        types: Mapping[str, ObjectType],
+        shards: ShardTable,
+        node: str,
+        state: ObjectState | None = None,
+        max_objects: int = 1_000_000,
+    ) -> None:
         self._types = types
         self._shards = shards
         self._node = node
+        self._state = state or ObjectState(None, shards, node)
+        self._max_objects = max_objects
         self._objects: dict[ObjectKey, _Activation] = {}
         self._by_shard: dict[int, set[ObjectKey]] = {}
         self._runtime: ObjectRuntime | None = None
@@ -153,7 +186,12 @@ class ObjectHost:
                     if not entry.active:
                         await self._activate(key, entry)
                         self._still_admitted(key)
-                    result = await self._call(key, entry, info, message, caller)
+                    try:
+                        result = await self._call(key, entry, info, message, caller)
+                    except GoverseError:
+                        await self._settle(key, entry)
+                        raise
+                    await self._settle(key, entry)
                 return wire.pack(result)
 
     async def create(self, object_type: str, object_id: str) -> bool:
@@ -173,13 +211,19 @@ class ObjectHost:
                     return True
 
     async def delete(self, object_type: str, object_id: str) -> bool:
-        """Deactivates the object in its turn and forgets it; False when it was not active."""
-        self.resolve(object_type, object_id)
+        """Deactivates the object in its turn, forgets it and removes its stored state;
+        False when it was not active."""
+        found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
         with self._admitted(key):
-            return await self._delete(key)
+            was_active = await self._retire(key, save=False)
+            if found.state_type is not None:
+                await self._state.delete(key)
+            return was_active
 
-    async def _delete(self, key: ObjectKey) -> bool:
+    async def _retire(self, key: ObjectKey, save: bool = True) -> bool:
+        """Deactivates the object in its turn (``on_deactivate``, then its state saved when
+        `save`) and forgets it; False when it was not active."""
         while True:
             entry = self._objects.get(key)
             if entry is None:
@@ -193,7 +237,87 @@ class ObjectHost:
                     return False
                 entry.active = False
                 await self._deactivate(key, entry)
+                if save:
+                    await self._save_quietly(key, entry)
                 return True
+
+    async def _save_quietly(self, key: ObjectKey, entry: _Activation) -> None:
+        """Saves a deactivated object's changed state; a failure is logged (the object is
+        gone: there is no caller to tell)."""
+        try:
+            entry.stored = await self._state.save(key, entry.instance, entry.stored)
+        except GoverseError as error:
+            log.error(
+                "state not saved at deactivation",
+                object_type=key[0],
+                object_id=key[1],
+                error=error.message,
+            )
+
+    async def _settle(self, key: ObjectKey, entry: _Activation) -> None:
+        """After a call: saves an each-call object's changed state before the reply, marks a
+        periodic one as changed. A failed save drops the object and raises."""
+        entry.used = time.monotonic()
+        if entry.type.state_type is None:
+            return
+        if entry.type.durability is Durability.PERIODIC:
+            entry.dirty = True
+            return
+        try:
+            entry.stored = await self._state.save(key, entry.instance, entry.stored)
+        except GoverseError:
+            self._drop(key, entry)
+            raise
+
+    def _drop(self, key: ObjectKey, entry: _Activation) -> None:
+        """Forgets an object without running its code or saving it."""
+        entry.gone = True
+        entry.active = False
+        self._forget(key, entry)
+        log.warning(
+            "object dropped: its state could not be saved", object_type=key[0], object_id=key[1]
+        )
+
+    async def save_changed(self) -> int:
+        """Saves, each in its turn, every periodic object changed since its last save; returns
+        how many were saved. Objects whose save fails are dropped (and logged)."""
+        changed = [
+            (key, entry)
+            for key, entry in self._objects.items()
+            if entry.dirty and entry.active and not entry.gone
+        ]
+        results = await asyncio.gather(*(self._save_in_turn(k, e) for k, e in changed))
+        return sum(results)
+
+    async def _save_in_turn(self, key: ObjectKey, entry: _Activation) -> bool:
+        async with entry.turn:
+            if entry.gone or not entry.active:
+                return False
+            entry.dirty = False
+            try:
+                entry.stored = await self._state.save(key, entry.instance, entry.stored)
+            except GoverseError as error:
+                log.error(
+                    "periodic save failed",
+                    object_type=key[0],
+                    object_id=key[1],
+                    error=error.message,
+                )
+                self._drop(key, entry)
+                return False
+            return True
+
+    async def deactivate_idle(self, idle_for: float) -> int:
+        """Retires (state saved) every object no call reached for `idle_for` seconds and that
+        is not serving one now; returns how many."""
+        horizon = time.monotonic() - idle_for
+        idle = [
+            key
+            for key, entry in self._objects.items()
+            if entry.active and entry.used < horizon and not entry.turn.locked()
+        ]
+        results = await asyncio.gather(*(self._retire(key) for key in idle))
+        return sum(results)
 
     async def deactivate_all(self, timeout: float) -> builtins.list[str]:
         """Refuses new calls from now on, deactivates every object (each in its turn, all at
@@ -204,7 +328,7 @@ class ObjectHost:
         if not keys:
             return []
         tasks = {
-            asyncio.create_task(self._delete(key), name=f"deactivate:{key[0]}/{key[1]}"): key
+            asyncio.create_task(self._retire(key), name=f"deactivate:{key[0]}/{key[1]}"): key
             for key in keys
         }
         _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
@@ -224,7 +348,7 @@ class ObjectHost:
         if not keys:
             return []
         tasks = {
-            asyncio.create_task(self._delete(key), name=f"deactivate:{key[0]}/{key[1]}"): key
+            asyncio.create_task(self._retire(key), name=f"deactivate:{key[0]}/{key[1]}"): key
             for key in keys
         }
         _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
@@ -261,12 +385,17 @@ class ObjectHost:
             return entry
         if self._closing:
             raise Unavailable(f"node {self._node} is stopping")
+        if len(self._objects) >= self._max_objects:
+            raise ResourceExhausted(
+                f"node {self._node} holds its most objects (--max-objects "
+                f"{self._max_objects}); {key[0]}/{key[1]} is not activated"
+            )
         try:
             instance = object_type.cls()
         except Exception as error:
             log.exception("object construction failed", object_type=key[0], object_id=key[1])
             raise Internal(f"{key[0]}/{key[1]} could not be constructed") from error
-        entry = _Activation(instance)
+        entry = _Activation(instance, object_type)
         self._objects[key] = entry
         self._by_shard.setdefault(shard_of(*key), set()).add(key)
         return entry
@@ -276,6 +405,7 @@ class ObjectHost:
             raise RuntimeError("ObjectHost.attach_runtime() was not called")
         bind_object(entry.instance, key[1], self._runtime)
         try:
+            entry.stored = await self._state.restore(entry.type, key, entry.instance)
             with (
                 structlog.contextvars.bound_contextvars(object_type=key[0], object_id=key[1]),
                 serving(key),

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egoverse/examples/v1/chat.proto\x12\x13goverse.examples.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"I\n\x0cJoinResponse\x12\x39\n\x0frecent_messages\x18\x01 \x03(\x0b\x32 .goverse.examples.v1.ChatMessage\"\x0e\n\x0cLeaveRequest\"\x1d\n\rLeaveResponse\x12\x0c\n\x04left\x18\x01 \x01(\x08\")\n\x0bSendRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x1b\n\x0cSendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"D\n\x0b\x43hatMessage\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egoverse/examples/v1/chat.proto\x12\x13goverse.examples.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"I\n\x0cJoinResponse\x12\x39\n\x0frecent_messages\x18\x01 \x03(\x0b\x32 .goverse.examples.v1.ChatMessage\"\x0e\n\x0cLeaveRequest\"\x1d\n\rLeaveResponse\x12\x0c\n\x04left\x18\x01 \x01(\x08\")\n\x0bSendRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x1b\n\x0cSendResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"D\n\x0b\x43hatMessage\x12\x0c\n\x04room\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x03\"\xc0\x01\n\rChatRoomState\x12@\n\x07members\x18\x01 \x03(\x0b\x32/.goverse.examples.v1.ChatRoomState.MembersEntry\x12\x30\n\x06recent\x18\x02 \x03(\x0b\x32 .goverse.examples.v1.ChatMessage\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'goverse.examples.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHATROOMSTATE_MEMBERSENTRY']._loaded_options = None
+  _globals['_CHATROOMSTATE_MEMBERSENTRY']._serialized_options = b'8\001'
   _globals['_JOINREQUEST']._serialized_start=55
   _globals['_JOINREQUEST']._serialized_end=82
   _globals['_JOINRESPONSE']._serialized_start=84
@@ -45,4 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDRESPONSE']._serialized_end=276
   _globals['_CHATMESSAGE']._serialized_start=278
   _globals['_CHATMESSAGE']._serialized_end=346
+  _globals['_CHATROOMSTATE']._serialized_start=349
+  _globals['_CHATROOMSTATE']._serialized_end=541
+  _globals['_CHATROOMSTATE_MEMBERSENTRY']._serialized_start=495
+  _globals['_CHATROOMSTATE_MEMBERSENTRY']._serialized_end=541
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!goverse/examples/v1/counter.proto\x12\x13goverse.examples.v1\"\x1e\n\x10IncrementRequest\x12\n\n\x02\x62y\x18\x01 \x01(\x03\"\x0c\n\nGetRequest\"\x1d\n\x0c\x43ounterValue\x12\r\n\x05value\x18\x01 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!goverse/examples/v1/counter.proto\x12\x13goverse.examples.v1\"\x1e\n\x10IncrementRequest\x12\n\n\x02\x62y\x18\x01 \x01(\x03\"\x0c\n\nGetRequest\"\x1d\n\x0c\x43ounterValue\x12\r\n\x05value\x18\x01 \x01(\x03\"\x1d\n\x0c\x43ounterState\x12\r\n\x05value\x18\x01 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREQUEST']._serialized_end=102
   _globals['_COUNTERVALUE']._serialized_start=104
   _globals['_COUNTERVALUE']._serialized_end=133
+  _globals['_COUNTERSTATE']._serialized_start=135
+  _globals['_COUNTERSTATE']._serialized_end=164
 # @@protoc_insertion_point(module_scope)

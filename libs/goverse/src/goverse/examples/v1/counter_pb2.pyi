@@ -68,3 +68,24 @@ class CounterValue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CounterValue: _TypeAlias = CounterValue  # noqa: Y015
+
+@_typing.final
+class CounterState(_message.Message):
+    """What a Counter keeps in its store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.int
+    def __init__(
+        self,
+        *,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CounterState: _TypeAlias = CounterState  # noqa: Y015

@@ -1,0 +1,204 @@
+"""Tests of stateful objects on the object host, with a real SQLite store: loading before
+activation, each-call and periodic saves, fencing, corrupt state, idle deactivation, limits."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from goverse._object_types import ObjectType, object_type_of
+from goverse.errors import DataLoss, ResourceExhausted, ShardNotServed, Unavailable
+from goverse.examples.chat import ChatRoom
+from goverse.examples.counter import Counter
+from goverse.examples.v1.counter_pb2 import CounterState, CounterValue, IncrementRequest
+from goverse.node._object_host import ObjectHost
+from goverse.node._object_state import ObjectState
+from goverse.node._shards import ShardTable
+from goverse.node._store import open_store
+from goverse.objects import Caller, Durability, ObjectRuntime, Stateful
+from goverse.placement import SHARD_COUNT
+from goverse.wire import ShardRefusal, pack, unpack
+
+
+class Tally(Stateful[CounterState]):
+    """A counter saved periodically."""
+
+    durability = Durability.PERIODIC
+
+    async def Increment(self, request: IncrementRequest) -> CounterValue:
+        self.state.value += request.by
+        return CounterValue(value=self.state.value)
+
+
+TYPES: dict[str, ObjectType] = {
+    found.name: found for found in (object_type_of(cls) for cls in (Counter, ChatRoom, Tally))
+}
+
+
+def unusable(error: BaseException) -> None:
+    raise AssertionError(f"the store cannot be used: {error}")
+
+
+@asynccontextmanager
+async def hosting(path: Path, max_objects: int = 1000) -> AsyncIterator[ObjectHost]:
+    """An object host owning every shard, its state in the SQLite file `path`."""
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    state = ObjectState(open_store(f"sqlite:{path}", None, 1), table, "n1")
+    await state.open(fail=unusable)
+    host = ObjectHost(TYPES, table, "n1", state, max_objects)
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    try:
+        yield host
+    finally:
+        await host.deactivate_all(5.0)
+        await state.close()
+
+
+async def increment(host: ObjectHost, object_id: str, by: int = 1, kind: str = "Counter") -> int:
+    reply = await host.invoke(kind, object_id, "Increment", pack(IncrementRequest(by=by)), Caller())
+    return unpack(reply, CounterValue).value
+
+
+def stored(path: Path, object_type: str, object_id: str) -> tuple[int, bytes | None] | None:
+    """The (epoch, data) row of an object, read straight from the file."""
+    with sqlite3.connect(path) as db:
+        names = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+        table = next(name for name in names if "object" in name)
+        row = db.execute(
+            f"SELECT epoch, data FROM {table} WHERE type = ? AND id = ?",
+            (object_type, object_id),
+        ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def stored_value(path: Path, object_id: str, object_type: str = "Counter") -> int | None:
+    row = stored(path, object_type, object_id)
+    if row is None or row[1] is None:
+        return None
+    return CounterState.FromString(row[1]).value
+
+
+async def test_an_each_call_reply_comes_after_its_state_is_stored(tmp_path: Path) -> None:
+    """Every acknowledged increment is in the file when the reply arrives, and a new host
+    on the same file starts from it."""
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        for expected in range(1, 6):
+            assert await increment(host, "c1") == expected
+            assert stored_value(path, "c1") == expected
+    async with hosting(path) as host:
+        assert await increment(host, "c1", by=10) == 15
+
+
+async def test_a_periodic_object_saves_at_the_interval_and_at_deactivation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        await increment(host, "p1", kind="Tally")
+        assert stored_value(path, "p1", "Tally") is None
+        assert await host.save_changed() == 1
+        assert stored_value(path, "p1", "Tally") == 1
+        assert await host.save_changed() == 0
+        await increment(host, "p1", by=2, kind="Tally")
+    assert stored_value(path, "p1", "Tally") == 3
+
+
+async def test_an_older_epoch_never_overwrites_a_newer_owners_state(tmp_path: Path) -> None:
+    """Two runs on one file (the second has the higher epoch): once the newer run loaded the
+    object, the older run's save is refused as not the owner, the older run forgets the
+    object, and the stored value is the newer run's."""
+    path = tmp_path / "state.db"
+    async with hosting(path) as old:
+        assert await increment(old, "c1") == 1
+        async with hosting(path) as new:
+            assert await increment(new, "c1", by=100) == 101
+            with pytest.raises(ShardNotServed) as refused:
+                await increment(old, "c1")
+            assert refused.value.reason is ShardRefusal.NOT_OWNER
+            assert not old.is_active("Counter", "c1")
+            assert stored_value(path, "c1") == 101
+            # The old run loads the object again: its epoch is older, so it is refused again.
+            with pytest.raises(ShardNotServed):
+                await increment(old, "c1")
+            assert await increment(new, "c1") == 102
+    assert stored_value(path, "c1") == 102
+
+
+async def test_state_that_does_not_parse_fails_its_activation_only(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        await increment(host, "bad")
+        await increment(host, "good")
+    with sqlite3.connect(path) as db:
+        names = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+        table = next(name for name in names if "object" in name)
+        db.execute(
+            f"UPDATE {table} SET data = ? WHERE id = 'bad'",
+            (b"\xff\xff\xff",),
+        )
+    async with hosting(path) as host:
+        with pytest.raises(DataLoss, match="Counter/bad"):
+            await increment(host, "bad")
+        assert not host.is_active("Counter", "bad")
+        assert await increment(host, "good") == 2
+    row = stored(path, "Counter", "bad")
+    assert row is not None
+    assert row[1] == b"\xff\xff\xff"
+
+
+async def test_idle_objects_are_saved_deactivated_and_come_back(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        for index in range(20):
+            await increment(host, f"i{index}", kind="Tally")
+        assert host.active_count == 20
+        assert await host.deactivate_idle(0.0) == 20
+        assert host.active_count == 0
+        assert stored_value(path, "i7", "Tally") == 1
+        assert await increment(host, "i7", kind="Tally") == 2
+
+
+async def test_max_objects_refuses_one_more_activation(tmp_path: Path) -> None:
+    async with hosting(tmp_path / "state.db", max_objects=3) as host:
+        for index in range(3):
+            await increment(host, f"m{index}")
+        with pytest.raises(ResourceExhausted, match="max-objects"):
+            await increment(host, "m3")
+        assert await increment(host, "m0") == 2
+        assert await host.delete("Counter", "m0")
+        assert await increment(host, "m3") == 1
+
+
+async def test_delete_removes_the_stored_state(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        await increment(host, "d1", by=5)
+        assert await host.delete("Counter", "d1")
+        assert stored(path, "Counter", "d1") is None
+        assert await increment(host, "d1") == 1
+        await host.deactivate_idle(0.0)
+        # Not active, still stored: deleting removes the state anyway.
+        assert not await host.delete("Counter", "d1")
+        assert stored(path, "Counter", "d1") is None
+
+
+async def test_a_store_not_open_answers_unavailable(tmp_path: Path) -> None:
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    state = ObjectState(open_store(f"sqlite:{tmp_path / 'x.db'}", None, 1), table, "n1")
+    host = ObjectHost(TYPES, table, "n1", state)
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    with pytest.raises(Unavailable, match="not open yet"):
+        await increment(host, "c1")
+    assert not host.is_active("Counter", "c1")
+    await state.close()
+
