@@ -201,4 +201,3 @@ async def test_a_store_not_open_answers_unavailable(tmp_path: Path) -> None:
         await increment(host, "c1")
     assert not host.is_active("Counter", "c1")
     await state.close()
-
