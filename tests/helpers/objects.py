@@ -10,8 +10,8 @@ import time
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from goverse.objects import Object
+from goverse.examples.v1.counter_pb2 import CounterState, CounterValue, IncrementRequest
+from goverse.objects import Durability, Object, Stateful
 
 WITNESS_DIR = "GOVERSE_TEST_WITNESS_DIR"
 """The environment variable naming the directory where :class:`Witness` objects record what
@@ -111,6 +111,39 @@ class Witness(Object):
         _witness("call", self.id)
         await asyncio.sleep(request.value / 1000)
         return Int64Value(value=os.getpid())
+
+
+class Ledger(Stateful[CounterState]):
+    """A counter saved after every call (each-call durability), that can hold a call in flight
+    between its change and its save, and that records its life like :class:`Witness`."""
+
+    async def on_activate(self) -> None:
+        _witness("activate", self.id)
+
+    async def on_deactivate(self) -> None:
+        _witness("deactivate", self.id)
+
+    async def Add(self, request: IncrementRequest) -> CounterValue:
+        _witness("call", self.id)
+        self.state.value += request.by
+        return CounterValue(value=self.state.value)
+
+    async def SlowAdd(self, request: Int64Value) -> CounterValue:
+        """Adds one, then keeps the call in flight for `request.value` milliseconds before
+        the node saves and replies."""
+        _witness("call", self.id)
+        self.state.value += 1
+        await asyncio.sleep(request.value / 1000)
+        return CounterValue(value=self.state.value)
+
+    async def Get(self, request: Empty) -> CounterValue:
+        return CounterValue(value=self.state.value)
+
+
+class PeriodicLedger(Ledger):
+    """A :class:`Ledger` saved every ``--save-interval`` and when it deactivates."""
+
+    durability = Durability.PERIODIC
 
 
 def _witness(event: str, object_id: str) -> None:
