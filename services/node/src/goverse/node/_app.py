@@ -140,7 +140,9 @@ class NodeApp(ServiceApp[NodeConfig]):
                 config=config,
                 on_ready=self._report_ready_soon,
             )
-        self.metrics = NodeMetrics(self.meter, self.host, self.gates, self.shards, self.ownership)
+        self.metrics = NodeMetrics(
+            self.meter, self.host, self.gates, self.shards, self.ownership, self.state
+        )
         membership_metrics(self.meter, self.service, self.view)
         servicer = NodeService(
             self.advertise, self.view, self.host, self.gates, self.membership_status

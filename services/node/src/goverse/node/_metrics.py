@@ -14,6 +14,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
+from goverse.node._object_state import ObjectState
 from goverse.node._ownership import ShardOwnership
 from goverse.node._shards import ShardState, ShardTable
 from goverse.server import LabelLimiter
@@ -29,8 +30,10 @@ class NodeMetrics:
         gates: GateStreams,
         shards: ShardTable,
         ownership: ShardOwnership | None = None,
+        state: ObjectState | None = None,
     ) -> None:
         self._host = host
+        self._state = state
         self._gates = gates
         self._shards = shards
         self._ownership = ownership
@@ -58,6 +61,25 @@ class NodeMetrics:
                 meter.create_observable_counter(
                     name, callbacks=[callback], unit=unit, description=description
                 )
+        if state is not None and state.store is not None:
+            meter.create_observable_gauge(
+                "goverse.node.store.available",
+                callbacks=[self._store_available],
+                description="1 while the state store is open and its last transaction "
+                "succeeded, else 0",
+            )
+            meter.create_observable_counter(
+                "goverse.node.store.transactions",
+                callbacks=[self._store_transactions],
+                unit="{transaction}",
+                description="Store transactions attempted (each carries many operations)",
+            )
+            meter.create_observable_counter(
+                "goverse.node.store.operations",
+                callbacks=[self._store_operations],
+                unit="{operation}",
+                description="Loads, saves and deletes of object state sent to the store",
+            )
         self._gate_labels = LabelLimiter()
         meter.create_observable_gauge(
             "goverse.node.objects.active",
@@ -113,6 +135,18 @@ class NodeMetrics:
     def _fences(self, _: CallbackOptions) -> Iterable[Observation]:
         assert self._ownership is not None
         yield Observation(self._ownership.stats.fences)
+
+    def _store_available(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._state is not None
+        yield Observation(int(self._state.available))
+
+    def _store_transactions(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._state is not None and self._state.store is not None
+        yield Observation(self._state.store.transactions)
+
+    def _store_operations(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self._state is not None and self._state.store is not None
+        yield Observation(self._state.store.ops)
 
     def _gate_streams(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._gates.gate_ids()))
