@@ -34,6 +34,7 @@ class NodeMetrics:
     ) -> None:
         self._host = host
         self._state = state
+        self._store = None if state is None else state.store
         self._gates = gates
         self._shards = shards
         self._ownership = ownership
@@ -141,12 +142,12 @@ class NodeMetrics:
         yield Observation(int(self._state.available))
 
     def _store_transactions(self, _: CallbackOptions) -> Iterable[Observation]:
-        assert self._state is not None and self._state.store is not None
-        yield Observation(self._state.store.transactions)
+        assert self._store is not None
+        yield Observation(self._store.transactions)
 
     def _store_operations(self, _: CallbackOptions) -> Iterable[Observation]:
-        assert self._state is not None and self._state.store is not None
-        yield Observation(self._state.store.ops)
+        assert self._store is not None
+        yield Observation(self._store.ops)
 
     def _gate_streams(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._gates.gate_ids()))
