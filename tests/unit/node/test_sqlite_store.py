@@ -246,6 +246,17 @@ async def test_a_caller_that_gave_up_is_not_sent(gated: GatedBackend) -> None:
         assert gated.batches == [1, 1]
 
 
+async def test_a_close_during_open_wins(gated: GatedBackend) -> None:
+    """A store closed while it was opening ends closed, its backend too."""
+    store = Store(gated)
+    opening = asyncio.create_task(store.open())
+    await asyncio.sleep(0)
+    await bounded(store.close())
+    with pytest.raises(StoreUnavailable, match="store is closed"):
+        await bounded(opening)
+    assert gated.inner._executor is None
+
+
 async def test_batches_are_bounded(gated: GatedBackend) -> None:
     """What is queued during a transaction goes in batches of at most max_batch."""
     async with Store(gated, max_batch=50) as store:

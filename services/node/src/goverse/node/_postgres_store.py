@@ -32,9 +32,10 @@ writer (and every caller queued behind it) forever."""
 
 ATTEMPTS = 3
 """Runs of a transaction that failed in a way a new run can fix: a deadlock with another
-node's transaction, or a pooled connection the server closed (after a restart). Every
-operation is idempotent under its epoch, so running a batch again is safe even when the first
-run committed and only its reply was lost."""
+node's transaction, or a pooled connection the server closed (after a restart). Running a
+batch again is safe even when the first run committed and only its reply was lost: under its
+epoch a load claims again, a save writes the same state again, a delete finds nothing to
+delete (next_epoch skips a number, which is allowed)."""
 
 MIGRATION_LOCK = zlib.crc32(b"goverse store schema")
 """The advisory lock key that serializes the schema migration of nodes starting together."""

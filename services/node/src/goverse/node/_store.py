@@ -178,6 +178,11 @@ class Store:
         return self._backend
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._state == "closed"
+
+    @property
     def description(self) -> str:
         """Where the data is, without credentials (:attr:`Backend.description`)."""
         return self._backend.description
@@ -193,6 +198,10 @@ class Store:
         if self._state == "closed":
             raise StoreUnavailable("store is closed")
         await self._backend.open()
+        if self.closed:
+            # close() ran while the backend opened: it found nothing to close.
+            await self._backend.close()
+            raise StoreUnavailable("store is closed")
         self._state = "open"
         self.available = True
         self._writer = asyncio.get_running_loop().create_task(
