@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from goverse.node import NodeConfig, build_parser, parse_config
-from goverse.node._config import module_list
+from goverse.node._config import module_list, redact_store
 from goverse.server import parse_byte_size
 from goverse.transport import Keepalive
 
@@ -242,3 +242,20 @@ def test_metrics_port_off_disables_and_0_means_any_free_port() -> None:
 def test_ready_file_from_flag_or_environment() -> None:
     assert parse_config([], {}).ready_file is None
     assert parse_config([], {"GOVERSE_READY_FILE": "/tmp/n.json"}).ready_file == Path("/tmp/n.json")
+
+
+def test_a_store_url_never_shows_its_password() -> None:
+    """Passwords in the user part or the query string of a PostgreSQL URL are hidden
+    wherever the setting is shown (logs, --help defaults, errors)."""
+    shown = redact_store("postgresql://app:s3cret@db:5432/x?sslmode=require&password=s3cret")
+    assert "s3cret" not in shown
+    assert shown == "postgresql://app:***@db:5432/x?sslmode=require&password=***"
+    assert redact_store("sqlite:/data/state.db") == "sqlite:/data/state.db"
+
+
+def test_sqlite_serves_one_node_only() -> None:
+    with pytest.raises(ValueError, match="sqlite: serves one node only"):
+        NodeConfig(store="sqlite:/tmp/x.db", nodes=("a:1", "b:2"), advertise="a:1")
+    with pytest.raises(ValueError, match="sqlite: serves one node only"):
+        NodeConfig(store="sqlite:/tmp/x.db", etcd_endpoints=("127.0.0.1:2379",))
+    assert parse_config(["--store=sqlite:/tmp/x.db"]).store == "sqlite:/tmp/x.db"

@@ -64,8 +64,10 @@ def parse_store(text: str) -> str:
 
 
 def redact_store(text: str) -> str:
-    """`text` with any password of a ``postgresql://user:password@host`` URL replaced."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", text)
+    """`text` with any password of a ``postgresql://user:password@host`` URL, or of its
+    ``password=`` query parameter, replaced."""
+    text = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", text)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)
 
 
 STORE = Kind(parse_store, "URL", redact_store)
