@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +134,7 @@ class PostgresStore:
     def saves_logged(self, since: int = 0) -> list[tuple[str, int]]:
         """The ``(id, epoch)`` of every save statement the server logged from offset `since`
         of its log on (:meth:`log_writes`), whether the row's epoch let it write or not."""
-        saves = []
+        saves: list[tuple[str, int]] = []
         for found in _LOGGED_SAVE.finditer(self.server.output()[since:]):
             ids, epochs = found.group(1).split(","), found.group(2).split(",")
             saves.extend((i.strip('"'), int(e)) for i, e in zip(ids, epochs, strict=True))
@@ -153,12 +155,58 @@ class PostgresStore:
             await connection.close(timeout=STOP_TIMEOUT)
         return None if found is None else StoredRow(int(found["epoch"]), found["data"])
 
+    async def set_data(self, object_type: str, object_id: str, data: bytes) -> None:
+        """Overwrites the stored state of one object behind the nodes' backs."""
+        await self.execute(
+            "UPDATE goverse_objects SET data = $3 WHERE type = $1 AND id = $2",
+            object_type,
+            object_id,
+            data,
+        )
+
     async def execute(self, sql: str, *args: object) -> None:
         connection = await asyncpg.connect(self.url, timeout=STOP_TIMEOUT)
         try:
             await connection.execute(sql, *args, timeout=STOP_TIMEOUT)
         finally:
             await connection.close(timeout=STOP_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class SqliteStore:
+    """A SQLite file as a node is given it (`flags`), which the test reads and writes
+    itself (alongside the node: the file is in WAL mode)."""
+
+    path: Path
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (f"--store=sqlite:{self.path}",)
+
+    async def row(self, object_type: str, object_id: str) -> StoredRow | None:
+        """The stored row of one object; None when there is none."""
+
+        def read() -> StoredRow | None:
+            with contextlib.closing(sqlite3.connect(self.path)) as db:
+                found = db.execute(
+                    "SELECT epoch, data FROM goverse_objects WHERE type = ? AND id = ?",
+                    (object_type, object_id),
+                ).fetchone()
+            return None if found is None else StoredRow(int(found[0]), found[1])
+
+        return await asyncio.to_thread(read)
+
+    async def set_data(self, object_type: str, object_id: str, data: bytes) -> None:
+        """Overwrites the stored state of one object behind the node's back."""
+
+        def write() -> None:
+            with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+                db.execute(
+                    "UPDATE goverse_objects SET data = ? WHERE type = ? AND id = ?",
+                    (data, object_type, object_id),
+                )
+
+        await asyncio.to_thread(write)
 
 
 async def postgres_store(server: PostgresServer, directory: Path) -> PostgresStore:
@@ -177,6 +225,7 @@ async def postgres_store(server: PostgresServer, directory: Path) -> PostgresSto
 __all__ = [
     "ADD",
     "PostgresStore",
+    "SqliteStore",
     "StoredRow",
     "Tally",
     "mismatches",
