@@ -52,7 +52,7 @@ async def crash_and_count(cluster: Cluster, victim: ServiceProcess, label: str) 
         killed = await asyncio.to_thread(sigkill, victim)
         await asyncio.to_thread(cluster.start_stopped, victim)
         restarted = time.time()
-        await load.calls(2 * len(ids))
+        await load.calls(len(ids))
     async with cluster.client() as client:
         values = await read_counters(client, ids)
     tallies = tally(load.outcomes, IN_DOUBT)
