@@ -59,6 +59,8 @@ class Outcome:
     """``OK`` or the gRPC status code's name."""
     pid: int
     detail: str = ""
+    reply: Message | None = None
+    """The answer of a call that succeeded."""
 
     @property
     def ok(self) -> bool:
@@ -73,8 +75,10 @@ class CallLoad:
     """`clients` SDK clients, each calling `method` (:data:`TOUCH` unless told) on
     `object_ids` in a loop (client *i* starts at its own offset, so the clients spread over
     the objects and sometimes call the same one together), pausing `pause` seconds in between.
-    Each client knows every gate in `gates`, or with `one_gate_each` only gate ``i % len``
-    (so that the load reaches every gate). A call waits up to `timeout` (its deadline: calls
+    With `own_ids`, client *i* calls only every `clients`-th id from the *i*-th on, so that
+    each object has one caller and its calls never overlap. Each client knows every gate in
+    `gates`, or with `one_gate_each` only gate ``i % len`` (so that the load reaches every
+    gate). A call waits up to `timeout` (its deadline: calls
     to a moving shard are held by the gate within it). Every call's :class:`Outcome` goes to
     :attr:`outcomes`, so a test can assert that none failed and measure what the calls saw
     in a time window.
@@ -94,6 +98,7 @@ class CallLoad:
         timeout: float = CALL_TIMEOUT,
         pause: float = PAUSE,
         one_gate_each: bool = False,
+        own_ids: bool = False,
         **options: Any,
     ) -> None:
         self._gates = list(gates)
@@ -103,6 +108,7 @@ class CallLoad:
         self._timeout = timeout
         self._pause = pause
         self._one_gate_each = one_gate_each
+        self._own_ids = own_ids
         self._options = options
         self.clients: list[Client] = []
         self.outcomes: list[Outcome] = []
@@ -124,7 +130,9 @@ class CallLoad:
             await client.connect()
         step = max(len(self._ids) // self._count, 1)
         self._loops = [
-            asyncio.create_task(self._loop(index, client, index * step), name=f"caller-{index}")
+            asyncio.create_task(
+                self._loop(index, client, self._share(index, step)), name=f"caller-{index}"
+            )
             for index, client in enumerate(self.clients)
         ]
         return self
@@ -143,9 +151,17 @@ class CallLoad:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await client.close()
 
-    async def _loop(self, index: int, client: Client, offset: int) -> None:
+    def _share(self, index: int, step: int) -> list[str]:
+        """The ids client `index` calls, in its order."""
+        if self._own_ids:
+            return self._ids[index :: self._count]
+        offset = index * step
+        return self._ids[offset:] + self._ids[:offset]
+
+    async def _loop(self, index: int, client: Client, ids: list[str]) -> None:
         method = self._method
-        ids = self._ids[offset:] + self._ids[:offset]
+        if not ids:
+            raise ValueError(f"client {index} has no object to call")
         for object_id in itertools.cycle(ids):
             if self._stopping.is_set():
                 return
@@ -165,7 +181,7 @@ class CallLoad:
                 )
             else:
                 pid = 0 if method.served_by is None else method.served_by(reply)
-                outcome = Outcome(index, object_id, started, time.time(), "OK", pid)
+                outcome = Outcome(index, object_id, started, time.time(), "OK", pid, reply=reply)
             self.outcomes.append(outcome)
             async with self._progress:
                 self._progress.notify_all()

@@ -130,6 +130,15 @@ class PostgresServer:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _as_owner(self) -> list[str]:
+        """What runs a program of the server as its owner: nothing when that is us; as root,
+        ``setpriv`` (Popen's `user` and `group` make it fork() rather than vfork(), which runs
+        gRPC's fork handlers in the child: with gRPC busy in the test process, about one
+        start in ten died of SIGSEGV before the program ran)."""
+        if self._uid is None or self._gid is None:
+            return []
+        return ["setpriv", f"--reuid={self._uid}", f"--regid={self._gid}", "--clear-groups"]
+
     def _initdb(self) -> None:
         password_file = self.directory / "password"
         password_file.write_text(self.password)
@@ -138,6 +147,7 @@ class PostgresServer:
                 os.chown(path, self._uid, self._gid)
         subprocess.run(
             [
+                *self._as_owner(),
                 str(postgres_bin() / "initdb"),
                 f"--pgdata={self.data_dir}",
                 f"--username={USER}",
@@ -152,8 +162,6 @@ class PostgresServer:
             check=True,
             capture_output=True,
             timeout=START_TIMEOUT,
-            user=self._uid,
-            group=self._gid,
         )
         password_file.unlink()
 
@@ -167,6 +175,7 @@ class PostgresServer:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [
+                    *self._as_owner(),
                     str(postgres_bin() / "postgres"),
                     "-D",
                     str(self.data_dir),
@@ -189,8 +198,6 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 # Out of our process group: a Ctrl-C of the test run is not a shutdown.
                 start_new_session=True,
-                user=self._uid,
-                group=self._gid,
             )
         return offset
 
@@ -199,15 +206,22 @@ class PostgresServer:
         exited because its port was taken."""
         deadline = time.monotonic() + timeout
         while True:
+            # Whether it runs, asked before the log is read: what a server that exited wrote
+            # is all in the log by then (asked after, its last lines could be missed).
+            running = self.alive()
             with self.log_path.open("rb") as log:
                 log.seek(offset)
                 lines = log.read().decode(errors="replace")
             if _READY in lines:
                 return True
-            if not self.alive():
+            if not running:
                 if any(taken in lines for taken in _PORT_TAKEN):
                     return False
-                raise AssertionError(f"postgres exited before serving:\n{lines[-5000:]}")
+                assert self.process is not None
+                raise AssertionError(
+                    f"postgres exited with {self.process.returncode} before serving:\n"
+                    f"{lines[-5000:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"postgres did not serve within {timeout}s:\n{lines[-5000:]}")
             time.sleep(0.01)

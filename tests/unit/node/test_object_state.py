@@ -3,8 +3,9 @@ activation, each-call and periodic saves, fencing, corrupt state, idle deactivat
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -19,7 +20,8 @@ from goverse.examples.v1.counter_pb2 import CounterState, CounterValue, Incremen
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_state import ObjectState
 from goverse.node._shards import ShardTable
-from goverse.node._store import open_store
+from goverse.node._sqlite_store import SqliteBackend
+from goverse.node._store import Op, Outcome, Store, StoreUnavailable, open_store
 from goverse.objects import Caller, Durability, ObjectRuntime, Stateful
 from goverse.placement import SHARD_COUNT
 from goverse.wire import ShardRefusal, pack, unpack
@@ -188,6 +190,84 @@ async def test_delete_removes_the_stored_state(tmp_path: Path) -> None:
         # Not active, still stored: deleting removes the state anyway.
         assert not await host.delete("Counter", "d1")
         assert stored(path, "Counter", "d1") is None
+
+
+class SlowOpening:
+    """A SQLite backend whose opening waits for :attr:`release` (a store that takes its time
+    to connect), or fails with :attr:`fail_with`."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = SqliteBackend(path)
+        self.description = self.inner.description
+        self.release = asyncio.Event()
+        self.opening = asyncio.Event()
+        self.fail_with: StoreUnavailable | None = None
+
+    async def open(self) -> None:
+        self.opening.set()
+        await self.release.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def next_epoch(self) -> int:
+        return await self.inner.next_epoch()
+
+    async def apply(self, ops: Sequence[Op]) -> list[Outcome]:
+        return await self.inner.apply(ops)
+
+
+def slow_host(backend: SlowOpening) -> tuple[ObjectHost, ObjectState]:
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    state = ObjectState(Store(backend), table, "n1")
+    host = ObjectHost(TYPES, table, "n1", state)
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    return host, state
+
+
+async def test_a_call_during_the_first_opening_of_the_store_waits_for_it(tmp_path: Path) -> None:
+    """Regression: a node serves before its store is open, and the calls a gate sent a
+    node it had just restarted failed with UNAVAILABLE ("the store is not open yet") for the
+    moment it took to connect to a healthy store. A call now waits for the first attempt."""
+    backend = SlowOpening(tmp_path / "x.db")
+    host, state = slow_host(backend)
+    opening = asyncio.create_task(state.open(fail=unusable))
+    async with asyncio.timeout(5):
+        await backend.opening.wait()
+        call = asyncio.create_task(increment(host, "c1"))
+        backend.release.set()
+        assert await call == 1
+        await opening
+    await host.deactivate_all(5.0)
+    await state.close()
+
+
+async def test_once_the_first_opening_failed_calls_answer_unavailable_at_once(
+    tmp_path: Path,
+) -> None:
+    """The wait is for the first attempt only: while the node retries an unreachable store,
+    calls are not held."""
+    backend = SlowOpening(tmp_path / "x.db")
+    backend.fail_with = StoreUnavailable("connection refused")
+    backend.release.set()
+    host, state = slow_host(backend)
+    opening = asyncio.create_task(state.open(fail=unusable))
+    try:
+        async with asyncio.timeout(5):
+            await backend.opening.wait()
+            backend.opening.clear()
+            await backend.opening.wait()  # a second attempt: the first one failed
+            with pytest.raises(Unavailable, match="not open yet"):
+                await increment(host, "c1")
+    finally:
+        opening.cancel()
+        await asyncio.wait([opening])
+        await state.close()
 
 
 async def test_a_store_not_open_answers_unavailable(tmp_path: Path) -> None:

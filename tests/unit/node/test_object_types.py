@@ -27,7 +27,15 @@ def test_bundled_examples_load_with_their_methods() -> None:
 def test_only_classes_defined_in_the_module_are_registered() -> None:
     """A class a module merely imports is not registered again under that module."""
     types = load_object_types(["tests.helpers.objects"])
-    assert sorted(types) == ["Failing", "Pusher", "Relay", "Sleeper", "Witness"]
+    assert sorted(types) == [
+        "Failing",
+        "Ledger",
+        "PeriodicLedger",
+        "Pusher",
+        "Relay",
+        "Sleeper",
+        "Witness",
+    ]
 
 
 def test_methods_that_break_the_rules_are_not_callable() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from goverse.errors import ShardNotServed
+from goverse.errors import ShardNotServed, Unavailable
 from goverse.node._shards import ShardState, ShardTable
 from goverse.wire import ShardRefusal
 from tests.helpers.tasks import bounded
@@ -97,19 +97,48 @@ async def test_a_handoff_that_cannot_finish_keeps_the_shard() -> None:
     assert (table.state(2), table.epoch(2)) == (ShardState.OWNED, 5)
 
 
-async def test_fencing_disowns_everything_and_cancels_the_calls_in_flight() -> None:
+async def test_fencing_disowns_everything_and_ends_the_calls_in_flight_with_unavailable() -> None:
+    """Regression: the fence cancelled the calls in flight, and a cancelled gRPC handler
+    answers nothing, so their callers waited for their deadlines. They raise Unavailable,
+    which the servicer answers."""
     table = ShardTable("n1")
     for shard in (1, 2):
         table.own(shard)
 
     async def call(shard: int) -> None:
-        with table.admit(shard):
+        with table.admit(shard, f"Counter/c{shard}"):
             await asyncio.Event().wait()
 
     calls = [asyncio.create_task(call(shard)) for shard in (1, 2)]
     await asyncio.sleep(0)
     assert table.fence() == 2
+    assert table.fence() == 0  # cancelled once
     done, _ = await asyncio.wait(calls, timeout=WAIT)
     assert len(done) == 2
-    assert all(task.cancelled() for task in calls)
+    for shard, task in zip((1, 2), calls, strict=True):
+        assert not task.cancelled()
+        with pytest.raises(Unavailable, match=f"node n1 fenced itself while Counter/c{shard}"):
+            task.result()
     assert table.count(ShardState.OWNED) == 0
+    assert [table.in_flight(shard) for shard in (1, 2)] == [0, 0]
+
+
+async def test_a_call_cancelled_by_anything_but_the_fence_stays_cancelled() -> None:
+    """A caller that went away, or a server stopping, cancels the handler: not the table's
+    cancellation to end. Nor is a second one that arrives with the fence's."""
+    table = ShardTable("n1")
+    table.own(1)
+
+    async def call() -> None:
+        with table.admit(1):
+            await asyncio.Event().wait()
+
+    alone, both = asyncio.create_task(call()), asyncio.create_task(call())
+    await asyncio.sleep(0)
+    assert table.in_flight(1) == 2
+    alone.cancel()
+    table.fence()
+    both.cancel()
+    await asyncio.wait([alone, both], timeout=WAIT)
+    assert alone.cancelled()
+    assert both.cancelled()

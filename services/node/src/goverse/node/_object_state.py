@@ -37,12 +37,13 @@ class ObjectState:
     """The node's view of its store: opens it, and loads, saves and deletes object states.
 
     Without a store, a stateful object starts from an empty state at each activation and
-    nothing is saved. With one, :meth:`open` retries until the store is reachable (calls to
-    stateful objects meanwhile answer UNAVAILABLE) and fails the node for what retrying cannot
-    fix (a schema newer than this code). Every error reaches callers as a
-    :class:`~goverse.errors.GoverseError`: UNAVAILABLE when the store cannot be reached,
-    DATA_LOSS for a stored state that does not parse, and a shard refusal (routing sends the
-    call again, to the owner it finds) when a newer owner claimed the object.
+    nothing is saved. With one, :meth:`open` retries until the store is reachable and fails
+    the node for what retrying cannot fix (a schema newer than this code). A call that needs
+    the store while the first attempt to open it is under way waits for that attempt; once it
+    failed, calls answer UNAVAILABLE until a later attempt succeeds. Every error reaches
+    callers as a :class:`~goverse.errors.GoverseError`: UNAVAILABLE when the store cannot be
+    reached, DATA_LOSS for a stored state that does not parse, and a shard refusal (routing
+    sends the call again, to the owner it finds) when a newer owner claimed the object.
     """
 
     def __init__(
@@ -54,6 +55,8 @@ class ObjectState:
         self._static = static
         self._static_epoch = 0
         self._opened = asyncio.Event()
+        self._first_attempt: asyncio.Event | None = None
+        """Set once :meth:`open`'s first attempt ended, opened or not (None before open)."""
 
     @property
     def description(self) -> str:
@@ -72,23 +75,29 @@ class ObjectState:
         store = self.store
         if store is None:
             return
+        first_attempt = self._first_attempt = asyncio.Event()
         delay = RETRY_INITIAL
-        while True:
-            try:
-                await store.open()
-                if self._static:
-                    self._static_epoch = await store.next_epoch()
-            except StoreUnavailable as error:
-                log.warning("store not reachable", store=store.description, error=str(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            except StoreError as error:
-                fail(StartupError(f"--store {store.description}: {error}"))
-                return
-            break
-        self._opened.set()
-        log.info("store open", store=store.description, epoch=self._static_epoch)
+        try:
+            while True:
+                try:
+                    await store.open()
+                    if self._static:
+                        self._static_epoch = await store.next_epoch()
+                except StoreUnavailable as error:
+                    log.warning("store not reachable", store=store.description, error=str(error))
+                    first_attempt.set()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                except StoreError as error:
+                    fail(StartupError(f"--store {store.description}: {error}"))
+                    return
+                break
+            self._opened.set()
+            log.info("store open", store=store.description, epoch=self._static_epoch)
+        finally:
+            # Set after _opened: a call woken by it finds the store open when it is.
+            first_attempt.set()
 
     async def close(self) -> None:
         if self.store is not None:
@@ -152,6 +161,11 @@ class ObjectState:
     async def _guarded(self, key: ObjectKey, operation: Callable[[], Awaitable[T]]) -> T:
         """Runs a store operation on `key`, its failure told as the caller's status."""
         what = f"{key[0]}/{key[1]}"
+        if not self._opened.is_set() and self._first_attempt is not None:
+            # A node serves as soon as it listens, before its store is open: without this
+            # wait, the calls a gate sends a node it has just (re)started fail with
+            # UNAVAILABLE for the few milliseconds it takes to connect to a healthy store.
+            await self._first_attempt.wait()
         if not self._opened.is_set():
             raise Unavailable(f"the state of {what} cannot be reached: the store is not open yet")
         try:

@@ -5,7 +5,9 @@ one synchronous step checks that the shard is *owned* (not draining, not someone
 that the lease is valid, and counts the call in flight. A release marks the shard *draining* in
 one synchronous step too and then waits for its count to reach zero, so no call can slip into a
 shard that is being handed off. Fencing makes every shard unowned at once and cancels the calls
-still running: a node never serves an object after another node may have activated it.
+still running: a node never serves an object after another node may have activated it. A call
+the fence cancelled answers UNAVAILABLE (a cancelled gRPC handler answers nothing: its caller
+would wait for its deadline).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import enum
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from goverse.errors import ShardNotServed
+from goverse.errors import ShardNotServed, Unavailable
 from goverse.placement import SHARD_COUNT
 from goverse.wire import ShardRefusal
 
@@ -51,6 +53,8 @@ class ShardTable:
         self._epoch = [0] * SHARD_COUNT
         self._calls: list[set[asyncio.Task[Any]]] = [set() for _ in range(SHARD_COUNT)]
         self._idle: dict[int, asyncio.Event] = {}
+        self._fenced: set[asyncio.Task[Any]] = set()
+        """The calls :meth:`fence` cancelled, until they end."""
 
     # -- reading --------------------------------------------------------------------------
 
@@ -76,7 +80,8 @@ class ShardTable:
     def admit(self, shard: int, what: str = "") -> Iterator[int]:
         """Admits a call for `shard` (yields the ownership epoch) or raises
         :class:`~goverse.errors.ShardNotServed` saying why, about `what` (the object). The
-        call counts as in flight until the block ends."""
+        call counts as in flight until the block ends. When :meth:`fence` cancels it, the
+        block raises :class:`~goverse.errors.Unavailable` instead of the cancellation."""
         state = self._state[shard]
         what = what or f"shard {shard}"
         if state is ShardState.DRAINING:
@@ -97,7 +102,17 @@ class ShardTable:
         calls.add(task)
         try:
             yield self._epoch[shard]
+        except asyncio.CancelledError:
+            # The fence's cancellation is ours to end; any other (the caller gone, the
+            # server stopping) goes on.
+            if task in self._fenced and task.uncancel() == 0:
+                raise Unavailable(
+                    f"node {self._node} fenced itself while {what} ran the call: it was "
+                    "stopped, and may have run in part"
+                ) from None
+            raise
         finally:
+            self._fenced.discard(task)
             calls.discard(task)
             if not calls and shard in self._idle:
                 self._idle.pop(shard).set()
@@ -152,14 +167,17 @@ class ShardTable:
         self._epoch[shard] = 0
 
     def fence(self) -> int:
-        """Makes every shard unowned at once and cancels every call in flight; returns how many
-        calls were cancelled. Safe to call again."""
+        """Makes every shard unowned at once and cancels every call in flight (each then
+        answers UNAVAILABLE: see :meth:`admit`); returns how many calls were cancelled. Safe
+        to call again."""
         self._state = [ShardState.UNOWNED] * SHARD_COUNT
         self._epoch = [0] * SHARD_COUNT
         cancelled = 0
         for calls in self._calls:
             for task in calls:
-                cancelled += task.cancel()
+                if task not in self._fenced and task.cancel():
+                    self._fenced.add(task)
+                    cancelled += 1
         return cancelled
 
 
