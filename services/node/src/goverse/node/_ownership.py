@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 RECONCILE_INTERVAL = 1.0
 """Seconds between two reconciliations when the view does not change."""
+LEAVING = "is leaving the cluster"
+"""Why the calls still running when a leaving node stops serving are stopped (what their
+callers are told)."""
 DELETES_IN_FLIGHT = 4
 """Chunks of a handoff whose keys are being deleted while the next chunk drains: a chunk's
 shards refuse calls from their drain to their delete, so the pipeline is short."""
@@ -459,7 +462,7 @@ class ShardOwnership:
         lease = self._lease
         if lease is None or not lease.valid(self._margin):
             self._on_ready(False)
-            self._table.fence()
+            self._table.fence(LEAVING)
             return
         with contextlib.suppress(EtcdError):
             await self._client.delete(self._keys.node(self._node))
@@ -472,7 +475,7 @@ class ShardOwnership:
                         owned, lease, min(self._handoff_timeout, budget.remaining())
                     )
         self._on_ready(False)
-        self._table.fence()
+        self._table.fence(LEAVING)
         if handed == len(owned) and not self._undeleted:
             await lease.revoke()
         else:
