@@ -168,8 +168,23 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.supervisor.spawn("shard-ownership", self.ownership.run())
 
     async def leave(self, budget: ShutdownBudget) -> None:
-        if self.ownership is not None:
-            await self.ownership.leave(budget)
+        """Hands the shards off (:meth:`ShardOwnership.leave`); once the node key is gone,
+        waits, within `budget`, for the gates to end their streams to this node."""
+        if self.ownership is not None and await self.ownership.leave(budget):
+            await self._until_gates_forget(budget)
+
+    async def _until_gates_forget(self, budget: ShutdownBudget) -> None:
+        """Waits until every gate has ended its RegisterGate stream, which a gate does once
+        its view has lost this node's key: the key went after every shard key this node
+        held, and the gate routes by that same view, so from then on it sends nothing here.
+        The server stops soon after this; a gate whose view lagged behind would otherwise
+        send a call for a shard just handed off to a server that has gone, where it waits
+        for a connection until its deadline."""
+        streams = self.supervisor.tasks_named(STREAM_TASK_PREFIX)
+        await self.supervisor.wait(streams, budget.remaining())
+        left = self.gates.gate_ids()
+        if left:
+            log.warning("gates still streaming after the node left the cluster", gates=left)
 
     def close_streams(self) -> int:
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)
