@@ -461,6 +461,7 @@ class StatusResponse(_message.Message):
     INCARNATION_FIELD_NUMBER: _builtins.int
     LEASE_VALID_MS_FIELD_NUMBER: _builtins.int
     FENCED_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     active_objects: _builtins.int
     membership: _builtins.str
@@ -472,6 +473,10 @@ class StatusResponse(_message.Message):
     fenced: _builtins.bool
     """etcd: the node fenced itself (its lease could not be renewed in time) and has not
     rejoined yet; it serves nothing meanwhile.
+    """
+    leaving: _builtins.bool
+    """etcd: the node is leaving the cluster (it is stopping): no shard targets it any more, it
+    serves the shards it still owns and hands each off, then deletes its registration.
     """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -509,10 +514,11 @@ class StatusResponse(_message.Message):
         incarnation: _builtins.str = ...,
         lease_valid_ms: _builtins.int = ...,
         fenced: _builtins.bool = ...,
+        leaving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "draining_shards", b"draining_shards", "dropped_pushes", b"dropped_pushes", "fenced", b"fenced", "gates", b"gates", "incarnation", b"incarnation", "lease_valid_ms", b"lease_valid_ms", "membership", b"membership", "node", b"node", "nodes", b"nodes", "object_types", b"object_types", "owned_shards", b"owned_shards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "draining_shards", b"draining_shards", "dropped_pushes", b"dropped_pushes", "fenced", b"fenced", "gates", b"gates", "incarnation", b"incarnation", "lease_valid_ms", b"lease_valid_ms", "leaving", b"leaving", "membership", b"membership", "node", b"node", "nodes", b"nodes", "object_types", b"object_types", "owned_shards", b"owned_shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

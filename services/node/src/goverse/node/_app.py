@@ -144,7 +144,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         )
 
     def membership_status(self) -> node_pb2.StatusResponse:
-        """The membership part of Status: mode, shards owned and draining, lease, fence."""
+        """The membership part of Status: mode, shards owned and draining, lease, fence,
+        leaving."""
         status = node_pb2.StatusResponse(
             membership=self.config.membership,
             owned_shards=self.shards.shards(ShardState.OWNED),
@@ -154,6 +155,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             status.incarnation = self.ownership.incarnation
             status.lease_valid_ms = int(self.ownership.lease_valid_for() * 1000)
             status.fenced = self.ownership.fenced
+            status.leaving = self.ownership.leaving
         return status
 
     def _report_ready_soon(self, ready: bool) -> None:
