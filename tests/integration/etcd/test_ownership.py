@@ -245,6 +245,45 @@ async def test_a_leaving_node_serves_the_shards_it_has_not_handed_off_yet(
     assert KEYS.node(NODE) not in {kv.key for kv in kvs}
 
 
+async def test_a_leave_that_leaves_a_shard_behind_deletes_the_node_key_and_keeps_the_lease(
+    client: EtcdClient,
+) -> None:
+    """A call outlasts the handoff timeout, so the node keeps its shard when it leaves. The
+    others must not claim it before the node has surely stopped, so the lease (and that
+    shard's key) is left to expire; but the node key goes at once, so that routing holds the
+    shard's calls instead of sending them to a node that is stopping. Every other shard is
+    handed off, and the call still running when the node stops serving is cancelled."""
+    config = dataclasses.replace(CONFIG, handoff_timeout=timedelta(milliseconds=300))
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        busy = SHARD_COUNT - 1
+        admitted, finish = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            with owner.table.admit(busy):
+                admitted.set()
+                await finish.wait()
+
+        calling = asyncio.create_task(call(), name="call")
+        try:
+            await bounded(admitted.wait(), WAIT)
+            with structlog.testing.capture_logs() as logs:
+                gone = await bounded(
+                    owner.ownership.leave(ShutdownBudget(timedelta(seconds=WAIT))), 2 * WAIT
+                )
+        finally:
+            finish.set()
+            await asyncio.wait({calling}, timeout=WAIT)
+        assert calling.cancelled()
+        assert gone
+        _, kvs = await client.get_prefix(KEYS.root)
+        assert [kv.key for kv in kvs if kv.key.startswith(KEYS.shards)] == [KEYS.shard(busy)]
+        assert KEYS.node(NODE) not in {kv.key for kv in kvs}
+        assert not owner.table.shards(ShardState.OWNED)
+    [kept] = [line for line in logs if line["event"].startswith("leaving with shards")]
+    assert kept["shards"] == 1
+
+
 async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(
     client: EtcdClient, etcd: EtcdServer
 ) -> None:

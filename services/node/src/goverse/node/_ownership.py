@@ -38,6 +38,10 @@ RECONCILE_INTERVAL = 1.0
 DELETES_IN_FLIGHT = 4
 """Chunks of a handoff whose keys are being deleted while the next chunk drains: a chunk's
 shards refuse calls from their drain to their delete, so the pipeline is short."""
+LEAVE_RESERVE = 0.5
+LEAVE_RESERVE_SHARE = 0.2
+"""What a leave keeps of its budget after the handoffs (half a second, at most a fifth): to
+delete the node key when shards were left behind, and to wait for the gates to see it go."""
 RECONCILE_SPACING = 0.1
 """Seconds at least between the starts of two reconciliations. Each one scans the 8192 shards
 (tens of milliseconds of CPU on a loaded machine); while other nodes hand shards off, the view
@@ -68,7 +72,8 @@ class ShardOwnership:
     and every second, and after a fence rejoins, until cancelled; etcd being unreachable only
     delays it. :meth:`leave` is the graceful stop: it marks the node key leaving, hands off
     every shard within the budget while serving those not handed off yet, and revokes the
-    lease (deleting the node key) when nothing was left behind.
+    lease (deleting the node key) when nothing was left behind; otherwise it deletes the node
+    key and lets the lease expire.
     `on_ready(bool)` is told whenever the node starts or stops being able to serve.
     """
 
@@ -468,17 +473,21 @@ class ShardOwnership:
            view takes this node out of the targets at once, while routing still sends each
            shard this node holds here.
         3. Hands off every shard it holds, ``--max-handoffs`` at a time (drain, deactivate,
-           delete the keys: :meth:`_hand_off_all`). A shard is served until its own chunk
-           drains, and its new owner claims it as soon as its key is deleted: a call waits
-           for one chunk's handoff, not for the whole leave.
+           delete the keys: :meth:`_hand_off_all`), within the budget but a reserve
+           (:data:`LEAVE_RESERVE`). A shard is served until its own chunk drains, and its
+           new owner claims it as soon as its key is deleted: a call waits for one chunk's
+           handoff, not for the whole leave.
         4. Stops serving (every shard unowned) and revokes the lease, which deletes the node
            key: the gates close their streams to this node once they see that.
 
         When shards were left behind (their handoff timed out, a delete failed, the budget
         ran out) the lease is not revoked but left to expire: whatever this node still holds
-        is then surely gone before another node can claim it. When the lease could no longer
-        be trusted, the objects left are dropped without running their code (another node
-        may own them already), as a fence does.
+        is then surely gone before another node can claim it. Its node key is deleted all the
+        same, in the reserve: routing then holds the calls to those shards until they have a
+        new owner, instead of sending them to a node that stops (where they would fail, or
+        wait for a connection until their deadline). When the lease could no longer be
+        trusted, the objects left are dropped without running their code (another node may
+        own them already), as a fence does.
         """
         self._leaving = True
         reconciler = self._reconciler
@@ -492,40 +501,49 @@ class ShardOwnership:
             return False
         owned = self._table.shards(ShardState.OWNED) + self._table.shards(ShardState.DRAINING)
         log.info("leaving the cluster", shards=len(owned), budget_s=round(budget.remaining(), 3))
+        handoffs = budget.remaining() - min(LEAVE_RESERVE, budget.remaining() * LEAVE_RESERVE_SHARE)
         # The first chunk drains while etcd takes the mark: waiting for the mark first cost a
         # whole etcd round trip (300 ms on a loaded machine) before any shard moved. The order
         # does not matter: a shard released before the others see the mark waits for it.
         marking = asyncio.create_task(self._mark_leaving(lease), name="mark-leaving")
-        handed = 0
         try:
             if owned:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(budget.remaining()):
-                        handed = await self._hand_off_all(
-                            owned, lease, min(self._handoff_timeout, budget.remaining())
-                        )
+                    async with asyncio.timeout(handoffs):
+                        await self._hand_off_all(owned, lease, min(self._handoff_timeout, handoffs))
             await asyncio.wait({marking}, timeout=budget.remaining())
         finally:
             if not marking.done():
                 marking.cancel()
                 await asyncio.wait({marking})
+        # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
+        left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
         self._on_ready(False)
         self._table.fence()
         if not lease.valid(self._margin):
             log.error(
                 "the lease could not be trusted any more while leaving: objects dropped",
-                shards=len(owned) - handed + len(self._undeleted),
+                shards=left,
                 objects_dropped=self._host.drop_all(),
             )
-            return False
-        if handed == len(owned) and not self._undeleted:
+            return await self._delete_node_key()
+        if not left:
             return await lease.revoke()
         log.warning(
-            "leaving with shards not handed off: the lease is left to expire",
-            shards=len(owned) - handed + len(self._undeleted),
+            "leaving with shards not handed off: the node key is deleted, the lease left to expire",
+            shards=left,
             expires_in_s=round(max(lease.remaining(), 0.0), 3),
         )
-        return False
+        return await self._delete_node_key()
+
+    async def _delete_node_key(self) -> bool:
+        """Deletes this node's key (not its lease); returns whether it is gone."""
+        try:
+            await self._client.delete(self._keys.node(self._node))
+        except EtcdError as error:  # EtcdClosed too: a stop goes on whatever etcd says
+            log.warning("the node key could not be deleted", error=str(error))
+            return False
+        return True
 
     async def _mark_leaving(self, lease: Lease) -> None:
         """Puts the node key marked leaving, on `lease`. When etcd does not take it, the
