@@ -526,7 +526,7 @@ class ShardOwnership:
                 shards=left,
                 objects_dropped=self._host.drop_all(),
             )
-            return await self._delete_node_key()
+            return await self._delete_node_key(budget)
         if not left:
             return await lease.revoke()
         log.warning(
@@ -534,14 +534,16 @@ class ShardOwnership:
             shards=left,
             expires_in_s=round(max(lease.remaining(), 0.0), 3),
         )
-        return await self._delete_node_key()
+        return await self._delete_node_key(budget)
 
-    async def _delete_node_key(self) -> bool:
-        """Deletes this node's key (not its lease); returns whether it is gone."""
+    async def _delete_node_key(self, budget: ShutdownBudget) -> bool:
+        """Deletes this node's key (not its lease) within what is left of `budget`; returns
+        whether it is gone."""
         try:
-            await self._client.delete(self._keys.node(self._node))
-        except EtcdError as error:  # EtcdClosed too: a stop goes on whatever etcd says
-            log.warning("the node key could not be deleted", error=str(error))
+            async with asyncio.timeout(budget.remaining()):
+                await self._client.delete(self._keys.node(self._node))
+        except (EtcdError, TimeoutError) as error:  # EtcdClosed too: a stop goes on
+            log.warning("the node key could not be deleted", error=str(error) or "timed out")
             return False
         return True
 
