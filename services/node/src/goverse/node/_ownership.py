@@ -511,11 +511,12 @@ class ShardOwnership:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(handoffs):
                         await self._hand_off_all(owned, lease, min(self._handoff_timeout, handoffs))
-            await asyncio.wait({marking}, timeout=budget.remaining())
         finally:
-            if not marking.done():
-                marking.cancel()
-                await asyncio.wait({marking})
+            # A mark still on its way is not waited for (on a machine so loaded that etcd
+            # answered in seconds, waiting for it took the whole reserve): it only replaces
+            # the node key's plain value, so, applied after the key went, it changes nothing.
+            marking.cancel()
+            await asyncio.wait({marking})
         # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
         left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
         self._on_ready(False)
@@ -548,13 +549,15 @@ class ShardOwnership:
         return True
 
     async def _mark_leaving(self, lease: Lease) -> None:
-        """Puts the node key marked leaving, on `lease`. When etcd does not take it, the
-        others go on counting this node as a target: they claim its shards only once its
-        key is gone (the revoke at the end, or the lease's expiry), which is slower, not
-        unsafe."""
+        """Replaces the node key's value with the same one marked leaving, on `lease`; never
+        creates the key (:meth:`EtcdClient.replace_if`). When etcd does not take it, the
+        others go on counting this node as a target: they claim its shards only once its key
+        is gone (the revoke or the delete at the end, or the lease's expiry), which is
+        slower, not unsafe."""
+        plain = encode_node(self._address, lease.incarnation)
         value = encode_node(self._address, lease.incarnation, leaving=True)
         try:
-            await self._client.put(self._keys.node(self._node), value, lease.id)
+            await self._client.replace_if(self._keys.node(self._node), plain, value, lease.id)
         except EtcdError as error:  # EtcdClosed too: a stop goes on whatever etcd says
             log.warning(
                 "the node key could not be marked leaving: its shards wait for its lease",
