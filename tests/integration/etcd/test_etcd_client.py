@@ -108,6 +108,28 @@ async def test_writes_on_a_lease_that_is_gone_raise_lease_not_found(client: Etcd
         await client.create("/t/b", b"1", lease)
 
 
+async def test_replace_if_replaces_only_a_key_that_holds_the_expected_value(
+    client: EtcdClient,
+) -> None:
+    """replace_if sets the key (on the lease given) when it holds the expected value; it
+    returns False and changes nothing when the key holds another value, and never creates a
+    key that is absent. A lease that is gone raises EtcdLeaseNotFound."""
+    lease = await client.grant(30)
+    await client.put("/t/a", b"plain", lease)
+    assert await client.replace_if("/t/a", b"other", b"marked", lease) is False
+    assert await client.replace_if("/t/a", b"plain", b"marked", lease) is True
+    kv = await client.get("/t/a")
+    assert kv is not None
+    assert (kv.value, kv.lease) == (b"marked", lease)
+    await client.delete("/t/a")
+    assert await client.replace_if("/t/a", b"marked", b"again", lease) is False
+    assert await client.get("/t/a") is None
+    await client.put("/t/b", b"plain")
+    await client.revoke(lease)
+    with pytest.raises(EtcdLeaseNotFound):
+        await client.replace_if("/t/b", b"plain", b"marked", lease)
+
+
 async def test_delete_if_deletes_only_a_key_that_holds_the_value(client: EtcdClient) -> None:
     """delete_if deletes the key when it holds the value; it returns False and changes
     nothing when the key holds another value or does not exist."""

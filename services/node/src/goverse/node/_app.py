@@ -160,7 +160,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         )
 
     def membership_status(self) -> node_pb2.StatusResponse:
-        """The membership part of Status: mode, shards owned and draining, lease, fence."""
+        """The membership part of Status: mode, shards owned and draining, lease, fence,
+        leaving."""
         status = node_pb2.StatusResponse(
             membership=self.config.membership,
             owned_shards=self.shards.shards(ShardState.OWNED),
@@ -172,6 +173,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             status.incarnation = self.ownership.incarnation
             status.lease_valid_ms = int(self.ownership.lease_valid_for() * 1000)
             status.fenced = self.ownership.fenced
+            status.leaving = self.ownership.leaving
         return status
 
     def _report_ready_soon(self, ready: bool) -> None:
@@ -191,8 +193,23 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.supervisor.spawn("shard-ownership", self.ownership.run())
 
     async def leave(self, budget: ShutdownBudget) -> None:
-        if self.ownership is not None:
-            await self.ownership.leave(budget)
+        """Hands the shards off (:meth:`ShardOwnership.leave`); once the node key is gone,
+        waits, within `budget`, for the gates to end their streams to this node."""
+        if self.ownership is not None and await self.ownership.leave(budget):
+            await self._until_gates_forget(budget)
+
+    async def _until_gates_forget(self, budget: ShutdownBudget) -> None:
+        """Waits until every gate has ended its RegisterGate stream, which a gate does once
+        its view has lost this node's key: the key went after every shard key this node
+        held, and the gate routes by that same view, so from then on it sends nothing here.
+        The server stops soon after this; a gate whose view lagged behind would otherwise
+        send a call for a shard just handed off to a server that has gone, where it waits
+        for a connection until its deadline."""
+        streams = self.supervisor.tasks_named(STREAM_TASK_PREFIX)
+        await self.supervisor.wait(streams, budget.remaining())
+        left = self.gates.gate_ids()
+        if left:
+            log.warning("gates still streaming after the node left the cluster", gates=left)
 
     def close_streams(self) -> int:
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)

@@ -4,7 +4,9 @@ The rules are those of ``docs/membership.md``: a node registers on its lease, cl
 the unowned shards whose target it is, releases a shard to its new target only once the node
 set has been stable for ``--rebalance-delay`` (draining its calls, deactivating its objects,
 then deleting the key if it still holds this node's value), and fences itself when its lease
-can no longer be trusted — then rejoins as a new incarnation that owns nothing.
+can no longer be trusted — then rejoins as a new incarnation that owns nothing. A node that
+stops marks its node key *leaving* (no shard targets it from then on) and hands off every
+shard it holds, serving each until its turn comes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ callers are told)."""
 DELETES_IN_FLIGHT = 4
 """Chunks of a handoff whose keys are being deleted while the next chunk drains: a chunk's
 shards refuse calls from their drain to their delete, so the pipeline is short."""
+LEAVE_RESERVE = 0.5
+LEAVE_RESERVE_SHARE = 0.2
+"""What a leave keeps of its budget after the handoffs (half a second, at most a fifth): to
+delete the node key when shards were left behind, and to wait for the gates to see it go."""
 RECONCILE_SPACING = 0.1
 """Seconds at least between the starts of two reconciliations. Each one scans the 8192 shards
 (tens of milliseconds of CPU on a loaded machine); while other nodes hand shards off, the view
@@ -67,8 +73,10 @@ class ShardOwnership:
 
     :meth:`run` (owned by the node's supervisor) joins, reconciles on every change of the view
     and every second, and after a fence rejoins, until cancelled; etcd being unreachable only
-    delays it. :meth:`leave` is the graceful stop: it deletes the node key, hands off every
-    shard within the budget, and revokes the lease when nothing was left behind.
+    delays it. :meth:`leave` is the graceful stop: it marks the node key leaving, hands off
+    every shard within the budget while serving those not handed off yet, and revokes the
+    lease (deleting the node key) when nothing was left behind; otherwise it deletes the node
+    key and lets the lease expire.
     `on_ready(bool)` is told whenever the node starts or stops being able to serve.
     """
 
@@ -98,7 +106,7 @@ class ShardOwnership:
         self._max_handoffs = config.max_handoffs
         self._on_ready = on_ready
         self._lease: Lease | None = None
-        self._nodes_signature: frozenset[tuple[str, str]] = frozenset()
+        self._nodes_signature: frozenset[tuple[str, str, bool]] = frozenset()
         self._stable_since = time.monotonic()
         self._releasing: set[int] = set()
         self._undeleted: set[int] = set()
@@ -117,9 +125,16 @@ class ShardOwnership:
     # -- what others read ---------------------------------------------------------------------
 
     def serving(self) -> bool:
-        """Whether this node may serve now: registered on a lease valid beyond the margin."""
+        """Whether this node may serve now: registered on a lease valid beyond the margin.
+        Leaving does not change it: the shards not handed off yet are served until theirs
+        drain (:meth:`leave` makes every shard unowned at its end)."""
         lease = self._lease
-        return lease is not None and not self._leaving and lease.valid(self._margin)
+        return lease is not None and lease.valid(self._margin)
+
+    @property
+    def leaving(self) -> bool:
+        """Whether :meth:`leave` has begun (the node is stopping)."""
+        return self._leaving
 
     @property
     def incarnation(self) -> str:
@@ -246,7 +261,9 @@ class ShardOwnership:
         me = nodes.get(self._node)
         if me is None or me.incarnation != lease.incarnation:
             return  # our registration is not in the view yet
-        signature = frozenset((node.node_id, node.incarnation) for node in nodes.values())
+        signature = frozenset(
+            (node.node_id, node.incarnation, node.leaving) for node in nodes.values()
+        )
         if signature != self._nodes_signature:
             self._nodes_signature = signature
             self._stable_since = time.monotonic()
@@ -341,6 +358,8 @@ class ShardOwnership:
         deletes: set[asyncio.Task[None]] = set()
         try:
             for start in range(0, len(shards), self._max_handoffs):
+                if not lease.valid(self._margin):
+                    break  # another node may claim them any moment: the fence takes them
                 ready = await self._drain_chunk(shards[start : start + self._max_handoffs], timeout)
                 handed += len(ready)
                 deletes.add(asyncio.create_task(self._delete_released(ready, lease)))
@@ -449,11 +468,30 @@ class ShardOwnership:
 
     # -- leaving ------------------------------------------------------------------------------
 
-    async def leave(self, budget: ShutdownBudget) -> None:
-        """The graceful stop: stop claiming, delete the node key (peers recompute targets at
-        once), hand off every owned shard within `budget`, stop serving, and revoke the lease
-        when nothing was left behind (otherwise let it expire: whatever this node still holds
-        is then surely gone before another node can claim it)."""
+    async def leave(self, budget: ShutdownBudget) -> bool:
+        """The graceful stop, within `budget`; returns whether the node key is gone.
+
+        1. Stops claiming and releasing on its own (the reconciler ends).
+        2. Puts the node key again, on the same lease, marked *leaving*: every process's
+           view takes this node out of the targets at once, while routing still sends each
+           shard this node holds here.
+        3. Hands off every shard it holds, ``--max-handoffs`` at a time (drain, deactivate,
+           delete the keys: :meth:`_hand_off_all`), within the budget but a reserve
+           (:data:`LEAVE_RESERVE`). A shard is served until its own chunk drains, and its
+           new owner claims it as soon as its key is deleted: a call waits for one chunk's
+           handoff, not for the whole leave.
+        4. Stops serving (every shard unowned) and revokes the lease, which deletes the node
+           key: the gates close their streams to this node once they see that.
+
+        When shards were left behind (their handoff timed out, a delete failed, the budget
+        ran out) the lease is not revoked but left to expire: whatever this node still holds
+        is then surely gone before another node can claim it. Its node key is deleted all the
+        same, in the reserve: routing then holds the calls to those shards until they have a
+        new owner, instead of sending them to a node that stops (where they would fail, or
+        wait for a connection until their deadline). When the lease could no longer be
+        trusted, the objects left are dropped without running their code (another node may
+        own them already), as a fence does.
+        """
         self._leaving = True
         reconciler = self._reconciler
         if reconciler is not None:
@@ -463,26 +501,70 @@ class ShardOwnership:
         if lease is None or not lease.valid(self._margin):
             self._on_ready(False)
             self._table.fence(LEAVING)
-            return
-        with contextlib.suppress(EtcdError):
-            await self._client.delete(self._keys.node(self._node))
+            return False
         owned = self._table.shards(ShardState.OWNED) + self._table.shards(ShardState.DRAINING)
-        handed = 0
-        if owned:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(budget.remaining()):
-                    handed = await self._hand_off_all(
-                        owned, lease, min(self._handoff_timeout, budget.remaining())
-                    )
+        log.info("leaving the cluster", shards=len(owned), budget_s=round(budget.remaining(), 3))
+        handoffs = budget.remaining() - min(LEAVE_RESERVE, budget.remaining() * LEAVE_RESERVE_SHARE)
+        # The first chunk drains while etcd takes the mark: waiting for the mark first cost a
+        # whole etcd round trip (300 ms on a loaded machine) before any shard moved. The order
+        # does not matter: a shard released before the others see the mark waits for it.
+        marking = asyncio.create_task(self._mark_leaving(lease), name="mark-leaving")
+        try:
+            if owned:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(handoffs):
+                        await self._hand_off_all(owned, lease, min(self._handoff_timeout, handoffs))
+        finally:
+            # A mark still on its way is not waited for (on a machine so loaded that etcd
+            # answered in seconds, waiting for it took the whole reserve): it only replaces
+            # the node key's plain value, so, applied after the key went, it changes nothing.
+            marking.cancel()
+            await asyncio.wait({marking})
+        # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
+        left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
         self._on_ready(False)
         self._table.fence(LEAVING)
-        if handed == len(owned) and not self._undeleted:
-            await lease.revoke()
-        else:
+        if not lease.valid(self._margin):
+            log.error(
+                "the lease could not be trusted any more while leaving: objects dropped",
+                shards=left,
+                objects_dropped=self._host.drop_all(),
+            )
+            return await self._delete_node_key(budget)
+        if not left:
+            return await lease.revoke()
+        log.warning(
+            "leaving with shards not handed off: the node key is deleted, the lease left to expire",
+            shards=left,
+            expires_in_s=round(max(lease.remaining(), 0.0), 3),
+        )
+        return await self._delete_node_key(budget)
+
+    async def _delete_node_key(self, budget: ShutdownBudget) -> bool:
+        """Deletes this node's key (not its lease) within what is left of `budget`; returns
+        whether it is gone."""
+        try:
+            async with asyncio.timeout(budget.remaining()):
+                await self._client.delete(self._keys.node(self._node))
+        except (EtcdError, TimeoutError) as error:  # EtcdClosed too: a stop goes on
+            log.warning("the node key could not be deleted", error=str(error) or "timed out")
+            return False
+        return True
+
+    async def _mark_leaving(self, lease: Lease) -> None:
+        """Replaces the node key's value with the same one marked leaving, on `lease`; never
+        creates the key (:meth:`EtcdClient.replace_if`). When etcd does not take it, the
+        others go on counting this node as a target: they claim its shards only once its key
+        is gone (the revoke or the delete at the end, or the lease's expiry), which is
+        slower, not unsafe."""
+        plain = encode_node(self._address, lease.incarnation)
+        value = encode_node(self._address, lease.incarnation, leaving=True)
+        try:
+            await self._client.replace_if(self._keys.node(self._node), plain, value, lease.id)
+        except EtcdError as error:  # EtcdClosed too: a stop goes on whatever etcd says
             log.warning(
-                "leaving with shards not handed off: the lease is left to expire",
-                shards=len(owned) - handed + len(self._undeleted),
-                expires_in_s=round(max(lease.remaining(), 0.0), 3),
+                "the node key could not be marked leaving: its shards wait for its lease",
+                error=str(error),
             )
 
 
