@@ -278,10 +278,14 @@ async def test_requests_to_a_killed_etcd_raise_unavailable_within_the_timeout(
 async def test_a_restarted_etcd_is_used_again_without_a_new_client(
     client: EtcdClient, etcd: EtcdServer
 ) -> None:
-    """After etcd was killed and started again on its port, the same client reads what was
-    written before and writes again: its channel reconnects within the request's timeout."""
+    """After etcd was stopped and started again on its port, the same client reads what was
+    written before and writes again: its channel reconnects within the request's timeout.
+
+    Stopped with SIGTERM, not killed: the etcd 3.5.1 of the tests can lose a write it had
+    acknowledged when SIGKILL lands within its backend's commit interval (etcd-io/etcd#13766,
+    fixed in 3.5.3), which made this test fail now and then for a reason that is not ours."""
     await client.put("/t/a", b"1")
-    etcd.kill()
+    await etcd.stop()
     with pytest.raises(EtcdUnavailable):
         await client.get("/t/a")
     await etcd.start()

@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import structlog
 
+from goverse.errors import Unavailable
 from goverse.node._config import NodeConfig
 from goverse.node._object_host import ObjectHost
 from goverse.node._ownership import ShardOwnership
@@ -252,7 +253,8 @@ async def test_a_leave_that_leaves_a_shard_behind_deletes_the_node_key_and_keeps
     others must not claim it before the node has surely stopped, so the lease (and that
     shard's key) is left to expire; but the node key goes at once, so that routing holds the
     shard's calls instead of sending them to a node that is stopping. Every other shard is
-    handed off, and the call still running when the node stops serving is cancelled."""
+    handed off, and the call still running when the node stops serving is stopped and
+    answers UNAVAILABLE, saying the node is leaving."""
     config = dataclasses.replace(CONFIG, handoff_timeout=timedelta(milliseconds=300))
     async with running_owner(client, config) as owner:
         await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
@@ -274,7 +276,8 @@ async def test_a_leave_that_leaves_a_shard_behind_deletes_the_node_key_and_keeps
         finally:
             finish.set()
             await asyncio.wait({calling}, timeout=WAIT)
-        assert calling.cancelled()
+        with pytest.raises(Unavailable, match="is leaving the cluster"):
+            calling.result()
         assert gone
         _, kvs = await client.get_prefix(KEYS.root)
         assert [kv.key for kv in kvs if kv.key.startswith(KEYS.shards)] == [KEYS.shard(busy)]
