@@ -16,7 +16,7 @@ import structlog
 from goverse.errors import Unavailable
 from goverse.node._config import NodeConfig
 from goverse.node._object_host import ObjectHost
-from goverse.node._ownership import ShardOwnership
+from goverse.node._ownership import DEREGISTER_SHARE, ShardOwnership
 from goverse.node._shards import ShardState, ShardTable
 from goverse.placement import SHARD_COUNT, Placement
 from goverse.server import ShutdownBudget
@@ -285,6 +285,46 @@ async def test_a_leave_that_leaves_a_shard_behind_deletes_the_node_key_and_keeps
         assert not owner.table.shards(ShardState.OWNED)
     [kept] = [line for line in logs if line["event"].startswith("leaving with shards")]
     assert kept["shards"] == 1
+
+
+async def test_a_leave_still_handing_off_halfway_through_its_budget_deletes_the_node_key(
+    client: EtcdClient,
+) -> None:
+    """A call keeps the fourth chunk of a leave draining past half the leave's budget. The
+    node key goes then, while the node still holds the shards of the chunks after it (routing
+    holds their calls rather than send them to a node about to stop); the handoffs go on
+    until the budget runs out, and the shards left stay on the lease, left to expire."""
+    config = dataclasses.replace(CONFIG, handoff_timeout=timedelta(seconds=WAIT))
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        busy = 3 * config.max_handoffs
+        admitted, finish = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            with owner.table.admit(busy):
+                admitted.set()
+                await finish.wait()
+
+        calling = asyncio.create_task(call(), name="call")
+        await bounded(admitted.wait(), WAIT)
+        budget = ShutdownBudget(timedelta(seconds=4))
+        leaving = asyncio.create_task(owner.ownership.leave(budget), name="leave")
+        try:
+
+            async def node_key_gone() -> bool:
+                return await client.get(KEYS.node(NODE)) is None
+
+            await eventually(node_key_gone, WAIT, "the node key to go")
+            assert not leaving.done()
+            assert budget.elapsed() >= 4 * DEREGISTER_SHARE
+            assert owner.owned() == set(range(busy + config.max_handoffs, SHARD_COUNT))
+            assert await bounded(leaving, WAIT)
+        finally:
+            finish.set()
+            await asyncio.wait({calling, leaving}, timeout=WAIT)
+        _, kvs = await client.get_prefix(KEYS.root)
+        shard_keys = {kv.key for kv in kvs if kv.key.startswith(KEYS.shards)}
+        assert shard_keys == {KEYS.shard(s) for s in range(busy, SHARD_COUNT)}
 
 
 async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(

@@ -44,7 +44,12 @@ shards refuse calls from their drain to their delete, so the pipeline is short."
 LEAVE_RESERVE = 0.5
 LEAVE_RESERVE_SHARE = 0.2
 """What a leave keeps of its budget after the handoffs (half a second, at most a fifth): to
-delete the node key when shards were left behind, and to wait for the gates to see it go."""
+revoke the lease, or delete the node key, and to wait for the gates to see it go."""
+DEREGISTER_SHARE = 0.5
+"""Share of its budget after which a leave still handing off deletes the node key (and goes
+on handing off). A leave that ran out of budget with the node key still there (twice, at a
+load average of 6-17) left the gates too little time to see the key go before the node
+stopped: a call sent to it then failed with CANCELLED."""
 RECONCILE_SPACING = 0.1
 """Seconds at least between the starts of two reconciliations. Each one scans the 8192 shards
 (tens of milliseconds of CPU on a loaded machine); while other nodes hand shards off, the view
@@ -472,9 +477,9 @@ class ShardOwnership:
         """The graceful stop, within `budget`; returns whether the node key is gone.
 
         1. Stops claiming and releasing on its own (the reconciler ends).
-        2. Puts the node key again, on the same lease, marked *leaving*: every process's
-           view takes this node out of the targets at once, while routing still sends each
-           shard this node holds here.
+        2. Marks the node key *leaving* (same lease): every process's view takes this node
+           out of the targets at once, while routing still sends each shard this node holds
+           here.
         3. Hands off every shard it holds, ``--max-handoffs`` at a time (drain, deactivate,
            delete the keys: :meth:`_hand_off_all`), within the budget but a reserve
            (:data:`LEAVE_RESERVE`). A shard is served until its own chunk drains, and its
@@ -483,12 +488,14 @@ class ShardOwnership:
         4. Stops serving (every shard unowned) and revokes the lease, which deletes the node
            key: the gates close their streams to this node once they see that.
 
-        When shards were left behind (their handoff timed out, a delete failed, the budget
-        ran out) the lease is not revoked but left to expire: whatever this node still holds
-        is then surely gone before another node can claim it. Its node key is deleted all the
-        same, in the reserve: routing then holds the calls to those shards until they have a
-        new owner, instead of sending them to a node that stops (where they would fail, or
-        wait for a connection until their deadline). When the lease could no longer be
+        A leave still handing off after half its budget (:data:`DEREGISTER_SHARE`) deletes
+        the node key then, and goes on: routing holds the calls of the shards left until
+        their new owners claim them, as it would for a node that left at once, rather than
+        sending them to a node that is about to stop (where they would fail, or wait for a
+        connection until their deadline) when the gates see the key go too late. When shards
+        were left behind (their handoff timed out, a delete failed, the budget ran out) the
+        lease is not revoked but left to expire: whatever this node still holds is then
+        surely gone before another node can claim it. When the lease could no longer be
         trusted, the objects left are dropped without running their code (another node may
         own them already), as a fence does.
         """
@@ -509,35 +516,66 @@ class ShardOwnership:
         # whole etcd round trip (300 ms on a loaded machine) before any shard moved. The order
         # does not matter: a shard released before the others see the mark waits for it.
         marking = asyncio.create_task(self._mark_leaving(lease), name="mark-leaving")
-        try:
-            if owned:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(handoffs):
-                        await self._hand_off_all(owned, lease, min(self._handoff_timeout, handoffs))
-        finally:
-            # A mark still on its way is not waited for (on a machine so loaded that etcd
-            # answered in seconds, waiting for it took the whole reserve): it only replaces
-            # the node key's plain value, so, applied after the key went, it changes nothing.
-            marking.cancel()
-            await asyncio.wait({marking})
-        # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
-        left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
-        self._on_ready(False)
-        self._table.fence(LEAVING)
-        if not lease.valid(self._margin):
-            log.error(
-                "the lease could not be trusted any more while leaving: objects dropped",
-                shards=left,
-                objects_dropped=self._host.drop_all(),
-            )
-            return await self._delete_node_key(budget)
-        if not left:
-            return await lease.revoke()
-        log.warning(
-            "leaving with shards not handed off: the node key is deleted, the lease left to expire",
-            shards=left,
-            expires_in_s=round(max(lease.remaining(), 0.0), 3),
+        deregister_now = asyncio.Event()
+        deregistering = asyncio.create_task(
+            self._deregister(deregister_now, budget.remaining() * DEREGISTER_SHARE, budget),
+            name="deregister",
         )
+        try:
+            try:
+                if owned:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(handoffs):
+                            await self._hand_off_all(
+                                owned, lease, min(self._handoff_timeout, handoffs)
+                            )
+            finally:
+                # A mark still on its way is not waited for (on a machine so loaded that
+                # etcd answered in seconds, that took the whole reserve): it only replaces
+                # the node key's plain value, so, applied after the key went, it does nothing.
+                marking.cancel()
+                await asyncio.wait({marking})
+            # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
+            left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
+            self._on_ready(False)
+            self._table.fence(LEAVING)
+            if not left and lease.valid(self._margin):
+                # The revoke deletes the node key with the rest, if it is still there.
+                deleted = deregistering.done() and deregistering.result()
+                deregistering.cancel()
+                await asyncio.wait({deregistering})
+                return await lease.revoke() or deleted
+            if lease.valid(self._margin):
+                log.warning(
+                    "leaving with shards not handed off: the lease is left to expire",
+                    shards=left,
+                    expires_in_s=round(max(lease.remaining(), 0.0), 3),
+                )
+            else:
+                log.error(
+                    "the lease could not be trusted any more while leaving: objects dropped",
+                    shards=left,
+                    objects_dropped=self._host.drop_all(),
+                )
+            deregister_now.set()
+            return await deregistering
+        finally:
+            if not deregistering.done():
+                deregistering.cancel()
+                await asyncio.wait({deregistering})
+
+    async def _deregister(self, now: asyncio.Event, after: float, budget: ShutdownBudget) -> bool:
+        """Deletes the node key once `now` is set or `after` seconds have passed, whichever
+        comes first; returns whether it is gone."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(after):
+                await now.wait()
+        if not now.is_set():
+            log.info(
+                "leave still handing off: the node key is deleted, routing holds the calls "
+                "of the shards left until they have a new owner",
+                shards=self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING),
+            )
         return await self._delete_node_key(budget)
 
     async def _delete_node_key(self, budget: ShutdownBudget) -> bool:
