@@ -50,8 +50,9 @@ class NodeApp(ServiceApp[NodeConfig]):
     view of the cluster, placement, gate streams, object host and object runtime
     (:attr:`view`, :attr:`placement`, :attr:`gates`, :attr:`host`, :attr:`runtime` exist from
     then on). Its long-lived streams are the gates' RegisterGate streams, which a stop closes
-    (each sends what is queued and ends with OK); once its tasks are gone, every object is
-    deactivated in its turn.
+    (each sends what is queued and ends with OK) — or, once the node has left its etcd
+    cluster, leaves to the gates to end as they see it go; once its tasks are gone, every
+    object is deactivated in its turn.
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -83,6 +84,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.etcd: EtcdMembership | None = None
         self.ownership: ShardOwnership | None = None
         """The node's claims and handoffs, with etcd membership (None: static)."""
+        self._deregistered = False
+        """Whether the node key is gone (etcd: the node left the cluster)."""
 
     def live_tasks(self) -> list[str]:
         """Names of the gate stream tasks the node's supervisor holds now."""
@@ -193,25 +196,19 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.supervisor.spawn("shard-ownership", self.ownership.run())
 
     async def leave(self, budget: ShutdownBudget) -> None:
-        """Hands the shards off (:meth:`ShardOwnership.leave`); once the node key is gone,
-        waits, within `budget`, for the gates to end their streams to this node."""
-        if self.ownership is not None and await self.ownership.leave(budget):
-            await self._until_gates_forget(budget)
-
-    async def _until_gates_forget(self, budget: ShutdownBudget) -> None:
-        """Waits until every gate has ended its RegisterGate stream, which a gate does once
-        its view has lost this node's key: the key went after every shard key this node
-        held, and the gate routes by that same view, so from then on it sends nothing here.
-        The server stops soon after this; a gate whose view lagged behind would otherwise
-        send a call for a shard just handed off to a server that has gone, where it waits
-        for a connection until its deadline."""
-        streams = self.supervisor.tasks_named(STREAM_TASK_PREFIX)
-        await self.supervisor.wait(streams, budget.remaining())
-        left = self.gates.gate_ids()
-        if left:
-            log.warning("gates still streaming after the node left the cluster", gates=left)
+        """Hands the shards off (:meth:`ShardOwnership.leave`) and notes whether the node
+        key is gone."""
+        if self.ownership is not None:
+            self._deregistered = await self.ownership.leave(budget)
 
     def close_streams(self) -> int:
+        if self._deregistered:
+            # The gates end their streams once their views have lost this node's key, and
+            # they route by those same views: waiting for that (the stop's wait for streams)
+            # keeps the server up until no gate sends it anything more. Ending the streams
+            # here instead let the server stop while a gate whose view lagged (by a second
+            # and more at a load average of 14) still sent it calls, which failed.
+            return self.gates.refuse_new()
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)
 
     async def release(self, budget: ShutdownBudget) -> None:

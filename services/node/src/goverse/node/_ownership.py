@@ -44,7 +44,7 @@ shards refuse calls from their drain to their delete, so the pipeline is short."
 LEAVE_RESERVE = 0.5
 LEAVE_RESERVE_SHARE = 0.2
 """What a leave keeps of its budget after the handoffs (half a second, at most a fifth): to
-revoke the lease, or delete the node key, and to wait for the gates to see it go."""
+revoke the lease, or delete the node key."""
 DEREGISTER_SHARE = 0.5
 """Share of its budget after which a leave still handing off deletes the node key (and goes
 on handing off). A leave that ran out of budget with the node key still there (twice, at a
