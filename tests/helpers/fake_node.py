@@ -14,6 +14,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse import wire
 from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.v1.calls_pb2 import CallStatus
 from goverse.wire import pack, unpack
 
 
@@ -162,6 +163,72 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
             await asyncio.sleep(self.call_delay)
         if self.fail_with is not None:
             await context.abort(*self.fail_with)
+
+    async def Calls(
+        self,
+        request_iterator: AsyncIterator[node_pb2.CallFrames],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[node_pb2.ReplyFrames]:
+        """Answers each call of the stream as the unary handler of its op would (recorded in
+        `calls` with the frame's trace context and the gate id as its metadata)."""
+        replies: asyncio.Queue[node_pb2.ReplyFrame | None] = asyncio.Queue()
+        gate = dict(context.invocation_metadata() or ()).get(wire.GATE_ID_KEY, "")
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(frame: node_pb2.CallFrame) -> None:
+            replies.put_nowait(await self._framed(frame, gate))
+
+        async def read() -> None:
+            async for frames in request_iterator:
+                for frame in frames.calls:
+                    task = asyncio.create_task(answer(frame))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(list(tasks), timeout=30)
+            replies.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield node_pb2.ReplyFrames(replies=[reply])
+        finally:
+            for task in (reader, *tasks):
+                task.cancel()
+            await asyncio.wait([reader, *tasks], timeout=5)
+
+    async def _framed(self, frame: node_pb2.CallFrame, gate: str) -> node_pb2.ReplyFrame:
+        op = frame.WhichOneof("op") or ""
+        method = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}[op]
+        request = getattr(frame, op)
+        metadata = {**frame.trace_context, wire.GATE_ID_KEY: gate}
+        deadline = frame.timeout_ms / 1000 if frame.timeout_ms else None
+        self.calls.append(ReceivedCall(method, request, metadata, deadline))
+        if self.refuse is not None:
+            status = CallStatus(
+                code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                message=f"shard refused: {self.refuse.value}",
+                shard_refusal=self.refuse.value,
+            )
+            return node_pb2.ReplyFrame(id=frame.id, error=status)
+        if self.call_delay:
+            await asyncio.sleep(self.call_delay)
+        if self.fail_with is not None:
+            code, message = self.fail_with
+            return node_pb2.ReplyFrame(
+                id=frame.id, error=CallStatus(code=code.value[0], message=message)
+            )
+        if op == "call":
+            return node_pb2.ReplyFrame(
+                id=frame.id, call=node_pb2.NodeCallObjectResponse(response=request.request)
+            )
+        if op == "create":
+            return node_pb2.ReplyFrame(
+                id=frame.id, create=node_pb2.NodeCreateObjectResponse(created=True)
+            )
+        return node_pb2.ReplyFrame(
+            id=frame.id, delete=node_pb2.NodeDeleteObjectResponse(deleted=True)
+        )
 
     async def CallObject(
         self, request: node_pb2.NodeCallObjectRequest, context: grpc.aio.ServicerContext

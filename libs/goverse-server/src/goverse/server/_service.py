@@ -172,14 +172,14 @@ class ServiceApp(abc.ABC, Generic[C]):
         self.supervisor = Supervisor(self.service)
         self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
         self.calls = CallsInFlight([self.grpc_service])
-        self._call_metrics = CallMetricsInterceptor(
-            call_duration_histogram(
-                self.meter,
-                f"goverse.{self.service}.call.duration",
-                f"calls the {self.service} served",
-            ),
-            [self.grpc_service],
+        self.call_duration = call_duration_histogram(
+            self.meter,
+            f"goverse.{self.service}.call.duration",
+            f"calls the {self.service} served",
         )
+        """The served calls' duration histogram: unary calls record in it by interceptor,
+        calls from a call stream by the stream (the same attributes)."""
+        self._call_metrics = CallMetricsInterceptor(self.call_duration, [self.grpc_service])
         self._host: GrpcHost | None = None
         self._bound: BoundAddress | None = None
         self._assembled = False

@@ -11,6 +11,7 @@ from goverse import wire
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
+from goverse.gate._node_calls import NodeCalls
 from goverse.gate._node_link import NodeLink
 from goverse.gate._node_links import NodeLinks
 from goverse.gate._router import Router
@@ -81,7 +82,14 @@ class GateApp(ServiceApp[GateConfig]):
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
         )
-        self.router = Router(self.view, self.pool, config.call_timeout)
+        self.node_calls = NodeCalls(
+            config.gate_id,
+            self.pool,
+            self.supervisor,
+            max_calls=config.max_stream_calls,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.router = Router(self.view, self.pool, self.node_calls, config.call_timeout)
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)

@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from goverse import wire
+from goverse.node._call_stream import CallStreams
 from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
 from goverse.node._metrics import NodeMetrics
@@ -65,6 +66,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     view: ClusterView
     shards: ShardTable
     gates: GateStreams
+    call_streams: CallStreams
     host: ObjectHost
     state: ObjectState
     runtime: NodeRuntime
@@ -144,8 +146,22 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.meter, self.host, self.gates, self.shards, self.ownership, self.state
         )
         membership_metrics(self.meter, self.service, self.view)
+        self.call_streams = CallStreams(
+            self.supervisor,
+            self.advertise,
+            self.host,
+            self.calls,
+            self.call_duration,
+            max_calls=config.max_stream_calls,
+            max_message_bytes=config.max_message_bytes,
+        )
         servicer = NodeService(
-            self.advertise, self.view, self.host, self.gates, self.membership_status
+            self.advertise,
+            self.view,
+            self.host,
+            self.gates,
+            self.call_streams,
+            self.membership_status,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
 
