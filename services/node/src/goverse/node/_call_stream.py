@@ -123,6 +123,10 @@ class CallStreams:
         except SupervisorClosed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self._node} is stopping")
             return
+        # A stream the gate cancels (or whose connection dies) may just look half-closed to
+        # the reader, and the handler may wait on an empty mailbox: the end of the RPC itself
+        # is what cancels the calls still running.
+        context.add_done_callback(lambda _: stream.abandon(reader))
         self._streams.add(stream)
         try:
             while (batch := await self._batching.next_batch(stream.replies)) is not None:
@@ -130,9 +134,10 @@ class CallStreams:
                 yield node_pb2.ReplyFrames(replies=[reply for reply, _ in batch])
         finally:
             self._streams.discard(stream)
-            reader.cancel()
+            stream.abandon(reader)
             # The reader cancels and awaits its calls on the way out; bounded all the same.
             await asyncio.wait([reader], timeout=CANCEL_WAIT * 2)
+            await stream.settle()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 log.warning("call stream failed", gate=gate_id, error=str(reader.exception()))
 
@@ -242,6 +247,7 @@ class _CallStream:
         self.held = 0
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._reading = True
+        self._abandoned = False
 
     async def read(self, frames: AsyncIterator[node_pb2.CallFrames]) -> None:
         """Reads frames until the gate half-closes the stream; owns the call tasks: cancels
@@ -269,6 +275,8 @@ class _CallStream:
     def _start(self, frame: node_pb2.CallFrame, received: float) -> bool:
         """Starts the call of `frame`, or answers it at once; False when the mailbox is full."""
         owner = self._owner
+        if self._abandoned:
+            return False
         if frame.id == 0 or frame.id in self._tasks:
             what = "0" if frame.id == 0 else f"{frame.id}, already in flight,"
             problem = InvalidArgument(f"call id {what} is not valid on this stream")
@@ -313,6 +321,19 @@ class _CallStream:
 
     def _release(self, count: int) -> None:
         self.held -= count
+
+    def abandon(self, reader: asyncio.Task[None]) -> None:
+        """The stream has ended (or is ending) without its calls: cancels the reader and
+        every call still running, and drops their replies. Idempotent."""
+        self._abandoned = True
+        reader.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        self.replies.close("stream ended", discard=True)
+
+    async def settle(self) -> None:
+        """Waits, bounded, for the calls cancelled by :meth:`abandon` to end."""
+        await self._cancel_all()
 
     def _close_when_idle(self) -> None:
         # Half-closed by the gate and every call answered: the stream ends once flushed.
