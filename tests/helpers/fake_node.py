@@ -68,6 +68,10 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     registrations: list[str] = field(default_factory=list)
     registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
+    call_messages: int = 0
+    """CallFrames messages received on Calls streams."""
+    cancelled_ids: list[int] = field(default_factory=list)
+    """Call ids the gate cancelled on Calls streams."""
     active: int = 0
     max_active: int = 0
     port: int = 0
@@ -178,11 +182,19 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
         async def answer(frame: node_pb2.CallFrame) -> None:
             replies.put_nowait(await self._framed(frame, gate))
 
+        by_id: dict[int, asyncio.Task[None]] = {}
+
         async def read() -> None:
             async for frames in request_iterator:
+                self.call_messages += 1
+                self.cancelled_ids.extend(frames.cancelled)
+                for call_id in frames.cancelled:
+                    if call_id in by_id:
+                        by_id.pop(call_id).cancel()
                 for frame in frames.calls:
                     task = asyncio.create_task(answer(frame))
                     tasks.add(task)
+                    by_id[frame.id] = task
                     task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(list(tasks), timeout=30)
