@@ -222,3 +222,18 @@ async def test_a_stopping_node_lets_stream_calls_in_flight_finish(
         reply = await stream.reply(1)
         assert code_of(reply) is grpc.StatusCode.OK, reply
         assert await exited == 0
+
+
+async def test_a_half_closed_stream_whose_last_call_was_cancelled_ends(
+    processes: ProcessGroup,
+) -> None:
+    """A call cancelled just before the gate half-closes: no reply, and the stream ends with
+    OK as soon as the cancelled call is gone."""
+    node = await lone_node(processes)
+    async with RawCallStream(node.address) as stream:
+        await stream.send(call_frame(1, "Patient", "hc", "Wait", Int64Value(value=60_000)))
+        await stream.send(cancelled=(1,))
+        await stream.half_close()
+        assert stream.ended is not None
+        assert await asyncio.wait_for(stream.ended, 10) is grpc.StatusCode.OK
+        assert 1 not in stream.replies

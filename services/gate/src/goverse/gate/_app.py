@@ -39,7 +39,9 @@ class GateApp(ServiceApp[GateConfig]):
     Starts and stops as every service does (:class:`~goverse.server.ServiceApp`). Its own
     parts: it routes by `view` (:attr:`view`; the static view of ``--nodes`` unless one is
     given: the etcd view in etcd mode); once serving, it keeps one link to each node of the
-    view (:class:`NodeLinks`); its long-lived streams are the clients' Register streams,
+    view (:class:`NodeLinks`) and forwards calls over one Calls stream per node
+    (:class:`NodeCalls`, the supervisor's tasks: calls in flight on them finish while the gate
+    drains, and its shutdown ends them); its long-lived streams are the clients' Register streams,
     which a stop closes for draining — each flushes what is queued, sends ``Draining`` and
     ends, new registrations are refused with UNAVAILABLE, and a client may still call until
     its stream has ended (then its credential is void: UNAUTHENTICATED, which the SDK re-sends

@@ -51,8 +51,10 @@ class NodeApp(ServiceApp[NodeConfig]):
     view of the cluster, placement, gate streams, object host and object runtime
     (:attr:`view`, :attr:`placement`, :attr:`gates`, :attr:`host`, :attr:`runtime` exist from
     then on). Its long-lived streams are the gates' RegisterGate streams, which a stop closes
-    (each sends what is queued and ends with OK); once its tasks are gone, every object is
-    deactivated in its turn.
+    (each sends what is queued and ends with OK), and the gates' Calls streams
+    (:class:`CallStreams`), whose calls count as calls in flight, which a stop lets finish;
+    their readers are the supervisor's tasks, so its shutdown ends them. Once its tasks are
+    gone, every object is deactivated in its turn.
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,

@@ -301,16 +301,18 @@ class _CallStream:
         return True
 
     async def _call(self, frame: node_pb2.CallFrame, received: float) -> None:
+        reply = None
         try:
             reply = await self._owner.run(frame, received)
-        except BaseException:
-            self._release(1)  # cancelled (the caller gave up, the stream ended): no reply
-            raise
         finally:
             self._tasks.pop(frame.id, None)
-        if not self.replies.put((reply, True), self._owner._batching.size_of(reply)):
-            self._release(1)  # the stream has ended: nobody to answer
-        self._close_when_idle()
+            # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
+            # take it: the slot is free now rather than when the stream takes the reply.
+            if reply is None or not self.replies.put(
+                (reply, True), self._owner._batching.size_of(reply)
+            ):
+                self._release(1)
+            self._close_when_idle()
 
     def _answer(self, reply: node_pb2.ReplyFrame) -> bool:
         return self.replies.put((reply, False), self._owner._batching.size_of(reply))
