@@ -51,11 +51,11 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     """A NodeService whose RegisterGate behaviour tests script, and which records every call.
 
     RegisterGate sends the acknowledgement (unless `ack` is False), then whatever the test
-    hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Unary calls are
-    recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`,
-    after `call_delay` seconds. With `refuse` set, every unary call is recorded and refused at
-    once as a node refuses a shard it does not serve: FAILED_PRECONDITION with the
-    ``goverse-shard`` marker.
+    hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Calls, unary or
+    on a Calls stream, are recorded in `calls` and answered by `answer` (echo by default) or
+    fail with `fail_with`, after `call_delay` seconds. With `refuse` set, every call is
+    recorded and refused at once as a node refuses a shard it does not serve:
+    FAILED_PRECONDITION with the ``goverse-shard`` marker (a refusal on a Calls stream).
     """
 
     ack: bool = True

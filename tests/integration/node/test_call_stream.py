@@ -237,3 +237,22 @@ async def test_a_half_closed_stream_whose_last_call_was_cancelled_ends(
         assert stream.ended is not None
         assert await asyncio.wait_for(stream.ended, 10) is grpc.StatusCode.OK
         assert 1 not in stream.replies
+
+
+async def test_a_stopping_node_answers_what_it_could_not_finish_and_ends_the_stream_ok(
+    processes: ProcessGroup,
+) -> None:
+    """SIGTERM while a 60 s call runs on a stream: once the shutdown budget (5 s) has let it
+    run as long as it may, the call is answered UNAVAILABLE ("node … is stopping") and the
+    stream ends with OK, so that a gate knows every call it left unanswered never ran."""
+    node = await lone_node(processes)
+    async with RawCallStream(node.address) as stream:
+        await stream.send(call_frame(1, "Patient", "long", "Wait", Int64Value(value=60_000)))
+        await asyncio.sleep(0.3)
+        exited = asyncio.create_task(asyncio.to_thread(node.terminate, 15.0))
+        reply = await stream.reply(1)
+        assert code_of(reply) is grpc.StatusCode.UNAVAILABLE
+        assert reply.error.message == f"node {node.address} is stopping"
+        assert stream.ended is not None
+        assert await asyncio.wait_for(stream.ended, 10) is grpc.StatusCode.OK
+        assert await exited == 0

@@ -58,13 +58,15 @@ class NodeCalls:
     node opens with the first call to it, as the supervisor's task ``node-calls:<address>``,
     and stays open; once it ends, the next call opens another.
 
-    Failures: when a stream ends or breaks, every call in flight on it fails at once — a call
+    Failures: when a stream breaks, every call in flight on it fails at once — a call
     already handed to the stream with UNAVAILABLE (its details: the stream's), a call not yet
     written with :class:`~goverse.server.NotSent` (it did not run: routing may send it
-    again). A call whose reply does not come within its timeout fails with DEADLINE_EXCEEDED
-    and its cancellation is sent to the node, as is that of a call whose caller gave up
-    (cancelled). At most `max_calls` calls are in flight per node; one more fails with
-    RESOURCE_EXHAUSTED at once.
+    again). A stream the node ends with OK has answered every call it read (a stopping node
+    answers its calls still running UNAVAILABLE first), so the calls still pending then fail
+    with NotSent too: they were in transit and never ran. A call whose reply does not come
+    within its timeout fails with DEADLINE_EXCEEDED and its cancellation is sent to the node,
+    as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
+    flight per node; one more fails with RESOURCE_EXHAUSTED at once.
     """
 
     def __init__(
@@ -192,8 +194,10 @@ class _CallStream:
                     pending = self.pending.get(reply.id)
                     if pending is not None and not pending.reply.done():
                         pending.reply.set_result(reply)
+            # A node ends a stream with OK only once it has answered every call it read: the
+            # calls still pending never reached it (they were in transit as it stopped).
             reason = "the node ended the call stream"
-            written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
+            written = NotSent(reason)
         except grpc.aio.AioRpcError as error:
             reason = error.details() or error.code().name
             written = CallError(grpc.StatusCode.UNAVAILABLE, reason)

@@ -73,9 +73,12 @@ class CallStreams:
     mailbox (twice the bound) and its stream is ended.
 
     The stream ends with OK once the gate has half-closed it and every call on it has been
-    answered. A cancelled frame id cancels that call (no reply). A stream that ends any other
-    way — the gate went away, the supervisor's shutdown cancelled the reader — cancels every
-    call still running on it.
+    answered. A cancelled frame id cancels that call (no reply). The node's stop (the
+    supervisor's shutdown cancels the reader) cancels the calls still running, answers each
+    UNAVAILABLE and ends the stream with OK (close reason ``shutdown``): a stream that ends
+    with OK has answered every call it read, so the gate may send a call still unanswered
+    again (:class:`~goverse.server.NotSent`). A gate that goes away cancels every call still
+    running on its stream; one that does not read its replies gets RESOURCE_EXHAUSTED.
     """
 
     def __init__(
@@ -121,7 +124,8 @@ class CallStreams:
         try:
             reader = self._supervisor.spawn(name, stream.read(frames))
         except SupervisorClosed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self._node} is stopping")
+            # Ended with OK before reading anything: the gate may send its calls again.
+            context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
             return
         # A stream the gate cancels (or whose connection dies) may just look half-closed to
         # the reader, and the handler may wait on an empty mailbox: the end of the RPC itself
@@ -132,6 +136,10 @@ class CallStreams:
             while (batch := await self._batching.next_batch(stream.replies)) is not None:
                 stream.taken(batch)
                 yield node_pb2.ReplyFrames(replies=[reply for reply, _ in batch])
+            if stream.failure is not None:
+                await context.abort(*stream.failure)
+            if stream.stopping:
+                context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
         finally:
             self._streams.discard(stream)
             stream.abandon(reader)
@@ -248,10 +256,20 @@ class _CallStream:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._reading = True
         self._abandoned = False
+        self._stopping = False
+        self.failure: tuple[grpc.StatusCode, str] | None = None
+        """The status the stream ends with instead of OK (its calls' replies were dropped)."""
 
     async def read(self, frames: AsyncIterator[node_pb2.CallFrames]) -> None:
-        """Reads frames until the gate half-closes the stream; owns the call tasks: cancels
-        and awaits what is left when it ends any other way."""
+        """Reads frames until the gate half-closes the stream; owns the call tasks.
+
+        Cancelled by the node's stop, it cancels its calls, each answered UNAVAILABLE ("node
+        … is stopping"), and the stream ends with OK once they are sent: every call the node
+        read is answered, so a call still unanswered when the stream ends with OK was never
+        read, and the gate may send it again. A gate that does not read its replies (the
+        mailbox overflowed) ends the stream with RESOURCE_EXHAUSTED; a gate gone
+        (:meth:`abandon`) drops the replies of the calls it cancels.
+        """
         ended = False
         try:
             async for message in frames:
@@ -262,15 +280,27 @@ class _CallStream:
                         task.cancel()
                 for frame in message.calls:
                     if not self._start(frame, received):
-                        return  # the gate does not read its replies: end the stream
+                        if not self._abandoned:
+                            self.failure = (
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"slow consumer: gate {self.gate_id} does not read its replies",
+                            )
+                        return
             ended = True
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                self._stopping = True  # the node stops: answer what runs, then end with OK
+            raise
+        except Exception as error:
+            self.failure = (grpc.StatusCode.INTERNAL, f"call stream failed: {error}")
+            raise
         finally:
             self._reading = False
             if ended:
                 self._close_when_idle()
             else:
                 await self._cancel_all()
-                self.replies.close("stream ended", discard=True)
+                self.replies.close("stream ended", discard=not self._stopping)
 
     def _start(self, frame: node_pb2.CallFrame, received: float) -> bool:
         """Starts the call of `frame`, or answers it at once; False when the mailbox is full."""
@@ -304,6 +334,15 @@ class _CallStream:
         reply = None
         try:
             reply = await self._owner.run(frame, received)
+        except asyncio.CancelledError:
+            if self._stopping:  # answered: the gate must not send again what may have run
+                reply = node_pb2.ReplyFrame(
+                    id=frame.id,
+                    error=_status(
+                        grpc.StatusCode.UNAVAILABLE, f"node {self._owner._node} is stopping"
+                    ),
+                )
+            raise
         finally:
             self._tasks.pop(frame.id, None)
             # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
@@ -323,6 +362,11 @@ class _CallStream:
 
     def _release(self, count: int) -> None:
         self.held -= count
+
+    @property
+    def stopping(self) -> bool:
+        """The node's stop ended the stream (its calls were answered UNAVAILABLE)."""
+        return self._stopping
 
     def abandon(self, reader: asyncio.Task[None]) -> None:
         """The stream has ended (or is ending) without its calls: cancels the reader and
