@@ -14,6 +14,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse import wire
 from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.v1.calls_pb2 import CallStatus
 from goverse.wire import pack, unpack
 
 
@@ -50,11 +51,11 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     """A NodeService whose RegisterGate behaviour tests script, and which records every call.
 
     RegisterGate sends the acknowledgement (unless `ack` is False), then whatever the test
-    hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Unary calls are
-    recorded in `calls` and answered by `answer` (echo by default) or fail with `fail_with`,
-    after `call_delay` seconds. With `refuse` set, every unary call is recorded and refused at
-    once as a node refuses a shard it does not serve: FAILED_PRECONDITION with the
-    ``goverse-shard`` marker.
+    hands to :meth:`send`; :meth:`end_streams` ends the open streams normally. Calls, unary or
+    on a Calls stream, are recorded in `calls` and answered by `answer` (echo by default) or
+    fail with `fail_with`, after `call_delay` seconds. With `refuse` set, every call is
+    recorded and refused at once as a node refuses a shard it does not serve:
+    FAILED_PRECONDITION with the ``goverse-shard`` marker (a refusal on a Calls stream).
     """
 
     ack: bool = True
@@ -67,6 +68,10 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     registrations: list[str] = field(default_factory=list)
     registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
+    call_messages: int = 0
+    """CallFrames messages received on Calls streams."""
+    cancelled_ids: list[int] = field(default_factory=list)
+    """Call ids the gate cancelled on Calls streams."""
     active: int = 0
     max_active: int = 0
     port: int = 0
@@ -162,6 +167,80 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
             await asyncio.sleep(self.call_delay)
         if self.fail_with is not None:
             await context.abort(*self.fail_with)
+
+    async def Calls(
+        self,
+        request_iterator: AsyncIterator[node_pb2.CallFrames],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[node_pb2.ReplyFrames]:
+        """Answers each call of the stream as the unary handler of its op would (recorded in
+        `calls` with the frame's trace context and the gate id as its metadata)."""
+        replies: asyncio.Queue[node_pb2.ReplyFrame | None] = asyncio.Queue()
+        gate = dict(context.invocation_metadata() or ()).get(wire.GATE_ID_KEY, "")
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(frame: node_pb2.CallFrame) -> None:
+            replies.put_nowait(await self._framed(frame, gate))
+
+        by_id: dict[int, asyncio.Task[None]] = {}
+
+        async def read() -> None:
+            async for frames in request_iterator:
+                self.call_messages += 1
+                self.cancelled_ids.extend(frames.cancelled)
+                for call_id in frames.cancelled:
+                    if call_id in by_id:
+                        by_id.pop(call_id).cancel()
+                for frame in frames.calls:
+                    task = asyncio.create_task(answer(frame))
+                    tasks.add(task)
+                    by_id[frame.id] = task
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(list(tasks), timeout=30)
+            replies.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield node_pb2.ReplyFrames(replies=[reply])
+        finally:
+            for task in (reader, *tasks):
+                task.cancel()
+            await asyncio.wait([reader, *tasks], timeout=5)
+
+    async def _framed(self, frame: node_pb2.CallFrame, gate: str) -> node_pb2.ReplyFrame:
+        op = frame.WhichOneof("op") or ""
+        method = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}[op]
+        request = getattr(frame, op)
+        metadata = {**frame.trace_context, wire.GATE_ID_KEY: gate}
+        deadline = frame.timeout_ms / 1000 if frame.timeout_ms else None
+        self.calls.append(ReceivedCall(method, request, metadata, deadline))
+        if self.refuse is not None:
+            status = CallStatus(
+                code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                message=f"shard refused: {self.refuse.value}",
+                shard_refusal=self.refuse.value,
+            )
+            return node_pb2.ReplyFrame(id=frame.id, error=status)
+        if self.call_delay:
+            await asyncio.sleep(self.call_delay)
+        if self.fail_with is not None:
+            code, message = self.fail_with
+            return node_pb2.ReplyFrame(
+                id=frame.id, error=CallStatus(code=code.value[0], message=message)
+            )
+        if op == "call":
+            return node_pb2.ReplyFrame(
+                id=frame.id, call=node_pb2.NodeCallObjectResponse(response=request.request)
+            )
+        if op == "create":
+            return node_pb2.ReplyFrame(
+                id=frame.id, create=node_pb2.NodeCreateObjectResponse(created=True)
+            )
+        return node_pb2.ReplyFrame(
+            id=frame.id, delete=node_pb2.NodeDeleteObjectResponse(deleted=True)
+        )
 
     async def CallObject(
         self, request: node_pb2.NodeCallObjectRequest, context: grpc.aio.ServicerContext

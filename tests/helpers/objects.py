@@ -75,6 +75,31 @@ class Sleeper(Object):
         return Int64Value(value=self.max_running)
 
 
+class Patient(Object):
+    """Waits inside a call and counts the calls that started and those cancelled, to test
+    deadlines and cancellation of calls in flight."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.cancelled = 0
+
+    async def Wait(self, request: Int64Value) -> Int64Value:
+        """Waits `request.value` milliseconds; answers how many Wait calls started."""
+        self.started += 1
+        try:
+            await asyncio.sleep(request.value / 1000)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return Int64Value(value=self.started)
+
+    async def Started(self, request: Empty) -> Int64Value:
+        return Int64Value(value=self.started)
+
+    async def Cancelled(self, request: Empty) -> Int64Value:
+        return Int64Value(value=self.cancelled)
+
+
 class Failing(Object):
     """Raises from a method, to test what the caller sees."""
 

@@ -12,7 +12,7 @@ import pytest
 
 from goverse import wire
 from goverse.errors import CallError, ShardNotServed
-from goverse.server import Routing
+from goverse.server import NotSent, Routing
 from goverse.server._routing import DEADLINE_MARGIN
 from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import node_pb2, node_pb2_grpc
@@ -297,3 +297,59 @@ async def test_a_refused_call_waits_for_its_shard_to_change_owner_not_for_any_ch
     assert reply.response == text("hi")
     assert refusals <= 10, f"{refusals} refusals while other shards moved"
     assert len(second.calls) == 1
+
+
+# -- a call stream's errors (the gate's transport) -------------------------------------------
+
+
+async def test_a_call_not_sent_by_its_stream_is_sent_again(pool: ChannelPool) -> None:
+    """A send that raises NotSent (its stream could not take it) is held and tried again;
+    the second attempt's answer is returned."""
+    node = await FakeNode().start()
+    try:
+        attempts: list[str] = []
+
+        async def send(address: str, timeout: float) -> str:
+            attempts.append(address)
+            if len(attempts) == 1:
+                raise NotSent("the call stream has ended")
+            return "answered"
+
+        view = FakeView(node.address, default_owner=node.address)
+        assert await Routing(view, pool).call(SHARD, send, WAIT) == "answered"
+        assert attempts == [node.address, node.address]
+    finally:
+        await node.stop(0)
+
+
+async def test_a_stream_reply_with_a_refusal_is_sent_again_and_one_without_is_not(
+    pool: ChannelPool,
+) -> None:
+    """A CallError carrying a shard refusal is retried like the goverse-shard trailer; an
+    UNAVAILABLE without one is answered at once, naming the node, as for a unary call."""
+    node = await FakeNode().start()
+    try:
+        attempts = 0
+
+        async def refused_once(address: str, timeout: float) -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                raise CallError(
+                    grpc.StatusCode.FAILED_PRECONDITION, "moving", wire.ShardRefusal.MOVING
+                )
+            return "answered"
+
+        view = FakeView(node.address, default_owner=node.address)
+        assert await Routing(view, pool).call(SHARD, refused_once, WAIT) == "answered"
+        assert attempts == 2
+
+        async def broken(address: str, timeout: float) -> str:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+
+        with pytest.raises(CallError) as raised:
+            await Routing(view, pool).call(SHARD, broken, WAIT)
+        assert raised.value.status_code == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.message == f"node {node.address} is unavailable: Socket closed"
+    finally:
+        await node.stop(0)

@@ -28,6 +28,9 @@ _tracer = trace.get_tracer("goverse")
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1."
 REGISTRATION_METHODS = frozenset({wire.GATE_REGISTER, wire.NODE_REGISTER_GATE})
 """Long-lived streams traced only until their first response (see the module docstring)."""
+CALL_STREAM_METHODS = frozenset({wire.NODE_CALLS})
+"""Streams that carry many calls: never one span for the stream, a span per call on each end
+(:func:`start_call_span` here, ``goverse.server``'s ``served_call_span`` on the node)."""
 
 
 def method_of(details: Any) -> str:
@@ -80,6 +83,17 @@ class OnceSpan:
         if code != grpc.StatusCode.OK:
             self.span.set_status(Status(StatusCode.ERROR, description or code.name))
         self.span.end()
+
+
+def start_call_span(method: str) -> tuple[OnceSpan, dict[str, str]]:
+    """A CLIENT span for one call sent over a call stream, and the W3C context to send with
+    it (empty when the span is not sampled: the receiver then starts no trace of its own
+    from it, as with a unary call whose metadata carries none)."""
+    span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
+    carrier: dict[str, str] = {}
+    if span.get_span_context().is_valid:
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return OnceSpan(span), carrier
 
 
 def _start_client_span(details: Any) -> tuple[OnceSpan, grpc.aio.ClientCallDetails]:
@@ -156,11 +170,13 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 
 __all__ = [
+    "CALL_STREAM_METHODS",
     "HEALTH_SERVICE_PREFIX",
     "REGISTRATION_METHODS",
     "OnceSpan",
     "client_interceptors",
     "method_of",
     "rpc_attributes",
+    "start_call_span",
     "status_code_of",
 ]

@@ -38,6 +38,9 @@ GATE_CREATE_OBJECT = method_path(GATE_SERVICE, "CreateObject")
 GATE_DELETE_OBJECT = method_path(GATE_SERVICE, "DeleteObject")
 NODE_REGISTER_GATE = method_path(NODE_SERVICE, "RegisterGate")
 NODE_CALL_OBJECT = method_path(NODE_SERVICE, "CallObject")
+NODE_CREATE_OBJECT = method_path(NODE_SERVICE, "CreateObject")
+NODE_DELETE_OBJECT = method_path(NODE_SERVICE, "DeleteObject")
+NODE_CALLS = method_path(NODE_SERVICE, "Calls")
 
 # -- metadata keys -----------------------------------------------------------------------------
 
@@ -45,6 +48,8 @@ CLIENT_ID_KEY = "goverse-client-id"
 """Call metadata: the client id its Register stream was given."""
 CREDENTIAL_KEY = "goverse-credential"
 """Call metadata: the secret of that registration; valid while its stream is open."""
+GATE_ID_KEY = "goverse-gate-id"
+"""Calls stream metadata: the id of the gate that opened it."""
 CLOSE_REASON_KEY = "goverse-close-reason"
 """Trailing metadata of a stream a server ended: a :class:`CloseReason` value."""
 CALL_CHAIN_KEY = "goverse-call-chain-bin"
@@ -157,9 +162,13 @@ __all__ = [
     "GATE_CALL_OBJECT",
     "GATE_CREATE_OBJECT",
     "GATE_DELETE_OBJECT",
+    "GATE_ID_KEY",
     "GATE_REGISTER",
     "GATE_SERVICE",
+    "NODE_CALLS",
     "NODE_CALL_OBJECT",
+    "NODE_CREATE_OBJECT",
+    "NODE_DELETE_OBJECT",
     "NODE_REGISTER_GATE",
     "NODE_SERVICE",
     "SHARD_KEY",

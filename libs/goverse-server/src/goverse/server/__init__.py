@@ -57,7 +57,7 @@ from goverse.server._metrics import (
     call_duration_histogram,
 )
 from goverse.server._ready import Ready, wait_ready, write_ready
-from goverse.server._routing import Routing
+from goverse.server._routing import NotSent, Routing
 from goverse.server._service import (
     BoundAddress,
     ServiceApp,
@@ -84,6 +84,7 @@ from goverse.server._tracing import (
     deliver_traced,
     object_call_span,
     record_push,
+    served_call_span,
     server_interceptors,
 )
 from goverse.server._values import (
@@ -145,6 +146,7 @@ __all__ = [
     "ListenError",
     "Mailbox",
     "NodeInfo",
+    "NotSent",
     "Ready",
     "Routing",
     "Service",
@@ -198,6 +200,7 @@ __all__ = [
     "run",
     "run_until_signalled",
     "serve_main",
+    "served_call_span",
     "server_interceptors",
     "set_log_identity",
     "setting",

@@ -1,4 +1,4 @@
-"""Calls in flight: the unary calls a server is serving, so that a stop can let them finish."""
+"""Calls in flight: the calls a server is serving, so that a stop can let them finish."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from goverse._tracing import method_of
 
 
 class CallsInFlight:
-    """Tracks the task of every unary call to `services` while its handler runs.
+    """Tracks the task of every unary call to `services` while its handler runs, and of
+    every call a call stream serves (:meth:`track`).
 
     :attr:`interceptor` goes on the server; each call registers its own task when its handler
     starts and removes itself when it ends, whichever way. :meth:`wait` waits for what is
@@ -28,6 +29,12 @@ class CallsInFlight:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Counts `task` (a call served from a call stream, owned by that stream) in flight
+        until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait(self, timeout: float) -> int:
         """Waits up to `timeout` seconds for the calls in flight to end; returns how many are

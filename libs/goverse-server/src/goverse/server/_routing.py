@@ -10,8 +10,11 @@ A call is sent again only when it is known not to have run:
 - the shard has no owner (moving, or its owner died): nothing was sent;
 - the owner is not reachable: nothing was sent (routing waits for the owner's channel to be
   READY before sending, so a call that gave up waiting never left this process);
-- the node refused it for its shard (:class:`~goverse.errors.ShardNotServed`, or the
-  ``goverse-shard`` trailing metadata): the node ran nothing.
+- the transport did not send it (:class:`NotSent`: a call stream that was not open yet, or
+  ended before the call was written): nothing was sent;
+- the node refused it for its shard (:class:`~goverse.errors.ShardNotServed`, the
+  ``goverse-shard`` trailing metadata, or a :class:`~goverse.errors.CallError` with a
+  ``refusal`` from a call stream): the node ran nothing.
 
 Any other failure — UNAVAILABLE in the middle of a call, DEADLINE_EXCEEDED from the node, any
 status the node answered — may have run the call, and is answered as it is.
@@ -41,10 +44,19 @@ R = TypeVar("R")
 
 Send = Callable[[str, float], Awaitable[R]]
 """How a call is sent: ``send(address, timeout)`` returns the answer of the node at `address`
-within `timeout` seconds, or raises the ``grpc.aio.AioRpcError`` it failed with (a local send
-raises :class:`~goverse.errors.ShardNotServed` for a refusal). A remote send uses
+within `timeout` seconds, or raises what it failed with: the ``grpc.aio.AioRpcError`` of a
+unary call, the :class:`~goverse.errors.CallError` of a call on a stream (its ``refusal`` set
+for a shard refusal), :class:`NotSent` when it sent nothing (a local send raises
+:class:`~goverse.errors.ShardNotServed` for a refusal). A unary send uses
 ``wait_for_ready=True``: should the connection drop between routing's check and the send, gRPC
 holds the call for the next connection instead of failing it fast."""
+
+
+class NotSent(Exception):
+    """A send that sent nothing (a call stream not open yet, or ended before the call was
+    written): the node ran nothing, so routing holds the call and sends it again, as it does
+    for an owner not reachable yet. The message says why."""
+
 
 RETRY_INITIAL = timedelta(milliseconds=20)
 RETRY_MAX = timedelta(seconds=1)
@@ -129,6 +141,23 @@ class Routing:
                     return await send(address, budget)
                 except ShardNotServed as refused:
                     last = CallError(refused.status_code, refused.message)
+                except NotSent as unsent:
+                    last = CallError(
+                        grpc.StatusCode.UNAVAILABLE, f"node {address} is unavailable: {unsent}"
+                    )
+                except CallError as error:
+                    if address == self._local:
+                        raise  # what an object's own call to another object failed with
+                    if error.refusal is None:
+                        failed = _named(address, error.status_code, error.message, budget)
+                        log.debug(
+                            "node call failed",
+                            node=address,
+                            code=failed.status_code.name,
+                            details=failed.message,
+                        )
+                        raise failed from None
+                    last = CallError(error.status_code, error.message)
                 except grpc.aio.AioRpcError as error:
                     if wire.shard_refusal_of(error.trailing_metadata()) is None:
                         failed = _failed(address, error, budget)
@@ -207,8 +236,12 @@ class Routing:
 def _failed(address: str, error: grpc.aio.AioRpcError, timeout: float) -> CallError:
     """A call that was sent failed: the node's status, naming the node when the status alone
     would not say which."""
-    code = error.code()
-    details = error.details() or code.name
+    return _named(address, error.code(), error.details() or error.code().name, timeout)
+
+
+def _named(address: str, code: grpc.StatusCode, details: str, timeout: float) -> CallError:
+    """The error of a call sent to `address` that failed with `code` and `details`, naming
+    the node when the status alone would not say which."""
     if code == grpc.StatusCode.UNAVAILABLE:
         details = f"node {address} is unavailable: {details}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -216,4 +249,4 @@ def _failed(address: str, error: grpc.aio.AioRpcError, timeout: float) -> CallEr
     return CallError(code, details)
 
 
-__all__ = ["DEADLINE_MARGIN", "Routing", "Send"]
+__all__ = ["DEADLINE_MARGIN", "NotSent", "Routing", "Send"]

@@ -146,8 +146,10 @@ class ServiceApp(abc.ABC, Generic[C]):
        the names of any still pending are logged;
     6. the service releases what it holds (:meth:`release`; the node deactivates its objects);
     7. the gRPC server stops, giving unary calls still running at most 1 s;
-    8. channels are closed, buffered spans exported (at least 0.2 s), the metrics endpoint
-       stopped and the ready file removed; ``stopped`` is logged with the elapsed time.
+    8. what the service keeps open to other processes is closed (:meth:`close_outbound`: the
+       gate's call streams to nodes), then its channels; buffered spans are exported (at least
+       0.2 s), the metrics endpoint stopped and the ready file removed; ``stopped`` is logged
+       with the elapsed time.
 
     Safe before :meth:`start` (nothing to stop), idempotent, and safe to call concurrently:
     later callers return once the first stop has finished. After a stop the app cannot be
@@ -172,14 +174,14 @@ class ServiceApp(abc.ABC, Generic[C]):
         self.supervisor = Supervisor(self.service)
         self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
         self.calls = CallsInFlight([self.grpc_service])
-        self._call_metrics = CallMetricsInterceptor(
-            call_duration_histogram(
-                self.meter,
-                f"goverse.{self.service}.call.duration",
-                f"calls the {self.service} served",
-            ),
-            [self.grpc_service],
+        self.call_duration = call_duration_histogram(
+            self.meter,
+            f"goverse.{self.service}.call.duration",
+            f"calls the {self.service} served",
         )
+        """The served calls' duration histogram: unary calls record in it by interceptor,
+        calls from a call stream by the stream (the same attributes)."""
+        self._call_metrics = CallMetricsInterceptor(self.call_duration, [self.grpc_service])
         self._host: GrpcHost | None = None
         self._bound: BoundAddress | None = None
         self._assembled = False
@@ -208,6 +210,11 @@ class ServiceApp(abc.ABC, Generic[C]):
 
     async def release(self, budget: ShutdownBudget) -> None:
         """Frees what the service holds once its tasks are gone, within `budget`."""
+
+    async def close_outbound(self, budget: ShutdownBudget) -> None:
+        """Ends, within `budget`, what the service keeps open to other processes beside its
+        channels, once its server has stopped and nothing can call through it any more (the
+        gate's call streams to nodes, which the calls it serves until then need)."""
 
     def identity(self) -> dict[str, Any]:
         """Fields naming this instance in the ``listening`` line and the ready file."""
@@ -340,7 +347,9 @@ class ServiceApp(abc.ABC, Generic[C]):
             await self.release(budget)  # 6
         if host is not None:
             await host.stop(grace=min(SERVER_GRACE, budget.remaining()))  # 7
-        await self.pool.close()  # 8
+        if self._assembled:
+            await self.close_outbound(budget)  # 8
+        await self.pool.close()
         if self.telemetry is not None:
             await self.telemetry.shutdown(max(budget.remaining(), MIN_TELEMETRY_FLUSH))
         if self.config.ready_file is not None:

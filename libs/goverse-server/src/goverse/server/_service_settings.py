@@ -21,6 +21,7 @@ from goverse.server._settings import (
 from goverse.server._values import (
     ADDRESS,
     BYTE_SIZE,
+    COUNT,
     DURATION,
     ETCD_ENDPOINTS,
     ETCD_PREFIX,
@@ -83,6 +84,12 @@ class ServiceSettings:
         help="largest gRPC message sent or received, by the server and by the channels to nodes",
         kind=BYTE_SIZE,
         check=at_least(MIN_MESSAGE_BYTES, format_byte_size),
+    )
+    max_stream_calls: int = setting(
+        10_000,
+        help="most calls in flight on one gate-to-node call stream (the gate counts per node, "
+        "the node per gate); a call past it answers RESOURCE_EXHAUSTED at once",
+        kind=COUNT,
     )
     keepalive_time: timedelta = setting(
         DEFAULT_KEEPALIVE.time,

@@ -31,6 +31,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import Link, SpanKind
 
 from goverse._tracing import (
+    CALL_STREAM_METHODS,
     HEALTH_SERVICE_PREFIX,
     REGISTRATION_METHODS,
     OnceSpan,
@@ -46,9 +47,14 @@ PUSH_EVENT = "goverse.push"
 
 
 def _traced_by_instrumentation(details: Any) -> bool:
-    """Whether the gRPC instrumentation traces this call: not health, not a registration."""
+    """Whether the gRPC instrumentation traces this call: not health, not a registration, not
+    a call stream (each call on it has its own span: :func:`served_call_span`)."""
     method = method_of(details)
-    return not method.startswith(HEALTH_SERVICE_PREFIX) and method not in REGISTRATION_METHODS
+    return (
+        not method.startswith(HEALTH_SERVICE_PREFIX)
+        and method not in REGISTRATION_METHODS
+        and method not in CALL_STREAM_METHODS
+    )
 
 
 def _metadata_carrier(metadata: Any) -> dict[str, str]:
@@ -105,6 +111,29 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
         aio_server_interceptor(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
         _RegistrationServerInterceptor(),
     ]
+
+
+@contextlib.contextmanager
+def served_call_span(method: str, carrier: Mapping[str, str]) -> Iterator[OnceSpan]:
+    """The SERVER span of one call served from a call stream, named as the unary call's
+    span (`method`), the child of the caller's span whose W3C context `carrier` holds, and
+    current for the block. The block ends it with the call's status (:meth:`OnceSpan.end_with`);
+    an exception out of the block ends it with that exception's status."""
+    parent = propagate.extract(carrier) if carrier else otel_context.Context()
+    span = OnceSpan(
+        _tracer.start_span(
+            method, context=parent, kind=SpanKind.SERVER, attributes=rpc_attributes(method)
+        )
+    )
+    token = otel_context.attach(trace.set_span_in_context(span.span, parent))
+    try:
+        yield span
+    except BaseException as error:
+        span.end(error)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
 
 
 # -- objects, pushes and deliveries -------------------------------------------------------------
@@ -245,5 +274,6 @@ __all__ = [
     "linked_context",
     "object_call_span",
     "record_push",
+    "served_call_span",
     "server_interceptors",
 ]

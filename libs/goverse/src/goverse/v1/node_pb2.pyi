@@ -8,6 +8,7 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from goverse.v1 import calls_pb2 as _calls_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -409,6 +410,174 @@ class NodeDeleteObjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeDeleteObjectResponse: _TypeAlias = NodeDeleteObjectResponse  # noqa: Y015
+
+@_typing.final
+class CallFrames(_message.Message):
+    """Gate to node on Calls: new calls and cancellations of earlier ones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallFrame]: ...
+    @_builtins.property
+    def cancelled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ids of calls on this stream whose caller gave up: the node cancels each
+        one still running (its reply, if any, is CANCELLED). Unknown ids are ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallFrame] | None = ...,
+        cancelled: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallFrames: _TypeAlias = CallFrames  # noqa: Y015
+
+@_typing.final
+class CallFrame(_message.Message):
+    """One call on a Calls stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the gate, unique among the calls in flight on the stream, never 0;
+    the reply carries it back.
+    """
+    timeout_ms: _builtins.int
+    """The call's deadline, in milliseconds from when the node reads the frame
+    (0: none). A call whose deadline has passed is not started.
+    """
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the gate's span for the call:
+        the node's span for it is that span's child.
+        """
+
+    @_builtins.property
+    def call(self) -> Global___NodeCallObjectRequest: ...
+    @_builtins.property
+    def create(self) -> Global___NodeCreateObjectRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___NodeDeleteObjectRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        call: Global___NodeCallObjectRequest | None = ...,
+        create: Global___NodeCreateObjectRequest | None = ...,
+        delete: Global___NodeDeleteObjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "op", b"op"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "id", b"id", "op", b"op", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["call", "create", "delete"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___CallFrame: _TypeAlias = CallFrame  # noqa: Y015
+
+@_typing.final
+class ReplyFrames(_message.Message):
+    """Node to gate on Calls: the answers of calls, in the order they finished."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplyFrame]: ...
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___ReplyFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyFrames: _TypeAlias = ReplyFrames  # noqa: Y015
+
+@_typing.final
+class ReplyFrame(_message.Message):
+    """The answer to one call: what its unary RPC would have returned, or its status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the CallFrame it answers."""
+    @_builtins.property
+    def call(self) -> Global___NodeCallObjectResponse: ...
+    @_builtins.property
+    def create(self) -> Global___NodeCreateObjectResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___NodeDeleteObjectResponse: ...
+    @_builtins.property
+    def error(self) -> _calls_pb2.CallStatus:
+        """The call failed: the code and message its unary RPC would have ended
+        with, and the shard refusal its "goverse-shard" trailer would have said.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        call: Global___NodeCallObjectResponse | None = ...,
+        create: Global___NodeCreateObjectResponse | None = ...,
+        delete: Global___NodeDeleteObjectResponse | None = ...,
+        error: _calls_pb2.CallStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "id", b"id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["call", "create", "delete", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ReplyFrame: _TypeAlias = ReplyFrame  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):

@@ -42,6 +42,11 @@ class NodeServiceStub:
                 request_serializer=goverse_dot_v1_dot_node__pb2.RegisterGateRequest.SerializeToString,
                 response_deserializer=goverse_dot_v1_dot_node__pb2.RegisterGateResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/goverse.v1.NodeService/Calls',
+                request_serializer=goverse_dot_v1_dot_node__pb2.CallFrames.SerializeToString,
+                response_deserializer=goverse_dot_v1_dot_node__pb2.ReplyFrames.FromString,
+                _registered_method=True)
         self.CallObject = channel.unary_unary(
                 '/goverse.v1.NodeService/CallObject',
                 request_serializer=goverse_dot_v1_dot_node__pb2.NodeCallObjectRequest.SerializeToString,
@@ -79,6 +84,19 @@ class NodeServiceServicer:
         """Opens the node-to-gate stream. The first message carries `ack`; later
         messages carry batches of envelopes or a heartbeat. One stream per gate
         id: a second registration with the same id replaces the first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calls(self, request_iterator, context):
+        """Carries a gate's calls to this node and their replies back: one stream per
+        gate (its id in the goverse-gate-id metadata), beside RegisterGate, so pushes
+        and replies never queue behind each other. Many calls per message each way,
+        matched by id; each call runs as the unary RPC of its op would, and may
+        finish in any order. The node ends the stream once the gate has half-closed
+        it and every call on it has answered; a stream that ends otherwise cancels
+        the calls still running on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +144,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.RegisterGate,
                     request_deserializer=goverse_dot_v1_dot_node__pb2.RegisterGateRequest.FromString,
                     response_serializer=goverse_dot_v1_dot_node__pb2.RegisterGateResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=goverse_dot_v1_dot_node__pb2.CallFrames.FromString,
+                    response_serializer=goverse_dot_v1_dot_node__pb2.ReplyFrames.SerializeToString,
             ),
             'CallObject': grpc.unary_unary_rpc_method_handler(
                     servicer.CallObject,
@@ -183,6 +206,33 @@ class NodeService:
             '/goverse.v1.NodeService/RegisterGate',
             goverse_dot_v1_dot_node__pb2.RegisterGateRequest.SerializeToString,
             goverse_dot_v1_dot_node__pb2.RegisterGateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/goverse.v1.NodeService/Calls',
+            goverse_dot_v1_dot_node__pb2.CallFrames.SerializeToString,
+            goverse_dot_v1_dot_node__pb2.ReplyFrames.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,15 @@ class NodeServiceStub:
     messages carry batches of envelopes or a heartbeat. One stream per gate
     id: a second registration with the same id replaces the first.
     """
+    Calls: _grpc.StreamStreamMultiCallable[_node_pb2.CallFrames, _node_pb2.ReplyFrames]
+    """Carries a gate's calls to this node and their replies back: one stream per
+    gate (its id in the goverse-gate-id metadata), beside RegisterGate, so pushes
+    and replies never queue behind each other. Many calls per message each way,
+    matched by id; each call runs as the unary RPC of its op would, and may
+    finish in any order. The node ends the stream once the gate has half-closed
+    it and every call on it has answered; a stream that ends otherwise cancels
+    the calls still running on it.
+    """
     CallObject: _grpc.UnaryUnaryMultiCallable[_node_pb2.NodeCallObjectRequest, _node_pb2.NodeCallObjectResponse]
     """Calls a method on an object, activating it first if needed."""
     CreateObject: _grpc.UnaryUnaryMultiCallable[_node_pb2.NodeCreateObjectRequest, _node_pb2.NodeCreateObjectResponse]
@@ -64,6 +73,15 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Opens the node-to-gate stream. The first message carries `ack`; later
     messages carry batches of envelopes or a heartbeat. One stream per gate
     id: a second registration with the same id replaces the first.
+    """
+    Calls: _aio.StreamStreamMultiCallable[_node_pb2.CallFrames, _node_pb2.ReplyFrames]  # type: ignore[assignment]
+    """Carries a gate's calls to this node and their replies back: one stream per
+    gate (its id in the goverse-gate-id metadata), beside RegisterGate, so pushes
+    and replies never queue behind each other. Many calls per message each way,
+    matched by id; each call runs as the unary RPC of its op would, and may
+    finish in any order. The node ends the stream once the gate has half-closed
+    it and every call on it has answered; a stream that ends otherwise cancels
+    the calls still running on it.
     """
     CallObject: _aio.UnaryUnaryMultiCallable[_node_pb2.NodeCallObjectRequest, _node_pb2.NodeCallObjectResponse]  # type: ignore[assignment]
     """Calls a method on an object, activating it first if needed."""
@@ -91,6 +109,21 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens the node-to-gate stream. The first message carries `ack`; later
         messages carry batches of envelopes or a heartbeat. One stream per gate
         id: a second registration with the same id replaces the first.
+        """
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_node_pb2.CallFrames],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.ReplyFrames], _abc.AsyncIterator[_node_pb2.ReplyFrames]]:
+        """Carries a gate's calls to this node and their replies back: one stream per
+        gate (its id in the goverse-gate-id metadata), beside RegisterGate, so pushes
+        and replies never queue behind each other. Many calls per message each way,
+        matched by id; each call runs as the unary RPC of its op would, and may
+        finish in any order. The node ends the stream once the gate has half-closed
+        it and every call on it has answered; a stream that ends otherwise cancels
+        the calls still running on it.
         """
 
     @_abc_1.abstractmethod

@@ -6,11 +6,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import structlog
 
 from goverse import wire
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
+from goverse.gate._node_calls import NodeCalls
 from goverse.gate._node_link import NodeLink
 from goverse.gate._node_links import NodeLinks
 from goverse.gate._router import Router
@@ -23,11 +25,14 @@ from goverse.server import (
     ServiceApp,
     ShutdownBudget,
     StaticView,
+    Supervisor,
     Telemetry,
     membership_metrics,
 )
 from goverse.transport import Backoff
 from goverse.v1 import gate_pb2_grpc
+
+log = structlog.get_logger(__name__)
 
 DRAIN_REASON = "the gate is shutting down"
 
@@ -38,7 +43,10 @@ class GateApp(ServiceApp[GateConfig]):
     Starts and stops as every service does (:class:`~goverse.server.ServiceApp`). Its own
     parts: it routes by `view` (:attr:`view`; the static view of ``--nodes`` unless one is
     given: the etcd view in etcd mode); once serving, it keeps one link to each node of the
-    view (:class:`NodeLinks`); its long-lived streams are the clients' Register streams,
+    view (:class:`NodeLinks`) and forwards calls over one Calls stream per node
+    (:class:`NodeCalls`, tasks of their own supervisor, :attr:`call_streams`, shut down only
+    once the server has stopped: every call the gate serves while it drains can reach its
+    node); its long-lived streams are the clients' Register streams,
     which a stop closes for draining — each flushes what is queued, sends ``Draining`` and
     ends, new registrations are refused with UNAVAILABLE, and a client may still call until
     its stream has ended (then its credential is void: UNAUTHENTICATED, which the SDK re-sends
@@ -81,7 +89,17 @@ class GateApp(ServiceApp[GateConfig]):
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
         )
-        self.router = Router(self.view, self.pool, config.call_timeout)
+        # The call streams have their own supervisor: the calls the gate serves until its
+        # server has stopped (step 7) need them after the main one has shut down (step 5).
+        self.call_streams = Supervisor("gate-node-calls")
+        self.node_calls = NodeCalls(
+            config.gate_id,
+            self.pool,
+            self.call_streams,
+            max_calls=config.max_stream_calls,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.router = Router(self.view, self.pool, self.node_calls, config.call_timeout)
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)
@@ -119,6 +137,11 @@ class GateApp(ServiceApp[GateConfig]):
     async def release(self, budget: ShutdownBudget) -> None:
         if self.etcd is not None:
             await self.etcd.close()
+
+    async def close_outbound(self, budget: ShutdownBudget) -> None:
+        pending = await self.call_streams.shutdown(budget.remaining())
+        if pending:
+            log.warning("call streams still open after the shutdown timeout", tasks=pending)
 
     def close_streams(self) -> int:
         return self.registry.drain(DRAIN_REASON)

@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from goverse import wire
+from goverse.node._call_stream import CallStreams
 from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
 from goverse.node._metrics import NodeMetrics
@@ -51,8 +52,10 @@ class NodeApp(ServiceApp[NodeConfig]):
     (:attr:`view`, :attr:`placement`, :attr:`gates`, :attr:`host`, :attr:`runtime` exist from
     then on). Its long-lived streams are the gates' RegisterGate streams, which a stop closes
     (each sends what is queued and ends with OK) — or, once the node has left its etcd
-    cluster, leaves to the gates to end as they see it go; once its tasks are gone, every
-    object is deactivated in its turn.
+    cluster, leaves to the gates to end as they see it go — and the gates' Calls streams
+    (:class:`CallStreams`), whose calls count as calls in flight, which a stop lets finish;
+    their readers are the supervisor's tasks, so its shutdown ends them. Once its tasks are
+    gone, every object is deactivated in its turn.
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -66,6 +69,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     view: ClusterView
     shards: ShardTable
     gates: GateStreams
+    call_streams: CallStreams
     host: ObjectHost
     state: ObjectState
     runtime: NodeRuntime
@@ -147,8 +151,22 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.meter, self.host, self.gates, self.shards, self.ownership, self.state
         )
         membership_metrics(self.meter, self.service, self.view)
+        self.call_streams = CallStreams(
+            self.supervisor,
+            self.advertise,
+            self.host,
+            self.calls,
+            self.call_duration,
+            max_calls=config.max_stream_calls,
+            max_message_bytes=config.max_message_bytes,
+        )
         servicer = NodeService(
-            self.advertise, self.view, self.host, self.gates, self.membership_status
+            self.advertise,
+            self.view,
+            self.host,
+            self.gates,
+            self.call_streams,
+            self.membership_status,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
 

@@ -9,6 +9,7 @@ import grpc
 
 from goverse.errors import translate_errors
 from goverse.node._call_context import inbound
+from goverse.node._call_stream import CallStreams
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
@@ -30,12 +31,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         view: ClusterView,
         host: ObjectHost,
         gates: GateStreams,
+        calls: CallStreams,
         membership: Callable[[], node_pb2.StatusResponse],
     ) -> None:
         self._node = node
         self._view = view
         self._host = host
         self._gates = gates
+        self._calls = calls
         self._membership = membership
 
     async def RegisterGate(
@@ -44,6 +47,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         async with contextlib.aclosing(self._gates.serve(request, context)) as stream:
             async for response in stream:
                 yield response
+
+    async def Calls(
+        self,
+        request_iterator: AsyncIterator[node_pb2.CallFrames],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[node_pb2.ReplyFrames]:
+        async with contextlib.aclosing(self._calls.serve(request_iterator, context)) as stream:
+            async for replies in stream:
+                yield replies
 
     @translate_errors
     async def CallObject(

@@ -1,0 +1,257 @@
+"""NodeCalls: the gate's Calls stream to each node, calls written in batches, replies by id."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+
+from goverse import wire
+from goverse._tracing import OnceSpan, start_call_span
+from goverse.errors import CallError, status_error
+from goverse.server import Mailbox, NotSent, Supervisor, SupervisorClosed
+from goverse.transport import ChannelPool
+from goverse.v1 import node_pb2, node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+TASK_PREFIX = "node-calls:"
+"""The supervisor's name of a stream's task: this prefix and the node address."""
+BATCH_MAX_ITEMS = 1024
+"""Most calls and cancellations one stream message carries."""
+CANCEL_BYTES = 10
+"""Most bytes one cancelled id takes in ``CallFrames.cancelled`` (a packed varint)."""
+FRAMING_BYTES = 16
+"""Bytes kept free in a stream message for its fields' tags and lengths."""
+WRITER_WAIT = 1.0
+"""How long a stream's task waits for its writer to end once cancelled."""
+
+_METHOD_OF_OP = {
+    "call": wire.NODE_CALL_OBJECT,
+    "create": wire.NODE_CREATE_OBJECT,
+    "delete": wire.NODE_DELETE_OBJECT,
+}
+
+_Item = node_pb2.CallFrame | int
+"""What the writer sends: a call, or the id of a call to cancel."""
+
+
+@dataclass
+class _Pending:
+    """A call waiting for its reply: `written` once handed to the stream."""
+
+    reply: asyncio.Future[node_pb2.ReplyFrame]
+    written: bool = False
+
+
+class NodeCalls:
+    """Sends calls to nodes over one ``NodeService.Calls`` stream per node address.
+
+    :meth:`call` is routing's transport (a :data:`~goverse.server.Send`): the call gets an id
+    and a CLIENT span (named as the unary call's, its W3C context in the frame) and is queued
+    for the stream's writer, which sends every queued call and cancellation in one stream
+    message; the stream's reader resolves calls by the id of their reply. The stream of a
+    node opens with the first call to it, as the supervisor's task ``node-calls:<address>``,
+    and stays open; once it ends, the next call opens another.
+
+    Failures: when a stream breaks, every call in flight on it fails at once — a call
+    already handed to the stream with UNAVAILABLE (its details: the stream's), a call not yet
+    written with :class:`~goverse.server.NotSent` (it did not run: routing may send it
+    again). A stream the node ends with OK has answered every call it read (a stopping node
+    answers its calls still running UNAVAILABLE first), so the calls still pending then fail
+    with NotSent too: they were in transit and never ran. A call whose reply does not come
+    within its timeout fails with DEADLINE_EXCEEDED and its cancellation is sent to the node,
+    as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
+    flight per node; one more fails with RESOURCE_EXHAUSTED at once.
+    """
+
+    def __init__(
+        self,
+        gate_id: str,
+        pool: ChannelPool,
+        supervisor: Supervisor,
+        *,
+        max_calls: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._gate_id = gate_id
+        self._pool = pool
+        self._supervisor = supervisor
+        self._max_calls = max_calls
+        self._max_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
+        self._streams: dict[str, _CallStream] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Calls waiting for a reply on every stream now."""
+        return sum(len(stream.pending) for stream in self._streams.values())
+
+    async def call(
+        self, address: str, frame: node_pb2.CallFrame, timeout: float
+    ) -> node_pb2.ReplyFrame:
+        """Sends `frame` (its op set; the id, timeout and trace context are set here) to the
+        node at `address` and returns its reply within `timeout` seconds; raises what the
+        class docstring says, or the :class:`~goverse.errors.CallError` its reply's status
+        stands for."""
+        stream = self._streams.get(address)
+        if stream is None or stream.closed:
+            stream = self._open(address)
+        return await stream.call(frame, timeout)
+
+    def _open(self, address: str) -> _CallStream:
+        stub = node_pb2_grpc.NodeServiceStub(self._pool.get(address))
+        stream = _CallStream(self, address, stub)
+        try:
+            self._supervisor.spawn(TASK_PREFIX + address, stream.run())
+        except SupervisorClosed:
+            raise NotSent("the gate is stopping") from None
+        self._streams[address] = stream
+        return stream
+
+    def _forget(self, stream: _CallStream) -> None:
+        if self._streams.get(stream.address) is stream:
+            del self._streams[stream.address]
+
+
+@dataclass
+class _CallStream:
+    """One node's Calls stream: its pending calls by id and its outbox, run by :meth:`run`."""
+
+    owner: NodeCalls
+    address: str
+    stub: node_pb2_grpc.NodeServiceStub
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    closed: bool = False
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _outbox: Mailbox[_Item] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Calls are bounded by max_calls, and so are cancellations (one per pending call).
+        self._outbox = Mailbox(self.owner._max_calls * 2)
+
+    async def call(self, frame: node_pb2.CallFrame, timeout: float) -> node_pb2.ReplyFrame:
+        owner = self.owner
+        if len(self.pending) >= owner._max_calls:
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"gate {owner._gate_id} has {owner._max_calls} calls in flight to node "
+                f"{self.address} (--max-stream-calls)",
+            )
+        call_id = next(self._ids)
+        op = frame.WhichOneof("op")
+        assert op is not None, "a call frame needs its op"
+        span, carrier = start_call_span(_METHOD_OF_OP[op])
+        frame.id = call_id
+        frame.timeout_ms = max(math.ceil(timeout * 1000), 1)
+        frame.trace_context.clear()  # a call sent again gets the context of its new span
+        frame.trace_context.update(carrier)
+        pending = _Pending(asyncio.get_running_loop().create_future())
+        self.pending[call_id] = pending
+        try:
+            if not self._outbox.put(frame, _size_of(frame)):
+                raise NotSent("the call stream has ended")
+            async with asyncio.timeout(timeout):
+                reply = await pending.reply
+        except TimeoutError:
+            self._cancel(call_id, pending)
+            span.end_with(grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                self._cancel(call_id, pending)
+            _end_span(span, error)
+            raise
+        finally:
+            del self.pending[call_id]
+        if reply.WhichOneof("result") == "error":
+            failed = status_error(reply.error)
+            span.end_with(failed.status_code, f"{failed.status_code.name}: {failed.message}")
+            raise failed
+        span.end_with(grpc.StatusCode.OK)
+        return reply
+
+    def _cancel(self, call_id: int, pending: _Pending) -> None:
+        # A call not written yet is skipped by the writer; one written is cancelled on the node.
+        if pending.written:
+            self._outbox.put(call_id, CANCEL_BYTES)
+
+    async def run(self) -> None:
+        """Opens the stream and reads its replies until it ends; owns its writer task. On the
+        way out, by any path, fails every call still pending on it."""
+        reason = "the call stream ended"
+        written: BaseException = CallError(grpc.StatusCode.UNAVAILABLE, reason)
+        call = self.stub.Calls(metadata=((wire.GATE_ID_KEY, self.owner._gate_id),))
+        writer = asyncio.get_running_loop().create_task(
+            self._write(call), name=f"{TASK_PREFIX}{self.address}:writer"
+        )
+        try:
+            async for replies in call:
+                for reply in replies.replies:
+                    pending = self.pending.get(reply.id)
+                    if pending is not None and not pending.reply.done():
+                        pending.reply.set_result(reply)
+            # A node ends a stream with OK only once it has answered every call it read: the
+            # calls still pending never reached it (they were in transit as it stopped).
+            reason = "the node ended the call stream"
+            written = NotSent(reason)
+        except grpc.aio.AioRpcError as error:
+            reason = error.details() or error.code().name
+            written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
+        except asyncio.CancelledError:
+            reason = "the gate is stopping"
+            written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
+            raise
+        finally:
+            self.closed = True
+            self.owner._forget(self)
+            self._outbox.close(reason, discard=True)
+            self._fail_pending(written, reason)
+            writer.cancel()
+            call.cancel()
+            await asyncio.wait([writer], timeout=WRITER_WAIT)
+            if writer.done() and not writer.cancelled():
+                writer.exception()  # a write fails only once the call has: the reader saw why
+            log.debug("call stream to node ended", node=self.address, reason=reason)
+
+    def _fail_pending(self, written: BaseException, reason: str) -> None:
+        for pending in self.pending.values():
+            if not pending.reply.done():
+                pending.reply.set_exception(written if pending.written else NotSent(reason))
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Sends what is queued, as few stream messages as the size limit allows."""
+        max_bytes = self.owner._max_bytes
+        while (batch := await self._outbox.get_batch(BATCH_MAX_ITEMS, None, max_bytes)) is not None:
+            frames = node_pb2.CallFrames()
+            for item in batch:
+                if isinstance(item, int):
+                    frames.cancelled.append(item)
+                    continue
+                pending = self.pending.get(item.id)
+                if pending is None:
+                    continue  # its caller gave up before it was written
+                pending.written = True
+                frames.calls.append(item)
+            if frames.calls or frames.cancelled:
+                await call.write(frames)
+
+
+def _size_of(frame: node_pb2.CallFrame) -> int:
+    size = frame.ByteSize()
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def _end_span(span: OnceSpan, error: BaseException) -> None:
+    if isinstance(error, CallError):
+        span.end_with(error.status_code, f"{error.status_code.name}: {error.message}")
+    elif isinstance(error, NotSent):
+        span.end_with(grpc.StatusCode.UNAVAILABLE, f"UNAVAILABLE: {error}")
+    else:
+        span.end(error)
+
+
+__all__ = ["TASK_PREFIX", "NodeCalls"]

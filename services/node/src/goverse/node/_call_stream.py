@@ -1,0 +1,399 @@
+"""Call streams: a gate's calls from its Calls stream, each in its own task, replies batched."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import metrics
+
+from goverse import wire
+from goverse.errors import GoverseError, InvalidArgument, call_status
+from goverse.node._call_context import deadline_after
+from goverse.node._object_host import ObjectHost
+from goverse.objects import Caller
+from goverse.server import (
+    BatchRule,
+    CallsInFlight,
+    LabelLimiter,
+    Mailbox,
+    Supervisor,
+    SupervisorClosed,
+    served_call_span,
+)
+from goverse.v1 import node_pb2
+from goverse.v1.calls_pb2 import CallStatus
+
+log = structlog.get_logger(__name__)
+
+READER_TASK_PREFIX = "call-stream:"
+"""The supervisor's name of a stream's reader task: this prefix, the gate id and a number."""
+BATCH_MAX_REPLIES = 1024
+"""Most replies one stream message carries (fewer when they would exceed the size limit)."""
+CANCEL_WAIT = 1.0
+"""How long a stream that ends waits for the calls it cancelled to end."""
+
+_RPC_OF_OP = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
+_METHOD_OF_OP = {
+    "call": wire.NODE_CALL_OBJECT,
+    "create": wire.NODE_CREATE_OBJECT,
+    "delete": wire.NODE_DELETE_OBJECT,
+}
+
+
+def _caller(message: node_pb2.Caller) -> Caller:
+    return Caller(message.client_id, message.object_type, message.object_id)
+
+
+def _status(code: grpc.StatusCode, message: str) -> CallStatus:
+    return CallStatus(code=code.value[0], message=message)
+
+
+class CallStreams:
+    """The node's side of every ``Calls`` stream.
+
+    :meth:`serve` is one stream: a reader task (the supervisor's ``call-stream:<gate>:<n>``)
+    reads call frames and starts each call as its own task, so a slow method delays no other
+    reply; replies queue in a mailbox that the stream drains, many per stream message
+    (:class:`~goverse.server.BatchRule`). Each call runs as its unary RPC would (the same
+    host entry point, caller, validation and errors; its ``timeout_ms`` as the deadline
+    :func:`~goverse.node._call_context.remaining` reads; a SERVER span named as the unary
+    one, the child of the gate's span; the same duration histogram with the same ``rpc``
+    label), and counts in the service's calls in flight, which a stop lets finish.
+
+    Bounds: at most `max_calls` calls per stream hold a slot, from the frame's arrival until
+    the stream has taken their reply out of the mailbox, so what a gate that stops reading
+    makes the node hold is bounded too; a call past the bound answers RESOURCE_EXHAUSTED at
+    once. Those answers take no slot: a gate that keeps sending without reading fills the
+    mailbox (twice the bound) and its stream is ended.
+
+    The stream ends with OK once the gate has half-closed it and every call on it has been
+    answered. A cancelled frame id cancels that call (no reply). The node's stop (the
+    supervisor's shutdown cancels the reader) cancels the calls still running, answers each
+    UNAVAILABLE and ends the stream with OK (close reason ``shutdown``): a stream that ends
+    with OK has answered every call it read, so the gate may send a call still unanswered
+    again (:class:`~goverse.server.NotSent`). A gate that goes away cancels every call still
+    running on its stream; one that does not read its replies gets RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        node: str,
+        host: ObjectHost,
+        calls: CallsInFlight,
+        duration: metrics.Histogram,
+        *,
+        max_calls: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._supervisor = supervisor
+        self._node = node
+        self._host = host
+        self._calls = calls
+        self._duration = duration
+        self._types = LabelLimiter()
+        self._methods = LabelLimiter()
+        self._max_calls = max_calls
+        self._batching = BatchRule(
+            node_pb2.ReplyFrames,
+            "replies",
+            max_message_bytes=max_message_bytes,
+            max_items=BATCH_MAX_REPLIES,
+        )
+        self._numbers = itertools.count(1)
+        self._streams: set[_CallStream] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot on all streams now."""
+        return sum(stream.held for stream in self._streams)
+
+    async def serve(
+        self, frames: AsyncIterator[node_pb2.CallFrames], context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[node_pb2.ReplyFrames, None]:
+        """Serves one Calls stream: yields its reply batches until it ends (see the class)."""
+        gate_id = wire.metadata_value(context.invocation_metadata(), wire.GATE_ID_KEY) or "?"
+        stream = _CallStream(self, gate_id)
+        name = f"{READER_TASK_PREFIX}{gate_id}:{next(self._numbers)}"
+        try:
+            reader = self._supervisor.spawn(name, stream.read(frames))
+        except SupervisorClosed:
+            # Ended with OK before reading anything: the gate may send its calls again.
+            context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
+            return
+        # A stream the gate cancels (or whose connection dies) may just look half-closed to
+        # the reader, and the handler may wait on an empty mailbox: the end of the RPC itself
+        # is what cancels the calls still running.
+        context.add_done_callback(lambda _: stream.abandon(reader))
+        self._streams.add(stream)
+        try:
+            while (batch := await self._batching.next_batch(stream.replies)) is not None:
+                stream.taken(batch)
+                yield node_pb2.ReplyFrames(replies=[reply for reply, _ in batch])
+            if stream.failure is not None:
+                await context.abort(*stream.failure)
+            if stream.stopping:
+                context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
+        finally:
+            self._streams.discard(stream)
+            stream.abandon(reader)
+            # The reader cancels and awaits its calls on the way out; bounded all the same.
+            await asyncio.wait([reader], timeout=CANCEL_WAIT * 2)
+            await stream.settle()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                log.warning("call stream failed", gate=gate_id, error=str(reader.exception()))
+
+    # -- one call -------------------------------------------------------------------------
+
+    async def run(self, frame: node_pb2.CallFrame, received: float) -> node_pb2.ReplyFrame:
+        """Runs one call of a frame read at `received` (``time.monotonic``) and returns its
+        reply, as its unary RPC would have answered."""
+        op = frame.WhichOneof("op")
+        if op is None:
+            return node_pb2.ReplyFrame(
+                id=frame.id,
+                error=_status(grpc.StatusCode.INVALID_ARGUMENT, f"call {frame.id} has no op"),
+            )
+        request = getattr(frame, op)
+        rpc = _RPC_OF_OP[op]
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED
+        try:
+            with served_call_span(_METHOD_OF_OP[op], frame.trace_context) as span:
+                reply, code, details = await self._execute(frame, op, request, received)
+                span.end_with(code, f"{code.name}: {details}" if details else "")
+            return reply
+        finally:
+            self._duration.record(
+                time.perf_counter() - started,
+                {
+                    "rpc": rpc,
+                    "object_type": self._types(request.object_type[:128]),
+                    "method": self._methods(getattr(request, "method", "")[:128]),
+                    "code": code.name,
+                },
+            )
+
+    async def _execute(
+        self, frame: node_pb2.CallFrame, op: str, request: Any, received: float
+    ) -> tuple[node_pb2.ReplyFrame, grpc.StatusCode, str]:
+        timeout = None
+        if frame.timeout_ms:
+            timeout = frame.timeout_ms / 1000 - (time.monotonic() - received)
+            if timeout <= 0:  # expired before it started: not run
+                return _deadline_exceeded(frame.id)
+        try:
+            async with asyncio.timeout(timeout):
+                with deadline_after(timeout):
+                    reply = await self._dispatch(frame.id, op, request)
+        except GoverseError as error:
+            return node_pb2.ReplyFrame(id=frame.id, error=call_status(error)), error.status_code, ""
+        except TimeoutError:
+            return _deadline_exceeded(frame.id)
+        except Exception as error:  # what grpc answers a unary handler that raised this
+            log.exception("call failed", rpc=_RPC_OF_OP[op])
+            message = f"Unexpected {type(error)}: {error}"
+            return (
+                node_pb2.ReplyFrame(id=frame.id, error=_status(grpc.StatusCode.UNKNOWN, message)),
+                grpc.StatusCode.UNKNOWN,
+                message,
+            )
+        return reply, grpc.StatusCode.OK, ""
+
+    async def _dispatch(self, call_id: int, op: str, request: Any) -> node_pb2.ReplyFrame:
+        host = self._host
+        if op == "call":
+            response = await host.invoke(
+                request.object_type,
+                request.object_id,
+                request.method,
+                request.request,
+                _caller(request.caller),
+            )
+            return node_pb2.ReplyFrame(
+                id=call_id, call=node_pb2.NodeCallObjectResponse(response=response)
+            )
+        if op == "create":
+            created = await host.create(request.object_type, request.object_id)
+            return node_pb2.ReplyFrame(
+                id=call_id, create=node_pb2.NodeCreateObjectResponse(created=created)
+            )
+        deleted = await host.delete(request.object_type, request.object_id)
+        return node_pb2.ReplyFrame(
+            id=call_id, delete=node_pb2.NodeDeleteObjectResponse(deleted=deleted)
+        )
+
+
+def _deadline_exceeded(call_id: int) -> tuple[node_pb2.ReplyFrame, grpc.StatusCode, str]:
+    # "Deadline Exceeded" is what grpc says of a unary call whose deadline passed.
+    status = _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    return (
+        node_pb2.ReplyFrame(id=call_id, error=status),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        status.message,
+    )
+
+
+_Queued = tuple[node_pb2.ReplyFrame, bool]
+"""A reply in the mailbox, and whether its call holds a slot until the reply is taken."""
+
+
+class _CallStream:
+    """One Calls stream's state: its calls by id (each removes itself when it ends), the
+    reply mailbox, and how many slots are held."""
+
+    def __init__(self, owner: CallStreams, gate_id: str) -> None:
+        self._owner = owner
+        self.gate_id = gate_id
+        self.replies: Mailbox[_Queued] = Mailbox(owner._max_calls * 2)
+        self.held = 0
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._reading = True
+        self._abandoned = False
+        self._stopping = False
+        self.failure: tuple[grpc.StatusCode, str] | None = None
+        """The status the stream ends with instead of OK (its calls' replies were dropped)."""
+
+    async def read(self, frames: AsyncIterator[node_pb2.CallFrames]) -> None:
+        """Reads frames until the gate half-closes the stream; owns the call tasks.
+
+        Cancelled by the node's stop, it cancels its calls, each answered UNAVAILABLE ("node
+        … is stopping"), and the stream ends with OK once they are sent: every call the node
+        read is answered, so a call still unanswered when the stream ends with OK was never
+        read, and the gate may send it again. A gate that does not read its replies (the
+        mailbox overflowed) ends the stream with RESOURCE_EXHAUSTED; a gate gone
+        (:meth:`abandon`) drops the replies of the calls it cancels.
+        """
+        ended = False
+        try:
+            async for message in frames:
+                received = time.monotonic()
+                for call_id in message.cancelled:
+                    task = self._tasks.get(call_id)
+                    if task is not None:
+                        task.cancel()
+                for frame in message.calls:
+                    if not self._start(frame, received):
+                        if not self._abandoned:
+                            self.failure = (
+                                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"slow consumer: gate {self.gate_id} does not read its replies",
+                            )
+                        return
+            ended = True
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                self._stopping = True  # the node stops: answer what runs, then end with OK
+            raise
+        except Exception as error:
+            self.failure = (grpc.StatusCode.INTERNAL, f"call stream failed: {error}")
+            raise
+        finally:
+            self._reading = False
+            if ended:
+                self._close_when_idle()
+            else:
+                await self._cancel_all()
+                self.replies.close("stream ended", discard=not self._stopping)
+
+    def _start(self, frame: node_pb2.CallFrame, received: float) -> bool:
+        """Starts the call of `frame`, or answers it at once; False when the mailbox is full."""
+        owner = self._owner
+        if self._abandoned:
+            return False
+        if frame.id == 0 or frame.id in self._tasks:
+            what = "0" if frame.id == 0 else f"{frame.id}, already in flight,"
+            problem = InvalidArgument(f"call id {what} is not valid on this stream")
+            return self._answer(node_pb2.ReplyFrame(id=frame.id, error=call_status(problem)))
+        if self.held >= owner._max_calls:
+            return self._answer(
+                node_pb2.ReplyFrame(
+                    id=frame.id,
+                    error=_status(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"node {owner._node} has {owner._max_calls} calls in flight from gate "
+                        f"{self.gate_id} (--max-stream-calls)",
+                    ),
+                )
+            )
+        self.held += 1
+        task = asyncio.get_running_loop().create_task(
+            self._call(frame, received), name=f"call:{self.gate_id}:{frame.id}"
+        )
+        self._tasks[frame.id] = task
+        owner._calls.track(task)
+        return True
+
+    async def _call(self, frame: node_pb2.CallFrame, received: float) -> None:
+        reply = None
+        try:
+            reply = await self._owner.run(frame, received)
+        except asyncio.CancelledError:
+            if self._stopping:  # answered: the gate must not send again what may have run
+                reply = node_pb2.ReplyFrame(
+                    id=frame.id,
+                    error=_status(
+                        grpc.StatusCode.UNAVAILABLE, f"node {self._owner._node} is stopping"
+                    ),
+                )
+            raise
+        finally:
+            self._tasks.pop(frame.id, None)
+            # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
+            # take it: the slot is free now rather than when the stream takes the reply.
+            if reply is None or not self.replies.put(
+                (reply, True), self._owner._batching.size_of(reply)
+            ):
+                self._release(1)
+            self._close_when_idle()
+
+    def _answer(self, reply: node_pb2.ReplyFrame) -> bool:
+        return self.replies.put((reply, False), self._owner._batching.size_of(reply))
+
+    def taken(self, batch: list[_Queued]) -> None:
+        """The stream took `batch` out of the mailbox: their slots are free."""
+        self._release(sum(held for _, held in batch))
+
+    def _release(self, count: int) -> None:
+        self.held -= count
+
+    @property
+    def stopping(self) -> bool:
+        """The node's stop ended the stream (its calls were answered UNAVAILABLE)."""
+        return self._stopping
+
+    def abandon(self, reader: asyncio.Task[None]) -> None:
+        """The stream has ended (or is ending) without its calls: cancels the reader and
+        every call still running, and drops their replies. Idempotent."""
+        self._abandoned = True
+        reader.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        self.replies.close("stream ended", discard=True)
+
+    async def settle(self) -> None:
+        """Waits, bounded, for the calls cancelled by :meth:`abandon` to end."""
+        await self._cancel_all()
+
+    def _close_when_idle(self) -> None:
+        # Half-closed by the gate and every call answered: the stream ends once flushed.
+        if not self._reading and not self._tasks:
+            self.replies.close("half-closed")
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_WAIT)
+            if any(not task.done() for task in tasks):
+                log.warning("calls still running after their stream ended", gate=self.gate_id)
+
+
+__all__ = ["READER_TASK_PREFIX", "CallStreams"]

@@ -1,0 +1,155 @@
+"""NodeCalls against a FakeNode: batching, ids, failures, deadlines, cancellation, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from goverse import wire
+from goverse.errors import CallError
+from goverse.gate._node_calls import TASK_PREFIX, NodeCalls
+from goverse.server import NotSent, Supervisor
+from goverse.transport import ChannelPool, channel_options
+from goverse.v1 import node_pb2
+from tests.helpers.fake_node import FakeNode, text, unpack_text
+from tests.helpers.waiting import eventually
+
+
+def frame(value: str) -> node_pb2.CallFrame:
+    return node_pb2.CallFrame(
+        call=node_pb2.NodeCallObjectRequest(
+            object_type="Counter", object_id="c", method="Get", request=text(value)
+        )
+    )
+
+
+@pytest.fixture
+async def supervisor() -> AsyncIterator[Supervisor]:
+    owner = Supervisor("gate")
+    yield owner
+    assert await owner.shutdown(5.0) == []
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ChannelPool]:
+    channels = ChannelPool(channel_options())
+    yield channels
+    await channels.close()
+
+
+def node_calls(pool: ChannelPool, supervisor: Supervisor, max_calls: int = 100) -> NodeCalls:
+    return NodeCalls(
+        "gate-1", pool, supervisor, max_calls=max_calls, max_message_bytes=4 * 1024 * 1024
+    )
+
+
+async def test_concurrent_calls_share_stream_messages_and_get_their_own_replies(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """Fifty calls made together travel in fewer stream messages than calls, on one stream
+    (one supervisor task), and each gets the reply to its own request."""
+    calls = node_calls(pool, supervisor)
+    replies = await asyncio.gather(
+        *(calls.call(fake_node.address, frame(f"v{n}"), 10) for n in range(50))
+    )
+    assert [unpack_text(reply.call.response) for reply in replies] == [f"v{n}" for n in range(50)]
+    assert fake_node.call_messages < 50
+    assert supervisor.task_names() == [TASK_PREFIX + fake_node.address]
+    assert calls.in_flight == 0
+    assert {call.metadata["goverse-gate-id"] for call in fake_node.calls} == {"gate-1"}
+    assert all(0 < (call.deadline or 0) <= 10 for call in fake_node.calls)
+
+
+async def test_a_broken_stream_fails_every_call_on_it_at_once(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """Three calls in flight (the node answers in 30 s) fail with UNAVAILABLE as soon as the
+    node goes away, long before their 20 s deadline; the next call opens a new stream."""
+    fake_node.call_delay = 30
+    calls = node_calls(pool, supervisor)
+    pending = [
+        asyncio.ensure_future(calls.call(fake_node.address, frame("x"), 20)) for _ in range(3)
+    ]
+    await eventually(lambda: len(fake_node.calls) == 3, 5, "the calls to reach the node")
+    stopped = time.monotonic()
+    await fake_node.stop(0)
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+    assert time.monotonic() - stopped < 5
+    for result in results:
+        assert isinstance(result, CallError), result
+        assert result.status_code == grpc.StatusCode.UNAVAILABLE
+    assert calls.in_flight == 0
+
+    fake_node.call_delay = 0
+    await fake_node.start()
+    reply = await calls.call(fake_node.address, frame("again"), 10)
+    assert unpack_text(reply.call.response) == "again"
+
+
+async def test_a_call_past_its_timeout_fails_and_is_cancelled_on_the_node(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """No reply within 0.3 s: DEADLINE_EXCEEDED, and the node is sent the call's id to
+    cancel."""
+    fake_node.call_delay = 30
+    calls = node_calls(pool, supervisor)
+    with pytest.raises(CallError) as raised:
+        await calls.call(fake_node.address, frame("slow"), 0.3)
+    assert raised.value.status_code == grpc.StatusCode.DEADLINE_EXCEEDED
+    await eventually(lambda: fake_node.cancelled_ids == [1], 5, "the cancellation")
+
+
+async def test_a_caller_that_gives_up_cancels_its_call_on_the_node(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """Cancelling the caller's task sends the call's cancellation to the node."""
+    fake_node.call_delay = 30
+    calls = node_calls(pool, supervisor)
+    task = asyncio.ensure_future(calls.call(fake_node.address, frame("gave-up"), 20))
+    await eventually(lambda: len(fake_node.calls) == 1, 5, "the call to reach the node")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: fake_node.cancelled_ids == [1], 5, "the cancellation")
+    assert calls.in_flight == 0
+
+
+async def test_calls_past_the_bound_fail_with_resource_exhausted(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """With two calls in flight to a node and a bound of two, a third fails at once."""
+    fake_node.call_delay = 1
+    calls = node_calls(pool, supervisor, max_calls=2)
+    first = [asyncio.ensure_future(calls.call(fake_node.address, frame("a"), 10)) for _ in "ab"]
+    await asyncio.sleep(0)
+    with pytest.raises(CallError) as raised:
+        await calls.call(fake_node.address, frame("c"), 10)
+    assert raised.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-stream-calls" in raised.value.message
+    await asyncio.wait_for(asyncio.gather(*first), 10)
+
+
+async def test_a_refusal_comes_back_as_a_call_error_with_its_refusal(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """A node's shard refusal is a CallError carrying the refusal, for routing to retry."""
+    fake_node.refuse = wire.ShardRefusal.MOVING
+    calls = node_calls(pool, supervisor)
+    with pytest.raises(CallError) as raised:
+        await calls.call(fake_node.address, frame("r"), 10)
+    assert raised.value.status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.refusal is wire.ShardRefusal.MOVING
+
+
+async def test_a_stopping_gate_takes_no_new_stream(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """Once the supervisor shuts down, a call to a node with no stream is not sent."""
+    calls = node_calls(pool, supervisor)
+    await supervisor.shutdown(1.0)
+    with pytest.raises(NotSent):
+        await calls.call(fake_node.address, frame("late"), 10)
