@@ -79,6 +79,7 @@ from goverse.server._settings import (
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._telemetry import Telemetry, TelemetryConfigError
 from goverse.server._tracing import (
+    call_span,
     current_trace_context,
     deliver_all_traced,
     deliver_traced,
@@ -167,6 +168,7 @@ __all__ = [
     "WatchEvent",
     "at_least",
     "call_duration_histogram",
+    "call_span",
     "choice",
     "configure_logging",
     "current_trace_context",

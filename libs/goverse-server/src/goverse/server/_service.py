@@ -172,7 +172,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         self.supervisor = Supervisor(self.service)
         self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
         self.calls = CallsInFlight([self.grpc_service])
-        self._call_metrics = CallMetricsInterceptor(
+        self.call_metrics = CallMetricsInterceptor(
             call_duration_histogram(
                 self.meter,
                 f"goverse.{self.service}.call.duration",
@@ -274,7 +274,7 @@ class ServiceApp(abc.ABC, Generic[C]):
             self.config.listen,
             [self.grpc_service],
             self.config.max_message_bytes,
-            interceptors=[self.calls.interceptor, self._call_metrics],
+            interceptors=[self.calls.interceptor, self.call_metrics],
             keepalive=self.config.keepalive,
         )
         self._host = host

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -38,6 +39,7 @@ from goverse._tracing import (
     rpc_attributes,
 )
 from goverse.v1.node_pb2 import Envelope
+from goverse.wire import GATE_SESSION
 
 _tracer = trace.get_tracer("goverse")
 
@@ -46,9 +48,14 @@ PUSH_EVENT = "goverse.push"
 
 
 def _traced_by_instrumentation(details: Any) -> bool:
-    """Whether the gRPC instrumentation traces this call: not health, not a registration."""
+    """Whether the gRPC instrumentation traces this call: not health, not a registration, not
+    a client's Session stream (each call on it has its own span, see :func:`call_span`)."""
     method = method_of(details)
-    return not method.startswith(HEALTH_SERVICE_PREFIX) and method not in REGISTRATION_METHODS
+    return (
+        not method.startswith(HEALTH_SERVICE_PREFIX)
+        and method not in REGISTRATION_METHODS
+        and method != GATE_SESSION
+    )
 
 
 def _metadata_carrier(metadata: Any) -> dict[str, str]:
@@ -105,6 +112,18 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
         aio_server_interceptor(filter_=_traced_by_instrumentation),  # type: ignore[no-untyped-call]
         _RegistrationServerInterceptor(),
     ]
+
+
+def call_span(method: str, carrier: Mapping[str, str]) -> AbstractContextManager[trace.Span]:
+    """The SERVER span of one call that arrived on a stream rather than as a unary RPC (a
+    client's Session stream), current for the block: named and attributed as the gRPC
+    instrumentation names a unary call of `method` (``/goverse.v1.GateService/CallObject``),
+    a child of the caller's span whose W3C context `carrier` holds (a new trace without one).
+    An error escaping the block is recorded on it."""
+    parent = propagate.extract(carrier) if carrier else otel_context.Context()
+    return _tracer.start_as_current_span(
+        method, context=parent, kind=SpanKind.SERVER, attributes=rpc_attributes(method)
+    )
 
 
 # -- objects, pushes and deliveries -------------------------------------------------------------
@@ -239,6 +258,7 @@ __all__ = [
     "DELIVERY_SPAN",
     "PUSH_EVENT",
     "REGISTRATION_METHODS",
+    "call_span",
     "current_trace_context",
     "deliver_all_traced",
     "deliver_traced",

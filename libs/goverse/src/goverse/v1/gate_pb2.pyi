@@ -72,21 +72,29 @@ class Registered(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     GATE_ID_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """"<gate-id>/<random>": the id objects see as the caller and push to."""
     credential: _builtins.str
     """Secret proving the caller owns client_id; valid while this stream is open."""
     gate_id: _builtins.str
+    max_message_bytes: _builtins.int
+    """The largest message the gate receives, in bytes (its --max-message-bytes;
+    0 when it does not say). A larger SessionRequest would end the whole
+    Session stream with RESOURCE_EXHAUSTED, so a client fails a call that
+    does not fit one by itself, with that status, as the unary RPC would.
+    """
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         credential: _builtins.str = ...,
         gate_id: _builtins.str = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "credential", b"credential", "gate_id", b"gate_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "credential", b"credential", "gate_id", b"gate_id", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
