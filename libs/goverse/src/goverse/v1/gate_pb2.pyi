@@ -290,8 +290,7 @@ class SessionRequest(_message.Message):
     def cancelled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ids of calls of this stream the caller gave up on: the gate cancels them
         (and the node's part of them). An id unknown or already answered is
-        ignored. A cancelled call still gets a reply (usually CANCELLED), unless the
-        stream ends first.
+        ignored. A cancelled call gets no reply: its caller gave up.
         """
 
     def __init__(
