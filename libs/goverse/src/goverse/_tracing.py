@@ -14,6 +14,7 @@ services install one, and their servers continue the trace (``goverse.server``'s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -108,7 +109,13 @@ class _UnaryCallTracing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[m
         span, details = _start_client_span(client_call_details)
         try:
             call = await continuation(details, request)
-            code = await call.code()
+            try:
+                code = await call.code()
+            except asyncio.CancelledError:
+                # Cancelling the wait for the status does not cancel the RPC: the caller gave
+                # up, so the server must hear of it (it frees the call there).
+                call.cancel()
+                raise
             span.end_with(code, f"{code.name}: {await call.details()}")
         except BaseException as error:
             span.end(error)
