@@ -89,6 +89,8 @@ class ClientSession:
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._replies: collections.deque[tuple[gate_pb2.CallReply, int]] = collections.deque()
         self._room = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set when a reply is queued or a call ends: what a draining writer waits for."""
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -101,11 +103,11 @@ class ClientSession:
     ) -> AsyncGenerator[gate_pb2.SessionResponse, None]:
         """The events of the Session stream whose client frames `requests` yields."""
         proxy = self._proxy
-        yield gate_pb2.SessionResponse(registered=proxy.registered(gate_id))
         self._reader = asyncio.get_running_loop().create_task(
             self._read(requests), name=f"session-reader:{proxy.client_id}"
         )
         try:
+            yield gate_pb2.SessionResponse(registered=proxy.registered(gate_id))
             while True:
                 if self._replies:
                     yield gate_pb2.SessionResponse(
@@ -120,9 +122,11 @@ class ClientSession:
                     continue
                 if pushes is None:  # closed, and what a draining close kept is flushed
                     if proxy.draining and self._calls:
-                        # Calls in flight finish as unary calls do on a drain; the stop's
-                        # budget bounds this (it cancels this handler when spent).
-                        await asyncio.wait(list(self._calls.values()))
+                        # Calls in flight finish as unary calls do on a drain, their replies
+                        # sent as they come; the stop's budget bounds this (it cancels this
+                        # handler when spent).
+                        self._changed.clear()
+                        await self._changed.wait()
                         continue
                     last = proxy.last_event()  # raises StreamEnd for a slow consumer
                     if last is not None:
@@ -194,6 +198,7 @@ class ClientSession:
     def _forget(self, call_id: int, task: asyncio.Task[None]) -> None:
         if self._calls.get(call_id) is task:
             del self._calls[call_id]
+            self._changed.set()
 
     def _refuse(self, call_id: int, code: grpc.StatusCode, message: str) -> None:
         self._reply(gate_pb2.CallReply(id=call_id, error=_status(code, message)))
@@ -265,6 +270,7 @@ class ClientSession:
             )
             size = self._batching.size_of(reply)
         self._replies.append((reply, size))
+        self._changed.set()
         self._proxy.wake()
 
     def _take_replies(self) -> list[gate_pb2.CallReply]:
