@@ -231,3 +231,34 @@ async def test_a_call_larger_than_the_gate_receives_fails_alone_with_resource_ex
     assert failed.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(stream) == 0
     assert writes.frames == []
+
+
+async def test_a_call_the_draining_gate_did_not_forward_is_sent_on_the_next_registration(
+    gates: list[FakeGate],
+) -> None:
+    """The first registration's gate refuses the call as not forwarded (it drains) and ends
+    the stream: the client registers again and the call is answered there."""
+    gate: FakeGate
+
+    async def drain_first(call: gate_pb2.SessionCall) -> gate_pb2.CallReply:
+        if gate.registrations == 1:
+            gate.pushes.put_nowait(None)  # the stream ends after this reply
+            return gate_pb2.CallReply(
+                id=call.id,
+                error=calls_pb2.CallStatus(
+                    code=grpc.StatusCode.UNAVAILABLE.value[0], message="draining"
+                ),
+                not_forwarded=True,
+            )
+        return await echo(call)
+
+    gate = await FakeGate(answer=drain_first).start()
+    gates.append(gate)
+    async with Client(
+        [gate.address],
+        connect_timeout=timedelta(seconds=WAIT),
+        reconnect_initial=timedelta(milliseconds=10),
+    ) as client:
+        reply = await client.call("T", "resent", "m", StringValue(), StringValue, timeout=WAIT)
+        assert reply.value == "resent"
+        assert client.registrations == 2

@@ -34,8 +34,8 @@ MAX_TIMEOUT_MS = 2**32 - 1
 
 
 class NotSent(Exception):
-    """The stream ended before the call was written to it: the gate never saw the call, so it
-    may be sent again on the next session."""
+    """The gate never forwarded the call (the stream ended before the call was written to it,
+    or the gate refused it because it drains), so it may be sent again on the next session."""
 
 
 class CallStream:
@@ -127,6 +127,8 @@ class CallStream:
             del self._pending[call_id]
         result = reply.WhichOneof("result")
         if result == "error":
+            if reply.not_forwarded:  # the gate drains: the next registration may take it
+                raise NotSent(reply.error.message)
             raise status_error(reply.error)
         if result != op:
             raise CallError(grpc.StatusCode.INTERNAL, f"the gate answered a {op} with {result}")

@@ -116,8 +116,9 @@ class Client:
 
     - the stream breaking (the gate died, the network failed, the gate drained) fails every
       call in flight on it at once with UNAVAILABLE: never a hang until the deadline;
-    - a call that was never written to the stream (the stream broke first) is sent once more
-      on the next registration: the gate never saw it;
+    - a call that was never written to the stream (the stream broke first), or that the gate
+      refused without forwarding it because it drains, is sent once more on the next
+      registration;
     - a call that was written is not sent again by the client: it may have run. Retrying it
       is the caller's decision (make it idempotent first);
     - over unary calls, a call the gate refused because the registration it carried had just
@@ -336,11 +337,15 @@ class Client:
                 op, message, max(deadline - asyncio.get_running_loop().time(), 0.001), carrier
             )
         except NotSent:
-            span.end_with(grpc.StatusCode.UNAVAILABLE, "the session ended before the call")
+            span.end_with(grpc.StatusCode.UNAVAILABLE, "the gate did not forward the call")
+            if self._session is session:
+                # The gate takes no more calls (it drains, or its stream broke): later calls
+                # wait for the next registration rather than be refused here too.
+                self._connected.clear()
             raise _Resend(
                 CallError(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"the session with gate {session.gate} ended before the call was sent",
+                    f"gate {session.gate} did not forward the call (its session ended)",
                 )
             ) from None
         except CallError as error:

@@ -460,8 +460,14 @@ class CallReply(_message.Message):
     CREATE_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NOT_FORWARDED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The SessionCall's id."""
+    not_forwarded: _builtins.bool
+    """With `error`: the gate refused the call before forwarding it anywhere (it
+    is draining, UNAVAILABLE), so the client may send it again on its next
+    registration, as it would a call never written to the stream.
+    """
     @_builtins.property
     def call(self) -> Global___CallObjectResponse: ...
     @_builtins.property
@@ -480,10 +486,11 @@ class CallReply(_message.Message):
         create: Global___CreateObjectResponse | None = ...,
         delete: Global___DeleteObjectResponse | None = ...,
         error: _calls_pb2.CallStatus | None = ...,
+        not_forwarded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "id", b"id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "id", b"id", "not_forwarded", b"not_forwarded", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["call", "create", "delete", "error"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

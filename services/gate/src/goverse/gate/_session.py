@@ -47,7 +47,8 @@ class ClientSession:
       call then gets no reply: its caller gave up). A call is refused at once, with the status
       its unary RPC would answer, when it has no op (INVALID_ARGUMENT), reuses the id of a call
       in flight (INVALID_ARGUMENT), when `max_calls` calls are in flight already
-      (RESOURCE_EXHAUSTED), or once the gate drains (UNAVAILABLE). A call's ``timeout_ms`` is
+      (RESOURCE_EXHAUSTED), or once the gate drains (UNAVAILABLE, marked ``not_forwarded``:
+      the client sends it to its next gate). A call's ``timeout_ms`` is
       counted from when its frame was read: spent before the call starts, it answers
       DEADLINE_EXCEEDED without being started.
     - The writer sends what is ready, replies first, then pushes, each batch in one stream
@@ -165,7 +166,13 @@ class ClientSession:
     def _start(self, call: gate_pb2.SessionCall, received: float) -> None:
         op = call.WhichOneof("op")
         if self._proxy.closed:
-            self._refuse(call.id, grpc.StatusCode.UNAVAILABLE, _refused_closed(self._proxy))
+            self._reply(
+                gate_pb2.CallReply(
+                    id=call.id,
+                    error=_status(grpc.StatusCode.UNAVAILABLE, _refused_closed(self._proxy)),
+                    not_forwarded=True,
+                )
+            )
         elif op is None:
             self._refuse(
                 call.id,
