@@ -245,7 +245,8 @@ async def test_the_end_of_the_request_stream_cancels_the_calls_and_ends_the_stre
 
 async def test_a_drain_lets_calls_in_flight_answer_then_sends_draining(harness: Harness) -> None:
     """The gate drains with a call in flight: a new call answers UNAVAILABLE at once, marked
-    not forwarded (the client sends it to its next gate), the queued push is flushed, the held call's reply comes once it ends, then Draining."""
+    not forwarded (the client sends it to its next gate), the queued push is flushed, the held
+    call's reply comes once it ends, then Draining."""
     harness.frames.send(call(1, "held", "hold"))
     await _eventually(lambda: harness.router.started == ["held"])
     harness.proxy.push(text("last push"))
