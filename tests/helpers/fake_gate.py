@@ -32,6 +32,8 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
     refuse: bool = False
     lifetime: float | None = None
     session: bool = True
+    drain_at_end: bool = False
+    """A Session stream ended by None in :attr:`pushes` sends Draining first."""
     answer: Callable[[gate_pb2.SessionCall], Awaitable[gate_pb2.CallReply]] | None = None
     attempts: list[float] = field(default_factory=list)
     """When each registration arrived (time.monotonic)."""
@@ -145,6 +147,10 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
                 except TimeoutError:
                     return
                 if item is None:
+                    if self.drain_at_end:
+                        yield gate_pb2.SessionResponse(
+                            draining=gate_pb2.Draining(reason="the fake gate drains")
+                        )
                     return
                 yield item
         finally:

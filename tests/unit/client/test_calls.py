@@ -262,3 +262,29 @@ async def test_a_call_the_draining_gate_did_not_forward_is_sent_on_the_next_regi
         reply = await client.call("T", "resent", "m", StringValue(), StringValue, timeout=WAIT)
         assert reply.value == "resent"
         assert client.registrations == 2
+
+
+async def test_calls_still_waiting_when_the_gate_drains_are_sent_on_the_next_registration(
+    gates: list[FakeGate],
+) -> None:
+    """A gate answers every call it started before its draining notice: a call still waiting
+    when the notice comes was never started, so the client sends it to its next registration,
+    where it is answered."""
+    gate: FakeGate
+
+    async def hold_first(call: gate_pb2.SessionCall) -> gate_pb2.CallReply:
+        if gate.registrations == 1:
+            gate.pushes.put_nowait(None)  # Draining, then the end of the stream
+            await asyncio.Event().wait()
+        return await echo(call)
+
+    gate = await FakeGate(answer=hold_first, drain_at_end=True).start()
+    gates.append(gate)
+    async with Client(
+        [gate.address],
+        connect_timeout=timedelta(seconds=WAIT),
+        reconnect_initial=timedelta(milliseconds=10),
+    ) as client:
+        reply = await client.call("T", "drained", "m", StringValue(), StringValue, timeout=WAIT)
+        assert reply.value == "drained"
+        assert client.registrations == 2

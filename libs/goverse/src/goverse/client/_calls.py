@@ -147,16 +147,18 @@ class CallStream:
             if future is not None and not future.done():
                 future.set_result(reply)
 
-    def fail(self, error: CallError) -> None:
+    def fail(self, error: CallError, *, none_started: bool = False) -> None:
         """Fails every call waiting: unwritten ones with :class:`NotSent`, written ones with
-        `error`. Later calls fail with :class:`NotSent`. Idempotent."""
+        `error`, or also with :class:`NotSent` when `none_started` (the gate said it started
+        none of them). Later calls fail with :class:`NotSent`. Idempotent."""
         if self._failed is not None:
             return
         self._failed = error
         self._wake.set()
         for call_id, future in self._pending.items():
             if not future.done():
-                future.set_exception(NotSent() if call_id in self._outbox else error)
+                unsent = none_started or call_id in self._outbox
+                future.set_exception(NotSent() if unsent else error)
         self._outbox.clear()
         self._cancelled.clear()
 

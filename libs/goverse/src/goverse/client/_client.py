@@ -116,9 +116,10 @@ class Client:
 
     - the stream breaking (the gate died, the network failed, the gate drained) fails every
       call in flight on it at once with UNAVAILABLE: never a hang until the deadline;
-    - a call that was never written to the stream (the stream broke first), or that the gate
-      refused without forwarding it because it drains, is sent once more on the next
-      registration;
+    - a call that was never written to the stream (the stream broke first), that the gate
+      refused without forwarding it because it drains, or that was still waiting when the
+      gate's draining notice came (a gate answers every call it started before that notice)
+      is sent once more on the next registration;
     - a call that was written is not sent again by the client: it may have run. Retrying it
       is the caller's decision (make it idempotent first);
     - over unary calls, a call the gate refused because the registration it carried had just
@@ -160,8 +161,6 @@ class Client:
         self._connected = asyncio.Event()
         self._registrations = 0
         self._runner: asyncio.Task[None] | None = None
-        self._without_session: set[str] = set()
-        """Gates that answered Session with UNIMPLEMENTED: registered with Register."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -453,16 +452,16 @@ class Client:
     async def _registration(self, gate: str) -> bool:
         """One registration with `gate`; returns True when it ended because the gate drains."""
         stub = gate_pb2_grpc.GateServiceStub(self._channels.get(gate))
-        if gate not in self._without_session:
-            try:
-                return await self._session_stream(gate, stub)
-            except _SessionUnimplemented:
-                self._without_session.add(gate)
-                log.info(
-                    "gate %s has no Session stream: registering with Register, unary calls",
-                    gate,
-                    extra={"gate": gate},
-                )
+        # Session first on every registration, not remembered per address: one address may
+        # be a Kubernetes Service whose gates are being upgraded.
+        try:
+            return await self._session_stream(gate, stub)
+        except _SessionUnimplemented:
+            log.debug(
+                "gate %s has no Session stream: registering with Register, unary calls",
+                gate,
+                extra={"gate": gate},
+            )
         return await self._register(gate, stub)
 
     async def _session_stream(self, gate: str, stub: gate_pb2_grpc.GateServiceStub) -> bool:
@@ -495,6 +494,13 @@ class Client:
                     await self._messages.put(event.messages.messages)
                 elif kind == "draining":
                     self._log_draining(gate, event.draining.reason)
+                    # The gate answered every call it started before Draining, and starts
+                    # none after: a call still waiting was not forwarded; the next gate takes it.
+                    self._connected.clear()
+                    calls.fail(
+                        CallError(grpc.StatusCode.UNAVAILABLE, f"gate {gate} drained"),
+                        none_started=True,
+                    )
                     return True
             return False
         except (TimeoutError, CallError) as error:
