@@ -229,6 +229,7 @@ async def test_a_call_larger_than_the_gate_receives_fails_alone_with_resource_ex
     with pytest.raises(CallError) as failed:
         await stream.call("call", request, 30, dict)
     assert failed.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in failed.value.message
     assert len(stream) == 0
     assert writes.frames == []
 

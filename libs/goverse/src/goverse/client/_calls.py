@@ -105,10 +105,11 @@ class CallStream:
         size += 1 + (size.bit_length() + 6) // 7  # its tag and length varint in the frame
         if size > self._max_bytes:
             del self._pending[call_id]
+            # Worded as gRPC words the unary call's refusal.
             raise CallError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the call takes {size} bytes; the gate receives messages of at most "
-                f"{self._max_message_bytes} bytes",
+                f"CLIENT: Sent message larger than max ({size} vs. {self._max_bytes}): the "
+                f"gate receives messages of at most {self._max_message_bytes} bytes",
             )
         self._outbox[call_id] = (session_call, size)
         self._wake.set()

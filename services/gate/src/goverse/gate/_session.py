@@ -271,8 +271,8 @@ class ClientSession:
                 id=reply.id,
                 error=_status(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the reply of {size} bytes is larger than the gate sends "
-                    "(--max-message-bytes)",
+                    f"SERVER: Sent message larger than max ({size} vs. "
+                    f"{self._batching.max_bytes}): the gate's --max-message-bytes",
                 ),
             )
             size = self._batching.size_of(reply)
