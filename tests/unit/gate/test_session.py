@@ -9,12 +9,15 @@ from typing import Any, cast
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from goverse import wire
 from goverse.errors import NotFound
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
+from goverse.server import CallMetricsInterceptor, call_duration_histogram
 from goverse.v1 import gate_pb2
 from tests.helpers.fake_node import text
 from tests.helpers.waiting import eventually
@@ -84,7 +87,12 @@ def call(call_id: int, object_id: str, method: str = "echo", timeout_ms: int = 0
 
 
 class Harness:
-    def __init__(self, max_calls: int = 100, clock: Any = None) -> None:
+    def __init__(
+        self,
+        max_calls: int = 100,
+        clock: Any = None,
+        metrics: CallMetricsInterceptor | None = None,
+    ) -> None:
         self.proxy = ClientProxy(
             "g1/abc", "secret", max_messages=100, max_bytes=1 << 20, max_batch_bytes=1 << 20
         )
@@ -96,6 +104,7 @@ class Harness:
             max_calls=max_calls,
             max_message_bytes=1 << 20,
             clock=clock,
+            metrics=metrics,
         )
         self.stream: AsyncGenerator[gate_pb2.SessionResponse, None] = self.session.stream(
             "g1", self.frames.__aiter__()
@@ -290,3 +299,38 @@ async def test_a_client_that_stops_reading_holds_back_its_frames() -> None:
 
 async def _eventually(predicate: Any) -> None:
     await eventually(predicate, WAIT)
+
+
+async def test_session_calls_are_recorded_as_the_unary_calls_of_their_rpc() -> None:
+    """Each call is recorded in the call histogram with the labels of the unary RPC it stands
+    for: rpc CallObject, its object type and method, its status code."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    metrics = CallMetricsInterceptor(call_duration_histogram(meter, "t.d", "t"), [])
+    made = Harness(metrics=metrics)
+    try:
+        await made.next()
+        made.frames.send(call(1, "a"), call(2, "b", "missing"))
+        await made.replies(2)
+        await _eventually(lambda: made.session.in_flight == 0)
+    finally:
+        await made.stream.aclose()
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts = {
+        (
+            p.attributes["rpc"],
+            p.attributes["object_type"],
+            p.attributes["method"],
+            p.attributes["code"],
+        ): p.count
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for p in metric.data.data_points
+        if isinstance(p, HistogramDataPoint) and p.attributes
+    }
+    assert counts == {
+        ("CallObject", "T", "echo", "OK"): 1,
+        ("CallObject", "T", "missing", "NOT_FOUND"): 1,
+    }
