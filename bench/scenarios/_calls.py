@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from bench.results_model import ScenarioResult
 from bench.scenarios._context import Ctx, result_key, title_suffix
 from bench.stats import latency_ms
 from goverse.client import Client
+from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
 
 
 async def _bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
@@ -78,6 +81,47 @@ async def system_calls(
     return results, logs
 
 
+async def system_unary_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
+    """Scenario 1's system side for a plain gRPC client: one raw Register stream, then unary
+    ``CallObject`` calls carrying its credential (the path kept for grpcurl and other
+    languages; the SDK sends its calls over its Session stream)."""
+    s = ctx.settings
+    results: dict[int, LoadResult] = {}
+    async with ctx.scope():
+        system = await start_system(ctx.procs, variant)
+        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
+        channel = raw_channel(system.gate_address)
+        try:
+            stub = gate_pb2_grpc.GateServiceStub(channel)
+            stream = stub.Register(gate_pb2.RegisterRequest())
+            first = await asyncio.wait_for(stream.read(), CALL_TIMEOUT)
+            metadata = (
+                (CLIENT_ID_KEY, first.registered.client_id),
+                (CREDENTIAL_KEY, first.registered.credential),
+            )
+
+            async def call(worker: int) -> None:
+                reply = await stub.CallObject(
+                    echo_request(ids[worker], payload), timeout=CALL_TIMEOUT, metadata=metadata
+                )
+                out = BytesValue()
+                if not reply.response.Unpack(out):
+                    raise RuntimeError("the echo is not a BytesValue")
+
+            for index in range(len(ids)):  # activation is not what we measure
+                await call(index)
+            for level in s.concurrency:
+                targets = {"gate": system.gate, "node": system.node}
+                async with ctx.profiled(f"unary-calls-c{level}-{variant.label}", targets):
+                    results[level] = await closed_loop(
+                        call, level, warmup=s.warmup, duration=s.duration
+                    )
+            stream.cancel()
+        finally:
+            await channel.close()
+    return results
+
+
 def call_rows(
     result: ScenarioResult, a: dict[int, LoadResult], b: dict[int, LoadResult], suffix: str = ""
 ) -> None:
@@ -103,17 +147,22 @@ async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
             "loop": variant.loop,
             "code": variant.code or "work tree",
             "bare": "unary echo of the same CallObjectRequest, packed and unpacked the same way",
-            "system": "goverse.client.Client.call, one Echo object per worker",
+            "system": "goverse.client.Client.call (its Session stream), one Echo object per "
+            "worker; the 'unary' cases: a plain gRPC client (raw Register, unary CallObject "
+            "with the credential)",
         },
     )
     payload = b"x" * s.payload
     bare = await _bare_calls(ctx, variant, payload)
     system, _ = await system_calls(ctx, variant, payload)
     call_rows(result, bare, system)
+    unary = await system_unary_calls(ctx, variant, payload)
+    call_rows(result, bare, unary, ", unary (plain gRPC client)")
     result.details = {
         "errors": {
             "bare": {level: r.errors for level, r in bare.items()},
             "system": {level: r.errors for level, r in system.items()},
+            "unary": {level: r.errors for level, r in unary.items()},
         }
     }
     return result

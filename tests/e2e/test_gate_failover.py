@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import Int64Value
 
+from goverse.client import CallError
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.faults import sigkill, sigstop
@@ -120,6 +122,47 @@ async def test_clients_of_a_killed_gate_spread_over_the_others_and_call_again(
         await close_all(by_gate)
         for mover in movers:
             await mover.client.close()
+
+
+async def test_a_killed_gate_fails_the_calls_in_flight_at_once_and_the_client_calls_again(
+    processes: ProcessGroup,
+) -> None:
+    """Two gates; a client on the first has three 10 s Sleeps in flight on its Session stream
+    (30 s timeout) when the gate is SIGKILLed: the three fail with UNAVAILABLE within a few
+    seconds, far from their deadline (they had been written, so they are not re-sent); the
+    client registers with the other gate and calls again."""
+    cluster = start_cluster(processes, gates=2)
+    doomed_proc = cluster.gates[0]
+    doomed = doomed_proc.address
+    tracked = await Tracked(cluster, cluster.gate_addresses, doomed).connect(doomed)
+    try:
+        calls = [
+            asyncio.get_running_loop().create_task(
+                tracked.client.call(
+                    "Sleeper",
+                    f"kill-{n}",
+                    "Sleep",
+                    Int64Value(value=10_000),
+                    Int64Value,
+                    timeout=30,
+                )
+            )
+            for n in range(3)
+        ]
+        await asyncio.sleep(1.0)  # written, forwarded and running on the node
+        killed = sigkill(doomed_proc)
+        results = await bounded(asyncio.gather(*calls, return_exceptions=True), 30)
+        failed_after = time.time() - killed
+        print(f"\nthe calls in flight failed {failed_after:.2f}s after the kill")
+        for result in results:
+            assert isinstance(result, CallError), result
+            assert result.status_code == grpc.StatusCode.UNAVAILABLE
+        assert failed_after < 1 + SLACK
+        await eventually(lambda: tracked.reconnected_at, 20, "the client to move")
+        assert tracked.client.gate != doomed
+        assert await tracked.increment("after-kill-in-flight") >= 1
+    finally:
+        await tracked.client.close()
 
 
 async def test_clients_of_a_frozen_gate_notice_through_keepalive_and_move(

@@ -205,8 +205,9 @@ async def events(client: ClientProxy) -> list[gate_pb2.RegisterResponse]:
 
 
 async def test_the_stream_sends_registered_then_batches_then_draining() -> None:
-    """The stream protocol: Registered (id, credential, gate) first, then what was queued in
-    one PushedMessages, then after a draining close Draining with its text, then OK."""
+    """The stream protocol: Registered (id, credential, gate, the gate's message size limit)
+    first, then what was queued in one PushedMessages, then after a draining close Draining
+    with its text, then OK."""
     client = proxy()
     client.push(text("a"))
     client.push(text("b"))
@@ -214,7 +215,7 @@ async def test_the_stream_sends_registered_then_batches_then_draining() -> None:
     sent = await events(client)
     assert [event.WhichOneof("event") for event in sent] == ["registered", "messages", "draining"]
     assert sent[0].registered == gate_pb2.Registered(
-        client_id="g1/abc", credential="secret", gate_id="g1"
+        client_id="g1/abc", credential="secret", gate_id="g1", max_message_bytes=1 << 20
     )
     assert [unpack_text(m) for m in sent[1].messages.messages] == ["a", "b"]
     assert sent[2].draining.reason == "the gate is shutting down"

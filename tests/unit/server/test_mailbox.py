@@ -110,3 +110,27 @@ async def test_move_to_hands_over_the_queue_in_order_with_its_sizes() -> None:
     assert (len(old), old.nbytes) == (1, 30)
     assert await new.get_batch(10) == ["a", "b"]
     assert await old.get_batch(10) == ["c"]
+
+
+async def test_a_reader_of_two_sources_waits_on_the_mailbox_and_is_woken_for_the_other() -> None:
+    """take_batch never waits ([] when empty, None once closed and empty); wait returns when
+    an item is queued, when wake is called (the reader's other source has work) or at once
+    when closed."""
+    box: Mailbox[str] = Mailbox(10)
+    assert box.take_batch(10) == []
+    waiter = asyncio.get_running_loop().create_task(box.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    box.wake()
+    async with asyncio.timeout(5):
+        await waiter
+    waiter = asyncio.get_running_loop().create_task(box.wait())
+    await asyncio.sleep(0)
+    box.put("a")
+    async with asyncio.timeout(5):
+        await waiter
+    assert box.take_batch(10) == ["a"]
+    box.close("done")
+    async with asyncio.timeout(5):
+        await box.wait()
+    assert box.take_batch(10) is None

@@ -35,11 +35,21 @@ class _Node(node_pb2_grpc.NodeServiceServicer):
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.hold_status = False
+        self.status_started = asyncio.Event()
+        self.status_cancelled = asyncio.Event()
 
     @translate_errors
     async def Status(
         self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.StatusResponse:
+        if self.hold_status:
+            self.status_started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.status_cancelled.set()
+                raise
         return node_pb2.StatusResponse(node="n")
 
     @translate_errors
@@ -108,6 +118,26 @@ async def test_a_call_has_a_client_span_and_a_server_span_below_it(
     assert client.trace_id == server.trace_id == trace_id
     assert client.parent_span_id == format(root.get_span_context().span_id, "016x")
     assert server.parent_span_id == client.span_id
+
+
+async def test_a_traced_call_whose_caller_gives_up_is_cancelled_on_the_server(
+    served: Served,
+) -> None:
+    """The caller's task is cancelled while the call runs: the server's handler is cancelled
+    too (the tracing interceptor cancels the RPC, not only its wait for the status)."""
+    served.node.hold_status = True
+
+    async def status() -> Any:
+        return await served.stub.Status(node_pb2.StatusRequest(), timeout=30)
+
+    call = asyncio.get_running_loop().create_task(status())
+    async with asyncio.timeout(10):
+        await served.node.status_started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    async with asyncio.timeout(10):
+        await served.node.status_cancelled.wait()
 
 
 async def test_health_checks_are_not_traced(served: Served, captured_spans: SpanCapture) -> None:

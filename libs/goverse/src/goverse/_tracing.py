@@ -14,6 +14,7 @@ services install one, and their servers continue the trace (``goverse.server``'s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,9 +29,10 @@ _tracer = trace.get_tracer("goverse")
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1."
 REGISTRATION_METHODS = frozenset({wire.GATE_REGISTER, wire.NODE_REGISTER_GATE})
 """Long-lived streams traced only until their first response (see the module docstring)."""
-CALL_STREAM_METHODS = frozenset({wire.NODE_CALLS})
+CALL_STREAM_METHODS = frozenset({wire.NODE_CALLS, wire.GATE_SESSION})
 """Streams that carry many calls: never one span for the stream, a span per call on each end
-(:func:`start_call_span` here, ``goverse.server``'s ``served_call_span`` on the node)."""
+(:func:`start_call_span` here, ``goverse.server``'s ``served_call_span`` on the receiving
+end)."""
 
 
 def method_of(details: Any) -> str:
@@ -122,7 +124,13 @@ class _UnaryCallTracing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[m
         span, details = _start_client_span(client_call_details)
         try:
             call = await continuation(details, request)
-            code = await call.code()
+            try:
+                code = await call.code()
+            except asyncio.CancelledError:
+                # Cancelling the wait for the status does not cancel the RPC: the caller gave
+                # up, so the server must hear of it (it frees the call there).
+                call.cancel()
+                raise
             span.end_with(code, f"{code.name}: {await call.details()}")
         except BaseException as error:
             span.end(error)

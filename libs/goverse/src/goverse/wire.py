@@ -33,6 +33,7 @@ def method_path(service: str, method: str) -> str:
 
 
 GATE_REGISTER = method_path(GATE_SERVICE, "Register")
+GATE_SESSION = method_path(GATE_SERVICE, "Session")
 GATE_CALL_OBJECT = method_path(GATE_SERVICE, "CallObject")
 GATE_CREATE_OBJECT = method_path(GATE_SERVICE, "CreateObject")
 GATE_DELETE_OBJECT = method_path(GATE_SERVICE, "DeleteObject")
@@ -165,6 +166,7 @@ __all__ = [
     "GATE_ID_KEY",
     "GATE_REGISTER",
     "GATE_SERVICE",
+    "GATE_SESSION",
     "NODE_CALLS",
     "NODE_CALL_OBJECT",
     "NODE_CREATE_OBJECT",

@@ -119,6 +119,12 @@ class Mailbox(Generic[T]):
                     await self._ready.wait()
             except TimeoutError:
                 return []
+        return self.take_batch(max_items, max_bytes)
+
+    def take_batch(self, max_items: int, max_bytes: int = 0) -> list[T] | None:
+        """What :meth:`get_batch` returns, without waiting: ``[]`` when nothing is queued."""
+        if not self._items:
+            return None if self._closed else []
         count = min(max_items, len(self._items))
         batch: list[T] = []
         taken = 0
@@ -131,3 +137,17 @@ class Mailbox(Generic[T]):
             taken += size
             batch.append(item)
         return batch
+
+    async def wait(self) -> None:
+        """Waits until something is queued, the mailbox is closed, or :meth:`wake` is called
+        (at once when one of them already holds). For a reader that also waits for other work
+        than this mailbox's: whoever makes that work calls :meth:`wake`."""
+        if self._items or self._closed:
+            return
+        self._ready.clear()
+        await self._ready.wait()
+
+    def wake(self) -> None:
+        """Ends the reader's current :meth:`wait`; the reader checks its other work before it
+        waits again, without an await in between, so no wake is lost."""
+        self._ready.set()

@@ -98,7 +98,7 @@ class CallMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         behavior = handler.unary_unary
         rpc = method.rpartition("/")[2]
-        histogram, clock, types, methods = self._histogram, self._clock, self._types, self._methods
+        clock, record = self._clock, self.record
 
         async def measured(request: Any, context: Any) -> Any:
             started = clock()
@@ -109,17 +109,28 @@ class CallMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = status_code_of(error, context)
                 raise
             finally:
-                histogram.record(
-                    clock() - started,
-                    {
-                        "rpc": rpc,
-                        "object_type": types(str(getattr(request, "object_type", ""))[:128]),
-                        "method": methods(str(getattr(request, "method", ""))[:128]),
-                        "code": code.name,
-                    },
-                )
+                record(rpc, request, code, clock() - started)
 
         return handler._replace(unary_unary=measured)
+
+    def record(self, rpc: str, request: Any, code: grpc.StatusCode, seconds: float) -> None:
+        """Records one call of `rpc` (``CallObject`` …) for `request` (its ``object_type`` and
+        ``method`` label it) that ended with `code` after `seconds`: for calls that arrive
+        another way than as a unary RPC (a client's Session stream), under the same labels."""
+        self._histogram.record(
+            seconds,
+            {
+                "rpc": rpc,
+                "object_type": self._types(str(getattr(request, "object_type", ""))[:128]),
+                "method": self._methods(str(getattr(request, "method", ""))[:128]),
+                "code": code.name,
+            },
+        )
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock durations are measured with."""
+        return self._clock
 
 
 __all__ = [

@@ -174,14 +174,16 @@ class ServiceApp(abc.ABC, Generic[C]):
         self.supervisor = Supervisor(self.service)
         self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
         self.calls = CallsInFlight([self.grpc_service])
-        self.call_duration = call_duration_histogram(
-            self.meter,
-            f"goverse.{self.service}.call.duration",
-            f"calls the {self.service} served",
+        self.call_metrics = CallMetricsInterceptor(
+            call_duration_histogram(
+                self.meter,
+                f"goverse.{self.service}.call.duration",
+                f"calls the {self.service} served",
+            ),
+            [self.grpc_service],
         )
-        """The served calls' duration histogram: unary calls record in it by interceptor,
-        calls from a call stream by the stream (the same attributes)."""
-        self._call_metrics = CallMetricsInterceptor(self.call_duration, [self.grpc_service])
+        """The served calls' duration histogram: unary calls record in it as an interceptor,
+        calls from a call stream by :meth:`~CallMetricsInterceptor.record` (same labels)."""
         self._host: GrpcHost | None = None
         self._bound: BoundAddress | None = None
         self._assembled = False
@@ -281,7 +283,7 @@ class ServiceApp(abc.ABC, Generic[C]):
             self.config.listen,
             [self.grpc_service],
             self.config.max_message_bytes,
-            interceptors=[self.calls.interceptor, self._call_metrics],
+            interceptors=[self.calls.interceptor, self.call_metrics],
             keepalive=self.config.keepalive,
         )
         self._host = host

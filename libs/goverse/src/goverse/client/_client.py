@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from goverse import wire
+from goverse.client._calls import OPS, CallStream, NotSent, call_carrier
 from goverse.client._gates import GateChooser
 from goverse.client._messages import MessageBuffer
 from goverse.errors import CallError
@@ -54,12 +55,26 @@ class ClientClosedError(RuntimeError):
     """The client was closed; it cannot be used again."""
 
 
+class _Resend(Exception):
+    """A call the gate never saw: it may be sent on the next registration, else `error`."""
+
+    def __init__(self, error: CallError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _SessionUnimplemented(Exception):
+    """The gate has no Session (an older gate): register with Register instead."""
+
+
 @dataclass(frozen=True)
 class _Session:
     gate: str
     client_id: str
     credential: str
     stub: gate_pb2_grpc.GateServiceStub
+    calls: CallStream | None = field(default=None, compare=False)
+    """The calls of a Session registration; None for a Register one (unary calls)."""
     ended: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
     """Set once the Register stream of this registration has ended."""
 
@@ -89,9 +104,26 @@ class Client:
     moves to another gate. Gates accept pings every 5 s by default (``--keepalive-min-time``):
     a client configured to ping faster than its gates accept is cut off.
 
-    Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code. A call
-    the gate refused because the registration it carried had just ended (UNAUTHENTICATED, so
-    never forwarded) is sent once more on the next registration.
+    Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code.
+
+    The registration is a ``Session`` stream that also carries the calls: many calls in one
+    stream message when several are ready, replies matched by call id, the call's timeout
+    and cancellation carried with it (a caller cancelled, or out of time, frees the call on
+    gate and node). Against a gate that answers ``Session`` with UNIMPLEMENTED (an older
+    gate), the client registers with ``Register`` and makes unary calls instead.
+
+    Failure semantics of a call:
+
+    - the stream breaking (the gate died, the network failed, the gate drained) fails every
+      call in flight on it at once with UNAVAILABLE: never a hang until the deadline;
+    - a call that was never written to the stream (the stream broke first), that the gate
+      refused without forwarding it because it drains, or that was still waiting when the
+      gate's draining notice came (a gate answers every call it started before that notice)
+      is sent once more on the next registration;
+    - a call that was written is not sent again by the client: it may have run. Retrying it
+      is the caller's decision (make it idempotent first);
+    - over unary calls, a call the gate refused because the registration it carried had just
+      ended (UNAUTHENTICATED, so never forwarded) is sent once more on the next registration.
     """
 
     def __init__(
@@ -121,6 +153,7 @@ class Client:
         self._registered_at = 0.0
         keepalive = Keepalive(time=keepalive_time, timeout=keepalive_timeout)
         self._channels = ChannelPool(channel_options(max_message_bytes, keepalive))
+        self._max_message_bytes = max_message_bytes
         self._messages = MessageBuffer(message_buffer)
         self._on_reconnect = on_reconnect
         self._state = ClientState.UNOPENED
@@ -248,7 +281,7 @@ class Client:
             method=method,
             request=wire.pack(request),
         )
-        reply = await self._unary("CallObject", message, timeout)
+        reply = await self._call("call", message, timeout)
         assert isinstance(reply, gate_pb2.CallObjectResponse)
         try:
             return wire.unpack(reply.response, response_type)
@@ -262,7 +295,7 @@ class Client:
     ) -> bool:
         """Activates an object; False when it was already active."""
         message = gate_pb2.CreateObjectRequest(object_type=object_type, object_id=object_id)
-        reply = await self._unary("CreateObject", message, timeout)
+        reply = await self._call("create", message, timeout)
         assert isinstance(reply, gate_pb2.CreateObjectResponse)
         return reply.created
 
@@ -271,32 +304,75 @@ class Client:
     ) -> bool:
         """Deactivates an object; False when it was not active."""
         message = gate_pb2.DeleteObjectRequest(object_type=object_type, object_id=object_id)
-        reply = await self._unary("DeleteObject", message, timeout)
+        reply = await self._call("delete", message, timeout)
         assert isinstance(reply, gate_pb2.DeleteObjectResponse)
         return reply.deleted
 
-    async def _unary(self, rpc: str, message: Message, timeout: float | None) -> Message:
+    async def _call(self, op: str, message: Message, timeout: float | None) -> Message:
+        """Makes the `op` (``call``, ``create``, ``delete``) of `message` over the current
+        registration: on its Session stream, or as the unary RPC when it has none. A call the
+        gate never saw is sent once more, on the next registration."""
         budget = self._call_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         for attempt in range(2):
             session = await self._current_session(deadline - loop.time())
             try:
-                reply: Message = await getattr(session.stub, rpc)(
-                    message, timeout=max(deadline - loop.time(), 0.001), metadata=session.metadata
-                )
-                return reply
-            except grpc.aio.AioRpcError as error:
-                # UNAUTHENTICATED from a registration that has just ended: the gate refused
-                # before forwarding, so the call can be sent once more on the new one.
-                retry = (
-                    attempt == 0
-                    and error.code() == grpc.StatusCode.UNAUTHENTICATED
-                    and await self._registration_ended(session, deadline - loop.time())
-                )
-                if not retry:
-                    raise CallError.from_rpc_error(error) from error
+                if session.calls is None:
+                    return await self._unary(session, OPS[op], message, deadline)
+                return await self._on_session(session, op, message, deadline)
+            except _Resend as resend:
+                if attempt:
+                    raise resend.error from None
         raise AssertionError("unreachable")
+
+    async def _on_session(
+        self, session: _Session, op: str, message: Message, deadline: float
+    ) -> Message:
+        assert session.calls is not None
+        span, carrier = call_carrier(op)
+        try:
+            reply: Message = await session.calls.call(
+                op, message, max(deadline - asyncio.get_running_loop().time(), 0.001), carrier
+            )
+        except NotSent:
+            span.end_with(grpc.StatusCode.UNAVAILABLE, "the gate did not forward the call")
+            if self._session is session:
+                # The gate takes no more calls (it drains, or its stream broke): later calls
+                # wait for the next registration rather than be refused here too.
+                self._connected.clear()
+            raise _Resend(
+                CallError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"gate {session.gate} did not forward the call (its session ended)",
+                )
+            ) from None
+        except CallError as error:
+            span.end_with(error.status_code, f"{error.status_code.name}: {error.message}")
+            raise
+        except BaseException as error:
+            span.end(error)
+            raise
+        span.end_with(grpc.StatusCode.OK)
+        return reply
+
+    async def _unary(
+        self, session: _Session, rpc: str, message: Message, deadline: float
+    ) -> Message:
+        loop = asyncio.get_running_loop()
+        try:
+            reply: Message = await getattr(session.stub, rpc)(
+                message, timeout=max(deadline - loop.time(), 0.001), metadata=session.metadata
+            )
+            return reply
+        except grpc.aio.AioRpcError as error:
+            # UNAUTHENTICATED from a registration that has just ended: the gate refused
+            # before forwarding, so the call can be sent once more on the new one.
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED and await self._registration_ended(
+                session, deadline - loop.time()
+            ):
+                raise _Resend(CallError.from_rpc_error(error)) from error
+            raise CallError.from_rpc_error(error) from error
 
     async def _registration_ended(self, session: _Session, timeout: float) -> bool:
         """Whether `session` has ended, or ends within a short grace (its end may reach the
@@ -376,6 +452,79 @@ class Client:
     async def _registration(self, gate: str) -> bool:
         """One registration with `gate`; returns True when it ended because the gate drains."""
         stub = gate_pb2_grpc.GateServiceStub(self._channels.get(gate))
+        # Session first on every registration, not remembered per address: one address may
+        # be a Kubernetes Service whose gates are being upgraded.
+        try:
+            return await self._session_stream(gate, stub)
+        except _SessionUnimplemented:
+            log.debug(
+                "gate %s has no Session stream: registering with Register, unary calls",
+                gate,
+                extra={"gate": gate},
+            )
+        return await self._register(gate, stub)
+
+    async def _session_stream(self, gate: str, stub: gate_pb2_grpc.GateServiceStub) -> bool:
+        """One registration with `gate` over its Session stream, which carries the calls."""
+        stream = stub.Session()
+        calls = CallStream(stream, self._max_message_bytes)
+        writer: asyncio.Task[None] | None = None
+        session: _Session | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    first = await stream.read()
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise _SessionUnimplemented() from None
+                raise
+            if first is grpc.aio.EOF or first.WhichOneof("event") != "registered":
+                raise CallError(grpc.StatusCode.INTERNAL, f"gate {gate} did not register us")
+            if first.registered.max_message_bytes:
+                calls.limit(first.registered.max_message_bytes)
+            writer = asyncio.get_running_loop().create_task(
+                calls.run_writer(), name="goverse-client-writer"
+            )
+            session = await self._registered(gate, stub, first.registered, calls)
+            while (event := await stream.read()) is not grpc.aio.EOF:
+                kind = event.WhichOneof("event")
+                if kind == "replies":
+                    calls.resolve(event.replies)
+                elif kind == "messages":
+                    await self._messages.put(event.messages.messages)
+                elif kind == "draining":
+                    self._log_draining(gate, event.draining.reason)
+                    # The gate answered every call it started before Draining, and starts
+                    # none after: a call still waiting was not forwarded; the next gate takes it.
+                    self._connected.clear()
+                    calls.fail(
+                        CallError(grpc.StatusCode.UNAVAILABLE, f"gate {gate} drained"),
+                        none_started=True,
+                    )
+                    return True
+            return False
+        except (TimeoutError, CallError) as error:
+            self._chooser.mark_failed(gate)
+            log.info("registration with gate %s failed: %s", gate, error, extra={"gate": gate})
+            return False
+        finally:
+            # Not connected before the calls fail: a call sent again must not find this one.
+            self._connected.clear()
+            ended = CallError(grpc.StatusCode.UNAVAILABLE, f"the session with gate {gate} ended")
+            calls.fail(ended)
+            stream.cancel()
+            if writer is not None:
+                writer.cancel()
+                # asyncio.wait: a cancellation of this task must not be taken for the writer's.
+                await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
+            if session is not None:
+                session.ended.set()
+
+    def _log_draining(self, gate: str, reason: str) -> None:
+        log.info("gate %s is draining: %s", gate, reason, extra={"gate": gate, "reason": reason})
+
+    async def _register(self, gate: str, stub: gate_pb2_grpc.GateServiceStub) -> bool:
+        """One registration with `gate` over Register; calls go as unary RPCs."""
         stream = stub.Register(gate_pb2.RegisterRequest())
         session: _Session | None = None
         try:
@@ -389,12 +538,7 @@ class Client:
                 if kind == "messages":
                     await self._messages.put(event.messages.messages)
                 elif kind == "draining":
-                    log.info(
-                        "gate %s is draining: %s",
-                        gate,
-                        event.draining.reason,
-                        extra={"gate": gate, "reason": event.draining.reason},
-                    )
+                    self._log_draining(gate, event.draining.reason)
                     return True
             return False
         except (TimeoutError, CallError) as error:
@@ -407,10 +551,14 @@ class Client:
                 session.ended.set()
 
     async def _registered(
-        self, gate: str, stub: gate_pb2_grpc.GateServiceStub, registered: gate_pb2.Registered
+        self,
+        gate: str,
+        stub: gate_pb2_grpc.GateServiceStub,
+        registered: gate_pb2.Registered,
+        calls: CallStream | None = None,
     ) -> _Session:
         previous = self._session
-        session = _Session(gate, registered.client_id, registered.credential, stub)
+        session = _Session(gate, registered.client_id, registered.credential, stub, calls)
         self._session = session
         self._registrations += 1
         self._registered_at = asyncio.get_running_loop().time()

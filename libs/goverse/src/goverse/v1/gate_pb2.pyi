@@ -8,6 +8,7 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from goverse.v1 import calls_pb2 as _calls_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -71,21 +72,29 @@ class Registered(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     GATE_ID_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """"<gate-id>/<random>": the id objects see as the caller and push to."""
     credential: _builtins.str
     """Secret proving the caller owns client_id; valid while this stream is open."""
     gate_id: _builtins.str
+    max_message_bytes: _builtins.int
+    """The largest message the gate receives, in bytes (its --max-message-bytes;
+    0 when it does not say). A larger SessionRequest would end the whole
+    Session stream with RESOURCE_EXHAUSTED, so a client fails a call that
+    does not fit one by itself, with that status, as the unary RPC would.
+    """
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         credential: _builtins.str = ...,
         gate_id: _builtins.str = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "credential", b"credential", "gate_id", b"gate_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "credential", b"credential", "gate_id", b"gate_id", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,3 +273,227 @@ class DeleteObjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteObjectResponse: _TypeAlias = DeleteObjectResponse  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    """What a client sends on its Session stream: calls and cancellations, as many
+    of each in one message as are ready (Python gRPC pays per message).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionCall]: ...
+    @_builtins.property
+    def cancelled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ids of calls of this stream the caller gave up on: the gate cancels them
+        (and the node's part of them). An id unknown or already answered is
+        ignored. A cancelled call gets no reply: its caller gave up.
+        """
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___SessionCall] | None = ...,
+        cancelled: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionCall(_message.Message):
+    """One call on a Session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client, unique among the stream's calls in flight; its
+    reply carries it back. Ids may be reused once answered.
+    """
+    timeout_ms: _builtins.int
+    """The caller's remaining time budget when it sent the call, in
+    milliseconds; 0 means none (the gate's --call-timeout applies). The gate
+    counts it from when it read the call: a call whose budget is spent before
+    it starts is not started and answers DEADLINE_EXCEEDED.
+    """
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's W3C trace context ("traceparent", "tracestate"): the gate's
+        span of the call is a child of the caller's span.
+        """
+
+    @_builtins.property
+    def call(self) -> Global___CallObjectRequest: ...
+    @_builtins.property
+    def create(self) -> Global___CreateObjectRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteObjectRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        call: Global___CallObjectRequest | None = ...,
+        create: Global___CreateObjectRequest | None = ...,
+        delete: Global___DeleteObjectRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "op", b"op"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "id", b"id", "op", b"op", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["call", "create", "delete"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___SessionCall: _TypeAlias = SessionCall  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """What the gate sends on a Session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def registered(self) -> Global___Registered:
+        """First and once: the client id the session's calls are made as."""
+
+    @_builtins.property
+    def messages(self) -> Global___PushedMessages:
+        """Pushes to this client, in the order the gate received them."""
+
+    @_builtins.property
+    def draining(self) -> Global___Draining:
+        """The gate is shutting down: replies of every call in flight were sent
+        before this; the stream ends next. Reconnect to another gate.
+        """
+
+    @_builtins.property
+    def replies(self) -> Global___CallReplies:
+        """Replies to calls, in the order they completed."""
+
+    def __init__(
+        self,
+        *,
+        registered: Global___Registered | None = ...,
+        messages: Global___PushedMessages | None = ...,
+        draining: Global___Draining | None = ...,
+        replies: Global___CallReplies | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "event", b"event", "messages", b"messages", "registered", b"registered", "replies", b"replies"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "event", b"event", "messages", b"messages", "registered", b"registered", "replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["registered", "messages", "draining", "replies"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class CallReplies(_message.Message):
+    """Many replies in one stream message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallReply]: ...
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___CallReply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallReplies: _TypeAlias = CallReplies  # noqa: Y015
+
+@_typing.final
+class CallReply(_message.Message):
+    """The outcome of one SessionCall."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NOT_FORWARDED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The SessionCall's id."""
+    not_forwarded: _builtins.bool
+    """With `error`: the gate refused the call before forwarding it anywhere (it
+    is draining, UNAVAILABLE), so the client may send it again on its next
+    registration, as it would a call never written to the stream.
+    """
+    @_builtins.property
+    def call(self) -> Global___CallObjectResponse: ...
+    @_builtins.property
+    def create(self) -> Global___CreateObjectResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteObjectResponse: ...
+    @_builtins.property
+    def error(self) -> _calls_pb2.CallStatus:
+        """The call failed: the status its unary RPC would have ended with."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        call: Global___CallObjectResponse | None = ...,
+        create: Global___CreateObjectResponse | None = ...,
+        delete: Global___DeleteObjectResponse | None = ...,
+        error: _calls_pb2.CallStatus | None = ...,
+        not_forwarded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "error", b"error", "id", b"id", "not_forwarded", b"not_forwarded", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["call", "create", "delete", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___CallReply: _TypeAlias = CallReply  # noqa: Y015

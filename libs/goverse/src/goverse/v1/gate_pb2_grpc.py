@@ -26,9 +26,22 @@ if _version_not_supported:
 
 
 class GateServiceStub:
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+    carries the client's calls. The stream itself is the identity: the gate
+    registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+    client opens Register and keeps it open; its unary calls carry the
+    credential that stream handed out, as the gRPC metadata
+    "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     def __init__(self, channel):
@@ -41,6 +54,11 @@ class GateServiceStub:
                 '/goverse.v1.GateService/Register',
                 request_serializer=goverse_dot_v1_dot_gate__pb2.RegisterRequest.SerializeToString,
                 response_deserializer=goverse_dot_v1_dot_gate__pb2.RegisterResponse.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/goverse.v1.GateService/Session',
+                request_serializer=goverse_dot_v1_dot_gate__pb2.SessionRequest.SerializeToString,
+                response_deserializer=goverse_dot_v1_dot_gate__pb2.SessionResponse.FromString,
                 _registered_method=True)
         self.CallObject = channel.unary_unary(
                 '/goverse.v1.GateService/CallObject',
@@ -60,14 +78,38 @@ class GateServiceStub:
 
 
 class GateServiceServicer:
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+    carries the client's calls. The stream itself is the identity: the gate
+    registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+    client opens Register and keeps it open; its unary calls carry the
+    credential that stream handed out, as the gRPC metadata
+    "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     def Register(self, request, context):
         """Registers the client. The first event carries `registered`; later events
         carry pushed messages; the last, when the gate shuts down, `draining`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Registers the client and carries its calls. The first response carries
+        `registered`; later ones carry pushed messages and call replies, batched;
+        the last, when the gate shuts down, `draining` (after the replies of every
+        call in flight). Ending the request stream ends the registration and
+        cancels the session's calls in flight.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +141,11 @@ def add_GateServiceServicer_to_server(servicer, server):
                     request_deserializer=goverse_dot_v1_dot_gate__pb2.RegisterRequest.FromString,
                     response_serializer=goverse_dot_v1_dot_gate__pb2.RegisterResponse.SerializeToString,
             ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=goverse_dot_v1_dot_gate__pb2.SessionRequest.FromString,
+                    response_serializer=goverse_dot_v1_dot_gate__pb2.SessionResponse.SerializeToString,
+            ),
             'CallObject': grpc.unary_unary_rpc_method_handler(
                     servicer.CallObject,
                     request_deserializer=goverse_dot_v1_dot_gate__pb2.CallObjectRequest.FromString,
@@ -123,9 +170,22 @@ def add_GateServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GateService:
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+    carries the client's calls. The stream itself is the identity: the gate
+    registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+    client opens Register and keeps it open; its unary calls carry the
+    credential that stream handed out, as the gRPC metadata
+    "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     @staticmethod
@@ -145,6 +205,33 @@ class GateService:
             '/goverse.v1.GateService/Register',
             goverse_dot_v1_dot_gate__pb2.RegisterRequest.SerializeToString,
             goverse_dot_v1_dot_gate__pb2.RegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/goverse.v1.GateService/Session',
+            goverse_dot_v1_dot_gate__pb2.SessionRequest.SerializeToString,
+            goverse_dot_v1_dot_gate__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,9 +27,22 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GateServiceStub:
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+      carries the client's calls. The stream itself is the identity: the gate
+      registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+      client opens Register and keeps it open; its unary calls carry the
+      credential that stream handed out, as the gRPC metadata
+      "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     @_typing.overload
@@ -40,15 +53,35 @@ class GateServiceStub:
     """Registers the client. The first event carries `registered`; later events
     carry pushed messages; the last, when the gate shuts down, `draining`.
     """
+    Session: _grpc.StreamStreamMultiCallable[_gate_pb2.SessionRequest, _gate_pb2.SessionResponse]
+    """Registers the client and carries its calls. The first response carries
+    `registered`; later ones carry pushed messages and call replies, batched;
+    the last, when the gate shuts down, `draining` (after the replies of every
+    call in flight). Ending the request stream ends the registration and
+    cancels the session's calls in flight.
+    """
     CallObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.CallObjectRequest, _gate_pb2.CallObjectResponse]
     CreateObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.CreateObjectRequest, _gate_pb2.CreateObjectResponse]
     DeleteObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.DeleteObjectRequest, _gate_pb2.DeleteObjectResponse]
 
 @_typing.type_check_only
 class GateServiceAsyncStub(GateServiceStub):
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+      carries the client's calls. The stream itself is the identity: the gate
+      registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+      client opens Register and keeps it open; its unary calls carry the
+      credential that stream handed out, as the gRPC metadata
+      "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -56,14 +89,34 @@ class GateServiceAsyncStub(GateServiceStub):
     """Registers the client. The first event carries `registered`; later events
     carry pushed messages; the last, when the gate shuts down, `draining`.
     """
+    Session: _aio.StreamStreamMultiCallable[_gate_pb2.SessionRequest, _gate_pb2.SessionResponse]  # type: ignore[assignment]
+    """Registers the client and carries its calls. The first response carries
+    `registered`; later ones carry pushed messages and call replies, batched;
+    the last, when the gate shuts down, `draining` (after the replies of every
+    call in flight). Ending the request stream ends the registration and
+    cancels the session's calls in flight.
+    """
     CallObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.CallObjectRequest, _gate_pb2.CallObjectResponse]  # type: ignore[assignment]
     CreateObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.CreateObjectRequest, _gate_pb2.CreateObjectResponse]  # type: ignore[assignment]
     DeleteObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.DeleteObjectRequest, _gate_pb2.DeleteObjectResponse]  # type: ignore[assignment]
 
 class GateServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Clients talk only to gates. A client first opens Register and keeps it
-    open; its unary calls carry the credential that stream handed out, as the
-    gRPC metadata "goverse-client-id" and "goverse-credential".
+    """Clients talk only to gates, in one of two ways:
+
+    - Session (the SDK): one bidirectional stream is the registration and
+      carries the client's calls. The stream itself is the identity: the gate
+      registers the client when it opens, and calls on it carry no credential.
+    - Register + unary calls (plain gRPC clients: grpcurl, other languages): the
+      client opens Register and keeps it open; its unary calls carry the
+      credential that stream handed out, as the gRPC metadata
+      "goverse-client-id" and "goverse-credential".
+
+    Both are one concept on the gate: a registered client, with its pushes,
+    draining and the gate's --max-clients bound. Session is a second stream
+    beside Register rather than Register made bidirectional so that Register
+    keeps its wire shape: clients written against it (and gRPC tools that
+    cannot drive a bidirectional stream) keep working unchanged, and a new SDK
+    detects an old gate by Session answering UNIMPLEMENTED.
     """
 
     @_abc_1.abstractmethod
@@ -74,6 +127,19 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_gate_pb2.RegisterResponse], _abc.AsyncIterator[_gate_pb2.RegisterResponse]]:
         """Registers the client. The first event carries `registered`; later events
         carry pushed messages; the last, when the gate shuts down, `draining`.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gate_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gate_pb2.SessionResponse], _abc.AsyncIterator[_gate_pb2.SessionResponse]]:
+        """Registers the client and carries its calls. The first response carries
+        `registered`; later ones carry pushed messages and call replies, batched;
+        the last, when the gate shuts down, `draining` (after the replies of every
+        call in flight). Ending the request stream ends the registration and
+        cancels the session's calls in flight.
         """
 
     @_abc_1.abstractmethod

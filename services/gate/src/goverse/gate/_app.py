@@ -122,7 +122,15 @@ class GateApp(ServiceApp[GateConfig]):
         )
 
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
-        servicer = GateService(self.config.gate_id, self.registry, self.router, self.supervisor)
+        servicer = GateService(
+            self.config.gate_id,
+            self.registry,
+            self.router,
+            self.supervisor,
+            max_session_calls=self.config.max_session_calls,
+            max_message_bytes=self.config.max_message_bytes,
+            metrics=self.call_metrics,
+        )
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 
     async def on_serving(self) -> None:

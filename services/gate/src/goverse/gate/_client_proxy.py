@@ -98,6 +98,7 @@ class ClientProxy:
             max_message_bytes=max_batch_bytes,
             max_items=max_messages,
         )
+        self._max_message_bytes = max_batch_bytes
         self._on_drop = on_drop
         self._on_slow_consumer = on_slow_consumer
         self._closed_by: wire.CloseReason | None = None
@@ -257,25 +258,38 @@ class ClientProxy:
         """
         return await self._batching.next_batch(self._mailbox)
 
-    async def stream(self, gate_id: str) -> AsyncGenerator[gate_pb2.RegisterResponse, None]:
-        """The events of this client's Register stream, in the order the writer sends them.
+    def take_batch(self) -> list[Any] | None:
+        """What :meth:`next_batch` returns, without waiting: ``[]`` when nothing is queued."""
+        return self._mailbox.take_batch(self._batching.max_items, self._batching.max_bytes)
 
-        ``Registered`` (client id, credential and `gate_id`) first, then one ``PushedMessages``
-        per batch until the proxy is closed. After a draining close, once the queue is flushed,
-        ``Draining`` with the close text: the stream then ends with OK. After a slow-consumer
-        close it raises :class:`StreamEnd` (RESOURCE_EXHAUSTED, ``slow_consumer``). Holds
-        nothing to clean up: the registration ends in :meth:`ClientRegistry.connect`.
-        """
-        yield gate_pb2.RegisterResponse(
-            registered=gate_pb2.Registered(
-                client_id=self._client_id, credential=self._credential, gate_id=gate_id
-            )
+    async def wait(self) -> None:
+        """Waits until a push is queued, the proxy is closed, or :meth:`wake` is called (for a
+        writer that also sends other things than pushes: a Session stream's call replies)."""
+        await self._mailbox.wait()
+
+    def wake(self) -> None:
+        """Ends the writer's current :meth:`wait`: it has something else to send."""
+        self._mailbox.wake()
+
+    def registered(self, gate_id: str) -> gate_pb2.Registered:
+        """The first event of the client's stream: its client id, credential and `gate_id`."""
+        return gate_pb2.Registered(
+            client_id=self._client_id,
+            credential=self._credential,
+            gate_id=gate_id,
+            max_message_bytes=self._max_message_bytes,
         )
-        while (batch := await self.next_batch()) is not None:
-            yield gate_pb2.RegisterResponse(messages=gate_pb2.PushedMessages(messages=batch))
+
+    def last_event(self) -> gate_pb2.Draining | None:
+        """How the client's stream ends once :meth:`next_batch` returned None.
+
+        After a draining close, ``Draining`` with the close text: the writer sends it and the
+        stream then ends with OK. After a slow-consumer close it raises :class:`StreamEnd`
+        (RESOURCE_EXHAUSTED, ``slow_consumer``). Otherwise (the client went away) None.
+        """
         if self.draining:
-            yield gate_pb2.RegisterResponse(draining=gate_pb2.Draining(reason=self.close_reason))
-        elif self.slow_consumer:
+            return gate_pb2.Draining(reason=self.close_reason)
+        if self.slow_consumer:
             # The queue is already discarded; this status follows whatever the transport still
             # holds, and tells the client to register again.
             raise StreamEnd(
@@ -283,3 +297,17 @@ class ClientProxy:
                 self._slow_consumer_details,
                 wire.CloseReason.SLOW_CONSUMER,
             )
+        return None
+
+    async def stream(self, gate_id: str) -> AsyncGenerator[gate_pb2.RegisterResponse, None]:
+        """The events of this client's Register stream, in the order the writer sends them.
+
+        ``Registered`` (client id, credential and `gate_id`) first, then one ``PushedMessages``
+        per batch until the proxy is closed, then what :meth:`last_event` says. Holds nothing
+        to clean up: the registration ends in :meth:`ClientRegistry.connect`.
+        """
+        yield gate_pb2.RegisterResponse(registered=self.registered(gate_id))
+        while (batch := await self.next_batch()) is not None:
+            yield gate_pb2.RegisterResponse(messages=gate_pb2.PushedMessages(messages=batch))
+        if (draining := self.last_event()) is not None:
+            yield gate_pb2.RegisterResponse(draining=draining)

@@ -116,6 +116,12 @@ class GateConfig(
         help="clients registered at once; Register beyond it fails with RESOURCE_EXHAUSTED",
         kind=COUNT,
     )
+    max_session_calls: int = setting(
+        1000,
+        help="calls in flight on one client's Session stream (running, or answered but not yet "
+        "sent); a call beyond it answers RESOURCE_EXHAUSTED at once",
+        kind=COUNT,
+    )
 
     def _check_combinations(self) -> None:
         super()._check_combinations()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -13,12 +14,15 @@ from goverse.errors import translate_errors
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._router import Router
-from goverse.server import Supervisor
+from goverse.gate._session import ClientSession
+from goverse.server import CallMetricsInterceptor, Supervisor
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 _ObjectRequest = (
     gate_pb2.CallObjectRequest | gate_pb2.CreateObjectRequest | gate_pb2.DeleteObjectRequest
 )
+
+E = TypeVar("E")
 
 log = structlog.get_logger(__name__)
 
@@ -26,10 +30,14 @@ STREAM_TASK_PREFIX = "client:"
 
 
 class GateService(gate_pb2_grpc.GateServiceServicer):
-    """Register streams and the three unary calls a client makes.
+    """Register and Session streams, and the three unary calls a client makes.
 
-    A Register stream is the client registry's (:meth:`ClientRegistry.connect`) and its
-    proxy's (:meth:`ClientProxy.stream`): they decide what is sent and how the stream ends.
+    A Session stream is a Register stream that also carries the client's calls
+    (:class:`ClientSession`): both are one registered client of the registry, with the same
+    pushes, draining and ``--max-clients`` bound; the client id of the calls on a Session is
+    the stream's own, so they carry no credential. A Register stream is the client
+    registry's (:meth:`ClientRegistry.connect`) and its proxy's (:meth:`ClientProxy.stream`):
+    they decide what is sent and how the stream ends.
     This servicer adapts them to gRPC: the stream's task is adopted by the supervisor as
     ``client:<client-id>`` for as long as it runs, every event is yielded, and a
     :class:`StreamEnd` becomes the status it names, with its close reason as trailing metadata
@@ -44,16 +52,56 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     """
 
     def __init__(
-        self, gate_id: str, registry: ClientRegistry, router: Router, supervisor: Supervisor
+        self,
+        gate_id: str,
+        registry: ClientRegistry,
+        router: Router,
+        supervisor: Supervisor,
+        *,
+        max_session_calls: int = 1000,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        metrics: CallMetricsInterceptor | None = None,
     ) -> None:
         self._gate_id = gate_id
         self._registry = registry
         self._router = router
         self._supervisor = supervisor
+        self._max_session_calls = max_session_calls
+        self._max_message_bytes = max_message_bytes
+        self._metrics = metrics
 
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gate_pb2.RegisterResponse]:
+        async for event in self._client_stream(context, lambda proxy: proxy.stream(self._gate_id)):
+            yield event
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[gate_pb2.SessionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gate_pb2.SessionResponse]:
+        def session(proxy: ClientProxy) -> AsyncGenerator[gate_pb2.SessionResponse, None]:
+            return ClientSession(
+                proxy,
+                self._router,
+                max_calls=self._max_session_calls,
+                max_message_bytes=self._max_message_bytes,
+                metrics=self._metrics,
+            ).stream(self._gate_id, request_iterator)
+
+        async for event in self._client_stream(context, session):
+            yield event
+
+    async def _client_stream(
+        self,
+        context: grpc.aio.ServicerContext,
+        events: Callable[[ClientProxy], AsyncGenerator[E, None]],
+    ) -> AsyncIterator[E]:
+        """The stream of one registered client, Register or Session alike: registered with
+        the registry for as long as it runs (future authentication of the stream hooks in
+        here), its task adopted as ``client:<client-id>``, ended as its :class:`StreamEnd`
+        says."""
         # The registry refuses registrations once the gate drains, which it does before the
         # supervisor closes: adopt() cannot find the supervisor closed here.
         try:
@@ -61,8 +109,8 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                 self._registry.connect() as proxy,
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
-                async with contextlib.aclosing(proxy.stream(self._gate_id)) as events:
-                    async for event in events:
+                async with contextlib.aclosing(events(proxy)) as stream:
+                    async for event in stream:
                         yield event
                 context.set_trailing_metadata(wire.close_metadata(proxy.closed_by))
         except StreamEnd as end:

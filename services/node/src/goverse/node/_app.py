@@ -156,7 +156,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.advertise,
             self.host,
             self.calls,
-            self.call_duration,
+            self.call_metrics,
             max_calls=config.max_stream_calls,
             max_message_bytes=config.max_message_bytes,
         )

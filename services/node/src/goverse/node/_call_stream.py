@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import structlog
-from opentelemetry import metrics
 
 from goverse import wire
 from goverse.errors import GoverseError, InvalidArgument, call_status
@@ -19,8 +18,8 @@ from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
 from goverse.server import (
     BatchRule,
+    CallMetricsInterceptor,
     CallsInFlight,
-    LabelLimiter,
     Mailbox,
     Supervisor,
     SupervisorClosed,
@@ -87,7 +86,7 @@ class CallStreams:
         node: str,
         host: ObjectHost,
         calls: CallsInFlight,
-        duration: metrics.Histogram,
+        metrics: CallMetricsInterceptor,
         *,
         max_calls: int,
         max_message_bytes: int,
@@ -96,9 +95,7 @@ class CallStreams:
         self._node = node
         self._host = host
         self._calls = calls
-        self._duration = duration
-        self._types = LabelLimiter()
-        self._methods = LabelLimiter()
+        self._metrics = metrics
         self._max_calls = max_calls
         self._batching = BatchRule(
             node_pb2.ReplyFrames,
@@ -170,15 +167,7 @@ class CallStreams:
                 span.end_with(code, f"{code.name}: {details}" if details else "")
             return reply
         finally:
-            self._duration.record(
-                time.perf_counter() - started,
-                {
-                    "rpc": rpc,
-                    "object_type": self._types(request.object_type[:128]),
-                    "method": self._methods(getattr(request, "method", "")[:128]),
-                    "code": code.name,
-                },
-            )
+            self._metrics.record(rpc, request, code, time.perf_counter() - started)
 
     async def _execute(
         self, frame: node_pb2.CallFrame, op: str, request: Any, received: float

@@ -1,0 +1,220 @@
+"""CallStream: the SDK's calls in flight on one Session stream, their writer and their replies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from goverse import wire
+from goverse._tracing import OnceSpan, rpc_attributes
+from goverse.errors import CallError, status_error
+from goverse.v1 import gate_pb2
+
+log = logging.getLogger(__name__)
+
+_tracer = trace.get_tracer("goverse")
+
+OPS = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
+"""A SessionCall's op → the unary RPC it stands for (its client span's name)."""
+_METHODS = {op: wire.method_path(wire.GATE_SERVICE, rpc) for op, rpc in OPS.items()}
+
+FRAME_RESERVE = 64 * 1024
+"""Bytes of a SessionRequest kept for its cancellations and framing."""
+MAX_CANCELS = 4096
+"""Most cancelled ids in one SessionRequest (at most 10 bytes each: within the reserve)."""
+
+MAX_TIMEOUT_MS = 2**32 - 1
+"""The largest ``timeout_ms`` a SessionCall carries (its field is a uint32: 49 days)."""
+
+
+class NotSent(Exception):
+    """The gate never forwarded the call (the stream ended before the call was written to it,
+    or the gate refused it because it drains), so it may be sent again on the next session."""
+
+
+class CallStream:
+    """The calls of one registration made over its Session stream `call`.
+
+    :meth:`call` puts a call in the pending table (id → future) and the outbox; one writer task
+    (:meth:`run_writer`, owned by the registration) writes everything in the outbox as one
+    ``SessionRequest`` whenever it is woken, so calls made together travel together. The
+    registration's reader hands each reply to :meth:`resolve`, which completes the call of its
+    id.
+
+    A call whose time runs out (DEADLINE_EXCEEDED) or whose caller is cancelled leaves the
+    table at once and, if it was written already, its id goes out as a cancellation so the
+    gate (and node) stop working on it; if it was not written, it is simply never written.
+
+    :meth:`fail` ends the stream's calls when it breaks or ends: a call in the outbox fails
+    with :class:`NotSent` (its caller may send it on the next session); a call written already
+    fails at once with `error` (UNAVAILABLE): it may have run, so it is not sent again.
+    """
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[Any, Any], max_message_bytes: int) -> None:
+        self._call = call
+        # Each call takes its size, a tag and a length varint in the frame; the frame's own
+        # cancellations get a reserve.
+        self._max_bytes = _calls_bytes(max_message_bytes)
+        self._max_message_bytes = max_message_bytes
+        self._pending: dict[int, asyncio.Future[gate_pb2.CallReply]] = {}
+        self._outbox: dict[int, tuple[gate_pb2.SessionCall, int]] = {}
+        self._cancelled: list[int] = []
+        self._wake = asyncio.Event()
+        self._next_id = 1
+        self._failed: BaseException | None = None
+
+    def limit(self, max_message_bytes: int) -> None:
+        """Lowers the frame size limit to what the gate receives (its ``Registered`` says)."""
+        if max_message_bytes < self._max_message_bytes:
+            self._max_message_bytes = max_message_bytes
+            self._max_bytes = _calls_bytes(max_message_bytes)
+
+    def __len__(self) -> int:
+        """Calls waiting for their reply."""
+        return len(self._pending)
+
+    async def call(
+        self, op: str, message: Any, timeout: float, trace_carrier: Callable[[], dict[str, str]]
+    ) -> Any:
+        """Sends `message` as the `op` (``call``, ``create``, ``delete``) of a SessionCall and
+        returns the reply's result, within `timeout` seconds.
+
+        Raises :class:`CallError` with the status the gate answered, DEADLINE_EXCEEDED when
+        `timeout` passes first, UNAVAILABLE when the stream breaks after the call was written,
+        and :class:`NotSent` when it breaks before.
+        """
+        if self._failed is not None:
+            raise NotSent() from self._failed
+        call_id = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[gate_pb2.CallReply] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        session_call = gate_pb2.SessionCall(
+            id=call_id,
+            timeout_ms=min(max(int(timeout * 1000), 1), MAX_TIMEOUT_MS),
+            trace_context=trace_carrier(),
+            **{op: message},
+        )
+        size = session_call.ByteSize()
+        size += 1 + (size.bit_length() + 6) // 7  # its tag and length varint in the frame
+        if size > self._max_bytes:
+            del self._pending[call_id]
+            # Worded as gRPC words the unary call's refusal.
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CLIENT: Sent message larger than max ({size} vs. {self._max_bytes}): the "
+                f"gate receives messages of at most {self._max_message_bytes} bytes",
+            )
+        self._outbox[call_id] = (session_call, size)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            self._give_up(call_id)
+            raise CallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {timeout:.3g}s"
+            ) from None
+        except asyncio.CancelledError:
+            self._give_up(call_id)
+            raise
+        finally:
+            del self._pending[call_id]
+        result = reply.WhichOneof("result")
+        if result == "error":
+            if reply.not_forwarded:  # the gate drains: the next registration may take it
+                raise NotSent(reply.error.message)
+            raise status_error(reply.error)
+        if result != op:
+            raise CallError(grpc.StatusCode.INTERNAL, f"the gate answered a {op} with {result}")
+        return getattr(reply, op)
+
+    def _give_up(self, call_id: int) -> None:
+        if self._outbox.pop(call_id, None) is None and self._failed is None:
+            self._cancelled.append(call_id)
+            self._wake.set()
+
+    def resolve(self, replies: gate_pb2.CallReplies) -> None:
+        """Completes the calls these replies answer (a reply for a call given up is dropped)."""
+        pending = self._pending
+        for reply in replies.replies:
+            future = pending.get(reply.id)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    def fail(self, error: CallError, *, none_started: bool = False) -> None:
+        """Fails every call waiting: unwritten ones with :class:`NotSent`, written ones with
+        `error`, or also with :class:`NotSent` when `none_started` (the gate said it started
+        none of them). Later calls fail with :class:`NotSent`. Idempotent."""
+        if self._failed is not None:
+            return
+        self._failed = error
+        self._wake.set()
+        for call_id, future in self._pending.items():
+            if not future.done():
+                unsent = none_started or call_id in self._outbox
+                future.set_exception(NotSent() if unsent else error)
+        self._outbox.clear()
+        self._cancelled.clear()
+
+    async def run_writer(self) -> None:
+        """Writes the outbox and the cancellations, as one SessionRequest per wake-up, until
+        :meth:`fail` (or cancellation). A write that fails fails the stream's calls."""
+        while self._failed is None:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._failed is None and (self._outbox or self._cancelled):
+                request = self._next_frame()
+                try:
+                    await self._call.write(request)
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                    log.debug("writing to the session stream failed", exc_info=True)
+                    self.fail(CallError(grpc.StatusCode.UNAVAILABLE, "the session stream broke"))
+
+    def _next_frame(self) -> gate_pb2.SessionRequest:
+        """The cancellations and the oldest calls that fit one frame, taken from the outbox:
+        from here on these calls count as written (the gate may read them)."""
+        if not self._outbox or sum(size for _, size in self._outbox.values()) <= self._max_bytes:
+            calls = [call for call, _ in self._outbox.values()]
+            self._outbox = {}
+        else:
+            calls = []
+            taken = 0
+            for call_id, (call, size) in list(self._outbox.items()):
+                if calls and taken + size > self._max_bytes:
+                    break
+                del self._outbox[call_id]
+                calls.append(call)
+                taken += size
+        cancelled = self._cancelled[:MAX_CANCELS]
+        del self._cancelled[:MAX_CANCELS]
+        return gate_pb2.SessionRequest(calls=calls, cancelled=cancelled)
+
+
+def _calls_bytes(max_message_bytes: int) -> int:
+    return max(max_message_bytes - FRAME_RESERVE, max_message_bytes // 2)
+
+
+def call_carrier(op: str) -> tuple[OnceSpan, Callable[[], dict[str, str]]]:
+    """A CLIENT span for one call on a session (named as the unary RPC would be), and a
+    function giving its W3C context for the call's ``trace_context`` (empty while no
+    OpenTelemetry SDK is installed)."""
+    method = _METHODS[op]
+    span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
+
+    def carrier() -> dict[str, str]:
+        context: dict[str, str] = {}
+        if span.get_span_context().is_valid:
+            propagate.inject(context, context=trace.set_span_in_context(span))
+        return context
+
+    return OnceSpan(span), carrier
+
+
+__all__ = ["OPS", "CallStream", "NotSent", "call_carrier"]

@@ -1,0 +1,336 @@
+"""ClientSession: calls on a client's Session stream, started, bounded, cancelled and drained."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+import grpc
+import pytest
+from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+from goverse import wire
+from goverse.errors import NotFound
+from goverse.gate._client_proxy import ClientProxy
+from goverse.gate._router import Router
+from goverse.gate._session import ClientSession
+from goverse.server import CallMetricsInterceptor, call_duration_histogram
+from goverse.v1 import gate_pb2
+from tests.helpers.fake_node import text
+from tests.helpers.waiting import eventually
+
+WAIT = 5.0
+
+
+class FakeRouter:
+    """Answers each CallObject by its method: ``echo`` at once, ``hold`` when released,
+    ``missing`` with NOT_FOUND. Records what started and what was cancelled."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.release = asyncio.Event()
+        self.time_remaining: list[float | None] = []
+
+    async def call_object(
+        self, client_id: str, request: gate_pb2.CallObjectRequest, time_remaining: float | None
+    ) -> gate_pb2.CallObjectResponse:
+        self.started.append(request.object_id)
+        self.time_remaining.append(time_remaining)
+        if request.method == "missing":
+            raise NotFound("no such object")
+        if request.method == "hold":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(request.object_id)
+                raise
+        return gate_pb2.CallObjectResponse(response=wire.pack(StringValue(value=client_id)))
+
+    async def create_object(
+        self, client_id: str, request: gate_pb2.CreateObjectRequest, time_remaining: float | None
+    ) -> gate_pb2.CreateObjectResponse:
+        return gate_pb2.CreateObjectResponse(created=True)
+
+    async def delete_object(
+        self, client_id: str, request: gate_pb2.DeleteObjectRequest, time_remaining: float | None
+    ) -> gate_pb2.DeleteObjectResponse:
+        return gate_pb2.DeleteObjectResponse(deleted=False)
+
+
+class Frames:
+    """The client's side of the request stream: frames the test sends, and its end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[gate_pb2.SessionRequest | None] = asyncio.Queue()
+
+    def send(self, *calls: gate_pb2.SessionCall, cancelled: tuple[int, ...] = ()) -> None:
+        self.queue.put_nowait(gate_pb2.SessionRequest(calls=calls, cancelled=cancelled))
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[gate_pb2.SessionRequest]:
+        while (frame := await self.queue.get()) is not None:
+            yield frame
+
+
+def call(call_id: int, object_id: str, method: str = "echo", timeout_ms: int = 0) -> Any:
+    return gate_pb2.SessionCall(
+        id=call_id,
+        timeout_ms=timeout_ms,
+        call=gate_pb2.CallObjectRequest(object_type="T", object_id=object_id, method=method),
+    )
+
+
+class Harness:
+    def __init__(
+        self,
+        max_calls: int = 100,
+        clock: Any = None,
+        metrics: CallMetricsInterceptor | None = None,
+    ) -> None:
+        self.proxy = ClientProxy(
+            "g1/abc", "secret", max_messages=100, max_bytes=1 << 20, max_batch_bytes=1 << 20
+        )
+        self.router = FakeRouter()
+        self.frames = Frames()
+        self.session = ClientSession(
+            self.proxy,
+            cast(Router, self.router),
+            max_calls=max_calls,
+            max_message_bytes=1 << 20,
+            clock=clock,
+            metrics=metrics,
+        )
+        self.stream: AsyncGenerator[gate_pb2.SessionResponse, None] = self.session.stream(
+            "g1", self.frames.__aiter__()
+        )
+
+    async def next(self) -> gate_pb2.SessionResponse | None:
+        async with asyncio.timeout(WAIT):
+            return await anext(self.stream, None)
+
+    async def replies(self, count: int) -> dict[int, gate_pb2.CallReply]:
+        """Reads events until `count` replies arrived; returns them by id."""
+        got: dict[int, gate_pb2.CallReply] = {}
+        while len(got) < count:
+            event = await self.next()
+            assert event is not None, "the stream ended"
+            if event.WhichOneof("event") == "replies":
+                got.update((reply.id, reply) for reply in event.replies.replies)
+        return got
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    made = Harness()
+    first = await made.next()
+    assert first is not None
+    assert first.WhichOneof("event") == "registered"
+    try:
+        yield made
+    finally:
+        made.router.release.set()
+        await made.stream.aclose()
+
+
+def code_of(reply: gate_pb2.CallReply) -> grpc.StatusCode:
+    if reply.WhichOneof("result") != "error":
+        return grpc.StatusCode.OK
+    return next(code for code in grpc.StatusCode if code.value[0] == reply.error.code)
+
+
+async def test_many_calls_in_one_frame_are_answered_by_id_as_the_session_client(
+    harness: Harness,
+) -> None:
+    """Ten calls in one frame: ten replies, each with its id, made as the session's client."""
+    harness.frames.send(*(call(index, f"o{index}") for index in range(1, 11)))
+    replies = await harness.replies(10)
+    assert sorted(replies) == list(range(1, 11))
+    for reply in replies.values():
+        assert wire.unpack(reply.call.response, StringValue).value == "g1/abc"
+
+
+async def test_a_held_call_does_not_delay_the_replies_of_other_calls(harness: Harness) -> None:
+    """A call that does not end yet and two quick ones in one frame: the quick ones answer."""
+    harness.frames.send(call(1, "slow", "hold"), call(2, "a"), call(3, "b"))
+    assert sorted(await harness.replies(2)) == [2, 3]
+    harness.router.release.set()
+    assert list(await harness.replies(1)) == [1]
+
+
+async def test_errors_travel_as_the_unary_status_and_garbage_fails_only_its_call(
+    harness: Harness,
+) -> None:
+    """A routed error keeps its status; a call without an op, and one reusing the id of a call
+    in flight, answer INVALID_ARGUMENT; the other calls of the frame are served."""
+    harness.frames.send(
+        call(1, "x", "missing"),
+        gate_pb2.SessionCall(id=2),
+        call(3, "held", "hold"),
+        call(3, "again"),
+        call(4, "fine"),
+    )
+    replies = await harness.replies(4)
+    assert code_of(replies[1]) == grpc.StatusCode.NOT_FOUND
+    assert replies[1].error.message == "no such object"
+    assert code_of(replies[2]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(replies[3]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(replies[4]) == grpc.StatusCode.OK
+    assert "again" not in harness.router.started
+
+
+async def test_a_call_whose_deadline_passed_before_it_started_is_not_started() -> None:
+    """A clock that moves a second each time it is read: a call of 500 ms is spent before it
+    starts, answers DEADLINE_EXCEEDED and the router never sees it; a call of 10 s is routed
+    with what is left of it."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    made = Harness(clock=clock)
+    try:
+        await made.next()
+        made.frames.send(call(1, "late", timeout_ms=500), call(2, "in-time", timeout_ms=10_000))
+        replies = await made.replies(2)
+        assert code_of(replies[1]) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert code_of(replies[2]) == grpc.StatusCode.OK
+        assert made.router.started == ["in-time"]
+        (remaining,) = made.router.time_remaining
+        assert remaining is not None
+        assert 0 < remaining < 10
+    finally:
+        await made.stream.aclose()
+
+
+async def test_calls_beyond_the_bound_answer_resource_exhausted_at_once() -> None:
+    """With two calls in flight allowed and two held, a third answers RESOURCE_EXHAUSTED at
+    once; once one ends, calls are taken again."""
+    made = Harness(max_calls=2)
+    try:
+        await made.next()
+        made.frames.send(call(1, "h1", "hold"), call(2, "h2", "hold"), call(3, "over"))
+        replies = await made.replies(1)
+        assert code_of(replies[3]) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-session-calls" in replies[3].error.message
+        made.router.release.set()
+        assert sorted(await made.replies(2)) == [1, 2]
+        made.frames.send(call(4, "after"))
+        assert code_of((await made.replies(1))[4]) == grpc.StatusCode.OK
+    finally:
+        made.router.release.set()
+        await made.stream.aclose()
+
+
+async def test_a_cancelled_id_cancels_its_call_which_gets_no_reply(harness: Harness) -> None:
+    """A cancellation frame cancels the call's task (the router sees the cancellation, which
+    is what frees the node's part), no reply comes for it, and the session serves on."""
+    harness.frames.send(call(1, "held", "hold"))
+    await _eventually(lambda: harness.router.started == ["held"])
+    harness.frames.send(cancelled=(1,))
+    await _eventually(lambda: harness.router.cancelled == ["held"])
+    harness.frames.send(call(2, "next"))
+    assert list(await harness.replies(1)) == [2]
+    await _eventually(lambda: harness.session.in_flight == 0)
+
+
+async def test_the_end_of_the_request_stream_cancels_the_calls_and_ends_the_stream(
+    harness: Harness,
+) -> None:
+    """The client ends its request stream with a call in flight: the call is cancelled and
+    the response stream ends."""
+    harness.frames.send(call(1, "held", "hold"))
+    await _eventually(lambda: harness.router.started == ["held"])
+    harness.frames.end()
+    assert await harness.next() is None
+    assert harness.router.cancelled == ["held"]
+
+
+async def test_a_drain_lets_calls_in_flight_answer_then_sends_draining(harness: Harness) -> None:
+    """The gate drains with a call in flight: a new call answers UNAVAILABLE at once, marked
+    not forwarded (the client sends it to its next gate), the queued push is flushed, the held
+    call's reply comes once it ends, then Draining."""
+    harness.frames.send(call(1, "held", "hold"))
+    await _eventually(lambda: harness.router.started == ["held"])
+    harness.proxy.push(text("last push"))
+    harness.proxy.close("the gate is shutting down", drain=True)
+    harness.frames.send(call(2, "late"))
+    kinds: list[str] = []
+    replies: dict[int, gate_pb2.CallReply] = {}
+    while (event := await harness.next()) is not None:
+        kind = event.WhichOneof("event")
+        kinds.append(kind or "")
+        if kind == "replies":
+            replies.update((reply.id, reply) for reply in event.replies.replies)
+            if 2 in replies and 1 not in replies:
+                harness.router.release.set()
+    assert code_of(replies[2]) == grpc.StatusCode.UNAVAILABLE
+    assert replies[2].not_forwarded
+    assert not replies[1].not_forwarded
+    assert code_of(replies[1]) == grpc.StatusCode.OK
+    assert kinds[-1] == "draining"
+    assert "messages" in kinds
+
+
+async def test_a_client_that_stops_reading_holds_back_its_frames() -> None:
+    """Nobody reads the responses: once `max_calls` replies wait to be sent, the reader stops
+    taking frames, so what the gate holds for the client stays bounded."""
+    made = Harness(max_calls=3)
+    try:
+        await made.next()  # registered
+        # One read starts the reader; after it, nothing is read.
+        first = asyncio.get_running_loop().create_task(made.next())
+        for index in range(30):
+            made.frames.send(call(index + 1, f"o{index}"))
+        await _eventually(lambda: len(made.session._replies) >= 3)
+        await asyncio.sleep(0.05)  # the reader would take more frames now if it could
+        assert len(made.session._replies) <= 3
+        assert made.frames.queue.qsize() >= 20
+        await first
+    finally:
+        await made.stream.aclose()
+
+
+async def _eventually(predicate: Any) -> None:
+    await eventually(predicate, WAIT)
+
+
+async def test_session_calls_are_recorded_as_the_unary_calls_of_their_rpc() -> None:
+    """Each call is recorded in the call histogram with the labels of the unary RPC it stands
+    for: rpc CallObject, its object type and method, its status code."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    metrics = CallMetricsInterceptor(call_duration_histogram(meter, "t.d", "t"), [])
+    made = Harness(metrics=metrics)
+    try:
+        await made.next()
+        made.frames.send(call(1, "a"), call(2, "b", "missing"))
+        await made.replies(2)
+        await _eventually(lambda: made.session.in_flight == 0)
+    finally:
+        await made.stream.aclose()
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts = {
+        (
+            p.attributes["rpc"],
+            p.attributes["object_type"],
+            p.attributes["method"],
+            p.attributes["code"],
+        ): p.count
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for p in metric.data.data_points
+        if isinstance(p, HistogramDataPoint) and p.attributes
+    }
+    assert counts == {
+        ("CallObject", "T", "echo", "OK"): 1,
+        ("CallObject", "T", "missing", "NOT_FOUND"): 1,
+    }
