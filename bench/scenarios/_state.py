@@ -273,7 +273,10 @@ async def _rss_of(
         active = (await node_status(system.node_address)).active_objects
         filled = system.node.rss_kib()
         waited = await _wait_active(system, 0, timeout=idle * 1.2 + fill_s + 60)
-        await asyncio.sleep(s.settle)
+        # The node hands memory back in the look that retires the last objects; two looks
+        # (--save-interval 5s or a tenth of the idle timeout, whichever is shorter) and a
+        # settle are more than enough for it to be done.
+        await asyncio.sleep(max(s.settle, 2 * min(5.0, idle / 10)))
         after = system.node.rss_kib()
     return {
         "fill_s": fill_s,
