@@ -82,11 +82,16 @@ def _launch(variant: Variant, service: str, flags: Sequence[str]) -> list[str]:
     return [PYTHON, "-m", "bench.launch", "--loop", variant.loop, service, *flags]
 
 
+STATUS_TIMEOUT = 30.0
+"""How long the harness waits for a node's Status: a node under a benchmark's load on a busy
+2-core machine (a wave of idle deactivations, say) may take seconds to answer."""
+
+
 async def node_status(address: str) -> node_pb2.StatusResponse:
     """The node's own ``Status`` (gate streams, active objects, drops, store)."""
     async with grpc.aio.insecure_channel(address) as channel:
         reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
-            node_pb2.StatusRequest(), timeout=5
+            node_pb2.StatusRequest(), timeout=STATUS_TIMEOUT
         )
     return reply
 
