@@ -108,6 +108,28 @@ async def test_writes_on_a_lease_that_is_gone_raise_lease_not_found(client: Etcd
         await client.create("/t/b", b"1", lease)
 
 
+async def test_replace_if_replaces_only_a_key_that_holds_the_expected_value(
+    client: EtcdClient,
+) -> None:
+    """replace_if sets the key (on the lease given) when it holds the expected value; it
+    returns False and changes nothing when the key holds another value, and never creates a
+    key that is absent. A lease that is gone raises EtcdLeaseNotFound."""
+    lease = await client.grant(30)
+    await client.put("/t/a", b"plain", lease)
+    assert await client.replace_if("/t/a", b"other", b"marked", lease) is False
+    assert await client.replace_if("/t/a", b"plain", b"marked", lease) is True
+    kv = await client.get("/t/a")
+    assert kv is not None
+    assert (kv.value, kv.lease) == (b"marked", lease)
+    await client.delete("/t/a")
+    assert await client.replace_if("/t/a", b"marked", b"again", lease) is False
+    assert await client.get("/t/a") is None
+    await client.put("/t/b", b"plain")
+    await client.revoke(lease)
+    with pytest.raises(EtcdLeaseNotFound):
+        await client.replace_if("/t/b", b"plain", b"marked", lease)
+
+
 async def test_delete_if_deletes_only_a_key_that_holds_the_value(client: EtcdClient) -> None:
     """delete_if deletes the key when it holds the value; it returns False and changes
     nothing when the key holds another value or does not exist."""
@@ -256,10 +278,14 @@ async def test_requests_to_a_killed_etcd_raise_unavailable_within_the_timeout(
 async def test_a_restarted_etcd_is_used_again_without_a_new_client(
     client: EtcdClient, etcd: EtcdServer
 ) -> None:
-    """After etcd was killed and started again on its port, the same client reads what was
-    written before and writes again: its channel reconnects within the request's timeout."""
+    """After etcd was stopped and started again on its port, the same client reads what was
+    written before and writes again: its channel reconnects within the request's timeout.
+
+    Stopped with SIGTERM, not killed: the etcd 3.5.1 of the tests can lose a write it had
+    acknowledged when SIGKILL lands within its backend's commit interval (etcd-io/etcd#13766,
+    fixed in 3.5.3), which made this test fail now and then for a reason that is not ours."""
     await client.put("/t/a", b"1")
-    etcd.kill()
+    await etcd.stop()
     with pytest.raises(EtcdUnavailable):
         await client.get("/t/a")
     await etcd.start()

@@ -54,6 +54,11 @@ class Node:
         )
         return node
 
+    async def start_leaving(self) -> None:
+        """Puts its node key again, on its lease, marked leaving (what a stopping node does)."""
+        value = encode_node(f"addr-of-{self.node_id}", self.incarnation, leaving=True)
+        await self.client.put(KEYS.node(self.node_id), value, self.lease)
+
     async def claim(self, shards: range | list[int]) -> dict[str, KeyValue]:
         value = encode_shard(self.node_id, self.incarnation)
         return await self.client.create_many(
@@ -207,6 +212,39 @@ async def test_targets_are_rendezvous_over_the_live_node_ids(
     await until(view, lambda: len(view.nodes()) == 2)
     placement = Placement(["n1:7001", "n3:7001"])
     assert all(view.target(s) == placement.node_for_shard(s) for s in range(0, 8192, 97))
+
+
+async def test_a_leaving_node_is_no_target_but_still_owns_what_it_holds(
+    view: EtcdView, client: EtcdClient
+) -> None:
+    """A node whose key is marked leaving drops out of the targets at once (rendezvous over
+    the nodes that stay: its shards go where they go when it has left), while it stays a
+    live node and the owner of the shards it still holds, so routing keeps sending their
+    calls to it. Only when its key is deleted is it gone, and its shards with it."""
+    nodes = ["n1:7001", "n2:7001", "n3:7001"]
+    joined = [await Node.join(client, node_id) for node_id in nodes]
+    leaver = joined[1]
+    held = [s for s in range(0, 8192, 97) if Placement(nodes).node_for_shard(s) == "n2:7001"]
+    await leaver.claim(held)
+    await until(view, lambda: len(view.nodes()) == 3 and view.owner(held[-1]) is not None)
+    assert any(view.target(s) == "n2:7001" for s in held)
+
+    with structlog.testing.capture_logs() as logs:
+        await leaver.start_leaving()
+        await until(view, lambda: view.nodes()["n2:7001"].leaving)
+    staying = Placement(["n1:7001", "n3:7001"])
+    assert all(view.target(s) == staying.node_for_shard(s) for s in range(8192))
+    assert all(view.owner_address(s) == "addr-of-n2:7001" for s in held)
+    assert sorted(view.nodes()) == nodes
+    changes = [line for line in logs if line["event"] == "cluster membership changed"]
+    assert [(line["leaving"], line["left"], line["nodes"]) for line in changes] == [
+        (["n2:7001"], [], 3)
+    ]
+
+    await client.delete(KEYS.node("n2:7001"))
+    await until(view, lambda: "n2:7001" not in view.nodes())
+    assert all(view.owner(s) is None for s in held)
+    assert all(view.target(s) == staying.node_for_shard(s) for s in range(0, 8192, 7))
 
 
 async def test_a_change_wakes_whoever_waits_for_the_next_version(

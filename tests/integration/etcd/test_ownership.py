@@ -13,16 +13,18 @@ from datetime import timedelta
 import pytest
 import structlog
 
+from goverse.errors import Unavailable
 from goverse.node._config import NodeConfig
 from goverse.node._object_host import ObjectHost
-from goverse.node._ownership import ShardOwnership
+from goverse.node._ownership import DEREGISTER_SHARE, ShardOwnership
 from goverse.node._shards import ShardState, ShardTable
 from goverse.placement import SHARD_COUNT, Placement
+from goverse.server import ShutdownBudget
 from goverse.server._cluster_keys import ClusterKeys, encode_node, encode_shard
 from goverse.server._etcd import EtcdClient, WatchBatch
 from goverse.server._etcd_view import EtcdView
 from tests.helpers.etcd import EtcdServer
-from tests.helpers.tasks import cancel_and_wait
+from tests.helpers.tasks import bounded, cancel_and_wait
 from tests.helpers.waiting import eventually
 
 PREFIX = "/goverse"
@@ -183,6 +185,146 @@ async def test_a_shard_handed_off_is_not_taken_back_from_a_stale_view(client: Et
         # --max-handoffs (256: two transactions of 127 and one of 2), not one per shard.
         chunks = -(-len(theirs) // CONFIG.max_handoffs)
         assert handed_off - before <= 1 + 3 * chunks
+
+
+async def test_a_leaving_node_serves_the_shards_it_has_not_handed_off_yet(
+    client: EtcdClient,
+) -> None:
+    """The node owns every shard and another node is live. The node leaves while a call
+    runs in a shard of its fourth chunk of handoffs (shards are handed off in order,
+    ``--max-handoffs`` at a time). Its node key says leaving at once, so the other node is
+    every shard's target; the three chunks before that call are handed off (their keys
+    deleted) while it runs, and the shards after it stay this node's: routing still sends
+    their calls here and they are admitted. Once the call ends the rest is handed off and
+    the lease revoked: no key of the node is left."""
+    config = dataclasses.replace(
+        CONFIG,
+        rebalance_delay=timedelta(seconds=60),  # the other node takes nothing before the leave
+        handoff_timeout=timedelta(seconds=WAIT),
+    )
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        lease = await client.grant(30)
+        await client.put(KEYS.node(OTHER), encode_node(OTHER, f"{lease:x}"), lease)
+        await eventually(lambda: OTHER in owner.view.nodes(), WAIT, "the other node in the view")
+        busy = 3 * config.max_handoffs
+        admitted, finish = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            with owner.table.admit(busy):
+                admitted.set()
+                await finish.wait()
+
+        calling = asyncio.create_task(call(), name="call")
+        await bounded(admitted.wait(), WAIT)
+        leaving = asyncio.create_task(
+            owner.ownership.leave(ShutdownBudget(timedelta(seconds=2 * WAIT))), name="leave"
+        )
+        try:
+            handed_off = range(busy)
+            await eventually(
+                lambda: all(owner.view.claim(s) is None for s in handed_off),
+                WAIT,
+                "the chunks before the busy shard handed off",
+            )
+            assert owner.view.nodes()[NODE].leaving
+            assert {owner.view.target(s) for s in range(SHARD_COUNT)} == {OTHER}
+            assert not any(owner.table.state(s) is ShardState.OWNED for s in handed_off)
+            assert owner.table.state(busy) is ShardState.DRAINING
+            later = range(busy + config.max_handoffs, SHARD_COUNT)
+            assert owner.owned() == set(later)
+            assert {owner.view.owner_address(s) for s in later} == {NODE}
+            assert owner.ownership.serving()
+            with owner.table.admit(SHARD_COUNT - 1) as epoch:
+                assert epoch > 0
+        finally:
+            finish.set()
+            await bounded(calling, WAIT)
+        assert await bounded(leaving, WAIT)
+    _, kvs = await client.get_prefix(KEYS.root)
+    assert [kv.key for kv in kvs if kv.key.startswith(KEYS.shards)] == []
+    assert KEYS.node(NODE) not in {kv.key for kv in kvs}
+
+
+async def test_a_leave_that_leaves_a_shard_behind_deletes_the_node_key_and_keeps_the_lease(
+    client: EtcdClient,
+) -> None:
+    """A call outlasts the handoff timeout, so the node keeps its shard when it leaves. The
+    others must not claim it before the node has surely stopped, so the lease (and that
+    shard's key) is left to expire; but the node key goes at once, so that routing holds the
+    shard's calls instead of sending them to a node that is stopping. Every other shard is
+    handed off, and the call still running when the node stops serving is stopped and
+    answers UNAVAILABLE, saying the node is leaving."""
+    config = dataclasses.replace(CONFIG, handoff_timeout=timedelta(milliseconds=300))
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        busy = SHARD_COUNT - 1
+        admitted, finish = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            with owner.table.admit(busy):
+                admitted.set()
+                await finish.wait()
+
+        calling = asyncio.create_task(call(), name="call")
+        try:
+            await bounded(admitted.wait(), WAIT)
+            with structlog.testing.capture_logs() as logs:
+                gone = await bounded(
+                    owner.ownership.leave(ShutdownBudget(timedelta(seconds=WAIT))), 2 * WAIT
+                )
+        finally:
+            finish.set()
+            await asyncio.wait({calling}, timeout=WAIT)
+        with pytest.raises(Unavailable, match="is leaving the cluster"):
+            calling.result()
+        assert gone
+        _, kvs = await client.get_prefix(KEYS.root)
+        assert [kv.key for kv in kvs if kv.key.startswith(KEYS.shards)] == [KEYS.shard(busy)]
+        assert KEYS.node(NODE) not in {kv.key for kv in kvs}
+        assert not owner.table.shards(ShardState.OWNED)
+    [kept] = [line for line in logs if line["event"].startswith("leaving with shards")]
+    assert kept["shards"] == 1
+
+
+async def test_a_leave_still_handing_off_halfway_through_its_budget_deletes_the_node_key(
+    client: EtcdClient,
+) -> None:
+    """A call keeps the fourth chunk of a leave draining past half the leave's budget. The
+    node key goes then, while the node still holds the shards of the chunks after it (routing
+    holds their calls rather than send them to a node about to stop); the handoffs go on
+    until the budget runs out, and the shards left stay on the lease, left to expire."""
+    config = dataclasses.replace(CONFIG, handoff_timeout=timedelta(seconds=WAIT))
+    async with running_owner(client, config) as owner:
+        await until(lambda: len(owner.owned()) == SHARD_COUNT, owner.view, "every shard owned")
+        busy = 3 * config.max_handoffs
+        admitted, finish = asyncio.Event(), asyncio.Event()
+
+        async def call() -> None:
+            with owner.table.admit(busy):
+                admitted.set()
+                await finish.wait()
+
+        calling = asyncio.create_task(call(), name="call")
+        await bounded(admitted.wait(), WAIT)
+        budget = ShutdownBudget(timedelta(seconds=4))
+        leaving = asyncio.create_task(owner.ownership.leave(budget), name="leave")
+        try:
+
+            async def node_key_gone() -> bool:
+                return await client.get(KEYS.node(NODE)) is None
+
+            await eventually(node_key_gone, WAIT, "the node key to go")
+            assert not leaving.done()
+            assert budget.elapsed() >= 4 * DEREGISTER_SHARE
+            assert owner.owned() == set(range(busy + config.max_handoffs, SHARD_COUNT))
+            assert await bounded(leaving, WAIT)
+        finally:
+            finish.set()
+            await asyncio.wait({calling, leaving}, timeout=WAIT)
+        _, kvs = await client.get_prefix(KEYS.root)
+        shard_keys = {kv.key for kv in kvs if kv.key.startswith(KEYS.shards)}
+        assert shard_keys == {KEYS.shard(s) for s in range(busy, SHARD_COUNT)}
 
 
 async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(

@@ -116,6 +116,7 @@ async def test_a_lone_node_owns_every_shard_and_says_so_in_status(
     assert reply.incarnation
     assert 0 < reply.lease_valid_ms <= 3000
     assert not reply.fenced
+    assert not reply.leaving
     assert list(reply.nodes) == [reply.node]
 
 

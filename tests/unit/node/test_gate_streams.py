@@ -243,6 +243,24 @@ async def test_close_all_flushes_then_ends_the_stream_with_close_reason_shutdown
     assert (ended["reason"], ended["cancelled"]) == ("shutdown", False)
 
 
+async def test_refuse_new_keeps_the_open_streams_until_their_gates_end_them(node: Node) -> None:
+    """What a node that has left its etcd cluster does on its stop: no new registration is
+    taken, and the open streams go on carrying pushes until their gates end them."""
+    call = await register(node, "g1")
+    assert node.app.gates.refuse_new() == 1
+    refused = node.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id="g2"), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await refused.read()
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert node.app.runtime.push(["g1/a"], StringValue(value="still")) == 1
+    message = await read(call)
+    while message.WhichOneof("event") != "envelopes":
+        message = await read(call)
+    assert [texts(e) for e in message.envelopes.envelopes] == ["still"]
+    call.cancel()
+    await eventually(lambda: node.app.gates.gate_ids() == [])
+
+
 async def test_a_gate_that_goes_away_is_logged_as_peer_gone(node: Node) -> None:
     call = await register(node, "g1")
     with structlog.testing.capture_logs() as logs:

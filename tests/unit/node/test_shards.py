@@ -123,6 +123,22 @@ async def test_fencing_disowns_everything_and_ends_the_calls_in_flight_with_unav
     assert [table.in_flight(shard) for shard in (1, 2)] == [0, 0]
 
 
+async def test_a_call_stopped_by_a_leaving_node_says_so() -> None:
+    table = ShardTable("n1")
+    table.own(3)
+
+    async def call() -> None:
+        with table.admit(3, "Counter/c3"):
+            await asyncio.Event().wait()
+
+    running = asyncio.create_task(call())
+    await asyncio.sleep(0)
+    assert table.fence("is leaving the cluster") == 1
+    await asyncio.wait([running], timeout=WAIT)
+    with pytest.raises(Unavailable, match="node n1 is leaving the cluster while Counter/c3 ran"):
+        running.result()
+
+
 async def test_a_call_cancelled_by_anything_but_the_fence_stays_cancelled() -> None:
     """A caller that went away, or a server stopping, cancels the handler: not the table's
     cancellation to end. Nor is a second one that arrives with the fence's."""

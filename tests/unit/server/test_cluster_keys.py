@@ -60,6 +60,20 @@ def test_values_decode_to_what_was_encoded() -> None:
     assert KEYS.decode(kv(KEYS.schema, SCHEMA)).kind is KeyKind.SCHEMA
 
 
+def test_a_leaving_node_says_so_and_a_node_that_is_not_writes_what_older_versions_wrote() -> None:
+    """The leaving flag is written only while a node leaves, so every other node key holds
+    the bytes older versions wrote and read; a key without it reads as not leaving."""
+    assert encode_node("a:1", "7e57") == b'{"address":"a:1","incarnation":"7e57"}'
+    leaving = encode_node("a:1", "7e57", leaving=True)
+    assert leaving == b'{"address":"a:1","incarnation":"7e57","leaving":true}'
+    assert KEYS.decode(kv(KEYS.node("a:1"), leaving)).node == NodeInfo(
+        "a:1", "a:1", "7e57", leaving=True
+    )
+    node = KEYS.decode(kv(KEYS.node("a:1"), encode_node("a:1", "7e57"))).node
+    assert node is not None
+    assert not node.leaving
+
+
 def test_an_owner_always_encodes_to_the_same_bytes() -> None:
     """A release deletes a shard key only if it holds exactly the owner's bytes: the
     encoding is canonical (sorted keys, no spaces)."""
@@ -105,6 +119,7 @@ def test_keys_goverse_does_not_write_are_foreign(key: str) -> None:
         (KEYS.node("a:1"), b"10.0.0.1:7001"),
         (KEYS.node("a:1"), b'{"address":"a:1"}'),
         (KEYS.node("a:1"), b'["a:1","1"]'),
+        (KEYS.node("a:1"), b'{"address":"a:1","incarnation":"1","leaving":"yes"}'),
         (KEYS.shard(1), b"a:1,a:1"),
         (KEYS.shard(1), b'{"node":"","incarnation":"1"}'),
         (KEYS.gate("g"), b"\xff"),

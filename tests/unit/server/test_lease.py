@@ -207,11 +207,12 @@ async def test_a_process_paused_past_its_validity_loses_the_lease_without_a_keep
 
 async def test_revoke_ends_the_lease_without_calling_on_lost(harness: Harness) -> None:
     """revoke asks etcd once, makes the lease invalid at once, and the loop returns at its
-    next step without a keep-alive and without on_lost; a second revoke does nothing."""
+    next step without a keep-alive and without on_lost; a second revoke does nothing. It
+    says whether etcd revoked it (a caller knows whether the keys on it are gone)."""
     await harness.start()
     await harness.clock.sleeping(until=START + 3)
-    await harness.lease.revoke()
-    await harness.lease.revoke()
+    assert await harness.lease.revoke()
+    assert not await harness.lease.revoke()
     assert harness.rpc.revoked == [LEASE_ID]
     assert not harness.lease.valid()
     harness.clock.advance_to(START + 3)
@@ -223,10 +224,10 @@ async def test_revoke_ends_the_lease_without_calling_on_lost(harness: Harness) -
 
 async def test_a_failed_revoke_is_logged_not_raised(harness: Harness) -> None:
     """revoke is best effort: when etcd cannot be reached it returns (the lease expires by
-    itself) and the lease is invalid here all the same."""
+    itself), saying it did not revoke it, and the lease is invalid here all the same."""
     await harness.lease.grant()
     harness.rpc.revoke_error = EtcdUnavailable("etcd is down")
-    await harness.lease.revoke()
+    assert not await harness.lease.revoke()
     assert not harness.lease.valid()
 
 

@@ -27,6 +27,7 @@ from typing import ClassVar, Concatenate, ParamSpec, TypeVar, cast
 import grpc
 
 from goverse import wire
+from goverse.v1.calls_pb2 import CallStatus
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -113,15 +114,29 @@ class DataLoss(GoverseError):
 
 
 class CallError(GoverseError):
-    """A call to another object failed with `status_code`; raised to object code."""
+    """A call to another object failed with `status_code`; raised to object code.
 
-    def __init__(self, status_code: grpc.StatusCode, message: str) -> None:
+    `refusal` is set when a node refused the call for its shard without running it (what the
+    ``goverse-shard`` trailing metadata says of a unary call): routing may send it again.
+    """
+
+    def __init__(
+        self,
+        status_code: grpc.StatusCode,
+        message: str,
+        refusal: wire.ShardRefusal | None = None,
+    ) -> None:
         super().__init__(message)
         self._status_code = status_code
+        self.refusal = refusal
 
     @property
     def status_code(self) -> grpc.StatusCode:
         return self._status_code
+
+    @property
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.refusal is None else wire.shard_metadata(self.refusal)
 
     @classmethod
     def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> CallError:
@@ -149,6 +164,37 @@ def translate_errors(
     return cast(Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]], wrapper)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def call_status(error: GoverseError) -> CallStatus:
+    """How `error` travels on a call stream: the status a unary call would have ended with."""
+    refusal = error_refusal(error)
+    return CallStatus(
+        code=error.status_code.value[0], message=error.message, shard_refusal=refusal or ""
+    )
+
+
+def error_refusal(error: GoverseError) -> wire.ShardRefusal | None:
+    """The shard refusal `error` carries, if any."""
+    if isinstance(error, ShardNotServed):
+        return error.reason
+    return error.refusal if isinstance(error, CallError) else None
+
+
+def status_error(status: CallStatus) -> CallError:
+    """The error a call stream's `status` stands for (UNKNOWN for a code gRPC does not know;
+    an unknown refusal is kept as a plain status, never retried)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN
+    try:
+        refusal = wire.ShardRefusal(status.shard_refusal) if status.shard_refusal else None
+    except ValueError:
+        refusal = None
+    return CallError(code, status.message or code.name, refusal)
+
+
 def status_of(error: BaseException) -> grpc.StatusCode:
     """The status code an exception answers with; INTERNAL for anything unexpected."""
     if isinstance(error, GoverseError):
@@ -168,6 +214,9 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "call_status",
+    "error_refusal",
+    "status_error",
     "status_of",
     "translate_errors",
 ]

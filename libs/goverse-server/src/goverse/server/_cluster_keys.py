@@ -2,16 +2,20 @@
 
 Under the prefix (``--etcd-prefix``, default ``/goverse``; docs/membership.md)::
 
-    <prefix>/schema              goverse/1                           no lease
+    <prefix>/schema              goverse/1                             no lease
     <prefix>/nodes/<node-id>     {"address": ..., "incarnation": ...}  the node's lease
+                                 (+ "leaving": true while it leaves)
     <prefix>/gates/<gate-id>     {"address": ...}                      the gate's lease
     <prefix>/shards/<n>          {"incarnation": ..., "node": ...}     the owner's lease
 
 Ids are percent-encoded in keys (``:`` is left as it is, ``/`` and ``%`` are not); a shard is
 its decimal number, 0 to 8191. Values are JSON objects written with sorted keys and no spaces,
 so the same owner always encodes to the same bytes (a release deletes the shard key only if
-it still holds exactly those). Readers ignore fields they do not know. A shard key's create
-revision is its ownership epoch.
+it still holds exactly those). Readers ignore fields they do not know: a node key's
+``leaving`` flag, written only while the node leaves, reads as a plain live node to a version
+that predates it (that version's nodes then wait for the key to go before claiming the
+leaving node's shards, as they always did). A shard key's create revision is its ownership
+epoch.
 
 Everything that reads or writes these keys — the view, the node's registration and its shard
 ownership — builds and parses them here.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -73,13 +78,18 @@ class Entry:
     """The shard's owner, its epoch being the key's create revision."""
 
 
-def _encode(fields: dict[str, str]) -> bytes:
+def _encode(fields: Mapping[str, str | bool]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def encode_node(address: str, incarnation: str) -> bytes:
-    """The value of a node key."""
-    return _encode({"address": address, "incarnation": incarnation})
+def encode_node(address: str, incarnation: str, *, leaving: bool = False) -> bytes:
+    """The value of a node key; `leaving` marks a node that is handing its shards off before
+    it stops (absent otherwise, so a node that is not leaving writes what older versions
+    wrote)."""
+    fields: dict[str, str | bool] = {"address": address, "incarnation": incarnation}
+    if leaving:
+        fields["leaving"] = True
+    return _encode(fields)
 
 
 def encode_gate(address: str) -> bytes:
@@ -92,14 +102,19 @@ def encode_shard(node_id: str, incarnation: str) -> bytes:
     return _encode({"incarnation": incarnation, "node": node_id})
 
 
-def _fields(key: str, value: bytes, names: tuple[str, ...]) -> list[str]:
-    """The string fields `names` of a JSON object value, or ForeignData."""
+def _object(key: str, value: bytes) -> dict[str, Any]:
+    """The JSON object a value holds, or ForeignData."""
     try:
         decoded: Any = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ForeignData(key, "the value is not JSON") from None
     if not isinstance(decoded, dict):
         raise ForeignData(key, "the value is not a JSON object")
+    return decoded
+
+
+def _fields(key: str, decoded: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The string fields `names` of a decoded value, or ForeignData."""
     fields = []
     for name in names:
         field = decoded.get(name)
@@ -107,6 +122,14 @@ def _fields(key: str, value: bytes, names: tuple[str, ...]) -> list[str]:
             raise ForeignData(key, f"the value has no {name!r} string")
         fields.append(field)
     return fields
+
+
+def _flag(key: str, decoded: dict[str, Any], name: str) -> bool:
+    """The optional boolean field `name` of a decoded value (absent: False), or ForeignData."""
+    field = decoded.get(name, False)
+    if not isinstance(field, bool):
+        raise ForeignData(key, f"the value's {name!r} is not a boolean")
+    return field
 
 
 class ClusterKeys:
@@ -165,15 +188,17 @@ class ClusterKeys:
                     )
                 return entry
             case KeyKind.NODE:
-                address, incarnation = _fields(kv.key, kv.value, ("address", "incarnation"))
-                return Entry(
-                    KeyKind.NODE, name=entry.name, node=NodeInfo(entry.name, address, incarnation)
-                )
+                decoded = _object(kv.key, kv.value)
+                address, incarnation = _fields(kv.key, decoded, ("address", "incarnation"))
+                leaving = _flag(kv.key, decoded, "leaving")
+                node = NodeInfo(entry.name, address, incarnation, leaving)
+                return Entry(KeyKind.NODE, name=entry.name, node=node)
             case KeyKind.GATE:
-                [address] = _fields(kv.key, kv.value, ("address",))
+                [address] = _fields(kv.key, _object(kv.key, kv.value), ("address",))
                 return Entry(KeyKind.GATE, name=entry.name, gate=GateInfo(entry.name, address))
             case KeyKind.SHARD:
-                node_id, incarnation = _fields(kv.key, kv.value, ("node", "incarnation"))
+                decoded = _object(kv.key, kv.value)
+                node_id, incarnation = _fields(kv.key, decoded, ("node", "incarnation"))
                 owner = ShardOwner(node_id, incarnation, kv.create_revision)
                 return Entry(KeyKind.SHARD, shard=entry.shard, owner=owner)
 

@@ -381,6 +381,25 @@ class EtcdClient:
         )
         return int(reply.deleted) > 0
 
+    async def replace_if(self, key: str, expected: bytes, value: bytes, lease: int = 0) -> bool:
+        """Sets the key to `value` (on `lease`) only if it holds `expected` (a transaction);
+        returns whether it did. Unlike :meth:`put` it never creates the key: one applied late,
+        after the key was deleted, finds nothing to replace. Raises
+        :class:`EtcdLeaseNotFound` when the lease is gone."""
+        encoded = key.encode()
+        txn = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    key=encoded, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=expected
+                )
+            ],
+            success=[
+                rpc.RequestOp(request_put=rpc.PutRequest(key=encoded, value=value, lease=lease))
+            ],
+        )
+        reply = await self._call("replace_if", lambda s, t: s.kv.Txn(txn, timeout=t, **_READY))
+        return bool(reply.succeeded)
+
     async def delete_if(self, key: str, value: bytes) -> bool:
         """Deletes the key only if it holds `value` (a transaction); returns whether it did.
 

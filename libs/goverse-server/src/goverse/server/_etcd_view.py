@@ -109,17 +109,20 @@ class EtcdView(Versioned):
     jittered backoff) and watches from there; it never returns and ends only when cancelled
     (or with :class:`~goverse.server._etcd.EtcdClosed` when the client is closed under it).
 
-    Routing reads: :meth:`nodes` (live node keys), :meth:`owner` (the shard key's owner when
-    that node's key is live with the same incarnation — a shard key whose owner is gone, or
-    is an older run of a node that restarted, is no owner), :meth:`owner_address` and
-    :meth:`target` (rendezvous over the live node ids with :class:`~goverse.placement.Placement`,
-    recomputed only when the set of node ids changes). :attr:`ready` is false until loaded
+    Routing reads: :meth:`nodes` (live node keys, leaving ones included), :meth:`owner` (the
+    shard key's owner when that node's key is live with the same incarnation — a shard key
+    whose owner is gone, or is an older run of a node that restarted, is no owner; a leaving
+    node still owns what it holds), :meth:`owner_address` and :meth:`target` (rendezvous over
+    the ids of the live nodes that are not leaving, with
+    :class:`~goverse.placement.Placement`, recomputed only when that set changes: a node
+    that starts leaving is nobody's target from then on, so the others claim each of its
+    shards as soon as it lets go of it). :attr:`ready` is false until loaded
     and once the watch has been down for longer than the lease TTL, counted from the last
     word etcd sent on it; the version is bumped when readiness changes too, so a waiter on
     :meth:`changed` sees it.
 
-    It logs one INFO line per change of the node set (joined, left, rejoined, count) and
-    nothing per shard; :attr:`stats` counts reconnects, reloads and events for metrics.
+    It logs one INFO line per change of the node set (joined, left, rejoined, leaving, count)
+    and nothing per shard; :attr:`stats` counts reconnects, reloads and events for metrics.
     """
 
     def __init__(
@@ -178,9 +181,9 @@ class EtcdView(Versioned):
         return claim
 
     def claim(self, shard: int) -> ShardOwner | None:
-        """Who holds the shard's key, live or not (for the node's ownership code: a stopping
-        node deletes its node key first and still has to release what it holds). Routing
-        uses :meth:`owner`."""
+        """Who holds the shard's key, live or not (for the node's ownership code, which
+        believes its own writes only once the view has seen them). Routing uses
+        :meth:`owner`."""
         return self._state.claims[shard]
 
     def owner_address(self, shard: int) -> str | None:
@@ -322,8 +325,8 @@ class EtcdView(Versioned):
             self.bump()
 
     def _nodes_changed(self, before: Mapping[str, NodeInfo], announce_all: bool = False) -> None:
-        """Logs one line when the node set changed, and recomputes placement when the ids
-        did."""
+        """Logs one line when the node set changed (a node joined, left, rejoined, or started
+        leaving), and recomputes placement when the ids of the nodes that stay did."""
         after = self._state.nodes
         joined = sorted(after.keys() - before.keys())
         left = sorted(before.keys() - after.keys())
@@ -332,14 +335,22 @@ class EtcdView(Versioned):
             for node in after.keys() & before.keys()
             if after[node].incarnation != before[node].incarnation
         )
-        if joined or left or announce_all:
-            self._placement = Placement(list(after)) if after else None
-        if joined or left or rejoined or announce_all:
+        leaving = sorted(
+            node
+            for node, info in after.items()
+            if info.leaving and (node not in before or not before[node].leaving)
+        )
+        staying = sorted(node for node, info in after.items() if not info.leaving)
+        placed = () if self._placement is None else self._placement.nodes
+        if tuple(staying) != placed:  # Placement sorts its nodes too
+            self._placement = Placement(staying) if staying else None
+        if joined or left or leaving or rejoined or announce_all:
             log.info(
                 "cluster membership changed" if not announce_all else "cluster membership read",
                 joined=joined,
                 left=left,
                 rejoined=rejoined,
+                leaving=leaving,
                 nodes=len(after),
                 revision=self._revision,
             )

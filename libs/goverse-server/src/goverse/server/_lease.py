@@ -222,14 +222,15 @@ class Lease:
         log.error("etcd lease lost", lease=self.incarnation, reason=reason)
         self._on_lost()
 
-    async def revoke(self) -> None:
+    async def revoke(self) -> bool:
         """Ends the lease now: it is no longer valid here, :meth:`run` returns at its next
         step without calling `on_lost` (cancel it first to stop it at once), and etcd is asked
         to revoke it, deleting every key on it. Best effort and bounded by the client's
         timeout: when etcd cannot be reached, the lease expires by itself within its TTL.
-        Never raises an etcd error; idempotent; does nothing before :meth:`grant`."""
+        Returns whether etcd revoked it (False too before :meth:`grant` and on a second
+        call). Never raises an etcd error; idempotent."""
         if self._id is None or self._revoked:
-            return
+            return False
         self._revoked = True
         try:
             await self._client.revoke(self._id)
@@ -239,5 +240,6 @@ class Lease:
                 lease=self.incarnation,
                 error=str(error),
             )
-            return
+            return False
         log.info("etcd lease revoked", lease=self.incarnation)
+        return True

@@ -18,12 +18,15 @@ from goverse.placement import SHARD_COUNT, Placement
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A live node: its id (its ``--advertise`` address), where to dial it, and which run of
-    it this is (a restart, or a rejoin after fencing, has a new incarnation)."""
+    """A live node: its id (its ``--advertise`` address), where to dial it, which run of it
+    this is (a restart, or a rejoin after fencing, has a new incarnation), and whether it is
+    leaving (stopping: it still serves the shards it holds, hands each off, and is the target
+    of none)."""
 
     node_id: str
     address: str
     incarnation: str
+    leaving: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class ClusterView(Protocol):
         ...
 
     def nodes(self) -> Mapping[str, NodeInfo]:
-        """The live nodes, by node id."""
+        """The live nodes, by node id, leaving ones included (they serve what they still
+        own)."""
         ...
 
     def owner(self, shard: int) -> ShardOwner | None:
@@ -68,8 +72,8 @@ class ClusterView(Protocol):
         ...
 
     def target(self, shard: int) -> str | None:
-        """The node id that should own the shard (rendezvous over the live nodes), or None
-        when no node is live."""
+        """The node id that should own the shard (rendezvous over the live nodes that are not
+        leaving), or None when there is none."""
         ...
 
 

@@ -12,12 +12,16 @@ from goverse.server._membership import ClusterView
 
 
 def membership_metrics(meter: metrics.Meter, service: str, view: ClusterView) -> None:
-    """``goverse.<service>.membership.nodes`` (live nodes in the view), ``….ready`` (1 while
-    the view can route) and, with etcd, ``….watch_reconnects`` (times the etcd watch broke
-    and the view read etcd again)."""
+    """``goverse.<service>.membership.nodes`` (live nodes in the view, leaving ones
+    included), ``….leaving_nodes`` (of those, the ones handing their shards off before they
+    stop), ``….ready`` (1 while the view can route) and, with etcd, ``….watch_reconnects``
+    (times the etcd watch broke and the view read etcd again)."""
 
     def nodes(_: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(view.nodes()))
+
+    def leaving(_: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(sum(node.leaving for node in view.nodes().values()))
 
     def ready(_: CallbackOptions) -> Iterable[Observation]:
         yield Observation(int(view.ready))
@@ -25,6 +29,12 @@ def membership_metrics(meter: metrics.Meter, service: str, view: ClusterView) ->
     prefix = f"goverse.{service}.membership"
     meter.create_observable_gauge(
         f"{prefix}.nodes", callbacks=[nodes], unit="{node}", description="Live nodes seen"
+    )
+    meter.create_observable_gauge(
+        f"{prefix}.leaving_nodes",
+        callbacks=[leaving],
+        unit="{node}",
+        description="Live nodes seen that are leaving (handing their shards off)",
     )
     meter.create_observable_gauge(
         f"{prefix}.ready",

@@ -47,5 +47,5 @@ class ChatRoom(Stateful[ChatRoomState]):
         state.recent.append(message)
         if len(state.recent) > RECENT_MESSAGES:
             del state.recent[: len(state.recent) - RECENT_MESSAGES]
-        self.push(list(state.members), message)
+        self.push(sorted(state.members), message)  # a protobuf map has no order of its own
         return SendResponse(seq=state.seq)

@@ -463,6 +463,7 @@ class StatusResponse(_message.Message):
     FENCED_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     STORE_AVAILABLE_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     active_objects: _builtins.int
     membership: _builtins.str
@@ -482,6 +483,10 @@ class StatusResponse(_message.Message):
     store_available: _builtins.bool
     """The store is open and its last transaction succeeded (true without a store). While it
     is false, calls that must load or save state answer UNAVAILABLE; others are served.
+    """
+    leaving: _builtins.bool
+    """etcd: the node is leaving the cluster (it is stopping): no shard targets it any more, it
+    serves the shards it still owns and hands each off, then deletes its registration.
     """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -521,10 +526,11 @@ class StatusResponse(_message.Message):
         fenced: _builtins.bool = ...,
         store: _builtins.str = ...,
         store_available: _builtins.bool = ...,
+        leaving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "draining_shards", b"draining_shards", "dropped_pushes", b"dropped_pushes", "fenced", b"fenced", "gates", b"gates", "incarnation", b"incarnation", "lease_valid_ms", b"lease_valid_ms", "membership", b"membership", "node", b"node", "nodes", b"nodes", "object_types", b"object_types", "owned_shards", b"owned_shards", "store", b"store", "store_available", b"store_available"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_objects", b"active_objects", "draining_shards", b"draining_shards", "dropped_pushes", b"dropped_pushes", "fenced", b"fenced", "gates", b"gates", "incarnation", b"incarnation", "lease_valid_ms", b"lease_valid_ms", "leaving", b"leaving", "membership", b"membership", "node", b"node", "nodes", b"nodes", "object_types", b"object_types", "owned_shards", b"owned_shards", "store", b"store", "store_available", b"store_available"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,8 +50,9 @@ class NodeApp(ServiceApp[NodeConfig]):
     view of the cluster, placement, gate streams, object host and object runtime
     (:attr:`view`, :attr:`placement`, :attr:`gates`, :attr:`host`, :attr:`runtime` exist from
     then on). Its long-lived streams are the gates' RegisterGate streams, which a stop closes
-    (each sends what is queued and ends with OK); once its tasks are gone, every object is
-    deactivated in its turn.
+    (each sends what is queued and ends with OK) — or, once the node has left its etcd
+    cluster, leaves to the gates to end as they see it go; once its tasks are gone, every
+    object is deactivated in its turn.
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -83,6 +84,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.etcd: EtcdMembership | None = None
         self.ownership: ShardOwnership | None = None
         """The node's claims and handoffs, with etcd membership (None: static)."""
+        self._deregistered = False
+        """Whether the node key is gone (etcd: the node left the cluster)."""
 
     def live_tasks(self) -> list[str]:
         """Names of the gate stream tasks the node's supervisor holds now."""
@@ -160,7 +163,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         )
 
     def membership_status(self) -> node_pb2.StatusResponse:
-        """The membership part of Status: mode, shards owned and draining, lease, fence."""
+        """The membership part of Status: mode, shards owned and draining, lease, fence,
+        leaving."""
         status = node_pb2.StatusResponse(
             membership=self.config.membership,
             owned_shards=self.shards.shards(ShardState.OWNED),
@@ -172,6 +176,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             status.incarnation = self.ownership.incarnation
             status.lease_valid_ms = int(self.ownership.lease_valid_for() * 1000)
             status.fenced = self.ownership.fenced
+            status.leaving = self.ownership.leaving
         return status
 
     def _report_ready_soon(self, ready: bool) -> None:
@@ -191,10 +196,19 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.supervisor.spawn("shard-ownership", self.ownership.run())
 
     async def leave(self, budget: ShutdownBudget) -> None:
+        """Hands the shards off (:meth:`ShardOwnership.leave`) and notes whether the node
+        key is gone."""
         if self.ownership is not None:
-            await self.ownership.leave(budget)
+            self._deregistered = await self.ownership.leave(budget)
 
     def close_streams(self) -> int:
+        if self._deregistered:
+            # The gates end their streams once their views have lost this node's key, and
+            # they route by those same views: waiting for that (the stop's wait for streams)
+            # keeps the server up until no gate sends it anything more. Ending the streams
+            # here instead let the server stop while a gate whose view lagged (by a second
+            # and more at a load average of 14) still sent it calls, which failed.
+            return self.gates.refuse_new()
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)
 
     async def release(self, budget: ShutdownBudget) -> None:

@@ -282,6 +282,13 @@ class GateStreams:
             count += mailbox.close(closed_by)
         return count
 
+    def refuse_new(self) -> int:
+        """Takes no new registrations and leaves the open streams to their gates: each ends
+        when its gate ends it (a gate does once its view has lost this node). Returns how
+        many streams are open."""
+        self._closed = True
+        return len(self.gate_ids())
+
     def clear(self) -> None:
         """Forgets every mailbox (after the stream tasks ended or were cancelled)."""
         for mailbox in self._mailboxes.values():

@@ -4,7 +4,9 @@ The rules are those of ``docs/membership.md``: a node registers on its lease, cl
 the unowned shards whose target it is, releases a shard to its new target only once the node
 set has been stable for ``--rebalance-delay`` (draining its calls, deactivating its objects,
 then deleting the key if it still holds this node's value), and fences itself when its lease
-can no longer be trusted — then rejoins as a new incarnation that owns nothing.
+can no longer be trusted — then rejoins as a new incarnation that owns nothing. A node that
+stops marks its node key *leaving* (no shard targets it from then on) and hands off every
+shard it holds, serving each until its turn comes.
 """
 
 from __future__ import annotations
@@ -33,9 +35,21 @@ log = structlog.get_logger(__name__)
 
 RECONCILE_INTERVAL = 1.0
 """Seconds between two reconciliations when the view does not change."""
+LEAVING = "is leaving the cluster"
+"""Why the calls still running when a leaving node stops serving are stopped (what their
+callers are told)."""
 DELETES_IN_FLIGHT = 4
 """Chunks of a handoff whose keys are being deleted while the next chunk drains: a chunk's
 shards refuse calls from their drain to their delete, so the pipeline is short."""
+LEAVE_RESERVE = 0.5
+LEAVE_RESERVE_SHARE = 0.2
+"""What a leave keeps of its budget after the handoffs (half a second, at most a fifth): to
+revoke the lease, or delete the node key."""
+DEREGISTER_SHARE = 0.5
+"""Share of its budget after which a leave still handing off deletes the node key (and goes
+on handing off). A leave that ran out of budget with the node key still there (twice, at a
+load average of 6-17) left the gates too little time to see the key go before the node
+stopped: a call sent to it then failed with CANCELLED."""
 RECONCILE_SPACING = 0.1
 """Seconds at least between the starts of two reconciliations. Each one scans the 8192 shards
 (tens of milliseconds of CPU on a loaded machine); while other nodes hand shards off, the view
@@ -64,8 +78,10 @@ class ShardOwnership:
 
     :meth:`run` (owned by the node's supervisor) joins, reconciles on every change of the view
     and every second, and after a fence rejoins, until cancelled; etcd being unreachable only
-    delays it. :meth:`leave` is the graceful stop: it deletes the node key, hands off every
-    shard within the budget, and revokes the lease when nothing was left behind.
+    delays it. :meth:`leave` is the graceful stop: it marks the node key leaving, hands off
+    every shard within the budget while serving those not handed off yet, and revokes the
+    lease (deleting the node key) when nothing was left behind; otherwise it deletes the node
+    key and lets the lease expire.
     `on_ready(bool)` is told whenever the node starts or stops being able to serve.
     """
 
@@ -95,7 +111,7 @@ class ShardOwnership:
         self._max_handoffs = config.max_handoffs
         self._on_ready = on_ready
         self._lease: Lease | None = None
-        self._nodes_signature: frozenset[tuple[str, str]] = frozenset()
+        self._nodes_signature: frozenset[tuple[str, str, bool]] = frozenset()
         self._stable_since = time.monotonic()
         self._releasing: set[int] = set()
         self._undeleted: set[int] = set()
@@ -114,9 +130,16 @@ class ShardOwnership:
     # -- what others read ---------------------------------------------------------------------
 
     def serving(self) -> bool:
-        """Whether this node may serve now: registered on a lease valid beyond the margin."""
+        """Whether this node may serve now: registered on a lease valid beyond the margin.
+        Leaving does not change it: the shards not handed off yet are served until theirs
+        drain (:meth:`leave` makes every shard unowned at its end)."""
         lease = self._lease
-        return lease is not None and not self._leaving and lease.valid(self._margin)
+        return lease is not None and lease.valid(self._margin)
+
+    @property
+    def leaving(self) -> bool:
+        """Whether :meth:`leave` has begun (the node is stopping)."""
+        return self._leaving
 
     @property
     def incarnation(self) -> str:
@@ -243,7 +266,9 @@ class ShardOwnership:
         me = nodes.get(self._node)
         if me is None or me.incarnation != lease.incarnation:
             return  # our registration is not in the view yet
-        signature = frozenset((node.node_id, node.incarnation) for node in nodes.values())
+        signature = frozenset(
+            (node.node_id, node.incarnation, node.leaving) for node in nodes.values()
+        )
         if signature != self._nodes_signature:
             self._nodes_signature = signature
             self._stable_since = time.monotonic()
@@ -338,6 +363,8 @@ class ShardOwnership:
         deletes: set[asyncio.Task[None]] = set()
         try:
             for start in range(0, len(shards), self._max_handoffs):
+                if not lease.valid(self._margin):
+                    break  # another node may claim them any moment: the fence takes them
                 ready = await self._drain_chunk(shards[start : start + self._max_handoffs], timeout)
                 handed += len(ready)
                 deletes.add(asyncio.create_task(self._delete_released(ready, lease)))
@@ -446,11 +473,32 @@ class ShardOwnership:
 
     # -- leaving ------------------------------------------------------------------------------
 
-    async def leave(self, budget: ShutdownBudget) -> None:
-        """The graceful stop: stop claiming, delete the node key (peers recompute targets at
-        once), hand off every owned shard within `budget`, stop serving, and revoke the lease
-        when nothing was left behind (otherwise let it expire: whatever this node still holds
-        is then surely gone before another node can claim it)."""
+    async def leave(self, budget: ShutdownBudget) -> bool:
+        """The graceful stop, within `budget`; returns whether the node key is gone.
+
+        1. Stops claiming and releasing on its own (the reconciler ends).
+        2. Marks the node key *leaving* (same lease): every process's view takes this node
+           out of the targets at once, while routing still sends each shard this node holds
+           here.
+        3. Hands off every shard it holds, ``--max-handoffs`` at a time (drain, deactivate,
+           delete the keys: :meth:`_hand_off_all`), within the budget but a reserve
+           (:data:`LEAVE_RESERVE`). A shard is served until its own chunk drains, and its
+           new owner claims it as soon as its key is deleted: a call waits for one chunk's
+           handoff, not for the whole leave.
+        4. Stops serving (every shard unowned) and revokes the lease, which deletes the node
+           key: the gates close their streams to this node once they see that.
+
+        A leave still handing off after half its budget (:data:`DEREGISTER_SHARE`) deletes
+        the node key then, and goes on: routing holds the calls of the shards left until
+        their new owners claim them, as it would for a node that left at once, rather than
+        sending them to a node that is about to stop (where they would fail, or wait for a
+        connection until their deadline) when the gates see the key go too late. When shards
+        were left behind (their handoff timed out, a delete failed, the budget ran out) the
+        lease is not revoked but left to expire: whatever this node still holds is then
+        surely gone before another node can claim it. When the lease could no longer be
+        trusted, the objects left are dropped without running their code (another node may
+        own them already), as a fence does.
+        """
         self._leaving = True
         reconciler = self._reconciler
         if reconciler is not None:
@@ -459,27 +507,102 @@ class ShardOwnership:
         lease = self._lease
         if lease is None or not lease.valid(self._margin):
             self._on_ready(False)
-            self._table.fence()
-            return
-        with contextlib.suppress(EtcdError):
-            await self._client.delete(self._keys.node(self._node))
+            self._table.fence(LEAVING)
+            return False
         owned = self._table.shards(ShardState.OWNED) + self._table.shards(ShardState.DRAINING)
-        handed = 0
-        if owned:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(budget.remaining()):
-                    handed = await self._hand_off_all(
-                        owned, lease, min(self._handoff_timeout, budget.remaining())
-                    )
-        self._on_ready(False)
-        self._table.fence()
-        if handed == len(owned) and not self._undeleted:
-            await lease.revoke()
-        else:
+        log.info("leaving the cluster", shards=len(owned), budget_s=round(budget.remaining(), 3))
+        handoffs = budget.remaining() - min(LEAVE_RESERVE, budget.remaining() * LEAVE_RESERVE_SHARE)
+        # The first chunk drains while etcd takes the mark: waiting for the mark first cost a
+        # whole etcd round trip (300 ms on a loaded machine) before any shard moved. The order
+        # does not matter: a shard released before the others see the mark waits for it.
+        marking = asyncio.create_task(self._mark_leaving(lease), name="mark-leaving")
+        deregister_now = asyncio.Event()
+        deregistering = asyncio.create_task(
+            self._deregister(deregister_now, budget.remaining() * DEREGISTER_SHARE, budget),
+            name="deregister",
+        )
+        try:
+            try:
+                if owned:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(handoffs):
+                            await self._hand_off_all(
+                                owned, lease, min(self._handoff_timeout, handoffs)
+                            )
+            finally:
+                # A mark still on its way is not waited for (on a machine so loaded that
+                # etcd answered in seconds, that took the whole reserve): it only replaces
+                # the node key's plain value, so, applied after the key went, it does nothing.
+                marking.cancel()
+                await asyncio.wait({marking})
+            # Counted before the fence forgets them: kept, interrupted, or not deleted yet.
+            left = self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING)
+            self._on_ready(False)
+            self._table.fence(LEAVING)
+            if not left and lease.valid(self._margin):
+                # The revoke deletes the node key with the rest, if it is still there.
+                deleted = deregistering.done() and deregistering.result()
+                deregistering.cancel()
+                await asyncio.wait({deregistering})
+                return await lease.revoke() or deleted
+            if lease.valid(self._margin):
+                log.warning(
+                    "leaving with shards not handed off: the lease is left to expire",
+                    shards=left,
+                    expires_in_s=round(max(lease.remaining(), 0.0), 3),
+                )
+            else:
+                log.error(
+                    "the lease could not be trusted any more while leaving: objects dropped",
+                    shards=left,
+                    objects_dropped=self._host.drop_all(),
+                )
+            deregister_now.set()
+            return await deregistering
+        finally:
+            if not deregistering.done():
+                deregistering.cancel()
+                await asyncio.wait({deregistering})
+
+    async def _deregister(self, now: asyncio.Event, after: float, budget: ShutdownBudget) -> bool:
+        """Deletes the node key once `now` is set or `after` seconds have passed, whichever
+        comes first; returns whether it is gone."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(after):
+                await now.wait()
+        if not now.is_set():
+            log.info(
+                "leave still handing off: the node key is deleted, routing holds the calls "
+                "of the shards left until they have a new owner",
+                shards=self._table.count(ShardState.OWNED) + self._table.count(ShardState.DRAINING),
+            )
+        return await self._delete_node_key(budget)
+
+    async def _delete_node_key(self, budget: ShutdownBudget) -> bool:
+        """Deletes this node's key (not its lease) within what is left of `budget`; returns
+        whether it is gone."""
+        try:
+            async with asyncio.timeout(budget.remaining()):
+                await self._client.delete(self._keys.node(self._node))
+        except (EtcdError, TimeoutError) as error:  # EtcdClosed too: a stop goes on
+            log.warning("the node key could not be deleted", error=str(error) or "timed out")
+            return False
+        return True
+
+    async def _mark_leaving(self, lease: Lease) -> None:
+        """Replaces the node key's value with the same one marked leaving, on `lease`; never
+        creates the key (:meth:`EtcdClient.replace_if`). When etcd does not take it, the
+        others go on counting this node as a target: they claim its shards only once its key
+        is gone (the revoke or the delete at the end, or the lease's expiry), which is
+        slower, not unsafe."""
+        plain = encode_node(self._address, lease.incarnation)
+        value = encode_node(self._address, lease.incarnation, leaving=True)
+        try:
+            await self._client.replace_if(self._keys.node(self._node), plain, value, lease.id)
+        except EtcdError as error:  # EtcdClosed too: a stop goes on whatever etcd says
             log.warning(
-                "leaving with shards not handed off: the lease is left to expire",
-                shards=len(owned) - handed + len(self._undeleted),
-                expires_in_s=round(max(lease.remaining(), 0.0), 3),
+                "the node key could not be marked leaving: its shards wait for its lease",
+                error=str(error),
             )
 
 

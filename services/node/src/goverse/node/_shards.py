@@ -53,8 +53,8 @@ class ShardTable:
         self._epoch = [0] * SHARD_COUNT
         self._calls: list[set[asyncio.Task[Any]]] = [set() for _ in range(SHARD_COUNT)]
         self._idle: dict[int, asyncio.Event] = {}
-        self._fenced: set[asyncio.Task[Any]] = set()
-        """The calls :meth:`fence` cancelled, until they end."""
+        self._fenced: dict[asyncio.Task[Any], str] = {}
+        """The calls :meth:`fence` cancelled, until they end, with why."""
 
     # -- reading --------------------------------------------------------------------------
 
@@ -105,14 +105,15 @@ class ShardTable:
         except asyncio.CancelledError:
             # The fence's cancellation is ours to end; any other (the caller gone, the
             # server stopping) goes on.
-            if task in self._fenced and task.uncancel() == 0:
+            why = self._fenced.get(task)
+            if why is not None and task.uncancel() == 0:
                 raise Unavailable(
-                    f"node {self._node} fenced itself while {what} ran the call: it was "
-                    "stopped, and may have run in part"
+                    f"node {self._node} {why} while {what} ran the call: it was stopped, and "
+                    "may have run in part"
                 ) from None
             raise
         finally:
-            self._fenced.discard(task)
+            self._fenced.pop(task, None)
             calls.discard(task)
             if not calls and shard in self._idle:
                 self._idle.pop(shard).set()
@@ -166,17 +167,17 @@ class ShardTable:
         self._state[shard] = ShardState.UNOWNED
         self._epoch[shard] = 0
 
-    def fence(self) -> int:
-        """Makes every shard unowned at once and cancels every call in flight (each then
-        answers UNAVAILABLE: see :meth:`admit`); returns how many calls were cancelled. Safe
-        to call again."""
+    def fence(self, why: str = "fenced itself") -> int:
+        """Makes every shard unowned at once and cancels every call in flight, each of which
+        then answers UNAVAILABLE saying `why` the node stopped it (see :meth:`admit`); returns
+        how many calls were cancelled. Safe to call again."""
         self._state = [ShardState.UNOWNED] * SHARD_COUNT
         self._epoch = [0] * SHARD_COUNT
         cancelled = 0
         for calls in self._calls:
             for task in calls:
                 if task not in self._fenced and task.cancel():
-                    self._fenced.add(task)
+                    self._fenced[task] = why
                     cancelled += 1
         return cancelled
 

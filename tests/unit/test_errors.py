@@ -1,0 +1,53 @@
+"""How an error travels on a call stream: CallStatus and back, as a unary call's status would."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from goverse import errors, wire
+from goverse.v1.calls_pb2 import CallStatus
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.InvalidArgument("bad id"),
+        errors.NotFound("no type"),
+        errors.Unavailable("node n is unavailable"),
+        errors.DataLoss("state of Counter/c does not parse"),
+        errors.CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "late"),
+    ],
+)
+def test_a_status_carries_the_code_and_message(error: errors.GoverseError) -> None:
+    back = errors.status_error(errors.call_status(error))
+    assert (back.status_code, back.message, back.refusal) == (
+        error.status_code,
+        error.message,
+        None,
+    )
+    assert back.trailing_metadata == ()
+
+
+def test_a_shard_refusal_survives_the_round_trip() -> None:
+    refused = errors.ShardNotServed(7, wire.ShardRefusal.MOVING, "shard 7 is moving")
+    status = errors.call_status(refused)
+    assert status.shard_refusal == "moving"
+    back = errors.status_error(status)
+    assert back.status_code is grpc.StatusCode.FAILED_PRECONDITION
+    assert back.refusal is wire.ShardRefusal.MOVING
+    assert errors.error_refusal(back) is wire.ShardRefusal.MOVING
+    assert wire.shard_refusal_of(back.trailing_metadata) is wire.ShardRefusal.MOVING
+
+
+@pytest.mark.parametrize("code", [0, 17, 9999])
+def test_a_code_grpc_does_not_know_or_ok_reads_as_unknown(code: int) -> None:
+    back = errors.status_error(CallStatus(code=code, message=""))
+    assert back.status_code is grpc.StatusCode.UNKNOWN
+    assert back.message == "UNKNOWN"
+
+
+def test_an_unknown_refusal_is_not_retryable() -> None:
+    back = errors.status_error(CallStatus(code=9, message="m", shard_refusal="elsewhere"))
+    assert back.refusal is None
+    assert back.status_code is grpc.StatusCode.FAILED_PRECONDITION
