@@ -26,7 +26,17 @@ from bench.cluster import Variant
 from bench.procs import ROOT, Procs, uvloop_available
 from bench.profiling import py_spy
 from bench.results_model import ScenarioResult
-from bench.scenarios import CODE_SCENARIOS, LOOP_SCENARIOS, SCENARIOS, Ctx, Settings, run_scenario
+from bench.scenarios import (
+    CODE_SCENARIOS,
+    LOOP_SCENARIOS,
+    NAMES,
+    SCENARIOS,
+    STATE_PARTS,
+    STATE_STORES,
+    Ctx,
+    Settings,
+    run_scenario,
+)
 
 DEFAULT_OUT = ROOT / "bench" / "results"
 
@@ -43,7 +53,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs to validate the harness")
     parser.add_argument(
-        "--scenarios", type=_words, default=tuple(SCENARIOS), help="e.g. 1,2 (default: all)"
+        "--scenarios",
+        type=_words,
+        default=tuple(SCENARIOS),
+        help="numbers or names, e.g. 1,2 or state "
+        f"({', '.join(f'{n} {k}' for k, n in NAMES.items())}; default: all)",
     )
     parser.add_argument(
         "--loops",
@@ -68,6 +82,31 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="raw streams multiplexed on one TCP connection in scenarios 3-5 (default 1)",
     )
     parser.add_argument(
+        "--state-stores", type=_words, default=None, help="scenario 7: sqlite and/or postgresql"
+    )
+    parser.add_argument(
+        "--state-concurrency", type=_ints, default=None, help="scenario 7, e.g. 1,64"
+    )
+    parser.add_argument(
+        "--state-ids", type=int, default=None, help="scenario 7: objects called round-robin"
+    )
+    parser.add_argument(
+        "--state-parts",
+        type=_words,
+        default=None,
+        help=f"scenario 7: some of {','.join(STATE_PARTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--state-rss-ids", type=int, default=None, help="scenario 7: ids called once (RSS)"
+    )
+    parser.add_argument(
+        "--state-rss-idle",
+        type=float,
+        default=None,
+        help="scenario 7: --idle-timeout of the RSS node, seconds (default: 1.25x the fill "
+        "time expected from the calls part; needed without it)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="record the processes with py-spy during scenarios 1 and 2 (numbers perturbed)",
@@ -81,9 +120,21 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    args.scenarios = tuple(NAMES.get(s, s) for s in args.scenarios)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)} or {list(NAMES)}")
+    if args.state_stores is not None and not set(args.state_stores) <= set(STATE_STORES):
+        parser.error(f"--state-stores: choose from {list(STATE_STORES)}")
+    if args.state_parts is not None:
+        if not set(args.state_parts) <= set(STATE_PARTS):
+            parser.error(f"--state-parts: choose from {list(STATE_PARTS)}")
+        if (
+            "rss" in args.state_parts
+            and "calls" not in args.state_parts
+            and not args.state_rss_idle
+        ):
+            parser.error("--state-parts rss without calls needs --state-rss-idle")
     if args.loops is None:
         args.loops = ("asyncio", "uvloop") if uvloop_available() else ("asyncio",)
     if "uvloop" in args.loops and not uvloop_available():
@@ -107,6 +158,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "connections": args.connections,
         "streams_per_channel": args.streams_per_connection,
         "tracing": args.tracing,
+        "state_stores": args.state_stores,
+        "state_concurrency": args.state_concurrency,
+        "state_ids": args.state_ids,
+        "state_parts": args.state_parts,
+        "state_rss_ids": args.state_rss_ids,
+        "state_rss_idle": args.state_rss_idle,
     }
     for key, value in overrides.items():
         if value is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,21 +82,27 @@ def _launch(variant: Variant, service: str, flags: Sequence[str]) -> list[str]:
     return [PYTHON, "-m", "bench.launch", "--loop", variant.loop, service, *flags]
 
 
+STATUS_TIMEOUT = 30.0
+"""How long the harness waits for a node's Status: a node under a benchmark's load on a busy
+2-core machine (a wave of idle deactivations, say) may take seconds to answer."""
+
+
+async def node_status(address: str) -> node_pb2.StatusResponse:
+    """The node's own ``Status`` (gate streams, active objects, drops, store)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
+            node_pb2.StatusRequest(), timeout=STATUS_TIMEOUT
+        )
+    return reply
+
+
 async def node_gates(address: str) -> list[str]:
     """The gate ids with an open RegisterGate stream on the node at `address`."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        reply = await node_pb2_grpc.NodeServiceStub(channel).Status(
-            node_pb2.StatusRequest(), timeout=5
-        )
-    return list(reply.gates)
+    return list((await node_status(address)).gates)
 
 
 async def node_dropped(address: str) -> dict[str, int]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        reply = await node_pb2_grpc.NodeServiceStub(channel).Status(
-            node_pb2.StatusRequest(), timeout=5
-        )
-    return dict(reply.dropped_pushes)
+    return dict((await node_status(address)).dropped_pushes)
 
 
 async def wait_linked(node_address: str, timeout: float = 30.0) -> None:
@@ -114,15 +120,22 @@ async def start_system(
     *,
     gate_flags: Sequence[str] = (),
     node_flags: Sequence[str] = (),
+    node_env: Mapping[str, str] | None = None,
 ) -> System:
-    """Starts a node (hosting ``bench.objects``), then a gate; returns once the gate's link to
-    the node is up. Both bind free ports and report them in their ready files."""
+    """Starts a node (hosting ``bench.objects``; `node_env` added to its environment), then a
+    gate; returns once the gate's link to the node is up. Both bind free ports and report them
+    in their ready files."""
     # Metrics on, as deployed, each on a free port (the defaults would collide with anything
     # else running here). The variable, not the flag: a version without metrics ignores it.
     env = {**variant.process_env(), METRICS_PORT_ENV: "0"}
     # A lone node: unset --advertise and --nodes mean "the address it bound, alone".
     node_args = [f"--objects={OBJECTS}", "--log-format=json", *node_flags]
-    node = procs.spawn("node", _launch(variant, "node", [LISTEN, *node_args]), env, ready=True)
+    node = procs.spawn(
+        "node",
+        _launch(variant, "node", [LISTEN, *node_args]),
+        {**env, **(node_env or {})},
+        ready=True,
+    )
     await node.wait_ready()
     gate_args = [f"--gate-id={GATE_ID}", f"--nodes={node.address}", "--log-format=json"]
     gate = procs.spawn(

@@ -5,6 +5,9 @@
   briefly whenever ``push()`` returns 0 (the node's queue for the gate is full), so nothing is
   dropped on the node; ``Pusher.PushOne`` pushes one.
 * ``Broadcaster.Broadcast`` broadcasts one stamped message to every client of every gate.
+* ``Counter.Increment`` and ``PeriodicCounter.Increment`` add to a stored integer: the
+  stateful objects of the state scenario, saved after every call (each-call durability) or
+  every ``--save-interval``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import time
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from bench import wire
-from goverse.objects import Object
+from goverse.examples.v1.counter_pb2 import CounterState, CounterValue, IncrementRequest
+from goverse.objects import Durability, Object, Stateful
 
 MAX_BURST = 10_000_000
 MAX_BURST_SECONDS = 300.0
@@ -82,3 +86,19 @@ class Broadcaster(Object):
         args = wire.read_params(request)
         message = wire.stamped(int(args.get("seq", 0)), int(args.get("payload", 64)))
         return Int64Value(value=self.broadcast(message))
+
+
+class Counter(Stateful[CounterState]):
+    """An integer saved before every reply (each-call durability), as the demo's Counter."""
+
+    durability = Durability.EACH_CALL
+
+    async def Increment(self, request: IncrementRequest) -> CounterValue:
+        self.state.value += request.by
+        return CounterValue(value=self.state.value)
+
+
+class PeriodicCounter(Counter):
+    """A :class:`Counter` saved every ``--save-interval`` and when it deactivates."""
+
+    durability = Durability.PERIODIC

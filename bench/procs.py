@@ -44,6 +44,22 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time the processes `pids` used so far (those that exist), in seconds,
+    from /proc/<pid>/stat: unlike a rate, CPU per unit of work hardly moves with other load
+    on the machine."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces; utime and stime are fields 14, 15.
+        fields = text.rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Proc:
     """One process of the run, its output captured to a log file.

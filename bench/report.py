@@ -13,6 +13,8 @@ from bench.results_model import Row, ScenarioResult, Target
 CALL_RATIO_TARGET = 0.5
 PUSH_RATIO_TARGET = 1.0
 SIGTERM_TARGET_S = 1.0
+STATE_RATIO_TARGET = 0.5
+RSS_RETURN_TARGET = 1.10
 
 
 def _find(results: Sequence[ScenarioResult], key: str) -> ScenarioResult | None:
@@ -64,6 +66,37 @@ def targets(results: Sequence[ScenarioResult]) -> list[Target]:
                 None if exit_s is None else exit_s <= SIGTERM_TARGET_S,
             )
         )
+    state = _find(results, "state")
+    if state is not None:
+        found += _state_targets(state)
+    return found
+
+
+def _state_targets(state: ScenarioResult) -> list[Target]:
+    found: list[Target] = []
+    level = state.details.get("concurrency_of_target")
+    for store, ratio in state.details.get("each_call_many_ratio", {}).items():
+        found.append(
+            Target(
+                f"each-call calls/s over many objects on {store} vs in memory, concurrency {level}",
+                f">= {STATE_RATIO_TARGET}x",
+                f"{ratio:.2f}x",
+                ratio >= STATE_RATIO_TARGET,
+            )
+        )
+    rss = state.details.get("rss") or {}
+    for allocator, measured in rss.get("allocators", {}).items():
+        ratio = measured["ratio_after_idle"]
+        found.append(
+            Target(
+                f"node RSS ({allocator}) after the idle timeout vs before {rss['ids']:,} ids "
+                "were called once",
+                f"<= {RSS_RETURN_TARGET}x",
+                f"{ratio:.2f}x ({measured['rss_before_mib']:.0f} -> "
+                f"{measured['rss_filled_mib']:.0f} -> {measured['rss_after_idle_mib']:.0f} MiB)",
+                ratio <= RSS_RETURN_TARGET,
+            )
+        )
     return found
 
 
@@ -93,7 +126,8 @@ def variant_comparison(
             found = other.row(row.case, row.metric)
             if found is not None and row.metric in ("calls/s", "messages/s", "deliveries/s"):
                 a, b = (found.a, row.a) if flip else (row.a, found.a)
-                rows.append(Row(f"{name} bare: {row.case}", row.metric, row.unit, a, b))
+                side = f"{name} {plain.a_label}: {row.case}"
+                rows.append(Row(side, row.metric, row.unit, a, b))
     if not rows:
         return None
     return ScenarioResult(
@@ -102,7 +136,10 @@ def variant_comparison(
         a_label=a_label,
         b_label=b_label,
         rows=rows,
-        notes=["Rows 'bare: ...' compare the bare baselines of the two runs (noise check)."],
+        notes=[
+            "Rows '<scenario> bare: ...' compare the bare baselines of the two runs (noise "
+            "check); 'state baseline: ...' the in-memory figures (measured with each code)."
+        ],
     )
 
 
@@ -178,7 +215,7 @@ def render(results: Sequence[ScenarioResult], found: Sequence[Target]) -> str:
         out += table(result)
         out += [f"  note: {note}" for note in result.notes]
     if found:
-        out += ["", "== Targets (ratio = system / bare, same run) =="]
+        out += ["", "== Targets (ratios within this run) =="]
         for target in found:
             verdict = {True: "MET", False: "NOT MET", None: "n/a"}[target.met]
             out.append(

@@ -11,6 +11,10 @@
 5. ``lifecycle`` (``_lifecycle``): SIGTERM-to-exit with many streams; node restart until pushes
    flow again.
 6. ``tracing`` (``_tracing``): scenario 1's system side with tracing off and on.
+7. ``state`` (``_state``): stateful objects on SQLite and PostgreSQL, each durability, vs the
+   same calls in memory; reactivation from the store; node RSS across idle deactivation.
+
+``--scenarios`` takes the numbers or the names.
 
 What they share (settings, the run's context, naming) is in ``_context``.
 """
@@ -29,12 +33,18 @@ from bench.scenarios._context import Ctx, Settings
 from bench.scenarios._fanout import fanout
 from bench.scenarios._lifecycle import lifecycle
 from bench.scenarios._push import push
+from bench.scenarios._state import PARTS as STATE_PARTS
+from bench.scenarios._state import STORES as STATE_STORES
+from bench.scenarios._state import state
 from bench.scenarios._tracing import tracing
 
 __all__ = [
     "CODE_SCENARIOS",
     "LOOP_SCENARIOS",
+    "NAMES",
     "SCENARIOS",
+    "STATE_PARTS",
+    "STATE_STORES",
     "Ctx",
     "Settings",
     "run_scenario",
@@ -47,10 +57,21 @@ SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
     "4": connections,
     "5": lifecycle,
     "6": tracing,
+    "7": state,
 }
+NAMES = {
+    "calls": "1",
+    "push": "2",
+    "fanout": "3",
+    "connections": "4",
+    "lifecycle": "5",
+    "tracing": "6",
+    "state": "7",
+}
+"""Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")
 """The scenarios repeated with the services on uvloop."""
-CODE_SCENARIOS = ("1", "2", "3", "4", "5")
+CODE_SCENARIOS = ("1", "2", "3", "4", "5", "7")
 """The scenarios repeated with the services of another checkout (``--compare-code``)."""
 
 

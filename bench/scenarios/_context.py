@@ -40,6 +40,18 @@ class Settings:
     recovery_interval: float = 0.02
     tracing: tuple[str, ...] = ("otlp",)
     settle: float = 2.0
+    state_parts: tuple[str, ...] = ("calls", "reactivation", "rss")
+    state_stores: tuple[str, ...] = ("sqlite", "postgresql")
+    state_concurrency: tuple[int, ...] = (1, 64)
+    state_ids: int = 10_000
+    state_reactivate_ids: int = 1000
+    state_reactivate_idle: float = 1.0
+    state_rss_ids: int = 100_000
+    state_rss_store: str = "sqlite"
+    state_rss_allocators: tuple[str, ...] = ("pymalloc", "malloc")
+    state_rss_min_idle: float = 10.0
+    state_rss_idle: float = 0.0
+    """--idle-timeout of the RSS node in seconds; 0: from the activation rate measured."""
 
     @classmethod
     def quick_settings(cls) -> Settings:
@@ -52,6 +64,10 @@ class Settings:
             fanout_rounds=3,
             connections=(1000, 2000),
             settle=1.0,
+            state_ids=1000,
+            state_reactivate_ids=200,
+            state_rss_ids=10_000,
+            state_rss_min_idle=5.0,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -104,7 +104,10 @@ class PostgresServer:
     committed survives. :meth:`close` kills it and removes its directory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
+        """Whether commits reach the disk (the benchmarks measure durable commits; the
+        tests only need what was committed to survive a killed server)."""
         self.directory = Path(tempfile.mkdtemp(prefix="gv-pg-", dir="/tmp"))
         self.data_dir = self.directory / "data"
         self.log_path = self.directory / "postgres.log"
@@ -192,7 +195,7 @@ class PostgresServer:
                     # checkpoint after a few dozen test databases took over 10 s on a loaded
                     # machine.
                     "-c",
-                    "fsync=off",
+                    f"fsync={'on' if self.fsync else 'off'}",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

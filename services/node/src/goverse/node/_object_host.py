@@ -40,6 +40,10 @@ from goverse.server import log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
 
+RETIRE_AT_ONCE = 512
+"""Idle objects retired concurrently: enough that their saves fill the store's batches
+(``MAX_BATCH``), few enough that retiring adds little memory of its own."""
+
 
 @dataclass(eq=False)
 class _Activation:
@@ -309,15 +313,35 @@ class ObjectHost:
 
     async def deactivate_idle(self, idle_for: float) -> int:
         """Retires (state saved) every object no call reached for `idle_for` seconds and that
-        is not serving one now; returns how many."""
+        is not serving one now, :data:`RETIRE_AT_ONCE` at a time; returns how many."""
         horizon = time.monotonic() - idle_for
-        idle = [
-            key
-            for key, entry in self._objects.items()
-            if entry.active and entry.used < horizon and not entry.turn.locked()
-        ]
-        results = await asyncio.gather(*(self._retire(key) for key in idle))
-        return sum(results)
+        idle = iter(
+            [
+                key
+                for key, entry in self._objects.items()
+                if entry.active and entry.used < horizon and not entry.turn.locked()
+            ]
+        )
+        retired = 0
+
+        async def retire() -> None:
+            nonlocal retired
+            for key in idle:
+                # Not `retired += await ...`: that reads `retired` before the await.
+                if await self._retire(key):
+                    retired += 1
+
+        # A few workers, not a task per object: 50,000 idle objects retired by 50,000 tasks
+        # at once took 26 MiB more than the objects themselves (measured in process), memory
+        # that the retirement is meant to give back.
+        await asyncio.gather(*(retire() for _ in range(RETIRE_AT_ONCE)))
+        return retired
+
+    def compact(self) -> None:
+        """Gives back the memory of the tables of objects after many were forgotten (a dict
+        never shrinks by deletions: 100,000 entries deleted keep 5 MiB)."""
+        self._objects = dict(self._objects)
+        self._by_shard = dict(self._by_shard)
 
     async def deactivate_all(self, timeout: float) -> builtins.list[str]:
         """Refuses new calls from now on, deactivates every object (each in its turn, all at

@@ -305,9 +305,14 @@ class Store:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue and self._state == "open":
-                batch = self._take()
-                if batch:
-                    await self._commit(batch)
+                await self._commit_next()
+
+    async def _commit_next(self) -> None:
+        # A method of its own so that nothing of the batch stays referenced by the writer
+        # while it sleeps: pieces kept alive from a past burst pin the allocator's memory.
+        batch = self._take()
+        if batch:
+            await self._commit(batch)
 
     def _take(self) -> list[_Pending]:
         """The next batch: queued operations, oldest first, up to the bounds."""
