@@ -30,6 +30,7 @@ def test_only_classes_defined_in_the_module_are_registered() -> None:
     assert sorted(types) == [
         "Failing",
         "Ledger",
+        "Patient",
         "PeriodicLedger",
         "Pusher",
         "Relay",

@@ -149,6 +149,18 @@ class CallStreams:
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 log.warning("call stream failed", gate=gate_id, error=str(reader.exception()))
 
+    def sendable(self, reply: node_pb2.ReplyFrame) -> node_pb2.ReplyFrame:
+        """`reply`, or, when it could not fit a stream message, the RESOURCE_EXHAUSTED a unary
+        call's too large answer gets from gRPC: one oversized answer must not end the stream
+        of every other call."""
+        size = self._batching.size_of(reply)
+        if self._batching.fits(size):
+            return reply
+        message = f"SERVER: Sent message larger than max ({size} vs. {self._batching.max_bytes})"
+        return node_pb2.ReplyFrame(
+            id=reply.id, error=_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        )
+
     # -- one call -------------------------------------------------------------------------
 
     async def run(self, frame: node_pb2.CallFrame, received: float) -> node_pb2.ReplyFrame:
@@ -345,6 +357,8 @@ class _CallStream:
             raise
         finally:
             self._tasks.pop(frame.id, None)
+            if reply is not None:
+                reply = self._owner.sendable(reply)
             # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
             # take it: the slot is free now rather than when the stream takes the reply.
             if reply is None or not self.replies.put(
