@@ -108,6 +108,22 @@ class CallStreams:
         )
         self._numbers = itertools.count(1)
         self._streams: set[_CallStream] = set()
+        self._ended = asyncio.Event()
+
+    async def wait_ended(self, timeout: float) -> int:
+        """Waits up to `timeout` seconds for every stream to have sent its last replies and
+        ended (the server's stop would cut off one still flushing); returns how many are
+        left."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while self._streams and loop.time() < until:
+            self._ended.clear()
+            try:
+                async with asyncio.timeout(until - loop.time()):
+                    await self._ended.wait()
+            except TimeoutError:
+                break
+        return len(self._streams)
 
     @property
     def in_flight(self) -> int:
@@ -142,6 +158,7 @@ class CallStreams:
                 context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
         finally:
             self._streams.discard(stream)
+            self._ended.set()
             stream.abandon(reader)
             # The reader cancels and awaits its calls on the way out; bounded all the same.
             await asyncio.wait([reader], timeout=CANCEL_WAIT * 2)
