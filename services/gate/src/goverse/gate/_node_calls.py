@@ -27,6 +27,8 @@ CANCEL_BYTES = 10
 """Most bytes one cancelled id takes in ``CallFrames.cancelled`` (a packed varint)."""
 FRAMING_BYTES = 16
 """Bytes kept free in a stream message for its fields' tags and lengths."""
+MAX_TIMEOUT_MS = 2**32 - 1
+"""``CallFrame.timeout_ms`` is a uint32 (49 days)."""
 WRITER_WAIT = 1.0
 """How long a stream's task waits for its writer to end once cancelled."""
 
@@ -141,12 +143,18 @@ class _CallStream:
                 f"gate {owner._gate_id} has {owner._max_calls} calls in flight to node "
                 f"{self.address} (--max-stream-calls)",
             )
+        size = _size_of(frame)
+        if size > owner._max_bytes:  # as gRPC refuses a unary request over the limit
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CLIENT: Sent message larger than max ({size} vs. {owner._max_bytes})",
+            )
         call_id = next(self._ids)
         op = frame.WhichOneof("op")
         assert op is not None, "a call frame needs its op"
         span, carrier = start_call_span(_METHOD_OF_OP[op])
         frame.id = call_id
-        frame.timeout_ms = max(math.ceil(timeout * 1000), 1)
+        frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
         pending = _Pending(asyncio.get_running_loop().create_future())

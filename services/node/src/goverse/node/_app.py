@@ -40,6 +40,9 @@ from goverse.v1 import node_pb2, node_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
+SERVER_GRACE = 1.0
+"""Longest a stop waits for the Calls streams to send their last answers and end."""
+
 
 class NodeApp(ServiceApp[NodeConfig]):
     """A node: its objects, its gate streams and its gRPC server.
@@ -230,6 +233,12 @@ class NodeApp(ServiceApp[NodeConfig]):
         return self.gates.close_all(wire.CloseReason.SHUTDOWN)
 
     async def release(self, budget: ShutdownBudget) -> None:
+        # The supervisor's shutdown made every Calls stream answer its calls; let each send
+        # those answers and end with OK before the server stops, which would cut it off (the
+        # gate would take an error for a stream whose unanswered calls never ran).
+        left = await self.call_streams.wait_ended(min(budget.remaining(), SERVER_GRACE))
+        if left:
+            log.warning("call streams still sending after the shutdown timeout", streams=left)
         self.gates.clear()
         active = self.host.active_count
         stuck = await self.host.deactivate_all(budget.remaining())

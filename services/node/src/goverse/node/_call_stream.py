@@ -105,6 +105,22 @@ class CallStreams:
         )
         self._numbers = itertools.count(1)
         self._streams: set[_CallStream] = set()
+        self._ended = asyncio.Event()
+
+    async def wait_ended(self, timeout: float) -> int:
+        """Waits up to `timeout` seconds for every stream to have sent its last replies and
+        ended (the server's stop would cut off one still flushing); returns how many are
+        left."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while self._streams and loop.time() < until:
+            self._ended.clear()
+            try:
+                async with asyncio.timeout(until - loop.time()):
+                    await self._ended.wait()
+            except TimeoutError:
+                break
+        return len(self._streams)
 
     @property
     def in_flight(self) -> int:
@@ -139,12 +155,25 @@ class CallStreams:
                 context.set_trailing_metadata(wire.close_metadata(wire.CloseReason.SHUTDOWN))
         finally:
             self._streams.discard(stream)
+            self._ended.set()
             stream.abandon(reader)
             # The reader cancels and awaits its calls on the way out; bounded all the same.
             await asyncio.wait([reader], timeout=CANCEL_WAIT * 2)
             await stream.settle()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 log.warning("call stream failed", gate=gate_id, error=str(reader.exception()))
+
+    def sendable(self, reply: node_pb2.ReplyFrame) -> node_pb2.ReplyFrame:
+        """`reply`, or, when it could not fit a stream message, the RESOURCE_EXHAUSTED a unary
+        call's too large answer gets from gRPC: one oversized answer must not end the stream
+        of every other call."""
+        size = self._batching.size_of(reply)
+        if self._batching.fits(size):
+            return reply
+        message = f"SERVER: Sent message larger than max ({size} vs. {self._batching.max_bytes})"
+        return node_pb2.ReplyFrame(
+            id=reply.id, error=_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        )
 
     # -- one call -------------------------------------------------------------------------
 
@@ -334,6 +363,8 @@ class _CallStream:
             raise
         finally:
             self._tasks.pop(frame.id, None)
+            if reply is not None:
+                reply = self._owner.sendable(reply)
             # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
             # take it: the slot is free now rather than when the stream takes the reply.
             if reply is None or not self.replies.put(
