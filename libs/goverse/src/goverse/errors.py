@@ -164,15 +164,27 @@ def translate_errors(
     return cast(Callable[Concatenate[S, Req, grpc.aio.ServicerContext, P], Awaitable[R]], wrapper)
 
 
+class NotSent(Exception):
+    """A call that never reached the process that would run it: a call stream not open yet,
+    or ended before the call was written to it, or a gate that refused it unforwarded because
+    it drains. Nothing ran, so whoever sent it may send it again (routing to the next owner,
+    the SDK on its next registration). The message says why."""
+
+
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def call_status(error: GoverseError) -> CallStatus:
     """How `error` travels on a call stream: the status a unary call would have ended with."""
-    refusal = error_refusal(error)
-    return CallStatus(
-        code=error.status_code.value[0], message=error.message, shard_refusal=refusal or ""
-    )
+    status = code_status(error.status_code, error.message)
+    status.shard_refusal = error_refusal(error) or ""
+    return status
+
+
+def code_status(code: grpc.StatusCode, message: str) -> CallStatus:
+    """A call stream's status `code` with `message` (what a unary call's status and details
+    would say; no shard refusal)."""
+    return CallStatus(code=code.value[0], message=message)
 
 
 def error_refusal(error: GoverseError) -> wire.ShardRefusal | None:
@@ -209,12 +221,14 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "NotSent",
     "ResourceExhausted",
     "ShardNotServed",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "call_status",
+    "code_status",
     "error_refusal",
     "status_error",
     "status_of",

@@ -39,9 +39,13 @@ GATE_CREATE_OBJECT = method_path(GATE_SERVICE, "CreateObject")
 GATE_DELETE_OBJECT = method_path(GATE_SERVICE, "DeleteObject")
 NODE_REGISTER_GATE = method_path(NODE_SERVICE, "RegisterGate")
 NODE_CALL_OBJECT = method_path(NODE_SERVICE, "CallObject")
-NODE_CREATE_OBJECT = method_path(NODE_SERVICE, "CreateObject")
-NODE_DELETE_OBJECT = method_path(NODE_SERVICE, "DeleteObject")
 NODE_CALLS = method_path(NODE_SERVICE, "Calls")
+
+CALL_OPS = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
+"""The op of a call on a call stream (the oneof of SessionCall and CallFrame) -> the unary RPC
+it stands for: a call on a stream is named, traced and measured as that RPC."""
+GATE_CALL_METHODS = {op: method_path(GATE_SERVICE, rpc) for op, rpc in CALL_OPS.items()}
+NODE_CALL_METHODS = {op: method_path(NODE_SERVICE, rpc) for op, rpc in CALL_OPS.items()}
 
 # -- metadata keys -----------------------------------------------------------------------------
 
@@ -157,9 +161,11 @@ def unpack(packed: any_pb2.Any, message_type: type[M]) -> M:
 
 __all__ = [
     "CALL_CHAIN_KEY",
+    "CALL_OPS",
     "CLIENT_ID_KEY",
     "CLOSE_REASON_KEY",
     "CREDENTIAL_KEY",
+    "GATE_CALL_METHODS",
     "GATE_CALL_OBJECT",
     "GATE_CREATE_OBJECT",
     "GATE_DELETE_OBJECT",
@@ -168,9 +174,8 @@ __all__ = [
     "GATE_SERVICE",
     "GATE_SESSION",
     "NODE_CALLS",
+    "NODE_CALL_METHODS",
     "NODE_CALL_OBJECT",
-    "NODE_CREATE_OBJECT",
-    "NODE_DELETE_OBJECT",
     "NODE_REGISTER_GATE",
     "NODE_SERVICE",
     "SHARD_KEY",

@@ -33,7 +33,7 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import CallError, ShardNotServed
+from goverse.errors import CallError, NotSent, ShardNotServed
 from goverse.server._membership import ClusterView
 from goverse.server._waits import first_of
 from goverse.transport import Backoff, ChannelPool
@@ -50,12 +50,6 @@ for a shard refusal), :class:`NotSent` when it sent nothing (a local send raises
 :class:`~goverse.errors.ShardNotServed` for a refusal). A unary send uses
 ``wait_for_ready=True``: should the connection drop between routing's check and the send, gRPC
 holds the call for the next connection instead of failing it fast."""
-
-
-class NotSent(Exception):
-    """A send that sent nothing (a call stream not open yet, or ended before the call was
-    written): the node ran nothing, so routing holds the call and sends it again, as it does
-    for an owner not reachable yet. The message says why."""
 
 
 RETRY_INITIAL = timedelta(milliseconds=20)

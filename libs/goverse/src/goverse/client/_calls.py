@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
 
-from goverse import wire
-from goverse._tracing import OnceSpan, rpc_attributes
-from goverse.errors import CallError, status_error
+from goverse.errors import CallError, NotSent, status_error
 from goverse.v1 import gate_pb2
 
 log = logging.getLogger(__name__)
 
-_tracer = trace.get_tracer("goverse")
-
-OPS = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
-"""A SessionCall's op → the unary RPC it stands for (its client span's name)."""
-_METHODS = {op: wire.method_path(wire.GATE_SERVICE, rpc) for op, rpc in OPS.items()}
 
 FRAME_RESERVE = 64 * 1024
 """Bytes of a SessionRequest kept for its cancellations and framing."""
@@ -31,11 +21,6 @@ MAX_CANCELS = 4096
 
 MAX_TIMEOUT_MS = 2**32 - 1
 """The largest ``timeout_ms`` a SessionCall carries (its field is a uint32: 49 days)."""
-
-
-class NotSent(Exception):
-    """The gate never forwarded the call (the stream ended before the call was written to it,
-    or the gate refused it because it drains), so it may be sent again on the next session."""
 
 
 class CallStream:
@@ -80,7 +65,7 @@ class CallStream:
         return len(self._pending)
 
     async def call(
-        self, op: str, message: Any, timeout: float, trace_carrier: Callable[[], dict[str, str]]
+        self, op: str, message: Any, timeout: float, trace_context: dict[str, str]
     ) -> Any:
         """Sends `message` as the `op` (``call``, ``create``, ``delete``) of a SessionCall and
         returns the reply's result, within `timeout` seconds.
@@ -98,7 +83,7 @@ class CallStream:
         session_call = gate_pb2.SessionCall(
             id=call_id,
             timeout_ms=min(max(int(timeout * 1000), 1), MAX_TIMEOUT_MS),
-            trace_context=trace_carrier(),
+            trace_context=trace_context,
             **{op: message},
         )
         size = session_call.ByteSize()
@@ -201,20 +186,4 @@ def _calls_bytes(max_message_bytes: int) -> int:
     return max(max_message_bytes - FRAME_RESERVE, max_message_bytes // 2)
 
 
-def call_carrier(op: str) -> tuple[OnceSpan, Callable[[], dict[str, str]]]:
-    """A CLIENT span for one call on a session (named as the unary RPC would be), and a
-    function giving its W3C context for the call's ``trace_context`` (empty while no
-    OpenTelemetry SDK is installed)."""
-    method = _METHODS[op]
-    span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
-
-    def carrier() -> dict[str, str]:
-        context: dict[str, str] = {}
-        if span.get_span_context().is_valid:
-            propagate.inject(context, context=trace.set_span_in_context(span))
-        return context
-
-    return OnceSpan(span), carrier
-
-
-__all__ = ["OPS", "CallStream", "NotSent", "call_carrier"]
+__all__ = ["CallStream", "NotSent"]

@@ -19,7 +19,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from goverse import wire
-from goverse.client._calls import OPS, CallStream, NotSent, call_carrier
+from goverse._tracing import start_call_span
+from goverse.client._calls import CallStream, NotSent
 from goverse.client._gates import GateChooser
 from goverse.client._messages import MessageBuffer
 from goverse.errors import CallError
@@ -319,7 +320,7 @@ class Client:
             session = await self._current_session(deadline - loop.time())
             try:
                 if session.calls is None:
-                    return await self._unary(session, OPS[op], message, deadline)
+                    return await self._unary(session, wire.CALL_OPS[op], message, deadline)
                 return await self._on_session(session, op, message, deadline)
             except _Resend as resend:
                 if attempt:
@@ -330,7 +331,7 @@ class Client:
         self, session: _Session, op: str, message: Message, deadline: float
     ) -> Message:
         assert session.calls is not None
-        span, carrier = call_carrier(op)
+        span, carrier = start_call_span(wire.GATE_CALL_METHODS[op])
         try:
             reply: Message = await session.calls.call(
                 op, message, max(deadline - asyncio.get_running_loop().time(), 0.001), carrier

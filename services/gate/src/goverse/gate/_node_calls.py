@@ -32,12 +32,6 @@ MAX_TIMEOUT_MS = 2**32 - 1
 WRITER_WAIT = 1.0
 """How long a stream's task waits for its writer to end once cancelled."""
 
-_METHOD_OF_OP = {
-    "call": wire.NODE_CALL_OBJECT,
-    "create": wire.NODE_CREATE_OBJECT,
-    "delete": wire.NODE_DELETE_OBJECT,
-}
-
 _Item = node_pb2.CallFrame | int
 """What the writer sends: a call, or the id of a call to cancel."""
 
@@ -152,7 +146,7 @@ class _CallStream:
         call_id = next(self._ids)
         op = frame.WhichOneof("op")
         assert op is not None, "a call frame needs its op"
-        span, carrier = start_call_span(_METHOD_OF_OP[op])
+        span, carrier = start_call_span(wire.NODE_CALL_METHODS[op])
         frame.id = call_id
         frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span

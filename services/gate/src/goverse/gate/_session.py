@@ -12,25 +12,17 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import GoverseError, call_status
+from goverse.errors import GoverseError, call_status, code_status
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.server import BatchRule, CallMetricsInterceptor, served_call_span
-from goverse.v1 import calls_pb2, gate_pb2
+from goverse.v1 import gate_pb2
 
 log = structlog.get_logger(__name__)
 
 CANCEL_TIMEOUT = 1.0
 """How long the end of a session waits for the call tasks and the reader it cancelled; a
 bound, so that a task that ignores its cancellation cannot hold the stream's handler."""
-
-_RPCS = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
-"""A SessionCall's op → the unary RPC it stands for (span names and metrics labels)."""
-_METHODS = {op: wire.method_path(wire.GATE_SERVICE, rpc) for op, rpc in _RPCS.items()}
-
-
-def _status(code: grpc.StatusCode, message: str) -> calls_pb2.CallStatus:
-    return calls_pb2.CallStatus(code=code.value[0], message=message)
 
 
 class ClientSession:
@@ -168,7 +160,7 @@ class ClientSession:
             self._reply(
                 gate_pb2.CallReply(
                     id=call.id,
-                    error=_status(grpc.StatusCode.UNAVAILABLE, _refused_closed(self._proxy)),
+                    error=code_status(grpc.StatusCode.UNAVAILABLE, _refused_closed(self._proxy)),
                     not_forwarded=True,
                 )
             )
@@ -207,7 +199,7 @@ class ClientSession:
             self._changed.set()
 
     def _refuse(self, call_id: int, code: grpc.StatusCode, message: str) -> None:
-        self._reply(gate_pb2.CallReply(id=call_id, error=_status(code, message)))
+        self._reply(gate_pb2.CallReply(id=call_id, error=code_status(code, message)))
 
     # -- one call --------------------------------------------------------------------------
 
@@ -218,7 +210,7 @@ class ClientSession:
         started = self._clock()
         try:
             with (
-                served_call_span(_METHODS[op], call.trace_context) as span,
+                served_call_span(wire.GATE_CALL_METHODS[op], call.trace_context) as span,
                 structlog.contextvars.bound_contextvars(
                     client_id=self._proxy.client_id,
                     object_type=request.object_type,
@@ -235,7 +227,7 @@ class ClientSession:
                     # What the gRPC server answers for an unexpected error of a unary handler.
                     log.exception("session call failed")
                     code = grpc.StatusCode.UNKNOWN
-                    reply.error.CopyFrom(_status(code, "Unexpected error in the gate"))
+                    reply.error.CopyFrom(code_status(code, "Unexpected error in the gate"))
                 span.end_with(
                     code, f"{code.name}: {reply.error.message}" if reply.HasField("error") else ""
                 )
@@ -244,7 +236,7 @@ class ClientSession:
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.record(_RPCS[op], request, code, self._clock() - started)
+                self._metrics.record(wire.CALL_OPS[op], request, code, self._clock() - started)
         self._reply(reply)
 
     def _route(self, op: str, request: Any, deadline: float | None) -> Awaitable[Any]:
@@ -268,7 +260,7 @@ class ClientSession:
             # A unary reply over the limit fails the same way on the gRPC server.
             reply = gate_pb2.CallReply(
                 id=reply.id,
-                error=_status(
+                error=code_status(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"SERVER: Sent message larger than max ({size} vs. "
                     f"{self._batching.max_bytes}): the gate's --max-message-bytes",

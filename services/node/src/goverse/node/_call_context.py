@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from goverse import wire
+from goverse.objects import Caller
+from goverse.v1 import node_pb2
 
 ObjectKey = tuple[str, str]
 """An object's identity: (type, id)."""
@@ -30,6 +32,11 @@ _chain: contextvars.ContextVar[tuple[ObjectKey, ...]] = contextvars.ContextVar(
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "goverse_call_deadline", default=None
 )
+
+
+def caller_of(message: node_pb2.Caller) -> Caller:
+    """The caller an object sees, from the `Caller` a gate or node sent with the call."""
+    return Caller(message.client_id, message.object_type, message.object_id)
 
 
 def current_chain() -> tuple[ObjectKey, ...]:
@@ -110,6 +117,7 @@ def inbound(context: Any) -> Iterator[None]:
 __all__ = [
     "MAX_CHAIN_DEPTH",
     "ObjectKey",
+    "caller_of",
     "chain_from_metadata",
     "chain_metadata",
     "current_chain",

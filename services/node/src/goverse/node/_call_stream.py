@@ -12,10 +12,9 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import GoverseError, InvalidArgument, call_status
-from goverse.node._call_context import deadline_after
+from goverse.errors import GoverseError, InvalidArgument, call_status, code_status
+from goverse.node._call_context import caller_of, deadline_after
 from goverse.node._object_host import ObjectHost
-from goverse.objects import Caller
 from goverse.server import (
     BatchRule,
     CallMetricsInterceptor,
@@ -26,7 +25,6 @@ from goverse.server import (
     served_call_span,
 )
 from goverse.v1 import node_pb2
-from goverse.v1.calls_pb2 import CallStatus
 
 log = structlog.get_logger(__name__)
 
@@ -36,21 +34,6 @@ BATCH_MAX_REPLIES = 1024
 """Most replies one stream message carries (fewer when they would exceed the size limit)."""
 CANCEL_WAIT = 1.0
 """How long a stream that ends waits for the calls it cancelled to end."""
-
-_RPC_OF_OP = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}
-_METHOD_OF_OP = {
-    "call": wire.NODE_CALL_OBJECT,
-    "create": wire.NODE_CREATE_OBJECT,
-    "delete": wire.NODE_DELETE_OBJECT,
-}
-
-
-def _caller(message: node_pb2.Caller) -> Caller:
-    return Caller(message.client_id, message.object_type, message.object_id)
-
-
-def _status(code: grpc.StatusCode, message: str) -> CallStatus:
-    return CallStatus(code=code.value[0], message=message)
 
 
 class CallStreams:
@@ -172,7 +155,7 @@ class CallStreams:
             return reply
         message = f"SERVER: Sent message larger than max ({size} vs. {self._batching.max_bytes})"
         return node_pb2.ReplyFrame(
-            id=reply.id, error=_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            id=reply.id, error=code_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         )
 
     # -- one call -------------------------------------------------------------------------
@@ -184,14 +167,14 @@ class CallStreams:
         if op is None:
             return node_pb2.ReplyFrame(
                 id=frame.id,
-                error=_status(grpc.StatusCode.INVALID_ARGUMENT, f"call {frame.id} has no op"),
+                error=code_status(grpc.StatusCode.INVALID_ARGUMENT, f"call {frame.id} has no op"),
             )
         request = getattr(frame, op)
-        rpc = _RPC_OF_OP[op]
+        rpc = wire.CALL_OPS[op]
         started = time.perf_counter()
         code = grpc.StatusCode.CANCELLED
         try:
-            with served_call_span(_METHOD_OF_OP[op], frame.trace_context) as span:
+            with served_call_span(wire.NODE_CALL_METHODS[op], frame.trace_context) as span:
                 reply, code, details = await self._execute(frame, op, request, received)
                 span.end_with(code, f"{code.name}: {details}" if details else "")
             return reply
@@ -215,10 +198,12 @@ class CallStreams:
         except TimeoutError:
             return _deadline_exceeded(frame.id)
         except Exception as error:  # what grpc answers a unary handler that raised this
-            log.exception("call failed", rpc=_RPC_OF_OP[op])
+            log.exception("call failed", rpc=wire.CALL_OPS[op])
             message = f"Unexpected {type(error)}: {error}"
             return (
-                node_pb2.ReplyFrame(id=frame.id, error=_status(grpc.StatusCode.UNKNOWN, message)),
+                node_pb2.ReplyFrame(
+                    id=frame.id, error=code_status(grpc.StatusCode.UNKNOWN, message)
+                ),
                 grpc.StatusCode.UNKNOWN,
                 message,
             )
@@ -232,7 +217,7 @@ class CallStreams:
                 request.object_id,
                 request.method,
                 request.request,
-                _caller(request.caller),
+                caller_of(request.caller),
             )
             return node_pb2.ReplyFrame(
                 id=call_id, call=node_pb2.NodeCallObjectResponse(response=response)
@@ -250,7 +235,7 @@ class CallStreams:
 
 def _deadline_exceeded(call_id: int) -> tuple[node_pb2.ReplyFrame, grpc.StatusCode, str]:
     # "Deadline Exceeded" is what grpc says of a unary call whose deadline passed.
-    status = _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    status = code_status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
     return (
         node_pb2.ReplyFrame(id=call_id, error=status),
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -333,7 +318,7 @@ class _CallStream:
             return self._answer(
                 node_pb2.ReplyFrame(
                     id=frame.id,
-                    error=_status(
+                    error=code_status(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"node {owner._node} has {owner._max_calls} calls in flight from gate "
                         f"{self.gate_id} (--max-stream-calls)",
@@ -356,7 +341,7 @@ class _CallStream:
             if self._stopping:  # answered: the gate must not send again what may have run
                 reply = node_pb2.ReplyFrame(
                     id=frame.id,
-                    error=_status(
+                    error=code_status(
                         grpc.StatusCode.UNAVAILABLE, f"node {self._owner._node} is stopping"
                     ),
                 )

@@ -8,17 +8,12 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from goverse.errors import translate_errors
-from goverse.node._call_context import inbound
+from goverse.node._call_context import caller_of, inbound
 from goverse.node._call_stream import CallStreams
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
-from goverse.objects import Caller
 from goverse.server import ClusterView
 from goverse.v1 import node_pb2, node_pb2_grpc
-
-
-def _caller(message: node_pb2.Caller) -> Caller:
-    return Caller(message.client_id, message.object_type, message.object_id)
 
 
 class NodeService(node_pb2_grpc.NodeServiceServicer):
@@ -67,7 +62,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 request.object_id,
                 request.method,
                 request.request,
-                _caller(request.caller),
+                caller_of(request.caller),
             )
         return node_pb2.NodeCallObjectResponse(response=response)
 
