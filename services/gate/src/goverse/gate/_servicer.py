@@ -58,9 +58,9 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         router: Router,
         supervisor: Supervisor,
         *,
-        max_session_calls: int = 1000,
-        max_message_bytes: int = 4 * 1024 * 1024,
-        metrics: CallMetricsInterceptor | None = None,
+        max_session_calls: int,
+        max_message_bytes: int,
+        metrics: CallMetricsInterceptor,
     ) -> None:
         self._gate_id = gate_id
         self._registry = registry
