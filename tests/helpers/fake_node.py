@@ -56,6 +56,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     fail with `fail_with`, after `call_delay` seconds. With `refuse` set, every call is
     recorded and refused at once as a node refuses a shard it does not serve:
     FAILED_PRECONDITION with the ``goverse-shard`` marker (a refusal on a Calls stream).
+    With `streams` False it answers Calls UNIMPLEMENTED, as a node of a version before the
+    call streams does.
     """
 
     ack: bool = True
@@ -65,6 +67,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     fail_with: tuple[grpc.StatusCode, str] | None = None
     refuse: wire.ShardRefusal | None = None
     call_delay: float = 0.0
+    streams: bool = True
     registrations: list[str] = field(default_factory=list)
     registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
@@ -175,6 +178,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     ) -> AsyncIterator[node_pb2.ReplyFrames]:
         """Answers each call of the stream as the unary handler of its op would (recorded in
         `calls` with the frame's trace context and the gate id as its metadata)."""
+        if not self.streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         replies: asyncio.Queue[node_pb2.ReplyFrame | None] = asyncio.Queue()
         gate = dict(context.invocation_metadata() or ()).get(wire.GATE_ID_KEY, "")
         tasks: set[asyncio.Task[None]] = set()

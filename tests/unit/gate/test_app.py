@@ -165,6 +165,18 @@ async def test_call_is_forwarded_with_the_trusted_client_id(
     assert "goverse-credential" not in received.metadata
 
 
+async def test_calls_reach_a_node_of_a_version_without_call_streams(
+    gate: Gate, fake_node: FakeNode
+) -> None:
+    """Mid-rollout, a node without ``NodeService.Calls`` still gets every call (as unary
+    RPCs), the first one included: no call fails because the node is older."""
+    fake_node.streams = False
+    client = await gate.client()
+    for _ in range(3):
+        assert (await call(client, timeout=7)).response == text("payload")
+    assert [received.method for received in fake_node.calls] == ["CallObject"] * 3
+
+
 async def test_call_without_client_deadline_gets_the_call_timeout(
     gate: Gate, fake_node: FakeNode
 ) -> None:

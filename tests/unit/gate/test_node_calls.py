@@ -153,3 +153,28 @@ async def test_a_stopping_gate_takes_no_new_stream(
     await supervisor.shutdown(1.0)
     with pytest.raises(NotSent):
         await calls.call(fake_node.address, frame("late"), 10)
+
+
+async def test_a_node_without_call_streams_gets_its_calls_unary(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """A node of an older version answers Calls UNIMPLEMENTED: the call on that stream did
+    not run (NotSent, routing sends it again), and the next calls go as unary RPCs with the
+    gate's id, each op as its own RPC, with the node's errors kept."""
+    fake_node.streams = False
+    calls = node_calls(pool, supervisor)
+    with pytest.raises(NotSent):
+        await calls.call(fake_node.address, frame("first"), 10)
+    reply = await calls.call(fake_node.address, frame("again"), 10)
+    assert unpack_text(reply.call.response) == "again"
+    create = node_pb2.CallFrame(
+        create=node_pb2.NodeCreateObjectRequest(object_type="Counter", object_id="c")
+    )
+    assert (await calls.call(fake_node.address, create, 10)).create.created
+    assert [call.method for call in fake_node.calls] == ["CallObject", "CreateObject"]
+    assert {call.metadata["goverse-gate-id"] for call in fake_node.calls} == {"gate-1"}
+    fake_node.refuse = wire.ShardRefusal.MOVING
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # routing reads its trailer
+        await calls.call(fake_node.address, frame("refused"), 10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert calls.in_flight == 0

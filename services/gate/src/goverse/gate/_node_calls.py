@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,6 +32,9 @@ MAX_TIMEOUT_MS = 2**32 - 1
 """``CallFrame.timeout_ms`` is a uint32 (49 days)."""
 WRITER_WAIT = 1.0
 """How long a stream's task waits for its writer to end once cancelled."""
+UNARY_RECHECK = 30.0
+"""Seconds calls to a node without ``Calls`` (an older version, mid-rollout) go as unary RPCs
+before the stream is tried again (the node may have been upgraded by then)."""
 
 _Item = node_pb2.CallFrame | int
 """What the writer sends: a call, or the id of a call to cancel."""
@@ -63,6 +67,10 @@ class NodeCalls:
     within its timeout fails with DEADLINE_EXCEEDED and its cancellation is sent to the node,
     as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
     flight per node; one more fails with RESOURCE_EXHAUSTED at once.
+
+    A node that answers the stream UNIMPLEMENTED (an older version, during a rolling upgrade)
+    gets its calls as the unary RPCs of their ops for :data:`UNARY_RECHECK` seconds: the calls
+    pending on that stream never ran, so they fail with NotSent and routing sends them again.
     """
 
     def __init__(
@@ -80,11 +88,14 @@ class NodeCalls:
         self._max_calls = max_calls
         self._max_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
         self._streams: dict[str, _CallStream] = {}
+        self._unary_until: dict[str, float] = {}
+        self._unary_calls: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
-        """Calls waiting for a reply on every stream now."""
-        return sum(len(stream.pending) for stream in self._streams.values())
+        """Calls waiting for a reply on every stream (or unary RPC) now."""
+        streamed = sum(len(stream.pending) for stream in self._streams.values())
+        return streamed + sum(self._unary_calls.values())
 
     async def call(
         self, address: str, frame: node_pb2.CallFrame, timeout: float
@@ -93,6 +104,8 @@ class NodeCalls:
         node at `address` and returns its reply within `timeout` seconds; raises what the
         class docstring says, or the :class:`~goverse.errors.CallError` its reply's status
         stands for."""
+        if self._unary_until.get(address, 0.0) > time.monotonic():
+            return await self._call_unary(address, frame, timeout)
         stream = self._streams.get(address)
         if stream is None or stream.closed:
             stream = self._open(address)
@@ -107,6 +120,48 @@ class NodeCalls:
             raise NotSent("the gate is stopping") from None
         self._streams[address] = stream
         return stream
+
+    async def _call_unary(
+        self, address: str, frame: node_pb2.CallFrame, timeout: float
+    ) -> node_pb2.ReplyFrame:
+        """Sends `frame` as the unary RPC of its op; a failure is the RPC's own error
+        (routing judges it as it judges any node's)."""
+        in_flight = self._unary_calls.get(address, 0)
+        if in_flight >= self._max_calls:
+            raise self._exhausted(address)
+        op = frame.WhichOneof("op")
+        assert op is not None, "a call frame needs its op"
+        rpc = getattr(node_pb2_grpc.NodeServiceStub(self._pool.get(address)), wire.CALL_OPS[op])
+        self._unary_calls[address] = in_flight + 1
+        try:
+            response = await rpc(
+                getattr(frame, op),
+                timeout=timeout,
+                metadata=((wire.GATE_ID_KEY, self._gate_id),),
+                wait_for_ready=True,
+            )
+        finally:
+            self._unary_calls[address] -= 1
+            if not self._unary_calls[address]:
+                del self._unary_calls[address]
+        reply = node_pb2.ReplyFrame()
+        getattr(reply, op).CopyFrom(response)
+        return reply
+
+    def _exhausted(self, address: str) -> CallError:
+        return CallError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"gate {self._gate_id} has {self._max_calls} calls in flight to node "
+            f"{address} (--max-stream-calls)",
+        )
+
+    def _go_unary(self, address: str) -> None:
+        self._unary_until[address] = time.monotonic() + UNARY_RECHECK
+        log.info(
+            "node has no call stream (an older version?): its calls go unary",
+            node=address,
+            recheck_s=UNARY_RECHECK,
+        )
 
     def _forget(self, stream: _CallStream) -> None:
         if self._streams.get(stream.address) is stream:
@@ -132,11 +187,7 @@ class _CallStream:
     async def call(self, frame: node_pb2.CallFrame, timeout: float) -> node_pb2.ReplyFrame:
         owner = self.owner
         if len(self.pending) >= owner._max_calls:
-            raise CallError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"gate {owner._gate_id} has {owner._max_calls} calls in flight to node "
-                f"{self.address} (--max-stream-calls)",
-            )
+            raise owner._exhausted(self.address)
         size = _size_of(frame)
         if size > owner._max_bytes:  # as gRPC refuses a unary request over the limit
             raise CallError(
@@ -203,6 +254,10 @@ class _CallStream:
         except grpc.aio.AioRpcError as error:
             reason = error.details() or error.code().name
             written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
+            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # No node ran a call of a stream it does not know: all may be sent again.
+                written = NotSent(reason)
+                self.owner._go_unary(self.address)
         except asyncio.CancelledError:
             reason = "the gate is stopping"
             written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
