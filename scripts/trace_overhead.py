@@ -1,6 +1,7 @@
 """Measures what tracing costs call throughput: the same calls through a local node and gate,
-with tracing off (sampler always_off), spans made but not exported (exporter none), and spans
-exported by OTLP to an in-process collector. Run: ``.venv/bin/python scripts/trace_overhead.py``.
+with tracing off (exporter none: spans sampled out), spans recorded but not exported (exporter
+none, sampler always_on), and spans exported by OTLP to an in-process collector.
+Run: ``.venv/bin/python scripts/trace_overhead.py``.
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ async def main() -> None:
     args = parser.parse_args()
     receiver = OtlpReceiver().start()
     modes = {
-        "off (always_off)": {"OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "always_off"},
-        "spans, exporter none": {"OTEL_TRACES_EXPORTER": "none"},
+        "off (exporter none)": {"OTEL_TRACES_EXPORTER": "none"},
+        "spans, exporter none": {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_TRACES_SAMPLER": "always_on",
+        },
         "spans, exporter otlp": {
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,

@@ -46,8 +46,8 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
         b_label="traces on",
         params={
             "concurrency": list(s.concurrency),
-            "off": "OTEL_TRACES_EXPORTER=none (as implemented now: spans are made and "
-            "propagated, not exported)",
+            "off": "OTEL_TRACES_EXPORTER=none: spans sampled out (trace context "
+            "propagated, no span recorded)",
             "on": {mode: _tracing_env(mode, "<sink>") for mode in s.tracing},
             "sink": "bench.otlp_sink: an OTLP/gRPC receiver process that counts and drops spans",
         },

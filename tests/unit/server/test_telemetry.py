@@ -178,3 +178,27 @@ def test_telemetry_library_logs_are_throttled() -> None:
 
 def test_no_span_means_no_ids() -> None:
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_trace_ids_flow() -> None:
+    """OTEL_TRACES_EXPORTER=none: no span object is recorded, yet a call's span context has a
+    trace id (for log lines), and a child of a caller's context keeps the caller's trace id
+    (passed on to the next hop)."""
+    tracer = Telemetry("goverse-gate", environ={}).tracer_provider.get_tracer("test")
+    root = tracer.start_span("root")
+    assert not root.is_recording()
+    assert root.get_span_context().is_valid
+    child = tracer.start_span("child", context=trace.set_span_in_context(root))
+    assert not child.is_recording()
+    assert child.get_span_context().trace_id == root.get_span_context().trace_id
+
+
+def test_an_exporter_or_a_chosen_sampler_records_spans() -> None:
+    """With an exporter the SDK's default sampler applies; OTEL_TRACES_SAMPLER is honoured
+    even without one (someone asked for it)."""
+    exporting = Telemetry("goverse-gate", environ={"OTEL_TRACES_EXPORTER": "console"})
+    assert exporting.tracer_provider.get_tracer("test").start_span("s").is_recording()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+        chosen = Telemetry("goverse-gate", environ={"OTEL_TRACES_SAMPLER": "always_on"})
+        assert chosen.tracer_provider.get_tracer("test").start_span("s").is_recording()

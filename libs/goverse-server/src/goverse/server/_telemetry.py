@@ -11,8 +11,10 @@ Tracing is configured only by the standard OpenTelemetry variables:
   OTLP exporter (``OTEL_EXPORTER_OTLP_PROTOCOL`` may only be ``grpc``);
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` and ``OTEL_BSP_*`` (batching).
 
-With ``none`` spans are still created (without being exported), so trace context still flows
-from service to service and log lines still carry ``trace_id``. Spans are exported in batches by
+With ``none`` (and no ``OTEL_TRACES_SAMPLER``) every span is sampled out: a call still gets a
+span context (a trace id, continued from its caller's and passed on to the next hop, so log
+lines still carry ``trace_id``) but no span object is recorded, which would cost about a third
+of a relay's CPU for spans nobody reads. Spans are exported in batches by
 a background thread: a call never waits for the collector. Metrics are read by Prometheus from
 an HTTP endpoint served on its own thread (:meth:`Telemetry.start_metrics_server`).
 """
@@ -40,6 +42,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 from prometheus_client.gc_collector import GCCollector
@@ -104,6 +107,14 @@ def build_resource(default_service_name: str, attributes: Mapping[str, str]) -> 
     return base.merge(OTELResourceDetector().detect())
 
 
+def _sampler(env: Mapping[str, str], *, exporting: bool) -> Sampler | None:
+    """ALWAYS_OFF when no span would be exported and no sampler is asked for; else None (the
+    SDK's own choice from ``OTEL_TRACES_SAMPLER``, parent-based always-on by default)."""
+    if exporting or env.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ALWAYS_OFF
+
+
 def _span_exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter(out=sys.stdout, formatter=_console_line)
@@ -143,7 +154,11 @@ class Telemetry:
             span_exporters = [_span_exporter(name) for name in self.exporter_names]
         else:
             self.exporter_names = tuple(type(exporter).__name__ for exporter in span_exporters)
-        self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
+        self.tracer_provider = TracerProvider(
+            resource=self.resource,
+            sampler=_sampler(env, exporting=bool(span_exporters)),
+            shutdown_on_exit=False,
+        )
         for exporter in span_exporters:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         self._registry = CollectorRegistry()
