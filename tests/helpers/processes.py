@@ -81,6 +81,14 @@ class ServiceProcess:
             raise AssertionError(f"{self.name} serves no metrics (give --metrics-port=0)")
         return self.ready.metrics_port
 
+    @property
+    def health_address(self) -> str:
+        """Where its health answers in plaintext: the ``--health-port`` when it has one,
+        else its address."""
+        assert self.ready is not None, f"{self.name} has not served yet"
+        port = self.ready.identity.get("health_port")
+        return self.ready.address if port is None else f"127.0.0.1:{port}"
+
     def start(self, wait: bool = True) -> ServiceProcess:
         """Starts the process; with `wait`, returns once it serves (see :meth:`wait_ready`)."""
         if self.ready is not None:  # started before: back on the address its peers know

@@ -12,6 +12,7 @@ def test_public_names() -> None:
         "Client",
         "ClientClosedError",
         "ClientState",
+        "ClientTLS",
     ]
     for name in goverse.client.__all__:
         assert getattr(goverse.client, name) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, MutableMapping
@@ -60,7 +61,7 @@ class Links:
         link = NodeLink(
             node.address,
             "g1",
-            self.pool.get(node.address),
+            functools.partial(self.pool.get, node.address),
             self.registry,
             backoff=Backoff(
                 timedelta(seconds=initial), timedelta(seconds=maximum), rng=CeilingRandom()
@@ -263,7 +264,7 @@ async def test_gates_reconnecting_to_a_restarted_node_do_not_arrive_in_step() ->
         NodeLink(
             node.address,
             f"g{index}",
-            pool.get(node.address),
+            functools.partial(pool.get, node.address),
             registry,
             backoff=Backoff(timedelta(milliseconds=100), timedelta(seconds=1)),
             stable_after=timedelta(seconds=10),

@@ -3,6 +3,7 @@ and the gate routable only while the view is ready and a link is connected."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -41,7 +42,7 @@ class Gate:
         return NodeLink(
             node.address,
             "g1",
-            self.pool.get(node.address),
+            functools.partial(self.pool.get, node.address),
             self.registry,
             backoff=Backoff(timedelta(milliseconds=20), timedelta(milliseconds=100)),
             stable_after=timedelta(seconds=10),

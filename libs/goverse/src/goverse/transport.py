@@ -109,7 +109,8 @@ def channel_options(
 
 
 class ChannelPool:
-    """One long-lived insecure channel per address, created on first use.
+    """One long-lived channel per address, created on first use: insecure, or secured by
+    `credentials` (TLS, mutual when they carry a client certificate).
 
     Channels carry the call-tracing interceptors (a client span per call and the W3C context
     in its metadata; no-ops until an OpenTelemetry SDK is installed) unless `interceptors`
@@ -120,23 +121,48 @@ class ChannelPool:
         self,
         options: Sequence[tuple[str, Any]],
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._options = list(options)
         self._interceptors = client_interceptors() if interceptors is None else list(interceptors)
+        self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retired: list[grpc.aio.Channel] = []
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                address, options=self._options, interceptors=self._interceptors or None
-            )
+            interceptors = self._interceptors or None
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(
+                    address, options=self._options, interceptors=interceptors
+                )
+            else:
+                channel = grpc.aio.secure_channel(
+                    address, self._credentials, options=self._options, interceptors=interceptors
+                )
             self._channels[address] = channel
         return channel
 
+    async def rotate(self, credentials: grpc.ChannelCredentials) -> None:
+        """Makes later :meth:`get` calls create channels with `credentials` (a rotated client
+        certificate: a channel's credentials are fixed when it is made).
+
+        The current channels are retired, not closed: calls and streams on them go on (a
+        handshake is not repeated on an open connection) until their owners next ask for a
+        channel. The channels retired by the rotation before are closed now, so at most two
+        generations are open.
+        """
+        older, self._retired = self._retired, list(self._channels.values())
+        self._channels = {}
+        self._credentials = credentials
+        for channel in older:
+            await channel.close()
+
     async def close(self) -> None:
         """Closes every channel; RPCs still on them end with CANCELLED."""
-        channels, self._channels = list(self._channels.values()), {}
+        channels = [*self._channels.values(), *self._retired]
+        self._channels, self._retired = {}, []
         for channel in channels:
             await channel.close()
 

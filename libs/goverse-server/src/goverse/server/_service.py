@@ -31,6 +31,7 @@ from goverse.server._metrics import CallMetricsInterceptor, call_duration_histog
 from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
 from goverse.server._telemetry import Telemetry
+from goverse.server._tls import ServiceTls, TlsFiles, TlsIdentity
 from goverse.transport import ChannelPool, Keepalive, channel_options
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,12 @@ class ServiceConfig(Protocol):
     def keepalive(self) -> Keepalive: ...
     @property
     def ready_file(self) -> Path | None: ...
+    @property
+    def health_port(self) -> int | None: ...
+    @property
+    def tls(self) -> TlsFiles | None: ...
+    @property
+    def tls_reload_interval(self) -> timedelta: ...
 
 
 C = TypeVar("C", bound=ServiceConfig)
@@ -172,7 +179,13 @@ class ServiceApp(abc.ABC, Generic[C]):
             else metrics.get_meter(f"goverse.{self.service}")
         )
         self.supervisor = Supervisor(self.service)
-        self.pool = ChannelPool(channel_options(config.max_message_bytes, config.keepalive))
+        self.tls = self.make_tls()
+        """This process's TLS (None: plaintext); its files are read here (a missing one is a
+        :class:`~goverse.server.StartupError`) and watched once serving."""
+        self.pool = ChannelPool(
+            channel_options(config.max_message_bytes, config.keepalive),
+            credentials=None if self.tls is None else self.tls.channel_credentials(),
+        )
         self.calls = CallsInFlight([self.grpc_service])
         self.call_metrics = CallMetricsInterceptor(
             call_duration_histogram(
@@ -217,6 +230,22 @@ class ServiceApp(abc.ABC, Generic[C]):
         """Ends, within `budget`, what the service keeps open to other processes beside its
         channels, once its server has stopped and nothing can call through it any more (the
         gate's call streams to nodes, which the calls it serves until then need)."""
+
+    def make_tls(self) -> ServiceTls | None:
+        """The TLS of this service from its config: by default (a node) its server presents
+        ``--tls-cert`` and requires a client certificate of ``--tls-ca``."""
+        files = self.config.tls
+        if files is None:
+            return None
+        return ServiceTls(TlsIdentity(files), require_client_cert=True)
+
+    async def on_tls_rotated(self) -> None:
+        """Called once the channel pool makes channels with a rotated client certificate
+        (a service drops what holds channels of its own)."""
+
+    async def _tls_rotated(self, credentials: grpc.ChannelCredentials) -> None:
+        await self.pool.rotate(credentials)
+        await self.on_tls_rotated()
 
     def identity(self) -> dict[str, Any]:
         """Fields naming this instance in the ``listening`` line and the ready file."""
@@ -285,6 +314,8 @@ class ServiceApp(abc.ABC, Generic[C]):
             self.config.max_message_bytes,
             interceptors=[self.calls.interceptor, self.call_metrics],
             keepalive=self.config.keepalive,
+            credentials=None if self.tls is None else self.tls.server_credentials(),
+            health_port=self.config.health_port,
         )
         self._host = host
         self._bound = BoundAddress.of(self.config.listen, host.bind())
@@ -294,6 +325,8 @@ class ServiceApp(abc.ABC, Generic[C]):
         metrics_port = None
         if self.telemetry is not None:
             metrics_port = self.telemetry.start_metrics_server() or None
+        if self.tls is not None:
+            self.supervisor.spawn("tls-reload", self._watch_tls(self.tls))
         await self.on_serving()
         self._state = _State.RUNNING
         ready = Ready(
@@ -303,11 +336,22 @@ class ServiceApp(abc.ABC, Generic[C]):
             listen=self._bound.listen,
             port=self._bound.port,
             metrics_port=metrics_port,
-            identity=self.identity(),
+            identity=self._ready_identity(host),
         )
         log.info("listening", **ready.fields())
         if self.config.ready_file is not None:
             write_ready(self.config.ready_file, ready)
+
+    def _ready_identity(self, host: GrpcHost) -> dict[str, Any]:
+        fields = self.identity()
+        if host.bound_health_port is not None:
+            fields["health_port"] = host.bound_health_port
+        fields["tls"] = self.tls is not None
+        return fields
+
+    async def _watch_tls(self, tls: ServiceTls) -> None:
+        """The "tls-reload" task: reloads changed TLS files until the supervisor cancels it."""
+        await tls.watch(self.config.tls_reload_interval, self._tls_rotated)
 
     async def stop(self) -> None:
         """Stops the service within ``config.shutdown_timeout`` (see the class docstring)."""

@@ -18,6 +18,7 @@ from goverse.server._settings import (
     positive,
     setting,
 )
+from goverse.server._tls import TlsFiles, check_tls_flags
 from goverse.server._values import (
     ADDRESS,
     BYTE_SIZE,
@@ -117,6 +118,35 @@ class ServiceSettings:
         "off: no endpoint",
         kind=PORT,
     )
+    health_port: int | None = setting(
+        None,
+        help="plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which "
+        "present no client certificate and speak no TLS); 0: any free port; off: none",
+        kind=PORT,
+    )
+    tls_cert: Path | None = setting(
+        None,
+        help="PEM certificate of this process: its server certificate, and its client "
+        "certificate towards other goverse services (reloaded when the file changes); needs "
+        "--tls-key and --tls-ca; unset: plaintext",
+        kind=PATH,
+        default_text="none: plaintext",
+    )
+    tls_key: Path | None = setting(
+        None, help="PEM private key of --tls-cert (reloaded when the file changes)", kind=PATH
+    )
+    tls_ca: Path | None = setting(
+        None,
+        help="PEM cluster CA the certificates of other goverse services must chain to; on a "
+        "node, a client certificate is then mandatory",
+        kind=PATH,
+    )
+    tls_reload_interval: timedelta = setting(
+        timedelta(seconds=10),
+        help="how often the TLS files are checked for a change (Secret rotation)",
+        kind=DURATION,
+        check=positive,
+    )
     log_level: str = setting("info", help="minimum level logged", kind=choice(LOG_LEVELS))
     log_format: str = setting(
         "auto",
@@ -172,6 +202,7 @@ class ServiceSettings:
     def _check_combinations(self) -> None:
         """Checks of settings that depend on each other; raises ValueError naming the flags.
         A service that adds its own calls this one first."""
+        check_tls_flags(self.tls_cert, self.tls_key, self.tls_ca)
         if self.etcd_timeout * 2 >= self.lease_ttl:
             raise ValueError(
                 f"--etcd-timeout ({format_duration(self.etcd_timeout)}) must be under half of "
@@ -183,6 +214,13 @@ class ServiceSettings:
     def membership(self) -> str:
         """``etcd`` with --etcd-endpoints, else ``static``."""
         return "static" if self.etcd_endpoints is None else "etcd"
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """This process's TLS files (None: plaintext)."""
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            return None
+        return TlsFiles(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca)
 
     @property
     def keepalive(self) -> Keepalive:

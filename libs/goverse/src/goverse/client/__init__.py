@@ -7,6 +7,7 @@ from goverse.client._client import (
     ClientClosedError,
     ClientState,
 )
+from goverse.client._tls import ClientTLS
 from goverse.errors import CallError
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "ClientState",
+    "ClientTLS",
 ]

@@ -23,6 +23,7 @@ from goverse._tracing import start_call_span
 from goverse.client._calls import CallStream, NotSent
 from goverse.client._gates import GateChooser
 from goverse.client._messages import MessageBuffer
+from goverse.client._tls import ClientTLS
 from goverse.errors import CallError
 from goverse.transport import Backoff, ChannelPool, Keepalive, channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
@@ -100,6 +101,9 @@ class Client:
     RESOURCE_EXHAUSTED, and the client registers again: pushes in between are lost) and read
     with :meth:`messages`.
 
+    With `tls` (:class:`ClientTLS`), the client speaks TLS to its gates and verifies their
+    certificate; without it, plaintext (a gate with ``--tls-cert`` refuses that).
+
     Keepalive pings every ``keepalive_time`` notice a gate that stopped answering (a frozen
     process, a dead network) within ``keepalive_time + keepalive_timeout``, and the client
     moves to another gate. Gates accept pings every 5 s by default (``--keepalive-min-time``):
@@ -141,6 +145,7 @@ class Client:
         max_message_bytes: int = 4 * 1024 * 1024,
         keepalive_time: timedelta = timedelta(seconds=10),
         keepalive_timeout: timedelta = timedelta(seconds=5),
+        tls: ClientTLS | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._rng = rng or random.Random()
@@ -153,7 +158,12 @@ class Client:
         self._stable_after = stable_after.total_seconds()
         self._registered_at = 0.0
         keepalive = Keepalive(time=keepalive_time, timeout=keepalive_timeout)
-        self._channels = ChannelPool(channel_options(max_message_bytes, keepalive))
+        options = channel_options(max_message_bytes, keepalive)
+        if tls is not None:
+            options += tls.channel_options()
+        self._channels = ChannelPool(
+            options, credentials=None if tls is None else tls.credentials()
+        )
         self._max_message_bytes = max_message_bytes
         self._messages = MessageBuffer(message_buffer)
         self._on_reconnect = on_reconnect

@@ -23,10 +23,12 @@ from goverse.server import (
     EtcdMembership,
     NodeInfo,
     ServiceApp,
+    ServiceTls,
     ShutdownBudget,
     StaticView,
     Supervisor,
     Telemetry,
+    TlsIdentity,
     membership_metrics,
 )
 from goverse.transport import Backoff
@@ -109,11 +111,22 @@ class GateApp(ServiceApp[GateConfig]):
         """The node links by node id."""
         return self.node_links.links
 
+    def make_tls(self) -> ServiceTls | None:
+        """Mutual TLS towards nodes with --tls-cert; the client-facing listener presents
+        --client-tls-cert (else --tls-cert) and asks clients for no certificate."""
+        files = self.config.tls
+        if files is None:
+            return None
+        client = self.config.client_tls
+        listener = None if client is None else TlsIdentity(client)
+        return ServiceTls(TlsIdentity(files), listener, require_client_cert=False)
+
     def _open_link(self, node: NodeInfo, on_state: Callable[[NodeLink], None]) -> NodeLink:
+        address = node.address
         return NodeLink(
-            node.address,
+            address,
             self.config.gate_id,
-            self.pool.get(node.address),
+            lambda: self.pool.get(address),
             self.registry,
             backoff=Backoff(self.config.reconnect_initial, self.config.reconnect_max),
             stable_after=self.config.stable_after,

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from goverse.gate._client_proxy import SlowClientPolicy
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
@@ -16,9 +17,12 @@ from goverse.server import (
     BYTE_SIZE,
     COUNT,
     DURATION,
+    PATH,
     Kind,
     ServiceSettings,
     SettingsParser,
+    TlsFiles,
+    check_pair,
     choice,
     not_negative,
     positive,
@@ -123,8 +127,30 @@ class GateConfig(
         kind=COUNT,
     )
 
+    client_tls_cert: Path | None = setting(
+        None,
+        help="PEM certificate the client-facing listener presents (reloaded when the file "
+        "changes); clients present none. Needs --client-tls-key and --tls-cert",
+        kind=PATH,
+        default_text="--tls-cert",
+    )
+    client_tls_key: Path | None = setting(
+        None,
+        help="PEM private key of --client-tls-cert",
+        kind=PATH,
+        default_text="--tls-key",
+    )
+
     def _check_combinations(self) -> None:
         super()._check_combinations()
+        check_pair(
+            "--client-tls-cert", self.client_tls_cert, "--client-tls-key", self.client_tls_key
+        )
+        if self.client_tls_cert is not None and self.tls_cert is None:
+            raise ValueError(
+                "--client-tls-cert needs --tls-cert, --tls-key and --tls-ca: the gate's links "
+                "to nodes would be plaintext"
+            )
         if self.etcd_endpoints is not None and self.nodes is not None:
             raise ValueError(
                 "--nodes and --etcd-endpoints exclude each other: with etcd, nodes register "
@@ -135,6 +161,13 @@ class GateConfig(
                 f"--reconnect-max ({self.reconnect_max.total_seconds()}s) is below "
                 f"--reconnect-initial ({self.reconnect_initial.total_seconds()}s)"
             )
+
+    @property
+    def client_tls(self) -> TlsFiles | None:
+        """What the client-facing listener presents (None: --tls-cert and --tls-key)."""
+        if self.client_tls_cert is None or self.client_tls_key is None:
+            return None
+        return TlsFiles(cert=self.client_tls_cert, key=self.client_tls_key)
 
     @property
     def static_nodes(self) -> tuple[str, ...]:

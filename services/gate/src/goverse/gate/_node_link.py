@@ -64,7 +64,7 @@ class NodeLink:
         self,
         address: str,
         gate_id: str,
-        channel: grpc.aio.Channel,
+        channel: Callable[[], grpc.aio.Channel],
         registry: ClientRegistry,
         *,
         backoff: Backoff,
@@ -75,7 +75,9 @@ class NodeLink:
     ) -> None:
         self._address = address
         self._gate_id = gate_id
-        self._stub = node_pb2_grpc.NodeServiceStub(channel)
+        # Asked anew for each connection: after a certificate rotation the pool hands out
+        # channels that present the new client certificate.
+        self._channel = channel
         self._registry = registry
         self._backoff = backoff
         self._stable_after = stable_after.total_seconds()
@@ -166,7 +168,8 @@ class NodeLink:
 
     async def _session(self) -> NoReturn:
         """One RegisterGate call, from opening it to its end; always raises :class:`_LinkLost`."""
-        call = self._stub.RegisterGate(
+        stub = node_pb2_grpc.NodeServiceStub(self._channel())
+        call = stub.RegisterGate(
             node_pb2.RegisterGateRequest(gate_id=self._gate_id), wait_for_ready=False
         )
         connected_at: float | None = None
