@@ -40,12 +40,18 @@ class _LinkLost(Exception):
     `planned` whether the node ended it because it is stopping (a rollout, not a fault)."""
 
     def __init__(
-        self, reason: str, connected_at: float | None = None, *, planned: bool = False
+        self,
+        reason: str,
+        connected_at: float | None = None,
+        *,
+        planned: bool = False,
+        replaced: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connected_at = connected_at
         self.planned = planned
+        self.replaced = replaced
 
 
 class NodeLink:
@@ -136,6 +142,8 @@ class NodeLink:
                     reason, connected_at = lost.reason, lost.connected_at
                     if connected_at is not None:
                         planned = lost.planned
+                    if lost.replaced:
+                        self._on_replaced()
                 except Exception as error:  # a bug must not end the link for good
                     self._log.exception("node link session crashed")
                     reason, connected_at = f"crashed: {error!r}", None
@@ -189,6 +197,12 @@ class NodeLink:
                         closed = wire.close_reason_of(await call.trailing_metadata())
                         if closed is wire.CloseReason.SHUTDOWN:
                             raise _LinkLost("the node is stopping", connected_at, planned=True)
+                        if closed is wire.CloseReason.REPLACED:
+                            raise _LinkLost(
+                                "another registration of this gate id replaced the stream",
+                                connected_at,
+                                replaced=True,
+                            )
                         raise _LinkLost(
                             f"the node ended the stream ({closed or 'no reason'})", connected_at
                         )
@@ -209,6 +223,18 @@ class NodeLink:
             raise _LinkLost("the call was cancelled by grpc", connected_at) from None
         finally:
             call.cancel()
+
+    def _on_replaced(self) -> None:
+        # Another process registered this gate id with the node (the node lets only the same
+        # certificate identity do that): a duplicate gate id, or this gate's own connection
+        # that the node still held. Either way this link must be back at once, not after a
+        # backoff grown by earlier failures.
+        self._backoff.reset()
+        self._log.warning(
+            "node link replaced: another registration of this gate id took the stream; "
+            "reconnecting with the backoff reset",
+            gate_id=self._gate_id,
+        )
 
     def _on_ack(self, ack: node_pb2.RegisterGateAck) -> float:
         self.connections += 1

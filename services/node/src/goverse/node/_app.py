@@ -28,6 +28,7 @@ from goverse.server import (
     BoundAddress,
     ClusterView,
     EtcdMembership,
+    PeerCheck,
     ServiceApp,
     ShutdownBudget,
     StaticView,
@@ -125,6 +126,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             queue_bytes=config.gate_queue_bytes,
             heartbeat_interval=config.heartbeat_interval,
             max_message_bytes=config.max_message_bytes,
+            max_gates=config.max_gates,
         )
         store = None
         if config.store is not None:
@@ -170,8 +172,12 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.gates,
             self.call_streams,
             self.membership_status,
+            PeerCheck(enabled=self.tls is not None),
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
+
+    async def on_tls_rotated(self) -> None:
+        self.runtime.forget_channels()  # its cached stubs hold channels of the old certificate
 
     def _join_etcd(self) -> None:
         self.etcd = EtcdMembership(self.config)

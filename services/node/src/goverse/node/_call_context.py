@@ -18,6 +18,7 @@ from typing import Any
 
 from goverse import wire
 from goverse.objects import Caller
+from goverse.server import PLAINTEXT_PEER, Peer, Role
 from goverse.v1 import node_pb2
 
 ObjectKey = tuple[str, str]
@@ -34,9 +35,15 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-def caller_of(message: node_pb2.Caller) -> Caller:
-    """The caller an object sees, from the `Caller` a gate or node sent with the call."""
-    return Caller(message.client_id, message.object_type, message.object_id)
+def caller_of(message: node_pb2.Caller, peer: Peer = PLAINTEXT_PEER) -> Caller:
+    """The caller an object sees, from the `Caller` a gate or node sent with the call.
+
+    A client id is trusted only from a gate, which stamps the id of the client it
+    authenticated: from a peer whose certificate says it is a node, the client id is ignored
+    (the object sees an empty one). In plaintext no peer is known and every id is taken.
+    """
+    client_id = "" if peer.role is Role.NODE else message.client_id
+    return Caller(client_id, message.object_type, message.object_id)
 
 
 def current_chain() -> tuple[ObjectKey, ...]:

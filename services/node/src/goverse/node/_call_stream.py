@@ -16,10 +16,12 @@ from goverse.errors import GoverseError, InvalidArgument, call_status, code_stat
 from goverse.node._call_context import caller_of, deadline_after
 from goverse.node._object_host import ObjectHost
 from goverse.server import (
+    PLAINTEXT_PEER,
     BatchRule,
     CallMetricsInterceptor,
     CallsInFlight,
     Mailbox,
+    Peer,
     Supervisor,
     SupervisorClosed,
     served_call_span,
@@ -111,11 +113,15 @@ class CallStreams:
         return sum(stream.held for stream in self._streams)
 
     async def serve(
-        self, frames: AsyncIterator[node_pb2.CallFrames], context: grpc.aio.ServicerContext
+        self,
+        frames: AsyncIterator[node_pb2.CallFrames],
+        context: grpc.aio.ServicerContext,
+        peer: Peer = PLAINTEXT_PEER,
     ) -> AsyncGenerator[node_pb2.ReplyFrames, None]:
-        """Serves one Calls stream: yields its reply batches until it ends (see the class)."""
+        """Serves one Calls stream from `peer`: yields its reply batches until it ends (see
+        the class)."""
         gate_id = wire.metadata_value(context.invocation_metadata(), wire.GATE_ID_KEY) or "?"
-        stream = _CallStream(self, gate_id)
+        stream = _CallStream(self, gate_id, peer)
         name = f"{READER_TASK_PREFIX}{gate_id}:{next(self._numbers)}"
         try:
             reader = self._supervisor.spawn(name, stream.read(frames))
@@ -160,9 +166,11 @@ class CallStreams:
 
     # -- one call -------------------------------------------------------------------------
 
-    async def run(self, frame: node_pb2.CallFrame, received: float) -> node_pb2.ReplyFrame:
-        """Runs one call of a frame read at `received` (``time.monotonic``) and returns its
-        reply, as its unary RPC would have answered."""
+    async def run(
+        self, frame: node_pb2.CallFrame, received: float, peer: Peer = PLAINTEXT_PEER
+    ) -> node_pb2.ReplyFrame:
+        """Runs one call of a frame `peer` sent, read at `received` (``time.monotonic``), and
+        returns its reply, as its unary RPC would have answered."""
         op = frame.WhichOneof("op")
         if op is None:
             return node_pb2.ReplyFrame(
@@ -175,14 +183,14 @@ class CallStreams:
         code = grpc.StatusCode.CANCELLED
         try:
             with served_call_span(wire.NODE_CALL_METHODS[op], frame.trace_context) as span:
-                reply, code, details = await self._execute(frame, op, request, received)
+                reply, code, details = await self._execute(frame, op, request, received, peer)
                 span.end_with(code, f"{code.name}: {details}" if details else "")
             return reply
         finally:
             self._metrics.record(rpc, request, code, time.perf_counter() - started)
 
     async def _execute(
-        self, frame: node_pb2.CallFrame, op: str, request: Any, received: float
+        self, frame: node_pb2.CallFrame, op: str, request: Any, received: float, peer: Peer
     ) -> tuple[node_pb2.ReplyFrame, grpc.StatusCode, str]:
         timeout = None
         if frame.timeout_ms:
@@ -192,7 +200,7 @@ class CallStreams:
         try:
             async with asyncio.timeout(timeout):
                 with deadline_after(timeout):
-                    reply = await self._dispatch(frame.id, op, request)
+                    reply = await self._dispatch(frame.id, op, request, peer)
         except GoverseError as error:
             return node_pb2.ReplyFrame(id=frame.id, error=call_status(error)), error.status_code, ""
         except TimeoutError:
@@ -209,7 +217,9 @@ class CallStreams:
             )
         return reply, grpc.StatusCode.OK, ""
 
-    async def _dispatch(self, call_id: int, op: str, request: Any) -> node_pb2.ReplyFrame:
+    async def _dispatch(
+        self, call_id: int, op: str, request: Any, peer: Peer
+    ) -> node_pb2.ReplyFrame:
         host = self._host
         if op == "call":
             response = await host.invoke(
@@ -217,7 +227,7 @@ class CallStreams:
                 request.object_id,
                 request.method,
                 request.request,
-                caller_of(request.caller),
+                caller_of(request.caller, peer),
             )
             return node_pb2.ReplyFrame(
                 id=call_id, call=node_pb2.NodeCallObjectResponse(response=response)
@@ -251,9 +261,10 @@ class _CallStream:
     """One Calls stream's state: its calls by id (each removes itself when it ends), the
     reply mailbox, and how many slots are held."""
 
-    def __init__(self, owner: CallStreams, gate_id: str) -> None:
+    def __init__(self, owner: CallStreams, gate_id: str, peer: Peer) -> None:
         self._owner = owner
         self.gate_id = gate_id
+        self.peer = peer
         self.replies: Mailbox[_Queued] = Mailbox(owner._max_calls * 2)
         self.held = 0
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -336,7 +347,7 @@ class _CallStream:
     async def _call(self, frame: node_pb2.CallFrame, received: float) -> None:
         reply = None
         try:
-            reply = await self._owner.run(frame, received)
+            reply = await self._owner.run(frame, received, self.peer)
         except asyncio.CancelledError:
             if self._stopping:  # answered: the gate must not send again what may have run
                 reply = node_pb2.ReplyFrame(

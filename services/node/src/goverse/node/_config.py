@@ -125,6 +125,12 @@ class NodeConfig(
         help="most bytes of envelopes queued per gate stream; further pushes are dropped",
         kind=BYTE_SIZE,
     )
+    max_gates: int = setting(
+        256,
+        help="gates registered at once (distinct gate ids); a RegisterGate for a new gate id "
+        "beyond it fails with RESOURCE_EXHAUSTED. Each gate may pin up to --gate-queue-bytes",
+        kind=COUNT,
+    )
     heartbeat_interval: timedelta = setting(
         timedelta(seconds=5),
         help="a gate stream idle for this long carries a heartbeat",

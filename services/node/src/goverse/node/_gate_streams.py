@@ -16,9 +16,11 @@ from google.protobuf.message import Message
 from goverse import wire
 from goverse.ids import gate_id_problem, gate_of_client
 from goverse.server import (
+    PLAINTEXT_PEER,
     BatchRule,
     DropReason,
     Mailbox,
+    Peer,
     Supervisor,
     current_trace_context,
     record_push,
@@ -65,8 +67,10 @@ class GateStreams:
         queue_bytes: int,
         heartbeat_interval: timedelta,
         max_message_bytes: int,
+        max_gates: int = 256,
     ) -> None:
         self._supervisor = supervisor
+        self._max_gates = max_gates
         self._node = node
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
@@ -78,6 +82,8 @@ class GateStreams:
             max_items=BATCH_MAX_ENVELOPES,
         )
         self._mailboxes: dict[str, Mailbox[Envelope]] = {}
+        self._owners: dict[str, str] = {}
+        """The certificate identity (SPIFFE id; "" in plaintext) of each registered gate id."""
         # By DropReason; typed str because Status.dropped_pushes and the metrics key by str.
         self._dropped: collections.Counter[str] = collections.Counter()
         self._dropped_by_gate: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -206,9 +212,18 @@ class GateStreams:
     # -- streams ----------------------------------------------------------------------------
 
     async def serve(
-        self, request: RegisterGateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: RegisterGateRequest,
+        context: grpc.aio.ServicerContext,
+        peer: Peer = PLAINTEXT_PEER,
     ) -> AsyncGenerator[RegisterGateResponse, None]:
-        """The ``RegisterGate`` stream of one gate; ends when its mailbox is closed."""
+        """The ``RegisterGate`` stream of one gate; ends when its mailbox is closed.
+
+        A gate id belongs to the certificate identity of its registered stream: a
+        registration of that id from another identity is refused (PERMISSION_DENIED) while
+        the stream is open. In plaintext every peer has the same (empty) identity, so any
+        peer may replace any gate's stream. A new gate id beyond ``max_gates`` registered
+        gates is refused (RESOURCE_EXHAUSTED)."""
         gate_id = request.gate_id
         problem = gate_id_problem(gate_id)
         if problem is not None:
@@ -219,11 +234,17 @@ class GateStreams:
                 f"node {self._node} is stopping",
                 trailing_metadata=wire.close_metadata(wire.CloseReason.SHUTDOWN),
             )
+        refusal = self._refusal(gate_id, peer)
+        if refusal is not None:
+            log.warning(
+                "gate registration refused", gate_id=gate_id, peer=peer.identity, why=refusal[1]
+            )
+            await context.abort(*refusal)
         with (
             self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
             structlog.contextvars.bound_contextvars(gate_id=gate_id),
         ):
-            mailbox = self._register(gate_id, context.peer())
+            mailbox = self._register(gate_id, context.peer(), peer.identity)
             ended = False
             try:
                 yield RegisterGateResponse(
@@ -249,8 +270,27 @@ class GateStreams:
                 # passed while a write was pending) or the generator was closed.
                 self._unregister(gate_id, mailbox, cancelled=not ended)
 
-    def _register(self, gate_id: str, peer: str) -> Mailbox[Envelope]:
+    def _refusal(self, gate_id: str, peer: Peer) -> tuple[grpc.StatusCode, str] | None:
+        """Why a registration of `gate_id` by `peer` is refused (None: it is not)."""
+        current = self._mailboxes.get(gate_id)
+        if current is not None and not current.closed:
+            owner = self._owners.get(gate_id, "")
+            if owner != peer.identity:
+                return (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"gate id {gate_id!r} is registered by another identity",
+                )
+            return None
+        if len(self.gate_ids()) >= self._max_gates:
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node {self._node} has {self._max_gates} gates registered (--max-gates)",
+            )
+        return None
+
+    def _register(self, gate_id: str, peer: str, identity: str) -> Mailbox[Envelope]:
         mailbox: Mailbox[Envelope] = Mailbox(self._queue_size, self._queue_bytes)
+        self._owners[gate_id] = identity
         old = self._mailboxes.get(gate_id)
         moved = 0
         if old is not None and not old.closed:
@@ -259,9 +299,14 @@ class GateStreams:
             old.close(wire.CloseReason.REPLACED, discard=True)
         self._mailboxes[gate_id] = mailbox
         if old is not None:
-            log.info("gate re-registered, replacing its stream", peer=peer, moved=moved)
+            log.info(
+                "gate re-registered, replacing its stream",
+                peer=peer,
+                identity=identity,
+                moved=moved,
+            )
         else:
-            log.info("gate registered", peer=peer)
+            log.info("gate registered", peer=peer, identity=identity)
         return mailbox
 
     def _unregister(self, gate_id: str, mailbox: Mailbox[Envelope], *, cancelled: bool) -> None:
@@ -269,6 +314,7 @@ class GateStreams:
         mailbox.close(wire.CloseReason.PEER_GONE, discard=True)
         if self._mailboxes.get(gate_id) is mailbox:
             del self._mailboxes[gate_id]
+            self._owners.pop(gate_id, None)
         log.info("gate stream ended", reason=_closed_by(mailbox), cancelled=cancelled)
 
     def close_all(self, reason: str = wire.CloseReason.SHUTDOWN) -> int:
@@ -294,6 +340,7 @@ class GateStreams:
         for mailbox in self._mailboxes.values():
             mailbox.close(wire.CloseReason.SHUTDOWN, discard=True)
         self._mailboxes.clear()
+        self._owners.clear()
 
 
 def _closed_by(mailbox: Mailbox[Envelope]) -> wire.CloseReason:

@@ -12,13 +12,20 @@ from goverse.node._call_context import caller_of, inbound
 from goverse.node._call_stream import CallStreams
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
-from goverse.server import ClusterView
+from goverse.server import ClusterView, PeerCheck, Role
 from goverse.v1 import node_pb2, node_pb2_grpc
+
+GATES = frozenset({Role.GATE})
+PEERS = frozenset({Role.GATE, Role.NODE})
 
 
 class NodeService(node_pb2_grpc.NodeServiceServicer):
     """Serves ``goverse.v1.NodeService``. Every unary handler answers a
-    :class:`goverse.errors.GoverseError` with its status code (:func:`translate_errors`)."""
+    :class:`goverse.errors.GoverseError` with its status code (:func:`translate_errors`).
+
+    With TLS (`peers` enabled), every method first checks the role of the peer's certificate
+    (:class:`~goverse.server.PeerCheck`): RegisterGate only from a gate, everything else from
+    a gate or a node; a client id is trusted only from a gate (:func:`caller_of`)."""
 
     def __init__(
         self,
@@ -28,6 +35,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         gates: GateStreams,
         calls: CallStreams,
         membership: Callable[[], node_pb2.StatusResponse],
+        peers: PeerCheck | None = None,
     ) -> None:
         self._node = node
         self._view = view
@@ -35,11 +43,13 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._gates = gates
         self._calls = calls
         self._membership = membership
+        self._peers = PeerCheck(enabled=False) if peers is None else peers
 
     async def RegisterGate(
         self, request: node_pb2.RegisterGateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[node_pb2.RegisterGateResponse]:
-        async with contextlib.aclosing(self._gates.serve(request, context)) as stream:
+        peer = await self._peers.require(context, GATES, "RegisterGate")
+        async with contextlib.aclosing(self._gates.serve(request, context, peer)) as stream:
             async for response in stream:
                 yield response
 
@@ -48,7 +58,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         request_iterator: AsyncIterator[node_pb2.CallFrames],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[node_pb2.ReplyFrames]:
-        async with contextlib.aclosing(self._calls.serve(request_iterator, context)) as stream:
+        peer = await self._peers.require(context, PEERS, "Calls")
+        serve = self._calls.serve(request_iterator, context, peer)
+        async with contextlib.aclosing(serve) as stream:
             async for replies in stream:
                 yield replies
 
@@ -56,13 +68,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def CallObject(
         self, request: node_pb2.NodeCallObjectRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.NodeCallObjectResponse:
+        peer = await self._peers.require(context, PEERS, "CallObject")
         with inbound(context):
             response = await self._host.invoke(
                 request.object_type,
                 request.object_id,
                 request.method,
                 request.request,
-                caller_of(request.caller),
+                caller_of(request.caller, peer),
             )
         return node_pb2.NodeCallObjectResponse(response=response)
 
@@ -70,6 +83,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def CreateObject(
         self, request: node_pb2.NodeCreateObjectRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.NodeCreateObjectResponse:
+        await self._peers.require(context, PEERS, "CreateObject")
         with inbound(context):
             created = await self._host.create(request.object_type, request.object_id)
         return node_pb2.NodeCreateObjectResponse(created=created)
@@ -78,6 +92,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def DeleteObject(
         self, request: node_pb2.NodeDeleteObjectRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.NodeDeleteObjectResponse:
+        await self._peers.require(context, PEERS, "DeleteObject")
         with inbound(context):
             deleted = await self._host.delete(request.object_type, request.object_id)
         return node_pb2.NodeDeleteObjectResponse(deleted=deleted)
@@ -86,6 +101,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def Status(
         self, request: node_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.StatusResponse:
+        await self._peers.require(context, PEERS, "Status")
         status = self._membership()
         status.MergeFrom(
             node_pb2.StatusResponse(
@@ -103,6 +119,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     async def ListObjects(
         self, request: node_pb2.ListObjectsRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.ListObjectsResponse:
+        await self._peers.require(context, PEERS, "ListObjects")
         return node_pb2.ListObjectsResponse(
             objects=[
                 node_pb2.ObjectRef(object_type=object_type, object_id=object_id)

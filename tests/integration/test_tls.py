@@ -1,0 +1,240 @@
+"""TLS between real processes: mutual TLS to nodes, roles from certificates, gate ids owned by
+one identity, --max-gates, the plaintext health port, the SDK over TLS, and rotation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import StringValue
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from goverse import wire
+from goverse.client import Client, ClientTLS
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.v1 import node_pb2, node_pb2_grpc
+from tests.helpers.certs import CertFiles, TestCA
+from tests.helpers.processes import ProcessGroup, ServiceProcess, serving
+from tests.helpers.waiting import wait_until
+
+RPC_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path / "pki")
+
+
+def tls_flags(ca: TestCA, files: CertFiles) -> list[str]:
+    return [*files.flags(), "--tls-ca", str(ca.path), "--health-port=0"]
+
+
+def node_with_tls(processes: ProcessGroup, ca: TestCA, *extra: str) -> ServiceProcess:
+    return processes.node(extra=[*tls_flags(ca, ca.issue("node", "n1")), *extra])
+
+
+@contextlib.contextmanager
+def node_stub(proc: ServiceProcess, ca: TestCA | None, files: CertFiles | None) -> Iterator[Any]:
+    """A NodeService stub to `proc`: plaintext without `ca`, else TLS verifying `ca` and
+    presenting `files` (None: no client certificate)."""
+    if ca is None:
+        channel = grpc.insecure_channel(proc.address)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            ca.pem,
+            None if files is None else files.key.read_bytes(),
+            None if files is None else files.cert.read_bytes(),
+        )
+        channel = grpc.secure_channel(proc.address, credentials)
+    with channel:
+        yield node_pb2_grpc.NodeServiceStub(channel)
+
+
+def status_code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    code: grpc.StatusCode = raised.value.code()
+    return code
+
+
+def register(stub: Any, gate_id: str) -> Any:
+    """Opens RegisterGate as `gate_id` and reads its acknowledgement (or its error)."""
+    stream = stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id=gate_id), timeout=30)
+    first = next(stream)
+    assert first.WhichOneof("event") == "ack"
+    return stream
+
+
+def who_am_i(stub: Any, client_id: str) -> str:
+    reply = stub.CallObject(
+        node_pb2.NodeCallObjectRequest(
+            object_type="Pusher",
+            object_id="p",
+            method="WhoAmI",
+            request=wire.pack(Empty()),
+            caller=node_pb2.Caller(client_id=client_id),
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+    return wire.unpack(reply.response, StringValue).value
+
+
+def test_node_with_tls_refuses_plaintext(processes: ProcessGroup, ca: TestCA) -> None:
+    """A node given --tls-cert takes no plaintext connection on its listen address."""
+    node = node_with_tls(processes, ca)
+    with node_stub(node, None, None) as stub:
+        code = status_code(lambda: stub.Status(node_pb2.StatusRequest(), timeout=3))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert node.alive()
+
+
+def test_health_port_answers_in_plaintext_and_serves_nothing_else(
+    processes: ProcessGroup, ca: TestCA
+) -> None:
+    """--health-port serves grpc.health.v1 without TLS (a kubelet probe), and only that."""
+    node = node_with_tls(processes, ca)
+    with grpc.insecure_channel(node.health_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", wire.NODE_SERVICE):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        code = status_code(lambda: stub.Status(node_pb2.StatusRequest(), timeout=5))
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_gate_certificate_of_the_cluster_ca_is_served(processes: ProcessGroup, ca: TestCA) -> None:
+    """A gate certificate of the cluster CA may register a gate and call objects, and the
+    client id it sends reaches the object."""
+    node = node_with_tls(processes, ca)
+    with node_stub(node, ca, ca.issue("gate", "g1")) as stub:
+        stream = register(stub, "gate-a")
+        assert who_am_i(stub, "gate-a-1") == "gate-a-1"
+        assert stub.Status(node_pb2.StatusRequest(), timeout=5).gates == ["gate-a"]
+        stream.cancel()
+
+
+@pytest.mark.parametrize("which", ["wrong CA", "expired", "no client certificate"])
+def test_node_refuses_peers_without_a_valid_client_certificate(
+    processes: ProcessGroup, ca: TestCA, tmp_path: Path, which: str
+) -> None:
+    """The handshake fails (UNAVAILABLE) for a certificate of another CA, an expired one, or
+    none; the node keeps serving."""
+    node = node_with_tls(processes, ca)
+    files: CertFiles | None
+    if which == "wrong CA":
+        files = TestCA(tmp_path / "other", name="other CA").issue("gate", "g1")
+    elif which == "expired":
+        files = ca.issue("gate", "old", expired=True)
+    else:
+        files = None
+    with node_stub(node, ca, files) as stub:
+        code = status_code(lambda: stub.Status(node_pb2.StatusRequest(), timeout=3))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    with node_stub(node, ca, ca.issue("gate", "g1")) as stub:
+        assert stub.Status(node_pb2.StatusRequest(), timeout=5).node
+
+
+@pytest.mark.parametrize(
+    ("role", "uri"),
+    [("client", None), ("", None), ("gate", "spiffe://elsewhere/gate/g1")],
+    ids=["client role", "no URI SAN", "other trust domain"],
+)
+def test_node_refuses_certificates_of_no_goverse_role(
+    processes: ProcessGroup, ca: TestCA, role: str, uri: str | None
+) -> None:
+    """A certificate of the cluster CA that says neither gate nor node of goverse may not
+    register a gate nor call: PERMISSION_DENIED."""
+    node = node_with_tls(processes, ca)
+    with node_stub(node, ca, ca.issue(role, "x", uri=uri)) as stub:
+        assert status_code(lambda: register(stub, "gate-x")) is grpc.StatusCode.PERMISSION_DENIED
+        assert status_code(lambda: who_am_i(stub, "")) is grpc.StatusCode.PERMISSION_DENIED
+        code = status_code(lambda: stub.ListObjects(node_pb2.ListObjectsRequest(), timeout=5))
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_node_certificate_may_call_but_not_register_a_gate_nor_name_a_client(
+    processes: ProcessGroup, ca: TestCA
+) -> None:
+    """A node's certificate calls objects (node to node), but RegisterGate is refused and
+    the client id it sends is ignored: only a gate vouches for a client."""
+    node = node_with_tls(processes, ca)
+    with node_stub(node, ca, ca.issue("node", "n2")) as stub:
+        assert status_code(lambda: register(stub, "gate-x")) is grpc.StatusCode.PERMISSION_DENIED
+        assert who_am_i(stub, "gate-a-1") == ""
+
+
+def test_gate_id_taken_by_another_identity_is_refused(processes: ProcessGroup, ca: TestCA) -> None:
+    """While a gate id is registered, RegisterGate for it from another gate certificate is
+    refused (PERMISSION_DENIED) and the owner's stream stays; the same identity replaces it."""
+    node = node_with_tls(processes, ca)
+    with (
+        node_stub(node, ca, ca.issue("gate", "g1")) as owner,
+        node_stub(node, ca, ca.issue("gate", "g2")) as other,
+        node_stub(node, ca, ca.issue("gate", "g1", file_stem="gate-g1-again")) as same,
+    ):
+        first = register(owner, "gate-a")
+        assert status_code(lambda: register(other, "gate-a")) is grpc.StatusCode.PERMISSION_DENIED
+        assert owner.Status(node_pb2.StatusRequest(), timeout=5).gates == ["gate-a"]
+        second = register(same, "gate-a")
+        for message in first:  # the replaced stream ends with OK, reason "replaced"
+            assert message.WhichOneof("event") != "envelopes"
+        assert wire.close_reason_of(first.trailing_metadata()) is wire.CloseReason.REPLACED
+        second.cancel()
+
+
+def test_max_gates_bounds_the_registered_gates(processes: ProcessGroup, ca: TestCA) -> None:
+    """Past --max-gates, a new gate id is refused with RESOURCE_EXHAUSTED; a registered one
+    may still replace its stream, and the node keeps serving."""
+    node = node_with_tls(processes, ca, "--max-gates=2")
+    with node_stub(node, ca, ca.issue("gate", "g1")) as stub:
+        streams = [register(stub, "gate-a"), register(stub, "gate-b")]
+        assert status_code(lambda: register(stub, "gate-c")) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        streams.append(register(stub, "gate-b"))
+        assert stub.Status(node_pb2.StatusRequest(), timeout=5).gates == ["gate-a", "gate-b"]
+        for stream in streams:
+            stream.cancel()
+
+
+def test_max_gates_holds_in_plaintext(processes: ProcessGroup) -> None:
+    """--max-gates bounds registrations without TLS too."""
+    node = processes.node(extra=["--max-gates=1"])
+    with node_stub(node, None, None) as stub:
+        stream = register(stub, "gate-a")
+        assert status_code(lambda: register(stub, "gate-b")) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        stream.cancel()
+
+
+async def test_client_calls_through_a_gate_over_tls(processes: ProcessGroup, ca: TestCA) -> None:
+    """Client -> gate over TLS (the gate's own client-facing certificate), gate -> node over
+    mutual TLS: a call goes through; a plaintext client gets nowhere."""
+    node = node_with_tls(processes, ca)
+    client_cert = ca.issue("", "gate-public", file_stem="gate-public")
+    gate = processes.gate(
+        "gate-a",
+        [node.address],
+        extra=[
+            *tls_flags(ca, ca.issue("gate", "gate-a")),
+            "--client-tls-cert",
+            str(client_cert.cert),
+            "--client-tls-key",
+            str(client_cert.key),
+        ],
+    )
+    wait_until(lambda: serving(gate.health_address, wire.GATE_SERVICE), 30, what="gate ready")
+    tls = ClientTLS(ca=ca.path)
+    async with Client([gate.address], tls=tls, connect_timeout=timedelta(seconds=20)) as client:
+        value = await client.call(
+            "Counter", "c1", "Increment", IncrementRequest(by=2), CounterValue
+        )
+        assert value.value == 2
+    with grpc.insecure_channel(gate.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        code = status_code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=3))
+    assert code is grpc.StatusCode.UNAVAILABLE
