@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,11 @@ class TestCA:
         expired: bool = False,
         uri: str | None = None,
         file_stem: str | None = None,
+        dns: Sequence[str] = (),
     ) -> CertFiles:
         """Issues a certificate for `role`/`name` (URI SAN ``spiffe://goverse/ROLE/NAME``, or
-        `uri` verbatim; role ``""`` and no `uri`: no URI SAN) and writes it with its key."""
+        `uri` verbatim; role ``""`` and no `uri`: no URI SAN), valid for localhost, 127.0.0.1
+        and `dns`, and writes it with its key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         if expired:
@@ -94,6 +97,7 @@ class TestCA:
         else:
             start, end = now - _DAY, now + 10 * _DAY
         names: list[x509.GeneralName] = [
+            *(x509.DNSName(name) for name in dns),
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ]
@@ -132,6 +136,31 @@ class TestCA:
         return files
 
 
+class SecretDir:
+    """A directory laid out as Kubernetes mounts a Secret: ``tls.crt`` and ``tls.key`` are
+    links into ``..data``, itself a link to a timestamped directory; :meth:`publish` swaps
+    ``..data`` in one rename, so a reader never sees a new certificate with an old key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._versions = 0
+        self.files = CertFiles(directory / "tls.crt", directory / "tls.key")
+
+    def publish(self, source: CertFiles) -> None:
+        self._versions += 1
+        version = self.directory / f"..v{self._versions}"
+        version.mkdir()
+        (version / "tls.crt").write_bytes(source.cert.read_bytes())
+        (version / "tls.key").write_bytes(source.key.read_bytes())
+        link = self.directory / "..data.tmp"
+        link.symlink_to(version.name)
+        os.replace(link, self.directory / "..data")
+        for name in ("tls.crt", "tls.key"):
+            if not (self.directory / name).is_symlink():
+                (self.directory / name).symlink_to(f"..data/{name}")
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replaces `path` by a rename, as a Secret volume's symlink swap does."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -139,4 +168,4 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-__all__ = ["CertFiles", "TestCA", "write_atomically"]
+__all__ = ["CertFiles", "SecretDir", "TestCA", "write_atomically"]

@@ -4,6 +4,8 @@ one identity, --max-gates, the plaintext health port, the SDK over TLS, and rota
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +21,8 @@ from goverse import wire
 from goverse.client import Client, ClientTLS
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import node_pb2, node_pb2_grpc
-from tests.helpers.certs import CertFiles, TestCA
-from tests.helpers.processes import ProcessGroup, ServiceProcess, serving
+from tests.helpers.certs import CertFiles, SecretDir, TestCA
+from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, serving
 from tests.helpers.waiting import wait_until
 
 RPC_TIMEOUT = 10.0
@@ -238,3 +240,91 @@ async def test_client_calls_through_a_gate_over_tls(processes: ProcessGroup, ca:
         health = health_pb2_grpc.HealthStub(channel)
         code = status_code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=3))
     assert code is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_missing_tls_file_stops_the_start_with_exit_2(tmp_path: Path, ca: TestCA) -> None:
+    """A TLS file that cannot be read is an operator's error: exit 2, naming the file."""
+    missing = tmp_path / "nowhere.crt"
+    done = subprocess.run(
+        [
+            str(BIN / "goverse-node"),
+            "--listen=127.0.0.1:0",
+            "--metrics-port=off",
+            f"--tls-cert={missing}",
+            f"--tls-key={missing}",
+            f"--tls-ca={ca.path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert str(missing) in done.stderr
+
+
+def log_has(proc: ServiceProcess, event: str, **fields: Any) -> bool:
+    """Whether `proc` logged `event` with `fields`. Lines that are not JSON are skipped:
+    grpc's core writes its own to stderr when a handshake fails, as these tests make some."""
+    for raw in proc.output().splitlines():
+        if not raw.startswith("{"):
+            continue
+        line = json.loads(raw)
+        if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+            return True
+    return False
+
+
+def test_a_rotated_server_certificate_is_presented_without_a_restart(
+    processes: ProcessGroup, ca: TestCA, tmp_path: Path
+) -> None:
+    """The node's certificate files swapped as a Secret update swaps them: the next
+    connection gets the new certificate (it alone names "rotated.test"), with no restart."""
+    secret = SecretDir(tmp_path / "secret")
+    secret.publish(ca.issue("node", "n1"))
+    node = processes.node(extra=[*tls_flags(ca, secret.files), "--tls-reload-interval=100ms"])
+    pid = node.pid
+    options = [("grpc.ssl_target_name_override", "rotated.test")]
+    gate = ca.issue("gate", "g1")
+    credentials = grpc.ssl_channel_credentials(
+        ca.pem, gate.key.read_bytes(), gate.cert.read_bytes()
+    )
+
+    def status_as_rotated() -> Any:
+        with grpc.secure_channel(node.address, credentials, options) as channel:
+            return node_pb2_grpc.NodeServiceStub(channel).Status(
+                node_pb2.StatusRequest(), timeout=5
+            )
+
+    assert status_code(status_as_rotated) is grpc.StatusCode.UNAVAILABLE
+    secret.publish(ca.issue("node", "n1", dns=["rotated.test"], file_stem="node-n1-rotated"))
+    wait_until(lambda: log_has(node, "tls files reloaded"), 30, what="the node reloads")
+    assert status_as_rotated().node
+    assert node.pid == pid
+    assert node.alive()
+
+
+def test_a_rotated_client_certificate_reaches_new_connections(
+    processes: ProcessGroup, ca: TestCA, tmp_path: Path
+) -> None:
+    """A gate whose certificate was rotated presents the new one on its next connection to
+    a node (here: once the node restarted), with no restart of the gate."""
+    node = node_with_tls(processes, ca)
+    secret = SecretDir(tmp_path / "gate-secret")
+    secret.publish(ca.issue("gate", "before"))
+    gate = processes.gate(
+        "gate-a",
+        [node.address],
+        extra=[*tls_flags(ca, secret.files), "--tls-reload-interval=100ms"],
+    )
+    before, after = spiffe_id("gate", "before"), spiffe_id("gate", "after")
+    wait_until(lambda: log_has(node, "gate registered", identity=before), 30, what="link up")
+    secret.publish(ca.issue("gate", "after"))
+    wait_until(lambda: log_has(gate, "tls files reloaded"), 30, what="the gate reloads")
+    node.terminate()
+    node.start()
+    wait_until(lambda: log_has(node, "gate registered", identity=after), 30, what="new identity")
+    assert gate.alive()
+
+
+def spiffe_id(role: str, name: str) -> str:
+    return f"spiffe://goverse/{role}/{name}"

@@ -75,6 +75,16 @@ def test_environment_sets_and_flags_win() -> None:
         (["--log-level=loud"], "invalid choice"),
         (["--slow-client-policy=block"], "invalid choice"),
         (["--keepalive-timeout=0ms"], "--keepalive-timeout must be positive"),
+        (["--tls-cert=a.crt"], "--tls-cert given without --tls-key, --tls-ca"),
+        (["--tls-key=a.key", "--tls-ca=ca.pem"], "given without --tls-cert"),
+        (["--tls-ca=ca.pem"], "--tls-ca given without --tls-cert, --tls-key"),
+        (["--client-tls-cert=c.crt"], "--client-tls-cert given without --client-tls-key"),
+        (["--client-tls-key=c.key"], "--client-tls-key given without --client-tls-cert"),
+        (
+            ["--client-tls-cert=c.crt", "--client-tls-key=c.key"],
+            "--client-tls-cert needs --tls-cert, --tls-key and --tls-ca",
+        ),
+        (["--health-port=http"], "--health-port"),
     ],
 )
 def test_invalid_values_exit_2_with_a_clear_message(
@@ -184,3 +194,27 @@ def test_gate_defaults_of_the_shared_settings() -> None:
     """listen and metrics-port are declared once, with a default per service."""
     config = GateConfig()
     assert (config.listen, config.metrics_port, config.ready_file) == ("0.0.0.0:7100", 9465, None)
+
+
+def test_tls_flags_from_the_environment() -> None:
+    """A full TLS configuration from GOVERSE_* variables; the client-facing listener presents
+    the gate's own certificate unless --client-tls-cert says otherwise."""
+    config = parse_config(
+        [],
+        {
+            "GOVERSE_TLS_CERT": "/tls/tls.crt",
+            "GOVERSE_TLS_KEY": "/tls/tls.key",
+            "GOVERSE_TLS_CA": "/tls/ca.crt",
+            "GOVERSE_HEALTH_PORT": "7101",
+        },
+    )
+    assert config.tls is not None
+    assert str(config.tls.ca) == "/tls/ca.crt"
+    assert config.client_tls is None
+    assert config.health_port == 7101
+
+
+def test_without_tls_flags_the_gate_is_plaintext() -> None:
+    config = parse_config([], {})
+    assert config.tls is None
+    assert config.health_port is None

@@ -156,6 +156,25 @@ async def test_a_node_that_stops_ends_its_link_as_planned_not_as_a_fault(
     assert levels(unplanned, "node link lost") == ["warning"]
 
 
+async def test_a_replaced_link_resets_its_backoff_and_warns(
+    fake_node: FakeNode, links: Links
+) -> None:
+    """A stream the node ends because another registration of this gate id replaced it
+    (close reason ``replaced``) is said at WARNING, and the backoff grown by earlier
+    failures is reset, so the link is back at once."""
+    link, _ = links.start(fake_node, initial=0.05, maximum=60.0, stable_after=3600)
+    await connected(link)
+    for _ in range(10):  # as if the earlier connections had failed
+        link._backoff.next_delay()
+    with structlog.testing.capture_logs() as logs:
+        fake_node.end_streams(wire.CloseReason.REPLACED)
+        await connected(link, connections=2)
+    replaced = [line for line in logs if line["event"].startswith("node link replaced")]
+    assert [line["log_level"] for line in replaced] == ["warning"]
+    assert link._backoff.attempt <= 1
+    assert "replaced" in link.last_error
+
+
 async def test_reconnects_after_the_node_restarts_on_the_same_port(
     fake_node: FakeNode, links: Links
 ) -> None:

@@ -99,6 +99,10 @@ def test_environment_supplies_values_and_flags_win() -> None:
         (["--log-level=chatty"], "--log-level"),
         (["--keepalive-time=0s"], "--keepalive-time must be positive"),
         (["--keepalive-min-time=never"], "--keepalive-min-time"),
+        (["--max-gates=0"], "--max-gates"),
+        (["--tls-cert=n.crt", "--tls-key=n.key"], "given without --tls-ca"),
+        (["--tls-key=n.key"], "--tls-key given without --tls-cert, --tls-ca"),
+        (["--tls-reload-interval=0s"], "--tls-reload-interval"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_flag(

@@ -123,6 +123,7 @@ class ServiceSettings:
         help="plaintext port serving only grpc.health.v1 (for Kubernetes' gRPC probes, which "
         "present no client certificate and speak no TLS); 0: any free port; off: none",
         kind=PORT,
+        default_text="off",
     )
     tls_cert: Path | None = setting(
         None,
