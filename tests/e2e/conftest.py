@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from goverse.client import Client
-from tests.helpers.cluster import Cluster, start_cluster
+from tests.helpers.cluster import Cluster, ClusterTLS, start_cluster
 from tests.helpers.processes import ProcessGroup, process_group
 
 
@@ -23,6 +23,15 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
 def fresh_cluster(processes: ProcessGroup) -> Cluster:
     """A cluster of two nodes and two gates for one test that kills or restarts processes."""
     return start_cluster(processes, gates=2)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster of two nodes and two gates with TLS on every hop (mutual between gates
+    and nodes, certificates of a test CA) for the tests of a module that do not break it."""
+    directory = tmp_path_factory.mktemp("tls-cluster")
+    with process_group(directory / "logs") as group:
+        yield start_cluster(group, gates=2, tls=ClusterTLS.make(directory / "pki"))
 
 
 @pytest.fixture

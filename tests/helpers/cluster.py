@@ -6,15 +6,18 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from goverse import wire
-from goverse.client import Client
+from goverse.client import Client, ClientTLS
 from goverse.placement import SHARD_COUNT, Placement
+from goverse.transport import tls_name_options
 from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.helpers.call_load import object_ids
+from tests.helpers.certs import CertFiles, TestCA
 from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess, serving
 from tests.helpers.waiting import wait_until
 
@@ -22,12 +25,42 @@ STATUS_TIMEOUT = 5.0
 """The deadline of a Status call to a node."""
 
 
+@dataclass(frozen=True)
+class ClusterTLS:
+    """Certificates of a cluster under TLS: every node has a node certificate and every gate
+    a gate certificate of one CA (flags from :meth:`node_flags` / :meth:`gate_flags`, health
+    on a plaintext port); the test itself asks nodes for their Status with a node
+    certificate of its own, and its clients verify the gates with the CA."""
+
+    ca: TestCA
+    node: CertFiles
+    gate: CertFiles
+    operator: CertFiles
+
+    @classmethod
+    def make(cls, directory: Path) -> ClusterTLS:
+        ca = TestCA(directory)
+        return cls(ca, ca.issue("node", "node"), ca.issue("gate", "gate"), ca.issue("node", "test"))
+
+    def flags(self, files: CertFiles) -> tuple[str, ...]:
+        return (*files.flags(), "--tls-ca", str(self.ca.path), "--health-port=0")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.ca.pem, self.operator.key.read_bytes(), self.operator.cert.read_bytes()
+        )
+
+    def client(self) -> ClientTLS:
+        return ClientTLS(ca=self.ca.pem)
+
+
 @dataclass
 class Cluster:
     """Nodes and gates, as real processes, on one membership: the static node list
     (`etcd_endpoint` None: every node and gate is given :attr:`node_addresses` in ``--nodes``)
     or etcd's (each node registers its unix address). Nodes get `node_extra`, gates
-    `gate_extra`, both `env`.
+    `gate_extra`, both `env`. With `tls`, every hop is TLS (mutual between gates and nodes)
+    and the helpers here speak it too.
 
     Processes start only through :meth:`start`, :meth:`start_nodes`, :meth:`start_gates` and
     :meth:`start_stopped`, which return once what they started serves (a node on etcd: once it
@@ -44,6 +77,7 @@ class Cluster:
     node_extra: tuple[str, ...] = ()
     gate_extra: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    tls: ClusterTLS | None = None
     nodes: list[ServiceProcess] = field(default_factory=list)
     """Every node started, in order (node *i* on ``node_addresses[i]``), running or not."""
     gates: list[ServiceProcess] = field(default_factory=list)
@@ -86,7 +120,7 @@ class Cluster:
         """Starts `count` new nodes together on the next addresses; returns once each serves
         and, on etcd, has joined."""
         first = len(self.nodes)
-        extra = (*self._membership, *self.node_extra)
+        extra = (*self._membership, *self._tls_flags("node"), *self.node_extra)
         added = [
             self.group.node(address, self._listed, extra, wait=False, env=self.env)
             for address in self.names(first + count)[first:]
@@ -100,7 +134,7 @@ class Cluster:
         returns once each serves (its links to the nodes come up in the background: see
         :meth:`wait_linked`)."""
         first = len(self.gates)
-        extra = (*self._membership, *self.gate_extra)
+        extra = (*self._membership, *self._tls_flags("gate"), *self.gate_extra)
         added = [
             self.group.gate(f"gate-{first + n}", self._listed, extra, wait=False, env=self.env)
             for n in range(count)
@@ -121,11 +155,25 @@ class Cluster:
         connect: they are its background tasks)."""
         wait_until(
             lambda: all(
-                sorted(node_status(proc.address).gates) == self.gate_ids for proc in self.nodes
+                sorted(self.node_status(proc.address).gates) == self.gate_ids for proc in self.nodes
             ),
             START_TIMEOUT,
             what="every gate to link to every node",
         )
+
+    def _tls_flags(self, role: str) -> tuple[str, ...]:
+        if self.tls is None:
+            return ()
+        return self.tls.flags(self.tls.node if role == "node" else self.tls.gate)
+
+    @property
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """What the test's own channels to nodes present (None: plaintext)."""
+        return None if self.tls is None else self.tls.channel_credentials()
+
+    def node_status(self, address: str, timeout: float = STATUS_TIMEOUT) -> node_pb2.StatusResponse:
+        """:func:`node_status` over this cluster's TLS, if any."""
+        return node_status(address, timeout, self.credentials)
 
     @property
     def _membership(self) -> tuple[str, ...]:
@@ -140,7 +188,7 @@ class Cluster:
             proc.wait_ready()
         joining = [proc for proc in procs if proc in self.nodes] if self.etcd_endpoint else []
         wait_until(
-            lambda: all(joined(proc.address) for proc in joining),
+            lambda: all(joined(proc.health_address) for proc in joining),
             START_TIMEOUT,
             what=f"{', '.join(proc.name for proc in joining)} to join the cluster in etcd",
         )
@@ -153,10 +201,18 @@ class Cluster:
         return object_ids(prefix, count, lambda i: placement.node_for(object_type, i) == node)
 
     def client(self, gates: list[str] | None = None, **options: Any) -> Client:
+        if self.tls is not None:
+            options.setdefault("tls", self.tls.client())
         return Client(gates or self.gate_addresses, **options)
 
     async def list_objects(self, node: str, object_type: str = "") -> set[str]:
-        async with grpc.aio.insecure_channel(node) as channel:
+        credentials = self.credentials
+        channel = (
+            grpc.aio.insecure_channel(node)
+            if credentials is None
+            else grpc.aio.secure_channel(node, credentials, tls_name_options(node))
+        )
+        async with channel:
             reply = await node_pb2_grpc.NodeServiceStub(channel).ListObjects(
                 node_pb2.ListObjectsRequest(object_type=object_type), timeout=10
             )
@@ -164,7 +220,7 @@ class Cluster:
 
     async def status(self, node: str, timeout: float = 10.0) -> node_pb2.StatusResponse:
         """The Status of the node at `node` (:func:`node_status`, in a thread)."""
-        return await asyncio.to_thread(node_status, node, timeout)
+        return await asyncio.to_thread(self.node_status, node, timeout)
 
 
 def start_cluster(
@@ -176,12 +232,20 @@ def start_cluster(
     nodes: int = 2,
     env: dict[str, str] | None = None,
     etcd: str | None = None,
+    tls: ClusterTLS | None = None,
 ) -> Cluster:
     """`nodes` nodes on unix sockets named up front and `gates` gates (``gate-0`` …) on
     loopback ports they bind; returns once all of them serve and every gate's link to every
-    node is up. With `etcd` (an endpoint), membership is etcd's (see :class:`Cluster`)."""
+    node is up. With `etcd` (an endpoint), membership is etcd's; with `tls`, every hop is TLS
+    (see :class:`Cluster`)."""
     cluster = Cluster(
-        group, group.node_addresses(nodes), etcd, node_extra, gate_extra, dict(env or {})
+        group,
+        group.node_addresses(nodes),
+        etcd,
+        node_extra,
+        gate_extra,
+        dict(env or {}),
+        tls,
     )
     cluster.start(nodes, gates)
     return cluster
@@ -195,9 +259,19 @@ def joined(node: str) -> bool:
 # -- Status, and the shards settled ------------------------------------------------------------
 
 
-def node_status(address: str, timeout: float = STATUS_TIMEOUT) -> node_pb2.StatusResponse:
-    """The node's answer to Status (blocks the thread: from async code, run it in one)."""
-    with grpc.insecure_channel(address) as channel:
+def node_status(
+    address: str,
+    timeout: float = STATUS_TIMEOUT,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> node_pb2.StatusResponse:
+    """The node's answer to Status (blocks the thread: from async code, run it in one);
+    over TLS with `credentials`."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, tls_name_options(address))
+    )
+    with channel:
         reply: node_pb2.StatusResponse = node_pb2_grpc.NodeServiceStub(channel).Status(
             node_pb2.StatusRequest(), timeout=timeout
         )

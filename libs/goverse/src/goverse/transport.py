@@ -108,6 +108,19 @@ def channel_options(
     ]
 
 
+UNIX_TLS_NAME = "localhost"
+"""The name a TLS peer on a unix socket is verified as: the socket has no host name of its
+own (grpc would check its path), and the peer is on this machine."""
+
+
+def tls_name_options(address: str) -> list[tuple[str, Any]]:
+    """Channel options for a TLS channel to `address`: a unix socket is verified as
+    :data:`UNIX_TLS_NAME`; a TCP address by its host, as grpc does by itself."""
+    if address.startswith("unix:"):
+        return [("grpc.ssl_target_name_override", UNIX_TLS_NAME)]
+    return []
+
+
 class ChannelPool:
     """One long-lived channel per address, created on first use: insecure, or secured by
     `credentials` (TLS, mutual when they carry a client certificate).
@@ -139,7 +152,10 @@ class ChannelPool:
                 )
             else:
                 channel = grpc.aio.secure_channel(
-                    address, self._credentials, options=self._options, interceptors=interceptors
+                    address,
+                    self._credentials,
+                    options=[*self._options, *tls_name_options(address)],
+                    interceptors=interceptors,
                 )
             self._channels[address] = channel
         return channel
