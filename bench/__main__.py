@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from bench import machine, report
-from bench.cluster import Variant
+from bench.cluster import BenchTLS, Variant
 from bench.procs import ROOT, Procs, uvloop_available
 from bench.profiling import py_spy
 from bench.results_model import ScenarioResult
@@ -33,6 +33,7 @@ from bench.scenarios import (
     SCENARIOS,
     STATE_PARTS,
     STATE_STORES,
+    TLS_SCENARIOS,
     Ctx,
     Settings,
     run_scenario,
@@ -118,6 +119,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a checkout (e.g. `git archive HEAD libs services | tar -x -C DIR`) whose services "
         f"to run too, in scenarios {','.join(CODE_SCENARIOS)}, compared with the work tree",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every hop of the system (client to gate, mutual TLS gate to node; "
+        f"certificates of a CA made for the run), scenarios {','.join(TLS_SCENARIOS)} only; "
+        "compare with a run without it",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     args.scenarios = tuple(NAMES.get(s, s) for s in args.scenarios)
@@ -135,6 +143,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             and not args.state_rss_idle
         ):
             parser.error("--state-parts rss without calls needs --state-rss-idle")
+    if args.tls and not set(args.scenarios) <= set(TLS_SCENARIOS):
+        parser.error(f"--tls runs scenarios {','.join(TLS_SCENARIOS)} only")
     if args.loops is None:
         args.loops = ("asyncio", "uvloop") if uvloop_available() else ("asyncio",)
     if "uvloop" in args.loops and not uvloop_available():
@@ -186,12 +196,19 @@ async def run_all(
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     first = args.loops[0]
-    plan = [(number, Variant(first, first)) for number in args.scenarios]
+    tls = BenchTLS.make(ctx.run_dir / "pki") if args.tls else None
+
+    def make_variant(label: str, loop_name: str, code: str = "") -> Variant:
+        if tls is not None:
+            label = f"{label}-tls"
+        return Variant(label, loop_name, code=code, tls=tls)
+
+    plan = [(number, make_variant(first, first)) for number in args.scenarios]
     repeated = [number for number in args.scenarios if number in LOOP_SCENARIOS]
     for loop_name in args.loops[1:]:
-        plan += [(number, Variant(loop_name, loop_name)) for number in repeated]
+        plan += [(number, make_variant(loop_name, loop_name)) for number in repeated]
     if args.compare_code is not None:
-        code = Variant("code", first, code=str(args.compare_code))
+        code = make_variant("code", first, code=str(args.compare_code))
         plan += [(number, code) for number in args.scenarios if number in CODE_SCENARIOS]
     for number, variant in plan:
         print(f"-- scenario {number} ({variant.label}) ...", flush=True)
@@ -220,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings.to_json(),
         "loops": list(args.loops),
         "compare_code": str(args.compare_code or ""),
+        "tls": args.tls,
         "profiled": args.profile,
         "noisy": "numbers are only comparable within one run (ratios); "
         "other load on the machine shows in load_average",

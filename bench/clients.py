@@ -22,12 +22,20 @@ CALL_TIMEOUT = 30.0
 MAX_ERRORS = 100
 
 
-def raw_channel(address: str, *, own_connection: bool = True) -> Any:
+def raw_channel(
+    address: str,
+    *,
+    own_connection: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Any:
     """A channel with the options the SDK uses; with `own_connection`, its own TCP connection
-    (grpc shares a connection between channels with equal options otherwise)."""
+    (grpc shares a connection between channels with equal options otherwise); TLS with
+    `credentials`."""
     options = channel_options()
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)
 
 

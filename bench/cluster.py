@@ -13,7 +13,9 @@ from pathlib import Path
 import grpc
 
 from bench.procs import PYTHON, UVLOOP_DIR, Proc, Procs
+from goverse.client import ClientTLS
 from goverse.v1 import node_pb2, node_pb2_grpc
+from tests.helpers.certs import CertFiles, TestCA
 
 GATE_ID = "bench"
 OBJECTS = "bench.objects"
@@ -34,14 +36,58 @@ would spend the run failing to reach a collector that is not there."""
 
 
 @dataclass(frozen=True)
+class BenchTLS:
+    """Certificates for a run with TLS (``--tls``): node and gate certificates of one test CA,
+    and one for the harness's own Status calls; clients verify the gate with the CA."""
+
+    ca: TestCA
+    node: CertFiles
+    gate: CertFiles
+    harness: CertFiles
+
+    @classmethod
+    def make(cls, directory: Path) -> BenchTLS:
+        ca = TestCA(directory)
+        return cls(
+            ca, ca.issue("node", "bench"), ca.issue("gate", GATE_ID), ca.issue("node", "harness")
+        )
+
+    def flags(self, files: CertFiles) -> list[str]:
+        return [*files.flags(), f"--tls-ca={self.ca.path}"]
+
+    def client(self) -> ClientTLS:
+        return ClientTLS(ca=self.ca.pem)
+
+    def gate_credentials(self) -> grpc.ChannelCredentials:
+        """A raw client's channel to the gate: the gate asks for no client certificate."""
+        return grpc.ssl_channel_credentials(self.ca.pem)
+
+    def node_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.ca.pem, self.harness.key.read_bytes(), self.harness.cert.read_bytes()
+        )
+
+
+@dataclass(frozen=True)
 class Variant:
-    """How the services (and the bare server) run: event loop and extra environment."""
+    """How the services (and the bare server) run: event loop, extra environment, and TLS
+    (`tls`: every hop of the system, client to gate to node; the bare server stays
+    plaintext)."""
 
     label: str = "asyncio"
     loop: str = "asyncio"
     env: dict[str, str] = field(default_factory=dict)
     code: str = ""
     """A checkout whose libs/ and services/ run instead of the installed (work tree) code."""
+    tls: BenchTLS | None = None
+
+    def client_tls(self) -> ClientTLS | None:
+        """What the SDK clients of a scenario are given."""
+        return None if self.tls is None else self.tls.client()
+
+    @property
+    def gate_credentials(self) -> grpc.ChannelCredentials | None:
+        return None if self.tls is None else self.tls.gate_credentials()
 
     def process_env(self) -> dict[str, str]:
         env = {**TRACES_OFF, **self.env}
@@ -66,6 +112,9 @@ class System:
     def node_address(self) -> str:
         return self.node.address
 
+    async def node_status(self) -> node_pb2.StatusResponse:
+        return await node_status(self.node_address, self.variant)
+
     @property
     def gate_address(self) -> str:
         return self.gate.address
@@ -87,28 +136,28 @@ STATUS_TIMEOUT = 30.0
 2-core machine (a wave of idle deactivations, say) may take seconds to answer."""
 
 
-async def node_status(address: str) -> node_pb2.StatusResponse:
+async def node_status(address: str, variant: Variant) -> node_pb2.StatusResponse:
     """The node's own ``Status`` (gate streams, active objects, drops, store)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if variant.tls is None
+        else grpc.aio.secure_channel(address, variant.tls.node_credentials())
+    )
+    async with channel:
         reply: node_pb2.StatusResponse = await node_pb2_grpc.NodeServiceStub(channel).Status(
             node_pb2.StatusRequest(), timeout=STATUS_TIMEOUT
         )
     return reply
 
 
-async def node_gates(address: str) -> list[str]:
-    """The gate ids with an open RegisterGate stream on the node at `address`."""
-    return list((await node_status(address)).gates)
+async def node_dropped(system: System) -> dict[str, int]:
+    return dict((await system.node_status()).dropped_pushes)
 
 
-async def node_dropped(address: str) -> dict[str, int]:
-    return dict((await node_status(address)).dropped_pushes)
-
-
-async def wait_linked(node_address: str, timeout: float = 30.0) -> None:
+async def wait_linked(node_address: str, variant: Variant, timeout: float = 30.0) -> None:
     """Waits until the gate's NodeLink to the node is registered on the node."""
     deadline = time.monotonic() + timeout
-    while GATE_ID not in await node_gates(node_address):
+    while GATE_ID not in (await node_status(node_address, variant)).gates:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the gate did not register with {node_address} in {timeout}s")
         await asyncio.sleep(0.05)
@@ -130,6 +179,9 @@ async def start_system(
     env = {**variant.process_env(), METRICS_PORT_ENV: "0"}
     # A lone node: unset --advertise and --nodes mean "the address it bound, alone".
     node_args = [f"--objects={OBJECTS}", "--log-format=json", *node_flags]
+    if variant.tls is not None:
+        node_args += variant.tls.flags(variant.tls.node)
+        gate_flags = [*variant.tls.flags(variant.tls.gate), *gate_flags]
     node = procs.spawn(
         "node",
         _launch(variant, "node", [LISTEN, *node_args]),
@@ -142,7 +194,7 @@ async def start_system(
         "gate", _launch(variant, "gate", [LISTEN, *gate_args, *gate_flags]), env, ready=True
     )
     await gate.wait_ready()
-    await wait_linked(node.address)
+    await wait_linked(node.address, variant)
     return System(procs, variant, node, gate)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "SCENARIOS",
     "STATE_PARTS",
     "STATE_STORES",
+    "TLS_SCENARIOS",
     "Ctx",
     "Settings",
     "run_scenario",
@@ -72,6 +73,9 @@ NAMES = {
 LOOP_SCENARIOS = ("1", "2")
 """The scenarios repeated with the services on uvloop."""
 CODE_SCENARIOS = ("1", "2", "3", "4", "5", "7")
+"""The scenarios repeated with the services of another checkout (``--compare-code``)."""
+TLS_SCENARIOS = ("1", "2")
+"""The scenarios that run with TLS on every hop of the system with ``--tls``."""
 """The scenarios repeated with the services of another checkout (``--compare-code``)."""
 
 

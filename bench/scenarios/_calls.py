@@ -61,7 +61,9 @@ async def system_calls(
         system = await start_system(ctx.procs, variant)
         ids = [f"echo-{index}" for index in range(max(s.concurrency))]
         async with Client(
-            [system.gate_address], call_timeout=timedelta(seconds=CALL_TIMEOUT)
+            [system.gate_address],
+            call_timeout=timedelta(seconds=CALL_TIMEOUT),
+            tls=variant.client_tls(),
         ) as client:
 
             async def call(worker: int) -> None:
@@ -90,7 +92,7 @@ async def system_unary_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict
     async with ctx.scope():
         system = await start_system(ctx.procs, variant)
         ids = [f"echo-{index}" for index in range(max(s.concurrency))]
-        channel = raw_channel(system.gate_address)
+        channel = raw_channel(system.gate_address, credentials=variant.gate_credentials)
         try:
             stub = gate_pb2_grpc.GateServiceStub(channel)
             stream = stub.Register(gate_pb2.RegisterRequest())

@@ -133,9 +133,12 @@ def result_key(name: str, variant: Variant) -> str:
 
 def title_suffix(variant: Variant) -> str:
     """What a result's title says about the services measured, when not the work tree on asyncio."""
+    tls = " [system over TLS, bare server plaintext]" if variant.tls is not None else ""
     if variant.code:
-        return f" [services from {variant.code}]"
-    return "" if variant.loop == "asyncio" else f" [services and bare server on {variant.loop}]"
+        return f" [services from {variant.code}]{tls}"
+    if variant.loop == "asyncio":
+        return tls
+    return f" [services and bare server on {variant.loop}]{tls}"
 
 
 def channels(address: str, streams: int, per_channel: int) -> list[Any]:

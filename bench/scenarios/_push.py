@@ -152,7 +152,7 @@ async def push(ctx: Ctx, variant: Variant) -> ScenarioResult:
             await channel.close()
     async with ctx.scope():
         system = await start_system(ctx.procs, variant, gate_flags=gate_flags)
-        async with Client([system.gate_address]) as client:
+        async with Client([system.gate_address], tls=variant.client_tls()) as client:
             box = [Received(0)]
             pump = asyncio.create_task(read_pushes(client, box))
             try:
@@ -165,7 +165,7 @@ async def push(ctx: Ctx, variant: Variant) -> ScenarioResult:
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-        dropped = await node_dropped(system.node_address)
+        dropped = await node_dropped(system)
     lb, ls = latency_ms(bare.latencies_ns), latency_ms(got.latencies_ns)
     result.add("1 client", "messages/s", "1/s", bare.rate, got.rate)
     result.add("1 client", "latency p50", "ms", lb["p50"], ls["p50"], "lower")

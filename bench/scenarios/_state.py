@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
-from bench.cluster import System, Variant, node_status, start_system
+from bench.cluster import System, Variant, start_system
 from bench.procs import cpu_seconds
 from bench.results_model import ScenarioResult
 from bench.scenarios._context import Ctx, result_key, title_suffix
@@ -146,9 +146,9 @@ async def _call_each(
 async def _wait_active(system: System, at_most: int, timeout: float) -> float:
     """Waits until the node holds at most `at_most` active objects; the seconds it took."""
     started = time.monotonic()
-    while (await node_status(system.node_address)).active_objects > at_most:
+    while (await system.node_status()).active_objects > at_most:
         if time.monotonic() - started > timeout:
-            active = (await node_status(system.node_address)).active_objects
+            active = (await system.node_status()).active_objects
             raise RuntimeError(f"{active} objects still active after {timeout:.0f}s")
         await asyncio.sleep(POLL)
     return time.monotonic() - started
@@ -270,7 +270,7 @@ async def _rss_of(
         before = system.node.rss_kib()
         ids = (f"rss-{index}" for index in range(count))
         fill_s, latencies = await _call_each(increment, ids, FILL_CONCURRENCY)
-        active = (await node_status(system.node_address)).active_objects
+        active = (await system.node_status()).active_objects
         filled = system.node.rss_kib()
         waited = await _wait_active(system, 0, timeout=idle * 1.2 + fill_s + 60)
         # The node hands memory back in the look that retires the last objects; two looks
