@@ -326,5 +326,39 @@ def test_a_rotated_client_certificate_reaches_new_connections(
     assert gate.alive()
 
 
+def test_a_rotated_client_facing_certificate_is_presented_without_a_restart(
+    processes: ProcessGroup, ca: TestCA, tmp_path: Path
+) -> None:
+    """The gate's own client-facing certificate (--client-tls-cert), rotated, reaches the
+    next client connection, while its certificate towards nodes stays as it was."""
+    node = node_with_tls(processes, ca)
+    secret = SecretDir(tmp_path / "public")
+    secret.publish(ca.issue("", "public"))
+    gate = processes.gate(
+        "gate-a",
+        [node.address],
+        extra=[
+            *tls_flags(ca, ca.issue("gate", "gate-a")),
+            f"--client-tls-cert={secret.files.cert}",
+            f"--client-tls-key={secret.files.key}",
+            "--tls-reload-interval=100ms",
+        ],
+    )
+    options = [("grpc.ssl_target_name_override", "rotated.test")]
+
+    def health_as_rotated() -> Any:
+        with grpc.secure_channel(
+            gate.address, grpc.ssl_channel_credentials(ca.pem), options
+        ) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+
+    assert status_code(health_as_rotated) is grpc.StatusCode.UNAVAILABLE
+    secret.publish(ca.issue("", "public", dns=["rotated.test"], file_stem="public-rotated"))
+    wait_until(lambda: log_has(gate, "tls files reloaded"), 30, what="the gate reloads")
+    assert health_as_rotated().status == health_pb2.HealthCheckResponse.SERVING
+
+
 def spiffe_id(role: str, name: str) -> str:
     return f"spiffe://goverse/{role}/{name}"
