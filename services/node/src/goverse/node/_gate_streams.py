@@ -67,7 +67,7 @@ class GateStreams:
         queue_bytes: int,
         heartbeat_interval: timedelta,
         max_message_bytes: int,
-        max_gates: int = 256,
+        max_gates: int,
     ) -> None:
         self._supervisor = supervisor
         self._max_gates = max_gates
