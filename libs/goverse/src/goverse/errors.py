@@ -7,6 +7,7 @@
     ├── FailedPrecondition            FAILED_PRECONDITION  e.g. an object calling itself
     │   └── ShardNotServed            FAILED_PRECONDITION  + goverse-shard: not the owner, moving
     ├── Unauthenticated               UNAUTHENTICATED   missing or wrong client credential
+    ├── PermissionDenied              PERMISSION_DENIED  refused by the access rules
     ├── Unavailable                   UNAVAILABLE       node unreachable, service shutting down
     ├── ResourceExhausted             RESOURCE_EXHAUSTED  limits
     ├── Internal                      INTERNAL          an object method raised
@@ -92,6 +93,10 @@ class ShardNotServed(FailedPrecondition):
 
 class Unauthenticated(GoverseError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GoverseError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unavailable(GoverseError):

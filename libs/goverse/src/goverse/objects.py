@@ -36,8 +36,8 @@ from __future__ import annotations
 import contextvars
 import enum
 import typing
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -47,13 +47,27 @@ S = TypeVar("S", bound=Message)
 
 
 @dataclass(frozen=True)
+class Principal:
+    """Who a client authenticated as when it registered with its gate (the gate's
+    ``--authenticator``): the token's subject and the claims the gate forwards
+    (``--jwt-claims``); a claim that is not a string is its JSON text."""
+
+    subject: str
+    claims: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class Caller:
     """Who made the current call: the client (as verified by its gate) and, for a call from
-    another object, that object. ``client_id`` is "" for calls no client started."""
+    another object, that object. ``client_id`` is "" for calls no client started.
+    ``principal`` is who the client authenticated as; None when its gate authenticates no one
+    (``--authenticator none``). A call from another object carries the principal of the
+    client whose call it serves."""
 
     client_id: str = ""
     object_type: str = ""
     object_id: str = ""
+    principal: Principal | None = None
 
 
 class ObjectRuntime(Protocol):
@@ -123,7 +137,7 @@ class Object:
         Calling this object itself would wait for its own turn forever, so it raises
         :class:`goverse.errors.FailedPrecondition` instead.
         """
-        me = Caller(self.caller.client_id, self.object_type(), self.id)
+        me = Caller(self.caller.client_id, self.object_type(), self.id, self.caller.principal)
         return await self._goverse_runtime.call_object(
             me, object_type, object_id, method, request, response_type
         )
@@ -219,6 +233,7 @@ __all__ = [
     "Object",
     "ObjectDefinitionError",
     "ObjectRuntime",
+    "Principal",
     "Stateful",
     "bind_object",
     "reset_caller",

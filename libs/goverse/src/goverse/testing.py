@@ -24,7 +24,8 @@ result checks are the node's own code, :mod:`goverse._object_types`):
   after a failed activation or :meth:`HostedObject.deactivate`, the next call starts over with
   a fresh instance; a :class:`~goverse.objects.Stateful` object's state is saved when it
   deactivates (``env.stored``) and the fresh instance starts from it, as from a node's store;
-- ``self.caller`` is who the test says calls;
+- ``self.caller`` is who the test says calls (and ``self.caller.principal`` whom it says
+  the client authenticated as);
 - a :class:`~goverse.errors.GoverseError` raised by a method reaches the test as it is, with its
   ``status_code``; any other exception becomes Internal, chained to the original;
 - requests and responses cross as copies, packed and unpacked as on the wire.
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -69,6 +71,7 @@ from goverse.objects import (
     Caller,
     Object,
     ObjectDefinitionError,
+    Principal,
     bind_object,
     reset_caller,
     set_caller,
@@ -176,10 +179,13 @@ class HostedObject(Generic[T]):
         response_type: type[M],
         *,
         caller: Caller | str = "",
+        principal: Principal | None = None,
     ) -> M:
         """Calls `method` with `request` as `caller` (a client id, or a whole
         :class:`~goverse.objects.Caller` to call as another object), activating the object
-        first if needed, once its previous calls are done.
+        first if needed, once its previous calls are done. `principal`, when given, is who
+        the caller authenticated as (``self.caller.principal``), as a gate with an
+        authenticator would say.
 
         Raises the :class:`~goverse.errors.GoverseError` the node would answer with (see the
         module docstring), :class:`UnansweredCallError` when the method called an object
@@ -193,6 +199,8 @@ class HostedObject(Generic[T]):
             )
         message = info.unpack_request(wire.pack(request), self.object_type)
         who = Caller(client_id=caller) if isinstance(caller, str) else caller
+        if principal is not None:
+            who = dataclasses.replace(who, principal=principal)
         result = await self._serve(info, message, who)
         return wire.unpack(wire.pack(result), response_type)
 

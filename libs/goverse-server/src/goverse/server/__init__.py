@@ -7,6 +7,16 @@ Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
 
+from goverse.server._access import (
+    ALLOW_ALL,
+    Access,
+    AccessGuard,
+    AccessRules,
+    AccessRulesError,
+    Operation,
+    Rule,
+    rules_file_problem,
+)
 from goverse.server._batching import BatchRule
 from goverse.server._calls import CallsInFlight
 from goverse.server._cluster_keys import (
@@ -90,6 +100,7 @@ from goverse.server._tls import (
     spiffe_id,
 )
 from goverse.server._tracing import (
+    ENDUSER_ID,
     current_trace_context,
     deliver_all_traced,
     deliver_traced,
@@ -125,12 +136,18 @@ from goverse.server._waits import first_of
 __all__ = [
     "ADDRESS",
     "ADDRESS_LIST",
+    "ALLOW_ALL",
     "BYTE_SIZE",
     "COUNT",
     "DURATION",
+    "ENDUSER_ID",
     "PATH",
     "PLAINTEXT_PEER",
     "PORT",
+    "Access",
+    "AccessGuard",
+    "AccessRules",
+    "AccessRulesError",
     "BatchRule",
     "BoundAddress",
     "CallMetricsInterceptor",
@@ -159,11 +176,13 @@ __all__ = [
     "Mailbox",
     "NodeInfo",
     "NotSent",
+    "Operation",
     "Peer",
     "PeerCheck",
     "Ready",
     "Role",
     "Routing",
+    "Rule",
     "Service",
     "ServiceApp",
     "ServiceConfig",
@@ -216,6 +235,7 @@ __all__ = [
     "positive",
     "positive_int",
     "record_push",
+    "rules_file_problem",
     "run",
     "run_until_signalled",
     "serve_main",

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from goverse.server._access import rules_file_problem
 from goverse.server._logging import LOG_FORMATS, LOG_LEVELS
 from goverse.server._settings import (
     SettingsParser,
@@ -158,6 +159,14 @@ class ServiceSettings:
         None,
         help="write the bound addresses as JSON to PATH once serving; removed on stop",
         kind=PATH,
+    )
+    access_rules: Path | None = setting(
+        None,
+        help="TOML file of ordered access rules per object type, id and method for calls, "
+        "creates and deletes (reject, internal, external, allow; see docs/security.md); "
+        "unset: everything is allowed",
+        kind=PATH,
+        check=rules_file_problem,
     )
     etcd_endpoints: tuple[str, ...] | None = setting(
         None,

@@ -44,6 +44,9 @@ _tracer = trace.get_tracer("goverse")
 
 DELIVERY_SPAN = "goverse.push.deliver"
 PUSH_EVENT = "goverse.push"
+ENDUSER_ID = "enduser.id"
+"""Span attribute of the authenticated principal's subject (OpenTelemetry's semantic
+convention for the end user)."""
 
 
 def _traced_by_instrumentation(details: Any) -> bool:
@@ -266,6 +269,7 @@ def deliver_all_traced(deliver: Callable[[Envelope], int], envelopes: Sequence[E
 
 __all__ = [
     "DELIVERY_SPAN",
+    "ENDUSER_ID",
     "PUSH_EVENT",
     "REGISTRATION_METHODS",
     "current_trace_context",

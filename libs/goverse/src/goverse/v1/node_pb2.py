@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from goverse.v1 import calls_pb2 as goverse_dot_v1_dot_calls__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15goverse/v1/node.proto\x12\ngoverse.v1\x1a\x19google/protobuf/any.proto\x1a\x16goverse/v1/calls.proto\"&\n\x13RegisterGateRequest\x12\x0f\n\x07gate_id\x18\x01 \x01(\t\"\xa7\x01\n\x14RegisterGateResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1b.goverse.v1.RegisterGateAckH\x00\x12.\n\tenvelopes\x18\x02 \x01(\x0b\x32\x19.goverse.v1.EnvelopeBatchH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.goverse.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\">\n\x0fRegisterGateAck\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.goverse.v1.Envelope\"\xf9\x01\n\x08\x45nvelope\x12;\n\x0e\x63lient_message\x18\x01 \x01(\x0b\x32!.goverse.v1.ClientMessageEnvelopeH\x00\x12\x32\n\tbroadcast\x18\x02 \x01(\x0b\x32\x1d.goverse.v1.BroadcastEnvelopeH\x00\x12=\n\rtrace_context\x18\x03 \x03(\x0b\x32&.goverse.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"R\n\x15\x43lientMessageEnvelope\x12\x12\n\nclient_ids\x18\x01 \x03(\t\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\":\n\x11\x42roadcastEnvelope\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"C\n\x06\x43\x61ller\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\x11\n\tobject_id\x18\x03 \x01(\t\"\x9a\x01\n\x15NodeCallObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x06\x63\x61ller\x18\x05 \x01(\x0b\x32\x12.goverse.v1.Caller\"@\n\x16NodeCallObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"e\n\x17NodeCreateObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\"\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x12.goverse.v1.Caller\"+\n\x18NodeCreateObjectResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"e\n\x17NodeDeleteObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\"\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x12.goverse.v1.Caller\"+\n\x18NodeDeleteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"E\n\nCallFrames\x12$\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x15.goverse.v1.CallFrame\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"\xc7\x02\n\tCallFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12>\n\rtrace_context\x18\x03 \x03(\x0b\x32\'.goverse.v1.CallFrame.TraceContextEntry\x12\x31\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32!.goverse.v1.NodeCallObjectRequestH\x00\x12\x35\n\x06\x63reate\x18\x05 \x01(\x0b\x32#.goverse.v1.NodeCreateObjectRequestH\x00\x12\x35\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32#.goverse.v1.NodeDeleteObjectRequestH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"6\n\x0bReplyFrames\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.goverse.v1.ReplyFrame\"\xef\x01\n\nReplyFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x32\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\".goverse.v1.NodeCallObjectResponseH\x00\x12\x36\n\x06\x63reate\x18\x03 \x01(\x0b\x32$.goverse.v1.NodeCreateObjectResponseH\x00\x12\x36\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32$.goverse.v1.NodeDeleteObjectResponseH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.goverse.v1.CallStatusH\x00\x42\x08\n\x06result\"\x0f\n\rStatusRequest\"\xa0\x03\n\x0eStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x14\n\x0cobject_types\x18\x03 \x03(\t\x12\x16\n\x0e\x61\x63tive_objects\x18\x04 \x01(\r\x12\r\n\x05gates\x18\x05 \x03(\t\x12\x45\n\x0e\x64ropped_pushes\x18\x06 \x03(\x0b\x32-.goverse.v1.StatusResponse.DroppedPushesEntry\x12\x12\n\nmembership\x18\x07 \x01(\t\x12\x14\n\x0cowned_shards\x18\x08 \x03(\r\x12\x17\n\x0f\x64raining_shards\x18\t \x03(\r\x12\x13\n\x0bincarnation\x18\n \x01(\t\x12\x16\n\x0elease_valid_ms\x18\x0b \x01(\x04\x12\x0e\n\x06\x66\x65nced\x18\x0c \x01(\x08\x12\r\n\x05store\x18\r \x01(\t\x12\x17\n\x0fstore_available\x18\x0e \x01(\x08\x12\x0f\n\x07leaving\x18\x0f \x01(\x08\x1a\x34\n\x12\x44roppedPushesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\")\n\x12ListObjectsRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\"=\n\x13ListObjectsResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.goverse.v1.ObjectRef\"3\n\tObjectRef\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t2\xbc\x04\n\x0bNodeService\x12S\n\x0cRegisterGate\x12\x1f.goverse.v1.RegisterGateRequest\x1a .goverse.v1.RegisterGateResponse0\x01\x12<\n\x05\x43\x61lls\x12\x16.goverse.v1.CallFrames\x1a\x17.goverse.v1.ReplyFrames(\x01\x30\x01\x12S\n\nCallObject\x12!.goverse.v1.NodeCallObjectRequest\x1a\".goverse.v1.NodeCallObjectResponse\x12Y\n\x0c\x43reateObject\x12#.goverse.v1.NodeCreateObjectRequest\x1a$.goverse.v1.NodeCreateObjectResponse\x12Y\n\x0c\x44\x65leteObject\x12#.goverse.v1.NodeDeleteObjectRequest\x1a$.goverse.v1.NodeDeleteObjectResponse\x12?\n\x06Status\x12\x19.goverse.v1.StatusRequest\x1a\x1a.goverse.v1.StatusResponse\x12N\n\x0bListObjects\x12\x1e.goverse.v1.ListObjectsRequest\x1a\x1f.goverse.v1.ListObjectsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15goverse/v1/node.proto\x12\ngoverse.v1\x1a\x19google/protobuf/any.proto\x1a\x16goverse/v1/calls.proto\"&\n\x13RegisterGateRequest\x12\x0f\n\x07gate_id\x18\x01 \x01(\t\"\xa7\x01\n\x14RegisterGateResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1b.goverse.v1.RegisterGateAckH\x00\x12.\n\tenvelopes\x18\x02 \x01(\x0b\x32\x19.goverse.v1.EnvelopeBatchH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.goverse.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\">\n\x0fRegisterGateAck\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.goverse.v1.Envelope\"\xf9\x01\n\x08\x45nvelope\x12;\n\x0e\x63lient_message\x18\x01 \x01(\x0b\x32!.goverse.v1.ClientMessageEnvelopeH\x00\x12\x32\n\tbroadcast\x18\x02 \x01(\x0b\x32\x1d.goverse.v1.BroadcastEnvelopeH\x00\x12=\n\rtrace_context\x18\x03 \x03(\x0b\x32&.goverse.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"R\n\x15\x43lientMessageEnvelope\x12\x12\n\nclient_ids\x18\x01 \x03(\t\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\":\n\x11\x42roadcastEnvelope\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"m\n\x06\x43\x61ller\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\x11\n\tobject_id\x18\x03 \x01(\t\x12(\n\tprincipal\x18\x04 \x01(\x0b\x32\x15.goverse.v1.Principal\"~\n\tPrincipal\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x31\n\x06\x63laims\x18\x02 \x03(\x0b\x32!.goverse.v1.Principal.ClaimsEntry\x1a-\n\x0b\x43laimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x15NodeCallObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x06\x63\x61ller\x18\x05 \x01(\x0b\x32\x12.goverse.v1.Caller\"@\n\x16NodeCallObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"e\n\x17NodeCreateObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\"\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x12.goverse.v1.Caller\"+\n\x18NodeCreateObjectResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"e\n\x17NodeDeleteObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\"\n\x06\x63\x61ller\x18\x03 \x01(\x0b\x32\x12.goverse.v1.Caller\"+\n\x18NodeDeleteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"E\n\nCallFrames\x12$\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x15.goverse.v1.CallFrame\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"\xc7\x02\n\tCallFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12>\n\rtrace_context\x18\x03 \x03(\x0b\x32\'.goverse.v1.CallFrame.TraceContextEntry\x12\x31\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32!.goverse.v1.NodeCallObjectRequestH\x00\x12\x35\n\x06\x63reate\x18\x05 \x01(\x0b\x32#.goverse.v1.NodeCreateObjectRequestH\x00\x12\x35\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32#.goverse.v1.NodeDeleteObjectRequestH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"6\n\x0bReplyFrames\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.goverse.v1.ReplyFrame\"\xef\x01\n\nReplyFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x32\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\".goverse.v1.NodeCallObjectResponseH\x00\x12\x36\n\x06\x63reate\x18\x03 \x01(\x0b\x32$.goverse.v1.NodeCreateObjectResponseH\x00\x12\x36\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32$.goverse.v1.NodeDeleteObjectResponseH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.goverse.v1.CallStatusH\x00\x42\x08\n\x06result\"\x0f\n\rStatusRequest\"\xa0\x03\n\x0eStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x14\n\x0cobject_types\x18\x03 \x03(\t\x12\x16\n\x0e\x61\x63tive_objects\x18\x04 \x01(\r\x12\r\n\x05gates\x18\x05 \x03(\t\x12\x45\n\x0e\x64ropped_pushes\x18\x06 \x03(\x0b\x32-.goverse.v1.StatusResponse.DroppedPushesEntry\x12\x12\n\nmembership\x18\x07 \x01(\t\x12\x14\n\x0cowned_shards\x18\x08 \x03(\r\x12\x17\n\x0f\x64raining_shards\x18\t \x03(\r\x12\x13\n\x0bincarnation\x18\n \x01(\t\x12\x16\n\x0elease_valid_ms\x18\x0b \x01(\x04\x12\x0e\n\x06\x66\x65nced\x18\x0c \x01(\x08\x12\r\n\x05store\x18\r \x01(\t\x12\x17\n\x0fstore_available\x18\x0e \x01(\x08\x12\x0f\n\x07leaving\x18\x0f \x01(\x08\x1a\x34\n\x12\x44roppedPushesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\")\n\x12ListObjectsRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\"=\n\x13ListObjectsResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.goverse.v1.ObjectRef\"3\n\tObjectRef\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t2\xbc\x04\n\x0bNodeService\x12S\n\x0cRegisterGate\x12\x1f.goverse.v1.RegisterGateRequest\x1a .goverse.v1.RegisterGateResponse0\x01\x12<\n\x05\x43\x61lls\x12\x16.goverse.v1.CallFrames\x1a\x17.goverse.v1.ReplyFrames(\x01\x30\x01\x12S\n\nCallObject\x12!.goverse.v1.NodeCallObjectRequest\x1a\".goverse.v1.NodeCallObjectResponse\x12Y\n\x0c\x43reateObject\x12#.goverse.v1.NodeCreateObjectRequest\x1a$.goverse.v1.NodeCreateObjectResponse\x12Y\n\x0c\x44\x65leteObject\x12#.goverse.v1.NodeDeleteObjectRequest\x1a$.goverse.v1.NodeDeleteObjectResponse\x12?\n\x06Status\x12\x19.goverse.v1.StatusRequest\x1a\x1a.goverse.v1.StatusResponse\x12N\n\x0bListObjects\x12\x1e.goverse.v1.ListObjectsRequest\x1a\x1f.goverse.v1.ListObjectsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_PRINCIPAL_CLAIMSENTRY']._loaded_options = None
+  _globals['_PRINCIPAL_CLAIMSENTRY']._serialized_options = b'8\001'
   _globals['_CALLFRAME_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_CALLFRAME_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_STATUSRESPONSE_DROPPEDPUSHESENTRY']._loaded_options = None
@@ -58,41 +60,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=816
   _globals['_HEARTBEAT']._serialized_end=849
   _globals['_CALLER']._serialized_start=851
-  _globals['_CALLER']._serialized_end=918
-  _globals['_NODECALLOBJECTREQUEST']._serialized_start=921
-  _globals['_NODECALLOBJECTREQUEST']._serialized_end=1075
-  _globals['_NODECALLOBJECTRESPONSE']._serialized_start=1077
-  _globals['_NODECALLOBJECTRESPONSE']._serialized_end=1141
-  _globals['_NODECREATEOBJECTREQUEST']._serialized_start=1143
-  _globals['_NODECREATEOBJECTREQUEST']._serialized_end=1244
-  _globals['_NODECREATEOBJECTRESPONSE']._serialized_start=1246
-  _globals['_NODECREATEOBJECTRESPONSE']._serialized_end=1289
-  _globals['_NODEDELETEOBJECTREQUEST']._serialized_start=1291
-  _globals['_NODEDELETEOBJECTREQUEST']._serialized_end=1392
-  _globals['_NODEDELETEOBJECTRESPONSE']._serialized_start=1394
-  _globals['_NODEDELETEOBJECTRESPONSE']._serialized_end=1437
-  _globals['_CALLFRAMES']._serialized_start=1439
-  _globals['_CALLFRAMES']._serialized_end=1508
-  _globals['_CALLFRAME']._serialized_start=1511
-  _globals['_CALLFRAME']._serialized_end=1838
+  _globals['_CALLER']._serialized_end=960
+  _globals['_PRINCIPAL']._serialized_start=962
+  _globals['_PRINCIPAL']._serialized_end=1088
+  _globals['_PRINCIPAL_CLAIMSENTRY']._serialized_start=1043
+  _globals['_PRINCIPAL_CLAIMSENTRY']._serialized_end=1088
+  _globals['_NODECALLOBJECTREQUEST']._serialized_start=1091
+  _globals['_NODECALLOBJECTREQUEST']._serialized_end=1245
+  _globals['_NODECALLOBJECTRESPONSE']._serialized_start=1247
+  _globals['_NODECALLOBJECTRESPONSE']._serialized_end=1311
+  _globals['_NODECREATEOBJECTREQUEST']._serialized_start=1313
+  _globals['_NODECREATEOBJECTREQUEST']._serialized_end=1414
+  _globals['_NODECREATEOBJECTRESPONSE']._serialized_start=1416
+  _globals['_NODECREATEOBJECTRESPONSE']._serialized_end=1459
+  _globals['_NODEDELETEOBJECTREQUEST']._serialized_start=1461
+  _globals['_NODEDELETEOBJECTREQUEST']._serialized_end=1562
+  _globals['_NODEDELETEOBJECTRESPONSE']._serialized_start=1564
+  _globals['_NODEDELETEOBJECTRESPONSE']._serialized_end=1607
+  _globals['_CALLFRAMES']._serialized_start=1609
+  _globals['_CALLFRAMES']._serialized_end=1678
+  _globals['_CALLFRAME']._serialized_start=1681
+  _globals['_CALLFRAME']._serialized_end=2008
   _globals['_CALLFRAME_TRACECONTEXTENTRY']._serialized_start=609
   _globals['_CALLFRAME_TRACECONTEXTENTRY']._serialized_end=660
-  _globals['_REPLYFRAMES']._serialized_start=1840
-  _globals['_REPLYFRAMES']._serialized_end=1894
-  _globals['_REPLYFRAME']._serialized_start=1897
-  _globals['_REPLYFRAME']._serialized_end=2136
-  _globals['_STATUSREQUEST']._serialized_start=2138
-  _globals['_STATUSREQUEST']._serialized_end=2153
-  _globals['_STATUSRESPONSE']._serialized_start=2156
-  _globals['_STATUSRESPONSE']._serialized_end=2572
-  _globals['_STATUSRESPONSE_DROPPEDPUSHESENTRY']._serialized_start=2520
-  _globals['_STATUSRESPONSE_DROPPEDPUSHESENTRY']._serialized_end=2572
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=2574
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=2615
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=2617
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=2678
-  _globals['_OBJECTREF']._serialized_start=2680
-  _globals['_OBJECTREF']._serialized_end=2731
-  _globals['_NODESERVICE']._serialized_start=2734
-  _globals['_NODESERVICE']._serialized_end=3306
+  _globals['_REPLYFRAMES']._serialized_start=2010
+  _globals['_REPLYFRAMES']._serialized_end=2064
+  _globals['_REPLYFRAME']._serialized_start=2067
+  _globals['_REPLYFRAME']._serialized_end=2306
+  _globals['_STATUSREQUEST']._serialized_start=2308
+  _globals['_STATUSREQUEST']._serialized_end=2323
+  _globals['_STATUSRESPONSE']._serialized_start=2326
+  _globals['_STATUSRESPONSE']._serialized_end=2742
+  _globals['_STATUSRESPONSE_DROPPEDPUSHESENTRY']._serialized_start=2690
+  _globals['_STATUSRESPONSE_DROPPEDPUSHESENTRY']._serialized_end=2742
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=2744
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=2785
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=2787
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=2848
+  _globals['_OBJECTREF']._serialized_start=2850
+  _globals['_OBJECTREF']._serialized_end=2901
+  _globals['_NODESERVICE']._serialized_start=2904
+  _globals['_NODESERVICE']._serialized_end=3476
 # @@protoc_insertion_point(module_scope)

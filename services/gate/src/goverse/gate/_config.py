@@ -25,6 +25,7 @@ from goverse.server import (
     check_pair,
     choice,
     not_negative,
+    parse_list,
     positive,
     setting,
 )
@@ -45,6 +46,47 @@ def default_gate_id(hostname: str | None = None) -> str:
     if gate_id_problem(name) is not None:
         return "gate"
     return name
+
+
+NONE = "none"
+JWT = "jwt"
+DEFAULT_JWT_CLAIMS = ("scope", "roles")
+"""Claims forwarded by default: OAuth 2's ``scope`` and the common ``roles``, what an object
+needs to decide what a client may do."""
+
+
+def parse_authenticator(text: str) -> str:
+    """``none``, ``jwt`` or ``module:attribute`` (loaded when the gate starts)."""
+    module, sep, attr = text.partition(":")
+    if text in (NONE, JWT) or (sep and module.strip() and attr.strip()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not none, jwt or module:attribute")
+
+
+def parse_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the value is empty")
+    return text
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    return parse_list(text, str)
+
+
+def parse_rate(text: str) -> float:
+    """A positive number per second: ``200``, ``0.5``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number per second") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number per second")
+    return value
+
+
+TEXT = Kind(parse_text, "TEXT")
+NAME_LIST = Kind(parse_names, "NAME,...", ",".join)
+RATE = Kind(parse_rate, "PER_SECOND")
 
 
 DEFAULT_NODE = "127.0.0.1:7000"
@@ -139,6 +181,56 @@ class GateConfig(
         help="PEM private key of --client-tls-cert",
         kind=PATH,
         default_text="--tls-key",
+    authenticator: str = setting(
+        "none",
+        help="who clients are, decided once per registration from their 'authorization: "
+        "Bearer <token>' metadata: none (every client anonymous), jwt (a JWT verified with "
+        "--jwt-secret-file, --jwt-public-key or --jwt-jwks-file), or module:attribute of "
+        "your own authenticator (see docs/security.md)",
+        kind=Kind(parse_authenticator, "none|jwt|MODULE:ATTR"),
+    )
+    jwt_secret_file: Path | None = setting(
+        None,
+        help="file holding the HS256 secret that signs client tokens (--authenticator jwt)",
+        kind=PATH,
+    )
+    jwt_public_key: Path | None = setting(
+        None,
+        help="PEM file of the RSA (RS256) or EC P-256 (ES256) public key that verifies client "
+        "tokens (--authenticator jwt)",
+        kind=PATH,
+    )
+    jwt_jwks_file: Path | None = setting(
+        None,
+        help="JWKS file of the keys that verify client tokens, chosen by the token's kid "
+        "(--authenticator jwt)",
+        kind=PATH,
+    )
+    jwt_audience: str | None = setting(
+        None,
+        help="audience a client token must name in aud; unset: a token with aud is refused",
+        kind=TEXT,
+    )
+    jwt_issuer: str | None = setting(
+        None, help="issuer a client token must name in iss; unset: not checked", kind=TEXT
+    )
+    jwt_claims: tuple[str, ...] = setting(
+        DEFAULT_JWT_CLAIMS,
+        help="comma-separated claims of the token forwarded with its subject (sub) to the "
+        "objects a client calls, when present",
+        kind=NAME_LIST,
+    )
+    max_registrations_per_peer: int = setting(
+        2000,
+        help="clients registered at once from one peer address; Register beyond it fails "
+        "with RESOURCE_EXHAUSTED (clients behind one NAT share an address)",
+        kind=COUNT,
+    )
+    registration_rate: float = setting(
+        200.0,
+        help="registrations per second allowed from one peer address (a token bucket holding "
+        "--max-registrations-per-peer); past it Register fails with RESOURCE_EXHAUSTED",
+        kind=RATE,
     )
 
     def _check_combinations(self) -> None:
@@ -151,6 +243,22 @@ class GateConfig(
                 "--client-tls-cert needs --tls-cert, --tls-key and --tls-ca: the gate's links "
                 "to nodes would be plaintext"
             )
+        keys = [
+            flag
+            for flag, value in (
+                ("--jwt-secret-file", self.jwt_secret_file),
+                ("--jwt-public-key", self.jwt_public_key),
+                ("--jwt-jwks-file", self.jwt_jwks_file),
+            )
+            if value is not None
+        ]
+        if self.authenticator == JWT and len(keys) != 1:
+            raise ValueError(
+                "--authenticator jwt needs exactly one of --jwt-secret-file, --jwt-public-key, "
+                f"--jwt-jwks-file (given: {', '.join(keys) or 'none'})"
+            )
+        if self.authenticator != JWT and keys:
+            raise ValueError(f"{keys[0]} is used only with --authenticator jwt")
         if self.etcd_endpoints is not None and self.nodes is not None:
             raise ValueError(
                 "--nodes and --etcd-endpoints exclude each other: with etcd, nodes register "

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from goverse import wire
-from goverse.objects import Caller
+from goverse.objects import Caller, Principal
 from goverse.server import PLAINTEXT_PEER, Peer, Role
 from goverse.v1 import node_pb2
 
@@ -38,12 +38,28 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 def caller_of(message: node_pb2.Caller, peer: Peer = PLAINTEXT_PEER) -> Caller:
     """The caller an object sees, from the `Caller` a gate or node sent with the call.
 
-    A client id is trusted only from a gate, which stamps the id of the client it
-    authenticated: from a peer whose certificate says it is a node, the client id is ignored
-    (the object sees an empty one). In plaintext no peer is known and every id is taken.
+    A client id and a principal are trusted only from a gate, which stamps those of the client
+    it authenticated: from a peer whose certificate says it is a node, both are ignored (the
+    object sees an empty id and no principal). In plaintext no peer is known and both are
+    taken.
     """
-    client_id = "" if peer.role is Role.NODE else message.client_id
-    return Caller(client_id, message.object_type, message.object_id)
+    if peer.role is Role.NODE:
+        return Caller("", message.object_type, message.object_id)
+    principal = None
+    if message.HasField("principal"):
+        principal = Principal(message.principal.subject, dict(message.principal.claims))
+    return Caller(message.client_id, message.object_type, message.object_id, principal)
+
+
+def caller_message(caller: Caller) -> node_pb2.Caller:
+    """The `Caller` message that carries `caller` to another node (inverse of caller_of)."""
+    message = node_pb2.Caller(
+        client_id=caller.client_id, object_type=caller.object_type, object_id=caller.object_id
+    )
+    if caller.principal is not None:
+        message.principal.subject = caller.principal.subject
+        message.principal.claims.update(caller.principal.claims)
+    return message
 
 
 def current_chain() -> tuple[ObjectKey, ...]:
@@ -124,6 +140,7 @@ def inbound(context: Any) -> Iterator[None]:
 __all__ = [
     "MAX_CHAIN_DEPTH",
     "ObjectKey",
+    "caller_message",
     "caller_of",
     "chain_from_metadata",
     "chain_metadata",

@@ -36,7 +36,7 @@ from goverse.objects import (
     set_caller,
 )
 from goverse.placement import shard_of
-from goverse.server import log_fields, object_call_span
+from goverse.server import ENDUSER_ID, log_fields, object_call_span
 
 log = structlog.get_logger(__name__)
 
@@ -170,7 +170,9 @@ class ObjectHost:
         other exception is logged and answers INTERNAL, as does a wrongly typed result. The
         whole call (turn, activation, method) is one span, ``<Type>.<Method>``.
         """
-        with object_call_span(object_type, object_id, method):
+        with object_call_span(object_type, object_id, method) as span:
+            if caller.principal is not None:
+                span.set_attribute(ENDUSER_ID, caller.principal.subject)
             return await self._invoke(object_type, object_id, method, request, caller)
 
     async def _invoke(
@@ -458,7 +460,12 @@ class ObjectHost:
     async def _call(
         self, key: ObjectKey, entry: _Activation, info: MethodInfo, request: Message, caller: Caller
     ) -> Message:
-        context = log_fields(object_type=key[0], object_id=key[1], client_id=caller.client_id)
+        context = log_fields(
+            object_type=key[0],
+            object_id=key[1],
+            client_id=caller.client_id,
+            principal=caller.principal.subject if caller.principal is not None else None,
+        )
         with structlog.contextvars.bound_contextvars(**context):
             token = set_caller(caller)
             try:

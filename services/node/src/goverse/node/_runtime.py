@@ -22,6 +22,7 @@ from goverse.errors import (
 from goverse.ids import validate_method, validate_object_ref
 from goverse.node._call_context import (
     MAX_CHAIN_DEPTH,
+    caller_message,
     chain_metadata,
     current_chain,
     deadline_after,
@@ -161,11 +162,7 @@ class NodeRuntime:
             object_id=key[1],
             method=method,
             request=request,
-            caller=node_pb2.Caller(
-                client_id=caller.client_id,
-                object_type=caller.object_type,
-                object_id=caller.object_id,
-            ),
+            caller=caller_message(caller),
         )
         # A failure (grpc.aio.AioRpcError) is routing's to judge: retried when the node refused
         # the shard, else answered with the node's status.
