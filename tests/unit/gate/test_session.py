@@ -18,7 +18,7 @@ from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
 from goverse.server import CallMetricsInterceptor, call_duration_histogram
-from goverse.v1 import gate_pb2
+from goverse.v1 import gate_pb2, node_pb2
 from tests.helpers.fake_node import text
 from tests.helpers.waiting import eventually
 
@@ -36,7 +36,10 @@ class FakeRouter:
         self.time_remaining: list[float | None] = []
 
     async def call_object(
-        self, client_id: str, request: gate_pb2.CallObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.CallObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.CallObjectResponse:
         self.started.append(request.object_id)
         self.time_remaining.append(time_remaining)
@@ -48,15 +51,21 @@ class FakeRouter:
             except asyncio.CancelledError:
                 self.cancelled.append(request.object_id)
                 raise
-        return gate_pb2.CallObjectResponse(response=wire.pack(StringValue(value=client_id)))
+        return gate_pb2.CallObjectResponse(response=wire.pack(StringValue(value=caller.client_id)))
 
     async def create_object(
-        self, client_id: str, request: gate_pb2.CreateObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.CreateObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.CreateObjectResponse:
         return gate_pb2.CreateObjectResponse(created=True)
 
     async def delete_object(
-        self, client_id: str, request: gate_pb2.DeleteObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.DeleteObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.DeleteObjectResponse:
         return gate_pb2.DeleteObjectResponse(deleted=False)
 

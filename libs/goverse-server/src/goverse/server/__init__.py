@@ -15,6 +15,7 @@ from goverse.server._access import (
     AccessRulesError,
     Operation,
     Rule,
+    access_rules,
     rules_file_problem,
 )
 from goverse.server._batching import BatchRule
@@ -204,6 +205,7 @@ __all__ = [
     "ViewStats",
     "WatchBatch",
     "WatchEvent",
+    "access_rules",
     "at_least",
     "call_duration_histogram",
     "check_pair",

@@ -42,6 +42,7 @@ import structlog
 from opentelemetry import metrics
 
 from goverse.errors import PermissionDenied
+from goverse.server._lifecycle import StartupError
 from goverse.server._metrics import LabelLimiter
 
 log = structlog.get_logger(__name__)
@@ -213,6 +214,21 @@ def rules_file_problem(path: Path | None) -> str | None:
     return None
 
 
+def access_rules(path: Path | None) -> AccessRules:
+    """The rules of ``--access-rules`` (:data:`ALLOW_ALL` when unset), read when a service
+    starts; raises :class:`AccessRulesStartupError` (exit status 2) when it cannot be used."""
+    if path is None:
+        return ALLOW_ALL
+    try:
+        return AccessRules.load(path)
+    except AccessRulesError as error:
+        raise AccessRulesStartupError(f"--access-rules: {error}") from None
+
+
+class AccessRulesStartupError(StartupError):
+    """``--access-rules`` names a file that cannot be used (any more) when the service starts."""
+
+
 class AccessGuard:
     """Enforces `rules` for one service: a refusal raises :class:`PermissionDenied` and is
     counted in ``goverse.access.denied`` by operation, object type and method (their label
@@ -273,5 +289,6 @@ __all__ = [
     "AccessRulesError",
     "Operation",
     "Rule",
+    "access_rules",
     "rules_file_problem",
 ]

@@ -9,15 +9,18 @@ import grpc
 import structlog
 
 from goverse import wire
+from goverse.gate._auth import build_authenticator
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
 from goverse.gate._node_calls import NodeCalls
 from goverse.gate._node_link import NodeLink
 from goverse.gate._node_links import NodeLinks
+from goverse.gate._peer_limits import PeerLimits
 from goverse.gate._router import Router
 from goverse.gate._servicer import STREAM_TASK_PREFIX, GateService
 from goverse.server import (
+    AccessGuard,
     BoundAddress,
     ClusterView,
     EtcdMembership,
@@ -29,6 +32,7 @@ from goverse.server import (
     Supervisor,
     Telemetry,
     TlsIdentity,
+    access_rules,
     membership_metrics,
 )
 from goverse.transport import Backoff
@@ -90,7 +94,18 @@ class GateApp(ServiceApp[GateConfig]):
             queue_bytes=config.client_queue_bytes,
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
+            peers=PeerLimits(config.max_registrations_per_peer, config.registration_rate),
         )
+        self.authenticator = build_authenticator(
+            config.authenticator,
+            secret_file=config.jwt_secret_file,
+            public_key_file=config.jwt_public_key,
+            jwks_file=config.jwt_jwks_file,
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+            claims=config.jwt_claims,
+        )
+        self.access = AccessGuard(access_rules(config.access_rules), self.meter)
         # The call streams have their own supervisor: the calls the gate serves until its
         # server has stopped (step 7) need them after the main one has shut down (step 5).
         self.call_streams = Supervisor("gate-node-calls")
@@ -101,7 +116,9 @@ class GateApp(ServiceApp[GateConfig]):
             max_calls=config.max_stream_calls,
             max_message_bytes=config.max_message_bytes,
         )
-        self.router = Router(self.view, self.pool, self.node_calls, config.call_timeout)
+        self.router = Router(
+            self.view, self.pool, self.node_calls, config.call_timeout, self.access
+        )
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)
@@ -143,6 +160,8 @@ class GateApp(ServiceApp[GateConfig]):
             max_session_calls=self.config.max_session_calls,
             max_message_bytes=self.config.max_message_bytes,
             metrics=self.call_metrics,
+            authenticator=self.authenticator,
+            on_auth_failure=self.metrics.registration_refused,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 

@@ -30,10 +30,12 @@ from typing import Any, Protocol, runtime_checkable
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from opentelemetry import trace
 
 from goverse.errors import Unauthenticated
 from goverse.objects import Principal
-from goverse.server import StartupError
+from goverse.server import ENDUSER_ID, StartupError
+from goverse.v1 import node_pb2
 
 AUTHORIZATION_KEY = "authorization"
 """The standard metadata key of the client's token: ``Bearer <token>``."""
@@ -235,6 +237,48 @@ class JwtAuthenticator:
         return selected
 
 
+def principal_message(principal: Principal | None) -> node_pb2.Principal | None:
+    """The wire form of `principal`, as the gate stamps it on a client's calls."""
+    if principal is None:
+        return None
+    return node_pb2.Principal(subject=principal.subject, claims=dict(principal.claims))
+
+
+def caller_fields(caller: node_pb2.Caller) -> dict[str, str]:
+    """The log fields of a client's caller: its client id and, when authenticated, its
+    principal's subject (never its claims: they may be personal data)."""
+    fields = {"client_id": caller.client_id}
+    if caller.HasField("principal"):
+        fields["principal"] = caller.principal.subject[:256]
+    return fields
+
+
+def mark_principal(caller: node_pb2.Caller) -> None:
+    """Records the principal's subject on the current span (``enduser.id``)."""
+    if caller.HasField("principal"):
+        trace.get_current_span().set_attribute(ENDUSER_ID, caller.principal.subject)
+
+
+def build_authenticator(
+    name: str,
+    *,
+    secret_file: Path | None = None,
+    public_key_file: Path | None = None,
+    jwks_file: Path | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    claims: Sequence[str] = (),
+) -> Authenticator:
+    """The authenticator ``--authenticator`` names (see the module docstring); raises
+    :class:`AuthenticatorError` when it cannot be set up."""
+    if name == "none":
+        return NoAuthenticator()
+    if name == "jwt":
+        keys = JwtKeys.from_files(secret_file, public_key_file, jwks_file)
+        return JwtAuthenticator(keys, audience=audience, issuer=issuer, claims=claims)
+    return load_authenticator(name)
+
+
 def load_authenticator(spec: str) -> Authenticator:
     """The user's authenticator named ``module:attr`` (an instance, or a class built with no
     arguments); raises :class:`AuthenticatorError` when it cannot be loaded."""
@@ -275,6 +319,10 @@ __all__ = [
     "JwtKeys",
     "NoAuthenticator",
     "bearer_token",
+    "build_authenticator",
+    "caller_fields",
     "credentials_of",
     "load_authenticator",
+    "mark_principal",
+    "principal_message",
 ]

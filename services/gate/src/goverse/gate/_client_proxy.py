@@ -11,7 +11,7 @@ import structlog
 
 from goverse import wire
 from goverse.server import BatchRule, DropReason, Mailbox
-from goverse.v1 import gate_pb2
+from goverse.v1 import gate_pb2, node_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,9 @@ class ClientProxy:
             raise ValueError(f"unknown overflow policy {overflow!r}") from None
         self._client_id = client_id
         self._credential = credential
+        self.caller = node_pb2.Caller(client_id=client_id)
+        """What the gate stamps on every call of this client: its id and, once the registry
+        set it, the principal it authenticated as."""
         self._mailbox: Mailbox[Any] = Mailbox(max_messages, max_bytes)
         self._batching = BatchRule(
             gate_pb2.RegisterResponse,

@@ -90,6 +90,17 @@ class GateMetrics:
             meter.create_observable_counter(
                 name, callbacks=[callback], unit=unit, description=description
             )
+        self._registrations_refused = meter.create_counter(
+            "goverse.gate.registrations.refused",
+            unit="{registration}",
+            description="Registrations refused before a client was registered, by reason "
+            "(the authenticator's: missing_token, expired, wrong_audience, ...; or "
+            "registration_rate)",
+        )
+
+    def registration_refused(self, reason: str) -> None:
+        """Counts one registration refused for `reason` (a fixed word)."""
+        self._registrations_refused.add(1, {"reason": reason})
 
     def _proxies_queued(self) -> list[tuple[int, int]]:
         proxies = [self._registry.get(client_id) for client_id in self._registry.client_ids()]

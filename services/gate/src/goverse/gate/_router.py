@@ -8,7 +8,7 @@ from datetime import timedelta
 from goverse import ids
 from goverse.gate._node_calls import NodeCalls
 from goverse.placement import shard_of
-from goverse.server import ClusterView, Routing
+from goverse.server import ALLOW_ALL, AccessGuard, ClusterView, Operation, Routing
 from goverse.transport import ChannelPool
 from goverse.v1 import gate_pb2, node_pb2
 
@@ -16,9 +16,11 @@ from goverse.v1 import gate_pb2, node_pb2
 class Router:
     """Sends each call to the owner of its object's shard in `view`, through
     :class:`~goverse.server.Routing`, over that node's call stream (:class:`NodeCalls`),
-    stamped with the caller the gate verified.
+    stamped with the caller the gate verified (its client id and principal).
 
-    Ids are validated before anything is sent (:class:`~goverse.errors.InvalidArgument`). A
+    Ids are validated before anything is sent (:class:`~goverse.errors.InvalidArgument`), and
+    the access rules applied to a client's call, create and delete (`access`:
+    :class:`~goverse.errors.PermissionDenied`, nothing forwarded). A
     call is held while its shard has no owner or its owner is not reachable yet (or its call
     stream could not take it), and sent again when the node refused it for its shard, within
     the client's deadline (or `call_timeout`); routing gives up a little before the deadline
@@ -27,8 +29,14 @@ class Router:
     """
 
     def __init__(
-        self, view: ClusterView, pool: ChannelPool, calls: NodeCalls, call_timeout: timedelta
+        self,
+        view: ClusterView,
+        pool: ChannelPool,
+        calls: NodeCalls,
+        call_timeout: timedelta,
+        access: AccessGuard | None = None,
     ) -> None:
+        self._access = access or AccessGuard(ALLOW_ALL)
         self._routing = Routing(view, pool)
         self._calls = calls
         self._call_timeout = call_timeout.total_seconds()
@@ -37,45 +45,67 @@ class Router:
         return self._call_timeout if time_remaining is None else max(time_remaining, 0.0)
 
     async def call_object(
-        self, client_id: str, request: gate_pb2.CallObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.CallObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.CallObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
         ids.validate_method(request.method)
+        self._access.check(
+            Operation.CALL,
+            request.object_type,
+            request.object_id,
+            request.method,
+            from_object=False,
+        )
         frame = node_pb2.CallFrame(
             call=node_pb2.NodeCallObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
                 method=request.method,
                 request=request.request,
-                caller=node_pb2.Caller(client_id=client_id),
+                caller=caller,
             )
         )
         reply = await self._route(frame, request.object_type, request.object_id, time_remaining)
         return gate_pb2.CallObjectResponse(response=reply.call.response)
 
     async def create_object(
-        self, client_id: str, request: gate_pb2.CreateObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.CreateObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.CreateObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
+        self._access.check(
+            Operation.CREATE, request.object_type, request.object_id, from_object=False
+        )
         frame = node_pb2.CallFrame(
             create=node_pb2.NodeCreateObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
-                caller=node_pb2.Caller(client_id=client_id),
+                caller=caller,
             )
         )
         reply = await self._route(frame, request.object_type, request.object_id, time_remaining)
         return gate_pb2.CreateObjectResponse(created=reply.create.created)
 
     async def delete_object(
-        self, client_id: str, request: gate_pb2.DeleteObjectRequest, time_remaining: float | None
+        self,
+        caller: node_pb2.Caller,
+        request: gate_pb2.DeleteObjectRequest,
+        time_remaining: float | None,
     ) -> gate_pb2.DeleteObjectResponse:
         ids.validate_object_ref(request.object_type, request.object_id)
+        self._access.check(
+            Operation.DELETE, request.object_type, request.object_id, from_object=False
+        )
         frame = node_pb2.CallFrame(
             delete=node_pb2.NodeDeleteObjectRequest(
                 object_type=request.object_type,
                 object_id=request.object_id,
-                caller=node_pb2.Caller(client_id=client_id),
+                caller=caller,
             )
         )
         reply = await self._route(frame, request.object_type, request.object_id, time_remaining)

@@ -10,13 +10,24 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import translate_errors
+from goverse.errors import ResourceExhausted, Unauthenticated, translate_errors
+from goverse.gate._auth import (
+    AuthenticationFailed,
+    Authenticator,
+    NoAuthenticator,
+    caller_fields,
+    credentials_of,
+    mark_principal,
+    principal_message,
+)
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
 from goverse.gate._clients import ClientRegistry
+from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
+from goverse.objects import Principal
 from goverse.server import CallMetricsInterceptor, Supervisor
-from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.v1 import gate_pb2, gate_pb2_grpc, node_pb2
 
 _ObjectRequest = (
     gate_pb2.CallObjectRequest | gate_pb2.CreateObjectRequest | gate_pb2.DeleteObjectRequest
@@ -61,8 +72,12 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         max_session_calls: int,
         max_message_bytes: int,
         metrics: CallMetricsInterceptor,
+        authenticator: Authenticator | None = None,
+        on_auth_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._gate_id = gate_id
+        self._authenticator = authenticator or NoAuthenticator()
+        self._on_auth_failure = on_auth_failure or (lambda reason: None)
         self._registry = registry
         self._router = router
         self._supervisor = supervisor
@@ -98,15 +113,18 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         context: grpc.aio.ServicerContext,
         events: Callable[[ClientProxy], AsyncGenerator[E, None]],
     ) -> AsyncIterator[E]:
-        """The stream of one registered client, Register or Session alike: registered with
-        the registry for as long as it runs (future authentication of the stream hooks in
-        here), its task adopted as ``client:<client-id>``, ended as its :class:`StreamEnd`
-        says."""
+        """The stream of one registered client, Register or Session alike: admitted (the
+        peer's registration rate, then the authenticator, once), registered with the registry
+        for as long as it runs, its task adopted as ``client:<client-id>``, ended as its
+        :class:`StreamEnd` says."""
         # The registry refuses registrations once the gate drains, which it does before the
         # supervisor closes: adopt() cannot find the supervisor closed here.
         try:
+            peer = peer_address(context.peer() or "")
+            principal = await self._admit(context, peer)
             with (
-                self._registry.connect() as proxy,
+                self._registry.connect(peer, principal_message(principal)) as proxy,
+                structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller)),
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
                 async with contextlib.aclosing(events(proxy)) as stream:
@@ -118,44 +136,69 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                 end.code, end.details, trailing_metadata=wire.close_metadata(end.reason)
             )
 
+    async def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Principal | None:
+        """Who the registering client is; raises :class:`StreamEnd` when its peer registers
+        too fast (RESOURCE_EXHAUSTED) or the authenticator refuses it (UNAUTHENTICATED)."""
+        try:
+            self._registry.peers.take(peer)
+        except ResourceExhausted as refused:
+            self._on_auth_failure("registration_rate")
+            raise StreamEnd(refused.code, refused.message) from None
+        credentials = credentials_of(context.invocation_metadata(), context.peer() or "")
+        try:
+            return await self._authenticator.authenticate(credentials)
+        except Unauthenticated as refused:
+            reason = refused.reason if isinstance(refused, AuthenticationFailed) else "refused"
+            message = refused.message
+        except Exception:  # a user's authenticator that broke: the client may try again
+            log.exception("authenticator failed", peer=peer)
+            raise StreamEnd(
+                grpc.StatusCode.UNAVAILABLE, "the gate could not authenticate the client"
+            ) from None
+        # Once per refused registration, at INFO, and never with the token.
+        log.info("client authentication failed", reason=reason, peer=peer)
+        self._on_auth_failure(reason)
+        raise StreamEnd(grpc.StatusCode.UNAUTHENTICATED, message)
+
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
         metadata = context.invocation_metadata()
         proxy = self._registry.authenticate(
             wire.metadata_value(metadata, wire.CLIENT_ID_KEY),
             wire.metadata_value(metadata, wire.CREDENTIAL_KEY),
         )
-        structlog.contextvars.bind_contextvars(client_id=proxy.client_id)
+        structlog.contextvars.bind_contextvars(**caller_fields(proxy.caller))
+        mark_principal(proxy.caller)
         return proxy
 
     @contextlib.contextmanager
     def _verified_call(
         self, request: _ObjectRequest, context: grpc.aio.ServicerContext
-    ) -> Iterator[str]:
+    ) -> Iterator[node_pb2.Caller]:
         """Authenticates the caller and binds the object to the log context; yields the trusted
-        client id."""
+        caller (client id and principal)."""
         proxy = self._authenticate(context)
         structlog.contextvars.bind_contextvars(
             object_type=request.object_type, object_id=request.object_id[:256]
         )
-        yield proxy.client_id
+        yield proxy.caller
 
     @translate_errors
     async def CallObject(
         self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.CallObjectResponse:
-        with self._verified_call(request, context) as client_id:
-            return await self._router.call_object(client_id, request, context.time_remaining())
+        with self._verified_call(request, context) as caller:
+            return await self._router.call_object(caller, request, context.time_remaining())
 
     @translate_errors
     async def CreateObject(
         self, request: gate_pb2.CreateObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.CreateObjectResponse:
-        with self._verified_call(request, context) as client_id:
-            return await self._router.create_object(client_id, request, context.time_remaining())
+        with self._verified_call(request, context) as caller:
+            return await self._router.create_object(caller, request, context.time_remaining())
 
     @translate_errors
     async def DeleteObject(
         self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.DeleteObjectResponse:
-        with self._verified_call(request, context) as client_id:
-            return await self._router.delete_object(client_id, request, context.time_remaining())
+        with self._verified_call(request, context) as caller:
+            return await self._router.delete_object(caller, request, context.time_remaining())

@@ -13,6 +13,7 @@ import structlog
 
 from goverse import wire
 from goverse.errors import GoverseError, call_status, code_status
+from goverse.gate._auth import caller_fields, mark_principal
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.server import BatchRule, CallMetricsInterceptor, served_call_span
@@ -212,11 +213,12 @@ class ClientSession:
             with (
                 served_call_span(wire.GATE_CALL_METHODS[op], call.trace_context) as span,
                 structlog.contextvars.bound_contextvars(
-                    client_id=self._proxy.client_id,
+                    **caller_fields(self._proxy.caller),
                     object_type=request.object_type,
                     object_id=request.object_id[:256],
                 ),
             ):
+                mark_principal(self._proxy.caller)
                 try:
                     result = await self._route(op, request, deadline)
                     getattr(reply, op).CopyFrom(result)
@@ -245,12 +247,12 @@ class ClientSession:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise _NotStarted()
-        client_id = self._proxy.client_id
+        caller = self._proxy.caller
         if op == "call":
-            return self._router.call_object(client_id, request, remaining)
+            return self._router.call_object(caller, request, remaining)
         if op == "create":
-            return self._router.create_object(client_id, request, remaining)
-        return self._router.delete_object(client_id, request, remaining)
+            return self._router.create_object(caller, request, remaining)
+        return self._router.delete_object(caller, request, remaining)
 
     # -- replies ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from goverse.node._store import open_store
 from goverse.node._upkeep import run_upkeep
 from goverse.placement import SHARD_COUNT
 from goverse.server import (
+    AccessGuard,
     BoundAddress,
     ClusterView,
     EtcdMembership,
@@ -34,6 +35,7 @@ from goverse.server import (
     StaticView,
     SupervisorClosed,
     Telemetry,
+    access_rules,
     membership_metrics,
     set_log_identity,
 )
@@ -87,6 +89,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     ) -> None:
         super().__init__(config, telemetry)
         self.types = dict(load_object_types(config.objects) if types is None else types)
+        self.access = AccessGuard(access_rules(config.access_rules), self.meter)
         self.advertise = ""
         """The address gates and other nodes reach this node at (known once bound)."""
         self.etcd: EtcdMembership | None = None
@@ -135,7 +138,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             store, self.shards, self.advertise, static=config.membership == "static"
         )
         self.host = ObjectHost(
-            self.types, self.shards, self.advertise, self.state, config.max_objects
+            self.types, self.shards, self.advertise, self.state, config.max_objects, self.access
         )
         self.runtime = NodeRuntime(
             self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout

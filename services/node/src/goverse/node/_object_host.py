@@ -36,7 +36,14 @@ from goverse.objects import (
     set_caller,
 )
 from goverse.placement import shard_of
-from goverse.server import ENDUSER_ID, log_fields, object_call_span
+from goverse.server import (
+    ALLOW_ALL,
+    ENDUSER_ID,
+    AccessGuard,
+    Operation,
+    log_fields,
+    object_call_span,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +95,9 @@ class ObjectHost:
         node: str,
         state: ObjectState | None = None,
         max_objects: int = 1_000_000,
+        access: AccessGuard | None = None,
     ) -> None:
+        self._access = access or AccessGuard(ALLOW_ALL)
         self._types = types
         self._shards = shards
         self._node = node
@@ -170,6 +179,10 @@ class ObjectHost:
         other exception is logged and answers INTERNAL, as does a wrongly typed result. The
         whole call (turn, activation, method) is one span, ``<Type>.<Method>``.
         """
+        # An object's caller names the calling object; a client's call (from a gate) does not.
+        self._access.check(
+            Operation.CALL, object_type, object_id, method, from_object=bool(caller.object_type)
+        )
         with object_call_span(object_type, object_id, method) as span:
             if caller.principal is not None:
                 span.set_attribute(ENDUSER_ID, caller.principal.subject)
@@ -202,6 +215,7 @@ class ObjectHost:
 
     async def create(self, object_type: str, object_id: str) -> bool:
         """Activates the object; False when it already was active."""
+        self._access.check(Operation.CREATE, object_type, object_id, from_object=False)
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
         with self._admitted(key):
@@ -219,6 +233,7 @@ class ObjectHost:
     async def delete(self, object_type: str, object_id: str) -> bool:
         """Deactivates the object in its turn, forgets it and removes its stored state;
         False when it was not active."""
+        self._access.check(Operation.DELETE, object_type, object_id, from_object=False)
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
         with self._admitted(key):

@@ -1,0 +1,115 @@
+"""Per-peer bounds on registrations: live registrations and registration rate per peer address.
+
+Without them one peer could hold every ``--max-clients`` slot of a gate, or make it verify
+tokens in a tight loop. A peer is its IP address (the port differs per connection), so
+clients behind one NAT share their bounds: the defaults leave them room.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from goverse.errors import ResourceExhausted
+
+SWEEP_AT = 10_000
+"""Peers in the table when a new one makes idle ones be dropped: bounds the table's memory."""
+
+
+def peer_address(peer: str) -> str:
+    """The address part of a gRPC peer name: ``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``,
+    ``ipv6:[::1]:51234`` -> ``ipv6:[::1]``; a Unix socket peer stays as it is."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, sep, port = peer.rpartition(":")
+        if sep and port.isdigit():
+            return host
+    return peer
+
+
+@dataclass
+class _Peer:
+    live: int
+    tokens: float
+    updated: float
+
+
+class PeerLimits:
+    """At most `max_live` registrations at once per peer, and a token bucket per peer that
+    refills at `rate` per second up to `max_live` tokens (a peer may open its share at once,
+    then churn at `rate`). A peer's entry is dropped once it has no live registration and a
+    full bucket, so the table holds only recently active peers."""
+
+    def __init__(
+        self, max_live: int, rate: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_live = max_live
+        self._rate = rate
+        self._clock = clock
+        self._peers: dict[str, _Peer] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def live(self, peer: str) -> int:
+        entry = self._peers.get(peer)
+        return 0 if entry is None else entry.live
+
+    def take(self, peer: str) -> None:
+        """Spends one registration token of `peer`; raises :class:`ResourceExhausted` when its
+        bucket is empty."""
+        entry = self._refilled(peer)
+        if entry.tokens < 1:
+            raise ResourceExhausted(
+                f"too many registrations from {peer} (--registration-rate {self._rate:g}/s); "
+                "retry later"
+            )
+        entry.tokens -= 1
+
+    @contextlib.contextmanager
+    def hold(self, peer: str) -> Iterator[None]:
+        """Counts one live registration of `peer` for the block; raises
+        :class:`ResourceExhausted` when `peer` has `max_live` already."""
+        entry = self._refilled(peer)
+        if entry.live >= self._max_live:
+            raise ResourceExhausted(
+                f"{peer} has its maximum of {self._max_live} registrations on this gate "
+                "(--max-registrations-per-peer)"
+            )
+        entry.live += 1
+        try:
+            yield
+        finally:
+            entry.live -= 1
+            self._forget_idle(peer, entry)
+
+    def _refilled(self, peer: str) -> _Peer:
+        now = self._clock()
+        entry = self._peers.get(peer)
+        if entry is None:
+            if len(self._peers) >= SWEEP_AT:
+                self.sweep()  # peers that only spent tokens (refused ones) are dropped here
+            entry = self._peers[peer] = _Peer(0, float(self._max_live), now)
+        else:
+            entry.tokens = min(
+                float(self._max_live), entry.tokens + (now - entry.updated) * self._rate
+            )
+            entry.updated = now
+        return entry
+
+    def _forget_idle(self, peer: str, entry: _Peer) -> None:
+        refill = (self._clock() - entry.updated) * self._rate
+        if entry.live == 0 and entry.tokens + refill >= self._max_live:
+            self._peers.pop(peer, None)
+
+    def sweep(self) -> int:
+        """Drops every peer with nothing live and a full bucket; returns how many."""
+        idle = [peer for peer, entry in self._peers.items() if entry.live == 0]
+        before = len(self._peers)
+        for peer in idle:
+            self._forget_idle(peer, self._peers[peer])
+        return before - len(self._peers)
+
+
+__all__ = ["PeerLimits", "peer_address"]
