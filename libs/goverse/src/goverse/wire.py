@@ -49,6 +49,8 @@ NODE_CALL_METHODS = {op: method_path(NODE_SERVICE, rpc) for op, rpc in CALL_OPS.
 
 # -- metadata keys -----------------------------------------------------------------------------
 
+AUTHORIZATION_KEY = "authorization"
+"""Metadata of a registration carrying the client's token: ``Bearer <token>``."""
 CLIENT_ID_KEY = "goverse-client-id"
 """Call metadata: the client id its Register stream was given."""
 CREDENTIAL_KEY = "goverse-credential"
@@ -160,6 +162,7 @@ def unpack(packed: any_pb2.Any, message_type: type[M]) -> M:
 
 
 __all__ = [
+    "AUTHORIZATION_KEY",
     "CALL_CHAIN_KEY",
     "CALL_OPS",
     "CLIENT_ID_KEY",

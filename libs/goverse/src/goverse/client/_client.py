@@ -30,6 +30,8 @@ from goverse.v1 import gate_pb2, gate_pb2_grpc
 
 M = TypeVar("M", bound=Message)
 ReconnectCallback = Callable[[str, str], Awaitable[None] | None]
+TokenSource = str | Callable[[], str | Awaitable[str]]
+"""A bearer token, or a function (plain or async) returning a fresh one."""
 
 # The SDK logs with the standard library, as a library should: the application decides where
 # its lines go (the services route them through their structlog renderer).
@@ -111,6 +113,12 @@ class Client:
 
     Errors from calls are :class:`goverse.errors.CallError` with the gRPC status code.
 
+    ``token`` authenticates the client to gates that require it (``--authenticator``): a
+    string, or a function (plain or async) returning a fresh token, called before every
+    registration (a reconnection included); it is sent as ``authorization: Bearer <token>``
+    with the registration only. A gate that refuses it ends the registration with
+    UNAUTHENTICATED, and the client keeps retrying with backoff.
+
     The registration is a ``Session`` stream that also carries the calls: many calls in one
     stream message when several are ready, replies matched by call id, the call's timeout
     and cancellation carried with it (a caller cancelled, or out of time, frees the call on
@@ -147,7 +155,9 @@ class Client:
         keepalive_timeout: timedelta = timedelta(seconds=5),
         tls: ClientTLS | None = None,
         rng: random.Random | None = None,
+        token: TokenSource | None = None,
     ) -> None:
+        self._token = token
         self._rng = rng or random.Random()
         self._chooser = GateChooser(
             gates, quarantine=max(reconnect_max.total_seconds(), 1.0), rng=self._rng
@@ -463,21 +473,36 @@ class Client:
     async def _registration(self, gate: str) -> bool:
         """One registration with `gate`; returns True when it ended because the gate drains."""
         stub = gate_pb2_grpc.GateServiceStub(self._channels.get(gate))
+        metadata = await self._auth_metadata()
         # Session first on every registration, not remembered per address: one address may
         # be a Kubernetes Service whose gates are being upgraded.
         try:
-            return await self._session_stream(gate, stub)
+            return await self._session_stream(gate, stub, metadata)
         except _SessionUnimplemented:
             log.debug(
                 "gate %s has no Session stream: registering with Register, unary calls",
                 gate,
                 extra={"gate": gate},
             )
-        return await self._register(gate, stub)
+        return await self._register(gate, stub, metadata)
 
-    async def _session_stream(self, gate: str, stub: gate_pb2_grpc.GateServiceStub) -> bool:
+    async def _auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of a registration: the bearer token, fresh from ``token``."""
+        if self._token is None:
+            return ()
+        token = self._token if isinstance(self._token, str) else self._token()
+        if inspect.isawaitable(token):
+            token = await token
+        return ((wire.AUTHORIZATION_KEY, f"Bearer {token}"),)
+
+    async def _session_stream(
+        self,
+        gate: str,
+        stub: gate_pb2_grpc.GateServiceStub,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> bool:
         """One registration with `gate` over its Session stream, which carries the calls."""
-        stream = stub.Session()
+        stream = stub.Session(metadata=metadata)
         calls = CallStream(stream, self._max_message_bytes)
         writer: asyncio.Task[None] | None = None
         session: _Session | None = None
@@ -534,9 +559,14 @@ class Client:
     def _log_draining(self, gate: str, reason: str) -> None:
         log.info("gate %s is draining: %s", gate, reason, extra={"gate": gate, "reason": reason})
 
-    async def _register(self, gate: str, stub: gate_pb2_grpc.GateServiceStub) -> bool:
+    async def _register(
+        self,
+        gate: str,
+        stub: gate_pb2_grpc.GateServiceStub,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> bool:
         """One registration with `gate` over Register; calls go as unary RPCs."""
-        stream = stub.Register(gate_pb2.RegisterRequest())
+        stream = stub.Register(gate_pb2.RegisterRequest(), metadata=metadata)
         session: _Session | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):

@@ -32,13 +32,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from opentelemetry import trace
 
+from goverse import wire
 from goverse.errors import Unauthenticated
 from goverse.objects import Principal
 from goverse.server import ENDUSER_ID, StartupError
 from goverse.v1 import node_pb2
 
-AUTHORIZATION_KEY = "authorization"
-"""The standard metadata key of the client's token: ``Bearer <token>``."""
 BEARER = "bearer"
 
 DEFAULT_LEEWAY_S = 30.0
@@ -82,7 +81,7 @@ class Authenticator(Protocol):
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     """The token of ``authorization: Bearer <token>`` in `metadata`; None when absent."""
     for key, value in metadata or ():
-        if key != AUTHORIZATION_KEY or not isinstance(value, str):
+        if key != wire.AUTHORIZATION_KEY or not isinstance(value, str):
             continue
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() == BEARER and token.strip():
@@ -207,7 +206,7 @@ class JwtAuthenticator:
         if not token:
             raise AuthenticationFailed(
                 "missing_token",
-                f"this gate requires a token: send '{AUTHORIZATION_KEY}: Bearer <token>' "
+                f"this gate requires a token: send '{wire.AUTHORIZATION_KEY}: Bearer <token>' "
                 "metadata with the registration",
             )
         try:
@@ -310,7 +309,6 @@ def load_authenticator(spec: str) -> Authenticator:
 
 
 __all__ = [
-    "AUTHORIZATION_KEY",
     "AuthenticationFailed",
     "Authenticator",
     "AuthenticatorError",
