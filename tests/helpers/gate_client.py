@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from goverse.v1 import gate_pb2, gate_pb2_grpc
-from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
+from goverse.wire import AUTHORIZATION_KEY, CLIENT_ID_KEY, CREDENTIAL_KEY
 from tests.helpers.fake_node import unpack_text
 
 WAIT = 15.0  # generous: a loaded 2-core machine
@@ -27,12 +27,15 @@ class GateClient:
     credential: str = ""
     events: list[gate_pb2.RegisterResponse] = field(default_factory=list)
     options: list[tuple[str, Any]] = field(default_factory=list)
+    token: str | None = None
+    """Sent as ``authorization: Bearer <token>`` with the registration when set."""
 
     async def connect(self) -> GateClient:
         """Opens Register and reads the first event, which must be `registered`."""
         self.channel = grpc.aio.insecure_channel(self.address, options=self.options)
         self.stub = gate_pb2_grpc.GateServiceStub(self.channel)
-        self.stream = self.stub.Register(gate_pb2.RegisterRequest())
+        metadata = () if self.token is None else ((AUTHORIZATION_KEY, f"Bearer {self.token}"),)
+        self.stream = self.stub.Register(gate_pb2.RegisterRequest(), metadata=metadata)
         first = await self.next_event()
         assert first is not None
         assert first.WhichOneof("event") == "registered", first

@@ -194,3 +194,27 @@ def _witness(event: str, object_id: str) -> None:
         os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+class Identity(Object):
+    """Says who called it, to test that a client's principal reaches objects."""
+
+    async def Caller(self, request: Empty) -> StringValue:
+        """The caller as JSON: client id, calling object (or ""), and the principal's subject
+        and claims (null when the client's gate authenticates no one)."""
+        caller = self.caller
+        principal = caller.principal
+        return StringValue(
+            value=json.dumps(
+                {
+                    "client_id": caller.client_id,
+                    "object": caller.object_id,
+                    "subject": principal.subject if principal is not None else None,
+                    "claims": dict(principal.claims) if principal is not None else None,
+                }
+            )
+        )
+
+    async def CallerOf(self, request: StringValue) -> StringValue:
+        """What Identity `request.value` sees when this object calls it for its client."""
+        return await self.call_object("Identity", request.value, "Caller", Empty(), StringValue)

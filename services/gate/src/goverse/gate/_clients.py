@@ -46,7 +46,7 @@ class ClientRegistry:
         peers: PeerLimits | None = None,
     ) -> None:
         self._gate_id = gate_id
-        self.peers = peers or PeerLimits(max_clients, float("inf"))
+        self.peers = peers if peers is not None else PeerLimits(max_clients, float("inf"))
         """The per-peer bounds of registrations (by default only --max-clients)."""
         self._max_clients = max_clients
         self._queue_messages = queue_messages

@@ -92,15 +92,16 @@ class PeerLimits:
                 self.sweep()  # peers that only spent tokens (refused ones) are dropped here
             entry = self._peers[peer] = _Peer(0, float(self._max_live), now)
         else:
-            entry.tokens = min(
-                float(self._max_live), entry.tokens + (now - entry.updated) * self._rate
-            )
+            # min(), not a product alone: an unbounded rate (inf) times 0 s would be NaN.
+            refill = (now - entry.updated) * self._rate if now > entry.updated else 0.0
+            entry.tokens = min(float(self._max_live), entry.tokens + refill)
             entry.updated = now
         return entry
 
     def _forget_idle(self, peer: str, entry: _Peer) -> None:
-        refill = (self._clock() - entry.updated) * self._rate
-        if entry.live == 0 and entry.tokens + refill >= self._max_live:
+        elapsed = self._clock() - entry.updated
+        refill = elapsed * self._rate if elapsed > 0 else 0.0
+        if entry.live == 0 and (entry.tokens + refill >= self._max_live):
             self._peers.pop(peer, None)
 
     def sweep(self) -> int:

@@ -36,7 +36,7 @@ class Router:
         call_timeout: timedelta,
         access: AccessGuard | None = None,
     ) -> None:
-        self._access = access or AccessGuard(ALLOW_ALL)
+        self._access = access if access is not None else AccessGuard(ALLOW_ALL)
         self._routing = Routing(view, pool)
         self._calls = calls
         self._call_timeout = call_timeout.total_seconds()

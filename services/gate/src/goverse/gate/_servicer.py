@@ -76,7 +76,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         on_auth_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._gate_id = gate_id
-        self._authenticator = authenticator or NoAuthenticator()
+        self._authenticator = authenticator if authenticator is not None else NoAuthenticator()
         self._on_auth_failure = on_auth_failure or (lambda reason: None)
         self._registry = registry
         self._router = router
@@ -124,7 +124,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             principal = await self._admit(context, peer)
             with (
                 self._registry.connect(peer, principal_message(principal)) as proxy,
-                structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller)),
+                structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
                 async with contextlib.aclosing(events(proxy)) as stream:

@@ -97,7 +97,7 @@ class ObjectHost:
         max_objects: int = 1_000_000,
         access: AccessGuard | None = None,
     ) -> None:
-        self._access = access or AccessGuard(ALLOW_ALL)
+        self._access = access if access is not None else AccessGuard(ALLOW_ALL)
         self._types = types
         self._shards = shards
         self._node = node

@@ -1,0 +1,414 @@
+"""Client authentication, access rules and per-peer bounds, against real gate and node processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.wrappers_pb2 import StringValue
+
+from goverse.client import Client
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.v1 import gate_pb2, node_pb2
+from goverse.wire import pack, unpack
+from tests.helpers.gate_client import WAIT, GateClient
+from tests.helpers.node_client import NodeCaller
+from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, process_group
+
+SECRET = "test-secret-of-at-least-thirty-two-bytes!"
+AUDIENCE = "goverse-tests"
+ISSUER = "https://issuer.example"
+
+RULES = """
+# Ordered: the first rule that matches decides.
+[[call]]
+type = "Counter"
+id = "internal-*"
+method = "Increment"
+access = "internal"
+
+[[call]]
+type = "Counter"
+id = "external-*"
+access = "external"
+
+[[call]]
+type = "Counter"
+id = "first-ok"
+access = "allow"
+
+[[call]]
+type = "Counter"
+id = "first-*"
+access = "reject"
+
+[[call]]
+type = "Counter"
+id = "first-*"
+access = "allow"
+
+[[create]]
+type = "Counter"
+id = "nocreate-*"
+access = "reject"
+
+[[delete]]
+type = "Counter"
+id = "keep-*"
+access = "reject"
+"""
+
+
+def token(**overrides: Any) -> str:
+    """A token the JWT gate accepts, with `overrides` changing or removing (None) claims."""
+    claims: dict[str, Any] = {
+        "sub": "alice",
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "exp": int(time.time()) + 300,
+        "scope": "counter:write",
+        "roles": ["admin", "ops"],
+    }
+    key = overrides.pop("key", SECRET)
+    claims.update(overrides)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="HS256")
+
+
+@dataclass
+class Cluster:
+    node: ServiceProcess
+    jwt_gate: ServiceProcess
+    """Requires a JWT (HS256, audience, issuer) and applies the access rules."""
+    open_gate: ServiceProcess
+    """Authenticates no one; at most 2 registrations per peer (rate: plenty)."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One node and two gates, shared by the tests of this module (each uses its own ids)."""
+    root = tmp_path_factory.mktemp("auth")
+    rules = root / "rules.toml"
+    rules.write_text(RULES)
+    secret = root / "secret"
+    secret.write_text(SECRET + "\n")
+    with process_group(root / "logs") as group:
+        node = group.node(extra=[f"--access-rules={rules}"])
+        jwt_gate = group.gate(
+            "jwt",
+            [node.address],
+            extra=[
+                "--authenticator=jwt",
+                f"--jwt-secret-file={secret}",
+                f"--jwt-audience={AUDIENCE}",
+                f"--jwt-issuer={ISSUER}",
+                f"--access-rules={rules}",
+            ],
+        )
+        open_gate = group.gate(
+            "open",
+            [node.address],
+            extra=["--max-registrations-per-peer=2", "--registration-rate=1000"],
+        )
+        yield Cluster(node, jwt_gate, open_gate)
+
+
+@pytest.fixture
+async def alice(cluster: Cluster) -> AsyncIterator[GateClient]:
+    client = await GateClient(cluster.jwt_gate.address, token=token()).connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def refusal(address: str, bearer: str | None) -> grpc.aio.AioRpcError:
+    """The error a Register stream with `bearer` (None: no token) ends with."""
+    client = GateClient(address, token=bearer)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.connect()
+        return raised.value
+    finally:
+        await client.close()
+
+
+async def call(
+    client: GateClient, object_type: str, object_id: str, method: str, request: Any
+) -> Any:
+    return await client.stub.CallObject(
+        gate_pb2.CallObjectRequest(
+            object_type=object_type, object_id=object_id, method=method, request=pack(request)
+        ),
+        metadata=client.metadata(),
+        timeout=WAIT,
+    )
+
+
+async def increment(client: GateClient, object_id: str) -> int:
+    reply = await call(client, "Counter", object_id, "Increment", IncrementRequest(by=1))
+    return unpack(reply.response, CounterValue).value
+
+
+async def relay(client: GateClient, counter_id: str) -> int:
+    reply = await call(client, "Relay", "r", "IncrementCounter", StringValue(value=counter_id))
+    return unpack(reply.response, CounterValue).value
+
+
+async def denied(action: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await action
+    return raised.value
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bearer", "says"),
+    [
+        (None, "requires a token"),
+        (token(exp=int(time.time()) - 3600), "expired"),
+        (token(aud="someone-else"), "audience"),
+        (token(iss="https://evil.example"), "issuer"),
+        (token(key="another-secret-of-at-least-thirty-two-bytes"), "signature"),
+        ("not-a-jwt", "well-formed"),
+        (token(sub=None), "claim"),
+    ],
+    ids=["missing", "expired", "audience", "issuer", "forged", "garbage", "no-subject"],
+)
+async def test_a_bad_token_is_refused_with_unauthenticated_and_a_clear_message(
+    cluster: Cluster, bearer: str | None, says: str
+) -> None:
+    """Registration with a missing, expired, foreign, forged or malformed token ends with
+    UNAUTHENTICATED saying why, never echoing the token; the gate keeps serving."""
+    error = await refusal(cluster.jwt_gate.address, bearer)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert says in (error.details() or "")
+    assert bearer is None or bearer not in (error.details() or "")
+    client = await GateClient(cluster.jwt_gate.address, token=token()).connect()
+    await client.close()
+
+
+async def test_a_refusal_is_logged_once_at_info_without_the_token(cluster: Cluster) -> None:
+    """The gate logs a refused registration at INFO with its reason, and not the token."""
+    bad = token(aud="log-check-audience")
+    await refusal(cluster.jwt_gate.address, bad)
+    lines = [
+        line
+        for line in cluster.jwt_gate.log_lines()
+        if line.get("event") == "client authentication failed"
+    ]
+    assert any(line.get("reason") == "wrong_audience" for line in lines)
+    assert all(line.get("level") == "info" for line in lines)
+    assert bad not in cluster.jwt_gate.output()
+
+
+async def test_the_principal_reaches_the_object_over_unary_calls(alice: GateClient) -> None:
+    """A client registered with a valid token calls an object: the object sees the token's
+    subject and the forwarded claims (scope as text, roles as JSON) beside the client id."""
+    reply = await call(alice, "Identity", "unary", "Caller", Empty())
+    seen = json.loads(unpack(reply.response, StringValue).value)
+    assert seen["client_id"] == alice.client_id
+    assert seen["subject"] == "alice"
+    assert seen["claims"] == {"scope": "counter:write", "roles": '["admin", "ops"]'}
+
+
+async def test_the_principal_reaches_objects_over_the_sdk_session_and_between_objects(
+    cluster: Cluster,
+) -> None:
+    """The SDK sends a token from a callable on registration; calls on its Session stream
+    carry the principal, and so does a call one object makes to another for it."""
+    fetched: list[str] = []
+
+    async def fresh() -> str:
+        fetched.append("once")
+        return token(sub="bob")
+
+    async with asyncio.timeout(WAIT):
+        client = Client([cluster.jwt_gate.address], token=fresh)
+        await client.connect()
+        try:
+            direct = await client.call("Identity", "sdk", "Caller", Empty(), StringValue)
+            via = await client.call(
+                "Identity", "sdk-relay", "CallerOf", StringValue(value="sdk"), StringValue
+            )
+        finally:
+            await client.close()
+    assert json.loads(direct.value)["subject"] == "bob"
+    relayed = json.loads(via.value)
+    assert relayed["subject"] == "bob"
+    assert relayed["object"] == "sdk-relay"
+    assert fetched == ["once"]
+
+
+# -- access rules --------------------------------------------------------------------------
+
+
+async def test_internal_only_is_refused_to_a_client_and_allowed_to_an_object(
+    alice: GateClient,
+) -> None:
+    """Counter internal-*.Increment is internal: a client's call gets PERMISSION_DENIED from
+    the gate; the same call made by another object (Relay) goes through."""
+    error = await denied(increment(alice, "internal-1"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "Counter.Increment" in (error.details() or "")
+    assert await relay(alice, "internal-1") == 1
+
+
+async def test_external_only_is_refused_to_an_object_and_allowed_to_a_client(
+    alice: GateClient,
+) -> None:
+    """Counter external-* is external: a client calls it; an object calling it for the
+    client is refused by the node with PERMISSION_DENIED."""
+    assert await increment(alice, "external-1") == 1
+    error = await denied(relay(alice, "external-1"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_first_matching_rule_wins(alice: GateClient) -> None:
+    """first-ok is allowed by the rule before first-* (reject), and first-other is refused
+    by that reject rule although a later rule allows it."""
+    assert await increment(alice, "first-ok") == 1
+    error = await denied(increment(alice, "first-other"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "call[4]" in (error.details() or "")
+
+
+async def test_create_and_delete_rules(alice: GateClient) -> None:
+    """Creating Counter nocreate-* and deleting Counter keep-* are refused; others pass."""
+    create = alice.stub.CreateObject(
+        gate_pb2.CreateObjectRequest(object_type="Counter", object_id="nocreate-1"),
+        metadata=alice.metadata(),
+        timeout=WAIT,
+    )
+    assert (await denied(create)).code() == grpc.StatusCode.PERMISSION_DENIED
+    delete = alice.stub.DeleteObject(
+        gate_pb2.DeleteObjectRequest(object_type="Counter", object_id="keep-1"),
+        metadata=alice.metadata(),
+        timeout=WAIT,
+    )
+    assert (await denied(delete)).code() == grpc.StatusCode.PERMISSION_DENIED
+    created = await alice.stub.CreateObject(
+        gate_pb2.CreateObjectRequest(object_type="Counter", object_id="free-1"),
+        metadata=alice.metadata(),
+        timeout=WAIT,
+    )
+    assert created.created
+    deleted = await alice.stub.DeleteObject(
+        gate_pb2.DeleteObjectRequest(object_type="Counter", object_id="free-1"),
+        metadata=alice.metadata(),
+        timeout=WAIT,
+    )
+    assert deleted.deleted
+
+
+async def test_the_node_enforces_the_rules_for_client_calls_too(cluster: Cluster) -> None:
+    """A client call that reaches the node without the gate's check (straight to the node)
+    is refused there as well: defence in depth."""
+    async with NodeCaller(cluster.node.address) as node:
+        error = await denied(
+            node.stub.CallObject(
+                node_pb2.NodeCallObjectRequest(
+                    object_type="Counter",
+                    object_id="internal-2",
+                    method="Increment",
+                    request=pack(IncrementRequest(by=1)),
+                    caller=node_pb2.Caller(client_id="jwt/someone"),
+                ),
+                timeout=WAIT,
+            )
+        )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_bad_rules_file_stops_either_service_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    """--access-rules naming a file that is not TOML, has an unknown level or does not
+    exist: the process exits with 2 and one line naming the flag and the problem."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[call]\n")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[[call]]\ntype = "Counter"\naccess = "sometimes"\n')
+    for program in ("goverse-gate", "goverse-node"):
+        for path, says in (
+            (broken, "not valid TOML"),
+            (unknown, "'sometimes' is not one of"),
+            (tmp_path / "missing.toml", "cannot read"),
+        ):
+            result = subprocess.run(
+                [str(BIN / program), f"--access-rules={path}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 2, (program, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert "--access-rules" in lines[0]
+            assert says in lines[0]
+
+
+def test_jwt_without_a_key_stops_the_gate_with_exit_2() -> None:
+    result = subprocess.run(
+        [str(BIN / "goverse-gate"), "--authenticator=jwt"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "needs exactly one of --jwt-secret-file" in result.stderr
+
+
+# -- per-peer bounds -----------------------------------------------------------------------
+
+
+async def test_one_peer_cannot_hold_more_than_its_registrations(cluster: Cluster) -> None:
+    """With --max-registrations-per-peer=2 a third registration from the same address gets
+    RESOURCE_EXHAUSTED naming the flag; the two registered clients keep working."""
+    held = [await GateClient(cluster.open_gate.address).connect() for _ in range(2)]
+    try:
+        third = await refusal(cluster.open_gate.address, None)
+        assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-registrations-per-peer" in (third.details() or "")
+        assert await increment(held[1], "peer-bounds") == 1
+    finally:
+        for client in held:
+            await client.close()
+
+
+async def test_registrations_past_the_rate_are_refused_and_anonymous_without_authenticator(
+    processes: ProcessGroup, cluster: Cluster
+) -> None:
+    """A gate without an authenticator (the default) registers anyone and its objects see no
+    principal; with --registration-rate=0.01 the bucket (--max-registrations-per-peer: 2)
+    is spent by two registrations and the next gets RESOURCE_EXHAUSTED, even after one of the
+    two has left; the gate keeps serving the other."""
+    gate = await asyncio.to_thread(
+        processes.gate,
+        "rate",
+        [cluster.node.address],
+        ["--max-registrations-per-peer=2", "--registration-rate=0.01"],
+    )
+    held = [await GateClient(gate.address).connect() for _ in range(2)]
+    try:
+        reply = await call(held[0], "Identity", "anonymous", "Caller", Empty())
+        assert json.loads(unpack(reply.response, StringValue).value)["subject"] is None
+        await held[0].close()
+        rated = await refusal(gate.address, None)
+        assert rated.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--registration-rate" in (rated.details() or "")
+        assert await increment(held[1], "rate-bounds") == 1
+    finally:
+        for client in held:
+            await client.close()
