@@ -30,7 +30,7 @@ from goverse.examples.v1.chat_pb2 import (
     SendResponse,
 )
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
-from goverse.objects import Caller, Object, ObjectDefinitionError
+from goverse.objects import Caller, Object, ObjectDefinitionError, Principal
 from goverse.testing import ObjectCall, ObjectEnvironment, Pushed, UnansweredCallError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -405,3 +405,28 @@ async def test_the_readme_example_passes() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(code, str(README), "exec"), namespace)
     await namespace["test_a_message_is_pushed_to_every_member"]()
+
+
+class WhoCalls(Object):
+    async def Subject(self, request: Empty) -> StringValue:
+        principal = self.caller.principal
+        return StringValue(value="" if principal is None else principal.subject)
+
+    async def Relay(self, request: StringValue) -> StringValue:
+        return await self.call_object("WhoCalls", request.value, "Subject", Empty(), StringValue)
+
+
+async def test_a_test_can_say_whom_the_client_authenticated_as() -> None:
+    """`principal=` is what ``self.caller.principal`` says; an object calling another for
+    the client passes it on; without it a caller is anonymous."""
+    env = ObjectEnvironment()
+    one = env.create(WhoCalls, "one")
+    env.create(WhoCalls, "two")
+    alice = Principal("alice", {"scope": "x"})
+    said = await one.call("Subject", Empty(), StringValue, caller="g/a", principal=alice)
+    assert said.value == "alice"
+    relayed = await one.call(
+        "Relay", StringValue(value="two"), StringValue, caller="g/a", principal=alice
+    )
+    assert relayed.value == "alice"
+    assert (await one.call("Subject", Empty(), StringValue, caller="g/a")).value == ""

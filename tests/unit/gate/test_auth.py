@@ -1,0 +1,203 @@
+"""The gate's authenticators: bearer tokens, JWT verification with each key kind, user ones."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from goverse.errors import Unauthenticated
+from goverse.gate._auth import (
+    AuthenticationFailed,
+    AuthenticatorError,
+    Credentials,
+    JwtAuthenticator,
+    JwtKeys,
+    NoAuthenticator,
+    bearer_token,
+    build_authenticator,
+    load_authenticator,
+)
+from goverse.objects import Principal
+
+SECRET = "unit-test-secret-of-at-least-32-bytes"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"sub": "carol", "exp": int(time.time()) + 60}
+    values.update(overrides)
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+def reason(authenticator: JwtAuthenticator, token: str | None) -> str:
+    with pytest.raises(AuthenticationFailed) as raised:
+        authenticator.verify(token)
+    assert token is None or token not in raised.value.message
+    return raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ([("authorization", "Bearer abc")], "abc"),
+        ([("authorization", "bearer  abc ")], "abc"),
+        ([("authorization", "Basic abc")], None),
+        ([("authorization", "Bearer")], None),
+        ([("other", "Bearer abc")], None),
+        (None, None),
+    ],
+)
+def test_the_bearer_token_is_read_from_the_authorization_metadata(
+    metadata: list[tuple[str, str]] | None, expected: str | None
+) -> None:
+    assert bearer_token(metadata) == expected
+
+
+async def test_none_makes_every_client_anonymous() -> None:
+    assert await NoAuthenticator().authenticate(Credentials("anything")) is None
+
+
+async def test_an_hs256_token_gives_its_subject_and_the_selected_claims(tmp_path: Path) -> None:
+    """Only the claims named are forwarded; a claim that is not a string is its JSON."""
+    keys = JwtKeys.from_files(secret_file(tmp_path), None, None)
+    authenticator = JwtAuthenticator(keys, claims=("scope", "roles", "absent"))
+    token = jwt.encode(claims(scope="a b", roles=["x"], email="c@example"), SECRET, "HS256")
+    principal = await authenticator.authenticate(Credentials(token))
+    assert principal == Principal("carol", {"scope": "a b", "roles": json.dumps(["x"])})
+
+
+def test_each_refusal_has_its_reason(tmp_path: Path) -> None:
+    keys = JwtKeys.from_files(secret_file(tmp_path), None, None)
+    authenticator = JwtAuthenticator(keys, audience="aud", issuer="iss")
+    good = {"aud": "aud", "iss": "iss"}
+    assert authenticator.verify(jwt.encode(claims(**good), SECRET, "HS256")).subject == "carol"
+    cases = {
+        "missing_token": None,
+        "expired": jwt.encode(claims(exp=int(time.time()) - 120, **good), SECRET, "HS256"),
+        "wrong_audience": jwt.encode(claims(aud="other", iss="iss"), SECRET, "HS256"),
+        "wrong_issuer": jwt.encode(claims(aud="aud", iss="other"), SECRET, "HS256"),
+        "bad_signature": jwt.encode(claims(**good), SECRET + "x", "HS256"),
+        "missing_claim": jwt.encode(claims(exp=None, **good), SECRET, "HS256"),
+        "malformed": "a.b",
+    }
+    for expected, token in cases.items():
+        assert reason(authenticator, token) == expected, expected
+
+
+def test_a_token_signed_with_another_algorithm_is_refused(tmp_path: Path) -> None:
+    """An HS256 gate refuses an unsigned (alg none) token and an HS512 one."""
+    authenticator = JwtAuthenticator(JwtKeys.from_files(secret_file(tmp_path), None, None))
+    unsigned = jwt.encode(claims(), "", "none")
+    assert reason(authenticator, unsigned) == "bad_algorithm"
+    long_secret = SECRET * 2  # HS512 wants 64 bytes
+    assert reason(authenticator, jwt.encode(claims(), long_secret, "HS512")) == "bad_algorithm"
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_a_public_key_verifies_rs256_or_es256_by_its_type(tmp_path: Path, kind: str) -> None:
+    private: Any = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    authenticator = JwtAuthenticator(JwtKeys.from_files(None, pem, None))
+    algorithm = "RS256" if kind == "rsa" else "ES256"
+    assert authenticator.verify(jwt.encode(claims(), private, algorithm)).subject == "carol"
+    other: Any = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    assert reason(authenticator, jwt.encode(claims(), other, algorithm)) == "bad_signature"
+    # The classic confusion: the public key used as an HMAC secret.
+    assert reason(authenticator, jwt.encode(claims(), SECRET, "HS256")) == "bad_algorithm"
+
+
+def test_a_jwks_picks_the_key_by_kid_and_refuses_an_unknown_kid(tmp_path: Path) -> None:
+    one = ec.generate_private_key(ec.SECP256R1())
+    two = ec.generate_private_key(ec.SECP256R1())
+    jwks = {
+        "keys": [
+            {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": kid}
+            for key, kid in ((one, "k1"), (two, "k2"))
+        ]
+    }
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    authenticator = JwtAuthenticator(JwtKeys.from_files(None, None, path))
+    for key, kid in ((one, "k1"), (two, "k2")):
+        token = jwt.encode(claims(), key, "ES256", headers={"kid": kid})
+        assert authenticator.verify(token).subject == "carol"
+    swapped = jwt.encode(claims(), one, "ES256", headers={"kid": "k2"})
+    assert reason(authenticator, swapped) == "bad_signature"
+    unknown = jwt.encode(claims(), one, "ES256", headers={"kid": "k9"})
+    assert reason(authenticator, unknown) == "unknown_key"
+
+
+def test_unusable_key_files_stop_the_gate_naming_the_flag(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for files, flag in (
+        ((empty, None, None), "--jwt-secret-file"),
+        ((None, garbage, None), "--jwt-public-key"),
+        ((None, None, garbage), "--jwt-jwks-file"),
+        ((tmp_path / "missing", None, None), "--jwt-secret-file"),
+    ):
+        with pytest.raises(AuthenticatorError, match=flag):
+            JwtKeys.from_files(*files)
+
+
+class Fixed:
+    """A user's authenticator: accepts the token "open-sesame"."""
+
+    async def authenticate(self, credentials: Credentials) -> Principal | None:
+        if credentials.token != "open-sesame":
+            raise Unauthenticated("wrong word")
+        return Principal("ali", {"peer": credentials.peer})
+
+
+fixed = Fixed()
+
+
+async def test_a_users_authenticator_is_loaded_by_module_and_attribute() -> None:
+    """`module:attr` names an instance, or a class built with no arguments."""
+    for spec in (f"{__name__}:fixed", f"{__name__}:Fixed"):
+        authenticator = build_authenticator(spec)
+        principal = await authenticator.authenticate(Credentials("open-sesame", peer="p"))
+        assert principal == Principal("ali", {"peer": "p"})
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(Credentials("other"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("no.such.module:x", "cannot import"),
+        (f"{__name__}:SECRET", "is not an authenticator"),
+        (f"{__name__}:missing", "is not an authenticator"),
+        ("nocolon", "expected none, jwt or module:attribute"),
+    ],
+)
+def test_an_unusable_users_authenticator_stops_the_gate(spec: str, says: str) -> None:
+    with pytest.raises(AuthenticatorError, match=says):
+        load_authenticator(spec)

@@ -1,0 +1,166 @@
+"""Access rules: parsing the TOML file, glob matching, first match wins, levels by caller kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from goverse.errors import PermissionDenied
+from goverse.server import (
+    ALLOW_ALL,
+    Access,
+    AccessGuard,
+    AccessRules,
+    AccessRulesError,
+    Operation,
+    access_rules,
+    rules_file_problem,
+)
+from goverse.server._access import AccessRulesStartupError
+
+CALL = Operation.CALL
+
+
+def rules(text: str, tmp_path: Path) -> AccessRules:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    return AccessRules.load(path)
+
+
+@pytest.mark.parametrize(
+    ("access", "from_client", "from_object"),
+    [
+        (Access.ALLOW, True, True),
+        (Access.REJECT, False, False),
+        (Access.INTERNAL, False, True),
+        (Access.EXTERNAL, True, False),
+    ],
+)
+def test_each_level_lets_through_the_callers_it_names(
+    access: Access, from_client: bool, from_object: bool
+) -> None:
+    assert access.permits(from_object=False) is from_client
+    assert access.permits(from_object=True) is from_object
+
+
+def test_no_rules_allow_everything() -> None:
+    """Without --access-rules every call, create and delete passes, from anyone."""
+    assert access_rules(None) is ALLOW_ALL
+    for operation in Operation:
+        assert ALLOW_ALL.permits(operation, "Any", "id", "M", from_object=False)
+        assert ALLOW_ALL.permits(operation, "Any", "id", "M", from_object=True)
+
+
+def test_the_first_matching_rule_decides(tmp_path: Path) -> None:
+    """Rules are tried in file order; a later rule never overrides an earlier match."""
+    loaded = rules(
+        """
+        [[call]]
+        type = "Counter"
+        id = "a-ok"
+        access = "allow"
+        [[call]]
+        type = "Counter"
+        id = "a-*"
+        access = "reject"
+        [[call]]
+        type = "Counter"
+        access = "allow"
+        """,
+        tmp_path,
+    )
+    assert loaded.permits(CALL, "Counter", "a-ok", "Get", from_object=False)
+    assert not loaded.permits(CALL, "Counter", "a-other", "Get", from_object=False)
+    decided = loaded.decide(CALL, "Counter", "a-other", "Get")
+    assert decided is not None
+    assert decided.where == "call[2]"
+    assert loaded.permits(CALL, "Counter", "b", "Get", from_object=False)
+
+
+def test_patterns_are_case_sensitive_globs_not_regexes(tmp_path: Path) -> None:
+    """`*`, `?` and `[..]` are globs; a `.` is a plain dot; case matters."""
+    loaded = rules(
+        """
+        default = "reject"
+        [[call]]
+        type = "Chat?oom"
+        id = "room.[0-9]*"
+        method = "S*"
+        access = "allow"
+        """,
+        tmp_path,
+    )
+    assert loaded.permits(CALL, "ChatRoom", "room.1x", "Send", from_object=False)
+    assert not loaded.permits(CALL, "ChatRoom", "roomX1", "Send", from_object=False)
+    assert not loaded.permits(CALL, "chatroom", "room.1", "Send", from_object=False)
+    assert not loaded.permits(CALL, "ChatRoom", "room.1", "Join", from_object=False)
+
+
+def test_create_and_delete_have_rules_of_their_own(tmp_path: Path) -> None:
+    loaded = rules(
+        """
+        [[create]]
+        type = "Admin*"
+        access = "reject"
+        [[delete]]
+        id = "keep-*"
+        access = "internal"
+        """,
+        tmp_path,
+    )
+    assert not loaded.permits(Operation.CREATE, "AdminPanel", "x", from_object=False)
+    assert loaded.permits(Operation.CREATE, "Counter", "x", from_object=False)
+    assert not loaded.permits(Operation.DELETE, "Counter", "keep-1", from_object=False)
+    assert loaded.permits(Operation.CALL, "AdminPanel", "x", "Get", from_object=False)
+
+
+def test_the_default_applies_when_no_rule_matches(tmp_path: Path) -> None:
+    loaded = rules('default = "internal"\n', tmp_path)
+    assert not loaded.permits(CALL, "T", "i", "M", from_object=False)
+    assert loaded.permits(CALL, "T", "i", "M", from_object=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[[call]\n", "is not valid TOML"),
+        ('[[call]]\naccess = "sometimes"\n', "'sometimes' is not one of"),
+        ('[[call]]\ntype = "T"\n', "call[1] has no access"),
+        ('[[create]]\nmethod = "M"\naccess = "allow"\n', "unknown key 'method'"),
+        ('[[call]]\nid = ""\naccess = "allow"\n', "id must be a non-empty string"),
+        ("calls = []\n", "unknown key 'calls'"),
+        ('call = "allow"\n', "must be an array of tables"),
+        ('default = "maybe"\n', "default: access 'maybe'"),
+    ],
+)
+def test_a_bad_file_is_refused_with_where_and_why(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(AccessRulesError) as raised:
+        AccessRules.load(path)
+    assert says in str(raised.value)
+    assert "\n" not in str(raised.value)
+    problem = rules_file_problem(path)
+    assert problem is not None
+    assert says in problem
+    with pytest.raises(AccessRulesStartupError, match="--access-rules"):
+        access_rules(path)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AccessRulesError, match="cannot read"):
+        AccessRules.load(tmp_path / "nope.toml")
+
+
+def test_the_guard_raises_permission_denied_naming_the_rule(tmp_path: Path) -> None:
+    """A refusal is PERMISSION_DENIED saying what was refused to whom, and by which rule."""
+    guard = AccessGuard(rules('[[call]]\nmethod = "Reset"\naccess = "internal"\n', tmp_path))
+    guard.check(CALL, "Counter", "c", "Reset", from_object=True)
+    with pytest.raises(PermissionDenied) as raised:
+        guard.check(CALL, "Counter", "c", "Reset", from_object=False)
+    assert raised.value.status_code == grpc.StatusCode.PERMISSION_DENIED
+    assert raised.value.message == (
+        "call of Counter.Reset by a client is not permitted (access rules: rule call[1], internal)"
+    )
