@@ -10,8 +10,10 @@ import goverse.gate
 def test_public_names() -> None:
     """The facade exports exactly the gate's public interface, and every name resolves."""
     assert sorted(goverse.gate.__all__) == [
+        "Authenticator",
         "ClientProxy",
         "ClientRegistry",
+        "Credentials",
         "GateApp",
         "GateConfig",
         "GateService",

@@ -231,14 +231,16 @@ class AccessRulesStartupError(StartupError):
 
 class AccessGuard:
     """Enforces `rules` for one service: a refusal raises :class:`PermissionDenied` and is
-    counted in ``goverse.access.denied`` by operation, object type and method (their label
-    values bounded, as a client can send any)."""
+    counted in ``goverse.<service>.access.denied`` by operation, object type and method
+    (their label values bounded, as a client can send any)."""
 
-    def __init__(self, rules: AccessRules, meter: metrics.Meter | None = None) -> None:
+    def __init__(
+        self, rules: AccessRules, meter: metrics.Meter | None = None, service: str = "server"
+    ) -> None:
         self.rules = rules
         self._enabled = rules != ALLOW_ALL
         self._denied = (meter or metrics.get_meter(__name__)).create_counter(
-            "goverse.access.denied",
+            f"goverse.{service}.access.denied",
             unit="{call}",
             description="Calls, creates and deletes refused by the access rules, by operation, "
             "object_type and method",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from goverse.gate._app import GateApp
+from goverse.gate._auth import Authenticator, Credentials
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig, parse_config
@@ -11,8 +12,10 @@ from goverse.gate._router import Router
 from goverse.gate._servicer import GateService
 
 __all__ = [
+    "Authenticator",
     "ClientProxy",
     "ClientRegistry",
+    "Credentials",
     "GateApp",
     "GateConfig",
     "GateService",

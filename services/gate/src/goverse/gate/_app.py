@@ -105,7 +105,7 @@ class GateApp(ServiceApp[GateConfig]):
             issuer=config.jwt_issuer,
             claims=config.jwt_claims,
         )
-        self.access = AccessGuard(access_rules(config.access_rules), self.meter)
+        self.access = AccessGuard(access_rules(config.access_rules), self.meter, "gate")
         # The call streams have their own supervisor: the calls the gate serves until its
         # server has stopped (step 7) need them after the main one has shut down (step 5).
         self.call_streams = Supervisor("gate-node-calls")

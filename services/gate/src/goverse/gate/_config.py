@@ -181,6 +181,7 @@ class GateConfig(
         help="PEM private key of --client-tls-cert",
         kind=PATH,
         default_text="--tls-key",
+    )
     authenticator: str = setting(
         "none",
         help="who clients are, decided once per registration from their 'authorization: "

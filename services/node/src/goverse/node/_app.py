@@ -89,7 +89,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     ) -> None:
         super().__init__(config, telemetry)
         self.types = dict(load_object_types(config.objects) if types is None else types)
-        self.access = AccessGuard(access_rules(config.access_rules), self.meter)
+        self.access = AccessGuard(access_rules(config.access_rules), self.meter, "node")
         self.advertise = ""
         """The address gates and other nodes reach this node at (known once bound)."""
         self.etcd: EtcdMembership | None = None
