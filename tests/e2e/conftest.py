@@ -10,6 +10,7 @@ import pytest
 from goverse.client import Client
 from tests.helpers.cluster import Cluster, ClusterTLS, start_cluster
 from tests.helpers.processes import ProcessGroup, process_group
+from tests.helpers.tokens import TokenIssuer
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,14 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("tls-cluster")
     with process_group(directory / "logs") as group:
         yield start_cluster(group, gates=2, tls=ClusterTLS.make(directory / "pki"))
+
+
+@pytest.fixture(scope="module")
+def jwt_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster of two nodes and two gates that require JWTs (HS256, audience and issuer
+    checked); its :meth:`Cluster.client` sends tokens from its :attr:`Cluster.tokens`."""
+    with process_group(tmp_path_factory.mktemp("jwt-cluster")) as group:
+        yield start_cluster(group, gates=2, tokens=TokenIssuer())
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from goverse.v1 import node_pb2, node_pb2_grpc
 from tests.helpers.call_load import object_ids
 from tests.helpers.certs import CertFiles, TestCA
 from tests.helpers.processes import START_TIMEOUT, ProcessGroup, ServiceProcess, serving
+from tests.helpers.tokens import TokenIssuer
 from tests.helpers.waiting import wait_until
 
 STATUS_TIMEOUT = 5.0
@@ -78,6 +79,8 @@ class Cluster:
     gate_extra: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     tls: ClusterTLS | None = None
+    tokens: TokenIssuer | None = None
+    """With JWT on (:func:`start_cluster` with `tokens`): what signs the clients' tokens."""
     nodes: list[ServiceProcess] = field(default_factory=list)
     """Every node started, in order (node *i* on ``node_addresses[i]``), running or not."""
     gates: list[ServiceProcess] = field(default_factory=list)
@@ -201,8 +204,12 @@ class Cluster:
         return object_ids(prefix, count, lambda i: placement.node_for(object_type, i) == node)
 
     def client(self, gates: list[str] | None = None, **options: Any) -> Client:
+        """A client of the gates; with TLS on, it trusts the cluster's CA; with JWT on, it
+        gets a fresh token on every registration (unless `options` give their own)."""
         if self.tls is not None:
             options.setdefault("tls", self.tls.client())
+        if self.tokens is not None:
+            options.setdefault("token", self.tokens.token)
         return Client(gates or self.gate_addresses, **options)
 
     async def list_objects(self, node: str, object_type: str = "") -> set[str]:
@@ -233,11 +240,15 @@ def start_cluster(
     env: dict[str, str] | None = None,
     etcd: str | None = None,
     tls: ClusterTLS | None = None,
+    tokens: TokenIssuer | None = None,
 ) -> Cluster:
     """`nodes` nodes on unix sockets named up front and `gates` gates (``gate-0`` …) on
     loopback ports they bind; returns once all of them serve and every gate's link to every
     node is up. With `etcd` (an endpoint), membership is etcd's; with `tls`, every hop is TLS
-    (see :class:`Cluster`)."""
+    (see :class:`Cluster`). With `tokens`, the gates require JWTs that it signs, and
+    :meth:`Cluster.client` sends them."""
+    if tokens is not None:
+        gate_extra = (*gate_extra, *tokens.gate_flags(group.log_dir))
     cluster = Cluster(
         group,
         group.node_addresses(nodes),
@@ -246,6 +257,7 @@ def start_cluster(
         gate_extra,
         dict(env or {}),
         tls,
+        tokens,
     )
     cluster.start(nodes, gates)
     return cluster

@@ -211,6 +211,11 @@ class ProcessGroup:
         self._sockets: SocketDir | None = None
         self._socket_count = 0
 
+    @property
+    def log_dir(self) -> Path:
+        """Where the processes' logs and ready files go (tests may put their files there)."""
+        return self._log_dir
+
     def node_addresses(self, count: int) -> list[str]:
         """`count` new unix addresses (``unix:/tmp/gv-.../node-N.sock``) for the nodes of a
         cluster: pass them as `listen` and as `nodes` to :meth:`node`, and as `nodes` to

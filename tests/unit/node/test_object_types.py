@@ -29,6 +29,7 @@ def test_only_classes_defined_in_the_module_are_registered() -> None:
     types = load_object_types(["tests.helpers.objects"])
     assert sorted(types) == [
         "Failing",
+        "Identity",
         "Ledger",
         "Patient",
         "PeriodicLedger",

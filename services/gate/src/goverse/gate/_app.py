@@ -161,7 +161,7 @@ class GateApp(ServiceApp[GateConfig]):
             max_message_bytes=self.config.max_message_bytes,
             metrics=self.call_metrics,
             authenticator=self.authenticator,
-            on_auth_failure=self.metrics.registration_refused,
+            on_registration_refused=self.metrics.registration_refused,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 

@@ -73,11 +73,11 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         max_message_bytes: int,
         metrics: CallMetricsInterceptor,
         authenticator: Authenticator | None = None,
-        on_auth_failure: Callable[[str], None] | None = None,
+        on_registration_refused: Callable[[str], None] | None = None,
     ) -> None:
         self._gate_id = gate_id
         self._authenticator = authenticator if authenticator is not None else NoAuthenticator()
-        self._on_auth_failure = on_auth_failure or (lambda reason: None)
+        self._on_registration_refused = on_registration_refused or (lambda reason: None)
         self._registry = registry
         self._router = router
         self._supervisor = supervisor
@@ -142,7 +142,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         try:
             self._registry.peers.take(peer)
         except ResourceExhausted as refused:
-            self._on_auth_failure("registration_rate")
+            self._on_registration_refused("registration_rate")
             raise StreamEnd(refused.code, refused.message) from None
         credentials = credentials_of(context.invocation_metadata(), context.peer() or "")
         try:
@@ -157,7 +157,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             ) from None
         # Once per refused registration, at INFO, and never with the token.
         log.info("client authentication failed", reason=reason, peer=peer)
-        self._on_auth_failure(reason)
+        self._on_registration_refused(reason)
         raise StreamEnd(grpc.StatusCode.UNAUTHENTICATED, message)
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
