@@ -72,12 +72,13 @@ async def test_a_client_moves_to_the_other_gate_with_a_fresh_token(
 
 
 async def test_a_client_without_a_token_is_not_registered(jwt_cluster: Cluster) -> None:
-    """A client that sends no token never registers: connect() gives up with the gates'
-    refusal unanswered, and each gate logged why at INFO."""
+    """A client that sends no token never registers: connect() gives up, saying how the
+    gates refused it, and a gate logged why at INFO."""
     client = Client(jwt_cluster.gate_addresses, connect_timeout=timedelta(seconds=2))
     with pytest.raises(CallError) as raised:
         await client.connect()
     assert raised.value.status_code == grpc.StatusCode.UNAVAILABLE
+    assert "last refusal: UNAUTHENTICATED: this gate requires a token" in raised.value.message
 
     def logged() -> bool:
         return any(

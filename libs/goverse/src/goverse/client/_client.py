@@ -43,6 +43,14 @@ MIN_RETRY_DELAY = 0.01
 # How long a call refused with UNAUTHENTICATED waits to see whether its registration has just
 # ended (then it is re-sent once on the next registration; the gate refused it unforwarded).
 REGISTRATION_END_GRACE = 2.0
+# Codes a gate ends a registration with when it refuses it (not when it failed or left).
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 # How long close() waits for the registration task it cancelled; a bound, so that a task that
 # ignores its cancellation cannot hang close().
 CLOSE_TIMEOUT = 5.0
@@ -181,6 +189,9 @@ class Client:
         self._session: _Session | None = None
         self._connected = asyncio.Event()
         self._registrations = 0
+        self._last_refusal = ""
+        """How the last registration a gate refused ended (``UNAUTHENTICATED: …``), for the
+        error of a connect() that timed out."""
         self._runner: asyncio.Task[None] | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -237,10 +248,11 @@ class Client:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
         except TimeoutError:
+            refusal = f" (last refusal: {self._last_refusal})" if self._last_refusal else ""
             raise CallError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"no gate of {', '.join(self._chooser.gates)} accepted a registration "
-                f"within {timeout}s",
+                f"within {timeout}s{refusal}",
             ) from None
 
     async def close(self) -> None:
@@ -443,6 +455,8 @@ class Client:
                     )
                 else:
                     self._chooser.mark_failed(gate)
+                    if error.code() in _REFUSALS:
+                        self._last_refusal = f"{error.code().name}: {error.details()}"
                     log.info(
                         "registration with gate %s ended: %s: %s",
                         gate,
