@@ -85,6 +85,18 @@ def test_environment_sets_and_flags_win() -> None:
             "--client-tls-cert needs --tls-cert, --tls-key and --tls-ca",
         ),
         (["--health-port=http"], "--health-port"),
+        (["--authenticator=ldap"], "is not none, jwt or module:attribute"),
+        (["--authenticator=jwt"], "needs exactly one of --jwt-secret-file"),
+        (
+            ["--authenticator=jwt", "--jwt-secret-file=a", "--jwt-public-key=b"],
+            "given: --jwt-secret-file, --jwt-public-key",
+        ),
+        (["--jwt-secret-file=a"], "--jwt-secret-file is used only with --authenticator jwt"),
+        (["--jwt-claims="], "the list is empty"),
+        (["--jwt-audience= "], "the value is empty"),
+        (["--registration-rate=0"], "must be a positive number per second"),
+        (["--registration-rate=fast"], "is not a number per second"),
+        (["--max-registrations-per-peer=0"], "at least 1"),
     ],
 )
 def test_invalid_values_exit_2_with_a_clear_message(
@@ -218,3 +230,18 @@ def test_without_tls_flags_the_gate_is_plaintext() -> None:
     config = parse_config([], {})
     assert config.tls is None
     assert config.health_port is None
+
+
+def test_authentication_and_peer_bound_defaults() -> None:
+    """Without flags nobody is authenticated (as before), the default claims are forwarded
+    with a JWT, and per-peer bounds leave a single host room."""
+    config = parse_config([], {})
+    assert config.authenticator == "none"
+    assert config.jwt_claims == ("scope", "roles")
+    assert config.max_registrations_per_peer == 2000
+    assert config.registration_rate == 200.0
+    assert config.access_rules is None
+    jwt = parse_config(
+        ["--authenticator=jwt", "--jwt-jwks-file=/keys.json", "--jwt-claims=email,groups"], {}
+    )
+    assert jwt.jwt_claims == ("email", "groups")
