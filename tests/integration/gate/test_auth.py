@@ -24,6 +24,7 @@ from goverse.wire import pack, unpack
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.node_client import NodeCaller
 from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, process_group
+from tests.helpers.telemetry import sample, scrape
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 AUDIENCE = "goverse-tests"
@@ -102,7 +103,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     secret = root / "secret"
     secret.write_text(SECRET + "\n")
     with process_group(root / "logs") as group:
-        node = group.node(extra=[f"--access-rules={rules}"])
+        node = group.node(extra=[f"--access-rules={rules}", "--metrics-port=0"])
         jwt_gate = group.gate(
             "jwt",
             [node.address],
@@ -112,6 +113,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 f"--jwt-audience={AUDIENCE}",
                 f"--jwt-issuer={ISSUER}",
                 f"--access-rules={rules}",
+                "--metrics-port=0",
             ],
         )
         open_gate = group.gate(
@@ -329,6 +331,24 @@ async def test_the_node_enforces_the_rules_for_client_calls_too(cluster: Cluster
             )
         )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_refusals_and_denials_are_counted(cluster: Cluster, alice: GateClient) -> None:
+    """Refused registrations are counted by reason on the gate; denied calls by operation,
+    type and method on the service that denied them (the gate for a client's call, the node
+    for an object's)."""
+    await refusal(cluster.jwt_gate.address, token(iss="https://counted.example"))
+    await denied(increment(alice, "internal-counted"))
+    await denied(relay(alice, "external-counted"))
+    gate = await asyncio.to_thread(scrape, cluster.jwt_gate.metrics_port)
+    node = await asyncio.to_thread(scrape, cluster.node.metrics_port)
+    refused = "goverse_gate_registrations_refused_total"
+    assert sample(gate, refused, reason="wrong_issuer") >= 1
+    gate_denied = "goverse_gate_access_denied_total"
+    node_denied = "goverse_node_access_denied_total"
+    labels = {"operation": "call", "object_type": "Counter", "method": "Increment"}
+    assert sample(gate, gate_denied, **labels) >= 1
+    assert sample(node, node_denied, **labels) >= 1
 
 
 def test_a_bad_rules_file_stops_either_service_with_one_line_and_exit_2(tmp_path: Path) -> None:
