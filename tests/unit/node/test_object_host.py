@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 from google.protobuf.empty_pb2 import Empty
-from google.protobuf.wrappers_pb2 import Int64Value
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.errors import Internal, ShardNotServed, Unavailable
+from goverse.errors import Internal, PermissionDenied, ShardNotServed, Unavailable
 from goverse.node import NodeApp
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_types import load_object_types
 from goverse.node._shards import ShardTable
-from goverse.objects import Caller, ObjectRuntime
+from goverse.objects import Caller, ObjectRuntime, Principal
 from goverse.placement import SHARD_COUNT, shard_of
+from goverse.server import ENDUSER_ID, AccessGuard, access_rules
 from goverse.wire import ShardRefusal, pack, unpack
 from tests.helpers.objects import WITNESS_DIR
+from tests.helpers.telemetry import SpanCapture
 from tests.helpers.waiting import eventually
 from tests.helpers.witness import read_records
 from tests.unit.node.conftest import node_config
@@ -159,3 +162,44 @@ async def test_a_call_waiting_for_its_turn_does_not_run_once_the_lease_is_gone(
         await waiting
     assert refused.value.reason is ShardRefusal.NOT_OWNER
     assert [record.event for record in read_records(tmp_path)] == ["activate", "call"]
+
+
+async def test_a_clients_principal_is_on_the_call_span_and_seen_by_the_object(
+    captured_spans: SpanCapture,
+) -> None:
+    """A call carrying a principal: its ``<Type>.<Method>`` span has ``enduser.id`` (the
+    subject), and the object sees the principal."""
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    host = ObjectHost(load_object_types(["tests.helpers.objects"]), table, "n1")
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    caller = Caller("g/c", principal=Principal("dana", {"scope": "s"}))
+    reply = await host.invoke("Identity", "who", "Caller", pack(Empty()), caller)
+    seen = json.loads(unpack(reply, StringValue).value)
+    assert (seen["subject"], seen["claims"]) == ("dana", {"scope": "s"})
+    (span,) = [span for span in captured_spans.spans if span.name == "Identity.Caller"]
+    assert span.attributes[ENDUSER_ID] == "dana"
+
+
+async def test_the_access_rules_refuse_a_call_by_the_callers_kind(tmp_path: Path) -> None:
+    """An internal-only method: refused to a client's call, allowed to another object's;
+    creates and deletes are checked too."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[call]]\nmethod = "Caller"\naccess = "internal"\n'
+        '[[create]]\naccess = "reject"\n[[delete]]\naccess = "reject"\n'
+    )
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    guard = AccessGuard(access_rules(rules))
+    host = ObjectHost(load_object_types(["tests.helpers.objects"]), table, "n1", access=guard)
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    with pytest.raises(PermissionDenied, match="by a client"):
+        await host.invoke("Identity", "i", "Caller", pack(Empty()), Caller("g/c"))
+    await host.invoke("Identity", "i", "Caller", pack(Empty()), Caller("g/c", "Relay", "r"))
+    with pytest.raises(PermissionDenied):
+        await host.create("Identity", "j")
+    with pytest.raises(PermissionDenied):
+        await host.delete("Identity", "i")
