@@ -225,6 +225,22 @@ async def test_the_principal_reaches_the_object_over_unary_calls(alice: GateClie
     assert seen["claims"] == {"scope": "counter:write", "roles": '["admin", "ops"]'}
 
 
+async def test_the_node_logs_a_calls_principal(cluster: Cluster, alice: GateClient) -> None:
+    """A method that raises is logged by the node with the caller's principal (the subject,
+    not the claims) beside its client id."""
+    error = await denied(call(alice, "Failing", "logged", "Raise", Empty()))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    lines = [
+        line
+        for line in cluster.node.log_lines()
+        if line.get("event") == "object method raised" and line.get("object_id") == "logged"
+    ]
+    assert lines
+    assert lines[0]["principal"] == "alice"
+    assert lines[0]["client_id"] == alice.client_id
+    assert "counter:write" not in json.dumps(lines[0])
+
+
 async def test_the_principal_reaches_objects_over_the_sdk_session_and_between_objects(
     cluster: Cluster,
 ) -> None:
