@@ -31,8 +31,10 @@ class GateClient:
     """Sent as ``authorization: Bearer <token>`` with the registration when set."""
 
     async def connect(self) -> GateClient:
-        """Opens Register and reads the first event, which must be `registered`."""
-        self.channel = grpc.aio.insecure_channel(self.address, options=self.options)
+        """Opens Register (on `channel` when given: another registration's connection) and
+        reads the first event, which must be `registered`."""
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.address, options=self.options)
         self.stub = gate_pb2_grpc.GateServiceStub(self.channel)
         metadata = () if self.token is None else ((AUTHORIZATION_KEY, f"Bearer {self.token}"),)
         self.stream = self.stub.Register(gate_pb2.RegisterRequest(), metadata=metadata)

@@ -423,6 +423,38 @@ async def test_one_peer_cannot_hold_more_than_its_registrations(cluster: Cluster
             await client.close()
 
 
+async def test_one_connection_cannot_hold_more_than_its_registrations(
+    processes: ProcessGroup, cluster: Cluster
+) -> None:
+    """With --max-registrations-per-connection=2, a third Register stream on the same channel
+    (one HTTP/2 connection) gets RESOURCE_EXHAUSTED naming the flag, while a client on a
+    connection of its own from the same address registers; the held clients keep working."""
+    gate = await asyncio.to_thread(
+        processes.gate,
+        "per-connection",
+        [cluster.node.address],
+        ["--max-registrations-per-connection=2"],
+    )
+    first = await GateClient(gate.address).connect()
+    second = GateClient(gate.address, channel=first.channel)
+    others: list[GateClient] = []
+    try:
+        await second.connect()
+        third = first.stub.Register(gate_pb2.RegisterRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async with asyncio.timeout(WAIT):
+                await third.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-registrations-per-connection" in (refused.value.details() or "")
+        # Channels of one process share a connection unless told otherwise.
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        others.append(await GateClient(gate.address, options=own_connection).connect())
+        assert await increment(second, "per-connection") == 1
+    finally:
+        for client in (*others, second, first):
+            await client.close()
+
+
 async def test_registrations_past_the_rate_are_refused_and_anonymous_without_authenticator(
     processes: ProcessGroup, cluster: Cluster
 ) -> None:

@@ -62,3 +62,21 @@ def test_idle_peers_are_forgotten() -> None:
     clock.advance(1.0)
     assert limits.sweep() == 1
     assert len(limits) == 0
+
+
+def test_a_connection_holds_at_most_its_registrations_and_frees_them() -> None:
+    """Past --max-registrations-per-connection a connection's next registration is refused
+    (before anything is counted for its peer); another connection of the same peer is not;
+    a connection's count is forgotten with its last registration."""
+    limits = PeerLimits(10, 1000.0, max_per_connection=2)
+    with limits.hold("a", "a:1"), limits.hold("a", "a:1"):
+        with (
+            pytest.raises(ResourceExhausted, match="--max-registrations-per-connection"),
+            limits.hold("a", "a:1"),
+        ):
+            pass
+        assert limits.live("a") == 2
+        with limits.hold("a", "a:2"):
+            assert limits.live("a") == 3
+    with limits.hold("a", "a:1"), limits.hold("a", "a:1"):
+        assert limits.live("a") == 2

@@ -94,7 +94,11 @@ class GateApp(ServiceApp[GateConfig]):
             queue_bytes=config.client_queue_bytes,
             max_message_bytes=config.max_message_bytes,
             overflow=config.slow_client_policy,
-            peers=PeerLimits(config.max_registrations_per_peer, config.registration_rate),
+            peers=PeerLimits(
+                config.max_registrations_per_peer,
+                config.registration_rate,
+                max_per_connection=config.max_registrations_per_connection,
+            ),
         )
         self.authenticator = build_authenticator(
             config.authenticator,

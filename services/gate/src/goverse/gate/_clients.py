@@ -110,20 +110,24 @@ class ClientRegistry:
 
     @contextlib.contextmanager
     def connect(
-        self, peer: str = "", principal: node_pb2.Principal | None = None
+        self,
+        peer: str = "",
+        principal: node_pb2.Principal | None = None,
+        connection: str = "",
     ) -> Iterator[ClientProxy]:
-        """Registers a client of `peer` (its address), authenticated as `principal`, for as
-        long as its Register stream runs; yields its proxy.
+        """Registers a client of `peer` (its address) over `connection` (its full gRPC peer
+        name), authenticated as `principal`, for as long as its Register stream runs; yields
+        its proxy.
 
         Raises :class:`StreamEnd` when the registration is refused: UNAVAILABLE (``shutdown``)
-        once draining, RESOURCE_EXHAUSTED at `max_clients` or at the peer's bound of live
-        registrations. On exit, whichever way the stream ended (cancellation and
-        GeneratorExit pass through), closes the proxy (``peer_gone`` unless it was closed
-        already), unregisters it and logs why the stream ended.
+        once draining, RESOURCE_EXHAUSTED at `max_clients` or at the bound of live
+        registrations of its peer or of its connection. On exit, whichever way the stream
+        ended (cancellation and GeneratorExit pass through), closes the proxy (``peer_gone``
+        unless it was closed already), unregisters it and logs why the stream ended.
         """
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(self.peers.hold(peer))
+                held.enter_context(self.peers.hold(peer, connection))
                 proxy = self.register(principal)
             except Unavailable as refused:  # draining
                 raise StreamEnd(refused.code, refused.message, wire.CloseReason.SHUTDOWN) from None

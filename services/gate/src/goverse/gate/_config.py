@@ -227,6 +227,14 @@ class GateConfig(
         "with RESOURCE_EXHAUSTED (clients behind one NAT share an address)",
         kind=COUNT,
     )
+    max_registrations_per_connection: int = setting(
+        1000,
+        help="clients registered at once over one connection (one HTTP/2 connection carries "
+        "any number of streams, and the SDK clients of one process share a connection "
+        "unless their channels use a local subchannel pool); Register beyond it fails with "
+        "RESOURCE_EXHAUSTED",
+        kind=COUNT,
+    )
     registration_rate: float = setting(
         200.0,
         help="registrations per second allowed from one peer address (a token bucket holding "

@@ -1,8 +1,11 @@
-"""Per-peer bounds on registrations: live registrations and registration rate per peer address.
+"""Per-peer bounds on registrations: live registrations per connection and per peer address,
+and the registration rate per peer address.
 
 Without them one peer could hold every ``--max-clients`` slot of a gate, or make it verify
 tokens in a tight loop. A peer is its IP address (the port differs per connection), so
-clients behind one NAT share their bounds: the defaults leave them room.
+clients behind one NAT share their bounds: the defaults leave them room. A connection is the
+full gRPC peer name (address and port): one HTTP/2 connection can carry any number of
+registration streams, and a client needs one.
 """
 
 from __future__ import annotations
@@ -36,18 +39,26 @@ class _Peer:
 
 
 class PeerLimits:
-    """At most `max_live` registrations at once per peer, and a token bucket per peer that
-    refills at `rate` per second up to `max_live` tokens (a peer may open its share at once,
-    then churn at `rate`). A peer's entry is dropped once it has no live registration and a
-    full bucket, so the table holds only recently active peers."""
+    """At most `max_live` registrations at once per peer and `max_per_connection` per
+    connection, and a token bucket per peer that refills at `rate` per second up to
+    `max_live` tokens (a peer may open its share at once, then churn at `rate`). A peer's
+    entry is dropped once it has no live registration and a full bucket, a connection's once
+    it has none, so the tables hold only recently active peers."""
 
     def __init__(
-        self, max_live: int, rate: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_live: int,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_per_connection: int | None = None,
     ) -> None:
         self._max_live = max_live
         self._rate = rate
         self._clock = clock
+        self._max_per_connection = max_live if max_per_connection is None else max_per_connection
         self._peers: dict[str, _Peer] = {}
+        self._connections: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -68,9 +79,16 @@ class PeerLimits:
         entry.tokens -= 1
 
     @contextlib.contextmanager
-    def hold(self, peer: str) -> Iterator[None]:
-        """Counts one live registration of `peer` for the block; raises
-        :class:`ResourceExhausted` when `peer` has `max_live` already."""
+    def hold(self, peer: str, connection: str = "") -> Iterator[None]:
+        """Counts one live registration of `peer` over `connection` (none: not counted per
+        connection) for the block; raises :class:`ResourceExhausted` when `peer` has
+        `max_live` already, or `connection` `max_per_connection`."""
+        on_connection = self._connections.get(connection, 0) if connection else 0
+        if connection and on_connection >= self._max_per_connection:
+            raise ResourceExhausted(
+                f"connection {connection} has its maximum of {self._max_per_connection} "
+                "registrations (--max-registrations-per-connection)"
+            )
         entry = self._refilled(peer)
         if entry.live >= self._max_live:
             raise ResourceExhausted(
@@ -78,11 +96,22 @@ class PeerLimits:
                 "(--max-registrations-per-peer)"
             )
         entry.live += 1
+        if connection:
+            self._connections[connection] = on_connection + 1
         try:
             yield
         finally:
             entry.live -= 1
             self._forget_idle(peer, entry)
+            if connection:
+                self._release(connection)
+
+    def _release(self, connection: str) -> None:
+        left = self._connections[connection] - 1
+        if left:
+            self._connections[connection] = left
+        else:
+            del self._connections[connection]
 
     def _refilled(self, peer: str) -> _Peer:
         now = self._clock()

@@ -120,10 +120,11 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         # The registry refuses registrations once the gate drains, which it does before the
         # supervisor closes: adopt() cannot find the supervisor closed here.
         try:
-            peer = peer_address(context.peer() or "")
+            connection = context.peer() or ""
+            peer = peer_address(connection)
             principal = await self._admit(context, peer)
             with (
-                self._registry.connect(peer, principal_message(principal)) as proxy,
+                self._registry.connect(peer, principal_message(principal), connection) as proxy,
                 structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
