@@ -67,9 +67,13 @@ async def run_until_signalled(service: Service) -> int:
 
 def run(service: Service) -> int:
     """Runs `service` on a new event loop (uvloop when installed) until signalled."""
+    # The loop starts outside the `except ImportError` block: started inside it, every traceback
+    # logged while the service ran carried a chained "No module named 'uvloop'".
     try:
         import uvloop
     except ImportError:
+        uvloop = None
+    if uvloop is None:
         return asyncio.run(run_until_signalled(service))
     return uvloop.run(run_until_signalled(service))  # type: ignore[no-any-return]
 
