@@ -51,3 +51,17 @@ def test_an_unknown_refusal_is_not_retryable() -> None:
     back = errors.status_error(CallStatus(code=9, message="m", shard_refusal="elsewhere"))
     assert back.refusal is None
     assert back.status_code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_message_echoing_huge_input_is_cut_to_the_bound() -> None:
+    """An error or stream status whose message echoes 1 MB of input carries at most
+    MAX_MESSAGE_CHARS characters, its start kept and its length said; a short one is intact."""
+    huge = "unknown type " + "x" * 1024 * 1024
+    for message in (
+        errors.NotFound(huge).message,
+        errors.code_status(grpc.StatusCode.NOT_FOUND, huge).message,
+    ):
+        assert len(message) == errors.MAX_MESSAGE_CHARS
+        assert message.startswith("unknown type xxx")
+        assert message.endswith(f"({len(huge)} characters, truncated)")
+    assert errors.InvalidArgument("bad id").message == "bad id"

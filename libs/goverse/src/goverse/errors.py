@@ -13,6 +13,10 @@
     ├── Internal                      INTERNAL          an object method raised
     └── CallError                     any               a call to another object failed
 
+Every message a status carries passes :func:`bounded` (at :class:`GoverseError` and
+:func:`code_status`): messages echo what callers sent (ids, type URLs, method names), and an
+unbounded echo of a 1 MB type URL broke the peer's metadata limit.
+
 Object code may raise any of these to answer its caller with that status. Servicers translate
 them in one place, :func:`translate_errors`, which also sends an error's
 :attr:`~GoverseError.trailing_metadata` (a :class:`ShardNotServed` carries the marker routing
@@ -36,12 +40,27 @@ S = TypeVar("S")
 Req = TypeVar("Req")
 
 
+MAX_MESSAGE_CHARS = 1024
+"""The longest status message sent: far below gRPC's 8 KiB default metadata limit, which the
+message shares with the other trailers, and longer than any message that echoes nothing."""
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message` cut to at most `limit` characters, saying how long it was when cut."""
+    if len(message) <= limit:
+        return message
+    note = f"... ({len(message)} characters, truncated)"
+    return message[: max(limit - len(note), 0)] + note
+
+
 class GoverseError(Exception):
-    """A failure that answers the caller with a specific gRPC status code."""
+    """A failure that answers the caller with a specific gRPC status code; its message is
+    :func:`bounded`."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
     def __init__(self, message: str) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
 
@@ -188,8 +207,8 @@ def call_status(error: GoverseError) -> CallStatus:
 
 def code_status(code: grpc.StatusCode, message: str) -> CallStatus:
     """A call stream's status `code` with `message` (what a unary call's status and details
-    would say; no shard refusal)."""
-    return CallStatus(code=code.value[0], message=message)
+    would say; no shard refusal); `message` is :func:`bounded`."""
+    return CallStatus(code=code.value[0], message=bounded(message))
 
 
 def error_refusal(error: GoverseError) -> wire.ShardRefusal | None:
@@ -220,6 +239,7 @@ def status_of(error: BaseException) -> grpc.StatusCode:
 
 
 __all__ = [
+    "MAX_MESSAGE_CHARS",
     "CallError",
     "FailedPrecondition",
     "GoverseError",
@@ -232,6 +252,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "bounded",
     "call_status",
     "code_status",
     "error_refusal",
