@@ -8,6 +8,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from goverse.server._decoding import DecodeGuard
 from goverse.server._tracing import server_interceptors
 from goverse.transport import (
     DEFAULT_KEEPALIVE,
@@ -29,7 +30,8 @@ class ListenError(RuntimeError):
 
 class GrpcHost:
     """A grpc.aio server with the ``grpc.health.v1`` service, for the overall server ("") and
-    for each named service. Calls are traced (health checks excepted), then pass through
+    for each named service. A request that does not decode is refused first (INVALID_ARGUMENT,
+    :class:`DecodeGuard`); calls are traced (health checks excepted), then pass through
     `interceptors` (for example call metrics).
 
     With `credentials` the listen address takes TLS only. With `health_port`, a second,
@@ -53,7 +55,7 @@ class GrpcHost:
         self._service_names = ("", *service_names)
         self.server = grpc.aio.server(
             options=server_options(max_message_bytes, keepalive),
-            interceptors=[*server_interceptors(), *interceptors],
+            interceptors=[DecodeGuard(), *server_interceptors(), *interceptors],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -1,0 +1,183 @@
+"""Hostile input to real gate and node processes: undecodable bodies and huge echoed input are
+refused with the right status, quietly, and both services keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.empty_pb2 import Empty
+
+from goverse import wire
+from goverse.client import Client
+from goverse.errors import MAX_MESSAGE_CHARS
+from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.v1 import gate_pb2, node_pb2
+from tests.helpers.gate_client import WAIT, GateClient
+from tests.helpers.node_client import NodeCaller
+from tests.helpers.processes import ProcessGroup, ServiceProcess, serving
+
+GARBAGE = b"\xff\xff\xff\xff\xff"
+"""Not a protobuf message of any type: a truncated varint tag."""
+HUGE = 1024 * 1024
+"""The probe's 1 MB type URL; echoed whole, its status broke the metadata limit."""
+
+
+@dataclass
+class Cluster:
+    node: ServiceProcess
+    gate: ServiceProcess
+
+
+@pytest.fixture
+async def cluster(processes: ProcessGroup) -> Cluster:
+    """A node and a gate routing to it, both logging at DEBUG (to see the one quiet line)."""
+    [address] = processes.node_addresses(1)
+    debug = ["--log-level=debug", "--max-message-bytes=4194304"]
+    node = await asyncio.to_thread(processes.node, address, [address], debug)
+    gate = await asyncio.to_thread(processes.gate, "hostile", [address], debug)
+    return Cluster(node, gate)
+
+
+def _methods(service: ServiceDescriptor) -> list[tuple[str, bool, bool]]:
+    return [
+        (f"/{service.full_name}/{m.name}", m.client_streaming, m.server_streaming)
+        for m in service.methods
+    ]
+
+
+GATE_METHODS = _methods(gate_pb2.DESCRIPTOR.services_by_name["GateService"])
+NODE_METHODS = _methods(node_pb2.DESCRIPTOR.services_by_name["NodeService"])
+
+
+async def _send_garbage(
+    address: str, method: str, client_streaming: bool, server_streaming: bool
+) -> grpc.aio.AioRpcError:
+    """Sends GARBAGE as the (first) request of `method` on a raw channel (identity
+    serializers); returns the error the call ended with."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call: Any
+        if client_streaming:
+            factory = (channel.stream_stream if server_streaming else channel.stream_unary)(method)
+            call = factory(iter([GARBAGE]), timeout=WAIT)
+        else:
+            factory = (channel.unary_stream if server_streaming else channel.unary_unary)(method)
+            call = factory(GARBAGE, timeout=WAIT)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await _finish(call, server_streaming)
+    return raised.value
+
+
+async def _finish(call: Any, server_streaming: bool) -> None:
+    """Reads `call` to its end."""
+    if server_streaming:
+        async for _ in call:
+            pass
+    else:
+        await call
+
+
+def _error_lines(proc: ServiceProcess) -> list[dict[str, Any]]:
+    return [line for line in proc.log_lines() if line.get("level") in ("error", "critical")]
+
+
+async def _still_serves(cluster: Cluster) -> None:
+    """A real call through the gate to the node succeeds, and both report SERVING."""
+    client = Client([cluster.gate.address])
+    try:
+        await client.connect()
+        value = await client.call(
+            "Counter", "probed", "Increment", IncrementRequest(by=1), CounterValue, timeout=WAIT
+        )
+    finally:
+        await client.close()
+    assert value.value >= 1
+    assert await asyncio.to_thread(serving, cluster.gate.address, wire.GATE_SERVICE)
+    assert await asyncio.to_thread(serving, cluster.node.address, wire.NODE_SERVICE)
+
+
+async def test_undecodable_bodies_get_invalid_argument_on_every_method_of_both_services(
+    cluster: Cluster,
+) -> None:
+    """Garbage bytes sent as the request of every gate and node method, streams included,
+    answer INVALID_ARGUMENT naming the request type, before any credential is looked at; each
+    is one DEBUG line, no ERROR and no traceback; both services serve afterwards."""
+    targets = [(cluster.gate, m) for m in GATE_METHODS] + [(cluster.node, m) for m in NODE_METHODS]
+    for proc, (method, client_streaming, server_streaming) in targets:
+        error = await _send_garbage(proc.address, method, client_streaming, server_streaming)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, error)
+        assert "does not decode as goverse.v1." in (error.details() or ""), (method, error)
+    await _still_serves(cluster)
+    for proc, methods in ((cluster.gate, GATE_METHODS), (cluster.node, NODE_METHODS)):
+        refused = [
+            line for line in proc.log_lines() if line["event"] == "undecodable request refused"
+        ]
+        assert sorted(line["method"] for line in refused) == sorted(m for m, *_ in methods)
+        assert _error_lines(proc) == []
+        assert "Traceback" not in proc.output()
+
+
+@pytest.mark.parametrize("field", ["type_url", "object_id", "method", "object_type"])
+async def test_a_huge_echoed_input_comes_back_truncated(cluster: Cluster, field: str) -> None:
+    """A 1 MB type URL, object id, method name or type name, sent straight to the node and
+    through the gate: the status message that refuses it is at most MAX_MESSAGE_CHARS long
+    (an echoed type URL is cut), and the next call still works."""
+    huge = "x" * HUGE
+    request: dict[str, Any] = {
+        "object_type": "Counter",
+        "object_id": "echo",
+        "method": "Get",
+        "request": AnyMessage(type_url="type.googleapis.com/google.protobuf.Empty"),
+    }
+    if field == "type_url":
+        request["request"] = AnyMessage(type_url=f"type.googleapis.com/{huge}")
+    else:
+        request[field] = huge
+
+    async with NodeCaller(cluster.node.address) as node:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await node.stub.CallObject(node_pb2.NodeCallObjectRequest(**request), timeout=WAIT)
+    _assert_refused_briefly(raised.value, field)
+
+    client = await GateClient(cluster.gate.address).connect()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.stub.CallObject(
+                gate_pb2.CallObjectRequest(**request), metadata=client.metadata(), timeout=WAIT
+            )
+    finally:
+        await client.close()
+    _assert_refused_briefly(raised.value, field)
+    await _still_serves(cluster)
+
+
+def _assert_refused_briefly(error: grpc.aio.AioRpcError, field: str) -> None:
+    assert error.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ), error
+    details = error.details() or ""
+    assert len(details) <= MAX_MESSAGE_CHARS, len(details)
+    if field == "type_url":  # the one that is echoed (others are refused without echo)
+        assert "truncated" in details, details
+
+
+async def test_a_traceback_logged_by_a_running_service_does_not_mention_uvloop(
+    cluster: Cluster,
+) -> None:
+    """An object method that raises makes the node log its traceback; that traceback is the
+    method's own, with no chained ``ModuleNotFoundError`` for uvloop."""
+    async with NodeCaller(cluster.node.address) as node:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await node.call("Failing", "f", "Raise", Empty(), Empty)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    output = cluster.node.output()
+    assert "this object always fails" in output
+    assert "Traceback" in output
+    assert "uvloop" not in output
