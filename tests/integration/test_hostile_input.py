@@ -1,5 +1,6 @@
-"""Hostile input to real gate and node processes: undecodable bodies and huge echoed input are
-refused with the right status, quietly, and both services keep serving."""
+"""Hostile input to real gate and node processes: undecodable bodies, huge echoed input and
+input that would break the demo objects are refused with the right status, quietly, and both
+services keep serving."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from google.protobuf.empty_pb2 import Empty
 
 from goverse import wire
 from goverse.client import Client
-from goverse.errors import MAX_MESSAGE_CHARS
-from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.errors import MAX_MESSAGE_CHARS, CallError
+from goverse.examples import chat
+from goverse.examples.v1.chat_pb2 import JoinRequest, JoinResponse, SendRequest, SendResponse
+from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.v1 import gate_pb2, node_pb2
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.node_client import NodeCaller
@@ -181,3 +184,69 @@ async def test_a_traceback_logged_by_a_running_service_does_not_mention_uvloop(
     assert "this object always fails" in output
     assert "Traceback" in output
     assert "uvloop" not in output
+
+
+async def _call_error(client: Client, object_type: str, method: str, request: Any) -> CallError:
+    """The CallError `method` of the object `object_type`/"probe" fails with."""
+    with pytest.raises(CallError) as raised:
+        await client.call(object_type, "probe", method, request, Empty, timeout=WAIT)
+    return raised.value
+
+
+async def test_a_chat_room_refuses_oversized_users_and_keeps_its_history_bounded(
+    cluster: Cluster,
+) -> None:
+    """A 100 KiB user on Join or Send, or an oversized text, is refused with
+    INVALID_ARGUMENT; 60 Sends of the largest user and text allowed leave a history of at most
+    MAX_HISTORY_BYTES, so a later Join still succeeds (unbounded, every Join failed with
+    RESOURCE_EXHAUSTED)."""
+    huge_user = "u" * 100 * 1024
+    async with Client([cluster.gate.address]) as client:
+        for method, request in [
+            ("Join", JoinRequest(user=huge_user)),
+            ("Send", SendRequest(user=huge_user, text="hi")),
+            ("Send", SendRequest(user="u", text="t" * (chat.MAX_TEXT_BYTES + 1))),
+        ]:
+            error = await _call_error(client, "ChatRoom", method, request)
+            assert error.status_code == grpc.StatusCode.INVALID_ARGUMENT, (method, error)
+
+        user, text = "u" * chat.MAX_USER_BYTES, "t" * chat.MAX_TEXT_BYTES
+        for _ in range(60):
+            await client.call(
+                "ChatRoom", "probe", "Send", SendRequest(user=user, text=text), SendResponse
+            )
+        joined = await client.call(
+            "ChatRoom", "probe", "Join", JoinRequest(user=user), JoinResponse, timeout=WAIT
+        )
+    recent = joined.recent_messages
+    assert 0 < len(recent) < 60
+    assert sum(message.ByteSize() for message in recent) <= chat.MAX_HISTORY_BYTES
+    assert recent[-1].seq == 60
+    await _still_serves(cluster)
+
+
+async def test_a_counter_refuses_an_increment_past_int64_and_keeps_its_value(
+    cluster: Cluster,
+) -> None:
+    """An increment that would overflow (or underflow) int64 answers OUT_OF_RANGE and leaves
+    the value as it was; the counter keeps answering (before, it answered INTERNAL forever)."""
+    top = 2**63 - 1
+    async with Client([cluster.gate.address]) as client:
+
+        async def increment(object_id: str, by: int) -> int:
+            reply = await client.call(
+                "Counter", object_id, "Increment", IncrementRequest(by=by), CounterValue
+            )
+            return reply.value
+
+        assert await increment("top", top) == top
+        assert await increment("bottom", -top) == -top
+        assert await increment("bottom", -1) == -(2**63)
+        for object_id, by in [("top", 1), ("top", top), ("bottom", -1)]:
+            with pytest.raises(CallError) as raised:
+                await increment(object_id, by)
+            assert raised.value.status_code == grpc.StatusCode.OUT_OF_RANGE
+        top_now = await client.call("Counter", "top", "Get", GetRequest(), CounterValue)
+        assert top_now.value == top
+        assert await increment("top", -top) == 0
+        assert await increment("bottom", 1) == -top

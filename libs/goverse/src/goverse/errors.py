@@ -4,6 +4,7 @@
     ├── InvalidArgument               INVALID_ARGUMENT  malformed ids, wrong or garbage payloads
     ├── NotFound                      NOT_FOUND         unknown object type
     ├── Unimplemented                 UNIMPLEMENTED     unknown method of a known type
+    ├── OutOfRange                    OUT_OF_RANGE      a value past what it may hold (Counter)
     ├── FailedPrecondition            FAILED_PRECONDITION  e.g. an object calling itself
     │   └── ShardNotServed            FAILED_PRECONDITION  + goverse-shard: not the owner, moving
     ├── Unauthenticated               UNAUTHENTICATED   missing or wrong client credential
@@ -84,6 +85,10 @@ class NotFound(GoverseError):
 
 class Unimplemented(GoverseError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class OutOfRange(GoverseError):
+    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class FailedPrecondition(GoverseError):
@@ -247,6 +252,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "NotSent",
+    "OutOfRange",
     "ResourceExhausted",
     "ShardNotServed",
     "Unauthenticated",
