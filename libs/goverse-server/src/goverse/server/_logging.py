@@ -67,6 +67,28 @@ class ThrottleTelemetryLogs(logging.Filter):
         return True
 
 
+GRPC_LOGGER = "grpc._cython.cygrpc"
+_PEER_GONE_PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+
+class QuietPeerGone(logging.Filter):
+    """Turns grpc.aio's ERROR "ExecuteBatchError raised in core by servicer method [m]" into one
+    DEBUG line without a traceback: a client or gate that leaves while a write to it is pending
+    fails that write, and grpc says so at ERROR when the failed write is seen before the peer's
+    close (``_handle_exceptions`` in its ``server.pyx.pxi`` checks ``client_closed``, which
+    another callback sets). A peer leaving is an expected end of a stream."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.levelno < logging.ERROR or not message.startswith(_PEER_GONE_PREFIX):
+            return True
+        record.rpc = message.removeprefix(_PEER_GONE_PREFIX).strip(" []")
+        record.msg, record.args = "peer went away with a write pending", None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure_logging(level: str, fmt: str, **identity: str) -> None:
     """Routes structlog and stdlib logging (grpc, asyncio) through one renderer on stdout.
 
@@ -111,6 +133,9 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    quiet = logging.getLogger(GRPC_LOGGER)
+    quiet.filters[:] = [f for f in quiet.filters if not isinstance(f, QuietPeerGone)]
+    quiet.addFilter(QuietPeerGone())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
