@@ -4,6 +4,7 @@ as one DEBUG line, never grpc's ERROR "ExecuteBatchError" with a traceback."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import grpc
@@ -83,7 +84,7 @@ async def test_a_gate_logs_no_error_when_a_client_leaves_with_a_push_pending(
                 timeout=WAIT,
             )
             await eventually(
-                lambda n=round_ + 1: _push_taken(gate, n), WAIT, "the gate to write the push"
+                functools.partial(_push_taken, gate, round_ + 1), WAIT, "the push to be written"
             )
         finally:
             await client.close()
