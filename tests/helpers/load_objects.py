@@ -62,6 +62,10 @@ class Blob(Object):
         """Returns `request.value` bytes."""
         return BytesValue(value=b"b" * request.value)
 
+    async def Measure(self, request: BytesValue) -> Int64Value:
+        """Returns how many bytes `request` carries (to send payloads of a given size)."""
+        return Int64Value(value=len(request.value))
+
     async def PushToCaller(self, request: Int64Value) -> Int64Value:
         """Pushes `request.value` bytes to the caller; returns how many clients it queued for."""
         return Int64Value(

@@ -52,6 +52,7 @@ from goverse.server._lifecycle import (
     run_until_signalled,
     serve_main,
 )
+from goverse.server._limits import HOP_HEADROOM_BYTES, hop_message_bytes
 from goverse.server._logging import configure_logging, log_fields, set_log_identity
 from goverse.server._mailbox import Mailbox
 from goverse.server._membership import (
@@ -142,6 +143,7 @@ __all__ = [
     "COUNT",
     "DURATION",
     "ENDUSER_ID",
+    "HOP_HEADROOM_BYTES",
     "PATH",
     "PLAINTEXT_PEER",
     "PORT",
@@ -221,6 +223,7 @@ __all__ = [
     "first_of",
     "format_byte_size",
     "format_duration",
+    "hop_message_bytes",
     "is_unix_address",
     "log_fields",
     "markdown_table",

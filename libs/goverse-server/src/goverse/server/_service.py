@@ -27,6 +27,7 @@ from opentelemetry import metrics
 
 from goverse.server._calls import CallsInFlight
 from goverse.server._grpc import GrpcHost
+from goverse.server._limits import hop_message_bytes
 from goverse.server._metrics import CallMetricsInterceptor, call_duration_histogram
 from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
@@ -182,8 +183,9 @@ class ServiceApp(abc.ABC, Generic[C]):
         self.tls = self.make_tls()
         """This process's TLS (None: plaintext); its files are read here (a missing one is a
         :class:`~goverse.server.StartupError`) and watched once serving."""
+        # Channels to other services carry forwarded messages: a client's, plus an envelope.
         self.pool = ChannelPool(
-            channel_options(config.max_message_bytes, config.keepalive),
+            channel_options(hop_message_bytes(config.max_message_bytes), config.keepalive),
             credentials=None if self.tls is None else self.tls.channel_credentials(),
         )
         self.calls = CallsInFlight([self.grpc_service])
@@ -205,6 +207,13 @@ class ServiceApp(abc.ABC, Generic[C]):
         self._failure: asyncio.Future[BaseException] | None = None  # made in the loop
 
     # -- what a service supplies ----------------------------------------------------------
+
+    @property
+    def served_message_bytes(self) -> int:
+        """The largest message the gRPC server takes and sends: by default a hop's limit (its
+        peers are services forwarding what clients sent); a client-facing service overrides
+        it with ``config.max_message_bytes``."""
+        return hop_message_bytes(self.config.max_message_bytes)
 
     @abc.abstractmethod
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:
@@ -311,7 +320,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         host = GrpcHost(
             self.config.listen,
             [self.grpc_service],
-            self.config.max_message_bytes,
+            self.served_message_bytes,
             interceptors=[self.calls.interceptor, self.call_metrics],
             keepalive=self.config.keepalive,
             credentials=None if self.tls is None else self.tls.server_credentials(),

@@ -83,7 +83,8 @@ class ServiceSettings:
     )
     max_message_bytes: int = setting(
         DEFAULT_MAX_MESSAGE_BYTES,
-        help="largest gRPC message sent or received, by the server and by the channels to nodes",
+        help="largest gRPC message a client may send or receive; between gate and nodes 64 KiB "
+        "more, so that what a client sent within it can be forwarded",
         kind=BYTE_SIZE,
         check=at_least(MIN_MESSAGE_BYTES, format_byte_size),
     )

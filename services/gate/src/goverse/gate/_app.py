@@ -33,6 +33,7 @@ from goverse.server import (
     Telemetry,
     TlsIdentity,
     access_rules,
+    hop_message_bytes,
     membership_metrics,
 )
 from goverse.transport import Backoff
@@ -74,6 +75,10 @@ class GateApp(ServiceApp[GateConfig]):
     @property
     def starts_ready(self) -> bool:
         return False  # ready once it can route: reported by the node links
+
+    @property
+    def served_message_bytes(self) -> int:
+        return self.config.max_message_bytes  # its peers are clients
 
     def __init__(
         self,
@@ -118,7 +123,7 @@ class GateApp(ServiceApp[GateConfig]):
             self.pool,
             self.call_streams,
             max_calls=config.max_stream_calls,
-            max_message_bytes=config.max_message_bytes,
+            max_message_bytes=hop_message_bytes(config.max_message_bytes),
         )
         self.router = Router(
             self.view, self.pool, self.node_calls, config.call_timeout, self.access
