@@ -68,7 +68,7 @@ async def test_the_metrics_endpoint_serves_instruments_and_stops() -> None:
     """Port 0 binds a free port, which start_metrics_server() returns."""
     telemetry = Telemetry("goverse-node", metrics_port=0, environ={})
     telemetry.meter("test").create_counter("goverse.test.things", unit="{thing}").add(3)
-    port = telemetry.start_metrics_server()
+    port = await telemetry.start_metrics_server()
     assert port > 0
     text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     assert "goverse_test_things_total 3.0" in text
@@ -91,14 +91,14 @@ async def test_a_busy_metrics_port_is_a_listen_error() -> None:
         busy.listen()
         telemetry = Telemetry("goverse-node", metrics_port=busy.getsockname()[1], environ={})
         with pytest.raises(ListenError, match="cannot serve metrics"):
-            telemetry.start_metrics_server()
+            await telemetry.start_metrics_server()
     await telemetry.shutdown(1)
 
 
 async def test_metrics_port_none_serves_nothing() -> None:
     """No port (``--metrics-port off``): no endpoint."""
     telemetry = Telemetry("goverse-node", metrics_port=None, environ={})
-    assert telemetry.start_metrics_server() == 0
+    assert await telemetry.start_metrics_server() == 0
     await telemetry.shutdown(1)
 
 

@@ -86,6 +86,7 @@ def serve_main(
     program: str,
     instance_id: str,
     metrics_port: int | None,
+    metrics_host: str,
     build: Callable[[Telemetry], Service],
 ) -> int:
     """The shared body of ``goverse-gate`` and ``goverse-node`` once flags and logging are set.
@@ -104,9 +105,9 @@ def serve_main(
         telemetry = Telemetry(
             program,
             resource_attributes={"service.instance.id": instance_id},
-            # None is --metrics-port off; Telemetry does not bind any free port for 0 yet
-            # and serves no endpoint for either.
-            metrics_port=metrics_port or 0,
+            # None is --metrics-port off: no endpoint (it was turned into 0, any free port).
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
     except TelemetryConfigError as error:
         return fail("invalid telemetry configuration", error, 2)

@@ -333,7 +333,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         await host.serve(ready=self.starts_ready)
         metrics_port = None
         if self.telemetry is not None:
-            metrics_port = self.telemetry.start_metrics_server() or None
+            metrics_port = await self.telemetry.start_metrics_server() or None
         if self.tls is not None:
             self.supervisor.spawn("tls-reload", self._watch_tls(self.tls))
         await self.on_serving()

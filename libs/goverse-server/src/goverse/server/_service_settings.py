@@ -19,6 +19,7 @@ from goverse.server._settings import (
     positive,
     setting,
 )
+from goverse.server._telemetry import METRICS_HOST
 from goverse.server._tls import TlsFiles, check_tls_flags
 from goverse.server._values import (
     ADDRESS,
@@ -27,6 +28,7 @@ from goverse.server._values import (
     DURATION,
     ETCD_ENDPOINTS,
     ETCD_PREFIX,
+    HOST,
     PATH,
     PORT,
     choice,
@@ -116,9 +118,15 @@ class ServiceSettings:
     )
     metrics_port: int | None = setting(
         per_service={NODE: 9464, GATE: 9465},
-        help="port of the Prometheus endpoint (/metrics on all interfaces); 0: any free port; "
+        help="port of the Prometheus endpoint (/metrics on --metrics-host); 0: any free port; "
         "off: no endpoint",
         kind=PORT,
+    )
+    metrics_host: str = setting(
+        METRICS_HOST,
+        help="address the Prometheus endpoint listens on: every interface by default, as "
+        "Prometheus scrapes the pod IP; 127.0.0.1 keeps it to this machine",
+        kind=HOST,
     )
     health_port: int | None = setting(
         None,

@@ -16,7 +16,7 @@ span context (a trace id, continued from its caller's and passed on to the next 
 lines still carry ``trace_id``) but no span object is recorded, which would cost about a third
 of a relay's CPU for spans nobody reads. Spans are exported in batches by
 a background thread: a call never waits for the collector. Metrics are read by Prometheus from
-an HTTP endpoint served on its own thread (:meth:`Telemetry.start_metrics_server`).
+an HTTP endpoint served from the event loop (:meth:`Telemetry.start_metrics_server`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import structlog
 from opentelemetry import metrics, trace
@@ -44,18 +43,19 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import start_http_server
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from goverse.server._grpc import ListenError
+from goverse.server._metrics_endpoint import MetricsEndpoint
 
 log = structlog.get_logger(__name__)
 
 TRACES_EXPORTERS = ("otlp", "console", "none")
 METRICS_HOST = "0.0.0.0"
-"""The metrics endpoint binds every interface: Prometheus scrapes the pod IP."""
+"""Where the metrics endpoint listens unless told (``--metrics-host``): every interface, as
+Prometheus scrapes the pod IP (and the gRPC port listens there too)."""
 
 
 class TelemetryConfigError(ValueError):
@@ -130,7 +130,8 @@ class Telemetry:
     Construction reads the environment and builds both providers; nothing runs yet.
     :meth:`install` makes them the process's global providers (what gRPC interceptors and
     ``trace.get_tracer`` use). :meth:`start_metrics_server` binds the Prometheus endpoint on
-    ``0.0.0.0:<metrics_port>`` (port 0: any free port; None in the constructor: no endpoint).
+    ``<metrics_host>:<metrics_port>`` (port 0: any free port; None in the constructor: no
+    endpoint).
     :meth:`shutdown` exports the spans still buffered and stops the endpoint, bounded by a
     timeout; it is idempotent.
 
@@ -143,6 +144,7 @@ class Telemetry:
         *,
         resource_attributes: Mapping[str, str] | None = None,
         metrics_port: int | None = None,
+        metrics_host: str = METRICS_HOST,
         environ: Mapping[str, str] | None = None,
         span_exporters: Sequence[SpanExporter] | None = None,
     ) -> None:
@@ -163,6 +165,7 @@ class Telemetry:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         self._registry = CollectorRegistry()
         self._requested_port = metrics_port
+        self._metrics_host = metrics_host
         readers = []
         if metrics_port is not None:
             ProcessCollector(registry=self._registry)
@@ -178,8 +181,7 @@ class Telemetry:
         self.meter_provider = MeterProvider(
             resource=self.resource, metric_readers=readers, shutdown_on_exit=False
         )
-        self._server: Any = None
-        self._server_thread: threading.Thread | None = None
+        self._endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
         """The port the metrics endpoint is bound to (0 when it is not serving)."""
         self._shutdown: asyncio.Event | None = None
@@ -197,21 +199,22 @@ class Telemetry:
         trace.set_tracer_provider(self.tracer_provider)
         metrics.set_meter_provider(self.meter_provider)
 
-    def start_metrics_server(self) -> int:
-        """Serves ``/metrics`` on ``0.0.0.0:<metrics_port>``; returns the bound port (0 when
-        the constructor was given None: no endpoint). Raises ListenError when it cannot bind."""
-        if self._requested_port is None or self._server is not None:
+    async def start_metrics_server(self) -> int:
+        """Serves ``/metrics`` on ``<metrics_host>:<metrics_port>`` from the running loop
+        (:class:`MetricsEndpoint`); returns the bound port (0 when the constructor was given
+        None: no endpoint). Raises ListenError when it cannot bind."""
+        if self._requested_port is None or self._endpoint is not None:
             return self.metrics_port
+        endpoint = MetricsEndpoint(self._registry, self._metrics_host, self._requested_port)
+        where = f"{self._metrics_host}:{self._requested_port}"
         try:
-            self._server, self._server_thread = start_http_server(
-                self._requested_port, addr=METRICS_HOST, registry=self._registry
-            )
+            self.metrics_port = await endpoint.start()
         except OSError as error:
-            raise ListenError(
-                f"cannot serve metrics on {METRICS_HOST}:{self._requested_port}: {error}"
-            ) from error
-        self.metrics_port = int(self._server.server_port)
-        log.info("serving metrics", port=self.metrics_port, path="/metrics")
+            raise ListenError(f"cannot serve metrics on {where}: {error}") from error
+        self._endpoint = endpoint
+        log.info(
+            "serving metrics", host=self._metrics_host, port=self.metrics_port, path="/metrics"
+        )
         return self.metrics_port
 
     async def shutdown(self, timeout: float) -> None:
@@ -227,6 +230,8 @@ class Telemetry:
         self._shutdown = asyncio.Event()
         started = time.monotonic()
         try:
+            if self._endpoint is not None:
+                await self._endpoint.stop()
             done = await _in_daemon_thread(self._shutdown_blocking, max(timeout, 0.0))
             if not done:
                 log.warning("telemetry not flushed within the shutdown timeout", timeout_s=timeout)
@@ -238,9 +243,6 @@ class Telemetry:
     def _shutdown_blocking(self) -> None:
         self.tracer_provider.shutdown()  # exports what the batch processors still hold
         self.meter_provider.shutdown()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 async def _in_daemon_thread(function: Callable[[], None], timeout: float) -> bool:

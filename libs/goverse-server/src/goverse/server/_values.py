@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
+
+
+def parse_host(text: str) -> str:
+    """Parses a host to listen on: an IPv4 or IPv6 address, or a name (``localhost``)."""
+    host = text.strip()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(host):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or a host name")
+    return host
+
+
 def parse_port(text: str) -> int | None:
     """Parses a TCP port number, 0 (any free port) to 65535, or ``off`` (None)."""
     if text.strip() == "off":
@@ -204,6 +220,7 @@ COUNT = Kind(positive_int, "N")
 ADDRESS = Kind(parse_address, "HOST:PORT")
 ADDRESS_LIST = Kind(parse_address_list, "HOST:PORT,...", ",".join)
 PORT = Kind(parse_port, "PORT|off", _show_port)
+HOST = Kind(parse_host, "HOST")
 PATH = Kind(parse_path, "PATH")
 ETCD_ENDPOINTS = Kind(parse_etcd_endpoints, "HOST:PORT,...", ",".join)
 ETCD_PREFIX = Kind(parse_etcd_prefix, "PREFIX")

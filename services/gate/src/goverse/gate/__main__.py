@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goverse-gate",
         config.gate_id,
         config.metrics_port,
+        config.metrics_host,
         lambda telemetry: GateApp(config, telemetry),
     )
 

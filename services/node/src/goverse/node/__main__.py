@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goverse-node",
         name,
         config.metrics_port,
+        config.metrics_host,
         lambda telemetry: NodeApp(config, telemetry=telemetry),
     )
 
