@@ -62,8 +62,10 @@ def _unary_request(method: str, behavior: Callable[..., Any]) -> Callable[..., A
         async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
                 await _refuse(method, request, context)
-            async for response in behavior(request, context):
-                yield response
+            # Closed with this wrapper, so the handler's own clean-up runs when grpc closes it.
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return streamed
 
@@ -102,8 +104,10 @@ def _stream_request(method: str, behavior: Callable[..., Any]) -> Callable[..., 
         async def streamed(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            async for response in behavior(_checked(method, requests, context), context):
-                yield response
+            checked = _checked(method, requests, context)
+            async with contextlib.aclosing(behavior(checked, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return streamed
 
