@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from goverse.server import ListenError, Telemetry, TelemetryConfigError, configure_logging
-from goverse.server._logging import ThrottleTelemetryLogs, add_trace_context
+from goverse.server._logging import (
+    GRPC_LOGGER,
+    QuietPeerGone,
+    ThrottleTelemetryLogs,
+    add_trace_context,
+)
 from goverse.server._telemetry import traces_exporters
 
 
@@ -202,3 +208,36 @@ def test_an_exporter_or_a_chosen_sampler_records_spans() -> None:
         patch.setenv("OTEL_TRACES_SAMPLER", "always_on")
         chosen = Telemetry("goverse-gate", environ={"OTEL_TRACES_SAMPLER": "always_on"})
         assert chosen.tracer_provider.get_tracer("test").start_span("s").is_recording()
+
+
+def test_grpcs_execute_batch_error_becomes_one_quiet_debug_line() -> None:
+    """grpc.aio's ERROR for a write to a peer that left is turned into a DEBUG record without
+    a traceback, naming the method; it is dropped below DEBUG; other grpc errors pass as
+    they are."""
+    quiet = QuietPeerGone()
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise RuntimeError("batch failed")
+        except RuntimeError:
+            exc_info = sys.exc_info()
+        return logging.LogRecord(
+            GRPC_LOGGER, logging.ERROR, "server.pyx.pxi", 1, message, None, exc_info
+        )
+
+    peer_gone = record(
+        "ExecuteBatchError raised in core by servicer method [/goverse.v1.GateService/Register]"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.getLogger(), "level", logging.DEBUG)
+        assert quiet.filter(peer_gone)
+    assert (peer_gone.levelno, peer_gone.exc_info) == (logging.DEBUG, None)
+    assert peer_gone.getMessage() == "peer went away with a write pending"
+    assert peer_gone.__dict__["rpc"] == "/goverse.v1.GateService/Register"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.getLogger(), "level", logging.INFO)
+        assert not quiet.filter(record("ExecuteBatchError raised in core by servicer method [m]"))
+    other = record("Unexpected [ValueError] raised by servicer method [m]")
+    assert quiet.filter(other)
+    assert other.levelno == logging.ERROR
+    assert other.exc_info is not None

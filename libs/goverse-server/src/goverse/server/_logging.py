@@ -86,7 +86,8 @@ class QuietPeerGone(logging.Filter):
         record.msg, record.args = "peer went away with a write pending", None
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.exc_info, record.exc_text = None, None
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
+        # Dropped unless the process logs at DEBUG (the level was checked for ERROR already).
+        return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 
 def configure_logging(level: str, fmt: str, **identity: str) -> None:
