@@ -125,6 +125,24 @@ async def test_undecodable_bodies_get_invalid_argument_on_every_method_of_both_s
         assert "Traceback" not in proc.output()
 
 
+async def test_undecodable_health_checks_on_the_plaintext_health_port_get_invalid_argument(
+    processes: ProcessGroup,
+) -> None:
+    """The plaintext ``--health-port`` (unauthenticated by design) refuses garbage in Check
+    and Watch the same way, quietly, and keeps answering."""
+    node = await asyncio.to_thread(processes.node, extra=["--health-port=0", "--log-level=debug"])
+    assert node.health_address != node.address
+    for method, streaming in [
+        ("/grpc.health.v1.Health/Check", False),
+        ("/grpc.health.v1.Health/Watch", True),
+    ]:
+        error = await _send_garbage(node.health_address, method, False, streaming)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, error)
+    assert await asyncio.to_thread(serving, node.health_address)
+    assert _error_lines(node) == []
+    assert "Traceback" not in node.output()
+
+
 @pytest.mark.parametrize("field", ["type_url", "object_id", "method", "object_type"])
 async def test_a_huge_echoed_input_comes_back_truncated(cluster: Cluster, field: str) -> None:
     """A 1 MB type URL, object id, method name or type name, sent straight to the node and

@@ -63,7 +63,7 @@ class GrpcHost:
         if health_port is not None:
             # Health messages are a few bytes: a small limit keeps the unauthenticated port cheap.
             self.health_server = grpc.aio.server(
-                options=server_options(HEALTH_MAX_BYTES, keepalive)
+                options=server_options(HEALTH_MAX_BYTES, keepalive), interceptors=[DecodeGuard()]
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         self.port = 0
