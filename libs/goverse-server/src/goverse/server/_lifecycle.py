@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -67,14 +68,12 @@ async def run_until_signalled(service: Service) -> int:
 
 def run(service: Service) -> int:
     """Runs `service` on a new event loop (uvloop when installed) until signalled."""
-    # The loop starts outside the `except ImportError` block: started inside it, every traceback
-    # logged while the service ran carried a chained "No module named 'uvloop'".
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is None:
+    # Looked up, not tried: a loop started inside `except ImportError` chained "No module named
+    # 'uvloop'" to every traceback logged while the service ran.
+    if importlib.util.find_spec("uvloop") is None:
         return asyncio.run(run_until_signalled(service))
+    import uvloop
+
     return uvloop.run(run_until_signalled(service))  # type: ignore[no-any-return]
 
 
