@@ -335,3 +335,38 @@ def test_a_sqlite_store_serves_one_node_with_a_static_list(tmp_path: Path) -> No
     chart (scripts/chart/bad-values) as by the node."""
     pod = node_pod(tmp_path, {"node": {"replicaCount": 1}, "store": {"url": "sqlite:/tmp/g.db"}})
     assert NodeConfig.parser(pod.environ()).parse([]).store == "sqlite:/tmp/g.db"
+
+
+# -- the call bounds -------------------------------------------------------------------------
+
+
+def configmap_data(resources: list[dict[str, Any]], component: str) -> dict[str, str]:
+    """The data of `component`'s ConfigMap in a rendering."""
+    (found,) = [
+        r
+        for r in resources
+        if r["kind"] == "ConfigMap"
+        and r["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    data: dict[str, str] = found["data"]
+    return data
+
+
+@needs_chart_tools
+def test_the_call_bounds_reach_both_services_as_their_settings(tmp_path: Path) -> None:
+    """gate.config.maxSessionCalls and maxStreamCalls, node.config.maxStreamCalls: each
+    service parses the bound the values give it from its ConfigMap."""
+    path = tmp_path / "values.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "gate": {"config": {"maxSessionCalls": 500, "maxStreamCalls": 4000}},
+                "node": {"config": {"maxStreamCalls": 20000}},
+            }
+        )
+    )
+    resources = render("goverse", "goverse", ["--values", str(path)])
+    gate = GateConfig.parser(configmap_data(resources, "gate")).parse([])
+    node = NodeConfig.parser(NodePod(resources).environ()).parse([])
+    assert (gate.max_session_calls, gate.max_stream_calls) == (500, 4000)
+    assert node.max_stream_calls == 20000
