@@ -87,9 +87,20 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* An image reference. Call with (dict "image" .Values.gate.image "ctx" $). */}}
+{{/*
+An image reference: [<registry>/]<repository>, then @<digest> when a digest is set (it wins
+over the tag: a digest names one build, a tag can be moved), else :<tag> (default: the
+chart's appVersion). The registry is imageRegistry (a mirror of every image), else the
+image's own. Call with (dict "image" .Values.gate.image "ctx" $).
+*/}}
 {{- define "goverse.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- $registry := default .image.registry .ctx.Values.imageRegistry }}
+{{- $repository := ternary (printf "%s/%s" $registry .image.repository) .image.repository (ne $registry "") }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -400,6 +411,13 @@ and lint with the reason.
 {{- if not (($c.resources).requests).cpu }}
 {{- fail (printf "%s.autoscaling scales on CPU use in percent of the request: set %s.resources.requests.cpu" $component $component) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- range $name, $image := dict "gate" $v.gate.image "node" $v.node.image "etcd" $v.etcd.image "otelCollector" $v.otelCollector.image }}
+{{- $registry := default $image.registry $v.imageRegistry }}
+{{- $first := first (splitList "/" $image.repository) }}
+{{- if and $registry (contains "/" $image.repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- fail (printf "%s.image.repository %s starts with a registry host (%s) and a registry (%s) is set too, which would make %s/%s: put the host in %s.image.registry and the path in repository" $name $image.repository $first $registry $registry $image.repository $name) }}
 {{- end }}
 {{- end }}
 {{- include "goverse.validateMembership" . }}
