@@ -11,7 +11,8 @@
 #      (wiring.py: node list or etcd endpoints, the bundled etcd, advertise, gate id, probes,
 #      grace period and handoff budget, config checksum, autoscalers, the store URL and
 #      password file); every values file is rendered again with other replica counts: with
-#      etcd membership no gate or node pod template may change (scaling.py);
+#      etcd membership no gate or node pod template may change (scaling.py); and rendered from
+#      a copy of the chart with another version: no pod template may change (bump.py);
 #   4. every scripts/chart/bad-values/*.yaml must make helm template fail with the message in
 #      its `# expect:` line (schema: unknown keys, wrong types; `fail`: bad combinations), and
 #      without printing the text of its `# never:` line if it has one (a password);
@@ -81,6 +82,21 @@ for values in "$CHART"/ci/*-values.yaml; do
     pairs+=("$OUT/$name.yaml" "$OUT/scaled/$name.yaml")
 done
 "$PY" scripts/chart/scaling.py "${pairs[@]}"
+
+step "chart bump: no pod restarts"
+# A copy of the chart with another version: the pod templates must not change.
+rm -rf "$OUT/bumped-chart"
+mkdir -p "$OUT/bumped-chart" "$OUT/bumped"
+cp -r "$CHART" "$OUT/bumped-chart/goverse"
+sed -i 's/^version: .*/version: 99.99.99/' "$OUT/bumped-chart/goverse/Chart.yaml"
+pairs=()
+for values in "$CHART"/ci/*-values.yaml; do
+    name="$(basename "$values" -values.yaml)"
+    "$HELM" template "$RELEASE" "$OUT/bumped-chart/goverse" --namespace "$NAMESPACE" \
+        --values "$values" >"$OUT/bumped/$name.yaml"
+    pairs+=("$OUT/$name.yaml" "$OUT/bumped/$name.yaml")
+done
+"$PY" scripts/chart/bump.py "${pairs[@]}"
 
 step "values that must be refused"
 failed=0

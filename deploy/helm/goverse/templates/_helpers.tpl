@@ -44,6 +44,24 @@ app.kubernetes.io/part-of: goverse
 {{- end }}
 {{- end }}
 
+{{/*
+Labels of a pod template: those of every object but helm.sh/chart, whose chart version would
+change every pod template on a chart bump and so roll every pod for nothing. Call with
+(dict "ctx" $ "component" "gate").
+*/}}
+{{- define "goverse.podLabels" -}}
+{{- omit (include "goverse.labels" . | fromYaml) "helm.sh/chart" | toYaml }}
+{{- end }}
+
+{{/*
+checksum/config of a pod template: the sha256 of a ConfigMap's data only, so that a change of
+its labels (a chart bump changes helm.sh/chart) restarts no pod. Call with
+(dict "ctx" $ "file" "/gate/configmap.yaml").
+*/}}
+{{- define "goverse.configChecksum" -}}
+{{- (include (print .ctx.Template.BasePath .file) .ctx | fromYaml).data | toJson | sha256sum }}
+{{- end }}
+
 {{/* Labels that select the pods of one component. Call with (dict "ctx" $ "component" "gate"). */}}
 {{- define "goverse.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "goverse.name" .ctx }}
