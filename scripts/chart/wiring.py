@@ -12,9 +12,9 @@ For each file (one `helm template` output):
   name; with the bundled etcd, the endpoints are its client Service, and the members' URLs,
   --initial-cluster, ports, probes, volume and NetworkPolicy agree with each other;
 - both: the node headless Service publishes not-ready addresses; gate ids come from the pod
-  name; gRPC probes hit the container's gRPC port (readiness: the service name, liveness: the
-  overall status ""); terminationGracePeriodSeconds covers preStop + shutdown, and with etcd
-  the leave share of the node's shutdown budget covers the handoff timeout;
+  name; gRPC probes hit the container's gRPC port (readiness: the service name, liveness and
+  startup: the overall status ""); terminationGracePeriodSeconds covers preStop + shutdown,
+  and with etcd the leave share of the node's shutdown budget covers the handoff timeout;
   GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one; an autoscaled
   workload has no replica count of its own and CPU requests; every PodDisruptionBudget
   selects the pods of a workload;
@@ -373,6 +373,14 @@ class Checker:
         self.expect(
             liveness.get("service", "") == "",
             f"{name}: liveness probe checks {liveness.get('service')}, not the overall status",
+        )
+        startup = container.get("startupProbe", {}).get("grpc", {})
+        self.expect(
+            startup.get("port") == port, f"{name}: startup probe is not gRPC on port {port}"
+        )
+        self.expect(
+            startup.get("service", "") == "",
+            f"{name}: startup probe checks {startup.get('service')}, not the overall status",
         )
         pre_stop = 0.0
         hook = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
