@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.targets.chart import (
+    CHART,
     HELM,
     TOOLS_PYTHON,
     Placement,
@@ -173,6 +174,10 @@ def test_a_statefulset_scaled_out_makes_the_next_ordinal_from_its_template() -> 
     assert plan.args == ["--as=x-3", "--ip=10.0.0.99"]
 
 
+# The values the docker target renders with: the chart's defaults and the demo objects.
+DEFAULT_VALUES = [f"--values={CHART / 'ci' / 'default-values.yaml'}"]
+
+
 @pytest.mark.skipif(
     not (HELM.exists() and TOOLS_PYTHON.exists()), reason="chart tools not installed"
 )
@@ -182,7 +187,11 @@ def test_the_charts_etcd_nodes_advertise_their_pod_dns_names() -> None:
     resources = render(
         "goverse",
         "e2e",
-        ["--set=membership=etcd", '--set-json=etcd.endpoints=["etcd.e2e.svc.cluster.local:2379"]'],
+        [
+            *DEFAULT_VALUES,
+            "--set=membership=etcd",
+            '--set-json=etcd.endpoints=["etcd.e2e.svc.cluster.local:2379"]',
+        ],
     )
     plans = workload_pods(resources, Placement("e2e"), addresses())
     assert all("GOVERSE_NODES" not in plan.env for plan in plans)
@@ -201,7 +210,7 @@ def test_the_charts_etcd_nodes_advertise_their_pod_dns_names() -> None:
 )
 def test_the_charts_defaults_plan_two_nodes_and_two_gates_wired_together() -> None:
     """The docker target's reading of the real chart: node DNS names are the node list."""
-    resources = render("goverse", "e2e", [])
+    resources = render("goverse", "e2e", DEFAULT_VALUES)
     plans = workload_pods(resources, Placement("e2e"), addresses())
     nodes = [plan for plan in plans if plan.component == "node"]
     gates = [plan for plan in plans if plan.component == "gate"]

@@ -242,11 +242,22 @@ class NodePod:
         return environ
 
 
-def node_pod(tmp_path: Path, values: dict[str, Any]) -> NodePod:
-    """The node pod of the chart rendered with `values` (JSON is YAML to helm)."""
+# The one value the chart needs: which objects the nodes host.
+OWN_OBJECTS = ["myapp.rooms"]
+
+
+def render_values(tmp_path: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart rendered with `values` (JSON is YAML to helm), `node.objects` defaulting to
+    OWN_OBJECTS."""
+    values = {**values, "node": {"objects": OWN_OBJECTS, **values.get("node", {})}}
     path = tmp_path / "values.yaml"
     path.write_text(json.dumps(values))
-    return NodePod(render("goverse", "goverse", ["--values", str(path)]))
+    return render("goverse", "goverse", ["--values", str(path)])
+
+
+def node_pod(tmp_path: Path, values: dict[str, Any]) -> NodePod:
+    """The node pod of the chart rendered with `values`."""
+    return NodePod(render_values(tmp_path, values))
 
 
 @needs_chart_tools
@@ -356,17 +367,36 @@ def configmap_data(resources: list[dict[str, Any]], component: str) -> dict[str,
 def test_the_call_bounds_reach_both_services_as_their_settings(tmp_path: Path) -> None:
     """gate.config.maxSessionCalls and maxStreamCalls, node.config.maxStreamCalls: each
     service parses the bound the values give it from its ConfigMap."""
-    path = tmp_path / "values.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "gate": {"config": {"maxSessionCalls": 500, "maxStreamCalls": 4000}},
-                "node": {"config": {"maxStreamCalls": 20000}},
-            }
-        )
+    resources = render_values(
+        tmp_path,
+        {
+            "gate": {"config": {"maxSessionCalls": 500, "maxStreamCalls": 4000}},
+            "node": {"config": {"maxStreamCalls": 20000}},
+        },
     )
-    resources = render("goverse", "goverse", ["--values", str(path)])
     gate = GateConfig.parser(configmap_data(resources, "gate")).parse([])
     node = NodeConfig.parser(NodePod(resources).environ()).parse([])
     assert (gate.max_session_calls, gate.max_stream_calls) == (500, 4000)
     assert node.max_stream_calls == 20000
+
+
+# -- the objects ------------------------------------------------------------------------------
+
+
+@needs_chart_tools
+def test_the_demo_objects_are_off_unless_asked_for(tmp_path: Path) -> None:
+    """With node.objects alone the nodes host those modules only (not the node's own default,
+    the demo objects); node.demoObjects adds the demo modules once."""
+    only_own = NodePod(render_values(tmp_path, {}))
+    assert NodeConfig.parser(only_own.environ()).parse([]).objects == tuple(OWN_OBJECTS)
+    with_demo = NodePod(
+        render_values(
+            tmp_path,
+            {"node": {"objects": [*OWN_OBJECTS, "goverse.examples.counter"], "demoObjects": True}},
+        )
+    )
+    assert NodeConfig.parser(with_demo.environ()).parse([]).objects == (
+        *OWN_OBJECTS,
+        "goverse.examples.counter",
+        "goverse.examples.chat",
+    )

@@ -340,6 +340,23 @@ GOVERSE_{{ $key | snakecase | upper }}: {{ $text | quote }}
 {{- end }}
 {{- end }}
 
+{{/* goverse's demo object modules, which the node image carries (node.demoObjects). */}}
+{{- define "goverse.demoObjects" -}}goverse.examples.counter,goverse.examples.chat{{- end }}
+
+{{/* GOVERSE_OBJECTS: node.objects, then the demo modules with node.demoObjects. */}}
+{{- define "goverse.node.objects" -}}
+{{- $objects := .Values.node.objects }}
+{{- if .Values.node.demoObjects }}
+{{- $objects = concat $objects (splitList "," (include "goverse.demoObjects" .)) }}
+{{- end }}
+{{- $objects | uniq | join "," }}
+{{- end }}
+
+{{/* "true" when the nodes host the demo Counter (the helm test calls it), else empty. */}}
+{{- define "goverse.node.hostsCounter" -}}
+{{- if or .Values.node.demoObjects (has "goverse.examples.counter" .Values.node.objects) }}true{{- end }}
+{{- end }}
+
 {{/*
 The node's state store. The password Secret's key is mounted as one file in its own
 directory: a path of the chart's choosing, so GOVERSE_STORE_PASSWORD_FILE never depends on
@@ -465,8 +482,8 @@ and lint with the reason.
 {{- if and $svc.loadBalancerSourceRanges (ne $svc.type "LoadBalancer") }}
 {{- fail "gate.service.loadBalancerSourceRanges needs gate.service.type LoadBalancer" }}
 {{- end }}
-{{- if and $v.tests.enabled (not (has "goverse.examples.counter" $v.node.objects)) }}
-{{- fail "tests.enabled: the helm test calls Counter.Increment, so node.objects must include goverse.examples.counter (or set tests.enabled=false)" }}
+{{- if not (or $v.node.objects $v.node.demoObjects) }}
+{{- fail "node.objects is empty and node.demoObjects is off, so the nodes would host nothing: set node.objects to the modules of your objects (in an image built FROM goverse-node, node.image), or node.demoObjects=true to try the chart with goverse's Counter and ChatRoom" }}
 {{- end }}
 {{- $longest := printf "%s-%d" (include "goverse.node.fullname" .) (sub (int $v.node.replicaCount) 1) }}
 {{- if gt (len $longest) 63 }}
