@@ -18,6 +18,9 @@ For each file (one `helm template` output):
   GOVERSE_METRICS_PORT is the `metrics` container port, or `off` without one; an autoscaled
   workload has no replica count of its own and CPU requests; every PodDisruptionBudget
   selects the pods of a workload;
+- egress (when a gate or node NetworkPolicy restricts it): DNS, the nodes' gRPC port, etcd (the
+  bundled members' client port, or every endpoint's port), the PostgreSQL store's port from
+  nodes, the OTLP endpoint's port (or the bundled collector);
 - the store: GOVERSE_STORE either in the node ConfigMap, without a password, or in the env from
   a Secret, not both; sqlite: only for one node with static membership; with
   GOVERSE_STORE_PASSWORD_FILE, that path is the one key of a Secret volume mounted read-only,
@@ -189,6 +192,10 @@ class Checker:
                 f"cover the handoff timeout {handoff}s",
             )
         self.check_store(node_cm, sts)
+        for component, cm in (("node", node_cm), ("gate", gate_cm)):
+            for policy in _all(resources, "NetworkPolicy", component):
+                if "Egress" in policy["spec"].get("policyTypes", []):
+                    self.check_egress(policy, component, cm, node_port)
         self.check_autoscalers()
         self.check_disruption_budgets()
         return self.problems
@@ -408,6 +415,57 @@ class Checker:
             any(ref.get("configMapRef") for ref in container.get("envFrom", [])),
             f"{name}: the ConfigMap is not consumed through envFrom",
         )
+
+    def check_egress(
+        self, policy: Resource, component: str, cm: dict[str, str], node_port: int | None
+    ) -> None:
+        """An egress policy lets the pods reach what their ConfigMap says they use: DNS, the
+        node port of the nodes, etcd, the PostgreSQL store (nodes), the OTLP endpoint."""
+        name = policy["metadata"]["name"]
+        rules = [
+            (
+                [
+                    (peer.get("podSelector") or {})
+                    .get("matchLabels", {})
+                    .get("app.kubernetes.io/component")
+                    for peer in rule.get("to", [])
+                ],
+                {(port.get("port"), port.get("protocol", "TCP")) for port in rule.get("ports", [])},
+            )
+            for rule in policy["spec"].get("egress", [])
+        ]
+
+        def allows(port: int | str, to: str | None = None, protocol: str = "TCP") -> bool:
+            return any(
+                (port, protocol) in ports and (to is None or to in peers) for peers, ports in rules
+            )
+
+        self.expect(allows(53, protocol="UDP"), f"{name}: egress does not allow DNS")
+        self.expect(
+            allows(node_port or 0, "node"), f"{name}: egress does not reach the nodes' gRPC port"
+        )
+        endpoints = cm.get("GOVERSE_ETCD_ENDPOINTS")
+        if endpoints and _all(self.resources, "StatefulSet", "etcd"):
+            self.expect(
+                allows(2379, "etcd") or allows("client", "etcd"),
+                f"{name}: egress does not reach the bundled etcd's client port",
+            )
+        elif endpoints:
+            for endpoint in endpoints.split(","):
+                port = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").port or 2379
+                self.expect(allows(port), f"{name}: egress does not reach etcd {endpoint}")
+        store = cm.get("GOVERSE_STORE", "")
+        if component == "node" and store.startswith("postgres"):
+            for host in urlsplit(store).netloc.rsplit("@", 1)[-1].split(","):
+                port = int(host.rsplit(":", 1)[1]) if ":" in host else 5432
+                self.expect(allows(port), f"{name}: egress does not reach the store on {port}")
+        otlp = cm.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if otlp and cm.get("OTEL_TRACES_EXPORTER") == "otlp":
+            port = urlsplit(otlp).port or 4317
+            self.expect(
+                allows(port) or allows("otlp-grpc", "otel-collector"),
+                f"{name}: egress does not reach the OTLP endpoint {otlp}",
+            )
 
     def check_store(self, node_cm: dict[str, str], sts: Resource) -> None:
         name = sts["metadata"]["name"]

@@ -422,6 +422,122 @@ Call with (dict "ctx" $ "component" "gate" "constraints" .Values.gate.topologySp
 {{- end }}
 
 {{/*
+The TCP port of each endpoint of a list (`host:port`, `http://host:port`), deduplicated; a
+missing port is `default`. Call with (dict "endpoints" (list ...) "default" 2379).
+*/}}
+{{- define "goverse.endpointPorts" -}}
+{{- $ports := list }}
+{{- range .endpoints }}
+{{- $hostPort := regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (toString .) "" | regexReplaceAll "[/?].*$" "" }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $hostPort) }}
+{{- $ports = append $ports (int (default (toString $.default) $port)) }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/* The PostgreSQL store's ports: those of store.url's hosts, or networkPolicy.egress.storePort
+for a URL kept in a Secret, which the chart cannot read. */}}
+{{- define "goverse.store.ports" -}}
+{{- if .Values.store.existingSecret }}
+{{- list (int .Values.networkPolicy.egress.storePort) | toJson }}
+{{- else }}
+{{- $authority := regexReplaceAll "^[A-Za-z]+://([^/?]*).*$" .Values.store.url "${1}" | regexReplaceAll "^.*@" "" }}
+{{- include "goverse.endpointPorts" (dict "endpoints" (splitList "," $authority) "default" 5432) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Egress rules of a gate or node pod (networkPolicy.egress): DNS, the node port of this
+release's nodes (gates forward calls, nodes call objects on other nodes), etcd with
+membership etcd (the bundled members, or anywhere on the ports of etcd.endpoints, or
+networkPolicy.egress.etcdTo), the PostgreSQL store from nodes, the OTLP endpoint when traces
+are exported over OTLP, then networkPolicy.egress.extra. Call with (dict "ctx" $ "component"
+"node").
+*/}}
+{{- define "goverse.egressRules" -}}
+{{- $v := .ctx.Values }}
+{{- $e := $v.networkPolicy.egress }}
+# DNS: the node and etcd names, the store's and the OTLP endpoint's hosts.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with $e.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+# The nodes' gRPC port: {{ ternary "calls between objects on different nodes" "forwarded calls and RegisterGate streams" (eq .component "node") }}.
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "goverse.selectorLabels" (dict "ctx" .ctx "component" "node") | nindent 10 }}
+  ports:
+    - port: {{ $v.node.port }}
+      protocol: TCP
+{{- if eq $v.membership "etcd" }}
+# etcd: membership and shard ownership.
+{{- if $v.etcd.bundled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "goverse.selectorLabels" (dict "ctx" .ctx "component" "etcd") | nindent 10 }}
+  ports:
+    - port: {{ include "goverse.etcd.clientPort" .ctx }}
+      protocol: TCP
+{{- else }}
+- ports:
+    {{- range include "goverse.endpointPorts" (dict "endpoints" $v.etcd.endpoints "default" 2379) | fromJsonArray }}
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $e.etcdTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq .component "node") (include "goverse.store.mayBePostgres" .ctx) }}
+# The PostgreSQL store.
+- ports:
+    {{- range include "goverse.store.ports" .ctx | fromJsonArray }}
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $e.storeTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- if eq (include "goverse.tracing.exporter" .ctx) "otlp" }}
+# The OTLP endpoint of the traces.
+{{- if $v.otelCollector.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "goverse.selectorLabels" (dict "ctx" .ctx "component" "otel-collector") | nindent 10 }}
+  ports:
+    - port: otlp-grpc
+      protocol: TCP
+{{- else }}
+- ports:
+    {{- range include "goverse.endpointPorts" (dict "endpoints" (list $v.tracing.otlpEndpoint) "default" 4317) | fromJsonArray }}
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $e.otlpTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- with index $e.extra .component }}
+# networkPolicy.egress.extra.{{ $.component }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks of combinations the schema cannot express; `fail` stops install, upgrade, template
 and lint with the reason.
 */}}
