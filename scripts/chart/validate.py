@@ -6,8 +6,9 @@ Runs with the tools' interpreter (build/tools/venv, where kubernetes-validate is
 
 Differences from the `kubernetes-validate` command, on purpose:
 - a resource whose schema is unknown is an error, not a warning (a typo in apiVersion must
-  fail), except the custom resources listed in CUSTOM_RESOURCES, which are checked by hand
-  here because their CRD schemas do not ship with kubernetes-validate;
+  fail), except the custom resources listed in CUSTOM_RESOURCES (ServiceMonitor, GRPCRoute),
+  which are checked by hand here because their CRD schemas do not ship with
+  kubernetes-validate;
 - the pod security settings the chart promises are checked on every pod template;
 - schemas are loaded once per version, not once per resource.
 """
@@ -50,8 +51,39 @@ def _check_service_monitor(resource: Resource) -> list[str]:
     return problems
 
 
+def _check_grpc_route(resource: Resource) -> list[str]:
+    """The fields of gateway.networking.k8s.io/v1 GRPCRoute the chart uses, by hand."""
+    problems = []
+    spec = resource.get("spec") or {}
+    problems += [
+        f"spec.{key}: not a field the chart should set"
+        for key in set(spec) - {"parentRefs", "hostnames", "rules"}
+    ]
+    parents = spec.get("parentRefs")
+    if not isinstance(parents, list) or not parents:
+        problems.append("spec.parentRefs: missing or empty")
+    known = {"group", "kind", "namespace", "name", "sectionName", "port"}
+    for i, parent in enumerate(parents or []):
+        problems += [f"spec.parentRefs.{i}.{key}: unknown" for key in set(parent) - known]
+        if not isinstance(parent.get("name"), str) or not parent["name"]:
+            problems.append(f"spec.parentRefs.{i}.name: missing")
+    for i, host in enumerate(spec.get("hostnames") or []):
+        if not isinstance(host, str) or not host or ":" in host:
+            problems.append(f"spec.hostnames.{i}: not a host name: {host!r}")
+    rules = spec.get("rules")
+    if not isinstance(rules, list) or not rules:
+        problems.append("spec.rules: missing or empty")
+    for i, rule in enumerate(rules or []):
+        problems += [f"spec.rules.{i}.{key}: unknown" for key in set(rule) - {"backendRefs"}]
+        for j, ref in enumerate(rule.get("backendRefs") or []):
+            if set(ref) != {"name", "port"} or not isinstance(ref.get("port"), int):
+                problems.append(f"spec.rules.{i}.backendRefs.{j}: not a Service name and port")
+    return problems
+
+
 CUSTOM_RESOURCES: dict[tuple[str, str], Callable[[Resource], list[str]]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _check_service_monitor,
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): _check_grpc_route,
 }
 
 

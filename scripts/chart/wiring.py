@@ -21,6 +21,7 @@ For each file (one `helm template` output):
 - egress (when a gate or node NetworkPolicy restricts it): DNS, the nodes' gRPC port, etcd (the
   bundled members' client port, or every endpoint's port), the PostgreSQL store's port from
   nodes, the OTLP endpoint's port (or the bundled collector);
+- an Ingress or GRPCRoute of the gate: to the gate Service's grpc port, TLS for every host;
 - the store: GOVERSE_STORE either in the node ConfigMap, without a password, or in the env from
   a Secret, not both; sqlite: only for one node with static membership; with
   GOVERSE_STORE_PASSWORD_FILE, that path is the one key of a Secret volume mounted read-only,
@@ -198,7 +199,40 @@ class Checker:
                     self.check_egress(policy, component, cm, node_port)
         self.check_autoscalers()
         self.check_disruption_budgets()
+        self.check_gate_routes(gate)
         return self.problems
+
+    def check_gate_routes(self, gate: Resource) -> None:
+        """An Ingress or GRPCRoute of the gate sends to the client Service's gRPC port, with
+        TLS for every host of an Ingress."""
+        service = _service(self.resources, gate["metadata"]["name"])
+        if service is None:
+            self.problems.append("no client Service of the gate")
+            return
+        ports = service["spec"]["ports"]
+        for ingress in _all(self.resources, "Ingress", "gate"):
+            name = ingress["metadata"]["name"]
+            hosts = {rule.get("host") for rule in ingress["spec"].get("rules", [])}
+            covered = {h for tls in ingress["spec"].get("tls", []) for h in tls.get("hosts", [])}
+            self.expect(hosts <= covered, f"Ingress {name}: hosts without TLS: {hosts - covered}")
+            for rule in ingress["spec"].get("rules", []):
+                for path in rule["http"]["paths"]:
+                    backend = path["backend"]["service"]
+                    self.expect(
+                        backend["name"] == service["metadata"]["name"]
+                        and backend["port"].get("name") == "grpc"
+                        and any(p["name"] == "grpc" for p in ports),
+                        f"Ingress {name}: {backend} is not the gate Service's grpc port",
+                    )
+        for route in _all(self.resources, "GRPCRoute", "gate"):
+            for rule in route["spec"]["rules"]:
+                for ref in rule["backendRefs"]:
+                    self.expect(
+                        ref["name"] == service["metadata"]["name"]
+                        and ref["port"] in {p["port"] for p in ports if p["name"] == "grpc"},
+                        f"GRPCRoute {route['metadata']['name']}: {ref} is not the gate "
+                        "Service's grpc port",
+                    )
 
     def check_static_membership(
         self, node_cm: dict[str, str], gate_cm: dict[str, str], sts: Resource, advertise: str

@@ -595,6 +595,16 @@ and lint with the reason.
 {{- fail "gate.service.externalTrafficPolicy needs gate.service.type NodePort or LoadBalancer" }}
 {{- end }}
 {{- end }}
+{{- $ingress := $v.gate.ingress }}
+{{- if and $ingress.enabled (not $ingress.hosts) }}
+{{- fail "gate.ingress.enabled needs gate.ingress.hosts: the host names clients dial" }}
+{{- end }}
+{{- if and $ingress.enabled (not $ingress.tlsSecretName) }}
+{{- fail "gate.ingress.enabled needs gate.ingress.tlsSecretName: clients reach the gates through the Ingress with TLS only (gRPC needs HTTP/2, which ingress controllers offer with TLS), so name the kubernetes.io/tls Secret of gate.ingress.hosts" }}
+{{- end }}
+{{- if and $v.gate.grpcRoute.enabled (not $v.gate.grpcRoute.parentRefs) }}
+{{- fail "gate.grpcRoute.enabled needs gate.grpcRoute.parentRefs: the Gateway listener (HTTPS, terminating TLS) the route attaches to" }}
+{{- end }}
 {{- if and $svc.loadBalancerSourceRanges (ne $svc.type "LoadBalancer") }}
 {{- fail "gate.service.loadBalancerSourceRanges needs gate.service.type LoadBalancer" }}
 {{- end }}
