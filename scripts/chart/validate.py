@@ -6,7 +6,8 @@ Runs with the tools' interpreter (build/tools/venv, where kubernetes-validate is
 
 Differences from the `kubernetes-validate` command, on purpose:
 - a resource whose schema is unknown is an error, not a warning (a typo in apiVersion must
-  fail), except the custom resources listed in CUSTOM_RESOURCES (ServiceMonitor, GRPCRoute),
+  fail), except the custom resources listed in CUSTOM_RESOURCES (ServiceMonitor, GRPCRoute,
+  cert-manager's Certificate),
   which are checked by hand here because their CRD schemas do not ship with
   kubernetes-validate;
 - the pod security settings the chart promises are checked on every pod template;
@@ -81,7 +82,46 @@ def _check_grpc_route(resource: Resource) -> list[str]:
     return problems
 
 
+_CERTIFICATE_USAGES = {"server auth", "client auth", "digital signature", "key encipherment"}
+
+
+def _check_certificate(resource: Resource) -> list[str]:
+    """The fields of cert-manager.io/v1 Certificate the chart uses, by hand."""
+    problems = []
+    spec = resource.get("spec") or {}
+    known = {"secretName", "dnsNames", "uris", "usages", "duration", "renewBefore"}
+    known |= {"privateKey", "issuerRef"}
+    problems += [f"spec.{key}: not a field the chart should set" for key in set(spec) - known]
+    if not isinstance(spec.get("secretName"), str) or not spec["secretName"]:
+        problems.append("spec.secretName: missing")
+    if not spec.get("dnsNames") and not spec.get("uris"):
+        problems.append("spec: neither dnsNames nor uris")
+    for key in ("dnsNames", "uris", "usages"):
+        if not isinstance(spec.get(key, []), list):
+            problems.append(f"spec.{key}: not a list")
+    problems += [
+        f"spec.usages: unknown {u!r}" for u in set(spec.get("usages", [])) - _CERTIFICATE_USAGES
+    ]
+    for key in ("duration", "renewBefore"):
+        value = spec.get(key)
+        if value is not None and not (isinstance(value, str) and value[-1:] in "hms"):
+            problems.append(f"spec.{key}: not a duration: {value!r}")
+    key = spec.get("privateKey") or {}
+    problems += [
+        f"spec.privateKey.{k}: unknown" for k in set(key) - {"algorithm", "size", "rotationPolicy"}
+    ]
+    if key.get("algorithm") not in (None, "RSA", "ECDSA", "Ed25519"):
+        problems.append(f"spec.privateKey.algorithm: {key['algorithm']!r}")
+    issuer = spec.get("issuerRef") or {}
+    if not issuer.get("name") or set(issuer) - {"name", "kind", "group"}:
+        problems.append(f"spec.issuerRef: not a name, kind and group: {issuer}")
+    if issuer.get("kind") not in (None, "Issuer", "ClusterIssuer"):
+        problems.append(f"spec.issuerRef.kind: {issuer['kind']!r}")
+    return problems
+
+
 CUSTOM_RESOURCES: dict[tuple[str, str], Callable[[Resource], list[str]]] = {
+    ("cert-manager.io/v1", "Certificate"): _check_certificate,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _check_service_monitor,
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): _check_grpc_route,
 }

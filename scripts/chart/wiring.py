@@ -22,6 +22,11 @@ For each file (one `helm template` output):
   bundled members' client port, or every endpoint's port), the PostgreSQL store's port from
   nodes, the OTLP endpoint's port (or the bundled collector);
 - an Ingress or GRPCRoute of the gate: to the gate Service's grpc port, TLS for every host;
+- security: with TLS the probes use the health container port, GOVERSE_HEALTH_PORT; every
+  TLS, JWT and access-rules file is a key of a read-only mounted Secret (ConfigMap for the
+  rules, whose checksum is on the pod), never with subPath; no Secret in the env but the
+  store URL; Certificates: one URI SAN spiffe://<domain>/<role>/<name>, server and client
+  auth, their Secret mounted by that role's pods; metrics listen on 0.0.0.0;
 - the store: GOVERSE_STORE either in the node ConfigMap, without a password, or in the env from
   a Secret, not both; sqlite: only for one node with static membership; with
   GOVERSE_STORE_PASSWORD_FILE, that path is the one key of a Secret volume mounted read-only,
@@ -200,7 +205,50 @@ class Checker:
         self.check_autoscalers()
         self.check_disruption_budgets()
         self.check_gate_routes(gate)
+        self.check_certificates(gate_cm)
+        for component, cm in (("node", node_cm), ("gate", gate_cm)):
+            if "GOVERSE_METRICS_PORT" in cm and cm["GOVERSE_METRICS_PORT"] != "off":
+                self.expect(
+                    cm.get("GOVERSE_METRICS_HOST") == "0.0.0.0",
+                    f"the {component} metrics endpoint does not listen on 0.0.0.0, where "
+                    "Prometheus scrapes the pod IP",
+                )
         return self.problems
+
+    def check_certificates(self, gate_cm: dict[str, str]) -> None:
+        """cert-manager Certificates of the roles: one URI SAN spiffe://.../gate|node/NAME each,
+        server and client auth, and written to the Secret the pods of that role mount."""
+        for cert in (r for r in self.resources if r["kind"] == "Certificate"):
+            name = cert["metadata"]["name"]
+            spec = cert["spec"]
+            role = _component(cert)
+            if name.endswith("-client"):
+                self.expect(
+                    "GOVERSE_CLIENT_TLS_CERT" in gate_cm,
+                    f"Certificate {name}: the gate has no --client-tls-cert",
+                )
+                continue
+            uris = spec.get("uris", [])
+            self.expect(
+                len(uris) == 1
+                and re.fullmatch(rf"spiffe://[^/]+/{role}/[^/]+", uris[0]) is not None,
+                f"Certificate {name}: URI SANs {uris} are not one spiffe://<domain>/{role}/<name>",
+            )
+            self.expect(
+                {"server auth", "client auth"} <= set(spec.get("usages", [])),
+                f"Certificate {name}: not for both server and client auth",
+            )
+            kind = "StatefulSet" if role == "node" else "Deployment"
+            mounted = {
+                (v.get("secret") or {}).get("secretName")
+                for w in _all(self.resources, kind, role or "")
+                for v in w["spec"]["template"]["spec"].get("volumes", [])
+            }
+            self.expect(
+                spec["secretName"] in mounted,
+                f"Certificate {name}: its Secret {spec['secretName']} is not mounted by the "
+                f"{role} pods",
+            )
 
     def check_gate_routes(self, gate: Resource) -> None:
         """An Ingress or GRPCRoute of the gate sends to the client Service's gRPC port, with
@@ -400,6 +448,19 @@ class Checker:
         name = workload["metadata"]["name"]
         container = _container(workload)
         port = _port(container, "grpc")
+        if "GOVERSE_TLS_CERT" in cm:
+            # The kubelet's probes speak no TLS: they use the plaintext health-only port.
+            health = _port(container, "health")
+            self.expect(
+                health is not None and cm.get("GOVERSE_HEALTH_PORT") == str(health),
+                f"{name}: with TLS, GOVERSE_HEALTH_PORT={cm.get('GOVERSE_HEALTH_PORT')} is not "
+                f"the health container port {health}",
+            )
+            self.expect(health != port, f"{name}: the health port is the gRPC port")
+            port = health
+            self.check_security_files(workload, cm)
+        elif cm.get("GOVERSE_JWT_SECRET_FILE") or cm.get("GOVERSE_ACCESS_RULES"):
+            self.check_security_files(workload, cm)
         readiness = container["readinessProbe"].get("grpc", {})
         liveness = container["livenessProbe"].get("grpc", {})
         self.expect(
@@ -499,6 +560,73 @@ class Checker:
             self.expect(
                 allows(port) or allows("otlp-grpc", "otel-collector"),
                 f"{name}: egress does not reach the OTLP endpoint {otlp}",
+            )
+
+    def check_security_files(self, workload: Resource, cm: dict[str, str]) -> None:
+        """Every file a security flag names is a key of a read-only mounted Secret (TLS, JWT)
+        or ConfigMap (access rules); the rules' ConfigMap is in the pod's checksums; no
+        secret key is in the environment."""
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]
+        container = _container(workload)
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        files: dict[str, tuple[str, Resource]] = {}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes.get(mount["name"], {})
+            source = volume.get("secret") or volume.get("configMap")
+            if source is None:
+                continue
+            kind = "secret" if "secret" in volume else "configMap"
+            for item in source.get("items", []):
+                path = f"{mount['mountPath'].rstrip('/')}/{item['path']}"
+                files[path] = (kind, mount)
+            if kind == "configMap" and not source.get("items"):
+                for cm_resource in self.resources:
+                    if (
+                        cm_resource["kind"] == "ConfigMap"
+                        and cm_resource["metadata"]["name"] == source["name"]
+                    ):
+                        for key in cm_resource.get("data", {}):
+                            files[f"{mount['mountPath'].rstrip('/')}/{key}"] = (kind, mount)
+        for variable in (
+            "GOVERSE_TLS_CERT",
+            "GOVERSE_TLS_KEY",
+            "GOVERSE_TLS_CA",
+            "GOVERSE_CLIENT_TLS_CERT",
+            "GOVERSE_CLIENT_TLS_KEY",
+            "GOVERSE_JWT_SECRET_FILE",
+            "GOVERSE_JWT_PUBLIC_KEY",
+            "GOVERSE_JWT_JWKS_FILE",
+            "GOVERSE_ACCESS_RULES",
+        ):
+            path = cm.get(variable)
+            if path is None:
+                continue
+            found = files.get(path)
+            want = "configMap" if variable == "GOVERSE_ACCESS_RULES" else "secret"
+            self.expect(
+                found is not None and found[0] == want,
+                f"{name}: {variable}={path} is no key of a mounted {want}",
+            )
+            if found is not None:
+                self.expect(
+                    found[1].get("readOnly") is True,
+                    f"{name}: {variable} is on a volume not mounted read-only",
+                )
+                self.expect(
+                    not found[1].get("subPath"),
+                    f"{name}: {variable} is mounted with subPath, which never sees a rotation",
+                )
+        if "GOVERSE_ACCESS_RULES" in cm:
+            self.expect(
+                "checksum/access-rules" in pod["metadata"].get("annotations", {}),
+                f"{name}: no checksum/access-rules annotation: a change of the rules would not "
+                "reach running pods",
+            )
+        for key, item in _env(container).items():
+            self.expect(
+                not item.get("valueFrom", {}).get("secretKeyRef") or key == "GOVERSE_STORE",
+                f"{name}: {key} reads a Secret into the environment",
             )
 
     def check_store(self, node_cm: dict[str, str], sts: Resource) -> None:

@@ -573,6 +573,7 @@ and lint with the reason.
 {{- end }}
 {{- include "goverse.validateMembership" . }}
 {{- include "goverse.validateStore" . }}
+{{- include "goverse.validateSecurity" . }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is nothing to scrape" }}
 {{- end }}
