@@ -400,3 +400,30 @@ def test_the_demo_objects_are_off_unless_asked_for(tmp_path: Path) -> None:
         "goverse.examples.counter",
         "goverse.examples.chat",
     )
+
+
+# -- every scenario ---------------------------------------------------------------------------
+
+
+@needs_chart_tools
+@pytest.mark.parametrize(
+    "values", sorted((CHART / "ci").glob("*-values.yaml")), ids=lambda path: path.stem
+)
+def test_every_variable_a_scenario_renders_is_a_declared_setting(values: Path) -> None:
+    """Each ci/*-values.yaml rendering: every GOVERSE_* key of the gate and node ConfigMaps
+    (the security ones of templates/_security.tpl included) and of their pods' env names a
+    setting of that service."""
+    resources = render("goverse", "goverse", ["--values", str(values)])
+    for component, config in SERVICES.items():
+        settings = settings_by_variable(config)
+        kind = "StatefulSet" if component == "node" else "Deployment"
+        (workload,) = [
+            r
+            for r in resources
+            if r["kind"] == kind
+            and r["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        ]
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        names = set(configmap_data(resources, component)) | {e["name"] for e in container["env"]}
+        unknown = sorted(n for n in names if n.startswith("GOVERSE_") and n not in settings)
+        assert not unknown, f"{values.name}: {unknown} are no settings of {component}"
