@@ -573,7 +573,6 @@ and lint with the reason.
 {{- end }}
 {{- include "goverse.validateMembership" . }}
 {{- include "goverse.validateStore" . }}
-{{- include "goverse.validateSecurity" . }}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: there is nothing to scrape" }}
 {{- end }}
@@ -616,6 +615,9 @@ and lint with the reason.
 {{- if gt (len $longest) 63 }}
 {{- fail (printf "the node pod name %s is longer than 63 characters; use a shorter release name or fullnameOverride" $longest) }}
 {{- end }}
+{{- /* Last: with TLS on by default, a release without certificates fails here only when
+everything else is right. */}}
+{{- include "goverse.validateSecurity" . }}
 {{- end }}
 
 {{/* Checks of the membership values: static or etcd, bundled or external, and scaling. */}}

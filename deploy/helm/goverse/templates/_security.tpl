@@ -197,6 +197,23 @@ port. Call with (dict "ctx" $ "component" "gate").
 {{- define "goverse.validateSecurity" -}}
 {{- $v := .Values }}
 {{- $tls := $v.tls }}
+{{- $auth := $v.gate.auth }}
+{{- if eq $auth.authenticator "jwt" }}
+{{- if not $auth.jwt.existingSecret }}
+{{- fail "gate.auth.authenticator=jwt needs gate.auth.jwt.existingSecret: the Secret with the HS256 secret, the public key or the JWKS" }}
+{{- end }}
+{{- if not (or $auth.jwt.secretKey $auth.jwt.publicKeyKey $auth.jwt.jwksKey) }}
+{{- fail "gate.auth.authenticator=jwt needs one of gate.auth.jwt.secretKey (HS256), publicKeyKey (RS256/ES256) or jwksKey: the key of gate.auth.jwt.existingSecret to verify tokens with" }}
+{{- end }}
+{{- if not (or $tls.enabled $v.gate.ingress.enabled $v.gate.grpcRoute.enabled) }}
+{{- fail "gate.auth.authenticator=jwt without TLS: bearer tokens would cross the network in the clear; set tls.enabled=true (or terminate TLS at gate.ingress or gate.grpcRoute)" }}
+{{- end }}
+{{- else if $auth.jwt.existingSecret }}
+{{- fail (printf "gate.auth.jwt.existingSecret is set with gate.auth.authenticator=%s: the JWT settings are used only with jwt" $auth.authenticator) }}
+{{- end }}
+{{- if and $v.accessRules.enabled (not $v.accessRules.rules) }}
+{{- fail "accessRules.enabled needs accessRules.rules: the rules file's contents" }}
+{{- end }}
 {{- if $tls.enabled }}
 {{- if eq $tls.source "secrets" }}
 {{- range $component := list "gate" "node" }}
@@ -205,7 +222,7 @@ port. Call with (dict "ctx" $ "component" "gate").
 {{- end }}
 {{- end }}
 {{- else if not $tls.certManager.issuerRef.name }}
-{{- fail "tls.source=certManager needs tls.certManager.issuerRef.name: a cert-manager CA Issuer or ClusterIssuer (its ca.crt is the cluster CA gates and nodes trust)" }}
+{{- fail "tls.enabled (the default) with tls.source=certManager needs tls.certManager.issuerRef.name: a cert-manager CA Issuer or ClusterIssuer (its ca.crt is the cluster CA gates and nodes trust); or tls.source=secrets with tls.secrets.gate and tls.secrets.node; or tls.enabled=false for a plaintext release, on a network that keeps everything but the gates away from the node port" }}
 {{- end }}
 {{- if eq (index $tls.roleUris "gate") (index $tls.roleUris "node") }}
 {{- fail "tls.roleUris.gate and tls.roleUris.node are the same: a node could not tell a gate from a node" }}
@@ -227,22 +244,5 @@ port. Call with (dict "ctx" $ "component" "gate").
 {{- end }}
 {{- else if $tls.clientCertificate.enabled }}
 {{- fail "tls.clientCertificate.enabled needs tls.enabled" }}
-{{- end }}
-{{- $auth := $v.gate.auth }}
-{{- if eq $auth.authenticator "jwt" }}
-{{- if not $auth.jwt.existingSecret }}
-{{- fail "gate.auth.authenticator=jwt needs gate.auth.jwt.existingSecret: the Secret with the HS256 secret, the public key or the JWKS" }}
-{{- end }}
-{{- if not (or $auth.jwt.secretKey $auth.jwt.publicKeyKey $auth.jwt.jwksKey) }}
-{{- fail "gate.auth.authenticator=jwt needs one of gate.auth.jwt.secretKey (HS256), publicKeyKey (RS256/ES256) or jwksKey: the key of gate.auth.jwt.existingSecret to verify tokens with" }}
-{{- end }}
-{{- if not (or $tls.enabled $v.gate.ingress.enabled $v.gate.grpcRoute.enabled) }}
-{{- fail "gate.auth.authenticator=jwt without TLS: bearer tokens would cross the network in the clear; set tls.enabled=true (or terminate TLS at gate.ingress or gate.grpcRoute)" }}
-{{- end }}
-{{- else if $auth.jwt.existingSecret }}
-{{- fail (printf "gate.auth.jwt.existingSecret is set with gate.auth.authenticator=%s: the JWT settings are used only with jwt" $auth.authenticator) }}
-{{- end }}
-{{- if and $v.accessRules.enabled (not $v.accessRules.rules) }}
-{{- fail "accessRules.enabled needs accessRules.rules: the rules file's contents" }}
 {{- end }}
 {{- end }}
