@@ -457,6 +457,16 @@ class Checker:
                 f"the health container port {health}",
             )
             self.expect(health != port, f"{name}: the health port is the gRPC port")
+            for policy in _all(self.resources, "NetworkPolicy", _component(workload) or ""):
+                self.expect(
+                    any(
+                        p.get("port") in ("health", health)
+                        for rule in policy["spec"].get("ingress", [])
+                        for p in rule.get("ports", [])
+                    ),
+                    f"{name}: NetworkPolicy {policy['metadata']['name']} keeps the probes and "
+                    "the helm test from the health port",
+                )
             port = health
             self.check_security_files(workload, cm)
         elif cm.get("GOVERSE_JWT_SECRET_FILE") or cm.get("GOVERSE_ACCESS_RULES"):
