@@ -26,7 +26,8 @@ For each file (one `helm template` output):
   TLS, JWT and access-rules file is a key of a read-only mounted Secret (ConfigMap for the
   rules, whose checksum is on the pod), never with subPath; no Secret in the env but the
   store URL; Certificates: one URI SAN spiffe://<domain>/<role>/<name>, server and client
-  auth, their Secret mounted by that role's pods; metrics listen on 0.0.0.0;
+  auth, their Secret mounted by that role's pods; the health port open in the NetworkPolicies;
+  metrics listen on 0.0.0.0;
 - the store: GOVERSE_STORE either in the node ConfigMap, without a password, or in the env from
   a Secret, not both; sqlite: only for one node with static membership; with
   GOVERSE_STORE_PASSWORD_FILE, that path is the one key of a Secret volume mounted read-only,
