@@ -106,12 +106,13 @@ def _check_certificate(resource: Resource) -> list[str]:
         value = spec.get(key)
         if value is not None and not (isinstance(value, str) and value[-1:] in "hms"):
             problems.append(f"spec.{key}: not a duration: {value!r}")
-    key = spec.get("privateKey") or {}
+    private_key = spec.get("privateKey") or {}
     problems += [
-        f"spec.privateKey.{k}: unknown" for k in set(key) - {"algorithm", "size", "rotationPolicy"}
+        f"spec.privateKey.{k}: unknown"
+        for k in set(private_key) - {"algorithm", "size", "rotationPolicy"}
     ]
-    if key.get("algorithm") not in (None, "RSA", "ECDSA", "Ed25519"):
-        problems.append(f"spec.privateKey.algorithm: {key['algorithm']!r}")
+    if private_key.get("algorithm") not in (None, "RSA", "ECDSA", "Ed25519"):
+        problems.append(f"spec.privateKey.algorithm: {private_key['algorithm']!r}")
     issuer = spec.get("issuerRef") or {}
     if not issuer.get("name") or set(issuer) - {"name", "kind", "group"}:
         problems.append(f"spec.issuerRef: not a name, kind and group: {issuer}")

@@ -589,8 +589,7 @@ class Checker:
                 continue
             kind = "secret" if "secret" in volume else "configMap"
             for item in source.get("items", []):
-                path = f"{mount['mountPath'].rstrip('/')}/{item['path']}"
-                files[path] = (kind, mount)
+                files[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = (kind, mount)
             if kind == "configMap" and not source.get("items"):
                 for cm_resource in self.resources:
                     if (
