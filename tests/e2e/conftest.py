@@ -68,3 +68,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "starts; nodes scale) or the static node list (env GOVERSE_E2E_MEMBERSHIP); the kind "
         "target runs what the release installed",
     )
+    parser.addoption(
+        "--security",
+        default=os.environ.get("GOVERSE_E2E_SECURITY"),
+        choices=("on", "off"),
+        help="whether the target's services run with TLS on every hop and JWT client "
+        "authentication (on) or in plaintext (off) (env GOVERSE_E2E_SECURITY); default: on "
+        "where the target supports it (local), off elsewhere",
+    )

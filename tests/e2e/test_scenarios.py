@@ -7,6 +7,10 @@ from the chart's `helm template` output in `make e2e-docker`, the installed char
 Status, and read what each target offers: logs, exported spans, stop times. Scenarios that
 break something (a scale out and in, a node restart, a gate stop) run last and put the
 cluster back.
+
+Secured (``--security on``, the local target's default), every hop is TLS and the gates
+require a JWT: every client and channel a scenario opens takes its credentials from the
+target (:func:`client_of`, :meth:`Target.node_credentials`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
 
 from goverse.client import CallError, Client
@@ -42,6 +48,7 @@ from tests.e2e.targets import (
 )
 from tests.e2e.targets.chart import ROOT
 from tests.helpers.call_load import INCREMENT, CallLoad, object_ids, percentile
+from tests.helpers.cluster import node_status
 from tests.helpers.cluster import wait_settled as shards_settled
 from tests.helpers.pushes import Inbox
 from tests.helpers.tasks import bounded
@@ -64,6 +71,9 @@ CALL_TIMEOUT = 20.0
 """A scaling call's deadline: a call to a moving shard is held by the gate within it, and
 containers start slowly on a loaded machine."""
 CALL_OBJECTS = 64
+REFUSAL_TIMEOUT = timedelta(seconds=3)
+"""How long a client without credentials tries to register with a secured gate (and a
+Status without a certificate may take) before it is refused for good."""
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 GATE_CALL = "/goverse.v1.GateService/CallObject"
@@ -84,7 +94,16 @@ def target(
         "GOVERSE_E2E_TARGET", "local"
     )
     membership: Membership = request.config.getoption("--membership", default=None) or "etcd"
-    made = make_target(str(name), tmp_path_factory.mktemp(f"e2e-{name}"), membership)
+    security = request.config.getoption("--security", default=None)
+    try:
+        made = make_target(
+            str(name),
+            tmp_path_factory.mktemp(f"e2e-{name}"),
+            membership,
+            None if security is None else security == "on",
+        )
+    except TargetError as error:
+        pytest.fail(f"the {name} target cannot run: {error}", pytrace=False)
     try:
         try:
             made.start()
@@ -150,6 +169,7 @@ async def wait_settled(target: Target) -> float:
         names=target.node_addresses,
         gates=lambda: target.instance_ids("gate"),
         interval=0.2,
+        credentials=target.node_credentials(),
     )
     return settled - started
 
@@ -163,7 +183,7 @@ async def wait_serving(target: Target) -> None:
         await wait_settled(target)
     deadline = time.monotonic() + SERVING_TIMEOUT
     for gate in target.gate_addresses():
-        async with Client([gate]) as client:
+        async with client_of(target, [gate]) as client:
             for node in range(len(target.node_addresses())):
                 object_id = owned_id(target, node, "Counter", "serving")
                 while True:
@@ -186,8 +206,17 @@ async def wait_serving(target: Target) -> None:
                         await asyncio.sleep(0.2)
 
 
-async def connect(clients: list[Client], gates: list[str], **options: Any) -> Client:
-    client = Client(gates, **options)
+def client_of(target: Target, gates: list[str], **options: Any) -> Client:
+    """A client of `gates` with the credentials `target` asks for (TLS and a token when it is
+    secured), and `options`: the one way scenarios make clients."""
+    return Client(gates, **{**target.client_options(), **options})
+
+
+async def connect(
+    target: Target, clients: list[Client], gates: list[str], **options: Any
+) -> Client:
+    """A connected :func:`client_of`, closed by the `clients` fixture."""
+    client = client_of(target, gates, **options)
     clients.append(client)
     await client.connect()
     return client
@@ -260,7 +289,7 @@ async def test_chat_across_two_nodes_pushes_to_every_member(
 ) -> None:
     """Rooms on both nodes, members on both gates: each message reaches every member."""
     gates = cluster.gate_addresses()
-    users = [await connect(clients, [gates[i % len(gates)]]) for i in range(6)]
+    users = [await connect(cluster, clients, [gates[i % len(gates)]]) for i in range(6)]
     inboxes = [Inbox(user) for user in users]
     rooms = [owned_id(cluster, node, "ChatRoom", "e2e-chat") for node in range(2)]
     for room in rooms:
@@ -295,7 +324,7 @@ async def test_logs_are_json_lines_naming_their_instance(cluster: Target) -> Non
 async def test_log_lines_carry_trace_ids(cluster: Target, clients: list[Client]) -> None:
     """Lines written inside a span carry its trace_id and span_id. Conditional: skipped
     while no line of any service has a `trace_id` field (services before issue 4)."""
-    client = await connect(clients, cluster.gate_addresses()[:1])
+    client = await connect(cluster, clients, cluster.gate_addresses()[:1])
     for node in range(2):
         object_id = owned_id(cluster, node, "Counter", "logs")
         await client.call("Counter", object_id, "Increment", IncrementRequest(by=1), CounterValue)
@@ -322,7 +351,7 @@ async def test_traces_reach_the_configured_exporter(
     reason = await asyncio.to_thread(cluster.tracing_unsupported)
     if reason:
         pytest.skip(f"traces cannot be checked on {cluster.name}: {reason}")
-    client = await connect(clients, cluster.gate_addresses()[:1])
+    client = await connect(cluster, clients, cluster.gate_addresses()[:1])
     before = {span.trace_id for span in await asyncio.to_thread(cluster.exported_spans)}
     started = time.monotonic()
     for node in range(2):
@@ -366,6 +395,26 @@ async def test_traces_reach_the_configured_exporter(
         for span in spans:
             if span.trace_id in found and span.service == "goverse-gate":
                 assert span.resource.get("k8s.pod.name") in gate_ids, span.resource
+
+
+async def test_a_secured_target_admits_only_tls_clients_with_a_token(cluster: Target) -> None:
+    """Secured, the scenarios here ran with security on and not beside it: a gate refuses a
+    plaintext client and a TLS client without a token (connect() gives up, the latter saying
+    UNAUTHENTICATED), and a node refuses a Status from a channel without its certificate."""
+    if not cluster.secured:
+        pytest.skip(f"the {cluster.name} target runs plaintext (--security off)")
+    gate = cluster.gate_addresses()[:1]
+    tls_only = {key: value for key, value in cluster.client_options().items() if key == "tls"}
+    for options, refusal in [({}, ""), (tls_only, "last refusal: UNAUTHENTICATED")]:
+        client = Client(gate, connect_timeout=REFUSAL_TIMEOUT, **options)
+        with pytest.raises(CallError) as raised:
+            await client.connect()  # closes the client when it gives up
+        assert raised.value.status_code == grpc.StatusCode.UNAVAILABLE, raised.value
+        assert refusal in raised.value.message, raised.value
+    endpoint = cluster.node_endpoints()[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        await asyncio.to_thread(node_status, endpoint, REFUSAL_TIMEOUT.total_seconds())
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
 
 
 async def test_chart_test_pod_passes(cluster: Target) -> None:
@@ -449,7 +498,7 @@ async def test_nodes_scale_out_and_in_under_calls(
         pytest.skip(f"nodes do not scale on {cluster.name}: {reason}")
     base = len(cluster.node_addresses())
     gates = cluster.gate_addresses()
-    users = [await connect(clients, [gates[i % len(gates)]]) for i in range(4)]
+    users = [await connect(cluster, clients, [gates[i % len(gates)]]) for i in range(4)]
     inboxes = [Inbox(user) for user in users]
     staying = staying_id(cluster, (base, SCALED_NODES), "ChatRoom", "e2e-stays")
     await pushes_reach_everyone(cluster, users, inboxes, [staying], "before")
@@ -466,6 +515,7 @@ async def test_nodes_scale_out_and_in_under_calls(
         timeout=CALL_TIMEOUT,
         pause=CALL_PAUSE,
         one_gate_each=True,
+        **cluster.client_options(),
     ) as load:
         await load.calls(100, timeout=60)
         # Wall-clock times, the clock of the load's outcomes.
@@ -531,7 +581,7 @@ async def test_node_restart_pushes_resume(
     """A node stops on SIGTERM within the budget and starts again under the same name; its
     objects come back fresh and their pushes reach members on both gates again."""
     gates = cluster.gate_addresses()
-    users = [await connect(clients, [gates[i % len(gates)]]) for i in range(4)]
+    users = [await connect(cluster, clients, [gates[i % len(gates)]]) for i in range(4)]
     inboxes = [Inbox(user) for user in users]
     room = owned_id(cluster, 0, "ChatRoom", "e2e-restart")
     await join_all(users, room)
@@ -584,7 +634,10 @@ async def test_gate_sigterm_moves_clients_to_the_other_gate(
             break
         moved = asyncio.Event()
         client = await connect(
-            clients, [doomed, survivor], on_reconnect=lambda old, new, event=moved: event.set()
+            cluster,
+            clients,
+            [doomed, survivor],
+            on_reconnect=lambda old, new, event=moved: event.set(),
         )
         if client.gate != doomed:
             staying.append(client)

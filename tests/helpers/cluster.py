@@ -203,14 +203,21 @@ class Cluster:
         placement = self.placement
         return object_ids(prefix, count, lambda i: placement.node_for(object_type, i) == node)
 
-    def client(self, gates: list[str] | None = None, **options: Any) -> Client:
-        """A client of the gates; with TLS on, it trusts the cluster's CA; with JWT on, it
-        gets a fresh token on every registration (unless `options` give their own)."""
+    def client_options(self) -> dict[str, Any]:
+        """The SDK's keyword arguments a client of these gates needs: with TLS on, ``tls``
+        trusting the cluster's CA; with JWT on, ``token``, which signs a fresh token for every
+        registration (empty in plaintext without JWT)."""
+        options: dict[str, Any] = {}
         if self.tls is not None:
-            options.setdefault("tls", self.tls.client())
+            options["tls"] = self.tls.client()
         if self.tokens is not None:
-            options.setdefault("token", self.tokens.token)
-        return Client(gates or self.gate_addresses, **options)
+            options["token"] = self.tokens.token
+        return options
+
+    def client(self, gates: list[str] | None = None, **options: Any) -> Client:
+        """A client of the gates with :meth:`client_options` (unless `options` give their
+        own)."""
+        return Client(gates or self.gate_addresses, **{**self.client_options(), **options})
 
     async def list_objects(self, node: str, object_type: str = "") -> set[str]:
         credentials = self.credentials
@@ -333,17 +340,18 @@ async def wait_settled(
     names: Callable[[], Sequence[str]] | None = None,
     gates: Callable[[], Sequence[str]] | None = None,
     interval: float = 0.1,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> float:
     """Waits (bounded) until the shards have settled (:func:`unsettled`), asking the nodes
     that should run for their Status every `interval` seconds, in a thread; returns the
     wall-clock time it saw them settled. `endpoints` says where those nodes answer, `names`
     what they call themselves and `gates` the ids of the gates they should have streams of;
     each is asked anew every time (nodes come and go). A node that does not answer is not
-    settled yet."""
+    settled yet. Over TLS with `credentials` (a node certificate of the cluster's CA)."""
 
     def problems() -> list[str]:
         try:
-            statuses = [node_status(endpoint) for endpoint in endpoints()]
+            statuses = [node_status(endpoint, credentials=credentials) for endpoint in endpoints()]
         except grpc.RpcError as error:
             return [f"Status failed: {error}"]
         return unsettled(

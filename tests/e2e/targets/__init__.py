@@ -2,6 +2,8 @@
 
 `pytest tests/e2e/test_scenarios.py --target NAME` (or ``GOVERSE_E2E_TARGET=NAME``) picks one;
 the default is `local`. docs/deploy.md ("End-to-end tests") says what each target proves.
+`--security on|off` picks TLS on every hop with JWT client authentication, or plaintext; only
+the local target runs secured so far, and does by default.
 """
 
 from __future__ import annotations
@@ -14,21 +16,37 @@ from tests.e2e.targets.base import (
     Component,
     ExportedSpan,
     Membership,
+    Plaintext,
     StopResult,
     Target,
     TargetError,
 )
 
 TARGETS = ("local", "docker", "kind")
+SECURED_TARGETS = ("local",)
+"""The targets that can run secured (TLS + JWT); each of them does unless told otherwise."""
 
 
-def make_target(name: str, workdir: Path, membership: Membership = MEMBERSHIPS[0]) -> Target:
+def make_target(
+    name: str,
+    workdir: Path,
+    membership: Membership = MEMBERSHIPS[0],
+    secured: bool | None = None,
+) -> Target:
     """A target, not started yet, whose services run on `membership` (the kind target runs
-    what the release installed). Imports lazily: each target needs only its own tools."""
+    what the release installed), secured or not (None: secured where the target can be,
+    :data:`SECURED_TARGETS`). Imports lazily: each target needs only its own tools."""
+    if secured is None:
+        secured = name in SECURED_TARGETS
+    if secured and name not in SECURED_TARGETS:
+        raise TargetError(
+            f"the {name} target runs plaintext only (no TLS certificates or JWT secret are "
+            "mounted into its services yet): run it with --security off"
+        )
     if name == "local":
         from tests.e2e.targets.local import LocalTarget
 
-        return LocalTarget(workdir, membership)
+        return LocalTarget(workdir, membership, secured=secured)
     if name == "docker":
         from tests.e2e.targets.docker import DockerTarget
 
@@ -43,10 +61,12 @@ def make_target(name: str, workdir: Path, membership: Membership = MEMBERSHIPS[0
 __all__ = [
     "EXIT_BOUND",
     "MEMBERSHIPS",
+    "SECURED_TARGETS",
     "TARGETS",
     "Component",
     "ExportedSpan",
     "Membership",
+    "Plaintext",
     "StopResult",
     "Target",
     "TargetError",

@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import grpc
 
 Component = Literal["gate", "node"]
 Membership = Literal["static", "etcd"]
@@ -69,6 +71,9 @@ class Target(Protocol):
     """Seconds a stopped gate may take to exit here (SIGTERM budget + slack + preStop)."""
     node_stop_bound: float
     """Seconds a stopped node may take to exit here (its budget, longer with etcd, + slack)."""
+    secured: bool
+    """Whether every hop speaks TLS (mutual between gates and nodes) and the gates require a
+    JWT at registration (``--security``)."""
 
     def start(self) -> None: ...
 
@@ -88,6 +93,17 @@ class Target(Protocol):
     def node_endpoints(self) -> list[str]:
         """Where the test process reaches each running node's gRPC server (for
         NodeService.Status), index = node index."""
+        ...
+
+    def client_options(self) -> dict[str, Any]:
+        """The SDK ``Client``'s keyword arguments a client of these gates needs: ``tls`` and
+        ``token`` when :attr:`secured`, none in plaintext. Valid once started."""
+        ...
+
+    def node_credentials(self) -> grpc.ChannelCredentials | None:
+        """What a channel the test opens to a node endpoint presents: credentials of a node
+        certificate of the cluster's CA when :attr:`secured` (a node admits only gate and
+        node certificates), None for an insecure channel. Valid once started."""
         ...
 
     def scaling_unsupported(self) -> str | None:
@@ -160,3 +176,16 @@ def stop_all(stops: Sequence[Callable[[], StopResult]]) -> list[StopResult]:
         return []
     with ThreadPoolExecutor(len(stops)) as pool:
         return list(pool.map(lambda stop: stop(), stops))
+
+
+class Plaintext:
+    """What a target whose services speak plaintext and authenticate no client offers its
+    tests (:attr:`Target.secured` False): SDK clients and channels without credentials."""
+
+    secured = False
+
+    def client_options(self) -> dict[str, Any]:
+        return {}
+
+    def node_credentials(self) -> grpc.ChannelCredentials | None:
+        return None

@@ -48,6 +48,7 @@ from tests.e2e.targets.base import (
     Component,
     ExportedSpan,
     Membership,
+    Plaintext,
     StopResult,
     TargetError,
     stop_all,
@@ -127,7 +128,7 @@ def finished_at(stamp: str) -> float | None:
     return whole.timestamp() + float(f"0.{match.group(2) or 0}")
 
 
-class DockerTarget:
+class DockerTarget(Plaintext):
     """2 nodes and 2 gates as containers made from the rendered chart (and an etcd)."""
 
     name = "docker"

@@ -33,6 +33,7 @@ from tests.e2e.targets.base import (
     Component,
     ExportedSpan,
     Membership,
+    Plaintext,
     StopResult,
     TargetError,
     stop_all,
@@ -98,7 +99,7 @@ def _pre_stop(container: dict[str, Any]) -> float:
     return float(command[1]) if command and len(command) == 2 and command[0] == "sleep" else 0.0
 
 
-class KindTarget:
+class KindTarget(Plaintext):
     """The installed release: 2 nodes (StatefulSet), 2 gates (Deployment), a collector."""
 
     name = "kind"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from tests.e2e.targets.base import (
     ETCD_NODE_SHUTDOWN,
@@ -17,9 +20,10 @@ from tests.e2e.targets.base import (
     stop_all,
 )
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
-from tests.helpers.cluster import Cluster
+from tests.helpers.cluster import Cluster, ClusterTLS
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.processes import ProcessGroup, ServiceProcess
+from tests.helpers.tokens import TokenIssuer
 
 NODES = 2
 GATES = 2
@@ -28,13 +32,20 @@ GATES = 2
 class LocalTarget:
     """Real processes started from this checkout's virtual environment, logs in files, as a
     :class:`~tests.helpers.cluster.Cluster`; with etcd membership, an etcd
-    (:class:`~tests.helpers.etcd.EtcdServer`) of its own."""
+    (:class:`~tests.helpers.etcd.EtcdServer`) of its own. `secured` (the default): TLS on
+    every hop with certificates of a test CA made at start (mutual between gates and nodes,
+    health on each service's plaintext health port) and gates that require a JWT
+    (:class:`~tests.helpers.tokens.TokenIssuer`)."""
 
     name = "local"
     stop_bound = EXIT_BOUND
 
-    def __init__(self, log_dir: Path, membership: Membership = "etcd") -> None:
+    def __init__(
+        self, log_dir: Path, membership: Membership = "etcd", *, secured: bool = True
+    ) -> None:
         self.membership = membership
+        self.secured = secured
+        self._security_dir = log_dir / "security"
         self.node_stop_bound = EXIT_BOUND
         self._node_extra: tuple[str, ...] = ()
         self._group = ProcessGroup(log_dir)
@@ -60,12 +71,21 @@ class LocalTarget:
             self._etcd = EtcdServer().start_blocking()
             self._node_extra = (f"--shutdown-timeout={ETCD_NODE_SHUTDOWN:g}s",)
             self.node_stop_bound = ETCD_NODE_SHUTDOWN + EXIT_SLACK
+        tls, tokens = None, None
+        gate_extra: tuple[str, ...] = ()
+        if self.secured:
+            tls = ClusterTLS.make(self._security_dir / "pki")
+            tokens = TokenIssuer()
+            gate_extra = tokens.gate_flags(self._security_dir)
         self._cluster = Cluster(
             self._group,
             self._group.node_addresses(NODES),
             None if self._etcd is None else self._etcd.endpoint,
             node_extra=self._node_extra,
+            gate_extra=gate_extra,
             env=self._env,
+            tls=tls,
+            tokens=tokens,
         )
         self._count = NODES
         self._cluster.start(NODES, GATES)
@@ -87,6 +107,12 @@ class LocalTarget:
 
     def node_endpoints(self) -> list[str]:
         return self.node_addresses()  # the unix addresses the nodes listen on
+
+    def client_options(self) -> dict[str, Any]:
+        return self._cluster.client_options()
+
+    def node_credentials(self) -> grpc.ChannelCredentials | None:
+        return self._cluster.credentials
 
     def scaling_unsupported(self) -> str | None:
         return "static membership: the node list is fixed" if self._etcd is None else None
