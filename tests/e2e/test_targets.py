@@ -1,13 +1,16 @@
 """The e2e targets' own logic, without Docker or Kubernetes: the chart -> `docker run`
-translation (scaled-out StatefulSet pods included) and the collector log parser."""
+translation (scaled-out StatefulSet pods included), the collector log parser, and which
+targets run secured."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.targets import TargetError, make_target
 from tests.e2e.targets.chart import (
     CHART,
     HELM,
@@ -282,3 +285,18 @@ def test_parse_debug_exporter() -> None:
         "00f067aa0ba902b7",
     )
     assert node.span_id == "1111111111111111"
+
+
+def test_the_local_target_runs_secured_unless_told_otherwise(tmp_path: Path) -> None:
+    """`--security` unset: the local target is secured (TLS + JWT); off: plaintext. Neither
+    starts anything."""
+    assert make_target("local", tmp_path / "default").secured
+    assert not make_target("local", tmp_path / "off", secured=False).secured
+
+
+@pytest.mark.parametrize("name", ["docker", "kind"])
+def test_targets_that_run_plaintext_only_refuse_to_run_secured(name: str, tmp_path: Path) -> None:
+    """The docker and kind targets run plaintext by default and refuse `--security on`
+    rather than run plaintext under that name."""
+    with pytest.raises(TargetError, match="--security off"):
+        make_target(name, tmp_path, secured=True)

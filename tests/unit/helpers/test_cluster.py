@@ -1,10 +1,16 @@
-"""When the shards have settled: the check the e2e scenarios wait on, over Status answers."""
+"""The settled-shards check the e2e scenarios wait on, and what a cluster's clients get."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import jwt
+
 from goverse.placement import SHARD_COUNT, Placement
 from goverse.v1 import node_pb2
-from tests.helpers.cluster import unsettled
+from tests.helpers.cluster import Cluster, ClusterTLS, unsettled
+from tests.helpers.processes import ProcessGroup
+from tests.helpers.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 NODES = ["unix:/tmp/a.sock", "unix:/tmp/b.sock"]
 
@@ -50,3 +56,28 @@ def test_a_node_under_another_name_or_without_a_gates_stream_is_not_settled() ->
     problems = unsettled(settled_statuses(), [NODES[1], NODES[0]], ["gate-0", "gate-1"])
     assert f"{NODES[1]} answers as {NODES[0]}" in problems
     assert f"{NODES[0]} has streams of gates ['gate-0']" in problems
+
+
+def test_a_plaintext_clusters_clients_get_no_credentials(tmp_path: Path) -> None:
+    """Without TLS or JWT, a client of the cluster is given no SDK options."""
+    cluster = Cluster(ProcessGroup(tmp_path), [])
+    assert cluster.client_options() == {}
+    assert cluster.credentials is None
+
+
+def test_a_secured_clusters_clients_trust_its_ca_and_sign_a_token_per_registration(
+    tmp_path: Path,
+) -> None:
+    """With TLS and JWT, a client trusts the cluster's CA and gets a fresh token, accepted
+    by the gates' flags (audience and issuer), each time it asks."""
+    tls = ClusterTLS.make(tmp_path / "pki")
+    tokens = TokenIssuer()
+    cluster = Cluster(ProcessGroup(tmp_path), [], tls=tls, tokens=tokens)
+    options = cluster.client_options()
+    assert set(options) == {"tls", "token"}
+    assert options["tls"].ca == tls.ca.pem
+    first, second = options["token"](), options["token"]()
+    assert first != second
+    claims = jwt.decode(first, tokens.secret, algorithms=["HS256"], audience=AUDIENCE)
+    assert (claims["sub"], claims["iss"]) == ("tester", ISSUER)
+    assert cluster.credentials is not None
