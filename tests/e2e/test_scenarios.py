@@ -94,7 +94,9 @@ def target(
         "GOVERSE_E2E_TARGET", "local"
     )
     membership: Membership = request.config.getoption("--membership", default=None) or "etcd"
-    security = request.config.getoption("--security", default=None)
+    security = request.config.getoption("--security", default=None) or os.environ.get(
+        "GOVERSE_E2E_SECURITY"
+    )
     try:
         made = make_target(
             str(name),
