@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from goverse.v1 import calls_pb2, gate_pb2, gate_pb2_grpc
+from goverse.v1 import calls_pb2, describe_pb2, gate_pb2, gate_pb2_grpc
 from tests.helpers.fake_node import text
 
 STOP_BOUND = 10.0
@@ -177,4 +177,9 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
     async def DeleteObject(
         self, request: gate_pb2.DeleteObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.DeleteObjectResponse:
+        await self._unimplemented(context)
+
+    async def Describe(
+        self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> describe_pb2.DescribeResponse:
         await self._unimplemented(context)

@@ -13,7 +13,7 @@ from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse import wire
-from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.v1 import describe_pb2, node_pb2, node_pb2_grpc
 from goverse.v1.calls_pb2 import CallStatus
 from goverse.wire import pack, unpack
 
@@ -274,3 +274,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.ListObjectsRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.ListObjectsResponse:
         return node_pb2.ListObjectsResponse()
+
+    async def Describe(
+        self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> describe_pb2.DescribeResponse:
+        return describe_pb2.DescribeResponse()

@@ -76,6 +76,8 @@ class ObjectType:
     """The state message of a :class:`~goverse.objects.Stateful` type; None: stateless."""
     durability: Durability = Durability.EACH_CALL
     """When a stateful type's state is saved."""
+    push_types: tuple[type[Message], ...] = ()
+    """The messages its objects declare they push (:attr:`Object.push_types`)."""
 
     def method(self, name: str) -> MethodInfo:
         """The callable method `name`; InvalidArgument for a malformed name, Unimplemented when
@@ -162,7 +164,19 @@ def object_type_of(cls: type[Object]) -> ObjectType:
         MappingProxyType(rejected),
         state_type=state_type,
         durability=durability,
+        push_types=_push_types_of(cls),
     )
+
+
+def _push_types_of(cls: type[Object]) -> tuple[type[Message], ...]:
+    """`cls.push_types`, checked: ObjectDefinitionError unless it holds message classes."""
+    declared = getattr(cls, "push_types", ())
+    if not isinstance(declared, tuple | list) or not all(map(_is_message_type, declared)):
+        raise ObjectDefinitionError(
+            f"{cls.__module__}.{cls.__qualname__}.push_types is {declared!r}, not a tuple of "
+            "protobuf message classes"
+        )
+    return tuple(declared)
 
 
 def _classes_defined_in(module: ModuleType) -> list[type[Object]]:

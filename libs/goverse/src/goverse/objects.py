@@ -99,6 +99,12 @@ class Object:
 
     type_name: ClassVar[str | None] = None
     """The type name clients address; the class name when None."""
+    push_types: ClassVar[tuple[type[Message], ...]] = ()
+    """The message classes the type's objects push, for ``Describe`` (``docs/cli.md``): a
+    client decodes a push with the descriptors Describe hands out, which hold the whole
+    ``.proto`` file of every method's request and response. A pushed message defined in one
+    of those files needs no entry; one defined in another file must be listed here, or
+    clients cannot decode it."""
 
     _goverse_id: str
     _goverse_runtime: ObjectRuntime

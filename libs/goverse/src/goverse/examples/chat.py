@@ -37,6 +37,9 @@ class ChatRoom(Stateful[ChatRoomState]):
     """A room: its members (client ids) and its most recent messages, kept in the store."""
 
     durability = Durability.EACH_CALL
+    # ChatMessage is in chat.proto with the methods' messages, so Describe would hand out its
+    # descriptor anyway; declaring it says what clients receive.
+    push_types = (ChatMessage,)
 
     async def Join(self, request: JoinRequest) -> JoinResponse:
         client_id = self.caller.client_id

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from goverse.v1 import calls_pb2 as goverse_dot_v1_dot_calls__pb2
+from goverse.v1 import describe_pb2 as goverse_dot_v1_dot_describe__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15goverse/v1/gate.proto\x12\ngoverse.v1\x1a\x19google/protobuf/any.proto\x1a\x16goverse/v1/calls.proto\"\x11\n\x0fRegisterRequest\"\xa3\x01\n\x10RegisterResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.goverse.v1.RegisteredH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.goverse.v1.PushedMessagesH\x00\x12(\n\x08\x64raining\x18\x03 \x01(\x0b\x32\x14.goverse.v1.DrainingH\x00\x42\x07\n\x05\x65vent\"_\n\nRegistered\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"8\n\x0ePushedMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x11\x43\x61llObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"<\n\x12\x43\x61llObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"=\n\x13\x43reateObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\"\'\n\x14\x43reateObjectResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"=\n\x13\x44\x65leteObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"K\n\x0eSessionRequest\x12&\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x17.goverse.v1.SessionCall\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"\xbf\x02\n\x0bSessionCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12@\n\rtrace_context\x18\x03 \x03(\x0b\x32).goverse.v1.SessionCall.TraceContextEntry\x12-\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x1d.goverse.v1.CallObjectRequestH\x00\x12\x31\n\x06\x63reate\x18\x05 \x01(\x0b\x32\x1f.goverse.v1.CreateObjectRequestH\x00\x12\x31\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x1f.goverse.v1.DeleteObjectRequestH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"\xce\x01\n\x0fSessionResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.goverse.v1.RegisteredH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.goverse.v1.PushedMessagesH\x00\x12(\n\x08\x64raining\x18\x03 \x01(\x0b\x32\x14.goverse.v1.DrainingH\x00\x12*\n\x07replies\x18\x04 \x01(\x0b\x32\x17.goverse.v1.CallRepliesH\x00\x42\x07\n\x05\x65vent\"5\n\x0b\x43\x61llReplies\x12&\n\x07replies\x18\x01 \x03(\x0b\x32\x15.goverse.v1.CallReply\"\xf9\x01\n\tCallReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1e.goverse.v1.CallObjectResponseH\x00\x12\x32\n\x06\x63reate\x18\x03 \x01(\x0b\x32 .goverse.v1.CreateObjectResponseH\x00\x12\x32\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32 .goverse.v1.DeleteObjectResponseH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.goverse.v1.CallStatusH\x00\x12\x15\n\rnot_forwarded\x18\x06 \x01(\x08\x42\x08\n\x06result2\x91\x03\n\x0bGateService\x12G\n\x08Register\x12\x1b.goverse.v1.RegisterRequest\x1a\x1c.goverse.v1.RegisterResponse0\x01\x12\x46\n\x07Session\x12\x1a.goverse.v1.SessionRequest\x1a\x1b.goverse.v1.SessionResponse(\x01\x30\x01\x12K\n\nCallObject\x12\x1d.goverse.v1.CallObjectRequest\x1a\x1e.goverse.v1.CallObjectResponse\x12Q\n\x0c\x43reateObject\x12\x1f.goverse.v1.CreateObjectRequest\x1a .goverse.v1.CreateObjectResponse\x12Q\n\x0c\x44\x65leteObject\x12\x1f.goverse.v1.DeleteObjectRequest\x1a .goverse.v1.DeleteObjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15goverse/v1/gate.proto\x12\ngoverse.v1\x1a\x19google/protobuf/any.proto\x1a\x16goverse/v1/calls.proto\x1a\x19goverse/v1/describe.proto\"\x11\n\x0fRegisterRequest\"\xa3\x01\n\x10RegisterResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.goverse.v1.RegisteredH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.goverse.v1.PushedMessagesH\x00\x12(\n\x08\x64raining\x18\x03 \x01(\x0b\x32\x14.goverse.v1.DrainingH\x00\x42\x07\n\x05\x65vent\"_\n\nRegistered\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"8\n\x0ePushedMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x11\x43\x61llObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\"<\n\x12\x43\x61llObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"=\n\x13\x43reateObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\"\'\n\x14\x43reateObjectResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"=\n\x13\x44\x65leteObjectRequest\x12\x13\n\x0bobject_type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"K\n\x0eSessionRequest\x12&\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x17.goverse.v1.SessionCall\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"\xbf\x02\n\x0bSessionCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12@\n\rtrace_context\x18\x03 \x03(\x0b\x32).goverse.v1.SessionCall.TraceContextEntry\x12-\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x1d.goverse.v1.CallObjectRequestH\x00\x12\x31\n\x06\x63reate\x18\x05 \x01(\x0b\x32\x1f.goverse.v1.CreateObjectRequestH\x00\x12\x31\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x1f.goverse.v1.DeleteObjectRequestH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"\xce\x01\n\x0fSessionResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.goverse.v1.RegisteredH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.goverse.v1.PushedMessagesH\x00\x12(\n\x08\x64raining\x18\x03 \x01(\x0b\x32\x14.goverse.v1.DrainingH\x00\x12*\n\x07replies\x18\x04 \x01(\x0b\x32\x17.goverse.v1.CallRepliesH\x00\x42\x07\n\x05\x65vent\"5\n\x0b\x43\x61llReplies\x12&\n\x07replies\x18\x01 \x03(\x0b\x32\x15.goverse.v1.CallReply\"\xf9\x01\n\tCallReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1e.goverse.v1.CallObjectResponseH\x00\x12\x32\n\x06\x63reate\x18\x03 \x01(\x0b\x32 .goverse.v1.CreateObjectResponseH\x00\x12\x32\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32 .goverse.v1.DeleteObjectResponseH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.goverse.v1.CallStatusH\x00\x12\x15\n\rnot_forwarded\x18\x06 \x01(\x08\x42\x08\n\x06result2\xd8\x03\n\x0bGateService\x12G\n\x08Register\x12\x1b.goverse.v1.RegisterRequest\x1a\x1c.goverse.v1.RegisterResponse0\x01\x12\x46\n\x07Session\x12\x1a.goverse.v1.SessionRequest\x1a\x1b.goverse.v1.SessionResponse(\x01\x30\x01\x12K\n\nCallObject\x12\x1d.goverse.v1.CallObjectRequest\x1a\x1e.goverse.v1.CallObjectResponse\x12Q\n\x0c\x43reateObject\x12\x1f.goverse.v1.CreateObjectRequest\x1a .goverse.v1.CreateObjectResponse\x12Q\n\x0c\x44\x65leteObject\x12\x1f.goverse.v1.DeleteObjectRequest\x1a .goverse.v1.DeleteObjectResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.goverse.v1.DescribeRequest\x1a\x1c.goverse.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONCALL_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_SESSIONCALL_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTERREQUEST']._serialized_start=88
-  _globals['_REGISTERREQUEST']._serialized_end=105
-  _globals['_REGISTERRESPONSE']._serialized_start=108
-  _globals['_REGISTERRESPONSE']._serialized_end=271
-  _globals['_REGISTERED']._serialized_start=273
-  _globals['_REGISTERED']._serialized_end=368
-  _globals['_PUSHEDMESSAGES']._serialized_start=370
-  _globals['_PUSHEDMESSAGES']._serialized_end=426
-  _globals['_DRAINING']._serialized_start=428
-  _globals['_DRAINING']._serialized_end=454
-  _globals['_CALLOBJECTREQUEST']._serialized_start=456
-  _globals['_CALLOBJECTREQUEST']._serialized_end=570
-  _globals['_CALLOBJECTRESPONSE']._serialized_start=572
-  _globals['_CALLOBJECTRESPONSE']._serialized_end=632
-  _globals['_CREATEOBJECTREQUEST']._serialized_start=634
-  _globals['_CREATEOBJECTREQUEST']._serialized_end=695
-  _globals['_CREATEOBJECTRESPONSE']._serialized_start=697
-  _globals['_CREATEOBJECTRESPONSE']._serialized_end=736
-  _globals['_DELETEOBJECTREQUEST']._serialized_start=738
-  _globals['_DELETEOBJECTREQUEST']._serialized_end=799
-  _globals['_DELETEOBJECTRESPONSE']._serialized_start=801
-  _globals['_DELETEOBJECTRESPONSE']._serialized_end=840
-  _globals['_SESSIONREQUEST']._serialized_start=842
-  _globals['_SESSIONREQUEST']._serialized_end=917
-  _globals['_SESSIONCALL']._serialized_start=920
-  _globals['_SESSIONCALL']._serialized_end=1239
-  _globals['_SESSIONCALL_TRACECONTEXTENTRY']._serialized_start=1182
-  _globals['_SESSIONCALL_TRACECONTEXTENTRY']._serialized_end=1233
-  _globals['_SESSIONRESPONSE']._serialized_start=1242
-  _globals['_SESSIONRESPONSE']._serialized_end=1448
-  _globals['_CALLREPLIES']._serialized_start=1450
-  _globals['_CALLREPLIES']._serialized_end=1503
-  _globals['_CALLREPLY']._serialized_start=1506
-  _globals['_CALLREPLY']._serialized_end=1755
-  _globals['_GATESERVICE']._serialized_start=1758
-  _globals['_GATESERVICE']._serialized_end=2159
+  _globals['_REGISTERREQUEST']._serialized_start=115
+  _globals['_REGISTERREQUEST']._serialized_end=132
+  _globals['_REGISTERRESPONSE']._serialized_start=135
+  _globals['_REGISTERRESPONSE']._serialized_end=298
+  _globals['_REGISTERED']._serialized_start=300
+  _globals['_REGISTERED']._serialized_end=395
+  _globals['_PUSHEDMESSAGES']._serialized_start=397
+  _globals['_PUSHEDMESSAGES']._serialized_end=453
+  _globals['_DRAINING']._serialized_start=455
+  _globals['_DRAINING']._serialized_end=481
+  _globals['_CALLOBJECTREQUEST']._serialized_start=483
+  _globals['_CALLOBJECTREQUEST']._serialized_end=597
+  _globals['_CALLOBJECTRESPONSE']._serialized_start=599
+  _globals['_CALLOBJECTRESPONSE']._serialized_end=659
+  _globals['_CREATEOBJECTREQUEST']._serialized_start=661
+  _globals['_CREATEOBJECTREQUEST']._serialized_end=722
+  _globals['_CREATEOBJECTRESPONSE']._serialized_start=724
+  _globals['_CREATEOBJECTRESPONSE']._serialized_end=763
+  _globals['_DELETEOBJECTREQUEST']._serialized_start=765
+  _globals['_DELETEOBJECTREQUEST']._serialized_end=826
+  _globals['_DELETEOBJECTRESPONSE']._serialized_start=828
+  _globals['_DELETEOBJECTRESPONSE']._serialized_end=867
+  _globals['_SESSIONREQUEST']._serialized_start=869
+  _globals['_SESSIONREQUEST']._serialized_end=944
+  _globals['_SESSIONCALL']._serialized_start=947
+  _globals['_SESSIONCALL']._serialized_end=1266
+  _globals['_SESSIONCALL_TRACECONTEXTENTRY']._serialized_start=1209
+  _globals['_SESSIONCALL_TRACECONTEXTENTRY']._serialized_end=1260
+  _globals['_SESSIONRESPONSE']._serialized_start=1269
+  _globals['_SESSIONRESPONSE']._serialized_end=1475
+  _globals['_CALLREPLIES']._serialized_start=1477
+  _globals['_CALLREPLIES']._serialized_end=1530
+  _globals['_CALLREPLY']._serialized_start=1533
+  _globals['_CALLREPLY']._serialized_end=1782
+  _globals['_GATESERVICE']._serialized_start=1785
+  _globals['_GATESERVICE']._serialized_end=2257
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from goverse.v1 import describe_pb2 as goverse_dot_v1_dot_describe__pb2
 from goverse.v1 import gate_pb2 as goverse_dot_v1_dot_gate__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -75,6 +76,11 @@ class GateServiceStub:
                 request_serializer=goverse_dot_v1_dot_gate__pb2.DeleteObjectRequest.SerializeToString,
                 response_deserializer=goverse_dot_v1_dot_gate__pb2.DeleteObjectResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/goverse.v1.GateService/Describe',
+                request_serializer=goverse_dot_v1_dot_describe__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=goverse_dot_v1_dot_describe__pb2.DescribeResponse.FromString,
+                _registered_method=True)
 
 
 class GateServiceServicer:
@@ -133,6 +139,17 @@ class GateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Describes the object types the gate's nodes host (the union of their
+        NodeService.Describe, cached). Credential-checked like the calls: the
+        goverse-client-id and goverse-credential metadata of a registration; or,
+        without them, what a registration would present (the bearer token, when
+        the gate's --authenticator asks for one): docs/architecture.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +177,11 @@ def add_GateServiceServicer_to_server(servicer, server):
                     servicer.DeleteObject,
                     request_deserializer=goverse_dot_v1_dot_gate__pb2.DeleteObjectRequest.FromString,
                     response_serializer=goverse_dot_v1_dot_gate__pb2.DeleteObjectResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=goverse_dot_v1_dot_describe__pb2.DescribeRequest.FromString,
+                    response_serializer=goverse_dot_v1_dot_describe__pb2.DescribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +335,33 @@ class GateService:
             '/goverse.v1.GateService/DeleteObject',
             goverse_dot_v1_dot_gate__pb2.DeleteObjectRequest.SerializeToString,
             goverse_dot_v1_dot_gate__pb2.DeleteObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goverse.v1.GateService/Describe',
+            goverse_dot_v1_dot_describe__pb2.DescribeRequest.SerializeToString,
+            goverse_dot_v1_dot_describe__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

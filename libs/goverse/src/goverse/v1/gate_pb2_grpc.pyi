@@ -4,6 +4,7 @@ isort:skip_file
 GateService: what a gate offers to clients."""
 
 from collections import abc as _abc
+from goverse.v1 import describe_pb2 as _describe_pb2
 from goverse.v1 import gate_pb2 as _gate_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -63,6 +64,13 @@ class GateServiceStub:
     CallObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.CallObjectRequest, _gate_pb2.CallObjectResponse]
     CreateObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.CreateObjectRequest, _gate_pb2.CreateObjectResponse]
     DeleteObject: _grpc.UnaryUnaryMultiCallable[_gate_pb2.DeleteObjectRequest, _gate_pb2.DeleteObjectResponse]
+    Describe: _grpc.UnaryUnaryMultiCallable[_describe_pb2.DescribeRequest, _describe_pb2.DescribeResponse]
+    """Describes the object types the gate's nodes host (the union of their
+    NodeService.Describe, cached). Credential-checked like the calls: the
+    goverse-client-id and goverse-credential metadata of a registration; or,
+    without them, what a registration would present (the bearer token, when
+    the gate's --authenticator asks for one): docs/architecture.md.
+    """
 
 @_typing.type_check_only
 class GateServiceAsyncStub(GateServiceStub):
@@ -99,6 +107,13 @@ class GateServiceAsyncStub(GateServiceStub):
     CallObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.CallObjectRequest, _gate_pb2.CallObjectResponse]  # type: ignore[assignment]
     CreateObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.CreateObjectRequest, _gate_pb2.CreateObjectResponse]  # type: ignore[assignment]
     DeleteObject: _aio.UnaryUnaryMultiCallable[_gate_pb2.DeleteObjectRequest, _gate_pb2.DeleteObjectResponse]  # type: ignore[assignment]
+    Describe: _aio.UnaryUnaryMultiCallable[_describe_pb2.DescribeRequest, _describe_pb2.DescribeResponse]  # type: ignore[assignment]
+    """Describes the object types the gate's nodes host (the union of their
+    NodeService.Describe, cached). Credential-checked like the calls: the
+    goverse-client-id and goverse-credential metadata of a registration; or,
+    without them, what a registration would present (the bearer token, when
+    the gate's --authenticator asks for one): docs/architecture.md.
+    """
 
 class GateServiceServicer(metaclass=_abc_1.ABCMeta):
     """Clients talk only to gates, in one of two ways:
@@ -162,5 +177,18 @@ class GateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gate_pb2.DeleteObjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gate_pb2.DeleteObjectResponse, _abc.Awaitable[_gate_pb2.DeleteObjectResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Describe(
+        self,
+        request: _describe_pb2.DescribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_describe_pb2.DescribeResponse, _abc.Awaitable[_describe_pb2.DescribeResponse]]:
+        """Describes the object types the gate's nodes host (the union of their
+        NodeService.Describe, cached). Credential-checked like the calls: the
+        goverse-client-id and goverse-credential metadata of a registration; or,
+        without them, what a registration would present (the bearer token, when
+        the gate's --authenticator asks for one): docs/architecture.md.
+        """
 
 def add_GateServiceServicer_to_server(servicer: GateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from goverse.v1 import describe_pb2 as goverse_dot_v1_dot_describe__pb2
 from goverse.v1 import node_pb2 as goverse_dot_v1_dot_node__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -72,6 +73,11 @@ class NodeServiceStub:
                 request_serializer=goverse_dot_v1_dot_node__pb2.ListObjectsRequest.SerializeToString,
                 response_deserializer=goverse_dot_v1_dot_node__pb2.ListObjectsResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/goverse.v1.NodeService/Describe',
+                request_serializer=goverse_dot_v1_dot_describe__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=goverse_dot_v1_dot_describe__pb2.DescribeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -137,6 +143,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Describes the object types this node hosts: their methods and the
+        descriptors of their messages, computed once at start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +188,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListObjects,
                     request_deserializer=goverse_dot_v1_dot_node__pb2.ListObjectsRequest.FromString,
                     response_serializer=goverse_dot_v1_dot_node__pb2.ListObjectsResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=goverse_dot_v1_dot_describe__pb2.DescribeRequest.FromString,
+                    response_serializer=goverse_dot_v1_dot_describe__pb2.DescribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -368,6 +387,33 @@ class NodeService:
             '/goverse.v1.NodeService/ListObjects',
             goverse_dot_v1_dot_node__pb2.ListObjectsRequest.SerializeToString,
             goverse_dot_v1_dot_node__pb2.ListObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goverse.v1.NodeService/Describe',
+            goverse_dot_v1_dot_describe__pb2.DescribeRequest.SerializeToString,
+            goverse_dot_v1_dot_describe__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

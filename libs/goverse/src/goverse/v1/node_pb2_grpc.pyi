@@ -4,6 +4,7 @@ isort:skip_file
 NodeService: what a node offers to gates and to other nodes."""
 
 from collections import abc as _abc
+from goverse.v1 import describe_pb2 as _describe_pb2
 from goverse.v1 import node_pb2 as _node_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -60,6 +61,10 @@ class NodeServiceStub:
     """Reports the node's identity, configuration and load."""
     ListObjects: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListObjectsRequest, _node_pb2.ListObjectsResponse]
     """Lists the objects active on this node."""
+    Describe: _grpc.UnaryUnaryMultiCallable[_describe_pb2.DescribeRequest, _describe_pb2.DescribeResponse]
+    """Describes the object types this node hosts: their methods and the
+    descriptors of their messages, computed once at start.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -93,6 +98,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Reports the node's identity, configuration and load."""
     ListObjects: _aio.UnaryUnaryMultiCallable[_node_pb2.ListObjectsRequest, _node_pb2.ListObjectsResponse]  # type: ignore[assignment]
     """Lists the objects active on this node."""
+    Describe: _aio.UnaryUnaryMultiCallable[_describe_pb2.DescribeRequest, _describe_pb2.DescribeResponse]  # type: ignore[assignment]
+    """Describes the object types this node hosts: their methods and the
+    descriptors of their messages, computed once at start.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A node hosts objects. Gates forward client calls to it and hold one
@@ -165,5 +174,15 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ListObjectsResponse, _abc.Awaitable[_node_pb2.ListObjectsResponse]]:
         """Lists the objects active on this node."""
+
+    @_abc_1.abstractmethod
+    def Describe(
+        self,
+        request: _describe_pb2.DescribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_describe_pb2.DescribeResponse, _abc.Awaitable[_describe_pb2.DescribeResponse]]:
+        """Describes the object types this node hosts: their methods and the
+        descriptors of their messages, computed once at start.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
