@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 import structlog
 
 from goverse import wire
+from goverse.descriptions import describe_types
 from goverse.node._call_stream import CallStreams
 from goverse.node._config import NodeConfig
 from goverse.node._gate_streams import STREAM_TASK_PREFIX, GateStreams
@@ -89,6 +91,8 @@ class NodeApp(ServiceApp[NodeConfig]):
     ) -> None:
         super().__init__(config, telemetry)
         self.types = dict(load_object_types(config.objects) if types is None else types)
+        self.description = describe_types(self.types, int(time.time() * 1000))
+        """What ``Describe`` answers: made once, from the types loaded at start."""
         self.access = AccessGuard(access_rules(config.access_rules), self.meter, "node")
         self.advertise = ""
         """The address gates and other nodes reach this node at (known once bound)."""
@@ -176,6 +180,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.call_streams,
             self.membership_status,
             PeerCheck(enabled=self.tls is not None),
+            self.description,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
 

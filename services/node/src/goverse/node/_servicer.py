@@ -13,7 +13,7 @@ from goverse.node._call_stream import CallStreams
 from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.server import ClusterView, PeerCheck, Role
-from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.v1 import describe_pb2, node_pb2, node_pb2_grpc
 
 GATES = frozenset({Role.GATE})
 PEERS = frozenset({Role.GATE, Role.NODE})
@@ -36,6 +36,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         calls: CallStreams,
         membership: Callable[[], node_pb2.StatusResponse],
         peers: PeerCheck | None = None,
+        description: describe_pb2.DescribeResponse | None = None,
     ) -> None:
         self._node = node
         self._view = view
@@ -44,6 +45,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._calls = calls
         self._membership = membership
         self._peers = PeerCheck(enabled=False) if peers is None else peers
+        self._description = describe_pb2.DescribeResponse() if description is None else description
 
     async def RegisterGate(
         self, request: node_pb2.RegisterGateRequest, context: grpc.aio.ServicerContext
@@ -126,6 +128,13 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 for object_type, object_id in self._host.list(request.object_type)
             ]
         )
+
+    @translate_errors
+    async def Describe(
+        self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> describe_pb2.DescribeResponse:
+        await self._peers.require(context, PEERS, "Describe")
+        return self._description
 
 
 __all__ = ["NodeService"]
