@@ -11,6 +11,7 @@ def test_public_names() -> None:
     """The facade exports exactly the gate's public interface, and every name resolves."""
     assert sorted(goverse.gate.__all__) == [
         "Authenticator",
+        "Catalog",
         "ClientProxy",
         "ClientRegistry",
         "Credentials",

@@ -26,7 +26,7 @@ from goverse.client._messages import MessageBuffer
 from goverse.client._tls import ClientTLS
 from goverse.errors import CallError
 from goverse.transport import Backoff, ChannelPool, Keepalive, channel_options
-from goverse.v1 import gate_pb2, gate_pb2_grpc
+from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc
 
 M = TypeVar("M", bound=Message)
 ReconnectCallback = Callable[[str, str], Awaitable[None] | None]
@@ -340,6 +340,24 @@ class Client:
         reply = await self._call("delete", message, timeout)
         assert isinstance(reply, gate_pb2.DeleteObjectResponse)
         return reply.deleted
+
+    async def describe(self, *, timeout: float | None = None) -> describe_pb2.DescribeResponse:
+        """The object types the gate's nodes host, their methods and the descriptors of their
+        messages (``GateService.Describe``), asked as the current registration; turn it into
+        message classes with :class:`goverse.descriptions.Descriptions`."""
+        budget = self._call_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        session = await self._current_session(budget)
+        try:
+            response: describe_pb2.DescribeResponse = await session.stub.Describe(
+                describe_pb2.DescribeRequest(),
+                timeout=max(deadline - loop.time(), 0.001),
+                metadata=session.metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise CallError.from_rpc_error(error) from error
+        return response
 
     async def _call(self, op: str, message: Message, timeout: float | None) -> Message:
         """Makes the `op` (``call``, ``create``, ``delete``) of `message` over the current

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from goverse.gate._app import GateApp
 from goverse.gate._auth import Authenticator, Credentials
+from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig, parse_config
@@ -13,6 +14,7 @@ from goverse.gate._servicer import GateService
 
 __all__ = [
     "Authenticator",
+    "Catalog",
     "ClientProxy",
     "ClientRegistry",
     "Credentials",

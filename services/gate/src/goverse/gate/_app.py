@@ -10,6 +10,8 @@ import structlog
 
 from goverse import wire
 from goverse.gate._auth import build_authenticator
+from goverse.gate._catalog import TASK_NAME as CATALOG_TASK
+from goverse.gate._catalog import Catalog
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._metrics import GateMetrics
@@ -128,6 +130,7 @@ class GateApp(ServiceApp[GateConfig]):
         self.router = Router(
             self.view, self.pool, self.node_calls, config.call_timeout, self.access
         )
+        self.catalog = Catalog(self.view, self.pool, refresh_interval=config.describe_refresh)
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)
@@ -171,6 +174,7 @@ class GateApp(ServiceApp[GateConfig]):
             metrics=self.call_metrics,
             authenticator=self.authenticator,
             on_registration_refused=self.metrics.registration_refused,
+            catalog=self.catalog,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 
@@ -182,6 +186,7 @@ class GateApp(ServiceApp[GateConfig]):
                 "etcd-registration", self.etcd.register_gate(self.config.gate_id, self.address)
             )
         self.node_links.start()
+        self.supervisor.spawn(CATALOG_TASK, self.catalog.run())
 
     async def release(self, budget: ShutdownBudget) -> None:
         if self.etcd is not None:

@@ -135,6 +135,13 @@ class GateConfig(
         kind=DURATION,
         check=not_negative,
     )
+    describe_refresh: timedelta = setting(
+        timedelta(seconds=30),
+        help="ask the nodes to Describe their object types again this often (also whenever "
+        "the set of nodes changes): a rollout may change a node's code",
+        kind=DURATION,
+        check=positive,
+    )
     node_heartbeat_timeout: timedelta = setting(
         timedelta(seconds=15),
         help="tear down and reconnect a node link that received nothing for this long",

@@ -10,7 +10,13 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse.errors import ResourceExhausted, Unauthenticated, translate_errors
+from goverse.errors import (
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    translate_errors,
+)
 from goverse.gate._auth import (
     AuthenticationFailed,
     Authenticator,
@@ -20,6 +26,7 @@ from goverse.gate._auth import (
     mark_principal,
     principal_message,
 )
+from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._peer_limits import peer_address
@@ -27,7 +34,7 @@ from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
 from goverse.objects import Principal
 from goverse.server import CallMetricsInterceptor, Supervisor
-from goverse.v1 import gate_pb2, gate_pb2_grpc, node_pb2
+from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc, node_pb2
 
 _ObjectRequest = (
     gate_pb2.CallObjectRequest | gate_pb2.CreateObjectRequest | gate_pb2.DeleteObjectRequest
@@ -74,6 +81,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         metrics: CallMetricsInterceptor,
         authenticator: Authenticator | None = None,
         on_registration_refused: Callable[[str], None] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self._gate_id = gate_id
         self._authenticator = authenticator if authenticator is not None else NoAuthenticator()
@@ -84,6 +92,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         self._max_session_calls = max_session_calls
         self._max_message_bytes = max_message_bytes
         self._metrics = metrics
+        self._catalog = catalog
 
     async def Register(
         self, request: gate_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -203,3 +212,37 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     ) -> gate_pb2.DeleteObjectResponse:
         with self._verified_call(request, context) as caller:
             return await self._router.delete_object(caller, request, context.time_remaining())
+
+    @translate_errors
+    async def Describe(
+        self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> describe_pb2.DescribeResponse:
+        """The catalog's union of the nodes' descriptions, to a caller admitted as
+        :meth:`_admit_describe` says."""
+        if self._catalog is None:
+            raise Unimplemented("this gate serves no descriptions")
+        await self._admit_describe(context)
+        return await self._catalog.describe()
+
+    async def _admit_describe(self, context: grpc.aio.ServicerContext) -> None:
+        """Admits a Describe as a call (the client id and credential of a registration), or,
+        without them, as a registration (the authenticator on its bearer token, taking no
+        slot): a one-shot caller such as ``curl`` through the HTTP gate, or ``goverse
+        describe``, needs no stream. Describe says which types and methods exist, no more
+        than a caller the authenticator admits could learn by registering. Raises
+        Unauthenticated (UNAUTHENTICATED) when neither admits it."""
+        metadata = context.invocation_metadata()
+        if any(
+            wire.metadata_value(metadata, key) is not None
+            for key in (wire.CLIENT_ID_KEY, wire.CREDENTIAL_KEY)
+        ):
+            self._authenticate(context)
+            return
+        try:
+            await self._authenticator.authenticate(credentials_of(metadata, context.peer() or ""))
+        except Unauthenticated as refused:
+            log.info("describe refused", reason=getattr(refused, "reason", "refused"))
+            raise
+        except Exception:  # a user's authenticator that broke: the caller may try again
+            log.exception("authenticator failed")
+            raise Unavailable("the gate could not authenticate the caller") from None
