@@ -68,6 +68,11 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     refuse: wire.ShardRefusal | None = None
     call_delay: float = 0.0
     streams: bool = True
+    description: describe_pb2.DescribeResponse = field(
+        default_factory=describe_pb2.DescribeResponse
+    )
+    """What Describe answers (a test may replace it); `describes` counts the Describe calls."""
+    describes: int = 0
     registrations: list[str] = field(default_factory=list)
     registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
@@ -278,4 +283,5 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     async def Describe(
         self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> describe_pb2.DescribeResponse:
-        return describe_pb2.DescribeResponse()
+        self.describes += 1
+        return self.description
