@@ -46,7 +46,10 @@ def heavy_modules_after_import(module: str) -> list[str]:
     return [name for name in loaded if any(name == p or name.startswith(p + ".") for p in HEAVY)]
 
 
-@pytest.mark.parametrize("module", ["goverse.client", "goverse.objects", "goverse.testing"])
+@pytest.mark.parametrize(
+    "module",
+    ["goverse.client", "goverse.objects", "goverse.testing", "goverse.descriptions", "goverse.cli"],
+)
 def test_the_sdk_imports_nothing_the_services_need(module: str) -> None:
     """Importing what applications and object authors use loads no OpenTelemetry SDK,
     exporter or instrumentation, no prometheus_client, no structlog and no goverse.server."""

@@ -32,6 +32,9 @@ from goverse.errors import InvalidArgument, NotFound, Unimplemented
 from goverse.ids import validate_method
 from goverse.v1 import describe_pb2
 
+WELL_KNOWN_PREFIX = "google.protobuf."
+"""Full names of the well-known types, whose JSON is not always an object."""
+
 __all__ = [
     "Descriptions",
     "MethodTypes",
@@ -164,6 +167,14 @@ class Descriptions:
             self._classes[full_name] = cls
         return cls
 
+    def has_message(self, full_name: str) -> bool:
+        """Whether the description's files define the message `full_name`."""
+        try:
+            self.pool.FindMessageTypeByName(full_name)
+        except KeyError:
+            return False
+        return True
+
     def method(self, object_type: str, method: str) -> MethodTypes:
         """The request and response classes of `object_type`'s `method`: NotFound for an
         unknown type, InvalidArgument for a malformed method name, Unimplemented for a method
@@ -194,19 +205,22 @@ class Descriptions:
     def from_dict(self, message_type: type[Message], value: Any) -> Message:
         """A `message_type` from a decoded JSON value; InvalidArgument as :meth:`from_json`."""
         name = message_type.DESCRIPTOR.full_name
-        if not isinstance(value, dict):
+        # Well-known types have JSON forms of their own (a StringValue is a string).
+        if not isinstance(value, dict) and not name.startswith(WELL_KNOWN_PREFIX):
             raise InvalidArgument(f"a {name} is a JSON object, not {type(value).__name__}")
         message = message_type()
         try:
             json_format.ParseDict(value, message, descriptor_pool=self.pool)
-        except json_format.ParseError as error:
-            raise InvalidArgument(f"not a valid {name}: {error}") from None
+        except (json_format.ParseError, TypeError, ValueError) as error:
+            # json_format's messages span lines ("Available Fields: …"): keep an error one line.
+            raise InvalidArgument(f"not a valid {name}: {' '.join(str(error).split())}") from None
         return message
 
-    def to_dict(self, message: Message) -> dict[str, Any]:
-        """`message` as protobuf JSON (a dict), field names in lowerCamelCase, every field
-        printed (a zero counter shows as 0, not as an absent field)."""
-        result: dict[str, Any] = json_format.MessageToDict(
+    def to_dict(self, message: Message) -> Any:
+        """`message` as a protobuf JSON value: a dict, field names in lowerCamelCase, every
+        field printed (a zero counter shows as 0, not as an absent field); a well-known type
+        has its own JSON form (a ``StringValue`` is a string, a ``Timestamp`` a string)."""
+        result: Any = json_format.MessageToDict(
             message,
             descriptor_pool=self.pool,
             always_print_fields_with_no_presence=True,

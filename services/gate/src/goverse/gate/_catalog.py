@@ -139,8 +139,9 @@ class Catalog:
         """`method`'s request parsed from protobuf JSON; INVALID_ARGUMENT when it is not one."""
         return self._descriptions.from_json(method.request, body)
 
-    def to_dict(self, message: Message) -> dict[str, Any]:
-        """`message` (a response or a push) as protobuf JSON, a dict."""
+    def to_dict(self, message: Message) -> Any:
+        """`message` (a response or a push) as a protobuf JSON value (a dict, but for
+        well-known types)."""
         return self._descriptions.to_dict(message)
 
     def to_json(self, message: Message) -> str:

@@ -1,0 +1,274 @@
+"""The ``goverse`` command line: describe, call, create, delete and watch objects through a gate.
+
+It talks gRPC to one gate with the SDK (:class:`goverse.client.Client`: a registration, then
+calls on it) and maps JSON to messages with the gate's ``Describe``
+(:class:`goverse.descriptions.Descriptions`), so it needs none of the objects' generated code.
+``docs/cli.md`` is its manual; exit codes are :class:`Exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import enum
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn, TextIO
+
+from google.protobuf import any_pb2, json_format
+
+from goverse.client import CallError, Client, ClientTLS
+from goverse.descriptions import Descriptions
+from goverse.errors import GoverseError
+from goverse.v1 import describe_pb2
+
+PROG = "goverse"
+GATE_ENV = "GOVERSE_GATE"
+TOKEN_ENV = "GOVERSE_TOKEN"
+DEFAULT_TIMEOUT = 10.0
+
+
+class Exit(enum.IntEnum):
+    """The exit codes of ``goverse``."""
+
+    OK = 0
+    """Done (``watch``: until interrupted)."""
+    FAILED = 1
+    """The gate answered with an error, or could not be reached: the message names the gRPC
+    status (``UNAVAILABLE: …``, ``NOT_FOUND: …``)."""
+    USAGE = 2
+    """Nothing was sent: bad arguments, a JSON argument that is not a valid request (not
+    JSON, an unknown field, a value of the wrong type), an object type or method the gate's
+    Describe does not know, a TLS file that cannot be read."""
+    INTERRUPTED = 130
+    """Ctrl-C during a command other than ``watch``."""
+
+
+class UsageError(Exception):
+    """A mistake of the command line's user: reported in one line, exit :attr:`Exit.USAGE`."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in one line on stderr, pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(Exit.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Describe, call, create, delete and watch goverse objects through a gate.",
+        epilog="exit codes: 0 ok; 1 the gate answered an error or was unreachable (the "
+        "message names the gRPC status); 2 usage: bad arguments, invalid JSON, unknown type "
+        "or method; 130 interrupted. Manual: docs/cli.md",
+    )
+    parser.add_argument(
+        "--gate",
+        default=os.environ.get(GATE_ENV),
+        metavar="HOST:PORT",
+        help=f"the gate to talk to (default: ${GATE_ENV})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"bearer token for a gate with --authenticator (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"bound of the registration and of each call (default {DEFAULT_TIMEOUT:g})",
+    )
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument("--tls", action="store_true", help="TLS, verifying with the system's roots")
+    tls.add_argument("--tls-ca", metavar="FILE", help="TLS, verifying the gate against this CA")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --tls-key)")
+    tls.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name to verify instead of HOST")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    describe = commands.add_parser(
+        "describe", help="list object types, methods and their message types"
+    )
+    describe.add_argument("--json", action="store_true", help="print it as one JSON object")
+    call = commands.add_parser("call", help="call a method; prints the reply as JSON")
+    _object_args(call)
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument(
+        "request",
+        metavar="JSON",
+        nargs="?",
+        default="{}",
+        help="the request as protobuf JSON (default {}; - reads it from stdin)",
+    )
+    _object_args(commands.add_parser("create", help="activate an object"))
+    _object_args(commands.add_parser("delete", help="deactivate an object"))
+    commands.add_parser(
+        "watch", help="register and print every push as a JSON line until interrupted"
+    )
+    for subparser in commands.choices.values():
+        subparser.error = parser.error  # type: ignore[method-assign]
+    return parser
+
+
+def _object_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("object_type", metavar="TYPE")
+    parser.add_argument("object_id", metavar="ID")
+
+
+def _tls(args: argparse.Namespace) -> ClientTLS | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    try:
+        return ClientTLS(
+            ca=_read(args.tls_ca),
+            cert=_read(args.tls_cert),
+            key=_read(args.tls_key),
+            server_name=args.tls_server_name,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _client(args: argparse.Namespace, **options: Any) -> Client:
+    if not args.gate:
+        raise UsageError(f"no gate: give --gate HOST:PORT or set {GATE_ENV}")
+    timeout = timedelta(seconds=args.timeout)
+    return Client(
+        [args.gate],
+        connect_timeout=timeout,
+        call_timeout=timeout,
+        tls=_tls(args),
+        token=args.token or None,
+        **options,
+    )
+
+
+def _print_json(value: object, out: TextIO = sys.stdout) -> None:
+    print(json.dumps(value, separators=(",", ":")), file=out, flush=True)
+
+
+async def describe(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        response = await client.describe()
+    if args.json:
+        listed = describe_pb2.DescribeResponse()
+        listed.CopyFrom(response)
+        listed.ClearField("files")  # descriptors are for programs, not for reading
+        print(json.dumps(json_format.MessageToDict(listed), indent=2), flush=True)
+        return
+    for description in response.types:
+        print(description.name)
+        for method in description.methods:
+            print(f"  {method.name}({method.request_type}) -> {method.response_type}")
+        for pushed in description.push_types:
+            print(f"  pushes {pushed}")
+    sys.stdout.flush()
+
+
+async def call(args: argparse.Namespace) -> None:
+    text = sys.stdin.read() if args.request == "-" else args.request
+    async with _client(args) as client:
+        descriptions = Descriptions(await client.describe())
+        method = descriptions.method(args.object_type, args.method)
+        request = descriptions.from_json(method.request, text)
+        reply = await client.call(
+            args.object_type, args.object_id, args.method, request, method.response
+        )
+    _print_json(descriptions.to_dict(reply))
+
+
+async def create(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        created = await client.create(args.object_type, args.object_id)
+    _print_json({"created": created})
+
+
+async def delete(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        deleted = await client.delete(args.object_type, args.object_id)
+    _print_json({"deleted": deleted})
+
+
+async def watch(args: argparse.Namespace) -> None:
+    def reconnected(old: str, new: str) -> None:
+        # Pushes sent to the old id in between are lost: say so where the user looks.
+        print(f"{PROG}: registered again as {new} (was {old})", file=sys.stderr, flush=True)
+
+    async with _client(args, on_reconnect=reconnected) as client:
+        print(f"{PROG}: watching as {client.client_id}", file=sys.stderr, flush=True)
+        descriptions = Descriptions(await client.describe())
+        async for packed in client.messages():
+            if not descriptions.has_message(packed.TypeName()):
+                # A type a node gained since: ask once more before printing it undecoded.
+                descriptions = Descriptions(await client.describe())
+            _print_json(_push_json(descriptions, packed))
+
+
+def _push_json(descriptions: Descriptions, packed: any_pb2.Any) -> dict[str, Any]:
+    """A push as ``{"type": <full name>, "message": <protobuf JSON>}``; a push no node
+    describes as ``{"type": …, "base64": <its bytes>}``."""
+    try:
+        message = descriptions.to_dict(descriptions.unpack(packed))
+        return {"type": packed.TypeName(), "message": message}
+    except GoverseError:
+        return {"type": packed.TypeName(), "base64": base64.b64encode(packed.value).decode()}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "describe": describe,
+    "call": call,
+    "create": create,
+    "delete": delete,
+    "watch": watch,
+}
+
+
+def _fail(code: Exit, message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns its :class:`Exit` code."""
+    args = build_parser().parse_args(argv)
+    # The SDK logs reconnections and refusals as warnings: one line each, named as ours.
+    logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
+    try:
+        asyncio.run(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return Exit.OK if args.command == "watch" else Exit.INTERRUPTED
+    except UsageError as error:
+        return _fail(Exit.USAGE, str(error))
+    except CallError as error:  # the gate's answer (before GoverseError: it is one)
+        return _fail(Exit.FAILED, f"{error.status_code.name}: {error.message}")
+    except GoverseError as error:  # decided here, from Describe: nothing was sent
+        return _fail(Exit.USAGE, f"{error.status_code.name}: {error.message}")
+    return Exit.OK
+
+
+def run() -> NoReturn:
+    """The console script's entry point."""
+    sys.exit(main())
+
+
+__all__ = ["Exit", "build_parser", "main", "run"]

@@ -1,0 +1,185 @@
+"""The ``goverse`` command line as a user runs it: a subprocess against real node and gate
+processes, its output, its one-line errors and its exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from goverse.cli import Exit
+from tests.helpers.processes import BIN, ProcessGroup, process_group
+from tests.helpers.tokens import TokenIssuer
+
+RUN_TIMEOUT = 60.0
+"""Bound of one command (a loaded 2-core machine starts Python slowly)."""
+LINE_TIMEOUT = 30.0
+"""Bound of the wait for one line of `goverse watch`."""
+GOVERSE = str(BIN / "goverse")
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One node and one gate without authentication, shared by the module's tests; the
+    gate's address."""
+    with process_group(tmp_path_factory.mktemp("cli") / "logs") as group:
+        node = group.node()
+        yield group.gate("g0", [node.address]).address
+
+
+def goverse(
+    *args: str, gate: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``goverse [--gate GATE] ARGS``, without GOVERSE_* variables but those in `env`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    return subprocess.run(
+        [GOVERSE, *([f"--gate={gate}"] if gate else []), *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env={**environ, **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("goverse: ")
+    return lines[0]
+
+
+def test_help_describes_every_command_and_the_exit_codes() -> None:
+    """``--help`` lists the commands, the gate and TLS options and the exit codes; each
+    command has its own ``--help``."""
+    result = goverse("--help")
+    assert result.returncode == Exit.OK
+    for word in ("describe", "call", "create", "delete", "watch", "--gate", "--tls-ca", "exit"):
+        assert word in result.stdout
+    for command in ("describe", "call", "create", "delete", "watch"):
+        assert goverse(command, "--help").returncode == Exit.OK
+
+
+def test_describe_lists_types_methods_and_message_types(gate: str) -> None:
+    """Text: a type per line, its methods with request and response types, what it pushes;
+    ``--json``: the same as one JSON object."""
+    result = goverse("describe", gate=gate)
+    assert result.returncode == Exit.OK, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Counter" in lines
+    assert (
+        "  Increment(goverse.examples.v1.IncrementRequest) -> goverse.examples.v1.CounterValue"
+        in lines
+    )
+    assert "  pushes goverse.examples.v1.ChatMessage" in lines
+    listed = json.loads(goverse("describe", "--json", gate=gate).stdout)
+    counter = next(t for t in listed["types"] if t["name"] == "Counter")
+    assert {"name": "Get", "requestType": "goverse.examples.v1.GetRequest",
+            "responseType": "goverse.examples.v1.CounterValue"} in counter["methods"]  # fmt: skip
+
+
+def test_call_converts_the_json_request_and_prints_the_reply_as_json(gate: str) -> None:
+    """``call Counter ID Increment '{"by": 5}'`` twice: the replies, as protobuf JSON."""
+    first = goverse("call", "Counter", "cli-calls", "Increment", '{"by": 5}', gate=gate)
+    assert first.returncode == Exit.OK, first.stderr
+    assert json.loads(first.stdout) == {"value": "5"}
+    second = goverse("call", "Counter", "cli-calls", "Increment", '{"by": 2}', gate=gate)
+    assert json.loads(second.stdout) == {"value": "7"}
+
+
+def test_the_gate_comes_from_the_environment(gate: str) -> None:
+    result = goverse("call", "Counter", "cli-env", "Get", env={"GOVERSE_GATE": gate})
+    assert result.returncode == Exit.OK, result.stderr
+    assert json.loads(result.stdout) == {"value": "0"}
+
+
+def test_create_and_delete_say_whether_they_did_anything(gate: str) -> None:
+    created = [goverse("create", "Counter", "cli-life", gate=gate) for _ in range(2)]
+    assert [json.loads(r.stdout) for r in created] == [{"created": True}, {"created": False}]
+    deleted = goverse("delete", "Counter", "cli-life", gate=gate)
+    assert json.loads(deleted.stdout) == {"deleted": True}
+
+
+def test_a_bad_json_argument_exits_2_with_one_line_and_sends_nothing(gate: str) -> None:
+    """Not JSON, an unknown field, a value of the wrong type: exit 2, INVALID_ARGUMENT."""
+    for bad in ('{"by": ', '{"by": 1, "nope": 2}', '{"by": "many"}'):
+        result = goverse("call", "Counter", "cli-bad", "Increment", bad, gate=gate)
+        assert result.returncode == Exit.USAGE, (bad, result.stderr)
+        assert one_line_error(result).startswith("goverse: INVALID_ARGUMENT: "), bad
+        assert result.stdout == ""
+    assert json.loads(goverse("call", "Counter", "cli-bad", "Get", gate=gate).stdout) == {
+        "value": "0"
+    }
+
+
+def test_an_unknown_method_or_type_exits_2_naming_it(gate: str) -> None:
+    method = goverse("call", "Counter", "c", "Decrement", gate=gate)
+    assert method.returncode == Exit.USAGE
+    assert one_line_error(method) == "goverse: UNIMPLEMENTED: Counter has no method 'Decrement'"
+    unknown = goverse("call", "Abacus", "c", "Add", gate=gate)
+    assert unknown.returncode == Exit.USAGE
+    assert one_line_error(unknown) == "goverse: NOT_FOUND: unknown object type 'Abacus'"
+
+
+def test_a_call_the_gate_refuses_exits_1_naming_the_status(gate: str) -> None:
+    """An error the gate answers (an invalid object id, checked by the gate) exits 1."""
+    result = goverse("create", "Counter", "bad\nid", gate=gate)
+    assert result.returncode == Exit.FAILED
+    assert one_line_error(result).startswith("goverse: INVALID_ARGUMENT: ")
+
+
+def test_no_gate_is_a_usage_error_and_an_unreachable_gate_exits_1(unreachable: str) -> None:
+    assert goverse("describe").returncode == Exit.USAGE
+    result = goverse("--timeout=1", "describe", gate=unreachable)
+    assert result.returncode == Exit.FAILED
+    assert one_line_error(result).startswith("goverse: UNAVAILABLE: ")
+
+
+async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) -> None:
+    """``watch`` says its client id on stderr, prints a push sent to it as one JSON line
+    with its type name, and exits 0 on Ctrl-C."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    watcher = await asyncio.create_subprocess_exec(
+        GOVERSE, f"--gate={gate}", "watch",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert watcher.stdout is not None
+        said = (await asyncio.wait_for(watcher.stderr.readline(), LINE_TIMEOUT)).decode()
+        assert said.startswith("goverse: watching as g0/"), said
+        client_id = said.split()[-1]
+        pushed = await asyncio.to_thread(
+            goverse, "call", "Pusher", "cli-pusher", "PushTo", json.dumps(client_id), gate=gate
+        )
+        assert json.loads(pushed.stdout) == "1", pushed.stderr
+        line = await asyncio.wait_for(watcher.stdout.readline(), LINE_TIMEOUT)
+        assert json.loads(line) == {"type": "google.protobuf.StringValue", "message": "cli-pusher"}
+        watcher.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(watcher.wait(), LINE_TIMEOUT) == Exit.OK
+    finally:
+        if watcher.returncode is None:
+            watcher.kill()
+            await watcher.wait()
+
+
+def test_a_jwt_gate_takes_the_token_from_the_environment(tmp_path: Path) -> None:
+    """With ``--authenticator jwt``: without a token the registration is refused (exit 1,
+    UNAVAILABLE naming the refusal); with GOVERSE_TOKEN the call goes through."""
+    issuer = TokenIssuer()
+    with process_group(tmp_path / "logs") as group:
+        processes: ProcessGroup = group
+        node = processes.node()
+        gate = processes.gate("g1", [node.address], issuer.gate_flags(tmp_path / "jwt")).address
+        refused = goverse("--timeout=2", "describe", gate=gate)
+        assert refused.returncode == Exit.FAILED
+        assert "UNAUTHENTICATED" in one_line_error(refused)
+        allowed = goverse("describe", gate=gate, env={"GOVERSE_TOKEN": issuer.token()})
+        assert allowed.returncode == Exit.OK, allowed.stderr
+        assert "Counter" in allowed.stdout.splitlines()
