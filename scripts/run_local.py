@@ -151,6 +151,8 @@ def main() -> int:
         served = [r.metrics_port for r in ready.values() if r.metrics_port]
         if served:
             print("metrics: " + ", ".join(f"http://127.0.0.1:{port}/metrics" for port in served))
+        cli = Path(sys.executable).parent / "goverse"
+        print(f"from another shell: {cli} --gate {gate} describe (or call, watch: docs/cli.md)")
         print("demo client (Ctrl-C stops everything):", flush=True)
         demo = subprocess.Popen(
             [
