@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
+from goverse import wire
 from goverse._object_types import load_object_types
 from goverse.descriptions import describe_types
-from goverse.errors import InvalidArgument, NotFound, Unimplemented
+from goverse.errors import Internal, InvalidArgument, NotFound, Unimplemented
+from goverse.examples.v1.chat_pb2 import ChatMessage, SendResponse
+from goverse.examples.v1.counter_pb2 import CounterValue
 from goverse.gate._catalog import MISS_REFRESH_INTERVAL, Catalog, union
 from goverse.server import Supervisor
 from goverse.transport import ChannelPool, channel_options
@@ -163,3 +167,40 @@ async def test_run_refreshes_when_the_view_changes(
         )
     finally:
         assert await supervisor.shutdown(5.0) == []
+
+
+async def test_pushes_and_replies_convert_to_json(fake_node: FakeNode, pool: ChannelPool) -> None:
+    """A push of a described type becomes its type and JSON, one of an unknown type its type
+    and base64 bytes; a reply of another type than the method's is INTERNAL."""
+    fake_node.description = described("goverse.examples.chat", 1)
+    cat = catalog(FakeView(fake_node.address), pool)
+    await cat.refresh()
+    pushed = wire.pack(ChatMessage(room="r", user="u", text="t", seq=3))
+    assert await cat.push_dict(pushed) == {
+        "type": "goverse.examples.v1.ChatMessage",
+        "message": {"room": "r", "user": "u", "text": "t", "seq": "3"},
+    }
+    unknown = wire.pack(CounterValue(value=1))
+    assert await cat.push_dict(unknown) == {
+        "type": "goverse.examples.v1.CounterValue",
+        "base64": base64.b64encode(unknown.value).decode(),
+    }
+    send = await cat.method("ChatRoom", "Send")
+    assert cat.response_dict(send, wire.pack(SendResponse(seq=4))) == {"seq": "4"}
+    with pytest.raises(Internal):
+        cat.response_dict(send, unknown)
+
+
+async def test_describe_asks_again_for_a_node_that_did_not_answer(
+    fake_node: FakeNode, pool: ChannelPool, unreachable: str
+) -> None:
+    """A node of the view missing from the union (it was starting) is asked again by the next
+    Describe, once the miss interval has passed."""
+    clock = Clock()
+    view = FakeView(unreachable)
+    cat = Catalog(view, pool, refresh_interval=timedelta(minutes=10), node_timeout=0.2, clock=clock)
+    assert list((await cat.describe()).types) == []
+    fake_node.description = described("goverse.examples.counter", 1)
+    view.set_nodes(unreachable, fake_node.address)
+    clock.now += MISS_REFRESH_INTERVAL
+    assert [t.name for t in (await cat.describe()).types] == ["Counter"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import enum
 import json
 import logging
@@ -20,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any, NoReturn, TextIO
 
-from google.protobuf import any_pb2, json_format
+from google.protobuf import json_format
 
 from goverse.client import CallError, Client, ClientTLS
 from goverse.descriptions import Descriptions
@@ -221,17 +220,7 @@ async def watch(args: argparse.Namespace) -> None:
             if not descriptions.has_message(packed.TypeName()):
                 # A type a node gained since: ask once more before printing it undecoded.
                 descriptions = Descriptions(await client.describe())
-            _print_json(_push_json(descriptions, packed))
-
-
-def _push_json(descriptions: Descriptions, packed: any_pb2.Any) -> dict[str, Any]:
-    """A push as ``{"type": <full name>, "message": <protobuf JSON>}``; a push no node
-    describes as ``{"type": …, "base64": <its bytes>}``."""
-    try:
-        message = descriptions.to_dict(descriptions.unpack(packed))
-        return {"type": packed.TypeName(), "message": message}
-    except GoverseError:
-        return {"type": packed.TypeName(), "base64": base64.b64encode(packed.value).decode()}
+            _print_json(descriptions.push_dict(packed))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {

@@ -17,6 +17,7 @@ unknown object type :class:`~goverse.errors.NotFound`, an unknown method
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse._object_types import ObjectType
-from goverse.errors import InvalidArgument, NotFound, Unimplemented
+from goverse.errors import Internal, InvalidArgument, NotFound, Unimplemented
 from goverse.ids import validate_method
 from goverse.v1 import describe_pb2
 
@@ -230,6 +231,24 @@ class Descriptions:
     def to_json(self, message: Message) -> str:
         """`message` as protobuf JSON text, on one line."""
         return json.dumps(self.to_dict(message), separators=(",", ":"))
+
+    def push_dict(self, packed: any_pb2.Any) -> dict[str, Any]:
+        """A pushed message as ``{"type": <full name>, "message": <protobuf JSON>}``; one of a
+        type the description does not define (or that does not parse) as ``{"type": …,
+        "base64": <its bytes>}``: what ``goverse watch`` prints and an HTTP gate streams."""
+        try:
+            return {"type": packed.TypeName(), "message": self.to_dict(self.unpack(packed))}
+        except (NotFound, InvalidArgument):
+            encoded = base64.b64encode(packed.value).decode("ascii")
+            return {"type": packed.TypeName(), "base64": encoded}
+
+    def response_dict(self, method: MethodTypes, packed: any_pb2.Any) -> Any:
+        """A call's packed response as protobuf JSON; Internal when it is not of the method's
+        response type (as the SDK answers such a reply)."""
+        try:
+            return self.to_dict(wire.unpack(packed, method.response))
+        except wire.UnpackError as error:
+            raise Internal(f"{method.object_type}.{method.method} answered: {error}") from None
 
     def unpack(self, packed: any_pb2.Any) -> Message:
         """The message `packed` holds, as a class of this description (a push, a reply);

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from goverse.descriptions import Descriptions, MethodTypes, ordered_files
@@ -111,9 +112,13 @@ class Catalog:
         return {node_id: address for node_id, (address, _) in self._by_node.items()}
 
     async def describe(self) -> describe_pb2.DescribeResponse:
-        """What ``GateService.Describe`` answers: the union, refreshed first if it never was."""
+        """What ``GateService.Describe`` answers: the union, refreshed first if it never was,
+        or (at most once per miss interval) if a node of the view is missing from it (it did
+        not answer the last refresh: it may have been starting)."""
         if self._generation == 0:
             await self.refresh()
+        elif not self._view.nodes().keys() <= self._by_node.keys():
+            await self._refresh_after_miss()
         return self._descriptions.response
 
     async def method(self, object_type: str, method: str) -> MethodTypes:
@@ -134,6 +139,18 @@ class Catalog:
             if not await self._refresh_after_miss():
                 raise
         return self._descriptions.message_class(full_name)
+
+    async def push_dict(self, packed: any_pb2.Any) -> dict[str, Any]:
+        """A pushed message as ``{"type": …, "message": <protobuf JSON>}`` (``"base64"``
+        instead of ``"message"`` when no node describes its type, even after a refresh)."""
+        if not self._descriptions.has_message(packed.TypeName()):
+            await self._refresh_after_miss()
+        return self._descriptions.push_dict(packed)
+
+    def response_dict(self, method: MethodTypes, packed: any_pb2.Any) -> Any:
+        """A call's packed response (``CallObjectResponse.response``) as protobuf JSON;
+        INTERNAL when it is not of `method`'s response type."""
+        return self._descriptions.response_dict(method, packed)
 
     def request_from_json(self, method: MethodTypes, body: str | bytes) -> Message:
         """`method`'s request parsed from protobuf JSON; INVALID_ARGUMENT when it is not one."""
