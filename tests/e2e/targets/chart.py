@@ -18,14 +18,18 @@ StatefulSet and Deployment (and the `helm test` Pods) this module makes a :class
   ``readOnlyRootFilesystem`` (``--read-only``), capabilities (``--cap-drop``/``--cap-add``),
   ``allowPrivilegeEscalation: false`` (``no-new-privileges``), ``privileged``, the seccomp
   profile; ``runAsNonRoot`` is checked;
-- ``emptyDir`` volumes as tmpfs, ``configMap`` volumes as read-only files; memory and CPU
-  limits; the readiness probe; ``terminationGracePeriodSeconds`` as the stop timeout.
+- ``emptyDir`` volumes as tmpfs, ``configMap`` volumes as read-only files, and ``secret``
+  volumes too, from the Secrets the caller says exist (:attr:`Placement.secrets`: the chart
+  references Secrets it does not make, such as TLS certificates); memory and CPU limits; the
+  readiness probe; ``terminationGracePeriodSeconds`` as the stop timeout.
 
 Anything else a pod spec could ask for (another volume type, several containers, an exec
 probe...) raises :class:`UnsupportedSpec`, so a chart change the docker target cannot honour
 fails loudly instead of being dropped. Not emulated: liveness probes, ``preStop`` hooks
 (``docker stop`` sends SIGTERM at once), NetworkPolicies, Service load balancing (Docker's DNS
-answers an alias with every container that has it).
+answers an alias with every container that has it), a volume's ``defaultMode`` (every mounted
+file is readable by all, which the kubelet achieves for the pod's user with ``fsGroup``), the
+``..data`` symlink swap of a Secret volume (nothing rotates here).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class PodPlan:
     options: list[str] = field(default_factory=list)
     """Security, resources and tmpfs flags of `docker run`."""
     files: dict[str, dict[str, str]] = field(default_factory=dict)
-    """ConfigMap volumes: mount path -> file name -> content."""
+    """ConfigMap and Secret volumes: mount path -> file name -> content."""
     readiness: Probe | None = None
     stop_timeout: int = 30
     nonroot_from_image: bool = False
@@ -110,6 +114,8 @@ class Placement:
     cluster_domain: str = "cluster.local"
     node_name: str = "docker-e2e"
     host_ip: str = ""
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """The Secrets of the namespace (name -> key -> content) that ``secret`` volumes mount."""
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -316,8 +322,32 @@ def _resource_options(container: Resource) -> list[str]:
     return options
 
 
+def _volume_files(
+    kind: str, name: str, data: Mapping[str, str] | None, source: Resource
+) -> dict[str, str]:
+    """The files a ``configMap`` or ``secret`` volume of `data` holds: every key, or the
+    ``items`` asked for (a missing key is an error unless the volume is optional)."""
+    if data is None:
+        if source.get("optional"):
+            return {}
+        raise UnsupportedSpec(f"{kind} volume {name} does not exist")
+    items = source.get("items")
+    if not items:
+        return dict(data)
+    files = {}
+    for item in items:
+        if item["key"] in data:
+            files[item["path"]] = data[item["key"]]
+        elif not source.get("optional"):
+            raise UnsupportedSpec(f"{kind} volume {name} has no key {item['key']!r}")
+    return files
+
+
 def _volumes(
-    pod_spec: Resource, container: Resource, configmaps: Mapping[str, Mapping[str, str]]
+    pod_spec: Resource,
+    container: Resource,
+    configmaps: Mapping[str, Mapping[str, str]],
+    secret_data: Mapping[str, Mapping[str, str]],
 ) -> tuple[list[str], dict[str, dict[str, str]]]:
     volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
     options: list[str] = []
@@ -338,12 +368,11 @@ def _volumes(
         elif "configMap" in volume:
             source = volume["configMap"]
             data = configmaps.get(source["name"])
-            if data is None:
-                raise UnsupportedSpec(f"configMap volume {source['name']} is not rendered")
-            items = source.get("items")
-            files[path] = (
-                {item["path"]: data[item["key"]] for item in items} if items else dict(data)
-            )
+            files[path] = _volume_files("configMap", source["name"], data, source)
+        elif "secret" in volume:
+            source = volume["secret"]
+            data = secret_data.get(source["secretName"])
+            files[path] = _volume_files("secret", source["secretName"], data, source)
         else:
             raise UnsupportedSpec(f"volume {mount['name']}: {sorted(set(volume) - {'name'})}")
     return options, files
@@ -395,7 +424,7 @@ def pod_plan(
         if port.get("protocol", "TCP") == "TCP"
     }
     security, nonroot_from_image = _security_options(spec, container)
-    volume_options, files = _volumes(spec, container, configmaps)
+    volume_options, files = _volumes(spec, container, configmaps, placement.secrets)
     options = [*security, *_resource_options(container), *volume_options]
     if container.get("workingDir"):
         options += ["--workdir", container["workingDir"]]
@@ -454,6 +483,25 @@ def _workload_pod(
             raise UnsupportedSpec(f"{base}: governing Service {governing!r} missing")
         aliases.insert(0, f"{name}.{governing}.{domain}")
     return pod_plan(component, template, name, ip, aliases, placement, _configmaps(resources))
+
+
+def service_dns_names(resources: list[Resource], component: str, placement: Placement) -> list[str]:
+    """The DNS names peers reach the pods of `component`'s workloads by, as their aliases
+    say: each Service that selects them, and ``*.<governing Service>`` for a StatefulSet's
+    pods (what a certificate shared by those pods must carry)."""
+    domain = f"{placement.namespace}.svc.{placement.cluster_domain}"
+    names: list[str] = []
+    for kind in ("StatefulSet", "Deployment"):
+        for workload in _by_kind(resources, kind):
+            labels = workload["spec"]["template"].get("metadata", {}).get("labels") or {}
+            if labels.get("app.kubernetes.io/component") != component:
+                continue
+            if kind == "StatefulSet":
+                names.append(f"*.{workload['spec'].get('serviceName')}.{domain}")
+            for svc in _by_kind(resources, "Service"):
+                if _selects(svc, labels):
+                    names.append(f"{svc['metadata']['name']}.{domain}")
+    return list(dict.fromkeys(names))
 
 
 def workload_pods(
