@@ -74,5 +74,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("on", "off"),
         help="whether the target's services run with TLS on every hop and JWT client "
         "authentication (on) or in plaintext (off) (env GOVERSE_E2E_SECURITY); default: on "
-        "where the target supports it (local), off elsewhere",
+        "where the target supports it (local, docker), off elsewhere (kind)",
     )

@@ -22,8 +22,16 @@ from tests.e2e.targets.chart import (
     helm_test_pods,
     quantity,
     render,
+    service_dns_names,
     statefulset_pod,
     workload_pods,
+)
+from tests.e2e.targets.docker import (
+    JWT_KEY,
+    JWT_SECRET,
+    SECURITY_VALUES,
+    TLS_SECRETS,
+    TOKEN_SECRET,
 )
 from tests.e2e.targets.kind import parse_debug_exporter
 
@@ -163,6 +171,24 @@ def test_what_docker_cannot_honour_is_refused() -> None:
         workload_pods(manifests, Placement("e2e"), addresses())
 
 
+def test_secret_volumes_are_files_of_the_secrets_the_placement_has() -> None:
+    """A ``secret`` volume mounts the keys it asks for from :attr:`Placement.secrets` as
+    files, like a configMap volume; a Secret that does not exist is refused unless the
+    volume is optional."""
+    volume: dict[str, Any] = {
+        "name": "tmp",
+        "secret": {"secretName": "tls", "items": [{"key": "tls.crt", "path": "cert.pem"}]},
+    }
+    placement = Placement("e2e", secrets={"tls": {"tls.crt": "PEM", "tls.key": "KEY"}})
+    plan = workload_pods(_manifests(volume), placement, addresses())[0]
+    assert plan.files == {"/tmp": {"cert.pem": "PEM"}}
+    assert not any(option.startswith("/tmp") for option in plan.options)
+    with pytest.raises(UnsupportedSpec, match="secret volume tls does not exist"):
+        workload_pods(_manifests(volume), Placement("e2e"), addresses())
+    volume["secret"]["optional"] = True
+    assert workload_pods(_manifests(volume), Placement("e2e"), addresses())[0].files == {"/tmp": {}}
+
+
 def test_a_statefulset_scaled_out_makes_the_next_ordinal_from_its_template() -> None:
     """Scaling out: pod `x-3` from the same template, its name in aliases and environment;
     pods made all at once only (Parallel), OrderedReady is refused."""
@@ -233,6 +259,43 @@ def test_the_charts_defaults_plan_two_nodes_and_two_gates_wired_together() -> No
     assert test_pod.run_to_completion
 
 
+@pytest.mark.skipif(
+    not (HELM.exists() and TOOLS_PYTHON.exists()), reason="chart tools not installed"
+)
+def test_the_secured_chart_mounts_the_docker_targets_secrets_and_probes_health() -> None:
+    """Rendered with the docker target's security values, the pods mount its TLS and JWT
+    Secrets, probe readiness on the published plaintext health port, and are reached by the
+    DNS names its certificates are made for."""
+    placement = Placement(
+        "e2e",
+        secrets={
+            **{
+                name: {"tls.crt": "C", "tls.key": "K", "ca.crt": "CA"}
+                for name in TLS_SECRETS.values()
+            },
+            JWT_SECRET: {JWT_KEY: "hs"},
+            TOKEN_SECRET: {"token": "T"},
+        },
+    )
+    resources = render("goverse", "e2e", [*DEFAULT_VALUES, *SECURITY_VALUES])
+    plans = workload_pods(resources, placement, addresses())
+    for plan in plans:
+        tls_dir = str(Path(plan.env["GOVERSE_TLS_CERT"]).parent)
+        assert plan.files[tls_dir] == {"tls.crt": "C", "tls.key": "K", "ca.crt": "CA"}
+        assert plan.readiness is not None
+        assert plan.readiness.port == plan.ports["health"] != plan.ports["grpc"]
+    gate = next(plan for plan in plans if plan.component == "gate")
+    secret_file = Path(gate.env["GOVERSE_JWT_SECRET_FILE"])
+    assert gate.files[str(secret_file.parent)] == {secret_file.name: "hs"}
+    (test_pod,) = helm_test_pods(resources, placement, addresses())
+    assert {"token": "T"} in test_pod.files.values()
+    assert service_dns_names(resources, "node", placement) == [
+        "*.goverse-node-headless.e2e.svc.cluster.local",
+        "goverse-node-headless.e2e.svc.cluster.local",
+    ]
+    assert "goverse-gate.e2e.svc.cluster.local" in service_dns_names(resources, "gate", placement)
+
+
 DEBUG_EXPORTER = """\
 2025-03-01T10:00:00.000Z\tinfo\tTraces\t{"kind": "exporter", "resource spans": 2, "spans": 2}
 2025-03-01T10:00:00.000Z\tinfo\tResourceSpans #0
@@ -287,16 +350,22 @@ def test_parse_debug_exporter() -> None:
     assert node.span_id == "1111111111111111"
 
 
-def test_the_local_target_runs_secured_unless_told_otherwise(tmp_path: Path) -> None:
-    """`--security` unset: the local target is secured (TLS + JWT); off: plaintext. Neither
-    starts anything."""
-    assert make_target("local", tmp_path / "default").secured
-    assert not make_target("local", tmp_path / "off", secured=False).secured
+@pytest.mark.parametrize("name", ["local", "docker"])
+def test_the_local_and_docker_targets_run_secured_unless_told_otherwise(
+    name: str, tmp_path: Path
+) -> None:
+    """`--security` unset: the target is secured (TLS + JWT); off: plaintext, and its
+    clients and channels carry no credentials. Nothing starts."""
+    assert make_target(name, tmp_path / "default").secured
+    plaintext = make_target(name, tmp_path / "off", secured=False)
+    assert not plaintext.secured
+    assert plaintext.client_options() == {}
+    assert plaintext.node_credentials() is None
 
 
-@pytest.mark.parametrize("name", ["docker", "kind"])
-def test_targets_that_run_plaintext_only_refuse_to_run_secured(name: str, tmp_path: Path) -> None:
-    """The docker and kind targets run plaintext by default and refuse `--security on`
-    rather than run plaintext under that name."""
+def test_the_kind_target_runs_plaintext_only_and_refuses_to_run_secured(tmp_path: Path) -> None:
+    """The kind target runs plaintext by default and refuses `--security on` rather than run
+    plaintext under that name."""
+    assert not make_target("kind", tmp_path).secured
     with pytest.raises(TargetError, match="--security off"):
-        make_target(name, tmp_path, secured=True)
+        make_target("kind", tmp_path, secured=True)

@@ -39,9 +39,18 @@ class ClusterTLS:
     operator: CertFiles
 
     @classmethod
-    def make(cls, directory: Path) -> ClusterTLS:
+    def make(
+        cls, directory: Path, *, node_dns: Sequence[str] = (), gate_dns: Sequence[str] = ()
+    ) -> ClusterTLS:
+        """A CA in `directory` and its certificates, valid for localhost and 127.0.0.1 and
+        for the DNS names peers dial the nodes (`node_dns`) and the gates (`gate_dns`) by."""
         ca = TestCA(directory)
-        return cls(ca, ca.issue("node", "node"), ca.issue("gate", "gate"), ca.issue("node", "test"))
+        return cls(
+            ca,
+            ca.issue("node", "node", dns=node_dns),
+            ca.issue("gate", "gate", dns=gate_dns),
+            ca.issue("node", "test"),
+        )
 
     def flags(self, files: CertFiles) -> tuple[str, ...]:
         return (*files.flags(), "--tls-ca", str(self.ca.path), "--health-port=0")
@@ -53,6 +62,18 @@ class ClusterTLS:
 
     def client(self) -> ClientTLS:
         return ClientTLS(ca=self.ca.pem)
+
+
+def client_options(tls: ClusterTLS | None, tokens: TokenIssuer | None) -> dict[str, Any]:
+    """The SDK's keyword arguments a client of gates secured by `tls` and `tokens` needs:
+    with TLS on, ``tls`` trusting the cluster's CA; with JWT on, ``token``, which signs a
+    fresh token for every registration (empty in plaintext without JWT)."""
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options["tls"] = tls.client()
+    if tokens is not None:
+        options["token"] = tokens.token
+    return options
 
 
 @dataclass
@@ -204,15 +225,8 @@ class Cluster:
         return object_ids(prefix, count, lambda i: placement.node_for(object_type, i) == node)
 
     def client_options(self) -> dict[str, Any]:
-        """The SDK's keyword arguments a client of these gates needs: with TLS on, ``tls``
-        trusting the cluster's CA; with JWT on, ``token``, which signs a fresh token for every
-        registration (empty in plaintext without JWT)."""
-        options: dict[str, Any] = {}
-        if self.tls is not None:
-            options["tls"] = self.tls.client()
-        if self.tokens is not None:
-            options["token"] = self.tokens.token
-        return options
+        """:func:`client_options` of this cluster's TLS and tokens."""
+        return client_options(self.tls, self.tokens)
 
     def client(self, gates: list[str] | None = None, **options: Any) -> Client:
         """A client of the gates with :meth:`client_options` (unless `options` give their

@@ -2,8 +2,8 @@
 
 `pytest tests/e2e/test_scenarios.py --target NAME` (or ``GOVERSE_E2E_TARGET=NAME``) picks one;
 the default is `local`. docs/deploy.md ("End-to-end tests") says what each target proves.
-`--security on|off` picks TLS on every hop with JWT client authentication, or plaintext; only
-the local target runs secured so far, and does by default.
+`--security on|off` picks TLS on every hop with JWT client authentication, or plaintext; the
+local and docker targets run secured, and do by default; kind runs plaintext only so far.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.e2e.targets.base import (
 )
 
 TARGETS = ("local", "docker", "kind")
-SECURED_TARGETS = ("local",)
+SECURED_TARGETS = ("local", "docker")
 """The targets that can run secured (TLS + JWT); each of them does unless told otherwise."""
 
 
@@ -50,7 +50,7 @@ def make_target(
     if name == "docker":
         from tests.e2e.targets.docker import DockerTarget
 
-        return DockerTarget(workdir, membership=membership)
+        return DockerTarget(workdir, membership=membership, secured=secured)
     if name == "kind":
         from tests.e2e.targets.kind import KindTarget
 

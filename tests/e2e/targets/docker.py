@@ -17,6 +17,16 @@ way the StatefulSet controller would: the next ordinals from the same rendered p
 (their names, DNS aliases, environment and advertise address), the highest ones stopped with
 ``docker stop`` all at once.
 
+Secured (the default, ``--security on``), the chart is rendered with TLS from Secrets
+(``tls.source=secrets``) and JWT client authentication (``gate.auth.authenticator=jwt``, HS256),
+and the target plays the operator who made those Secrets: a test CA and a gate and a node
+certificate (:class:`~tests.helpers.cluster.ClusterTLS`, role URI SANs
+``spiffe://goverse/gate/gate`` and ``spiffe://goverse/node/node``, DNS SANs of the Services the
+pods are reached by, 127.0.0.1 for the published ports), the HS256 secret of a
+:class:`~tests.helpers.tokens.TokenIssuer` and a token for the `helm test` pod; the containers
+mount them as the chart's Secret volumes say. Readiness is then read on each pod's plaintext
+health port (the chart's probe port, published like the others).
+
 Everything made is labelled ``io.goverse.e2e.run=<run>`` and removed by :meth:`close` (also
 at interpreter exit); ``scripts/e2e/docker-clean.sh`` removes what a killed run left.
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import datetime
 import functools
 import ipaddress
@@ -42,13 +53,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from tests.e2e.targets.base import (
     EXIT_BOUND,
     EXIT_SLACK,
     Component,
     ExportedSpan,
     Membership,
-    Plaintext,
     StopResult,
     TargetError,
     stop_all,
@@ -63,12 +75,15 @@ from tests.e2e.targets.chart import (
     docker_run_command,
     helm_test_pods,
     render,
+    service_dns_names,
     statefulset_pod,
     workload_pods,
 )
 from tests.e2e.targets.chart import Placement as PodPlacement
 from tests.e2e.targets.otlp import OtlpReceiver, receiver_unavailable
+from tests.helpers.cluster import ClusterTLS, client_options
 from tests.helpers.processes import serving
+from tests.helpers.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 RELEASE = "goverse"
 NAMESPACE = "e2e"
@@ -78,6 +93,27 @@ VALUES = [CHART / "ci" / "default-values.yaml"]
 READY_TIMEOUT = 60.0
 RUN_LABEL = "io.goverse.e2e.run"
 ETCD_PORT = 2379
+TLS_SECRETS = {"gate": "goverse-gate-tls", "node": "goverse-node-tls"}
+"""The Secrets (``tls.crt``, ``tls.key``, ``ca.crt``) of the gates' and nodes' certificates."""
+JWT_SECRET, JWT_KEY = "goverse-jwt", "hs256"
+"""The Secret, and its key, of the gates' HS256 secret."""
+TOKEN_SECRET = "goverse-test-token"
+"""The Secret of the `helm test` pod's token (key ``token``, the chart's default)."""
+TEST_TOKEN_LIFETIME = 3600
+"""Seconds the `helm test` pod's token is valid: longer than a whole run."""
+SECURITY_VALUES = [
+    "--set=tls.enabled=true",
+    "--set=tls.source=secrets",
+    *(f"--set=tls.secrets.{component}={name}" for component, name in TLS_SECRETS.items()),
+    "--set=gate.auth.authenticator=jwt",
+    f"--set=gate.auth.jwt.existingSecret={JWT_SECRET}",
+    f"--set=gate.auth.jwt.secretKey={JWT_KEY}",
+    f"--set-string=gate.auth.jwt.audience={AUDIENCE}",
+    f"--set-string=gate.auth.jwt.issuer={ISSUER}",
+    f"--set=tests.token.secretName={TOKEN_SECRET}",
+]
+"""The chart values of a secured run: TLS from :data:`TLS_SECRETS`, JWT from
+:data:`JWT_SECRET`, the test pod's token from :data:`TOKEN_SECRET`."""
 
 
 def etcd_image() -> str:
@@ -128,19 +164,29 @@ def finished_at(stamp: str) -> float | None:
     return whole.timestamp() + float(f"0.{match.group(2) or 0}")
 
 
-class DockerTarget(Plaintext):
-    """2 nodes and 2 gates as containers made from the rendered chart (and an etcd)."""
+class DockerTarget:
+    """2 nodes and 2 gates as containers made from the rendered chart (and an etcd);
+    `secured` (the default): TLS on every hop and JWT client authentication, from Secrets
+    the target makes (the module's docstring says which)."""
 
     name = "docker"
     # `docker stop` sends SIGTERM at once: no preStop sleep to add (that is Kubernetes').
     stop_bound = EXIT_BOUND
 
     def __init__(
-        self, workdir: Path, helm_args: Sequence[str] = (), membership: Membership = "etcd"
+        self,
+        workdir: Path,
+        helm_args: Sequence[str] = (),
+        membership: Membership = "etcd",
+        *,
+        secured: bool = True,
     ) -> None:
         self.run_id = secrets.token_hex(4)
         self.network = f"goverse-e2e-{self.run_id}"
         self.membership = membership
+        self.secured = secured
+        self._tls: ClusterTLS | None = None
+        self._tokens: TokenIssuer | None = None
         self.node_stop_bound = EXIT_BOUND
         self._workdir = workdir
         self._helm_args = list(helm_args)
@@ -168,7 +214,10 @@ class DockerTarget(Plaintext):
         if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
             raise TargetError("no Docker engine answers: start one with scripts/docker/engine.sh")
         gateway, self._ips = self._make_network()
-        helm_args = [*(f"--values={path}" for path in VALUES), *self._helm_args]
+        helm_args = [*(f"--values={path}" for path in VALUES)]
+        if self.secured:
+            helm_args += SECURITY_VALUES
+        helm_args += self._helm_args
         self._placement = PodPlacement(NAMESPACE, host_ip=gateway)
         if self.membership == "etcd":
             self._etcd = self._etcd_plan()
@@ -186,6 +235,8 @@ class DockerTarget(Plaintext):
                 f"--set-json=node.extraEnv={quick_export}",
             ]
         self._resources = render(RELEASE, NAMESPACE, helm_args)
+        if self.secured:
+            self._make_secrets()
         self._plans = workload_pods(self._resources, self._placement, self._ips)
         self._tests = helm_test_pods(self._resources, self._placement, self._ips)
         self._nodes = [plan for plan in self._plans if plan.component == "node"]
@@ -202,6 +253,32 @@ class DockerTarget(Plaintext):
             self._run(plan)
         for plan in self._plans:
             self._wait_ready(plan)
+
+    def _make_secrets(self) -> None:
+        """The Secrets :data:`SECURITY_VALUES` name, made as an operator would: certificates
+        of a new CA for the names the rendered Services give the pods, a new HS256 secret."""
+        self._tls = ClusterTLS.make(
+            self._workdir / "pki",
+            node_dns=service_dns_names(self._resources, "node", self._placement),
+            gate_dns=service_dns_names(self._resources, "gate", self._placement),
+        )
+        self._tokens = TokenIssuer()
+        ca = self._tls.ca.pem.decode()
+        made = {
+            name: {
+                "tls.crt": files.cert.read_text(),
+                "tls.key": files.key.read_text(),
+                "ca.crt": ca,
+            }
+            for name, files in (
+                (TLS_SECRETS["gate"], self._tls.gate),
+                (TLS_SECRETS["node"], self._tls.node),
+            )
+        }
+        made[JWT_SECRET] = {JWT_KEY: self._tokens.secret}
+        test_token = self._tokens.token("helm-test", exp=int(time.time()) + TEST_TOKEN_LIFETIME)
+        made[TOKEN_SECRET] = {"token": test_token}
+        self._placement = dataclasses.replace(self._placement, secrets=made)
 
     def _etcd_plan(self) -> PodPlan:
         """A single-member etcd, reached as ``etcd.<namespace>.svc.cluster.local:2379``."""
@@ -363,6 +440,12 @@ class DockerTarget(Plaintext):
 
     def node_endpoints(self) -> list[str]:
         return [self._address(plan) for plan in self._of("node")]
+
+    def client_options(self) -> dict[str, Any]:
+        return client_options(self._tls, self._tokens)
+
+    def node_credentials(self) -> grpc.ChannelCredentials | None:
+        return None if self._tls is None else self._tls.channel_credentials()
 
     def scaling_unsupported(self) -> str | None:
         return "static membership: the node list is fixed" if self._etcd is None else None
