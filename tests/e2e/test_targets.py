@@ -203,7 +203,8 @@ def test_a_statefulset_scaled_out_makes_the_next_ordinal_from_its_template() -> 
     assert plan.args == ["--as=x-3", "--ip=10.0.0.99"]
 
 
-# The values the docker target renders with: the chart's defaults and the demo objects.
+# The values the docker target renders with: the chart's defaults and the demo objects (plus,
+# secured, its SECURITY_VALUES).
 DEFAULT_VALUES = [f"--values={CHART / 'ci' / 'default-values.yaml'}"]
 
 
