@@ -14,6 +14,7 @@ from goverse.gate._catalog import TASK_NAME as CATALOG_TASK
 from goverse.gate._catalog import Catalog
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
+from goverse.gate._http import HttpGate
 from goverse.gate._metrics import GateMetrics
 from goverse.gate._node_calls import NodeCalls
 from goverse.gate._node_link import NodeLink
@@ -134,6 +135,22 @@ class GateApp(ServiceApp[GateConfig]):
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)
+        self.http: HttpGate | None = None
+        """The HTTP/JSON interface, with --http-listen."""
+        if config.http_listen is not None:
+            self.http = HttpGate(
+                config.http_listen,
+                gate_id=config.gate_id,
+                registry=self.registry,
+                router=self.router,
+                catalog=self.catalog,
+                authenticator=self.authenticator,
+                supervisor=self.supervisor,
+                stream_prefix=STREAM_TASK_PREFIX,
+                cors_origins=config.http_cors_origins or (),
+                max_body_bytes=config.http_body_bytes,
+                on_registration_refused=self.metrics.registration_refused,
+            )
 
     @property
     def links(self) -> Mapping[str, NodeLink]:
@@ -187,8 +204,12 @@ class GateApp(ServiceApp[GateConfig]):
             )
         self.node_links.start()
         self.supervisor.spawn(CATALOG_TASK, self.catalog.run())
+        if self.http is not None:
+            await self.http.start()
 
     async def release(self, budget: ShutdownBudget) -> None:
+        if self.http is not None:  # its event streams were drained with the Register streams
+            await self.http.stop()
         if self.etcd is not None:
             await self.etcd.close()
 
@@ -201,7 +222,10 @@ class GateApp(ServiceApp[GateConfig]):
         return self.registry.drain(DRAIN_REASON)
 
     def identity(self) -> dict[str, Any]:
-        return {"gate_id": self.config.gate_id, "nodes": sorted(self.view.nodes())}
+        fields = {"gate_id": self.config.gate_id, "nodes": sorted(self.view.nodes())}
+        if self.http is not None:
+            fields["http"] = self.http.address
+        return fields
 
 
 __all__ = ["GateApp"]

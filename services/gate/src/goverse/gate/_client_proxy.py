@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -105,6 +106,7 @@ class ClientProxy:
         self._on_drop = on_drop
         self._on_slow_consumer = on_slow_consumer
         self._closed_by: wire.CloseReason | None = None
+        self._closed_event = asyncio.Event()
         self._slow_consumer_details = ""
         self._pushed = 0
         self._dropped = 0
@@ -250,7 +252,13 @@ class ClientProxy:
         first = self._mailbox.close(text, discard=discard)
         if first:
             self._closed_by = closed_by
+            self._closed_event.set()
         return first
+
+    async def wait_closed(self) -> None:
+        """Waits until the proxy is closed (at once when it is): for a writer blocked on a
+        stalled transport, which must give up once the proxy was closed as a slow consumer."""
+        await self._closed_event.wait()
 
     async def next_batch(self) -> list[Any] | None:
         """Waits for pushes and returns the oldest of them that fit in one stream message.

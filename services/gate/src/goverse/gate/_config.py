@@ -13,6 +13,7 @@ from pathlib import Path
 from goverse.gate._client_proxy import SlowClientPolicy
 from goverse.ids import MAX_GATE_ID_LENGTH, gate_id_problem
 from goverse.server import (
+    ADDRESS,
     ADDRESS_LIST,
     BYTE_SIZE,
     COUNT,
@@ -249,6 +250,28 @@ class GateConfig(
         kind=RATE,
     )
 
+    http_listen: str | None = setting(
+        None,
+        help="serve the HTTP/JSON interface (calls as protobuf JSON, pushes as server-sent "
+        "events, docs/http.md) on this HOST:PORT (port 0: any free port, reported in the "
+        "'listening' line and the ready file as 'http')",
+        kind=ADDRESS,
+        default_text="off",
+    )
+    http_cors_origins: tuple[str, ...] | None = setting(
+        None,
+        help="comma-separated origins (https://app.example.com, or *) whose browser pages may "
+        "call the HTTP interface; other origins get no CORS headers",
+        kind=NAME_LIST,
+        default_text="none",
+    )
+    http_max_body_bytes: int | None = setting(
+        None,
+        help="largest HTTP request body; a larger one is answered 413 RESOURCE_EXHAUSTED",
+        kind=BYTE_SIZE,
+        default_text="--max-message-bytes",
+    )
+
     def _check_combinations(self) -> None:
         super()._check_combinations()
         check_pair(
@@ -292,6 +315,13 @@ class GateConfig(
         if self.client_tls_cert is None or self.client_tls_key is None:
             return None
         return TlsFiles(cert=self.client_tls_cert, key=self.client_tls_key)
+
+    @property
+    def http_body_bytes(self) -> int:
+        """The bound of an HTTP request body (--http-max-body-bytes, else --max-message-bytes)."""
+        if self.http_max_body_bytes is None:
+            return self.max_message_bytes
+        return self.http_max_body_bytes
 
     @property
     def static_nodes(self) -> tuple[str, ...]:

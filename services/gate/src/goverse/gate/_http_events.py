@@ -1,0 +1,142 @@
+"""EventStream: one browser session's server-sent events — registration, pushes as JSON, the end.
+
+Why server-sent events rather than a WebSocket: pushes flow one way (calls are plain HTTP
+requests beside the stream), a browser's ``EventSource`` reconnects by itself, and a stream
+of ``text/event-stream`` is an ordinary HTTP response that proxies and load balancers pass
+without an upgrade. The events (``docs/http.md``):
+
+- ``registered``: ``{"clientId", "credential", "gateId"}``, first;
+- ``message``: ``{"type": "<full message name>", "message": {<protobuf JSON>}}`` per push;
+- a ``: heartbeat`` comment line every :data:`HEARTBEAT_S` of silence, so proxies and the
+  browser see the stream alive;
+- ``draining``: ``{}`` when the gate shuts down, after what was queued; then the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+from google.protobuf import any_pb2
+
+from goverse import wire
+from goverse.errors import GoverseError
+from goverse.gate._catalog import Catalog
+from goverse.gate._client_proxy import ClientProxy, StreamEnd
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_S = 15.0
+"""Seconds of silence after which a stream sends a heartbeat comment."""
+HEARTBEAT = b": heartbeat\n\n"
+EVENT_STREAM = "text/event-stream"
+
+
+def event(name: str, data: Any) -> bytes:
+    """One server-sent event named `name` whose data is `data` as JSON on one line."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class Abandoned(Exception):
+    """The stream's proxy was closed (slow consumer, client gone) while a write was stalled:
+    the connection was aborted and nothing more can be sent."""
+
+
+class EventStream:
+    """Writes the events of one registered client (`proxy`) to `response` (prepared by the
+    caller), converting each push to JSON with `catalog`.
+
+    Memory stays bounded when the browser stops reading: the writer only takes pushes from the
+    proxy's bounded queue once the previous write went through, so pushes wait there and an
+    overflow is handled by the slow-client policy, as for a gRPC client. A write stalled on
+    the transport is abandoned (the connection aborted, its buffer freed) as soon as the proxy
+    is closed other than for draining.
+    """
+
+    def __init__(
+        self,
+        proxy: ClientProxy,
+        catalog: Catalog,
+        response: web.StreamResponse,
+        transport: asyncio.Transport | None,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        self._proxy = proxy
+        self._catalog = catalog
+        self._response = response
+        self._transport = transport
+        self._heartbeat_s = heartbeat_s
+
+    async def run(self, gate_id: str) -> None:
+        """Sends ``registered``, then the pushes until the proxy is closed, then ``draining``
+        after a draining close; returns when the stream is over."""
+        proxy = self._proxy
+        registered = {"clientId": proxy.client_id, "credential": proxy.credential}
+        try:
+            await self._send(event("registered", {**registered, "gateId": gate_id}))
+            while True:
+                batch = proxy.take_batch()
+                if batch:
+                    await self._send(b"".join([await self._message(packed) for packed in batch]))
+                    continue
+                if batch is None:
+                    await self._end()
+                    return
+                try:
+                    async with asyncio.timeout(self._heartbeat_s):
+                        await proxy.wait()
+                except TimeoutError:
+                    await self._send(HEARTBEAT)
+        except Abandoned:
+            log.debug("event stream abandoned", reason=proxy.closed_by)
+
+    async def _end(self) -> None:
+        """The last event: ``draining`` after a draining close; none when the client went
+        away; a slow consumer's connection is aborted (its browser reconnects)."""
+        try:
+            last = self._proxy.last_event()
+        except StreamEnd:
+            self._abort()
+            return
+        if last is not None:
+            await self._send(event("draining", {}))
+
+    async def _message(self, packed: any_pb2.Any) -> bytes:
+        """The ``message`` event of one push; a push whose type no node describes is sent
+        with ``message`` null and an ``error`` saying why (the browser still learns of it)."""
+        name = packed.TypeName()
+        try:
+            message = wire.unpack(packed, await self._catalog.message_class(name))
+        except (GoverseError, wire.UnpackError) as error:
+            log.info("push not converted to JSON", type=name[:200], error=str(error))
+            return event("message", {"type": name, "message": None, "error": str(error)})
+        return event("message", {"type": name, "message": self._catalog.to_dict(message)})
+
+    async def _send(self, data: bytes) -> None:
+        """Writes `data`; raises :class:`Abandoned` when the proxy is closed (not for
+        draining) before the transport took it."""
+        proxy = self._proxy
+        if proxy.closed and not proxy.draining:
+            self._abort()
+        writing = asyncio.ensure_future(self._response.write(data))
+        closing = asyncio.ensure_future(proxy.wait_closed())
+        try:
+            await asyncio.wait((writing, closing), return_when=asyncio.FIRST_COMPLETED)
+            if not writing.done() and not proxy.draining:
+                self._abort()
+            await writing
+        finally:
+            closing.cancel()
+            writing.cancel()  # a no-op once done; ends a write left stalled by a cancellation
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()  # frees what the transport buffered for the stalled reader
+        raise Abandoned()
+
+
+__all__ = ["EVENT_STREAM", "HEARTBEAT", "HEARTBEAT_S", "Abandoned", "EventStream", "event"]
