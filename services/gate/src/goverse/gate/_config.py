@@ -298,6 +298,8 @@ class GateConfig(
             )
         if self.authenticator != JWT and keys:
             raise ValueError(f"{keys[0]} is used only with --authenticator jwt")
+        if self.http_listen is not None and self.http_listen.startswith("unix:"):
+            raise ValueError("--http-listen takes HOST:PORT, not a unix socket")
         if self.etcd_endpoints is not None and self.nodes is not None:
             raise ValueError(
                 "--nodes and --etcd-endpoints exclude each other: with etcd, nodes register "
