@@ -3,8 +3,9 @@
 The node keeps its objects' state in ``.run/state.db`` (SQLite), so counters and chat rooms
 survive a restart of ``make run``. ``--node-count N`` starts N nodes instead, keeping state in
 memory (SQLite serves one node). Nodes listen on unix sockets in a private temporary
-directory, the gate on 127.0.0.1:7100 (``--gate-listen``); every metrics endpoint gets a free
-port. Service logs (JSON lines) go to .run/logs/; the demo's output is shown in the terminal.
+directory, the gate on 127.0.0.1:7100 (``--gate-listen``) with its HTTP/JSON interface on
+127.0.0.1:7180 (``--http-listen``; the demo chat page is printed); every metrics endpoint gets
+a free port. Service logs (JSON lines) go to .run/logs/; the demo's output is shown in the terminal.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def main() -> int:
         help="where the gate listens (port 0: any free port, printed)",
     )
     parser.add_argument(
+        "--http-listen",
+        default="127.0.0.1:7180",
+        help="where the gate serves HTTP/JSON and the demo page (port 0: any free port, printed)",
+    )
+    parser.add_argument(
         "--metrics",
         choices=("on", "off"),
         default="on",
@@ -138,6 +144,7 @@ def main() -> int:
         cmd = [
             str(BIN / "goverse-gate"),
             f"--listen={args.gate_listen}",
+            f"--http-listen={args.http_listen}",
             "--gate-id=gate-local",
             f"--nodes={','.join(nodes)}",
             "--log-format=json",
@@ -153,6 +160,8 @@ def main() -> int:
             print("metrics: " + ", ".join(f"http://127.0.0.1:{port}/metrics" for port in served))
         cli = Path(sys.executable).parent / "goverse"
         print(f"from another shell: {cli} --gate {gate} describe (or call, watch: docs/cli.md)")
+        http = ready["gate"].identity["http"]
+        print(f"HTTP/JSON: http://{http}/v1/describe; chat page: http://{http}/web/chat.html")
         print("demo client (Ctrl-C stops everything):", flush=True)
         demo = subprocess.Popen(
             [

@@ -16,6 +16,7 @@ def run_local(run_dir: Path) -> str:
             sys.executable,
             str(ROOT / "scripts" / "run_local.py"),
             "--gate-listen=127.0.0.1:0",
+            "--http-listen=127.0.0.1:0",
             "--rounds=2",
             f"--run-dir={run_dir}",
         ],
@@ -40,6 +41,7 @@ def test_run_local_shows_calls_and_pushes_and_stops_cleanly(tmp_path: Path) -> N
     for name in ("node-0", "gate"):
         assert f"{name} exited with code 0" in out
     assert "metrics: http://127.0.0.1:" in out
+    assert "/web/chat.html" in out
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     leftovers = [line for line in ps.stdout.splitlines() if str(tmp_path) in line]
     assert leftovers == []

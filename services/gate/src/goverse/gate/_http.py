@@ -31,7 +31,6 @@ from google.protobuf import json_format
 from goverse import wire
 from goverse.errors import (
     GoverseError,
-    Internal,
     InvalidArgument,
     ResourceExhausted,
     Unauthenticated,
@@ -278,12 +277,7 @@ class HttpGate:
                 ),
                 timeout,
             )
-        try:
-            response = wire.unpack(reply.response, types.response)
-        except wire.UnpackError as error:
-            expected = types.response.DESCRIPTOR.full_name
-            raise Internal(f"the reply is not a {expected}: {error}") from None
-        return _json(self._catalog.to_dict(response))
+        return _json(self._catalog.response_dict(types, reply.response))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         caller = await self._caller(request)

@@ -22,8 +22,6 @@ import structlog
 from aiohttp import web
 from google.protobuf import any_pb2
 
-from goverse import wire
-from goverse.errors import GoverseError
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
 
@@ -106,15 +104,9 @@ class EventStream:
             await self._send(event("draining", {}))
 
     async def _message(self, packed: any_pb2.Any) -> bytes:
-        """The ``message`` event of one push; a push whose type no node describes is sent
-        with ``message`` null and an ``error`` saying why (the browser still learns of it)."""
-        name = packed.TypeName()
-        try:
-            message = wire.unpack(packed, await self._catalog.message_class(name))
-        except (GoverseError, wire.UnpackError) as error:
-            log.info("push not converted to JSON", type=name[:200], error=str(error))
-            return event("message", {"type": name, "message": None, "error": str(error)})
-        return event("message", {"type": name, "message": self._catalog.to_dict(message)})
+        """The ``message`` event of one push (``base64`` instead of ``message`` when no node
+        describes its type: the browser still learns of it)."""
+        return event("message", await self._catalog.push_dict(packed))
 
     async def _send(self, data: bytes) -> None:
         """Writes `data`; raises :class:`Abandoned` when the proxy is closed (not for
