@@ -543,6 +543,15 @@ and lint with the reason.
 */}}
 {{- define "goverse.validate" -}}
 {{- $v := .Values }}
+{{- $http := $v.gate.http }}
+{{- if $http.enabled }}
+{{- $taken := list (int $v.gate.port) }}
+{{- if $v.metrics.enabled }}{{- $taken = append $taken (int $v.metrics.port) }}{{- end }}
+{{- if $v.tls.enabled }}{{- $taken = append $taken (int $v.gate.healthPort) }}{{- end }}
+{{- if has (int $http.port) $taken }}
+{{- fail (printf "gate.http.port (%d) must differ from gate.port, gate.healthPort and metrics.port" (int $http.port)) }}
+{{- end }}
+{{- end }}
 {{- range $component := list "gate" "node" }}
 {{- $c := index $v $component }}
 {{- $shutdown := include "goverse.shutdownSeconds" (dict "ctx" $ "component" $component) | int }}

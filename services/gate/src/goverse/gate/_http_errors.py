@@ -72,7 +72,10 @@ def from_http_exception(exception: web.HTTPException) -> web.Response:
         status,
         grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.INTERNAL,
     )
-    response = error_response(code, exception.reason, status=status)
+    message = exception.reason
+    if status == 413:  # aiohttp's text names the bound and the size
+        message = f"{exception.text} (--http-max-body-bytes)"
+    response = error_response(code, message, status=status)
     if status == 405:  # tells the client which methods the path has
         allow = exception.headers.get("Allow")
         if allow is not None:
