@@ -13,6 +13,8 @@
 6. ``tracing`` (``_tracing``): scenario 1's system side with tracing off and on.
 7. ``state`` (``_state``): stateful objects on SQLite and PostgreSQL, each durability, vs the
    same calls in memory; reactivation from the store; node RSS across idle deactivation.
+8. ``http`` (``_http``): JSON calls of ``Echo.Echo`` through the gate's HTTP interface vs a
+   bare aiohttp JSON echo.
 
 ``--scenarios`` takes the numbers or the names.
 
@@ -31,6 +33,7 @@ from bench.scenarios._calls import calls
 from bench.scenarios._connections import connections
 from bench.scenarios._context import Ctx, Settings
 from bench.scenarios._fanout import fanout
+from bench.scenarios._http import http
 from bench.scenarios._lifecycle import lifecycle
 from bench.scenarios._push import push
 from bench.scenarios._state import PARTS as STATE_PARTS
@@ -59,6 +62,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
     "5": lifecycle,
     "6": tracing,
     "7": state,
+    "8": http,
 }
 NAMES = {
     "calls": "1",
@@ -68,6 +72,7 @@ NAMES = {
     "lifecycle": "5",
     "tracing": "6",
     "state": "7",
+    "http": "8",
 }
 """Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")
