@@ -78,8 +78,9 @@ async def events(
 
 async def test_json_calls_create_delete_and_describe(processes: ProcessGroup) -> None:
     """A call's request and reply are protobuf JSON (an empty body is ``{}``); create and
-    delete answer whether they did; describe lists the types and their message names."""
-    _, url = http_gate(processes)
+    delete answer whether they did; describe lists the types and their message names. HTTP
+    calls are measured as the gRPC calls they stand for."""
+    gate, url = http_gate(processes, ("--metrics-port=0",))
     async with client() as http:
         assert await call(http, url, "/v1/objects/Counter/c1", method="PUT") == (
             200,
@@ -103,6 +104,15 @@ async def test_json_calls_create_delete_and_describe(processes: ProcessGroup) ->
             "requestType": "goverse.examples.v1.IncrementRequest",
             "responseType": "goverse.examples.v1.CounterValue",
         }
+        async with http.get(f"http://127.0.0.1:{gate.metrics_port}/metrics") as response:
+            scraped = await response.text()
+        measured = [
+            line
+            for line in scraped.splitlines()
+            if line.startswith("goverse_gate_call_duration") and 'object_type="Counter"' in line
+        ]
+        for rpc in ("CallObject", "CreateObject", "DeleteObject"):
+            assert any(f'rpc="{rpc}"' in line for line in measured), rpc
 
 
 async def test_errors_are_json_bodies_with_the_status_of_their_code(

@@ -150,6 +150,7 @@ class GateApp(ServiceApp[GateConfig]):
                 cors_origins=config.http_cors_origins or (),
                 max_body_bytes=config.http_body_bytes,
                 on_registration_refused=self.metrics.registration_refused,
+                metrics=self.call_metrics,
             )
 
     @property

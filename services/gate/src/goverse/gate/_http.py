@@ -19,9 +19,10 @@ status of their gRPC code (:mod:`._http_errors`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -35,6 +36,7 @@ from goverse.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    status_of,
 )
 from goverse.gate._auth import (
     AuthenticationFailed,
@@ -42,6 +44,7 @@ from goverse.gate._auth import (
     Credentials,
     bearer_token,
     caller_fields,
+    mark_principal,
     principal_message,
 )
 from goverse.gate._catalog import Catalog
@@ -53,10 +56,19 @@ from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.ids import new_client_id
 from goverse.objects import Principal
-from goverse.server import BoundAddress, ListenError, Supervisor, SupervisorClosed
+from goverse.server import (
+    BoundAddress,
+    CallMetricsInterceptor,
+    ListenError,
+    Supervisor,
+    SupervisorClosed,
+    served_call_span,
+)
 from goverse.v1 import gate_pb2, node_pb2
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 WEB_DIR = Path(__file__).parent / "web"
 """The static files served at ``/web/``."""
@@ -73,6 +85,9 @@ PREFLIGHT_MAX_AGE_S = 600
 STOP_GRACE_S = 1.0
 """Seconds the HTTP server gives requests still running when it stops (its event streams
 have ended by then: the stop's draining step waits for them)."""
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""W3C trace context a caller may send: an HTTP call's span is then its child."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,8 +118,10 @@ class HttpGate:
         max_body_bytes: int,
         heartbeat_s: float = HEARTBEAT_S,
         on_registration_refused: Callable[[str], None] | None = None,
+        metrics: CallMetricsInterceptor | None = None,
     ) -> None:
         self._listen = listen
+        self._metrics = metrics
         self._gate_id = gate_id
         self._registry = registry
         self._router = router
@@ -264,42 +281,68 @@ class HttpGate:
         types = await self._catalog.method(object_type, method)
         body = await request.read()
         message = self._catalog.request_from_json(types, body if body.strip() else b"{}")
-        with structlog.contextvars.bound_contextvars(
-            **caller_fields(caller), object_type=object_type, object_id=object_id[:256]
-        ):
-            reply = await self._router.call_object(
-                caller,
-                gate_pb2.CallObjectRequest(
-                    object_type=object_type,
-                    object_id=object_id,
-                    method=method,
-                    request=wire.pack(message),
-                ),
-                timeout,
-            )
+        call = gate_pb2.CallObjectRequest(
+            object_type=object_type, object_id=object_id, method=method, request=wire.pack(message)
+        )
+        reply = await self._served(
+            request, "call", call, caller, self._router.call_object(caller, call, timeout)
+        )
         return _json(self._catalog.response_dict(types, reply.response))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         caller = await self._caller(request)
-        reply = await self._router.create_object(
-            caller,
-            gate_pb2.CreateObjectRequest(
-                object_type=request.match_info["type"], object_id=request.match_info["id"]
-            ),
-            _timeout_of(request),
+        create = gate_pb2.CreateObjectRequest(
+            object_type=request.match_info["type"], object_id=request.match_info["id"]
         )
+        routed = self._router.create_object(caller, create, _timeout_of(request))
+        reply = await self._served(request, "create", create, caller, routed)
         return _json({"created": reply.created})
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         caller = await self._caller(request)
-        reply = await self._router.delete_object(
-            caller,
-            gate_pb2.DeleteObjectRequest(
-                object_type=request.match_info["type"], object_id=request.match_info["id"]
-            ),
-            _timeout_of(request),
+        delete = gate_pb2.DeleteObjectRequest(
+            object_type=request.match_info["type"], object_id=request.match_info["id"]
         )
+        routed = self._router.delete_object(caller, delete, _timeout_of(request))
+        reply = await self._served(request, "delete", delete, caller, routed)
         return _json({"deleted": reply.deleted})
+
+    async def _served(
+        self,
+        request: web.Request,
+        op: str,
+        message: Any,
+        caller: node_pb2.Caller,
+        routed: Awaitable[T],
+    ) -> T:
+        """Awaits a routed call as the unary RPC it stands for is served: in its SERVER span
+        (the child of the caller's ``traceparent``), with the caller and object in the log
+        context, measured in the gate's call-duration histogram under the RPC's labels."""
+        carrier = {key: value for key in TRACE_HEADERS if (value := request.headers.get(key))}
+        code = grpc.StatusCode.OK
+        started = time.perf_counter()
+        try:
+            with (
+                served_call_span(wire.GATE_CALL_METHODS[op], carrier),
+                structlog.contextvars.bound_contextvars(
+                    **caller_fields(caller),
+                    object_type=message.object_type,
+                    object_id=message.object_id[:256],
+                ),
+            ):
+                mark_principal(caller)
+                return await routed
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            code = status_of(error)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.record(
+                    wire.CALL_OPS[op], message, code, time.perf_counter() - started
+                )
 
     async def _describe(self, request: web.Request) -> web.StreamResponse:
         await self._caller(request)  # admitted as a call is
