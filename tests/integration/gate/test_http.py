@@ -377,3 +377,31 @@ def test_http_listen_must_be_a_tcp_address(listen: str) -> None:
 
     with pytest.raises(SystemExit):
         parse_config([f"--http-listen={listen}"], {})
+
+
+async def test_a_call_in_flight_when_the_gate_stops_finishes(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """SIGTERM while an HTTP call runs on the node: the gate's stop waits for it as for a
+    unary RPC, and the caller gets its answer."""
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    node = processes.node(env={"GOVERSE_TEST_WITNESS_DIR": str(witness)})
+    gate = processes.gate("g0", [node.address], (HTTP_ON,))
+    assert gate.ready is not None
+    url = f"http://{gate.ready.identity['http']}"
+    async with client() as http:
+        held = asyncio.create_task(call(http, url, "/v1/objects/Witness/w/Hold", '"1500"'))
+        try:
+            await eventually(
+                lambda: any('"call"' in f.read_text() for f in witness.glob("*.jsonl")),
+                TIMEOUT,
+                "the call to reach the object",
+            )
+            gate.signal(signal.SIGTERM)
+            status, _ = await asyncio.wait_for(held, TIMEOUT)
+            assert status == 200
+        finally:
+            held.cancel()
+    assert gate.process is not None
+    assert await asyncio.to_thread(gate.process.wait, TIMEOUT) == 0

@@ -151,6 +151,7 @@ class GateApp(ServiceApp[GateConfig]):
                 max_body_bytes=config.http_body_bytes,
                 on_registration_refused=self.metrics.registration_refused,
                 metrics=self.call_metrics,
+                calls=self.calls,
             )
 
     @property

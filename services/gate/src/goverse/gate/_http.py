@@ -59,6 +59,7 @@ from goverse.objects import Principal
 from goverse.server import (
     BoundAddress,
     CallMetricsInterceptor,
+    CallsInFlight,
     ListenError,
     Supervisor,
     SupervisorClosed,
@@ -119,9 +120,11 @@ class HttpGate:
         heartbeat_s: float = HEARTBEAT_S,
         on_registration_refused: Callable[[str], None] | None = None,
         metrics: CallMetricsInterceptor | None = None,
+        calls: CallsInFlight | None = None,
     ) -> None:
         self._listen = listen
         self._metrics = metrics
+        self._calls = calls
         self._gate_id = gate_id
         self._registry = registry
         self._router = router
@@ -317,7 +320,11 @@ class HttpGate:
     ) -> T:
         """Awaits a routed call as the unary RPC it stands for is served: in its SERVER span
         (the child of the caller's ``traceparent``), with the caller and object in the log
-        context, measured in the gate's call-duration histogram under the RPC's labels."""
+        context, measured in the gate's call-duration histogram under the RPC's labels, and
+        counted in flight with the gate's calls (a stop lets it finish, as a unary RPC)."""
+        task = asyncio.current_task()
+        if self._calls is not None and task is not None:  # aiohttp: one task per request
+            self._calls.track(task)
         carrier = {key: value for key in TRACE_HEADERS if (value := request.headers.get(key))}
         code = grpc.StatusCode.OK
         started = time.perf_counter()
