@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers.processes import ProcessGroup, ServiceProcess
+from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess
 from tests.helpers.sse import EventReader
 from tests.helpers.tokens import TokenIssuer
 from tests.helpers.waiting import eventually
@@ -405,3 +406,25 @@ async def test_a_call_in_flight_when_the_gate_stops_finishes(
             held.cancel()
     assert gate.process is not None
     assert await asyncio.to_thread(gate.process.wait, TIMEOUT) == 0
+
+
+def test_a_gate_whose_http_port_is_taken_exits_with_one_line(tmp_path: Path) -> None:
+    """--http-listen on a port in use: the gate does not start, exits 1 and says why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                str(BIN / "goverse-gate"),
+                "--listen=127.0.0.1:0",
+                "--gate-id=g0",
+                "--metrics-port=off",
+                f"--http-listen=127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 3,
+        )
+    assert result.returncode == 1
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in result.stderr
