@@ -1,21 +1,32 @@
 """Scenario 8, http: JSON calls of ``Echo.Echo`` through the gate's HTTP interface and the node
-vs a bare aiohttp JSON echo, both over keep-alive connections."""
+vs a bare aiohttp JSON echo, both over keep-alive connections; then broadcasts to 100 browser
+sessions (server-sent event streams), deliveries per second."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import json
+import time
 
 import aiohttp
 
+from bench import wire
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
 from bench.cluster import LISTEN, Variant, start_system
 from bench.procs import PYTHON
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
 from bench.scenarios._context import Ctx, result_key, title_suffix
+from bench.stats import median
 
 HTTP_LISTEN = "--http-listen=127.0.0.1:0"
+EVENT_STREAMS = 100
+ROUND_TIMEOUT = 30.0
+
+Arrivals = dict[int, list[tuple[int, int]]]
+"""Per broadcast sequence number: (sent, received) monotonic ns of each stream's delivery."""
 
 
 def _session(concurrency: int) -> aiohttp.ClientSession:
@@ -69,6 +80,70 @@ async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResu
         return await _load(ctx, urls, body)
 
 
+async def _read_events(
+    response: aiohttp.ClientResponse, arrivals: Arrivals, changed: asyncio.Event
+) -> None:
+    """Records the arrival of every stamped push on one event stream until cancelled."""
+    while line := await response.content.readline():
+        if not line.startswith(b"data:"):
+            continue
+        data = json.loads(line[5:])
+        if "message" in data and data.get("type") == "google.protobuf.BytesValue":
+            seq, sent = wire.read_stamp(base64.b64decode(data["message"]))
+            arrivals[seq].append((sent, time.monotonic_ns()))
+            changed.set()
+
+
+async def _event_streams(ctx: Ctx, variant: Variant) -> list[dict[str, float]]:
+    """Broadcast rounds to :data:`EVENT_STREAMS` browser sessions on one gate: per round, the
+    time from the push being made to its last delivery, and deliveries per second."""
+    s = ctx.settings
+    measured: list[dict[str, float]] = []
+    async with ctx.scope():
+        system = await start_system(ctx.procs, variant, gate_flags=[HTTP_LISTEN])
+        assert system.gate.ready is not None
+        base = f"http://{system.gate.ready.identity['http']}"
+        arrivals: Arrivals = collections.defaultdict(list)
+        changed = asyncio.Event()
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            responses = [await http.get(f"{base}/v1/events") for _ in range(EVENT_STREAMS)]
+            for response in responses:  # registered before the first round
+                while not (await response.content.readline()).startswith(b"data:"):
+                    pass
+            readers = [
+                asyncio.create_task(_read_events(response, arrivals, changed))
+                for response in responses
+            ]
+            try:
+                for index in range(s.fanout_rounds + 1):  # round 0 warms up
+                    seq = 1_000_000 + index
+                    body = json.dumps(json.dumps({"seq": seq, "payload": s.payload}))
+                    url = f"{base}/v1/objects/Broadcaster/b/Broadcast"
+                    async with http.post(url, data=body) as reply:
+                        await reply.read()
+                    async with asyncio.timeout(ROUND_TIMEOUT):
+                        while len(arrivals[seq]) < EVENT_STREAMS:
+                            changed.clear()
+                            await changed.wait()
+                    if index:
+                        sent = arrivals[seq][0][0]
+                        spread = (max(r for _, r in arrivals[seq]) - sent) / 1e9
+                        measured.append(
+                            {
+                                "time_to_last_ms": spread * 1e3,
+                                "deliveries_per_s": EVENT_STREAMS / spread,
+                            }
+                        )
+            finally:
+                for task in readers:
+                    task.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+                for response in responses:
+                    response.release()
+    return measured
+
+
 async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
     s = ctx.settings
     result = ScenarioResult(
@@ -91,10 +166,19 @@ async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
     bare = await _bare(ctx, variant, body)
     system = await _system(ctx, variant, body)
     call_rows(result, bare, system)
+    rounds = await _event_streams(ctx, variant)
+    case = f"broadcast to {EVENT_STREAMS} event streams"
+    for metric, unit, better in (
+        ("deliveries_per_s", "1/s", "higher"),
+        ("time_to_last_ms", "ms", "lower"),
+    ):
+        value = median([r[metric] for r in rounds])
+        result.add(case, metric.replace("_", " "), unit, None, value, better)
     result.details = {
+        "event_stream_rounds": rounds,
         "errors": {
             "bare": {level: r.errors for level, r in bare.items()},
             "system": {level: r.errors for level, r in system.items()},
-        }
+        },
     }
     return result
