@@ -123,7 +123,7 @@ async def test_errors_are_json_bodies_with_the_status_of_their_code(
     unknown type and path 404, unknown method 501, malformed JSON, unknown fields, wrong
     types and a bad deadline 400, OUT_OF_RANGE 400, PERMISSION_DENIED 403, an object's
     unexpected error 500 INTERNAL, a deadline 504, a wrong HTTP method 405, a body over the bound
-    413."""
+    413, a node that is gone 503."""
     rules = tmp_path / "rules.toml"
     rules.write_text('[[call]]\ntype = "Sleeper"\naccess = "reject"\n')
     _, url = http_gate(processes, ("--http-max-body-bytes=64KiB", f"--access-rules={rules}"))
@@ -166,6 +166,11 @@ async def test_errors_are_json_bodies_with_the_status_of_their_code(
             if code:
                 assert got["code"] == code, (path, body, got)
                 assert got["message"], (path, body, got)
+        processes.processes[0].kill()  # the node: its calls wait for it, then give up
+        got_status, got = await call(
+            http, url, "/v1/objects/Counter/x/Get", headers={"Goverse-Timeout-Ms": "1000"}
+        )
+        assert (got_status, got["code"]) == (503, "UNAVAILABLE"), got
 
 
 async def test_a_call_without_a_session_runs_as_a_one_shot_caller(
