@@ -67,6 +67,11 @@ class GateApp(ServiceApp[GateConfig]):
     (liveness) is SERVING while the gate runs. A gate that can route nowhere takes no new
     clients (``docs/membership.md``, "Gates and routing").
 
+    With ``--http-listen`` it also serves HTTP/JSON (:class:`HttpGate`, docs/http.md), started
+    once the gRPC server serves: its event streams are registered clients drained with the
+    Register streams, its calls are calls in flight; it stops when the gate releases what it
+    holds (step 6 of the stop), before the call streams to nodes close.
+
     With `telemetry`, its meter holds the gate's metrics and :meth:`start` serves them on its
     metrics port; without it, metrics go to the global meter provider and nothing is served.
     """
