@@ -21,7 +21,8 @@ For each file (one `helm template` output):
 - egress (when a gate or node NetworkPolicy restricts it): DNS, the nodes' gRPC port, etcd (the
   bundled members' client port, or every endpoint's port), the PostgreSQL store's port from
   nodes, the OTLP endpoint's port (or the bundled collector);
-- an Ingress or GRPCRoute of the gate: to the gate Service's grpc port, TLS for every host;
+- an Ingress or GRPCRoute of the gate: to the gate Service's grpc port (the HTTP/JSON
+  Ingress: its http port), TLS for every host;
 - security: with TLS the probes use the health container port, GOVERSE_HEALTH_PORT; every
   TLS, JWT and access-rules file is a key of a read-only mounted Secret (ConfigMap for the
   rules, whose checksum is on the pod), never with subPath; no Secret in the env but the
@@ -252,8 +253,8 @@ class Checker:
             )
 
     def check_gate_routes(self, gate: Resource) -> None:
-        """An Ingress or GRPCRoute of the gate sends to the client Service's gRPC port, with
-        TLS for every host of an Ingress."""
+        """An Ingress or GRPCRoute of the gate sends to the client Service's gRPC port (the
+        HTTP/JSON Ingress to its http port), with TLS for every host of an Ingress."""
         service = _service(self.resources, gate["metadata"]["name"])
         if service is None:
             self.problems.append("no client Service of the gate")
@@ -264,14 +265,16 @@ class Checker:
             hosts = {rule.get("host") for rule in ingress["spec"].get("rules", [])}
             covered = {h for tls in ingress["spec"].get("tls", []) for h in tls.get("hosts", [])}
             self.expect(hosts <= covered, f"Ingress {name}: hosts without TLS: {hosts - covered}")
+            # The HTTP/JSON Ingress (named <gate>-http) goes to the http port, the other to grpc.
+            port = "http" if name.endswith("-http") else "grpc"
             for rule in ingress["spec"].get("rules", []):
                 for path in rule["http"]["paths"]:
                     backend = path["backend"]["service"]
                     self.expect(
                         backend["name"] == service["metadata"]["name"]
-                        and backend["port"].get("name") == "grpc"
-                        and any(p["name"] == "grpc" for p in ports),
-                        f"Ingress {name}: {backend} is not the gate Service's grpc port",
+                        and backend["port"].get("name") == port
+                        and any(p["name"] == port for p in ports),
+                        f"Ingress {name}: {backend} is not the gate Service's {port} port",
                     )
         for route in _all(self.resources, "GRPCRoute", "gate"):
             for rule in route["spec"]["rules"]:

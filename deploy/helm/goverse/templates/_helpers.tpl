@@ -552,6 +552,17 @@ and lint with the reason.
 {{- fail (printf "gate.http.port (%d) must differ from gate.port, gate.healthPort and metrics.port" (int $http.port)) }}
 {{- end }}
 {{- end }}
+{{- if $http.ingress.enabled }}
+{{- if not $http.enabled }}
+{{- fail "gate.http.ingress.enabled needs gate.http.enabled: the Ingress sends to the gates' HTTP port" }}
+{{- end }}
+{{- if not $http.ingress.hosts }}
+{{- fail "gate.http.ingress.enabled needs gate.http.ingress.hosts: the host names browsers and clients use" }}
+{{- end }}
+{{- if not $http.ingress.tlsSecretName }}
+{{- fail "gate.http.ingress.enabled needs gate.http.ingress.tlsSecretName: the gates serve plain HTTP, so TLS is the controller's" }}
+{{- end }}
+{{- end }}
 {{- range $component := list "gate" "node" }}
 {{- $c := index $v $component }}
 {{- $shutdown := include "goverse.shutdownSeconds" (dict "ctx" $ "component" $component) | int }}
