@@ -433,3 +433,20 @@ def test_a_gate_whose_http_port_is_taken_exits_with_one_line(tmp_path: Path) -> 
         )
     assert result.returncode == 1
     assert f"cannot serve HTTP on 127.0.0.1:{port}" in result.stderr
+
+
+async def test_event_streams_count_against_the_per_peer_bound(processes: ProcessGroup) -> None:
+    """--max-registrations-per-peer bounds browser sessions like gRPC registrations: a second
+    session from the same address is 429 while the first is open, and admitted once it ended."""
+    _, url = http_gate(processes, ("--max-registrations-per-peer=1",))
+    async with client() as http:
+        async with events(http, url), http.get(f"{url}/v1/events") as refused:
+            assert refused.status == 429
+            assert (await refused.json())["code"] == "RESOURCE_EXHAUSTED"
+        await eventually(lambda: admitted(http, url), TIMEOUT, "the peer's slot to be freed")
+
+
+async def admitted(http: aiohttp.ClientSession, url: str) -> bool:
+    """Whether a new event stream is admitted (it is closed at once)."""
+    async with http.get(f"{url}/v1/events") as response:
+        return response.status == 200
