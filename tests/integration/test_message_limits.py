@@ -13,6 +13,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value
 
 from goverse import wire
+from goverse._tracing import start_call_span
 from goverse.client import Client
 from goverse.client._calls import FRAME_RESERVE
 from goverse.errors import CallError
@@ -150,10 +151,15 @@ async def test_the_sdk_sends_a_payload_at_its_limit_and_refuses_one_byte_more(
 
 def _sdk_largest_payload(bound: int) -> int:
     """The longest payload whose SessionCall the SDK counts as at most `bound` bytes (the
-    call with its tag and length in the frame; no trace context: tracing is off here)."""
+    call with its tag and length in the frame, and the trace context the SDK adds in this
+    process: none, or a traceparent when an earlier test installed a tracer provider)."""
+    span, carrier = start_call_span(wire.GATE_CALL_METHODS["call"])
+    span.end_with(grpc.StatusCode.OK)
 
     def counted(length: int) -> int:
-        size = _session_request(BytesValue(value=b"x" * length)).calls[0].ByteSize()
+        call = _session_request(BytesValue(value=b"x" * length)).calls[0]
+        call.trace_context.update(carrier)
+        size = call.ByteSize()
         return size + 1 + (size.bit_length() + 6) // 7
 
     length = bound

@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,23 +176,26 @@ async def denied(action: Any) -> grpc.aio.AioRpcError:
 
 
 @pytest.mark.parametrize(
-    ("bearer", "says"),
+    ("make_bearer", "says"),
     [
-        (None, "requires a token"),
-        (token(exp=int(time.time()) - 3600), "expired"),
-        (token(aud="someone-else"), "audience"),
-        (token(iss="https://evil.example"), "issuer"),
-        (token(key="another-secret-of-at-least-thirty-two-bytes"), "signature"),
-        ("not-a-jwt", "well-formed"),
-        (token(sub=None), "claim"),
+        # Made when the test runs, not when it is collected: a token made at collection would
+        # expire (300 s) before a test that runs late in a long suite, and be refused for that.
+        (lambda: None, "requires a token"),
+        (lambda: token(exp=int(time.time()) - 3600), "expired"),
+        (lambda: token(aud="someone-else"), "audience"),
+        (lambda: token(iss="https://evil.example"), "issuer"),
+        (lambda: token(key="another-secret-of-at-least-thirty-two-bytes"), "signature"),
+        (lambda: "not-a-jwt", "well-formed"),
+        (lambda: token(sub=None), "claim"),
     ],
     ids=["missing", "expired", "audience", "issuer", "forged", "garbage", "no-subject"],
 )
 async def test_a_bad_token_is_refused_with_unauthenticated_and_a_clear_message(
-    cluster: Cluster, bearer: str | None, says: str
+    cluster: Cluster, make_bearer: Callable[[], str | None], says: str
 ) -> None:
     """Registration with a missing, expired, foreign, forged or malformed token ends with
     UNAUTHENTICATED saying why, never echoing the token; the gate keeps serving."""
+    bearer = make_bearer()
     error = await refusal(cluster.jwt_gate.address, bearer)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert says in (error.details() or "")
