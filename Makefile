@@ -56,3 +56,4 @@ clean: ## Remove the virtual environment and caches
 include deploy/deploy.mk
 include deploy/e2e.mk
 include bench/bench.mk
+include scripts/browser/browser.mk

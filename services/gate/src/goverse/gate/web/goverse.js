@@ -1,0 +1,328 @@
+// goverse.js: the browser client of goverse's HTTP gate (an ES module, no build step, no
+// dependencies). Calls are JSON over fetch; pushes arrive on one server-sent event stream per
+// session (EventSource); when a gate fails or drains, the session moves to another gate with
+// backoff (full jitter) and registers again under a new client id. See docs/browser.md.
+
+/** Codes of the gate's JSON errors, by HTTP status, for bodies that are not the gate's JSON
+ * (a proxy's error page, say). The gate itself always names its code. */
+const CODE_BY_STATUS = {
+  400: "INVALID_ARGUMENT",
+  401: "UNAUTHENTICATED",
+  403: "PERMISSION_DENIED",
+  404: "NOT_FOUND",
+  409: "ALREADY_EXISTS",
+  429: "RESOURCE_EXHAUSTED",
+  499: "CANCELLED",
+  501: "UNIMPLEMENTED",
+  503: "UNAVAILABLE",
+  504: "DEADLINE_EXCEEDED",
+};
+
+/** How the session waits before it dials the next gate (the n-th retry in a row). */
+export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 250, maxMs: 10000, stableMs: 10000 });
+
+/** An error of a call or of the session: `code` is the gRPC code name the gate sent
+ * ("NOT_FOUND", ...), or "UNAVAILABLE" when the gate could not be reached (`httpStatus` 0),
+ * or "DEADLINE_EXCEEDED" when the client's own deadline passed (`httpStatus` 0). */
+export class GoverseError extends Error {
+  constructor(code, message, httpStatus = 0) {
+    super(`${code}: ${message}`);
+    this.name = "GoverseError";
+    this.code = code;
+    this.detail = message;
+    this.httpStatus = httpStatus;
+  }
+}
+
+/** The delay before retry number `attempt` (0-based): uniform in [0, min(max, initial * 2^n)]
+ * ("full jitter"), so that the pages a dead gate dropped do not all dial the next one at once. */
+export function backoffDelay(attempt, backoff = DEFAULT_BACKOFF, random = Math.random) {
+  const ceiling = Math.min(backoff.maxMs, backoff.initialMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/** The GoverseError an HTTP error response stands for: the gate's JSON `{code, message}`, or
+ * the code of the status when the body is something else. */
+export function errorFromResponse(status, bodyText) {
+  try {
+    const body = JSON.parse(bodyText);
+    if (body && typeof body.code === "string") {
+      return new GoverseError(body.code, String(body.message ?? ""), status);
+    }
+  } catch {
+    // Not JSON: the status alone tells what happened.
+  }
+  const code = CODE_BY_STATUS[status] ?? (status >= 500 ? "INTERNAL" : "UNKNOWN");
+  return new GoverseError(code, bodyText.slice(0, 200) || `HTTP ${status}`, status);
+}
+
+function trimSlash(url) {
+  return url.replace(/\/+$/, "");
+}
+
+function objectPath(type, id) {
+  return `/v1/objects/${encodeURIComponent(type)}/${encodeURIComponent(id)}`;
+}
+
+/** A client of goverse gates over HTTP.
+ *
+ *   const goverse = new Goverse({ gates: ["http://127.0.0.1:7180"], token });
+ *   goverse.onMessage = (type, message) => ...;
+ *   await goverse.connect();               // a session: pushes, and calls as this client
+ *   const reply = await goverse.call("ChatRoom", "lobby", "Join", { user: "ann" });
+ *
+ * Without `connect()`, calls are one-shot (no pushes): the gate gives each its own caller.
+ */
+export class Goverse {
+  /**
+   * @param {object} options
+   * @param {string[]} options.gates base URLs of the gates ("http://host:port"), tried in turn
+   * @param {string|(() => string|Promise<string>)} [options.token] bearer token, or a function
+   *   asked for a fresh one on every registration and call
+   * @param {number} [options.timeoutMs] default deadline of a call (sent as Goverse-Timeout-Ms)
+   * @param {{initialMs: number, maxMs: number, stableMs: number}} [options.backoff]
+   */
+  constructor({ gates, token = null, timeoutMs = 10000, backoff = DEFAULT_BACKOFF } = {}) {
+    if (!Array.isArray(gates) || gates.length === 0) {
+      throw new TypeError("Goverse needs at least one gate URL");
+    }
+    this.gates = gates.map(trimSlash);
+    this.token = token;
+    this.timeoutMs = timeoutMs;
+    this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
+    /** Called with (type, message) for every pushed message: its full protobuf name and JSON. */
+    this.onMessage = () => {};
+    /** Called with ({clientId, gate}) on every registration, the first one included. */
+    this.onRegistered = () => {};
+    /** Called with (oldClientId, newClientId) when the session registered again elsewhere. */
+    this.onReconnect = () => {};
+    /** Called with ({gate, reason, retryInMs}) when the session lost its gate. */
+    this.onDisconnect = () => {};
+    this._gateIndex = 0;
+    this._source = null;
+    this._session = null; // {clientId, credential, gate, since} while registered
+    this._previousClientId = null;
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._state = "idle"; // idle -> connecting <-> registered; closed at the end
+    this._waiters = [];
+  }
+
+  /** "idle" (no session), "connecting", "registered" or "closed". */
+  get state() {
+    return this._state;
+  }
+
+  /** The gate the session is registered with (or the next one to dial). */
+  get gate() {
+    return this._session ? this._session.gate : this.gates[this._gateIndex];
+  }
+
+  /** The session's client id, null while it is not registered. */
+  get clientId() {
+    return this._session ? this._session.clientId : null;
+  }
+
+  /** Opens the session's event stream; resolves with the client id once registered (rejects
+   * after `timeoutMs` when no gate registered it; the session keeps trying). */
+  connect({ timeoutMs = this.timeoutMs } = {}) {
+    if (this._state === "closed") {
+      return Promise.reject(new GoverseError("FAILED_PRECONDITION", "the client is closed"));
+    }
+    if (this._state === "idle") {
+      this._state = "connecting";
+      this._dial();
+    }
+    return this._registered(timeoutMs).then((session) => session.clientId);
+  }
+
+  /** Ends the session and every retry; calls made after it fail. Idempotent. */
+  close() {
+    this._state = "closed";
+    clearTimeout(this._retryTimer);
+    this._closeSource();
+    this._session = null;
+    const closed = new GoverseError("CANCELLED", "the client was closed");
+    for (const waiter of this._waiters.splice(0)) waiter.reject(closed);
+  }
+
+  /** Calls `method` of the object (`type`, `id`) with `request` (protobuf JSON); resolves with
+   * the response's JSON. In a session, a call made while it reconnects waits (within the
+   * call's deadline) for the new registration. */
+  async call(type, id, method, request = {}, { timeoutMs = this.timeoutMs } = {}) {
+    const path = `${objectPath(type, id)}/${encodeURIComponent(method)}`;
+    return this._request("POST", path, request, timeoutMs);
+  }
+
+  /** Creates the object; resolves with whether it was created (false: it existed). */
+  async create(type, id, { timeoutMs = this.timeoutMs } = {}) {
+    const reply = await this._request("PUT", objectPath(type, id), undefined, timeoutMs);
+    return Boolean(reply.created);
+  }
+
+  /** Deletes the object; resolves with whether it existed. */
+  async delete(type, id, { timeoutMs = this.timeoutMs } = {}) {
+    const reply = await this._request("DELETE", objectPath(type, id), undefined, timeoutMs);
+    return Boolean(reply.deleted);
+  }
+
+  /** The object types the cluster serves: `{types: [{name, methods: [{name, requestType,
+   * responseType}]}]}`. */
+  async describe({ timeoutMs = this.timeoutMs } = {}) {
+    return this._request("GET", "/v1/describe", undefined, timeoutMs);
+  }
+
+  // -- calls ---------------------------------------------------------------------------------
+
+  async _request(verb, path, body, timeoutMs) {
+    if (this._state === "closed") {
+      throw new GoverseError("FAILED_PRECONDITION", "the client is closed");
+    }
+    const deadline = Date.now() + timeoutMs;
+    // A session's calls carry its identity, which only the gate that issued it accepts.
+    const session = this._state === "idle" ? null : await this._registered(timeoutMs);
+    const gate = session ? session.gate : this.gates[this._gateIndex];
+    const headers = { "Goverse-Timeout-Ms": String(Math.max(1, deadline - Date.now())) };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (session) {
+      headers["Goverse-Client-Id"] = session.clientId;
+      headers["Goverse-Credential"] = session.credential;
+    } else {
+      const token = await this._token();
+      if (token) headers.Authorization = `Bearer ${token}`;
+    }
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), Math.max(0, deadline - Date.now()));
+    let response;
+    let text;
+    try {
+      response = await fetch(gate + path, {
+        method: verb,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: abort.signal,
+      });
+      text = await response.text();
+    } catch (error) {
+      if (abort.signal.aborted) {
+        throw new GoverseError("DEADLINE_EXCEEDED", `no answer from ${gate} in ${timeoutMs} ms`);
+      }
+      // The gate is gone: the session moves on (the caller decides whether to retry: a call
+      // may have run before the connection broke).
+      this._gateFailed(gate, `call failed: ${error.message}`);
+      throw new GoverseError("UNAVAILABLE", `${gate} could not be reached: ${error.message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!response.ok) throw errorFromResponse(response.status, text);
+    return text ? JSON.parse(text) : {};
+  }
+
+  async _token() {
+    return typeof this.token === "function" ? await this.token() : this.token;
+  }
+
+  /** Resolves with the session once registered; rejects after `timeoutMs`. */
+  _registered(timeoutMs) {
+    if (this._session) return Promise.resolve(this._session);
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      const timer = setTimeout(() => {
+        this._waiters = this._waiters.filter((other) => other !== waiter);
+        reject(new GoverseError("UNAVAILABLE", `no gate registered the session in ${timeoutMs} ms`));
+      }, timeoutMs);
+      waiter.resolve = (session) => {
+        clearTimeout(timer);
+        resolve(session);
+      };
+      waiter.reject = (error) => {
+        clearTimeout(timer);
+        reject(error);
+      };
+      this._waiters.push(waiter);
+    });
+  }
+
+  // -- the session ---------------------------------------------------------------------------
+
+  async _dial() {
+    const gate = this.gates[this._gateIndex];
+    let url = `${gate}/v1/events`;
+    let token;
+    try {
+      token = await this._token();
+    } catch (error) {
+      this._gateFailed(gate, `no token: ${error.message}`);
+      return;
+    }
+    if (this._state === "closed") return;
+    // EventSource cannot send headers: the gate takes the token as a query parameter too.
+    if (token) url += `?access_token=${encodeURIComponent(token)}`;
+    const source = new EventSource(url);
+    this._source = source;
+    source.addEventListener("registered", (event) => this._onRegistered(source, gate, event));
+    source.addEventListener("message", (event) => this._onPush(source, event));
+    source.addEventListener("draining", () => this._sourceFailed(source, gate, "gate draining"));
+    // EventSource would dial the same gate again by itself: we close it and pick the next gate.
+    source.addEventListener("error", () => this._sourceFailed(source, gate, "event stream lost"));
+  }
+
+  _onRegistered(source, gate, event) {
+    if (source !== this._source) return;
+    const { clientId, credential } = JSON.parse(event.data);
+    this._session = { clientId, credential, gate, since: Date.now() };
+    this._state = "registered";
+    const previous = this._previousClientId;
+    this._previousClientId = clientId;
+    for (const waiter of this._waiters.splice(0)) waiter.resolve(this._session);
+    this.onRegistered({ clientId, gate });
+    if (previous !== null && previous !== clientId) this.onReconnect(previous, clientId);
+  }
+
+  _onPush(source, event) {
+    if (source !== this._source) return;
+    const { type, message } = JSON.parse(event.data);
+    this.onMessage(type, message);
+  }
+
+  _sourceFailed(source, gate, reason) {
+    if (source !== this._source) return; // an old stream's last words
+    this._gateFailed(gate, reason);
+  }
+
+  /** The session's gate failed (its stream broke, it drains, or a call to it could not
+   * connect): close the stream and dial the next gate after a backoff. A failure of a gate
+   * the session has already left changes nothing. */
+  _gateFailed(gate, reason) {
+    if (this._state === "idle" || this._state === "closed") {
+      // One-shot calls: the next call tries the next gate.
+      if (this.gates[this._gateIndex] === gate) this._advance();
+      return;
+    }
+    if (this.gates[this._gateIndex] !== gate || this._retryTimer !== null) return;
+    const session = this._session;
+    if (session && Date.now() - session.since >= this.backoff.stableMs) this._attempt = 0;
+    this._closeSource();
+    this._session = null;
+    this._state = "connecting";
+    this._advance();
+    const delay = backoffDelay(this._attempt, this.backoff);
+    this._attempt += 1;
+    this.onDisconnect({ gate, reason, retryInMs: delay });
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (this._state === "connecting") this._dial();
+    }, delay);
+  }
+
+  _advance() {
+    this._gateIndex = (this._gateIndex + 1) % this.gates.length;
+  }
+
+  _closeSource() {
+    if (this._source) {
+      this._source.close();
+      this._source = null;
+    }
+  }
+}

@@ -1,0 +1,117 @@
+"""goverse.js in a real browser, without a gate: it loads as an ES module, its backoff and
+error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page
+
+pytestmark = pytest.mark.slow
+
+
+def module_page(context: BrowserContext, web_url: str) -> Page:
+    """A page on the web directory's origin with goverse.js imported as ``window.gv``."""
+    page = context.new_page()
+    page.goto(f"{web_url}/")
+    page.evaluate("async () => { window.gv = await import('/goverse.js'); }")
+    return page
+
+
+def test_the_module_exports_the_client_and_its_error(context: BrowserContext, web_url: str) -> None:
+    """The module parses in Chromium and exports Goverse, GoverseError and its helpers."""
+    page = module_page(context, web_url)
+    exported = page.evaluate("() => Object.keys(window.gv).sort()")
+    assert exported == [
+        "DEFAULT_BACKOFF",
+        "Goverse",
+        "GoverseError",
+        "backoffDelay",
+        "errorFromResponse",
+    ]
+
+
+def test_backoff_is_full_jitter_under_a_doubling_ceiling(
+    context: BrowserContext, web_url: str
+) -> None:
+    """The delay is random * min(max, initial * 2^attempt): 0 at the bottom, the doubling
+    ceiling at the top, capped at max however many attempts failed."""
+    page = module_page(context, web_url)
+    delays = page.evaluate(
+        """() => {
+            const b = { initialMs: 100, maxMs: 1000 };
+            const top = () => 0.999999;
+            return [0, 1, 2, 3, 4, 50].map((n) => window.gv.backoffDelay(n, b, top))
+                .concat([window.gv.backoffDelay(3, b, () => 0)]);
+        }"""
+    )
+    assert delays == [99, 199, 399, 799, 999, 999, 0]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            404,
+            '{"code": "NOT_FOUND", "message": "no such method"}',
+            ["NOT_FOUND", "no such method"],
+        ),
+        (503, "<html>Bad gateway</html>", ["UNAVAILABLE", "<html>Bad gateway</html>"]),
+        (500, "", ["INTERNAL", "HTTP 500"]),
+        (418, "{}", ["UNKNOWN", "{}"]),
+    ],
+)
+def test_an_error_response_becomes_a_goverse_error(
+    context: BrowserContext, web_url: str, status: int, body: str, expected: list[str]
+) -> None:
+    """The gate's JSON error keeps its code and message; any other body gets the code of its
+    HTTP status; the status is kept either way."""
+    page = module_page(context, web_url)
+    error: dict[str, Any] = page.evaluate(
+        """([status, body]) => {
+            const e = window.gv.errorFromResponse(status, body);
+            return { name: e.name, code: e.code, detail: e.detail, httpStatus: e.httpStatus,
+                     isError: e instanceof window.gv.GoverseError };
+        }""",
+        [status, body],
+    )
+    assert error == {
+        "name": "GoverseError",
+        "code": expected[0],
+        "detail": expected[1],
+        "httpStatus": status,
+        "isError": True,
+    }
+
+
+def test_a_call_to_an_unreachable_gate_is_unavailable(
+    context: BrowserContext, web_url: str, unreachable: str
+) -> None:
+    """A one-shot call to a gate whose port refuses connections rejects with UNAVAILABLE and
+    HTTP status 0 (no response at all), naming the gate."""
+    page = module_page(context, web_url)
+    error: dict[str, Any] = page.evaluate(
+        """async (gate) => {
+            const client = new window.gv.Goverse({ gates: [gate], timeoutMs: 5000 });
+            try {
+                await client.call("ChatRoom", "lobby", "Join", { user: "ann" });
+                return null;
+            } catch (e) {
+                return { code: e.code, httpStatus: e.httpStatus, detail: e.detail };
+            }
+        }""",
+        f"http://{unreachable}",
+    )
+    assert error is not None
+    assert (error["code"], error["httpStatus"]) == ("UNAVAILABLE", 0)
+    assert unreachable in error["detail"]
+
+
+def test_a_client_needs_a_gate(context: BrowserContext, web_url: str) -> None:
+    """An empty gate list is refused at construction, not at the first call."""
+    page = module_page(context, web_url)
+    message = page.evaluate(
+        "() => { try { new window.gv.Goverse({ gates: [] }); } catch (e) { return e.message; } }"
+    )
+    assert message == "Goverse needs at least one gate URL"
