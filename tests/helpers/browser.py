@@ -12,6 +12,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.processes import ServiceProcess
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 """What Debian (and Ubuntu) call the browser on PATH."""
 CHROMIUM_FALLBACK = Path("/usr/bin/chromium")
@@ -83,3 +85,18 @@ def static_server(directory: Path = WEB_DIR) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+HTTP_GATE_FLAGS = ("--http-listen=127.0.0.1:0", "--http-cors-origins=*")
+"""What a test gate needs for browsers: HTTP on any free loopback port, and calls from pages
+of any origin (a page served by one gate calls the other after a failover; the ports, and so
+the origins, are known only once the gates serve)."""
+
+
+def gate_http_url(gate: ServiceProcess) -> str:
+    """The base URL of a gate's HTTP interface (started with :data:`HTTP_GATE_FLAGS`), from
+    the ``http`` entry of its ready file."""
+    assert gate.ready is not None, f"{gate.name} has not served yet"
+    address = gate.ready.identity.get("http")
+    assert address, f"{gate.name} serves no HTTP (give it {HTTP_GATE_FLAGS[0]})"
+    return f"http://{address}"

@@ -90,9 +90,10 @@ export class Goverse {
     this.token = token;
     this.timeoutMs = timeoutMs;
     this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
-    /** Called with (type, message) for every pushed message: its full protobuf name and JSON. */
+    /** Called with (type, message, error) for every pushed message: its full protobuf name
+     * and JSON (message null and error a string when the gate could not convert it). */
     this.onMessage = () => {};
-    /** Called with ({clientId, gate}) on every registration, the first one included. */
+    /** Called with ({clientId, gate, gateId}) on every registration, the first one included. */
     this.onRegistered = () => {};
     /** Called with (oldClientId, newClientId) when the session registered again elsewhere. */
     this.onReconnect = () => {};
@@ -269,20 +270,20 @@ export class Goverse {
 
   _onRegistered(source, gate, event) {
     if (source !== this._source) return;
-    const { clientId, credential } = JSON.parse(event.data);
-    this._session = { clientId, credential, gate, since: Date.now() };
+    const { clientId, credential, gateId = null } = JSON.parse(event.data);
+    this._session = { clientId, credential, gate, gateId, since: Date.now() };
     this._state = "registered";
     const previous = this._previousClientId;
     this._previousClientId = clientId;
     for (const waiter of this._waiters.splice(0)) waiter.resolve(this._session);
-    this.onRegistered({ clientId, gate });
+    this.onRegistered({ clientId, gate, gateId });
     if (previous !== null && previous !== clientId) this.onReconnect(previous, clientId);
   }
 
   _onPush(source, event) {
     if (source !== this._source) return;
-    const { type, message } = JSON.parse(event.data);
-    this.onMessage(type, message);
+    const { type, message, error = null } = JSON.parse(event.data);
+    this.onMessage(type, message, error);
   }
 
   _sourceFailed(source, gate, reason) {
