@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.helpers.browser import HTTP_GATE_FLAGS, gate_http_url
 from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.faults import sigkill
-from tests.helpers.processes import ProcessGroup
+from tests.helpers.processes import ProcessGroup, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +75,29 @@ def shows(page: Page, user: str, text: str) -> None:
     expect(page.locator("#log li", has_text=f"{user}: {text}")).to_have_count(1, timeout=WAIT_MS)
 
 
-def test_two_pages_on_two_gates_chat_and_survive_a_gate_kill(
-    http_cluster: Cluster, open_chat: PageOpener
+def stop_gracefully(gate: ServiceProcess) -> None:
+    """SIGTERM: the gate sends its event streams ``draining`` and ends them, then exits."""
+    code = gate.terminate()
+    assert code == 0, f"{gate.name} exited with {code}"
+
+
+FAULTS: dict[str, tuple[Callable[[ServiceProcess], object], str]] = {
+    # The event stream breaks: EventSource reports an error.
+    "killed": (sigkill, "event stream lost"),
+    # The page hears "draining" and leaves before the stream ends.
+    "drained": (stop_gracefully, "gate draining"),
+}
+"""How gate 0 goes away, and why its page then says it lost the gate."""
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_two_pages_on_two_gates_chat_and_survive_losing_a_gate(
+    http_cluster: Cluster, open_chat: PageOpener, fault: str
 ) -> None:
     """Ann's page (served by and connected to gate 0) and Bob's (gate 1) join one room and
-    see each other's messages; gate 0 is SIGKILLed; Ann's page registers with gate 1 under a
-    new client id, joins again, and the two keep chatting both ways."""
+    see each other's messages; gate 0 is SIGKILLed (or SIGTERMed: it drains); Ann's page
+    registers with gate 1 under a new client id, joins again, and the two keep chatting both
+    ways."""
     first, second = (gate_http_url(gate) for gate in http_cluster.gates)
     room = f"lobby-{uuid.uuid4().hex[:8]}"
     ann = open_chat(first, [first, second], room, "ann")
@@ -95,8 +112,10 @@ def test_two_pages_on_two_gates_chat_and_survive_a_gate_kill(
     shows(ann, "bob", "hello from gate 1")
 
     old_id = ann.locator("#client-id").inner_text()
-    sigkill(http_cluster.gates[0])
+    stop, reason = FAULTS[fault]
+    stop(http_cluster.gates[0])
     expect(ann.locator("#gate")).to_have_text(second, timeout=FAILOVER_MS)
+    expect(ann.locator("#last-loss")).to_have_text(reason, timeout=WAIT_MS)
     joined(ann, second)
     expect(ann.locator("#reconnects")).to_have_text("1", timeout=WAIT_MS)
     assert ann.locator("#client-id").inner_text() != old_id
