@@ -90,8 +90,8 @@ export class Goverse {
     this.token = token;
     this.timeoutMs = timeoutMs;
     this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
-    /** Called with (type, message, error) for every pushed message: its full protobuf name
-     * and JSON (message null and error a string when the gate could not convert it). */
+    /** Called with (type, message, base64) for every pushed message: its full protobuf name
+     * and its JSON; message null and base64 its bytes when no node describes the type. */
     this.onMessage = () => {};
     /** Called with ({clientId, gate, gateId}) on every registration, the first one included. */
     this.onRegistered = () => {};
@@ -282,8 +282,8 @@ export class Goverse {
 
   _onPush(source, event) {
     if (source !== this._source) return;
-    const { type, message, error = null } = JSON.parse(event.data);
-    this.onMessage(type, message, error);
+    const { type, message = null, base64 = null } = JSON.parse(event.data);
+    this.onMessage(type, message, base64);
   }
 
   _sourceFailed(source, gate, reason) {
