@@ -3,6 +3,7 @@ one gate dies its page moves to the other and keeps chatting."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlencode
@@ -113,10 +114,12 @@ def test_two_pages_on_two_gates_chat_and_survive_losing_a_gate(
 
     old_id = ann.locator("#client-id").inner_text()
     stop, reason = FAULTS[fault]
+    stopped = time.monotonic()
     stop(http_cluster.gates[0])
     expect(ann.locator("#gate")).to_have_text(second, timeout=FAILOVER_MS)
     expect(ann.locator("#last-loss")).to_have_text(reason, timeout=WAIT_MS)
     joined(ann, second)
+    print(f"{fault}: ann's page joined again through gate 1 in {time.monotonic() - stopped:.2f}s")
     expect(ann.locator("#reconnects")).to_have_text("1", timeout=WAIT_MS)
     assert ann.locator("#client-id").inner_text() != old_id
 
