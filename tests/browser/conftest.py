@@ -1,5 +1,5 @@
-"""Fixtures of the browser tests: one Chromium per run (skipped, with the reason, when there
-is none), a fresh context per test, and the web directory on a static server."""
+"""Fixtures of the browser tests: one Chromium per test module (skipped, with the reason, when
+there is none), a fresh context per test, and the web directory on a static server."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ ACTION_TIMEOUT_MS = 10_000
 """The longest any Playwright action or expectation waits (page loads, clicks, texts)."""
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync driver is open, its event loop counts as
+# running in this thread, and every pytest-asyncio test run after a browser test (in `make
+# test`, the whole suite after tests/browser) failed with "Runner.run() cannot be called from
+# a running event loop". Closed after each module, it leaves no loop behind.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
-    """Playwright's driver for the run; skips the browser tests with what is missing (fails
-    instead when $GOVERSE_REQUIRE_BROWSER is set, as ``make test-browser`` does)."""
+    """Playwright's driver for one test module; skips the browser tests with what is missing
+    (fails instead when $GOVERSE_REQUIRE_BROWSER is set, as ``make test-browser`` does)."""
     missing = browser_missing()
     if missing is not None:
         if os.environ.get(REQUIRE_ENV):
@@ -32,9 +36,9 @@ def playwright_driver() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
-    """Debian's Chromium, headless, launched once for the run and closed after it."""
+    """Debian's Chromium, headless, launched once for a test module and closed after it."""
     launched = playwright_driver.chromium.launch(**launch_options(), timeout=30_000)
     try:
         yield launched
