@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from opentelemetry import trace
 
 from goverse import wire
-from goverse.errors import Unauthenticated
+from goverse.errors import Unauthenticated, Unavailable
 from goverse.objects import Principal
 from goverse.server import ENDUSER_ID, StartupError
 from goverse.v1 import node_pb2
@@ -42,6 +43,9 @@ BEARER = "bearer"
 
 DEFAULT_LEEWAY_S = 30.0
 """Clock skew tolerated on ``exp``/``nbf``/``iat`` between the token's issuer and the gate."""
+
+
+log = structlog.get_logger(__name__)
 
 
 class AuthenticationFailed(Unauthenticated):
@@ -236,6 +240,28 @@ class JwtAuthenticator:
         return selected
 
 
+async def authenticate_once(
+    authenticator: Authenticator,
+    credentials: Credentials,
+    on_refused: Callable[[str], None],
+) -> Principal | None:
+    """The principal `authenticator` gives `credentials` (a registration's, gRPC or HTTP, or
+    a one-shot HTTP call's). A refusal is logged once at INFO, never with the token, counted
+    by `on_refused(reason)` and raised as :class:`Unauthenticated`; an authenticator that
+    broke is logged with its traceback and raised as :class:`Unavailable` (the client may try
+    again)."""
+    try:
+        return await authenticator.authenticate(credentials)
+    except Unauthenticated as refused:
+        reason = refused.reason if isinstance(refused, AuthenticationFailed) else "refused"
+        log.info("client authentication failed", reason=reason, peer=credentials.peer)
+        on_refused(reason)
+        raise
+    except Exception:  # a user's authenticator that broke; CancelledError passes
+        log.exception("authenticator failed", peer=credentials.peer)
+        raise Unavailable("the gate could not authenticate the client") from None
+
+
 def principal_message(principal: Principal | None) -> node_pb2.Principal | None:
     """The wire form of `principal`, as the gate stamps it on a client's calls."""
     if principal is None:
@@ -316,6 +342,7 @@ __all__ = [
     "JwtAuthenticator",
     "JwtKeys",
     "NoAuthenticator",
+    "authenticate_once",
     "bearer_token",
     "build_authenticator",
     "caller_fields",

@@ -34,14 +34,12 @@ from goverse.errors import (
     GoverseError,
     InvalidArgument,
     ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
     status_of,
 )
 from goverse.gate._auth import (
-    AuthenticationFailed,
     Authenticator,
     Credentials,
+    authenticate_once,
     bearer_token,
     caller_fields,
     mark_principal,
@@ -250,18 +248,9 @@ class HttpGate:
     async def _authenticate(self, request: web.Request, token: str | None) -> Principal | None:
         """The principal of a registration or a one-shot call, by the authenticator: raises
         Unauthenticated when it refuses, Unavailable when it broke."""
-        connection = _connection(request)
         metadata = {key.lower(): value for key, value in request.headers.items()}
-        try:
-            return await self._authenticator.authenticate(Credentials(token, metadata, connection))
-        except Unauthenticated as refused:
-            reason = refused.reason if isinstance(refused, AuthenticationFailed) else "refused"
-            log.info("HTTP client authentication failed", reason=reason, peer=connection)
-            self._on_refused(reason)
-            raise
-        except Exception:  # a user's authenticator that broke: the client may try again
-            log.exception("authenticator failed", peer=connection)
-            raise Unavailable("the gate could not authenticate the client") from None
+        credentials = Credentials(token, metadata, _connection(request))
+        return await authenticate_once(self._authenticator, credentials, self._on_refused)
 
     async def _caller(self, request: web.Request) -> node_pb2.Caller:
         """A browser session's caller (its id and credential headers), else a one-shot one."""

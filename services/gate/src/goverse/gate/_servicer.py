@@ -18,9 +18,9 @@ from goverse.errors import (
     translate_errors,
 )
 from goverse.gate._auth import (
-    AuthenticationFailed,
     Authenticator,
     NoAuthenticator,
+    authenticate_once,
     caller_fields,
     credentials_of,
     mark_principal,
@@ -156,19 +156,11 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             raise StreamEnd(refused.code, refused.message) from None
         credentials = credentials_of(context.invocation_metadata(), context.peer() or "")
         try:
-            return await self._authenticator.authenticate(credentials)
-        except Unauthenticated as refused:
-            reason = refused.reason if isinstance(refused, AuthenticationFailed) else "refused"
-            message = refused.message
-        except Exception:  # a user's authenticator that broke: the client may try again
-            log.exception("authenticator failed", peer=peer)
-            raise StreamEnd(
-                grpc.StatusCode.UNAVAILABLE, "the gate could not authenticate the client"
-            ) from None
-        # Once per refused registration, at INFO, and never with the token.
-        log.info("client authentication failed", reason=reason, peer=peer)
-        self._on_registration_refused(reason)
-        raise StreamEnd(grpc.StatusCode.UNAUTHENTICATED, message)
+            return await authenticate_once(
+                self._authenticator, credentials, self._on_registration_refused
+            )
+        except (Unauthenticated, Unavailable) as refused:
+            raise StreamEnd(refused.status_code, refused.message) from None
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
         metadata = context.invocation_metadata()
