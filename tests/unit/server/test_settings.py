@@ -48,10 +48,14 @@ def test_a_service_without_its_per_service_default_is_refused_when_declared() ->
             pass
 
 
+@pytest.mark.parametrize("columns", ["40", "80", "200"])
 @pytest.mark.parametrize("config_class", [GateConfig, NodeConfig])
 def test_help_shows_every_flag_with_its_variable_and_default(
-    config_class: type[ServiceSettings],
+    config_class: type[ServiceSettings], columns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """At any terminal width: help is wrapped between words, never inside a flag's name
+    (argparse's default cut ``--max-message-bytes`` at a hyphen, at some widths)."""
+    monkeypatch.setenv("COLUMNS", columns)
     text = " ".join(config_class.parser({}).format_help().split())
     for item in declared(config_class):
         assert f"{item.flag} " in text

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import inspect
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, NoReturn, TypeVar
@@ -195,6 +196,17 @@ def markdown_table(items: Sequence[Declared]) -> str:
     return "\n".join(rows) + "\n"
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps a flag's help between words only: argparse's default also cuts at hyphens and
+    inside long words, so a flag named in a help text (``default: --max-message-bytes``) came
+    out as ``--max-`` and ``message-bytes`` on two lines, depending on the terminal's width."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
+
+
 class SettingsParser(argparse.ArgumentParser, Generic[S]):
     """The flags of a config class: ``--flag`` for each setting, falling back to its
     ``GOVERSE_*`` variable in `environ`, then to the field's default.
@@ -215,7 +227,7 @@ class SettingsParser(argparse.ArgumentParser, Generic[S]):
         super().__init__(
             prog=prog,
             description=description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
             epilog="Every flag can also be set by the environment variable named beside it; "
             "a flag on the command line wins.",
         )
