@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from opentelemetry import trace
 
 from goverse import wire
-from goverse.errors import Unauthenticated, Unavailable
+from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
+from goverse.gate._peer_limits import PeerLimits
 from goverse.objects import Principal
 from goverse.server import ENDUSER_ID, StartupError
 from goverse.v1 import node_pb2
@@ -262,6 +263,25 @@ async def authenticate_once(
         raise Unavailable("the gate could not authenticate the client") from None
 
 
+async def admit(
+    peers: PeerLimits,
+    authenticator: Authenticator,
+    credentials: Credentials,
+    peer: str,
+    on_refused: Callable[[str], None],
+) -> Principal | None:
+    """Admits a registration (a gRPC Register or Session stream, an HTTP event stream): one
+    token of `peer`'s registration rate, then :func:`authenticate_once`. Raises
+    :class:`ResourceExhausted` when the peer registers too fast (counted as
+    ``registration_rate``), or what :func:`authenticate_once` raises."""
+    try:
+        peers.take(peer)
+    except ResourceExhausted:
+        on_refused("registration_rate")
+        raise
+    return await authenticate_once(authenticator, credentials, on_refused)
+
+
 def principal_message(principal: Principal | None) -> node_pb2.Principal | None:
     """The wire form of `principal`, as the gate stamps it on a client's calls."""
     if principal is None:
@@ -342,6 +362,7 @@ __all__ = [
     "JwtAuthenticator",
     "JwtKeys",
     "NoAuthenticator",
+    "admit",
     "authenticate_once",
     "bearer_token",
     "build_authenticator",

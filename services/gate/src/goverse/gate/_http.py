@@ -33,12 +33,12 @@ from goverse import wire
 from goverse.errors import (
     GoverseError,
     InvalidArgument,
-    ResourceExhausted,
     status_of,
 )
 from goverse.gate._auth import (
     Authenticator,
     Credentials,
+    admit,
     authenticate_once,
     bearer_token,
     caller_fields,
@@ -246,11 +246,11 @@ class HttpGate:
     # -- who calls -------------------------------------------------------------------------
 
     async def _authenticate(self, request: web.Request, token: str | None) -> Principal | None:
-        """The principal of a registration or a one-shot call, by the authenticator: raises
-        Unauthenticated when it refuses, Unavailable when it broke."""
-        metadata = {key.lower(): value for key, value in request.headers.items()}
-        credentials = Credentials(token, metadata, _connection(request))
-        return await authenticate_once(self._authenticator, credentials, self._on_refused)
+        """The principal of a one-shot call, by the authenticator: raises Unauthenticated
+        when it refuses, Unavailable when it broke."""
+        return await authenticate_once(
+            self._authenticator, _credentials(request, token), self._on_refused
+        )
 
     async def _caller(self, request: web.Request) -> node_pb2.Caller:
         """A browser session's caller (its id and credential headers), else a one-shot one."""
@@ -365,12 +365,13 @@ class HttpGate:
         token = bearer_token(
             [(wire.AUTHORIZATION_KEY, request.headers.get(hdrs.AUTHORIZATION))]
         ) or request.query.get(ACCESS_TOKEN_PARAM)
-        try:
-            self._registry.peers.take(peer)
-        except ResourceExhausted:
-            self._on_refused("registration_rate")
-            raise
-        principal = await self._authenticate(request, token)
+        principal = await admit(
+            self._registry.peers,
+            self._authenticator,
+            _credentials(request, token),
+            peer,
+            self._on_refused,
+        )
         try:
             with (
                 self._registry.connect(peer, principal_message(principal), connection) as proxy,
@@ -403,6 +404,12 @@ class HttpGate:
 
 def _json(value: Any) -> web.Response:
     return web.json_response(value, content_type=JSON)
+
+
+def _credentials(request: web.Request, token: str | None) -> Credentials:
+    """What an HTTP client presents to the authenticator: `token` and its headers."""
+    metadata = {key.lower(): value for key, value in request.headers.items()}
+    return Credentials(token, metadata, _connection(request))
 
 
 def _connection(request: web.Request) -> str:

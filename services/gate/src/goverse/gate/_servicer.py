@@ -20,7 +20,7 @@ from goverse.errors import (
 from goverse.gate._auth import (
     Authenticator,
     NoAuthenticator,
-    authenticate_once,
+    admit,
     caller_fields,
     credentials_of,
     mark_principal,
@@ -149,17 +149,16 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     async def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Principal | None:
         """Who the registering client is; raises :class:`StreamEnd` when its peer registers
         too fast (RESOURCE_EXHAUSTED) or the authenticator refuses it (UNAUTHENTICATED)."""
-        try:
-            self._registry.peers.take(peer)
-        except ResourceExhausted as refused:
-            self._on_registration_refused("registration_rate")
-            raise StreamEnd(refused.code, refused.message) from None
         credentials = credentials_of(context.invocation_metadata(), context.peer() or "")
         try:
-            return await authenticate_once(
-                self._authenticator, credentials, self._on_registration_refused
+            return await admit(
+                self._registry.peers,
+                self._authenticator,
+                credentials,
+                peer,
+                self._on_registration_refused,
             )
-        except (Unauthenticated, Unavailable) as refused:
+        except (ResourceExhausted, Unauthenticated, Unavailable) as refused:
             raise StreamEnd(refused.status_code, refused.message) from None
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> ClientProxy:
