@@ -21,6 +21,7 @@ from goverse.gate._auth import (
     Authenticator,
     NoAuthenticator,
     admit,
+    authenticate_once,
     caller_fields,
     credentials_of,
     mark_principal,
@@ -41,8 +42,6 @@ _ObjectRequest = (
 )
 
 E = TypeVar("E")
-
-log = structlog.get_logger(__name__)
 
 STREAM_TASK_PREFIX = "client:"
 
@@ -229,11 +228,6 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         ):
             self._authenticate(context)
             return
-        try:
-            await self._authenticator.authenticate(credentials_of(metadata, context.peer() or ""))
-        except Unauthenticated as refused:
-            log.info("describe refused", reason=getattr(refused, "reason", "refused"))
-            raise
-        except Exception:  # a user's authenticator that broke: the caller may try again
-            log.exception("authenticator failed")
-            raise Unavailable("the gate could not authenticate the caller") from None
+        credentials = credentials_of(metadata, context.peer() or "")
+        # Not a registration: a refusal is logged, not counted as a refused registration.
+        await authenticate_once(self._authenticator, credentials, lambda reason: None)
