@@ -199,7 +199,12 @@ class StreamSet:
                 self._readers.append(asyncio.create_task(self._read(call), name="bench-reader"))
 
         base = len(self.calls)
-        await asyncio.gather(*(one(base + index) for index in range(count)))
+        # A task group, not gather: a stream that fails to register cancels the others before
+        # the caller closes the channels (a stub made on a closed grpc.aio channel crashes
+        # the process with SIGSEGV).
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                group.create_task(one(base + index))
         return time.perf_counter() - started
 
     async def _read(self, call: Any) -> None:

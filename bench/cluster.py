@@ -30,6 +30,14 @@ editable installs of the work tree (goverse is a namespace package)."""
 LISTEN = "--listen=127.0.0.1:0"
 """Every server of a run binds a free loopback port and reports it in its ready file."""
 METRICS_PORT_ENV = "GOVERSE_METRICS_PORT"
+PER_PEER_BOUNDS_ENV = {
+    "GOVERSE_MAX_REGISTRATIONS_PER_PEER": "1000000",
+    "GOVERSE_MAX_REGISTRATIONS_PER_CONNECTION": "1000000",
+    "GOVERSE_REGISTRATION_RATE": "1000000",
+}
+"""The gate's per-peer registration bounds lifted: the bench process is one peer standing for
+thousands of clients (scenario 4 registers 5,000 at 256 at once). Variables, not flags, so
+that a version without these bounds (``--compare-code``) ignores them."""
 TRACES_OFF = {"OTEL_TRACES_EXPORTER": "none"}
 """Tracing is off unless a variant turns it on: an SDK left at its default exporter (otlp)
 would spend the run failing to reach a collector that is not there."""
@@ -191,7 +199,10 @@ async def start_system(
     await node.wait_ready()
     gate_args = [f"--gate-id={GATE_ID}", f"--nodes={node.address}", "--log-format=json"]
     gate = procs.spawn(
-        "gate", _launch(variant, "gate", [LISTEN, *gate_args, *gate_flags]), env, ready=True
+        "gate",
+        _launch(variant, "gate", [LISTEN, *gate_args, *gate_flags]),
+        {**env, **PER_PEER_BOUNDS_ENV},
+        ready=True,
     )
     await gate.wait_ready()
     await wait_linked(node.address, variant)
