@@ -15,6 +15,7 @@ import grpc
 from bench.procs import PYTHON, UVLOOP_DIR, Proc, Procs
 from goverse.client import ClientTLS
 from goverse.v1 import node_pb2, node_pb2_grpc
+from tests.helpers.addresses import SocketDir
 from tests.helpers.certs import CertFiles, TestCA
 
 GATE_ID = "bench"
@@ -169,6 +170,47 @@ async def wait_linked(node_address: str, variant: Variant, timeout: float = 30.0
         if time.monotonic() > deadline:
             raise RuntimeError(f"the gate did not register with {node_address} in {timeout}s")
         await asyncio.sleep(0.05)
+
+
+@dataclass
+class Pair:
+    """Two nodes on one static node list (unix sockets named up front) and a gate routing to
+    both."""
+
+    nodes: list[Proc]
+    gate: Proc
+    addresses: list[str]
+
+
+async def start_pair(procs: Procs, variant: Variant, sockets: SocketDir) -> Pair:
+    """Starts two nodes listening on sockets of `sockets`, each given both addresses as the
+    node list, then a gate; returns once the gate's links to both are up. Plaintext only."""
+    addresses = [sockets.address(f"node-{index}") for index in range(2)]
+    listed = f"--nodes={','.join(addresses)}"
+    env = {**variant.process_env(), METRICS_PORT_ENV: "0"}
+    nodes = [
+        procs.spawn(
+            f"node-{index}",
+            _launch(
+                variant,
+                "node",
+                [f"--listen={address}", listed, f"--objects={OBJECTS}", "--log-format=json"],
+            ),
+            env,
+            ready=True,
+        )
+        for index, address in enumerate(addresses)
+    ]
+    for node in nodes:
+        await node.wait_ready()
+    gate_args = [LISTEN, f"--gate-id={GATE_ID}", listed, "--log-format=json"]
+    gate = procs.spawn(
+        "gate", _launch(variant, "gate", gate_args), {**env, **PER_PEER_BOUNDS_ENV}, ready=True
+    )
+    await gate.wait_ready()
+    for address in addresses:
+        await wait_linked(address, variant)
+    return Pair(nodes, gate, addresses)
 
 
 async def start_system(

@@ -5,6 +5,8 @@
   briefly whenever ``push()`` returns 0 (the node's queue for the gate is full), so nothing is
   dropped on the node; ``Pusher.PushOne`` pushes one.
 * ``Broadcaster.Broadcast`` broadcasts one stamped message to every client of every gate.
+* ``Relay.Forward`` calls ``Echo.Echo`` of the object its request names and answers with the
+  echo: an object-to-object call, on the same node or across nodes (scenario 9).
 * ``Counter.Increment`` and ``PeriodicCounter.Increment`` add to a stored integer: the
   stateful objects of the state scenario, saved after every call (each-call durability) or
   every ``--save-interval``.
@@ -30,6 +32,16 @@ class Echo(Object):
 
     async def Echo(self, request: BytesValue) -> BytesValue:
         return request
+
+
+class Relay(Object):
+    """Calls another object and answers with its reply."""
+
+    async def Forward(self, request: StringValue) -> BytesValue:
+        """Calls ``Echo.Echo`` of the id ``target`` with ``payload`` bytes."""
+        args = wire.read_params(request)
+        payload = BytesValue(value=b"x" * min(int(args.get("payload", 64)), 1 << 20))
+        return await self.call_object("Echo", str(args["target"]), "Echo", payload, BytesValue)
 
 
 class Pusher(Object):

@@ -15,6 +15,8 @@
    same calls in memory; reactivation from the store; node RSS across idle deactivation.
 8. ``http`` (``_http``): JSON calls of ``Echo.Echo`` through the gate's HTTP interface vs a
    bare aiohttp JSON echo.
+9. ``relay`` (``_relay``): an object calling another on its own node and across nodes vs the
+   client calling it directly.
 
 ``--scenarios`` takes the numbers or the names.
 
@@ -36,6 +38,7 @@ from bench.scenarios._fanout import fanout
 from bench.scenarios._http import http
 from bench.scenarios._lifecycle import lifecycle
 from bench.scenarios._push import push
+from bench.scenarios._relay import relay
 from bench.scenarios._state import PARTS as STATE_PARTS
 from bench.scenarios._state import STORES as STATE_STORES
 from bench.scenarios._state import state
@@ -63,6 +66,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
     "6": tracing,
     "7": state,
     "8": http,
+    "9": relay,
 }
 NAMES = {
     "calls": "1",
@@ -73,6 +77,7 @@ NAMES = {
     "tracing": "6",
     "state": "7",
     "http": "8",
+    "relay": "9",
 }
 """Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")
