@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 import signal
@@ -116,8 +117,13 @@ def serve_main(
     except StartupError as error:
         return fail("cannot start", error, 2)
     try:
-        return run(service)
+        code = run(service)
     except ListenError as error:
         return fail("cannot start", error, 1)
     except StartupError as error:
         return fail("cannot run", error, 2)
+    # The service has stopped and its loop is closed: what is left is freed when the process
+    # ends. The interpreter's last collection walks every object still tracked (0.3 s of a
+    # gate's SIGTERM-to-exit with 1,000 streams); frozen objects are left to the OS instead.
+    gc.freeze()
+    return code
