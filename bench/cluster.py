@@ -203,14 +203,23 @@ async def start_pair(procs: Procs, variant: Variant, sockets: SocketDir) -> Pair
     ]
     for node in nodes:
         await node.wait_ready()
-    gate_args = [LISTEN, f"--gate-id={GATE_ID}", listed, "--log-format=json"]
-    gate = procs.spawn(
-        "gate", _launch(variant, "gate", gate_args), {**env, **PER_PEER_BOUNDS_ENV}, ready=True
-    )
-    await gate.wait_ready()
+    gate = await _start_gate(procs, variant, env, [listed])
     for address in addresses:
         await wait_linked(address, variant)
     return Pair(nodes, gate, addresses)
+
+
+async def _start_gate(
+    procs: Procs, variant: Variant, env: Mapping[str, str], flags: Sequence[str]
+) -> Proc:
+    """Starts the gate (`flags`: its node list and any other flag) on a free port, its
+    per-peer bounds lifted; returns once it serves."""
+    args = [LISTEN, f"--gate-id={GATE_ID}", "--log-format=json", *flags]
+    gate = procs.spawn(
+        "gate", _launch(variant, "gate", args), {**env, **PER_PEER_BOUNDS_ENV}, ready=True
+    )
+    await gate.wait_ready()
+    return gate
 
 
 async def start_system(
@@ -239,14 +248,7 @@ async def start_system(
         ready=True,
     )
     await node.wait_ready()
-    gate_args = [f"--gate-id={GATE_ID}", f"--nodes={node.address}", "--log-format=json"]
-    gate = procs.spawn(
-        "gate",
-        _launch(variant, "gate", [LISTEN, *gate_args, *gate_flags]),
-        {**env, **PER_PEER_BOUNDS_ENV},
-        ready=True,
-    )
-    await gate.wait_ready()
+    gate = await _start_gate(procs, variant, env, [f"--nodes={node.address}", *gate_flags])
     await wait_linked(node.address, variant)
     return System(procs, variant, node, gate)
 

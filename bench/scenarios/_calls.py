@@ -18,7 +18,7 @@ from bench.clients import (
 )
 from bench.cluster import Variant, start_bare, start_system
 from bench.results_model import ScenarioResult
-from bench.scenarios._context import Ctx, result_key, title_suffix
+from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
 from bench.stats import latency_ms
 from goverse.client import Client
 from goverse.v1 import gate_pb2, gate_pb2_grpc
@@ -142,11 +142,7 @@ async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
         result_key("calls", variant),
         "1. Calls: client -> gate -> node -> back, Echo.Echo" + title_suffix(variant),
         params={
-            "concurrency": list(s.concurrency),
-            "payload_bytes": s.payload,
-            "warmup_s": s.warmup,
-            "measure_s": s.duration,
-            "loop": variant.loop,
+            **load_params(s, variant),
             "code": variant.code or "work tree",
             "bare": "unary echo of the same CallObjectRequest, packed and unpacked the same way",
             "system": "goverse.client.Client.call (its Session stream), one Echo object per "

@@ -126,6 +126,17 @@ class Ctx:
                     )
 
 
+def load_params(settings: Settings, variant: Variant) -> dict[str, Any]:
+    """The parameters every closed-loop call scenario reports (levels, payload, timing, loop)."""
+    return {
+        "concurrency": list(settings.concurrency),
+        "payload_bytes": settings.payload,
+        "warmup_s": settings.warmup,
+        "measure_s": settings.duration,
+        "loop": variant.loop,
+    }
+
+
 def result_key(name: str, variant: Variant) -> str:
     """The key of a scenario's result: its name, suffixed with the variant unless asyncio."""
     return name if variant.label == "asyncio" else f"{name}-{variant.label}"

@@ -18,7 +18,7 @@ from bench.cluster import LISTEN, Variant, start_system
 from bench.procs import PYTHON
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
-from bench.scenarios._context import Ctx, result_key, title_suffix
+from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
 from bench.stats import median
 
 HTTP_LISTEN = "--http-listen=127.0.0.1:0"
@@ -151,11 +151,7 @@ async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
         "8. HTTP/JSON calls: client -> gate (HTTP) -> node -> back, Echo.Echo"
         + title_suffix(variant),
         params={
-            "concurrency": list(s.concurrency),
-            "payload_bytes": s.payload,
-            "warmup_s": s.warmup,
-            "measure_s": s.duration,
-            "loop": variant.loop,
+            **load_params(s, variant),
             "bare": "aiohttp POST /echo: json.loads of the body, json.dumps back",
             "system": "POST /v1/objects/Echo/<id>/Echo with a BytesValue as protobuf JSON (a "
             "base64 string), one-shot caller, one Echo object per worker; aiohttp client, one "

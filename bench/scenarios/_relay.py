@@ -14,7 +14,7 @@ from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
 from bench.cluster import Pair, Variant, start_pair
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
-from bench.scenarios._context import Ctx, result_key, title_suffix
+from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
 from goverse.client import Client
 from goverse.placement import Placement
 from tests.helpers.addresses import SocketDir
@@ -27,11 +27,8 @@ def _echo_ids(placement: Placement, relays: list[str], *, same_node: bool) -> li
 
     def first(relay: str) -> str:
         home = placement.node_for("Relay", relay)
-        for index in itertools.count():
-            candidate = f"echo-{relay}-{index}"
-            if (placement.node_for("Echo", candidate) == home) is same_node:
-                return candidate
-        raise AssertionError("unreachable")
+        candidates = (f"echo-{relay}-{index}" for index in itertools.count())
+        return next(c for c in candidates if (placement.node_for("Echo", c) == home) is same_node)
 
     return [first(relay) for relay in relays]
 
@@ -59,11 +56,7 @@ async def relay(ctx: Ctx, variant: Variant) -> ScenarioResult:
         a_label="direct",
         b_label="relayed",
         params={
-            "concurrency": list(s.concurrency),
-            "payload_bytes": s.payload,
-            "warmup_s": s.warmup,
-            "measure_s": s.duration,
-            "loop": variant.loop,
+            **load_params(s, variant),
             "cluster": "two nodes (static list, unix sockets), one gate; SDK client",
             "direct": "Echo.Echo called by the client (through gate and node)",
             "relayed": "Relay.Forward called by the client, which calls Echo.Echo of an "
