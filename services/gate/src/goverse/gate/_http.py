@@ -53,7 +53,6 @@ from goverse.gate._http_events import EVENT_STREAM, HEARTBEAT_S, EventStream
 from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.ids import new_client_id
-from goverse.objects import Principal
 from goverse.server import (
     BoundAddress,
     CallMetricsInterceptor,
@@ -245,13 +244,6 @@ class HttpGate:
 
     # -- who calls -------------------------------------------------------------------------
 
-    async def _authenticate(self, request: web.Request, token: str | None) -> Principal | None:
-        """The principal of a one-shot call, by the authenticator: raises Unauthenticated
-        when it refuses, Unavailable when it broke."""
-        return await authenticate_once(
-            self._authenticator, _credentials(request, token), self._on_refused
-        )
-
     async def _caller(self, request: web.Request) -> node_pb2.Caller:
         """A browser session's caller (its id and credential headers), else a one-shot one."""
         client_id = request.headers.get(CLIENT_ID_HEADER)
@@ -259,7 +251,9 @@ class HttpGate:
         if client_id is not None or credential is not None:
             return self._registry.authenticate(client_id, credential).caller
         token = bearer_token([(wire.AUTHORIZATION_KEY, request.headers.get(hdrs.AUTHORIZATION))])
-        principal = await self._authenticate(request, token)
+        principal = await authenticate_once(
+            self._authenticator, _credentials(request, token), self._on_refused
+        )
         return node_pb2.Caller(
             client_id=new_client_id(self._gate_id), principal=principal_message(principal)
         )
