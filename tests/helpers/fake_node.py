@@ -42,7 +42,7 @@ def broadcast(value: str) -> node_pb2.Envelope:
 class ReceivedCall:
     method: str
     request: Any
-    metadata: dict[str, str]
+    metadata: dict[str, str | bytes]
     deadline: float | None
 
 
@@ -223,7 +223,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
         op = frame.WhichOneof("op") or ""
         method = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObject"}[op]
         request = getattr(frame, op)
-        metadata = {**frame.trace_context, wire.GATE_ID_KEY: gate}
+        metadata: dict[str, str | bytes] = {**frame.trace_context, wire.GATE_ID_KEY: gate}
         deadline = frame.timeout_ms / 1000 if frame.timeout_ms else None
         self.calls.append(ReceivedCall(method, request, metadata, deadline))
         if self.refuse is not None:

@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from google.protobuf.wrappers_pb2 import Int64Value
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
+from goverse.node._call_context import MAX_CHAIN_DEPTH
 from goverse.placement import Placement
 from goverse.v1 import node_pb2
 from goverse.wire import unpack
@@ -256,3 +257,33 @@ async def test_a_stopping_node_answers_what_it_could_not_finish_and_ends_the_str
         assert stream.ended is not None
         assert await asyncio.wait_for(stream.ended, 10) is grpc.StatusCode.OK
         assert await exited == 0
+
+
+async def test_a_frames_call_chain_is_the_chain_its_call_runs_in(
+    processes: ProcessGroup,
+) -> None:
+    """A node's frame carries the objects already serving its call chain: the called object's
+    call to one of them is refused (it would wait for its own turn), a call to another runs,
+    and a chain longer than any node sends is refused before anything runs."""
+    node = await lone_node(processes)
+
+    def relay(call_id: int, counter: str, *chain: tuple[str, str]) -> node_pb2.CallFrame:
+        frame = call_frame(call_id, "Relay", "r", "IncrementCounter", StringValue(value=counter))
+        frame.chain.extend(node_pb2.ObjectRef(object_type=t, object_id=i) for t, i in chain)
+        return frame
+
+    async with RawCallStream(node.address) as stream:
+        too_long = [("Relay", f"r{n}") for n in range(MAX_CHAIN_DEPTH + 1)]
+        await stream.send(
+            relay(1, "c", ("Room", "x"), ("Counter", "c")),
+            relay(2, "c", ("Room", "x"), ("Counter", "other")),
+            relay(3, "c", *too_long),
+        )
+        refused = await stream.reply(1)
+        assert code_of(refused) is grpc.StatusCode.FAILED_PRECONDITION, refused
+        assert "Room/x -> Counter/c -> Relay/r" in refused.error.message
+        served = await stream.reply(2)
+        assert unpack(served.call.response, CounterValue).value == 1
+        assert code_of(await stream.reply(3)) is grpc.StatusCode.INVALID_ARGUMENT
+        reply = await stream.call("Counter", "c", "Get", GetRequest())
+        assert unpack(reply.call.response, CounterValue).value == 1  # only call 2 counted

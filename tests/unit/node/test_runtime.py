@@ -15,6 +15,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest
 from goverse.placement import Placement
+from goverse.server._node_calls import TASK_PREFIX
 from tests.helpers.addresses import SocketDir
 from tests.helpers.tasks import bounded, cancel_and_wait
 from tests.unit.node.conftest import Node, id_owned_by
@@ -85,7 +86,8 @@ async def test_a_local_call_times_out_after_the_call_timeout(
 async def test_an_object_calls_an_object_on_another_node(
     sockets: SocketDir, start_node: Callable[..., Any]
 ) -> None:
-    """The call is routed by placement to the owner, where the callee is activated."""
+    """The call is routed by placement to the owner, where the callee is activated; both
+    calls travel on the one Calls stream the first node keeps to the second."""
     first, second = await two_nodes(start_node, sockets)
     placement = Placement([first.app.advertise, second.app.advertise])
     relay = id_owned_by(placement, "Relay", first.app.advertise, "relay")
@@ -98,6 +100,8 @@ async def test_an_object_calls_an_object_on_another_node(
     assert active(first, "Counter") == []
     assert active(second, "Counter") == [counter]
     assert active(first, "Relay") == [relay]
+    assert first.app.node_calls.task_names() == [TASK_PREFIX + second.app.advertise]
+    assert second.app.node_calls.task_names() == []
 
 
 async def test_an_object_calling_a_node_that_starts_later_waits_for_it(

@@ -57,6 +57,8 @@ CREDENTIAL_KEY = "goverse-credential"
 """Call metadata: the secret of that registration; valid while its stream is open."""
 GATE_ID_KEY = "goverse-gate-id"
 """Calls stream metadata: the id of the gate that opened it."""
+NODE_ID_KEY = "goverse-node-id"
+"""Calls stream metadata: the address of the node that opened it (object-to-object calls)."""
 CLOSE_REASON_KEY = "goverse-close-reason"
 """Trailing metadata of a stream a server ended: a :class:`CloseReason` value."""
 CALL_CHAIN_KEY = "goverse-call-chain-bin"
@@ -179,6 +181,7 @@ __all__ = [
     "NODE_CALLS",
     "NODE_CALL_METHODS",
     "NODE_CALL_OBJECT",
+    "NODE_ID_KEY",
     "NODE_REGISTER_GATE",
     "NODE_SERVICE",
     "SHARD_KEY",

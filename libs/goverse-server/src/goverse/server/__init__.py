@@ -1,8 +1,7 @@
 """What the gate and node servers share: the service skeleton, supervisor, settings, logging,
-telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health, and
-membership (the static view; etcd's client, lease, key layout and view).
 telemetry, tracing, metrics, mailbox, batching, drop reasons, the gRPC server with health,
-membership and routing.
+membership (the static view; etcd's client, lease, key layout and view), routing and the Calls
+streams to nodes.
 Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ from goverse.server._metrics import (
     LabelLimiter,
     call_duration_histogram,
 )
+from goverse.server._node_calls import NodeCalls
 from goverse.server._ready import Ready, wait_ready, write_ready
 from goverse.server._routing import NotSent, Routing
 from goverse.server._service import (
@@ -177,6 +177,7 @@ __all__ = [
     "Lease",
     "ListenError",
     "Mailbox",
+    "NodeCalls",
     "NodeInfo",
     "NotSent",
     "Operation",

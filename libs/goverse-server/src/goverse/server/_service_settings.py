@@ -92,8 +92,9 @@ class ServiceSettings:
     )
     max_stream_calls: int = setting(
         10_000,
-        help="most calls in flight on one gate-to-node call stream (the gate counts per node, "
-        "the node per gate); a call past it answers RESOURCE_EXHAUSTED at once",
+        help="most calls in flight on one call stream to a node (a gate or a calling node "
+        "counts per node, the node per gate or calling node); a call past it answers "
+        "RESOURCE_EXHAUSTED at once",
         kind=COUNT,
     )
     keepalive_time: timedelta = setting(

@@ -468,7 +468,7 @@ Global___NodeDeleteObjectResponse: _TypeAlias = NodeDeleteObjectResponse  # noqa
 
 @_typing.final
 class CallFrames(_message.Message):
-    """Gate to node on Calls: new calls and cancellations of earlier ones."""
+    """Gate (or calling node) to node on Calls: new calls and cancellations of earlier ones."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -528,8 +528,9 @@ class CallFrame(_message.Message):
     CALL_FIELD_NUMBER: _builtins.int
     CREATE_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    """Chosen by the gate, unique among the calls in flight on the stream, never 0;
+    """Chosen by the sender, unique among the calls in flight on the stream, never 0;
     the reply carries it back.
     """
     timeout_ms: _builtins.int
@@ -538,8 +539,8 @@ class CallFrame(_message.Message):
     """
     @_builtins.property
     def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """W3C trace context (traceparent, tracestate) of the gate's span for the call:
-        the node's span for it is that span's child.
+        """W3C trace context (traceparent, tracestate) of the sender's span for the
+        call: the node's span for it is that span's child.
         """
 
     @_builtins.property
@@ -548,6 +549,14 @@ class CallFrame(_message.Message):
     def create(self) -> Global___NodeCreateObjectRequest: ...
     @_builtins.property
     def delete(self) -> Global___NodeDeleteObjectRequest: ...
+    @_builtins.property
+    def chain(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectRef]:
+        """Set by a node for an object-to-object call: the objects already serving the
+        call chain, outermost first (what the goverse-call-chain-bin metadata says of
+        a unary call). The node refuses a call to one of them, which would wait for
+        its own turn.
+        """
+
     def __init__(
         self,
         *,
@@ -557,10 +566,11 @@ class CallFrame(_message.Message):
         call: Global___NodeCallObjectRequest | None = ...,
         create: Global___NodeCreateObjectRequest | None = ...,
         delete: Global___NodeDeleteObjectRequest | None = ...,
+        chain: _abc.Iterable[Global___ObjectRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "op", b"op"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create", b"create", "delete", b"delete", "id", b"id", "op", b"op", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "chain", b"chain", "create", b"create", "delete", b"delete", "id", b"id", "op", b"op", "timeout_ms", b"timeout_ms", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["call", "create", "delete"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015

@@ -98,7 +98,9 @@ class NodeServiceServicer:
     def Calls(self, request_iterator, context):
         """Carries a gate's calls to this node and their replies back: one stream per
         gate (its id in the goverse-gate-id metadata), beside RegisterGate, so pushes
-        and replies never queue behind each other. Many calls per message each way,
+        and replies never queue behind each other; and another node's object-to-object
+        calls, one stream per calling node (its address in the goverse-node-id
+        metadata). Many calls per message each way,
         matched by id; each call runs as the unary RPC of its op would, and may
         finish in any order. The node ends the stream once the gate has half-closed
         it and every call on it has answered; a stream that ends otherwise cancels

@@ -16,7 +16,6 @@ from goverse.gate._clients import ClientRegistry
 from goverse.gate._config import GateConfig
 from goverse.gate._http import HttpGate
 from goverse.gate._metrics import GateMetrics
-from goverse.gate._node_calls import NodeCalls
 from goverse.gate._node_link import NodeLink
 from goverse.gate._node_links import NodeLinks
 from goverse.gate._peer_limits import PeerLimits
@@ -27,6 +26,7 @@ from goverse.server import (
     BoundAddress,
     ClusterView,
     EtcdMembership,
+    NodeCalls,
     NodeInfo,
     ServiceApp,
     ServiceTls,
@@ -127,7 +127,8 @@ class GateApp(ServiceApp[GateConfig]):
         # server has stopped (step 7) need them after the main one has shut down (step 5).
         self.call_streams = Supervisor("gate-node-calls")
         self.node_calls = NodeCalls(
-            config.gate_id,
+            f"gate {config.gate_id}",
+            ((wire.GATE_ID_KEY, config.gate_id),),
             self.pool,
             self.call_streams,
             max_calls=config.max_stream_calls,

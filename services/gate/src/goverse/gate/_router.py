@@ -6,9 +6,8 @@ from collections.abc import Awaitable
 from datetime import timedelta
 
 from goverse import ids
-from goverse.gate._node_calls import NodeCalls
 from goverse.placement import shard_of
-from goverse.server import ALLOW_ALL, AccessGuard, ClusterView, Operation, Routing
+from goverse.server import ALLOW_ALL, AccessGuard, ClusterView, NodeCalls, Operation, Routing
 from goverse.transport import ChannelPool
 from goverse.v1 import gate_pb2, node_pb2
 

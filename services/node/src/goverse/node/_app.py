@@ -31,13 +31,16 @@ from goverse.server import (
     BoundAddress,
     ClusterView,
     EtcdMembership,
+    NodeCalls,
     PeerCheck,
     ServiceApp,
     ShutdownBudget,
     StaticView,
+    Supervisor,
     SupervisorClosed,
     Telemetry,
     access_rules,
+    hop_message_bytes,
     membership_metrics,
     set_log_identity,
 )
@@ -63,7 +66,10 @@ class NodeApp(ServiceApp[NodeConfig]):
     cluster, leaves to the gates to end as they see it go — and the gates' Calls streams
     (:class:`CallStreams`), whose calls count as calls in flight, which a stop lets finish;
     their readers are the supervisor's tasks, so its shutdown ends them. Once its tasks are
-    gone, every object is deactivated in its turn.
+    gone, every object is deactivated in its turn. Its objects' calls to objects on other
+    nodes go over one Calls stream per node (:class:`~goverse.server.NodeCalls`, tasks of
+    their own supervisor, :attr:`node_calls`, shut down once the server has stopped, so that
+    an object deactivated during the stop can still call out).
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -101,6 +107,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         """The node's claims and handoffs, with etcd membership (None: static)."""
         self._deregistered = False
         """Whether the node key is gone (etcd: the node left the cluster)."""
+        self.node_calls = Supervisor("node-node-calls")
+        """Owns the Calls streams to other nodes (the runtime's object-to-object calls)."""
 
     def live_tasks(self) -> list[str]:
         """Names of the gate stream tasks the node's supervisor holds now."""
@@ -144,8 +152,16 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.host = ObjectHost(
             self.types, self.shards, self.advertise, self.state, config.max_objects, self.access
         )
+        calls = NodeCalls(
+            f"node {self.advertise}",
+            ((wire.NODE_ID_KEY, self.advertise),),
+            self.pool,
+            self.node_calls,
+            max_calls=config.max_stream_calls,
+            max_message_bytes=hop_message_bytes(config.max_message_bytes),
+        )
         self.runtime = NodeRuntime(
-            self.host, self.gates, self.pool, self.view, self.advertise, config.call_timeout
+            self.host, self.gates, self.pool, calls, self.view, self.advertise, config.call_timeout
         )
         self.host.attach_runtime(self.runtime)
         if self.etcd is not None:
@@ -183,9 +199,6 @@ class NodeApp(ServiceApp[NodeConfig]):
             self.description,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
-
-    async def on_tls_rotated(self) -> None:
-        self.runtime.forget_channels()  # its cached stubs hold channels of the old certificate
 
     def _join_etcd(self) -> None:
         self.etcd = EtcdMembership(self.config)
@@ -260,9 +273,15 @@ class NodeApp(ServiceApp[NodeConfig]):
             log.warning("objects not deactivated within the shutdown timeout", objects=stuck)
         log.info("objects deactivated", objects=active - len(stuck), stuck=len(stuck))
         await self.state.close()
-        self.runtime.forget_channels()
         if self.etcd is not None:
             await self.etcd.close()
+
+    async def close_outbound(self, budget: ShutdownBudget) -> None:
+        pending = await self.node_calls.shutdown(budget.remaining())
+        if pending:
+            log.warning(
+                "call streams to nodes still open after the shutdown timeout", tasks=pending
+            )
 
     def identity(self) -> dict[str, Any]:
         return {

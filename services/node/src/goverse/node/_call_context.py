@@ -4,7 +4,8 @@ A call chain is the list of objects whose methods are running, outermost first, 
 request: a client calls A, A calls B, B calls C. Each of them holds its turn until its callee
 answers, so a call to an object already in the chain would wait for a turn that is never
 given. The node refuses such a call at once instead. The chain travels with node-to-node
-calls in the ``goverse-call-chain-bin`` metadata, so cycles across nodes are refused too.
+calls (in the ``CallFrame`` on a Calls stream, in the ``goverse-call-chain-bin`` metadata of a
+unary call), so cycles across nodes are refused too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from goverse import wire
+from goverse.errors import InvalidArgument
 from goverse.objects import Caller, Principal
 from goverse.server import PLAINTEXT_PEER, Peer, Role
 from goverse.v1 import node_pb2
@@ -100,6 +102,27 @@ def chain_metadata(chain: Sequence[ObjectKey]) -> tuple[tuple[str, bytes], ...]:
     return ((wire.CALL_CHAIN_KEY, json.dumps([list(key) for key in chain]).encode()),)
 
 
+def chain_refs(chain: Sequence[ObjectKey]) -> list[node_pb2.ObjectRef]:
+    """`chain` as a ``CallFrame`` carries it to the node that serves the next call."""
+    return [node_pb2.ObjectRef(object_type=key[0], object_id=key[1]) for key in chain]
+
+
+@contextlib.contextmanager
+def following(refs: Sequence[node_pb2.ObjectRef]) -> Iterator[None]:
+    """Adopts the call chain a ``CallFrame`` carried (:func:`chain_refs`) for the block;
+    raises :class:`~goverse.errors.InvalidArgument` for one longer than any node sends."""
+    if not refs:  # a gate's call: its chain starts here
+        yield
+        return
+    if len(refs) > MAX_CHAIN_DEPTH:
+        raise InvalidArgument(f"the call chain is longer than {MAX_CHAIN_DEPTH} objects")
+    token = _chain.set(tuple((ref.object_type, ref.object_id) for ref in refs))
+    try:
+        yield
+    finally:
+        _chain.reset(token)
+
+
 def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]:
     """The chain sent by :func:`chain_metadata`; empty when absent or malformed."""
     for item in metadata or ():
@@ -144,8 +167,10 @@ __all__ = [
     "caller_of",
     "chain_from_metadata",
     "chain_metadata",
+    "chain_refs",
     "current_chain",
     "deadline_after",
+    "following",
     "inbound",
     "remaining",
     "serving",

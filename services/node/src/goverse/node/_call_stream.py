@@ -1,4 +1,4 @@
-"""Call streams: a gate's calls from its Calls stream, each in its own task, replies batched."""
+"""Call streams: the calls of a gate's or node's Calls stream, each in its own task."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import structlog
 
 from goverse import wire
 from goverse.errors import GoverseError, InvalidArgument, call_status, code_status
-from goverse.node._call_context import caller_of, deadline_after
+from goverse.node._call_context import caller_of, deadline_after, following
 from goverse.node._object_host import ObjectHost
 from goverse.server import (
     PLAINTEXT_PEER,
@@ -31,7 +31,7 @@ from goverse.v1 import node_pb2
 log = structlog.get_logger(__name__)
 
 READER_TASK_PREFIX = "call-stream:"
-"""The supervisor's name of a stream's reader task: this prefix, the gate id and a number."""
+"""The supervisor's name of a stream's reader task: this prefix, its sender and a number."""
 BATCH_MAX_REPLIES = 1024
 """Most replies one stream message carries (fewer when they would exceed the size limit)."""
 CANCEL_WAIT = 1.0
@@ -41,7 +41,12 @@ CANCEL_WAIT = 1.0
 class CallStreams:
     """The node's side of every ``Calls`` stream.
 
-    :meth:`serve` is one stream: a reader task (the supervisor's ``call-stream:<gate>:<n>``)
+    A stream's sender is a gate (its clients' calls; ``goverse-gate-id`` metadata) or another
+    node (its objects' calls; ``goverse-node-id``, the frames carrying the call chain); both
+    are served alike, "the gate" below standing for either.
+
+    :meth:`serve` is one stream: a reader task (the supervisor's
+    ``call-stream:<gate|node> <id>:<n>``)
     reads call frames and starts each call as its own task, so a slow method delays no other
     reply; replies queue in a mailbox that the stream drains, many per stream message
     (:class:`~goverse.server.BatchRule`). Each call runs as its unary RPC would (the same
@@ -120,9 +125,9 @@ class CallStreams:
     ) -> AsyncGenerator[node_pb2.ReplyFrames, None]:
         """Serves one Calls stream from `peer`: yields its reply batches until it ends (see
         the class)."""
-        gate_id = wire.metadata_value(context.invocation_metadata(), wire.GATE_ID_KEY) or "?"
-        stream = _CallStream(self, gate_id, peer)
-        name = f"{READER_TASK_PREFIX}{gate_id}:{next(self._numbers)}"
+        sender = _sender_of(context.invocation_metadata())
+        stream = _CallStream(self, sender, peer)
+        name = f"{READER_TASK_PREFIX}{sender}:{next(self._numbers)}"
         try:
             reader = self._supervisor.spawn(name, stream.read(frames))
         except SupervisorClosed:
@@ -150,7 +155,7 @@ class CallStreams:
             await asyncio.wait([reader], timeout=CANCEL_WAIT * 2)
             await stream.settle()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                log.warning("call stream failed", gate=gate_id, error=str(reader.exception()))
+                log.warning("call stream failed", sender=sender, error=str(reader.exception()))
 
     def sendable(self, reply: node_pb2.ReplyFrame) -> node_pb2.ReplyFrame:
         """`reply`, or, when it could not fit a stream message, the RESOURCE_EXHAUSTED a unary
@@ -199,7 +204,7 @@ class CallStreams:
                 return _deadline_exceeded(frame.id)
         try:
             async with asyncio.timeout(timeout):
-                with deadline_after(timeout):
+                with deadline_after(timeout), following(frame.chain):
                     reply = await self._dispatch(frame.id, op, request, peer)
         except GoverseError as error:
             return node_pb2.ReplyFrame(id=frame.id, error=call_status(error)), error.status_code, ""
@@ -243,6 +248,14 @@ class CallStreams:
         )
 
 
+def _sender_of(metadata: Any) -> str:
+    """Who opened a Calls stream, from its metadata: ``node <address>`` or ``gate <id>``."""
+    node = wire.metadata_value(metadata, wire.NODE_ID_KEY)
+    if node:
+        return f"node {node}"
+    return f"gate {wire.metadata_value(metadata, wire.GATE_ID_KEY) or '?'}"
+
+
 def _deadline_exceeded(call_id: int) -> tuple[node_pb2.ReplyFrame, grpc.StatusCode, str]:
     # "Deadline Exceeded" is what grpc says of a unary call whose deadline passed.
     status = code_status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -261,9 +274,9 @@ class _CallStream:
     """One Calls stream's state: its calls by id (each removes itself when it ends), the
     reply mailbox, and how many slots are held."""
 
-    def __init__(self, owner: CallStreams, gate_id: str, peer: Peer) -> None:
+    def __init__(self, owner: CallStreams, sender: str, peer: Peer) -> None:
         self._owner = owner
-        self.gate_id = gate_id
+        self.sender = sender
         self.peer = peer
         self.replies: Mailbox[_Queued] = Mailbox(owner._max_calls * 2)
         self.held = 0
@@ -297,7 +310,7 @@ class _CallStream:
                         if not self._abandoned:
                             self.failure = (
                                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"slow consumer: gate {self.gate_id} does not read its replies",
+                                f"slow consumer: {self.sender} does not read its replies",
                             )
                         return
             ended = True
@@ -331,14 +344,14 @@ class _CallStream:
                     id=frame.id,
                     error=code_status(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"node {owner._node} has {owner._max_calls} calls in flight from gate "
-                        f"{self.gate_id} (--max-stream-calls)",
+                        f"node {owner._node} has {owner._max_calls} calls in flight from "
+                        f"{self.sender} (--max-stream-calls)",
                     ),
                 )
             )
         self.held += 1
         task = asyncio.get_running_loop().create_task(
-            self._call(frame, received), name=f"call:{self.gate_id}:{frame.id}"
+            self._call(frame, received), name=f"call:{self.sender}:{frame.id}"
         )
         self._tasks[frame.id] = task
         owner._calls.track(task)
@@ -409,7 +422,7 @@ class _CallStream:
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_WAIT)
             if any(not task.done() for task in tasks):
-                log.warning("calls still running after their stream ended", gate=self.gate_id)
+                log.warning("calls still running after their stream ended", sender=self.sender)
 
 
 __all__ = ["READER_TASK_PREFIX", "CallStreams"]

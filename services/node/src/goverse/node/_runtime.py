@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -24,6 +24,7 @@ from goverse.node._call_context import (
     MAX_CHAIN_DEPTH,
     caller_message,
     chain_metadata,
+    chain_refs,
     current_chain,
     deadline_after,
     remaining,
@@ -32,9 +33,9 @@ from goverse.node._gate_streams import GateStreams
 from goverse.node._object_host import ObjectHost
 from goverse.objects import Caller
 from goverse.placement import shard_of
-from goverse.server import ClusterView, Routing
+from goverse.server import ClusterView, NodeCalls, Routing
 from goverse.transport import ChannelPool
-from goverse.v1 import node_pb2, node_pb2_grpc
+from goverse.v1 import node_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -45,8 +46,9 @@ class NodeRuntime:
     :meth:`call_object` routes the call to the owner of the callee's shard in `view`, through
     :class:`~goverse.server.Routing` as gates do (held while the shard has no owner or its
     owner is not reachable yet, sent again when a node refused it for its shard): to the local
-    :class:`ObjectHost` without gRPC when this node owns it, else to the owner's
-    ``NodeService.CallObject`` over one pooled channel per node. The call runs under the
+    :class:`ObjectHost` without gRPC when this node owns it, else over `calls`, this node's
+    ``NodeService.Calls`` stream to the owner (one per node, as a gate's; the call chain in
+    the frame). The call runs under the
     deadline of the call being served, or `call_timeout` when that has none. Any failure
     reaches the calling object as a :class:`goverse.errors.CallError` with the callee's status
     code, except a call to an object already serving this call chain, refused at once with
@@ -59,17 +61,17 @@ class NodeRuntime:
         host: ObjectHost,
         gates: GateStreams,
         pool: ChannelPool,
+        calls: NodeCalls,
         view: ClusterView,
         node: str,
         call_timeout: timedelta,
     ) -> None:
         self._host = host
         self._gates = gates
-        self._pool = pool
+        self._calls = calls
         self._routing = Routing(view, pool, local=node)
         self._node = node
         self._call_timeout = call_timeout.total_seconds()
-        self._stubs: dict[str, node_pb2_grpc.NodeServiceAsyncStub] = {}
 
     async def call_object(
         self,
@@ -150,39 +152,27 @@ class NodeRuntime:
         request: any_pb2.Any,
         timeout: float,
     ) -> any_pb2.Any:
-        stub = self._stubs.get(owner)
-        if stub is None:
-            stub = cast(
-                "node_pb2_grpc.NodeServiceAsyncStub",
-                node_pb2_grpc.NodeServiceStub(self._pool.get(owner)),
-            )
-            self._stubs[owner] = stub
-        message = node_pb2.NodeCallObjectRequest(
-            object_type=key[0],
-            object_id=key[1],
-            method=method,
-            request=request,
-            caller=caller_message(caller),
+        chain = current_chain()
+        frame = node_pb2.CallFrame(
+            call=node_pb2.NodeCallObjectRequest(
+                object_type=key[0],
+                object_id=key[1],
+                method=method,
+                request=request,
+                caller=caller_message(caller),
+            ),
+            chain=chain_refs(chain),
         )
-        # A failure (grpc.aio.AioRpcError) is routing's to judge: retried when the node refused
-        # the shard, else answered with the node's status.
-        reply: node_pb2.NodeCallObjectResponse = await stub.CallObject(
-            message,
-            timeout=timeout,
-            metadata=chain_metadata(current_chain()),
-            wait_for_ready=True,
-        )
-        return reply.response
+        # A failure (a CallError, NotSent) is routing's to judge: sent again when the node
+        # refused the shard or the call never left, else answered with the node's status.
+        reply = await self._calls.call(owner, frame, timeout, chain_metadata(chain))
+        return reply.call.response
 
     def push(self, client_ids: Iterable[str], message: Message) -> int:
         return self._gates.push(client_ids, message)
 
     def broadcast(self, message: Message) -> int:
         return self._gates.broadcast(message)
-
-    def forget_channels(self) -> None:
-        """Drops the cached stubs (the channel pool is being closed)."""
-        self._stubs.clear()
 
 
 __all__ = ["NodeRuntime"]

@@ -11,8 +11,8 @@ import pytest
 
 from goverse import wire
 from goverse.errors import CallError
-from goverse.gate._node_calls import TASK_PREFIX, NodeCalls
 from goverse.server import NotSent, Supervisor
+from goverse.server._node_calls import TASK_PREFIX, NodeCalls
 from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import node_pb2
 from tests.helpers.fake_node import FakeNode, text, unpack_text
@@ -43,7 +43,12 @@ async def pool() -> AsyncIterator[ChannelPool]:
 
 def node_calls(pool: ChannelPool, supervisor: Supervisor, max_calls: int = 100) -> NodeCalls:
     return NodeCalls(
-        "gate-1", pool, supervisor, max_calls=max_calls, max_message_bytes=4 * 1024 * 1024
+        "gate gate-1",
+        ((wire.GATE_ID_KEY, "gate-1"),),
+        pool,
+        supervisor,
+        max_calls=max_calls,
+        max_message_bytes=4 * 1024 * 1024,
     )
 
 
@@ -160,13 +165,16 @@ async def test_a_node_without_call_streams_gets_its_calls_unary(
 ) -> None:
     """A node of an older version answers Calls UNIMPLEMENTED: the call on that stream did
     not run (NotSent, routing sends it again), and the next calls go as unary RPCs with the
-    gate's id, each op as its own RPC, with the node's errors kept."""
+    gate's id (and what else the caller gives for a unary call: a node's call chain), each op
+    as its own RPC, with the node's errors kept."""
     fake_node.streams = False
     calls = node_calls(pool, supervisor)
     with pytest.raises(NotSent):
         await calls.call(fake_node.address, frame("first"), 10)
-    reply = await calls.call(fake_node.address, frame("again"), 10)
+    chain = ((wire.CALL_CHAIN_KEY, b'[["Relay", "r"]]'),)
+    reply = await calls.call(fake_node.address, frame("again"), 10, chain)
     assert unpack_text(reply.call.response) == "again"
+    assert fake_node.calls[0].metadata[wire.CALL_CHAIN_KEY] == b'[["Relay", "r"]]'
     create = node_pb2.CallFrame(
         create=node_pb2.NodeCreateObjectRequest(object_type="Counter", object_id="c")
     )

@@ -1,4 +1,4 @@
-"""NodeCalls: the gate's Calls stream to each node, calls written in batches, replies by id."""
+"""NodeCalls: the Calls stream to each node, calls written in batches, replies by id."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,8 +14,9 @@ import structlog
 
 from goverse import wire
 from goverse._tracing import OnceSpan, start_call_span
-from goverse.errors import CallError, status_error
-from goverse.server import Mailbox, NotSent, Supervisor, SupervisorClosed
+from goverse.errors import CallError, NotSent, status_error
+from goverse.server._mailbox import Mailbox
+from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.transport import ChannelPool
 from goverse.v1 import node_pb2, node_pb2_grpc
 
@@ -38,6 +40,7 @@ before the stream is tried again (the node may have been upgraded by then)."""
 
 _Item = node_pb2.CallFrame | int
 """What the writer sends: a call, or the id of a call to cancel."""
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 @dataclass
@@ -50,6 +53,11 @@ class _Pending:
 
 class NodeCalls:
     """Sends calls to nodes over one ``NodeService.Calls`` stream per node address.
+
+    A gate sends its clients' calls so, a node its objects' calls to objects on other nodes;
+    `sender` names the process in errors (``gate g1``, ``node 10.0.0.5:7001``) and `metadata`
+    identifies it to the node when a stream opens (``goverse-gate-id`` or
+    ``goverse-node-id``).
 
     :meth:`call` is routing's transport (a :data:`~goverse.server.Send`): the call gets an id
     and a CLIENT span (named as the unary call's, its W3C context in the frame) and is queued
@@ -75,14 +83,16 @@ class NodeCalls:
 
     def __init__(
         self,
-        gate_id: str,
+        sender: str,
+        metadata: Metadata,
         pool: ChannelPool,
         supervisor: Supervisor,
         *,
         max_calls: int,
         max_message_bytes: int,
     ) -> None:
-        self._gate_id = gate_id
+        self._sender = sender
+        self._metadata = tuple(metadata)
         self._pool = pool
         self._supervisor = supervisor
         self._max_calls = max_calls
@@ -98,14 +108,19 @@ class NodeCalls:
         return streamed + sum(self._unary_calls.values())
 
     async def call(
-        self, address: str, frame: node_pb2.CallFrame, timeout: float
+        self,
+        address: str,
+        frame: node_pb2.CallFrame,
+        timeout: float,
+        unary_metadata: Metadata = (),
     ) -> node_pb2.ReplyFrame:
         """Sends `frame` (its op set; the id, timeout and trace context are set here) to the
         node at `address` and returns its reply within `timeout` seconds; raises what the
         class docstring says, or the :class:`~goverse.errors.CallError` its reply's status
-        stands for."""
+        stands for. `unary_metadata` goes with the call when it is sent as a unary RPC (to
+        a node without ``Calls``): what the frame says beyond its op (the call chain)."""
         if self._unary_until.get(address, 0.0) > time.monotonic():
-            return await self._call_unary(address, frame, timeout)
+            return await self._call_unary(address, frame, timeout, unary_metadata)
         stream = self._streams.get(address)
         if stream is None or stream.closed:
             stream = self._open(address)
@@ -117,12 +132,12 @@ class NodeCalls:
         try:
             self._supervisor.spawn(TASK_PREFIX + address, stream.run())
         except SupervisorClosed:
-            raise NotSent("the gate is stopping") from None
+            raise NotSent(f"{self._sender} is stopping") from None
         self._streams[address] = stream
         return stream
 
     async def _call_unary(
-        self, address: str, frame: node_pb2.CallFrame, timeout: float
+        self, address: str, frame: node_pb2.CallFrame, timeout: float, metadata: Metadata
     ) -> node_pb2.ReplyFrame:
         """Sends `frame` as the unary RPC of its op; a failure is the RPC's own error
         (routing judges it as it judges any node's)."""
@@ -137,7 +152,7 @@ class NodeCalls:
             response = await rpc(
                 getattr(frame, op),
                 timeout=timeout,
-                metadata=((wire.GATE_ID_KEY, self._gate_id),),
+                metadata=(*self._metadata, *metadata),
                 wait_for_ready=True,
             )
         finally:
@@ -151,7 +166,7 @@ class NodeCalls:
     def _exhausted(self, address: str) -> CallError:
         return CallError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"gate {self._gate_id} has {self._max_calls} calls in flight to node "
+            f"{self._sender} has {self._max_calls} calls in flight to node "
             f"{address} (--max-stream-calls)",
         )
 
@@ -237,7 +252,7 @@ class _CallStream:
         way out, by any path, fails every call still pending on it."""
         reason = "the call stream ended"
         written: BaseException = CallError(grpc.StatusCode.UNAVAILABLE, reason)
-        call = self.stub.Calls(metadata=((wire.GATE_ID_KEY, self.owner._gate_id),))
+        call = self.stub.Calls(metadata=self.owner._metadata)
         writer = asyncio.get_running_loop().create_task(
             self._write(call), name=f"{TASK_PREFIX}{self.address}:writer"
         )
@@ -259,7 +274,7 @@ class _CallStream:
                 written = NotSent(reason)
                 self.owner._go_unary(self.address)
         except asyncio.CancelledError:
-            reason = "the gate is stopping"
+            reason = f"{self.owner._sender} is stopping"
             written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
             raise
         finally:
@@ -311,4 +326,4 @@ def _end_span(span: OnceSpan, error: BaseException) -> None:
         span.end(error)
 
 
-__all__ = ["TASK_PREFIX", "NodeCalls"]
+__all__ = ["TASK_PREFIX", "Metadata", "NodeCalls"]
