@@ -61,8 +61,8 @@ async def relay(ctx: Ctx, variant: Variant) -> ScenarioResult:
             "direct": "Echo.Echo called by the client (through gate and node)",
             "relayed": "Relay.Forward called by the client, which calls Echo.Echo of an "
             "object on its own node ('same node') or on the other node ('across nodes': "
-            "a unary NodeService.CallObject between the nodes); one Relay and one Echo "
-            "object per worker",
+            "over the calling node's Calls stream to the other node since 390e29f, a unary "
+            "NodeService.CallObject before); one Relay and one Echo object per worker",
         },
     )
     workers = max(s.concurrency)
