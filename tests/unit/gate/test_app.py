@@ -128,12 +128,13 @@ async def test_register_first_event_carries_id_credential_and_gate(gate: Gate) -
 
 async def test_one_gate_opens_exactly_one_link_per_node(gate: Gate, fake_node: FakeNode) -> None:
     """No duplicate links: one RegisterGate stream, under the gate's id, run by one link task
-    (beside the task that keeps the links following the view and the one that keeps the
-    Describe catalog fresh)."""
+    (beside the task that keeps the links following the view, the one that keeps the
+    Describe catalog fresh and the one that closes departed nodes' channels)."""
     assert list(gate.app.links) == [fake_node.address]
     assert fake_node.registrations == ["g1"]
     assert fake_node.max_active == 1
     assert sorted(gate.app.supervisor.task_names()) == [
+        "channel-sweep",
         "describe-catalog",
         f"node-link:{fake_node.address}",
         "node-links",

@@ -160,6 +160,17 @@ class ChannelPool:
             self._channels[address] = channel
         return channel
 
+    def addresses(self) -> list[str]:
+        """The addresses that have a channel now."""
+        return list(self._channels)
+
+    async def discard(self, address: str) -> None:
+        """Closes the channel of `address`, if there is one (RPCs still on it end with
+        CANCELLED); a later :meth:`get` makes a new one."""
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
     async def rotate(self, credentials: grpc.ChannelCredentials) -> None:
         """Makes later :meth:`get` calls create channels with `credentials` (a rotated client
         certificate: a channel's credentials are fixed when it is made).

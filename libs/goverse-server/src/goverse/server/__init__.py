@@ -19,6 +19,7 @@ from goverse.server._access import (
 )
 from goverse.server._batching import BatchRule
 from goverse.server._calls import CallsInFlight
+from goverse.server._channel_sweep import sweep_departed_channels
 from goverse.server._cluster_keys import (
     ClusterKeys,
     ForeignData,
@@ -250,6 +251,7 @@ __all__ = [
     "set_log_identity",
     "setting",
     "spiffe_id",
+    "sweep_departed_channels",
     "wait_ready",
     "write_ready",
 ]

@@ -178,6 +178,11 @@ class NodeCalls:
             recheck_s=UNARY_RECHECK,
         )
 
+    def forget(self, address: str) -> None:
+        """Drops what is kept for the node at `address` beyond its stream (which ends with
+        its channel): the node has left the cluster."""
+        self._unary_until.pop(address, None)
+
     def _forget(self, stream: _CallStream) -> None:
         if self._streams.get(stream.address) is stream:
             del self._streams[stream.address]

@@ -38,6 +38,7 @@ from goverse.server import (
     access_rules,
     hop_message_bytes,
     membership_metrics,
+    sweep_departed_channels,
 )
 from goverse.transport import Backoff
 from goverse.v1 import gate_pb2_grpc
@@ -212,6 +213,9 @@ class GateApp(ServiceApp[GateConfig]):
             )
         self.node_links.start()
         self.supervisor.spawn(CATALOG_TASK, self.catalog.run())
+        self.supervisor.spawn(
+            "channel-sweep", sweep_departed_channels(self.view, self.pool, self.node_calls.forget)
+        )
         if self.http is not None:
             await self.http.start()
 

@@ -43,6 +43,7 @@ from goverse.server import (
     hop_message_bytes,
     membership_metrics,
     set_log_identity,
+    sweep_departed_channels,
 )
 from goverse.v1 import node_pb2, node_pb2_grpc
 
@@ -67,9 +68,10 @@ class NodeApp(ServiceApp[NodeConfig]):
     (:class:`CallStreams`), whose calls count as calls in flight, which a stop lets finish;
     their readers are the supervisor's tasks, so its shutdown ends them. Once its tasks are
     gone, every object is deactivated in its turn. Its objects' calls to objects on other
-    nodes go over one Calls stream per node (:class:`~goverse.server.NodeCalls`, tasks of
-    their own supervisor, :attr:`node_calls`, shut down once the server has stopped, so that
-    an object deactivated during the stop can still call out).
+    nodes go over one Calls stream per node (:attr:`node_calls`, a
+    :class:`~goverse.server.NodeCalls` whose streams are tasks of their own supervisor,
+    :attr:`outbound_calls`, shut down once the server has stopped, so that an object
+    deactivated during the stop can still call out).
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -87,6 +89,7 @@ class NodeApp(ServiceApp[NodeConfig]):
     host: ObjectHost
     state: ObjectState
     runtime: NodeRuntime
+    node_calls: NodeCalls
     metrics: NodeMetrics
 
     def __init__(
@@ -107,7 +110,7 @@ class NodeApp(ServiceApp[NodeConfig]):
         """The node's claims and handoffs, with etcd membership (None: static)."""
         self._deregistered = False
         """Whether the node key is gone (etcd: the node left the cluster)."""
-        self.node_calls = Supervisor("node-node-calls")
+        self.outbound_calls = Supervisor("node-node-calls")
         """Owns the Calls streams to other nodes (the runtime's object-to-object calls)."""
 
     def live_tasks(self) -> list[str]:
@@ -152,16 +155,22 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.host = ObjectHost(
             self.types, self.shards, self.advertise, self.state, config.max_objects, self.access
         )
-        calls = NodeCalls(
+        self.node_calls = NodeCalls(
             f"node {self.advertise}",
             ((wire.NODE_ID_KEY, self.advertise),),
             self.pool,
-            self.node_calls,
+            self.outbound_calls,
             max_calls=config.max_stream_calls,
             max_message_bytes=hop_message_bytes(config.max_message_bytes),
         )
         self.runtime = NodeRuntime(
-            self.host, self.gates, self.pool, calls, self.view, self.advertise, config.call_timeout
+            self.host,
+            self.gates,
+            self.pool,
+            self.node_calls,
+            self.view,
+            self.advertise,
+            config.call_timeout,
         )
         self.host.attach_runtime(self.runtime)
         if self.etcd is not None:
@@ -238,6 +247,9 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.supervisor.spawn(
             "upkeep", run_upkeep(self.host, self.config.save_interval, self.config.idle_timeout)
         )
+        self.supervisor.spawn(
+            "channel-sweep", sweep_departed_channels(self.view, self.pool, self.node_calls.forget)
+        )
         if self.etcd is not None and self.ownership is not None:
             await self.etcd.open()
             self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
@@ -277,7 +289,7 @@ class NodeApp(ServiceApp[NodeConfig]):
             await self.etcd.close()
 
     async def close_outbound(self, budget: ShutdownBudget) -> None:
-        pending = await self.node_calls.shutdown(budget.remaining())
+        pending = await self.outbound_calls.shutdown(budget.remaining())
         if pending:
             log.warning(
                 "call streams to nodes still open after the shutdown timeout", tasks=pending
