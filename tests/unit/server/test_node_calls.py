@@ -172,7 +172,7 @@ async def test_a_node_without_call_streams_gets_its_calls_unary(
     with pytest.raises(NotSent):
         await calls.call(fake_node.address, frame("first"), 10)
     chain = ((wire.CALL_CHAIN_KEY, b'[["Relay", "r"]]'),)
-    reply = await calls.call(fake_node.address, frame("again"), 10, chain)
+    reply = await calls.call(fake_node.address, frame("again"), 10, lambda: chain)
     assert unpack_text(reply.call.response) == "again"
     assert fake_node.calls[0].metadata[wire.CALL_CHAIN_KEY] == b'[["Relay", "r"]]'
     create = node_pb2.CallFrame(

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -112,13 +112,14 @@ class NodeCalls:
         address: str,
         frame: node_pb2.CallFrame,
         timeout: float,
-        unary_metadata: Metadata = (),
+        unary_metadata: Callable[[], Metadata] | None = None,
     ) -> node_pb2.ReplyFrame:
         """Sends `frame` (its op set; the id, timeout and trace context are set here) to the
         node at `address` and returns its reply within `timeout` seconds; raises what the
         class docstring says, or the :class:`~goverse.errors.CallError` its reply's status
-        stands for. `unary_metadata` goes with the call when it is sent as a unary RPC (to
-        a node without ``Calls``): what the frame says beyond its op (the call chain)."""
+        stands for. What `unary_metadata` makes goes with the call when it is sent as a unary
+        RPC (to a node without ``Calls``): what the frame says beyond its op (a node's call
+        chain), made only then."""
         if self._unary_until.get(address, 0.0) > time.monotonic():
             return await self._call_unary(address, frame, timeout, unary_metadata)
         stream = self._streams.get(address)
@@ -137,7 +138,11 @@ class NodeCalls:
         return stream
 
     async def _call_unary(
-        self, address: str, frame: node_pb2.CallFrame, timeout: float, metadata: Metadata
+        self,
+        address: str,
+        frame: node_pb2.CallFrame,
+        timeout: float,
+        metadata: Callable[[], Metadata] | None,
     ) -> node_pb2.ReplyFrame:
         """Sends `frame` as the unary RPC of its op; a failure is the RPC's own error
         (routing judges it as it judges any node's)."""
@@ -152,7 +157,7 @@ class NodeCalls:
             response = await rpc(
                 getattr(frame, op),
                 timeout=timeout,
-                metadata=(*self._metadata, *metadata),
+                metadata=(*self._metadata, *(metadata() if metadata is not None else ())),
                 wait_for_ready=True,
             )
         finally:

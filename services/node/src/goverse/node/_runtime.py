@@ -165,7 +165,7 @@ class NodeRuntime:
         )
         # A failure (a CallError, NotSent) is routing's to judge: sent again when the node
         # refused the shard or the call never left, else answered with the node's status.
-        reply = await self._calls.call(owner, frame, timeout, chain_metadata(chain))
+        reply = await self._calls.call(owner, frame, timeout, lambda: chain_metadata(chain))
         return reply.call.response
 
     def push(self, client_ids: Iterable[str], message: Message) -> int:
