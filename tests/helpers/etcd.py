@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 from aetcd import rpc
 
+from tests.helpers.freezing import freeze
+
 START_TIMEOUT = 20.0
 """How long etcd may take to serve; it takes about 50 ms here, and a loaded 2-core machine
 running the other engineers' suites can stretch that a lot."""
@@ -164,10 +166,11 @@ class EtcdServer:
             self.process.wait(STOP_TIMEOUT)
 
     def pause(self) -> None:
-        """SIGSTOP: its sockets stay open but nothing answers, like a frozen VM."""
+        """SIGSTOP: its sockets stay open but nothing answers, like a frozen VM (returns
+        once every thread of etcd has stopped)."""
         assert self.process is not None
         assert self.alive()
-        self.process.send_signal(signal.SIGSTOP)
+        freeze(self.process.pid)
 
     def resume(self) -> None:
         assert self.process is not None

@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.freezing import freeze
 from tests.helpers.processes import ServiceProcess
 
 
 @contextlib.contextmanager
 def sigstop(proc: ServiceProcess) -> Iterator[float]:
     """Freezes `proc` (SIGSTOP) for the block, like a hung VM or a half-open peer: its
-    sockets stay open but nothing answers. Always resumes it (SIGCONT), also when the block
-    fails. Yields the wall-clock time of the stop."""
-    proc.signal(signal.SIGSTOP)
+    sockets stay open but nothing answers (the block starts once every thread of it has
+    stopped). Always resumes it (SIGCONT), also when the block fails. Yields the wall-clock
+    time of the stop."""
+    assert proc.process is not None
+    freeze(proc.process.pid)
     try:
         yield time.time()
     finally:

@@ -23,6 +23,8 @@ from stat import S_IXOTH
 
 import asyncpg
 
+from tests.helpers.freezing import freeze
+
 START_TIMEOUT = 30.0
 """How long PostgreSQL may take to accept connections; it takes about 60 ms here (initdb
 about a second), and a loaded 2-core machine can stretch that a lot."""
@@ -324,11 +326,11 @@ class PostgresServer:
 
     def pause(self) -> None:
         """SIGSTOP to the server and its backends: sockets stay open, nothing answers, like
-        a frozen machine."""
+        a frozen machine (returns once each of them has stopped)."""
         pids = self.processes()
         assert pids, "postgres is not running"
         for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+            freeze(pid)
 
     def resume(self) -> None:
         for pid in self.processes():
