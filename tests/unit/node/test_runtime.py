@@ -100,8 +100,8 @@ async def test_an_object_calls_an_object_on_another_node(
     assert active(first, "Counter") == []
     assert active(second, "Counter") == [counter]
     assert active(first, "Relay") == [relay]
-    assert first.app.outbound_calls.task_names() == [TASK_PREFIX + second.app.advertise]
-    assert second.app.outbound_calls.task_names() == []
+    assert first.app.outbound.task_names() == [TASK_PREFIX + second.app.advertise]
+    assert second.app.outbound.task_names() == []
 
 
 async def test_an_object_calling_a_node_that_starts_later_waits_for_it(

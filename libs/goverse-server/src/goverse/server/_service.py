@@ -29,6 +29,7 @@ from goverse.server._calls import CallsInFlight
 from goverse.server._grpc import GrpcHost
 from goverse.server._limits import hop_message_bytes
 from goverse.server._metrics import CallMetricsInterceptor, call_duration_histogram
+from goverse.server._node_calls import Metadata, NodeCalls
 from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
 from goverse.server._telemetry import Telemetry
@@ -70,6 +71,8 @@ class ServiceConfig(Protocol):
     def tls(self) -> TlsFiles | None: ...
     @property
     def tls_reload_interval(self) -> timedelta: ...
+    @property
+    def max_stream_calls(self) -> int: ...
 
 
 C = TypeVar("C", bound=ServiceConfig)
@@ -155,7 +158,7 @@ class ServiceApp(abc.ABC, Generic[C]):
     6. the service releases what it holds (:meth:`release`; the node deactivates its objects);
     7. the gRPC server stops, giving unary calls still running at most 1 s;
     8. what the service keeps open to other processes is closed (:meth:`close_outbound`: the
-       gate's call streams to nodes), then its channels; buffered spans are exported (at least
+       Calls streams to nodes), then its channels; buffered spans are exported (at least
        0.2 s), the metrics endpoint stopped and the ready file removed; ``stopped`` is logged
        with the elapsed time.
 
@@ -188,6 +191,11 @@ class ServiceApp(abc.ABC, Generic[C]):
             channel_options(hop_message_bytes(config.max_message_bytes), config.keepalive),
             credentials=None if self.tls is None else self.tls.channel_credentials(),
         )
+        self.outbound = Supervisor(f"{self.service}-node-calls")
+        """Owns the Calls streams this service sends calls to nodes on (:meth:`open_node_calls`);
+        shut down only once the server has stopped (step 8 of :meth:`stop`): the calls the
+        gate serves until then, and those a node's objects make while it deactivates them,
+        need them after the main supervisor has shut down (step 5)."""
         self.calls = CallsInFlight([self.grpc_service])
         self.call_metrics = CallMetricsInterceptor(
             call_duration_histogram(
@@ -235,10 +243,28 @@ class ServiceApp(abc.ABC, Generic[C]):
     async def release(self, budget: ShutdownBudget) -> None:
         """Frees what the service holds once its tasks are gone, within `budget`."""
 
+    def open_node_calls(self, sender: str, metadata: Metadata) -> NodeCalls:
+        """Calls to nodes over one Calls stream per node (a gate's for its clients, a node's
+        for its objects), the streams tasks of :attr:`outbound`; `sender` and `metadata` say
+        who sends (:class:`~goverse.server.NodeCalls`)."""
+        return NodeCalls(
+            sender,
+            metadata,
+            self.pool,
+            self.outbound,
+            max_calls=self.config.max_stream_calls,
+            max_message_bytes=hop_message_bytes(self.config.max_message_bytes),
+        )
+
     async def close_outbound(self, budget: ShutdownBudget) -> None:
         """Ends, within `budget`, what the service keeps open to other processes beside its
-        channels, once its server has stopped and nothing can call through it any more (the
-        gate's call streams to nodes, which the calls it serves until then need)."""
+        channels, once its server has stopped and nothing can call through it any more: the
+        Calls streams to nodes (:attr:`outbound`)."""
+        pending = await self.outbound.shutdown(budget.remaining())
+        if pending:
+            log.warning(
+                "call streams to nodes still open after the shutdown timeout", tasks=pending
+            )
 
     def make_tls(self) -> ServiceTls | None:
         """The TLS of this service from its config: by default (a node) its server presents

@@ -26,17 +26,14 @@ from goverse.server import (
     BoundAddress,
     ClusterView,
     EtcdMembership,
-    NodeCalls,
     NodeInfo,
     ServiceApp,
     ServiceTls,
     ShutdownBudget,
     StaticView,
-    Supervisor,
     Telemetry,
     TlsIdentity,
     access_rules,
-    hop_message_bytes,
     membership_metrics,
     sweep_departed_channels,
 )
@@ -55,9 +52,9 @@ class GateApp(ServiceApp[GateConfig]):
     parts: it routes by `view` (:attr:`view`; the static view of ``--nodes`` unless one is
     given: the etcd view in etcd mode); once serving, it keeps one link to each node of the
     view (:class:`NodeLinks`) and forwards calls over one Calls stream per node
-    (:class:`NodeCalls`, tasks of their own supervisor, :attr:`call_streams`, shut down only
-    once the server has stopped: every call the gate serves while it drains can reach its
-    node); its long-lived streams are the clients' Register streams,
+    (:meth:`~goverse.server.ServiceApp.open_node_calls`, whose streams are shut down only once
+    the server has stopped: every call the gate serves while it drains can reach its node);
+    its long-lived streams are the clients' Register streams,
     which a stop closes for draining — each flushes what is queued, sends ``Draining`` and
     ends, new registrations are refused with UNAVAILABLE, and a client may still call until
     its stream has ended (then its credential is void: UNAUTHENTICATED, which the SDK re-sends
@@ -124,16 +121,8 @@ class GateApp(ServiceApp[GateConfig]):
             claims=config.jwt_claims,
         )
         self.access = AccessGuard(access_rules(config.access_rules), self.meter, "gate")
-        # The call streams have their own supervisor: the calls the gate serves until its
-        # server has stopped (step 7) need them after the main one has shut down (step 5).
-        self.call_streams = Supervisor("gate-node-calls")
-        self.node_calls = NodeCalls(
-            f"gate {config.gate_id}",
-            ((wire.GATE_ID_KEY, config.gate_id),),
-            self.pool,
-            self.call_streams,
-            max_calls=config.max_stream_calls,
-            max_message_bytes=hop_message_bytes(config.max_message_bytes),
+        self.node_calls = self.open_node_calls(
+            f"gate {config.gate_id}", ((wire.GATE_ID_KEY, config.gate_id),)
         )
         self.router = Router(
             self.view, self.pool, self.node_calls, config.call_timeout, self.access
@@ -224,11 +213,6 @@ class GateApp(ServiceApp[GateConfig]):
             await self.http.stop()
         if self.etcd is not None:
             await self.etcd.close()
-
-    async def close_outbound(self, budget: ShutdownBudget) -> None:
-        pending = await self.call_streams.shutdown(budget.remaining())
-        if pending:
-            log.warning("call streams still open after the shutdown timeout", tasks=pending)
 
     def close_streams(self) -> int:
         return self.registry.drain(DRAIN_REASON)

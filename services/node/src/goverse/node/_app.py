@@ -36,11 +36,9 @@ from goverse.server import (
     ServiceApp,
     ShutdownBudget,
     StaticView,
-    Supervisor,
     SupervisorClosed,
     Telemetry,
     access_rules,
-    hop_message_bytes,
     membership_metrics,
     set_log_identity,
     sweep_departed_channels,
@@ -68,10 +66,9 @@ class NodeApp(ServiceApp[NodeConfig]):
     (:class:`CallStreams`), whose calls count as calls in flight, which a stop lets finish;
     their readers are the supervisor's tasks, so its shutdown ends them. Once its tasks are
     gone, every object is deactivated in its turn. Its objects' calls to objects on other
-    nodes go over one Calls stream per node (:attr:`node_calls`, a
-    :class:`~goverse.server.NodeCalls` whose streams are tasks of their own supervisor,
-    :attr:`outbound_calls`, shut down once the server has stopped, so that an object
-    deactivated during the stop can still call out).
+    nodes go over one Calls stream per node (:attr:`node_calls`, from
+    :meth:`~goverse.server.ServiceApp.open_node_calls`: its streams are shut down once the
+    server has stopped, so that an object deactivated during the stop can still call out).
 
     With `telemetry`, its meter holds the node's metrics, :meth:`start` serves them on
     ``telemetry``'s metrics port and :meth:`stop` flushes buffered spans last; without it,
@@ -110,8 +107,6 @@ class NodeApp(ServiceApp[NodeConfig]):
         """The node's claims and handoffs, with etcd membership (None: static)."""
         self._deregistered = False
         """Whether the node key is gone (etcd: the node left the cluster)."""
-        self.outbound_calls = Supervisor("node-node-calls")
-        """Owns the Calls streams to other nodes (the runtime's object-to-object calls)."""
 
     def live_tasks(self) -> list[str]:
         """Names of the gate stream tasks the node's supervisor holds now."""
@@ -155,13 +150,8 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.host = ObjectHost(
             self.types, self.shards, self.advertise, self.state, config.max_objects, self.access
         )
-        self.node_calls = NodeCalls(
-            f"node {self.advertise}",
-            ((wire.NODE_ID_KEY, self.advertise),),
-            self.pool,
-            self.outbound_calls,
-            max_calls=config.max_stream_calls,
-            max_message_bytes=hop_message_bytes(config.max_message_bytes),
+        self.node_calls = self.open_node_calls(
+            f"node {self.advertise}", ((wire.NODE_ID_KEY, self.advertise),)
         )
         self.runtime = NodeRuntime(
             self.host,
@@ -287,13 +277,6 @@ class NodeApp(ServiceApp[NodeConfig]):
         await self.state.close()
         if self.etcd is not None:
             await self.etcd.close()
-
-    async def close_outbound(self, budget: ShutdownBudget) -> None:
-        pending = await self.outbound_calls.shutdown(budget.remaining())
-        if pending:
-            log.warning(
-                "call streams to nodes still open after the shutdown timeout", tasks=pending
-            )
 
     def identity(self) -> dict[str, Any]:
         return {
