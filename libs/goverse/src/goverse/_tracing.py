@@ -22,7 +22,7 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from goverse import wire
+from goverse import _unsampled, wire
 
 _tracer = trace.get_tracer("goverse")
 
@@ -65,6 +65,8 @@ def status_code_of(error: BaseException, context: Any = None) -> grpc.StatusCode
 class OnceSpan:
     """A span that ends exactly once, whoever gets there first."""
 
+    __slots__ = ("_ended", "span")
+
     def __init__(self, span: trace.Span) -> None:
         self.span = span
         self._ended = False
@@ -87,10 +89,31 @@ class OnceSpan:
         self.span.end()
 
 
+class _NoSpan(OnceSpan):
+    """The span of a call whose spans are sampled out: ending it does nothing."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(trace.INVALID_SPAN)
+        self._ended = True
+
+    def end_with(self, code: grpc.StatusCode, description: str = "") -> None:
+        pass
+
+
+NO_SPAN: OnceSpan = _NoSpan()
+"""What a call gets instead of a span when every span is sampled out."""
+
+
 def start_call_span(method: str) -> tuple[OnceSpan, dict[str, str]]:
     """A CLIENT span for one call sent over a call stream, and the W3C context to send with
     it (empty when the span is not sampled: the receiver then starts no trace of its own
-    from it, as with a unary call whose metadata carries none)."""
+    from it, as with a unary call whose metadata carries none). When every span is sampled out,
+    no span at all: the context of the call being served, or of a new trace
+    (:mod:`goverse._unsampled`)."""
+    if _unsampled.unsampled():
+        return NO_SPAN, _unsampled.current()
     span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
     carrier: dict[str, str] = {}
     if span.get_span_context().is_valid:
@@ -180,6 +203,7 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 __all__ = [
     "CALL_STREAM_METHODS",
     "HEALTH_SERVICE_PREFIX",
+    "NO_SPAN",
     "REGISTRATION_METHODS",
     "OnceSpan",
     "client_interceptors",

@@ -1,6 +1,7 @@
 """Logging: structlog configured once per process, JSON lines or console, stdlib logs included.
 
-Every line written while a span is current carries its ``trace_id`` and ``span_id``.
+Every line written while a span is current carries its ``trace_id`` and ``span_id`` (or, when
+spans are sampled out, those of the call being served: :mod:`goverse._unsampled`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from goverse import _unsampled
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -41,6 +44,9 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     if context.is_valid:
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    elif (ids := _unsampled.current_ids()) is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
     return event_dict
 
 

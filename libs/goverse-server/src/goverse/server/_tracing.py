@@ -14,6 +14,10 @@ What is traced, and how it is named (client spans on our channels: :mod:`goverse
   *linked* to the spans of the calls that pushed them.
 
 Health checks (``grpc.health.v1``) are not traced.
+
+When every span is sampled out (no exporter), the calls of call streams and the object calls
+they make create no span objects: they run in the caller's W3C context kept by
+:mod:`goverse._unsampled`, which log lines and the calls they make use.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import Link, SpanKind
 
+from goverse import _unsampled
 from goverse._tracing import (
     CALL_STREAM_METHODS,
     HEALTH_SERVICE_PREFIX,
+    NO_SPAN,
     REGISTRATION_METHODS,
     OnceSpan,
     method_of,
@@ -121,7 +127,13 @@ def served_call_span(method: str, carrier: Mapping[str, str]) -> Iterator[OnceSp
     """The SERVER span of one call served from a call stream, named as the unary call's
     span (`method`), the child of the caller's span whose W3C context `carrier` holds, and
     current for the block. The block ends it with the call's status (:meth:`OnceSpan.end_with`);
-    an exception out of the block ends it with that exception's status."""
+    an exception out of the block ends it with that exception's status. When every span is
+    sampled out, no span: the block runs in the caller's context (:mod:`goverse._unsampled`).
+    """
+    if _unsampled.unsampled():
+        with _unsampled.serving(carrier):
+            yield NO_SPAN
+        return
     parent = propagate.extract(carrier) if carrier else otel_context.Context()
     span = OnceSpan(
         _tracer.start_span(
@@ -153,8 +165,12 @@ def object_call_span(object_type: str, object_id: str, method: str) -> Iterator[
     """The span of one object method call on a node (current for the block).
 
     Pushes made during the call are tallied and recorded once, as attributes, when it ends:
-    an attribute per call instead of an event per push keeps pushing cheap.
+    an attribute per call instead of an event per push keeps pushing cheap. When every span
+    is sampled out, no span (the block gets the invalid span): nothing would read it.
     """
+    if _unsampled.unsampled():
+        yield trace.INVALID_SPAN
+        return
     tally = [0, 0, 0]
     token = _push_tally.set(tally)
     try:
@@ -187,8 +203,11 @@ _last_carrier: tuple[trace.SpanContext | None, dict[str, str]] = (None, {})
 
 def current_trace_context() -> dict[str, str]:
     """The W3C context (``traceparent``, ``tracestate``) of the current span; empty when there
-    is none. Computed once per span: a method pushing many messages pays for it once."""
+    is none. Computed once per span: a method pushing many messages pays for it once. Empty
+    when every span is sampled out: a context that is not sampled links no delivery to it."""
     global _last_carrier
+    if _unsampled.unsampled():
+        return {}
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return {}
