@@ -14,6 +14,7 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.node._call_context import MAX_CHAIN_DEPTH
 from goverse.placement import Placement
+from goverse.server import READ_PACE
 from goverse.v1 import node_pb2
 from goverse.wire import unpack
 from tests.helpers.call_stream import RawCallStream, call_frame, code_of
@@ -53,6 +54,31 @@ async def test_many_calls_in_one_message_are_answered_each_by_its_id(
             reply = await stream.reply(n)
             assert unpack(reply.call.response, CounterValue).value == n
         assert stream.messages < 50
+
+
+async def test_the_first_replies_of_a_big_message_go_out_before_its_last_calls_start(
+    processes: ProcessGroup,
+) -> None:
+    """A message of 4 x READ_PACE quick calls to one active counter: the node starts them in
+    slices and sends the replies of each slice on, so they come back in several messages
+    rather than one convoy held until the message's last call has run."""
+    node = await lone_node(processes)
+    async with RawCallStream(node.address) as stream:
+        await stream.call("Counter", "paced", "Increment", IncrementRequest(by=1))
+        before = stream.messages
+        count = 4 * READ_PACE
+        await stream.send(
+            *(
+                call_frame(n, "Counter", "paced", "Increment", IncrementRequest(by=1))
+                for n in range(1, count + 1)
+            )
+        )
+        values = [
+            unpack((await stream.reply(n)).call.response, CounterValue).value
+            for n in range(1, count + 1)
+        ]
+        assert values == list(range(2, count + 2))  # in the order sent
+        assert stream.messages - before >= 2
 
 
 async def test_a_slow_method_does_not_delay_the_replies_of_others(

@@ -17,7 +17,7 @@ from goverse.server._access import (
     access_rules,
     rules_file_problem,
 )
-from goverse.server._batching import BatchRule
+from goverse.server._batching import READ_PACE, BatchRule
 from goverse.server._calls import CallsInFlight
 from goverse.server._channel_sweep import sweep_departed_channels
 from goverse.server._cluster_keys import (
@@ -148,6 +148,7 @@ __all__ = [
     "PATH",
     "PLAINTEXT_PEER",
     "PORT",
+    "READ_PACE",
     "Access",
     "AccessGuard",
     "AccessRules",

@@ -15,6 +15,7 @@ import structlog
 from goverse import wire
 from goverse._tracing import OnceSpan, start_call_span
 from goverse.errors import CallError, NotSent, status_error
+from goverse.server._batching import READ_PACE
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.transport import ChannelPool
@@ -268,7 +269,9 @@ class _CallStream:
         )
         try:
             async for replies in call:
-                for reply in replies.replies:
+                for index, reply in enumerate(replies.replies, 1):
+                    if index % READ_PACE == 0:
+                        await asyncio.sleep(0)  # the calls answered go on to their callers
                     pending = self.pending.get(reply.id)
                     if pending is not None and not pending.reply.done():
                         pending.reply.set_result(reply)

@@ -16,7 +16,7 @@ from goverse.errors import GoverseError, call_status, code_status
 from goverse.gate._auth import caller_fields, mark_principal
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
-from goverse.server import BatchRule, CallMetricsInterceptor, served_call_span
+from goverse.server import READ_PACE, BatchRule, CallMetricsInterceptor, served_call_span
 from goverse.v1 import gate_pb2
 
 log = structlog.get_logger(__name__)
@@ -33,16 +33,17 @@ class ClientSession:
     :meth:`stream` is what the handler yields. It sends ``Registered``, then starts the
     *reader* (a task it owns) and becomes the *writer*:
 
-    - The reader takes the client's frames. Each call of a frame starts as its own task (a
-      slow call never delays another), routed by `router` exactly as the unary RPC of the same
-      name, with the client id of this session; an id in ``cancelled`` cancels its task (the
-      call then gets no reply: its caller gave up). A call is refused at once, with the status
-      its unary RPC would answer, when it has no op (INVALID_ARGUMENT), reuses the id of a call
-      in flight (INVALID_ARGUMENT), when `max_calls` calls are in flight already
-      (RESOURCE_EXHAUSTED), or once the gate drains (UNAVAILABLE, marked ``not_forwarded``:
-      the client sends it to its next gate). A call's ``timeout_ms`` is
-      counted from when its frame was read: spent before the call starts, it answers
-      DEADLINE_EXCEEDED without being started.
+    - The reader takes the client's frames. Each call of a frame starts as its own task (a slow
+      call never delays another; the loop runs the tasks started every
+      :data:`~goverse.server.READ_PACE` calls), routed by `router` exactly as the unary RPC of
+      the same name, with the client id of this session; an id in ``cancelled`` cancels its task
+      (the call then gets no reply: its caller gave up). A call is refused at once, with the
+      status its unary RPC would answer, when it has no op (INVALID_ARGUMENT), reuses the id of
+      a call in flight (INVALID_ARGUMENT), when `max_calls` calls are in flight already
+      (RESOURCE_EXHAUSTED), or once the gate drains (UNAVAILABLE, marked ``not_forwarded``: the
+      client sends it to its next gate). A call's ``timeout_ms`` is counted from when its frame
+      was read: spent before the call starts, it answers DEADLINE_EXCEEDED without being
+      started.
     - The writer sends what is ready, replies first, then pushes, each batch in one stream
       message cut to the size limit (:class:`~goverse.server.BatchRule`).
 
@@ -137,8 +138,10 @@ class ClientSession:
         try:
             async for request in requests:
                 received = self._clock()
-                for call in request.calls:
+                for index, call in enumerate(request.calls, 1):
                     self._start(call, received)
+                    if index % READ_PACE == 0:
+                        await asyncio.sleep(0)  # the calls started go on to their nodes
                     # The writer takes replies as fast as the client reads them: when it
                     # stops reading, stop reading its frames too.
                     while len(self._replies) >= self._max_calls:

@@ -17,6 +17,7 @@ from goverse.node._call_context import caller_of, deadline_after, following
 from goverse.node._object_host import ObjectHost
 from goverse.server import (
     PLAINTEXT_PEER,
+    READ_PACE,
     BatchRule,
     CallMetricsInterceptor,
     CallsInFlight,
@@ -48,7 +49,8 @@ class CallStreams:
     :meth:`serve` is one stream: a reader task (the supervisor's
     ``call-stream:<gate|node> <id>:<n>``)
     reads call frames and starts each call as its own task, so a slow method delays no other
-    reply; replies queue in a mailbox that the stream drains, many per stream message
+    reply (the loop runs the calls started every :data:`~goverse.server.READ_PACE` calls);
+    replies queue in a mailbox that the stream drains, many per stream message
     (:class:`~goverse.server.BatchRule`). Each call runs as its unary RPC would (the same
     host entry point, caller, validation and errors; its ``timeout_ms`` as the deadline
     :func:`~goverse.node._call_context.remaining` reads; a SERVER span named as the unary
@@ -305,7 +307,9 @@ class _CallStream:
                     task = self._tasks.get(call_id)
                     if task is not None:
                         task.cancel()
-                for frame in message.calls:
+                for index, frame in enumerate(message.calls, 1):
+                    if index % READ_PACE == 0:
+                        await asyncio.sleep(0)  # the calls started run, their replies go out
                     if not self._start(frame, received):
                         if not self._abandoned:
                             self.failure = (
