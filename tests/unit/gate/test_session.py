@@ -9,15 +9,13 @@ from typing import Any, cast
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from goverse import wire
 from goverse.errors import NotFound
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
-from goverse.server import CallMetricsInterceptor, call_duration_histogram
+from goverse.server import CallDurations, CallMetricsInterceptor
 from goverse.v1 import gate_pb2, node_pb2
 from tests.helpers.fake_node import text
 from tests.helpers.waiting import eventually
@@ -313,9 +311,7 @@ async def _eventually(predicate: Any) -> None:
 async def test_session_calls_are_recorded_as_the_unary_calls_of_their_rpc() -> None:
     """Each call is recorded in the call histogram with the labels of the unary RPC it stands
     for: rpc CallObject, its object type and method, its status code."""
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    metrics = CallMetricsInterceptor(call_duration_histogram(meter, "t.d", "t"), [])
+    metrics = CallMetricsInterceptor(CallDurations("t.d", "t"), [])
     made = Harness(metrics=metrics)
     try:
         await made.next()
@@ -324,20 +320,9 @@ async def test_session_calls_are_recorded_as_the_unary_calls_of_their_rpc() -> N
         await _eventually(lambda: made.session.in_flight == 0)
     finally:
         await made.stream.aclose()
-    data = reader.get_metrics_data()
-    assert data is not None
     counts = {
-        (
-            p.attributes["rpc"],
-            p.attributes["object_type"],
-            p.attributes["method"],
-            p.attributes["code"],
-        ): p.count
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        for p in metric.data.data_points
-        if isinstance(p, HistogramDataPoint) and p.attributes
+        (rpc, object_type, method, code): count
+        for (code, method, object_type, rpc), count in metrics.durations.counts().items()
     }
     assert counts == {
         ("CallObject", "T", "echo", "OK"): 1,

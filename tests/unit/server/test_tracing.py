@@ -12,14 +12,12 @@ import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from goverse.errors import NotFound, translate_errors
 from goverse.server import (
+    CallDurations,
     CallMetricsInterceptor,
     GrpcHost,
-    call_duration_histogram,
     current_trace_context,
     deliver_traced,
 )
@@ -70,29 +68,26 @@ class _Node(node_pb2_grpc.NodeServiceServicer):
 class Served:
     node: _Node
     stub: node_pb2_grpc.NodeServiceStub
-    reader: InMemoryMetricReader
+    durations: CallDurations
     address: str
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     """_Node on a GrpcHost with call metrics, and a stub over a pooled (traced) channel."""
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    durations = CallDurations("t.d", "t")
     node = _Node()  # type: ignore[abstract]  # only the RPCs under test
     host = GrpcHost(
         "127.0.0.1:0",
         [SERVICE],
-        interceptors=[
-            CallMetricsInterceptor(call_duration_histogram(meter, "t.d", "t"), [SERVICE])
-        ],
+        interceptors=[CallMetricsInterceptor(durations, [SERVICE])],
     )
     node_pb2_grpc.add_NodeServiceServicer_to_server(node, host.server)
     port = await host.start()
     pool = ChannelPool(channel_options())
     try:
         address = f"127.0.0.1:{port}"
-        yield Served(node, node_pb2_grpc.NodeServiceStub(pool.get(address)), reader, address)
+        yield Served(node, node_pb2_grpc.NodeServiceStub(pool.get(address)), durations, address)
     finally:
         node.release.set()
         await pool.close()
@@ -182,24 +177,14 @@ async def test_a_registration_stream_is_traced_until_its_first_response_only(
 
 
 async def test_call_metrics_record_each_call_with_its_status_code(served: Any) -> None:
-    stub, reader = served.stub, served.reader
+    stub = served.stub
     await stub.Status(node_pb2.StatusRequest(), timeout=10)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.ListObjects(node_pb2.ListObjectsRequest(object_type="Counter"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-    data = reader.get_metrics_data()
-    assert data is not None
-    points = [
-        point
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        for point in metric.data.data_points
-    ]
     counts = {
-        (p.attributes["rpc"], p.attributes["object_type"], p.attributes["code"]): p.count
-        for p in points
-        if isinstance(p, HistogramDataPoint) and p.attributes
+        (rpc, object_type, code): count
+        for (code, _, object_type, rpc), count in served.durations.counts().items()
     }
     assert counts == {("Status", "", "OK"): 1, ("ListObjects", "Counter", "NOT_FOUND"): 1}
 

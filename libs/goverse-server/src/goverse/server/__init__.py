@@ -64,9 +64,9 @@ from goverse.server._membership import (
 )
 from goverse.server._membership_metrics import membership_metrics
 from goverse.server._metrics import (
+    CallDurations,
     CallMetricsInterceptor,
     LabelLimiter,
-    call_duration_histogram,
 )
 from goverse.server._node_calls import NodeCalls
 from goverse.server._ready import Ready, wait_ready, write_ready
@@ -155,6 +155,7 @@ __all__ = [
     "AccessRulesError",
     "BatchRule",
     "BoundAddress",
+    "CallDurations",
     "CallMetricsInterceptor",
     "CallsInFlight",
     "ClusterKeys",
@@ -212,7 +213,6 @@ __all__ = [
     "WatchEvent",
     "access_rules",
     "at_least",
-    "call_duration_histogram",
     "check_pair",
     "choice",
     "configure_logging",

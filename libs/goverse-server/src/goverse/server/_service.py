@@ -28,7 +28,7 @@ from opentelemetry import metrics
 from goverse.server._calls import CallsInFlight
 from goverse.server._grpc import GrpcHost
 from goverse.server._limits import hop_message_bytes
-from goverse.server._metrics import CallMetricsInterceptor, call_duration_histogram
+from goverse.server._metrics import CallDurations, CallMetricsInterceptor
 from goverse.server._node_calls import Metadata, NodeCalls
 from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
@@ -197,14 +197,12 @@ class ServiceApp(abc.ABC, Generic[C]):
         gate serves until then, and those a node's objects make while it deactivates them,
         need them after the main supervisor has shut down (step 5)."""
         self.calls = CallsInFlight([self.grpc_service])
-        self.call_metrics = CallMetricsInterceptor(
-            call_duration_histogram(
-                self.meter,
-                f"goverse.{self.service}.call.duration",
-                f"calls the {self.service} served",
-            ),
-            [self.grpc_service],
+        durations = CallDurations(
+            f"goverse.{self.service}.call.duration", f"calls the {self.service} served"
         )
+        if telemetry is not None:
+            telemetry.registry.register(durations)
+        self.call_metrics = CallMetricsInterceptor(durations, [self.grpc_service])
         """The served calls' duration histogram: unary calls record in it as an interceptor,
         calls from a call stream by :meth:`~CallMetricsInterceptor.record` (same labels)."""
         self._host: GrpcHost | None = None
