@@ -15,6 +15,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from bench import wire
 from bench.bare_server import SERVICE
+from bench.cpu import CpuMeter
 from goverse.transport import channel_options
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 
@@ -51,6 +52,8 @@ class LoadResult:
     latencies_ns: list[int] = field(repr=False)
     completed: int = 0
     """Calls that ended inside the measured window, wherever they started."""
+    cpu: CpuMeter | None = None
+    """The CPU the measured processes used inside the window, when asked for."""
 
     @property
     def calls_per_second(self) -> float:
@@ -72,10 +75,12 @@ async def closed_loop(
     warmup: float,
     duration: float,
     max_calls: int = 5_000_000,
+    cpu: CpuMeter | None = None,
 ) -> LoadResult:
     """`concurrency` workers call ``call(worker)`` back to back for ``warmup + duration``
-    seconds; counts the calls that completed inside the measured window, and their latency.
-    Stops early after `max_calls` calls or MAX_ERRORS errors (then raises)."""
+    seconds; counts the calls that completed inside the measured window, and their latency,
+    and with `cpu` the CPU its processes used in the window. Stops early after `max_calls`
+    calls or MAX_ERRORS errors (then raises)."""
     latencies: list[int] = []
     errors: list[BaseException] = []
     started = time.perf_counter_ns()
@@ -101,10 +106,18 @@ async def closed_loop(
                 if t0 >= window_start:
                     latencies.append(t1 - t0)
 
-    await asyncio.gather(*(worker(index) for index in range(concurrency)))
+    timers = []
+    if cpu is not None:
+        loop = asyncio.get_running_loop()
+        timers = [loop.call_later(warmup, cpu.start), loop.call_later(warmup + duration, cpu.stop)]
+    try:
+        await asyncio.gather(*(worker(index) for index in range(concurrency)))
+    finally:
+        for timer in timers:
+            timer.cancel()
     if len(errors) >= MAX_ERRORS:
         raise RuntimeError(f"{len(errors)} calls failed; the first: {errors[0]!r}")
-    return LoadResult(concurrency, duration, len(latencies), len(errors), latencies, completed)
+    return LoadResult(concurrency, duration, len(latencies), len(errors), latencies, completed, cpu)
 
 
 # -- the bare server ---------------------------------------------------------------------------

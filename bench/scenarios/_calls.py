@@ -17,6 +17,7 @@ from bench.clients import (
     raw_channel,
 )
 from bench.cluster import Variant, start_bare, start_system
+from bench.cpu import HARNESS, CpuMeter
 from bench.results_model import ScenarioResult
 from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
 from bench.stats import latency_ms
@@ -44,7 +45,11 @@ async def _bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, L
             for level in s.concurrency:
                 async with ctx.profiled(f"calls-c{level}-{variant.label}", {"bare": proc}):
                     results[level] = await closed_loop(
-                        call, level, warmup=s.warmup, duration=s.duration
+                        call,
+                        level,
+                        warmup=s.warmup,
+                        duration=s.duration,
+                        cpu=CpuMeter({"bare": proc.pid}),
                     )
         finally:
             await channel.close()
@@ -77,7 +82,11 @@ async def system_calls(
                 targets = {"gate": system.gate, "node": system.node}
                 async with ctx.profiled(f"calls-c{level}-{variant.label}", targets):
                     results[level] = await closed_loop(
-                        call, level, warmup=s.warmup, duration=s.duration
+                        call,
+                        level,
+                        warmup=s.warmup,
+                        duration=s.duration,
+                        cpu=CpuMeter({"gate": system.gate.pid, "node": system.node.pid}),
                     )
         logs = [system.gate.log_path, system.node.log_path]
     return results, logs
@@ -134,6 +143,24 @@ def call_rows(
         result.add(case, "calls/s", "1/s", a[level].calls_per_second, b[level].calls_per_second)
         result.add(case, "latency p50", "ms", la["p50"], lb["p50"], "lower")
         result.add(case, "latency p99", "ms", la["p99"], lb["p99"], "lower")
+        cpu_rows(result, case, a[level], b[level])
+
+
+def cpu_rows(result: ScenarioResult, case: str, a: LoadResult, b: LoadResult) -> None:
+    """CPU per call of the calling client and of the servers (bare: its server; system: gate
+    and node together, then each), and how many cores all of them kept busy."""
+    if a.cpu is None or b.cpu is None:
+        return
+    ma, mb = a.cpu.per_call_ms(a.completed), b.cpu.per_call_ms(b.completed)
+    if not ma or not mb:
+        return
+    servers_a = sum(ms for name, ms in ma.items() if name != HARNESS)
+    servers_b = sum(ms for name, ms in mb.items() if name != HARNESS)
+    result.add(case, "CPU per call, client", "ms", ma[HARNESS], mb[HARNESS], "lower")
+    result.add(case, "CPU per call, servers", "ms", servers_a, servers_b, "lower")
+    for name in sorted(set(mb) - {HARNESS}):
+        result.add(case, f"CPU per call, {name}", "ms", None, mb[name], "lower")
+    result.add(case, "cores busy", "cores", a.cpu.cores_busy, b.cpu.cores_busy)
 
 
 async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
