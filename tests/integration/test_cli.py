@@ -145,6 +145,9 @@ async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) ->
     """``watch`` says its client id on stderr, prints a push sent to it as one JSON line
     with its type name, and exits 0 on Ctrl-C."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    # Once, in a full `make test`, watch did not exit within 30 s of Ctrl-C (not reproduced in
+    # a hundred runs since): should it hang again, its threads' stacks say where.
+    environ["PYTHONFAULTHANDLER"] = "1"
     watcher = await asyncio.create_subprocess_exec(
         GOVERSE, f"--gate={gate}", "watch",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
@@ -162,7 +165,13 @@ async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) ->
         line = await asyncio.wait_for(watcher.stdout.readline(), LINE_TIMEOUT)
         assert json.loads(line) == {"type": "google.protobuf.StringValue", "message": "cli-pusher"}
         watcher.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(watcher.wait(), LINE_TIMEOUT) == Exit.OK
+        try:
+            exited = await asyncio.wait_for(watcher.wait(), LINE_TIMEOUT)
+        except TimeoutError:
+            watcher.send_signal(signal.SIGABRT)  # the fault handler writes every thread's stack
+            stacks = await asyncio.wait_for(watcher.stderr.read(), LINE_TIMEOUT)
+            pytest.fail(f"watch did not exit on Ctrl-C; its stacks:\n{stacks.decode()}")
+        assert exited == Exit.OK
     finally:
         if watcher.returncode is None:
             watcher.kill()
