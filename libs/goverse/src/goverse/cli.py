@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -232,6 +233,42 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] =
 }
 
 
+class _Interrupted(Exception):
+    """Ctrl-C stopped the command."""
+
+
+async def _interruptible(command: Coroutine[Any, Any, None]) -> None:
+    """Runs `command` until it ends or Ctrl-C cancels it (then raises :class:`_Interrupted`).
+
+    The loop's own signal handler, not the one ``asyncio.run`` installs: Python runs a handler
+    set with ``signal.signal`` only once the main thread wakes up, and a SIGINT the kernel
+    hands to one of grpc's threads (none of them blocks it) can leave an idle loop asleep:
+    ``watch`` did not exit on Ctrl-C in two full test runs, its loop asleep in ``select`` and
+    its command never cancelled. The loop's handler is woken through its wake-up descriptor,
+    whichever thread the signal lands on.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        await command
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        task.uncancel()
+        raise _Interrupted() from None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def _fail(code: Exit, message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
     return code
@@ -243,8 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The SDK logs reconnections and refusals as warnings: one line each, named as ours.
     logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
     try:
-        asyncio.run(COMMANDS[args.command](args))
-    except KeyboardInterrupt:
+        asyncio.run(_interruptible(COMMANDS[args.command](args)))
+    except (KeyboardInterrupt, _Interrupted):
         return Exit.OK if args.command == "watch" else Exit.INTERRUPTED
     except UsageError as error:
         return _fail(Exit.USAGE, str(error))
