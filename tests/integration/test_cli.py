@@ -145,8 +145,8 @@ async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) ->
     """``watch`` says its client id on stderr, prints a push sent to it as one JSON line
     with its type name, and exits 0 on Ctrl-C."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
-    # Once, in a full `make test`, watch did not exit within 30 s of Ctrl-C (not reproduced in
-    # a hundred runs since): should it hang again, its threads' stacks say where.
+    # Twice, in full `make test` runs, watch did not exit within 30 s of Ctrl-C (before the CLI
+    # took Ctrl-C with the loop's own handler): should it hang again, its stacks say where.
     environ["PYTHONFAULTHANDLER"] = "1"
     watcher = await asyncio.create_subprocess_exec(
         GOVERSE, f"--gate={gate}", "watch",

@@ -96,10 +96,7 @@ class _NoSpan(OnceSpan):
 
     def __init__(self) -> None:
         super().__init__(trace.INVALID_SPAN)
-        self._ended = True
-
-    def end_with(self, code: grpc.StatusCode, description: str = "") -> None:
-        pass
+        self._ended = True  # so every end is a no-op
 
 
 NO_SPAN: OnceSpan = _NoSpan()

@@ -22,7 +22,7 @@ process working on it at a time (measured: 64 calls a message, gate and node eac
 core busy, two cores idle half the time). Starting a message's calls in slices of this many,
 with a turn of the loop between them, sends the first slice on while the next is started:
 the hops overlap. Slices smaller than this cost more stream messages than the overlap gains
-(docs/performance.md, "Pacing the readers")."""
+(docs/performance.md, "One convoy at a time: pacing the readers")."""
 
 _LENGTH_DELIMITED = 2
 """The wire type of a message field: tag, then a length varint, then the bytes."""
