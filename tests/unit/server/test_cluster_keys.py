@@ -121,6 +121,7 @@ def test_keys_goverse_does_not_write_are_foreign(key: str) -> None:
         (KEYS.node("a:1"), b'["a:1","1"]'),
         (KEYS.node("a:1"), b'{"address":"a:1","incarnation":"1","leaving":"yes"}'),
         (KEYS.shard(1), b"a:1,a:1"),
+        (KEYS.shard(2), b"a:1,a:1"),
         (KEYS.shard(1), b'{"node":"","incarnation":"1"}'),
         (KEYS.gate("g"), b"\xff"),
     ],

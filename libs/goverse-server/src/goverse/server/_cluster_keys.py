@@ -24,6 +24,7 @@ ownership — builds and parses them here.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from goverse.placement import SHARD_COUNT
 from goverse.server._etcd import KeyValue
 from goverse.server._membership import NodeInfo, ShardOwner
 
+SHARD_HOLDERS_CACHED = 256
+"""Distinct shard key values whose decoding a process keeps (one per node incarnation)."""
 SCHEMA = b"goverse/1"
 """The value of the ``schema`` key: the layout this code reads and writes."""
 
@@ -124,6 +127,15 @@ def _fields(key: str, decoded: dict[str, Any], names: tuple[str, ...]) -> list[s
     return fields
 
 
+@functools.lru_cache(maxsize=SHARD_HOLDERS_CACHED)
+def _shard_holder(value: bytes) -> tuple[str, str]:
+    """The node id and incarnation a shard key's value names, or ForeignData (its key left
+    blank). Cached: thousands of shard keys hold the same few values, and a scale streams
+    them to every gate and node at once."""
+    node_id, incarnation = _fields("", _object("", value), ("node", "incarnation"))
+    return node_id, incarnation
+
+
 def _flag(key: str, decoded: dict[str, Any], name: str) -> bool:
     """The optional boolean field `name` of a decoded value (absent: False), or ForeignData."""
     field = decoded.get(name, False)
@@ -197,8 +209,10 @@ class ClusterKeys:
                 [address] = _fields(kv.key, _object(kv.key, kv.value), ("address",))
                 return Entry(KeyKind.GATE, name=entry.name, gate=GateInfo(entry.name, address))
             case KeyKind.SHARD:
-                decoded = _object(kv.key, kv.value)
-                node_id, incarnation = _fields(kv.key, decoded, ("node", "incarnation"))
+                try:
+                    node_id, incarnation = _shard_holder(kv.value)
+                except ForeignData as error:
+                    raise ForeignData(kv.key, error.reason) from None
                 owner = ShardOwner(node_id, incarnation, kv.create_revision)
                 return Entry(KeyKind.SHARD, shard=entry.shard, owner=owner)
 
