@@ -183,6 +183,26 @@ async def test_an_expired_lease_takes_its_node_and_its_shards_in_one_change(
     assert list(view.nodes()) == ["n1:7001"]
 
 
+async def test_the_shards_whose_keys_went_are_handed_out_once(
+    view: EtcdView, client: EtcdClient
+) -> None:
+    """take_freed names the shards whose keys the watch saw deleted since the last call (a
+    release, an expired lease), each once; a key created or rewritten frees nothing."""
+    one = await Node.join(client, "n1:7001")
+    await one.claim(range(10))
+    await until(view, lambda: view.claim(9) is not None)
+    view.take_freed()
+    await client.delete(KEYS.shard(3))
+    await client.delete(KEYS.shard(7))
+    await one.claim([20])
+    await until(view, lambda: view.claim(20) is not None)
+    assert view.take_freed() == {3, 7}
+    assert view.take_freed() == set()
+    await client.revoke(one.lease)
+    await until(view, lambda: view.claim(0) is None)
+    assert view.take_freed() == {0, 1, 2, 4, 5, 6, 8, 9, 20}
+
+
 async def test_a_shard_key_of_an_older_incarnation_is_no_owner(
     view: EtcdView, client: EtcdClient
 ) -> None:

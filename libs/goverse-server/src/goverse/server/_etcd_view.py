@@ -144,6 +144,7 @@ class EtcdView(Versioned):
         self._loaded = False
         self._down_since: float | None = None
         self._not_ready_timer: asyncio.TimerHandle | None = None
+        self._freed: set[int] = set()
         self.stats = ViewStats()
 
     # -- ClusterView ---------------------------------------------------------------------------
@@ -192,6 +193,13 @@ class EtcdView(Versioned):
 
     def target(self, shard: int) -> str | None:
         return None if self._placement is None else self._placement.node_for_shard(shard)
+
+    def take_freed(self) -> set[int]:
+        """The shards whose key the watch saw deleted since the last call (at most every shard
+        once: bounded however rarely it is called). A node claims what it is the target of
+        without scanning all 8192 shards; a reload frees nothing here, its reader scans."""
+        freed, self._freed = self._freed, set()
+        return freed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -314,6 +322,8 @@ class EtcdView(Versioned):
                     continue  # its put was reported already
                 if entry.kind is KeyKind.SCHEMA:
                     log.warning("the schema key was deleted", key=event.kv.key)
+                elif entry.kind is KeyKind.SHARD:
+                    self._freed.add(entry.shard)
                 changed |= state.delete(entry)
             else:
                 decoded = self._decode(event.kv)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -234,19 +234,26 @@ class ShardOwnership:
             await asyncio.sleep(max(lease.remaining() - margin, 0.01))
 
     async def _reconcile_forever(self, lease: Lease) -> None:
+        """Reconciles in full on a change of the view, at most every
+        :data:`RECONCILE_SPACING` (and every :data:`RECONCILE_INTERVAL` without one), and
+        claims what the view saw freed on every change in between (:meth:`_claim_freed`)."""
         loop = asyncio.get_running_loop()
         version = -1
         failing = False
-        next_start = loop.time()
+        due = loop.time()  # when the next full reconciliation may start
+        dirty = True  # whether the view changed since the last full one
         while not self._leaving:
+            wait = max(due - loop.time(), 0.0) if dirty else RECONCILE_INTERVAL
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECONCILE_INTERVAL):
+                async with asyncio.timeout(wait):
                     version = await self._view.changed(version)
-            if (spacing := next_start - loop.time()) > 0:
-                await asyncio.sleep(spacing)
-            next_start = loop.time() + RECONCILE_SPACING
+                    dirty = True
             try:
-                await self._reconcile(lease)
+                await self._claim_freed(lease)
+                if loop.time() >= due:
+                    due = loop.time() + RECONCILE_SPACING
+                    dirty = False
+                    await self._reconcile(lease)
             except EtcdClosed:
                 raise
             except EtcdError as error:
@@ -258,25 +265,39 @@ class ShardOwnership:
                     log.info("reconciliation resumed")
                 failing = False
 
-    async def _reconcile(self, lease: Lease) -> None:
+    def _joined(self, lease: Lease) -> bool:
+        """Whether the view shows this incarnation registered and the lease is trusted: what
+        claiming or releasing anything needs."""
         view = self._view
         if not view.loaded or not lease.valid(self._margin):
+            return False
+        me = view.nodes().get(self._node)
+        return me is not None and me.incarnation == lease.incarnation
+
+    async def _reconcile(self, lease: Lease) -> None:
+        if not self._joined(lease):
             return
-        nodes = view.nodes()
-        me = nodes.get(self._node)
-        if me is None or me.incarnation != lease.incarnation:
-            return  # our registration is not in the view yet
         signature = frozenset(
-            (node.node_id, node.incarnation, node.leaving) for node in nodes.values()
+            (node.node_id, node.incarnation, node.leaving) for node in self._view.nodes().values()
         )
         if signature != self._nodes_signature:
             self._nodes_signature = signature
             self._stable_since = time.monotonic()
         self._adopt(lease)
-        await self._claim(lease)
+        await self._claim(lease, range(SHARD_COUNT))
         await self._retry_deletes(lease)
         if time.monotonic() - self._stable_since >= self._rebalance_delay:
             await self._release_moved(lease)
+
+    async def _claim_freed(self, lease: Lease) -> None:
+        """Claims the shards whose keys the view saw deleted since the last look and whose
+        target this node is: a leaving node's handoffs, a crashed node's expired keys. A full
+        reconciliation scans all 8192 shards, so it is spaced; waiting for it added up to
+        :data:`RECONCILE_SPACING` plus a scan under load to every moving shard's handoff, and
+        the calls held for it waited as long."""
+        freed = self._view.take_freed()
+        if freed and self._joined(lease):
+            await self._claim(lease, sorted(freed))
 
     def _adopt(self, lease: Lease) -> None:
         """Brings the table in line with the keys: ours that it does not know yet (a claim
@@ -318,11 +339,12 @@ class ShardOwnership:
         if lost:
             log.warning("shard keys gone while the lease was valid", shards=lost)
 
-    async def _claim(self, lease: Lease) -> None:
+    async def _claim(self, lease: Lease, shards: Iterable[int]) -> None:
+        """Claims those of `shards` whose target this node is and whose key is absent."""
         view = self._view
         wanted = [
             shard
-            for shard in range(SHARD_COUNT)
+            for shard in shards
             if view.target(shard) == self._node
             and view.claim(shard) is None
             and self._table.state(shard) is ShardState.UNOWNED
