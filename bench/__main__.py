@@ -36,6 +36,7 @@ from bench.scenarios import (
     TLS_SCENARIOS,
     Ctx,
     Settings,
+    allocator_problems,
     run_scenario,
 )
 
@@ -101,6 +102,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--state-rss-ids", type=int, default=None, help="scenario 7: ids called once (RSS)"
     )
     parser.add_argument(
+        "--state-rss-allocators",
+        type=_words,
+        default=None,
+        help="scenario 7: the RSS nodes' allocators, some of pymalloc,malloc,jemalloc,mimalloc "
+        "(default: pymalloc,malloc; jemalloc and mimalloc need Debian's libjemalloc2 and "
+        "libmimalloc2.0)",
+    )
+    parser.add_argument(
         "--state-rss-idle",
         type=float,
         default=None,
@@ -143,6 +152,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             and not args.state_rss_idle
         ):
             parser.error("--state-parts rss without calls needs --state-rss-idle")
+    if args.state_rss_allocators and (problems := allocator_problems(args.state_rss_allocators)):
+        parser.error(f"--state-rss-allocators: {'; '.join(problems)}")
     if args.tls and not set(args.scenarios) <= set(TLS_SCENARIOS):
         parser.error(f"--tls runs scenarios {','.join(TLS_SCENARIOS)} only")
     if args.loops is None:
@@ -174,6 +185,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "state_parts": args.state_parts,
         "state_rss_ids": args.state_rss_ids,
         "state_rss_idle": args.state_rss_idle,
+        "state_rss_allocators": args.state_rss_allocators,
     }
     for key, value in overrides.items():
         if value is not None:

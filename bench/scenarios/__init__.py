@@ -41,7 +41,7 @@ from bench.scenarios._push import push
 from bench.scenarios._relay import relay
 from bench.scenarios._state import PARTS as STATE_PARTS
 from bench.scenarios._state import STORES as STATE_STORES
-from bench.scenarios._state import state
+from bench.scenarios._state import allocator_problems, state
 from bench.scenarios._tracing import tracing
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "TLS_SCENARIOS",
     "Ctx",
     "Settings",
+    "allocator_problems",
     "run_scenario",
 ]
 

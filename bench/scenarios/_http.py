@@ -15,6 +15,7 @@ import aiohttp
 from bench import wire
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
 from bench.cluster import LISTEN, Variant, start_system
+from bench.cpu import CpuMeter
 from bench.procs import PYTHON
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
@@ -37,7 +38,11 @@ def _session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
-async def _load(ctx: Ctx, urls: list[str], body: bytes) -> dict[int, LoadResult]:
+async def _load(
+    ctx: Ctx, urls: list[str], body: bytes, pids: dict[str, int]
+) -> dict[int, LoadResult]:
+    """Closed-loop calls at each concurrency, measuring the CPU of the processes `pids` names
+    (and the harness) inside the window."""
     results: dict[int, LoadResult] = {}
     for level in ctx.settings.concurrency:
         async with _session(level) as http:
@@ -51,7 +56,9 @@ async def _load(ctx: Ctx, urls: list[str], body: bytes) -> dict[int, LoadResult]
             for worker in range(level):  # activation and connecting are not what we measure
                 await call(worker)
             s = ctx.settings
-            results[level] = await closed_loop(call, level, warmup=s.warmup, duration=s.duration)
+            results[level] = await closed_loop(
+                call, level, warmup=s.warmup, duration=s.duration, cpu=CpuMeter(pids)
+            )
     return results
 
 
@@ -65,7 +72,7 @@ async def _bare(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult
         )
         await proc.wait_ready()
         urls = [f"http://{proc.address}/echo"] * max(ctx.settings.concurrency)
-        return await _load(ctx, urls, body)
+        return await _load(ctx, urls, body, {"bare": proc.pid})
 
 
 async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult]:
@@ -77,7 +84,7 @@ async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResu
             f"http://{address}/v1/objects/Echo/echo-{index}/Echo"
             for index in range(max(ctx.settings.concurrency))
         ]
-        return await _load(ctx, urls, body)
+        return await _load(ctx, urls, body, {"gate": system.gate.pid, "node": system.node.pid})
 
 
 async def _read_events(

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
@@ -48,10 +49,30 @@ RSS_IDLE_MARGIN = 1.25
 """The RSS node's --idle-timeout is this many times the expected fill time (from the
 activation rate measured on the same store), so no id is deactivated before the fill ends."""
 POLL = 0.2
-ALLOCATORS = {"pymalloc": {}, "malloc": {"PYTHONMALLOC": "malloc"}}
+_LIBS = "/usr/lib/x86_64-linux-gnu"
+ALLOCATORS = {
+    "pymalloc": {},
+    "malloc": {"PYTHONMALLOC": "malloc"},
+    "jemalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": f"{_LIBS}/libjemalloc.so.2"},
+    "mimalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": f"{_LIBS}/libmimalloc.so.2"},
+}
 """The node's memory allocators in the RSS case: CPython's default (objects of up to 512 bytes
-in 1 MiB arenas, each given back to the system only once wholly free) and the C library's
-(``PYTHONMALLOC=malloc``: ``malloc_trim`` gives back every free page)."""
+in 1 MiB arenas, each given back to the system only once wholly free), the C library's
+(``PYTHONMALLOC=malloc``: ``malloc_trim`` gives back every free page), and jemalloc or
+mimalloc in its place (Debian's libjemalloc2, libmimalloc2.0, preloaded)."""
+
+
+def allocator_problems(names: Iterable[str]) -> list[str]:
+    """Why each of `names` cannot be measured here: unknown, or its library not installed (a
+    preload that fails only warns, and the node would run on the C library's allocator)."""
+    problems = []
+    for name in names:
+        env = ALLOCATORS.get(name)
+        if env is None:
+            problems.append(f"{name}: not one of {', '.join(ALLOCATORS)}")
+        elif (library := env.get("LD_PRELOAD")) and not Path(library).exists():
+            problems.append(f"{name}: {library} is not installed")
+    return problems
 
 
 @dataclass
