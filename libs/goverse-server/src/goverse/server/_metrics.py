@@ -3,9 +3,10 @@
 Instruments are OpenTelemetry instruments, but for the call durations (:class:`CallDurations`,
 recorded once per call served); the Prometheus endpoint (see :mod:`goverse.server._telemetry`)
 turns a counter ``x.y`` into ``x_y_total``, and ``goverse.gate.call.duration`` (seconds) is
-``goverse_gate_call_duration_seconds_{bucket,sum,count}``. Observable instruments are read by
-the endpoint's thread at scrape time, so their callbacks only take atomic snapshots (``len()``,
-``list(d.values())``, ``dict(c)``).
+``goverse_gate_call_duration_seconds_{bucket,sum,count}``. Observable instruments are read at
+scrape time on the service's event loop (:mod:`goverse.server._metrics_endpoint`), between two
+of its turns, so their callbacks only take quick snapshots (``len()``, ``list(d.values())``,
+``dict(c)``).
 """
 
 from __future__ import annotations
