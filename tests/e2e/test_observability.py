@@ -29,6 +29,7 @@ from tests.helpers.telemetry import (
     otel_env,
     sample,
     scrape,
+    span_capture,
 )
 from tests.helpers.waiting import wait_until
 
@@ -75,6 +76,14 @@ def start_observed(
         env=env,
     )
     return Observed(cluster, receiver)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk_tracer_provider() -> None:
+    """The tests start spans of their own to follow a call's trace, which need an SDK tracer
+    provider as the global one (the first span_capture() installs it): whichever test runs
+    first, alone or in any order, not only after one that captured spans."""
+    span_capture()
 
 
 @pytest.fixture(scope="module")
