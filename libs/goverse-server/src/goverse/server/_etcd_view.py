@@ -144,7 +144,9 @@ class EtcdView(Versioned):
         self._loaded = False
         self._down_since: float | None = None
         self._not_ready_timer: asyncio.TimerHandle | None = None
-        self._freed: set[int] = set()
+        self._freed: set[int] | None = None
+        """Shards whose keys went since the last take_freed; None until it is first called
+        (gates never call it, and keep nothing)."""
         self.stats = ViewStats()
 
     # -- ClusterView ---------------------------------------------------------------------------
@@ -195,10 +197,11 @@ class EtcdView(Versioned):
         return None if self._placement is None else self._placement.node_for_shard(shard)
 
     def take_freed(self) -> set[int]:
-        """The shards whose key the watch saw deleted since the last call (at most every shard
-        once: bounded however rarely it is called). A node claims what it is the target of
-        without scanning all 8192 shards; a reload frees nothing here, its reader scans."""
-        freed, self._freed = self._freed, set()
+        """The shards whose key the watch saw deleted since the last call (each at most once:
+        bounded however rarely it is called), counted from the first call, which returns
+        nothing. A node claims what it is the target of without scanning all 8192 shards; a
+        reload frees nothing here, its reader scans."""
+        freed, self._freed = self._freed or set(), set()
         return freed
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -322,7 +325,7 @@ class EtcdView(Versioned):
                     continue  # its put was reported already
                 if entry.kind is KeyKind.SCHEMA:
                     log.warning("the schema key was deleted", key=event.kv.key)
-                elif entry.kind is KeyKind.SHARD:
+                elif entry.kind is KeyKind.SHARD and self._freed is not None:
                     self._freed.add(entry.shard)
                 changed |= state.delete(entry)
             else:
