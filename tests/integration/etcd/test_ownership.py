@@ -44,7 +44,9 @@ WAIT = 20.0
 class LaggingView(EtcdView):
     """An EtcdView whose watch falls behind on demand (the batches etcd sends are kept, not
     applied, while held), and that counts how often it is waited on: ShardOwnership waits on
-    its view once after each reconciliation, so :meth:`reconciled` waits for whole ones."""
+    its view before each full reconciliation (and between them on every change, to claim what
+    was freed); while the view is held nothing changes, so each wait times out into a full
+    reconciliation, and :meth:`reconciled` waits for whole ones."""
 
     def __init__(self, client: EtcdClient) -> None:
         super().__init__(client, PREFIX, lease_ttl=CONFIG.lease_ttl)
