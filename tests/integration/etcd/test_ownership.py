@@ -194,9 +194,10 @@ async def test_a_leaving_node_serves_the_shards_it_has_not_handed_off_yet(
 ) -> None:
     """The node owns every shard and another node is live. The node leaves while a call
     runs in a shard of its fourth chunk of handoffs (shards are handed off in order,
-    ``--max-handoffs`` at a time). Its node key says leaving at once, so the other node is
-    every shard's target; the three chunks before that call are handed off (their keys
-    deleted) while it runs, and the shards after it stay this node's: routing still sends
+    ``--max-handoffs`` at a time, one chunk after the other). Its node key says leaving at
+    once, so the other node is every shard's target; the three chunks before that call are
+    handed off (their keys deleted) while it runs, the call's chunk drains (and waits for
+    it), and the shards after it stay this node's: routing still sends
     their calls here and they are admitted. Once the call ends the rest is handed off and
     the lease revoked: no key of the node is left."""
     config = dataclasses.replace(
@@ -232,7 +233,14 @@ async def test_a_leaving_node_serves_the_shards_it_has_not_handed_off_yet(
             assert owner.view.nodes()[NODE].leaving
             assert {owner.view.target(s) for s in range(SHARD_COUNT)} == {OTHER}
             assert not any(owner.table.state(s) is ShardState.OWNED for s in handed_off)
-            assert owner.table.state(busy) is ShardState.DRAINING
+            # A chunk drains once the chunk before it is deleted, which the view may show
+            # before the handoff has gone on to the busy shard's chunk.
+            busy_chunk = range(busy, busy + config.max_handoffs)
+            await eventually(
+                lambda: all(owner.table.state(s) is ShardState.DRAINING for s in busy_chunk),
+                WAIT,
+                "the busy shard's chunk draining",
+            )
             later = range(busy + config.max_handoffs, SHARD_COUNT)
             assert owner.owned() == set(later)
             assert {owner.view.owner_address(s) for s in later} == {NODE}
@@ -324,6 +332,8 @@ async def test_a_leave_still_handing_off_halfway_through_its_budget_deletes_the_
         finally:
             finish.set()
             await asyncio.wait({calling, leaving}, timeout=WAIT)
+        with pytest.raises(Unavailable, match="is leaving the cluster"):
+            calling.result()  # stopped when the node stopped serving, its shard still held
         _, kvs = await client.get_prefix(KEYS.root)
         shard_keys = {kv.key for kv in kvs if kv.key.startswith(KEYS.shards)}
         assert shard_keys == {KEYS.shard(s) for s in range(busy, SHARD_COUNT)}
