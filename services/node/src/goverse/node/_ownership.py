@@ -305,6 +305,8 @@ class ShardOwnership:
         the calls held for it waited as long."""
         freed = self._view.take_freed()
         if freed and self._joined(lease):
+            # Taken whether or not etcd takes the claims: what it refuses (or a claim that
+            # fails) the next full reconciliation claims, as it did before this shortcut.
             await self._claim(lease, sorted(freed))
 
     def _adopt(self, lease: Lease) -> None:
@@ -566,12 +568,12 @@ class ShardOwnership:
             try:
                 if owned:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(handoffs):
+                        async with asyncio.timeout(handoffs) as scope:
                             await self._hand_off_all(
                                 owned,
                                 lease,
                                 min(self._handoff_timeout, handoffs),
-                                deadline=asyncio.get_running_loop().time() + handoffs,
+                                deadline=scope.when(),
                             )
             finally:
                 # A mark still on its way is not waited for (on a machine so loaded that
