@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes.util
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
@@ -49,17 +49,17 @@ RSS_IDLE_MARGIN = 1.25
 """The RSS node's --idle-timeout is this many times the expected fill time (from the
 activation rate measured on the same store), so no id is deactivated before the fill ends."""
 POLL = 0.2
-_LIBS = "/usr/lib/x86_64-linux-gnu"
 ALLOCATORS = {
     "pymalloc": {},
     "malloc": {"PYTHONMALLOC": "malloc"},
-    "jemalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": f"{_LIBS}/libjemalloc.so.2"},
-    "mimalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": f"{_LIBS}/libmimalloc.so.2"},
+    "jemalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": "libjemalloc.so.2"},
+    "mimalloc": {"PYTHONMALLOC": "malloc", "LD_PRELOAD": "libmimalloc.so.2"},
 }
 """The node's memory allocators in the RSS case: CPython's default (objects of up to 512 bytes
 in 1 MiB arenas, each given back to the system only once wholly free), the C library's
 (``PYTHONMALLOC=malloc``: ``malloc_trim`` gives back every free page), and jemalloc or
-mimalloc in its place (Debian's libjemalloc2, libmimalloc2.0, preloaded)."""
+mimalloc in its place (Debian's libjemalloc2, libmimalloc2.0, preloaded by soname: the
+dynamic linker finds them on any architecture)."""
 
 
 def allocator_problems(names: Iterable[str]) -> list[str]:
@@ -70,8 +70,8 @@ def allocator_problems(names: Iterable[str]) -> list[str]:
         env = ALLOCATORS.get(name)
         if env is None:
             problems.append(f"{name}: not one of {', '.join(ALLOCATORS)}")
-        elif (library := env.get("LD_PRELOAD")) and not Path(library).exists():
-            problems.append(f"{name}: {library} is not installed")
+        elif (soname := env.get("LD_PRELOAD")) and ctypes.util.find_library(name) != soname:
+            problems.append(f"{name}: {soname} is not installed")
     return problems
 
 
