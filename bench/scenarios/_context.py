@@ -32,7 +32,7 @@ class Settings:
     push_paced_rate: float = 1000.0
     push_paced_seconds: float = 3.0
     fanout_clients: int = 1000
-    fanout_rounds: int = 10
+    fanout_rounds: int = 30
     connections: tuple[int, ...] = (1000, 5000)
     streams_per_channel: int = 1
     register_parallel: int = 256

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench import wire
 from bench.clients import CALL_TIMEOUT, BareStubs, StreamSet, bare_hold, gate_register
 from bench.cluster import Variant, start_bare, start_system
+from bench.cpu import HARNESS, CpuMeter
 from bench.results_model import ScenarioResult
 from bench.scenarios._context import Ctx, channels, result_key, title_suffix
 from bench.stats import latency_ms, median
@@ -20,34 +22,69 @@ from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY, pack
 ROUND_TIMEOUT = 30.0
 
 
-async def _rounds(
-    streams: StreamSet, trigger: Callable[[int], Awaitable[None]], rounds: int, payload: int
-) -> list[dict[str, Any]]:
-    measured: list[dict[str, Any]] = []
+async def _round(
+    streams: StreamSet, trigger: Callable[[int], Awaitable[None]], seq: int
+) -> dict[str, Any] | None:
+    """One broadcast to every stream of `streams`: what arrived, or None when nothing did."""
+    arrivals = streams.expect(seq)
+    triggered = time.monotonic_ns()
+    await trigger(seq)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ROUND_TIMEOUT):
+            await arrivals.done.wait()
+    del streams.rounds[seq]
+    received = arrivals.received_ns
+    if not received:
+        return None
+    last = max(received)
+    return {
+        "received": len(received),
+        "expected": arrivals.expected,
+        "time_to_last_ms": (last - arrivals.sent_ns) / 1e6,
+        "time_to_last_from_call_ms": (last - triggered) / 1e6,
+        "latency_p50_ms": latency_ms([t - arrivals.sent_ns for t in received])["p50"],
+        "deliveries_per_s": len(received) / ((last - arrivals.sent_ns) / 1e9),
+    }
+
+
+@dataclass
+class Side:
+    """One side of the comparison: its streams, what starts a round, the servers to meter."""
+
+    streams: StreamSet
+    trigger: Callable[[int], Awaitable[None]]
+    servers: dict[str, int]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds used during the measured rounds, by process (:data:`HARNESS`: the bench)."""
+
+    async def measure(self, seq: int, *, warm_up: bool) -> None:
+        meter = CpuMeter(self.servers)
+        meter.start()
+        outcome = await _round(self.streams, self.trigger, seq)
+        meter.stop()
+        if not warm_up and outcome is not None:
+            self.rounds.append(outcome)
+            for name, used in meter.used.items():
+                self.cpu[name] = self.cpu.get(name, 0.0) + used
+
+    def cpu_per_delivery_ms(self) -> dict[str, float]:
+        delivered = sum(r["received"] for r in self.rounds)
+        return (
+            {name: 1000 * used / delivered for name, used in self.cpu.items()} if delivered else {}
+        )
+
+
+async def _alternated_rounds(bare: Side, system: Side, rounds: int) -> None:
+    """`rounds` rounds of each side, alternated (which side goes first alternates too), after
+    one warm-up round of each: both sides see the same machine, whatever drifts during the
+    run (the halves of a run measured minutes apart moved by tens of per cent)."""
     for index in range(rounds + 1):  # round 0 warms up
-        seq = 1_000_000 + index
-        arrivals = streams.expect(seq)
-        triggered = time.monotonic_ns()
-        await trigger(seq)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ROUND_TIMEOUT):
-                await arrivals.done.wait()
-        received = arrivals.received_ns
-        if index and received:
-            last = max(received)
-            measured.append(
-                {
-                    "received": len(received),
-                    "expected": arrivals.expected,
-                    "time_to_last_ms": (last - arrivals.sent_ns) / 1e6,
-                    "time_to_last_from_call_ms": (last - triggered) / 1e6,
-                    "latency_p50_ms": latency_ms([t - arrivals.sent_ns for t in received])["p50"],
-                    "deliveries_per_s": len(received) / ((last - arrivals.sent_ns) / 1e9),
-                }
-            )
-        await asyncio.sleep(0.1)
-        del streams.rounds[seq]
-    return measured
+        order = (bare, system) if index % 2 else (system, bare)
+        for side in order:
+            seq = 1_000_000 + 2 * index + (side is system)
+            await side.measure(seq, warm_up=index == 0)
+            await asyncio.sleep(0.1)
 
 
 def _fanout_summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
@@ -61,6 +98,19 @@ def _fanout_summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
         "deliveries_per_s": med("deliveries_per_s"),
         "complete_rounds": sum(1 for r in rounds if r["received"] == r["expected"]),
     }
+
+
+def _cpu_rows(result: ScenarioResult, case: str, a: dict[str, float], b: dict[str, float]) -> None:
+    """CPU per delivery of the bench (reading every stream) and of the servers (bare: its
+    server; system: gate and node together, then each), over the measured rounds."""
+    if not a or not b:
+        return
+    result.add(case, "CPU per delivery, client", "ms", a[HARNESS], b[HARNESS], "lower")
+    servers_a = sum(ms for name, ms in a.items() if name != HARNESS)
+    servers_b = sum(ms for name, ms in b.items() if name != HARNESS)
+    result.add(case, "CPU per delivery, servers", "ms", servers_a, servers_b, "lower")
+    for name in sorted(set(b) - {HARNESS}):
+        result.add(case, f"CPU per delivery, {name}", "ms", None, b[name], "lower")
 
 
 def _metadata(registered: gate_pb2.Registered) -> tuple[tuple[str, str], ...]:
@@ -83,41 +133,39 @@ async def fanout(ctx: Ctx, variant: Variant) -> ScenarioResult:
             "bare": "Hold streams; Fanout queues one message for each",
             "system": "Broadcaster.Broadcast -> self.broadcast()",
             "figures": "median over rounds; time from the sender's stamp to the last arrival",
+            "rounds_are": "bare and system rounds alternated, both sides' streams held at once",
         },
     )
-    async with ctx.scope():
+    async with ctx.scope(), contextlib.AsyncExitStack() as held:
         proc = await start_bare(ctx.procs, variant)
-        streams = StreamSet(channels(proc.address, n, s.streams_per_channel), bare_hold)
-        try:
-            bare_register = await streams.open(n, s.register_parallel)
-            stubs = BareStubs(streams.channels[0])
+        bare_streams = StreamSet(channels(proc.address, n, s.streams_per_channel), bare_hold)
+        held.push_async_callback(bare_streams.close)
+        bare_register = await bare_streams.open(n, s.register_parallel)
+        stubs = BareStubs(bare_streams.channels[0])
 
-            async def bare_trigger(seq: int) -> None:
-                await stubs.fanout(wire.params(seq=seq, payload=s.payload), timeout=CALL_TIMEOUT)
+        async def bare_trigger(seq: int) -> None:
+            await stubs.fanout(wire.params(seq=seq, payload=s.payload), timeout=CALL_TIMEOUT)
 
-            bare_rounds = await _rounds(streams, bare_trigger, s.fanout_rounds, s.payload)
-        finally:
-            await streams.close()
-    async with ctx.scope():
         system = await start_system(ctx.procs, variant)
         streams = StreamSet(channels(system.gate_address, n, s.streams_per_channel), gate_register)
-        try:
-            system_register = await streams.open(n, s.register_parallel)
-            stub = gate_pb2_grpc.GateServiceStub(streams.channels[0])
-            metadata = _metadata(streams.registered[0])
+        held.push_async_callback(streams.close)
+        system_register = await streams.open(n, s.register_parallel)
+        stub = gate_pb2_grpc.GateServiceStub(streams.channels[0])
+        metadata = _metadata(streams.registered[0])
 
-            async def system_trigger(seq: int) -> None:
-                request = gate_pb2.CallObjectRequest(
-                    object_type="Broadcaster",
-                    object_id="broadcaster",
-                    method="Broadcast",
-                    request=pack(wire.params(seq=seq, payload=s.payload)),
-                )
-                await stub.CallObject(request, metadata=metadata, timeout=CALL_TIMEOUT)
+        async def system_trigger(seq: int) -> None:
+            request = gate_pb2.CallObjectRequest(
+                object_type="Broadcaster",
+                object_id="broadcaster",
+                method="Broadcast",
+                request=pack(wire.params(seq=seq, payload=s.payload)),
+            )
+            await stub.CallObject(request, metadata=metadata, timeout=CALL_TIMEOUT)
 
-            system_rounds = await _rounds(streams, system_trigger, s.fanout_rounds, s.payload)
-        finally:
-            await streams.close()
+        bare = Side(bare_streams, bare_trigger, {"bare": proc.pid})
+        measured = Side(streams, system_trigger, {"gate": system.gate.pid, "node": system.node.pid})
+        await _alternated_rounds(bare, measured, s.fanout_rounds)
+    bare_rounds, system_rounds = bare.rounds, measured.rounds
     a, b = _fanout_summary(bare_rounds), _fanout_summary(system_rounds)
     case = f"{n} clients"
     result.add(case, "deliveries/s", "1/s", a["deliveries_per_s"], b["deliveries_per_s"])
@@ -133,6 +181,7 @@ async def fanout(ctx: Ctx, variant: Variant) -> ScenarioResult:
         b["time_to_last_from_call_ms"],
         "lower",
     )
+    _cpu_rows(result, case, bare.cpu_per_delivery_ms(), measured.cpu_per_delivery_ms())
     result.details = {
         "bare": {"register_s": bare_register, **a, "rounds": bare_rounds},
         "system": {"register_s": system_register, **b, "rounds": system_rounds},
