@@ -9,6 +9,7 @@ import structlog
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
 from goverse.gate import ClientProxy, ClientRegistry
 from goverse.gate._client_proxy import StreamEnd
+from goverse.v1 import gate_pb2
 from goverse.wire import CloseReason
 from tests.helpers.fake_node import broadcast, to_clients, unpack_text
 
@@ -246,3 +247,40 @@ def test_a_drained_stream_ends_logged_as_shutdown() -> None:
         reg.drain("bye")
     [ended] = [line for line in logs if line["event"] == "client stream ended"]
     assert ended["reason"] == "shutdown"
+
+
+async def test_a_broadcast_builds_one_stream_message_for_every_client() -> None:
+    """Every client's stream sends the broadcast in the same stream message object (built
+    once, not a copy of the push per client); its content is the push."""
+    reg = registry()
+    proxies = [reg.register() for _ in range(3)]
+    reg.deliver(broadcast("all"))
+    sent = []
+    for proxy in proxies:
+        stream = proxy.stream("g1")
+        await anext(stream)  # registered
+        sent.append(await anext(stream))
+        await stream.aclose()
+    assert all(message is sent[0] for message in sent)
+    assert [unpack_text(m) for m in sent[0].messages.messages] == ["all"]
+
+
+async def test_different_pushes_and_batches_get_their_own_stream_messages() -> None:
+    """Only the same single push shares a stream message: the next broadcast and a batch of
+    several pushes each get a message of their own, with their content."""
+    reg = registry()
+    a, b = reg.register(), reg.register()
+
+    def texts(message: gate_pb2.RegisterResponse | gate_pb2.SessionResponse) -> list[str]:
+        return [unpack_text(m) for m in message.messages.messages]
+
+    reg.deliver(broadcast("one"))
+    first = a.messages.register(a.take_batch() or [])
+    assert b.messages.register(b.take_batch() or []) is first
+    reg.deliver(broadcast("two"))
+    second = a.messages.register(a.take_batch() or [])
+    assert second is not first
+    assert (texts(first), texts(second)) == (["one"], ["two"])
+    reg.deliver(to_clients([a.client_id], "three"))
+    reg.deliver(to_clients([a.client_id], "four"))
+    assert texts(a.messages.session(a.take_batch() or [])) == ["three", "four"]

@@ -15,6 +15,7 @@ from goverse import wire
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
 from goverse.gate._client_proxy import ClientProxy, SlowClientPolicy, StreamEnd
 from goverse.gate._peer_limits import PeerLimits
+from goverse.gate._push_messages import PushMessages
 from goverse.ids import new_client_id
 from goverse.server import DropReason, deliver_all_traced
 from goverse.v1 import node_pb2
@@ -54,6 +55,7 @@ class ClientRegistry:
         self._max_message_bytes = max_message_bytes
         self._overflow = overflow
         self._clients: dict[str, ClientProxy] = {}
+        self._messages = PushMessages()
         self._draining = False
         self.delivered = 0
         """Pushes queued to a client since start."""
@@ -103,6 +105,7 @@ class ClientRegistry:
             overflow=self._overflow,
             on_drop=self._count_drop,
             on_slow_consumer=self._count_slow_consumer,
+            messages=self._messages,
         )
         proxy.caller = node_pb2.Caller(client_id=client_id, principal=principal)
         self._clients[client_id] = proxy
@@ -243,8 +246,12 @@ class ClientRegistry:
 
     def _push_all(self, envelope: node_pb2.BroadcastEnvelope) -> int:
         accepted = 0
+        message = envelope.message
+        size: int | None = None
         for proxy in list(self._clients.values()):
-            if proxy.push(envelope.message):
+            if size is None:  # every client's queue sizes a message the same way
+                size = proxy.size_of(message)
+            if proxy.push(message, size):
                 accepted += 1
         self.delivered += accepted
         return accepted

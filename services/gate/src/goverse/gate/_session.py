@@ -110,9 +110,7 @@ class ClientSession:
                     continue
                 pushes = proxy.take_batch()
                 if pushes:
-                    yield gate_pb2.SessionResponse(
-                        messages=gate_pb2.PushedMessages(messages=pushes)
-                    )
+                    yield proxy.messages.session(pushes)
                     continue
                 if pushes is None:  # closed, and what a draining close kept is flushed
                     if proxy.draining and self._calls:
