@@ -57,6 +57,7 @@ async def run_until_signalled(service: Service) -> int:
     try:
         await service.start()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         signalled = loop.create_task(requested.wait(), name="signal")
         failure = loop.create_task(service.failed(), name="service-failure")
         try:
@@ -83,6 +84,19 @@ def run(service: Service) -> int:
     import uvloop
 
     return uvloop.run(run_until_signalled(service))  # type: ignore[no-any-return]
+
+
+GC_THRESHOLDS = (20_000, 10, 10)
+"""The collector's thresholds while a service serves (CPython's default: 700, 10, 10).
+
+A young collection walks every object made since the last one that is still alive, and a
+serving gate or node always holds thousands of those: each stream waiting for its next push
+and each call in flight keeps a chain of suspended coroutines, futures and frames. At the
+default a gate delivering broadcasts to 1,000 streams ran a young collection every few hundred
+deliveries, each walking those waiting chains again to find almost no garbage (two objects a
+collection). Collecting after 20,000 allocations instead cut the gate's CPU per delivery by
+15 % (0.142 -> 0.122 and 0.135 -> 0.113 ms in two `--compare-code` runs of scenario 3); what
+it costs is the memory of at most that many objects of cyclic garbage between collections."""
 
 
 class StartupError(Exception):
