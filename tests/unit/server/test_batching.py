@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from google.protobuf.wrappers_pb2 import BytesValue, UInt64Value
 
 from goverse import wire
 from goverse.server import BatchRule, Mailbox
-from goverse.server._batching import varint_size
+from goverse.server._batching import GATHER_BELOW, gathered_batch, varint_size
 from goverse.v1 import gate_pb2, node_pb2
+from tests.helpers.tasks import bounded
 
 LIMIT = 64 * 1024
 
@@ -166,3 +168,49 @@ def test_varint_size_is_what_protobuf_encodes(value: int) -> None:
     """A one-field message holding `value` is one tag byte and the varint."""
     assert varint_size(value) == UInt64Value(value=value).ByteSize() - 1
     assert varint_size(0) == 1
+
+
+async def test_a_lone_item_waits_one_turn_for_the_items_started_with_it() -> None:
+    """Calls started one by one reach a writer a turn apart: a lone queued item waits one turn
+    of the loop, and what is put in that turn goes in the same batch."""
+    mailbox: Mailbox[int] = Mailbox(100)
+    mailbox.put(1)
+
+    async def another_call() -> None:
+        mailbox.put(2)
+
+    started = asyncio.get_running_loop().create_task(another_call())
+    assert await bounded(gathered_batch(mailbox, 10), 5.0) == [1, 2]
+    await bounded(started, 5.0)
+
+
+async def test_enough_items_are_taken_at_once() -> None:
+    """With GATHER_BELOW items queued, the batch is taken without a turn in between."""
+    mailbox: Mailbox[int] = Mailbox(100)
+    for item in range(GATHER_BELOW):
+        mailbox.put(item)
+
+    async def later() -> None:
+        mailbox.put(-1)
+
+    started = asyncio.get_running_loop().create_task(later())
+    assert await bounded(gathered_batch(mailbox, 100), 5.0) == list(range(GATHER_BELOW))
+    await bounded(started, 5.0)
+    assert mailbox.take_batch(10) == [-1]
+
+
+async def test_a_gathered_batch_keeps_the_bounds_and_ends_with_the_mailbox() -> None:
+    """At most max_items a batch; a wake without items keeps waiting; None once closed and
+    empty."""
+    mailbox: Mailbox[int] = Mailbox(100)
+    waiting = asyncio.get_running_loop().create_task(gathered_batch(mailbox, 2))
+    mailbox.wake()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    for item in range(5):
+        mailbox.put(item)
+    assert await bounded(waiting, 5.0) == [0, 1]
+    mailbox.close("done")
+    assert await bounded(gathered_batch(mailbox, 10), 5.0) == [2, 3, 4]
+    assert await bounded(gathered_batch(mailbox, 10), 5.0) is None

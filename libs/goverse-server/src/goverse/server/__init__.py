@@ -17,7 +17,7 @@ from goverse.server._access import (
     access_rules,
     rules_file_problem,
 )
-from goverse.server._batching import READ_PACE, BatchRule
+from goverse.server._batching import READ_PACE, BatchRule, gathered_batch
 from goverse.server._calls import CallsInFlight
 from goverse.server._channel_sweep import sweep_departed_channels
 from goverse.server._cluster_keys import (
@@ -226,6 +226,7 @@ __all__ = [
     "first_of",
     "format_byte_size",
     "format_duration",
+    "gathered_batch",
     "hop_message_bytes",
     "is_unix_address",
     "log_fields",

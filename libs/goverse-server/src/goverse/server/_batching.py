@@ -3,6 +3,7 @@ bytes), and how many items of a message a reader handles before the next hop get
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -23,6 +24,15 @@ core busy, two cores idle half the time). Starting a message's calls in slices o
 with a turn of the loop between them, sends the first slice on while the next is started:
 the hops overlap. Slices smaller than this cost more stream messages than the overlap gains
 (docs/performance.md, "One convoy at a time: pacing the readers")."""
+
+GATHER_BELOW = 4
+"""A call stream's writer that finds fewer items than this queued gives the event loop one
+turn before it takes them (:func:`gathered_batch`).
+
+Calls that start one by one, each in a task of its own (HTTP requests, a node's object
+calls), reach the writer a turn or more apart: without the turn every one went in a stream
+message of its own, 1.04 call frames a message from a gate serving HTTP calls at concurrency
+64 against 11.7 for SDK calls, whose frames arrive together from one session message."""
 
 _LENGTH_DELIMITED = 2
 """The wire type of a message field: tag, then a length varint, then the bytes."""
@@ -89,6 +99,18 @@ class BatchRule:
         return await mailbox.get_batch(self.max_items, timeout, self.max_bytes)
 
 
+async def gathered_batch(mailbox: Mailbox[T], max_items: int, max_bytes: int = 0) -> list[T] | None:
+    """:meth:`Mailbox.get_batch` without a timeout, except that a lone item or a few (fewer
+    than :data:`GATHER_BELOW`) wait one turn of the event loop for others to join them."""
+    while True:
+        await mailbox.wait()
+        if 0 < len(mailbox) < GATHER_BELOW:
+            await asyncio.sleep(0)
+        batch = mailbox.take_batch(max_items, max_bytes)
+        if batch is None or batch:
+            return batch
+
+
 def _fields(response: type[Message], path: str) -> list[FieldDescriptor]:
     """The fields `path` names, from the one of `response` down."""
     fields: list[FieldDescriptor] = []
@@ -102,4 +124,4 @@ def _fields(response: type[Message], path: str) -> list[FieldDescriptor]:
     return fields
 
 
-__all__ = ["READ_PACE", "BatchRule", "varint_size"]
+__all__ = ["GATHER_BELOW", "READ_PACE", "BatchRule", "gathered_batch", "varint_size"]

@@ -15,7 +15,7 @@ import structlog
 from goverse import wire
 from goverse._tracing import OnceSpan, start_call_span
 from goverse.errors import CallError, NotSent, status_error
-from goverse.server._batching import READ_PACE
+from goverse.server._batching import READ_PACE, gathered_batch
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.transport import ChannelPool
@@ -310,7 +310,7 @@ class _CallStream:
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         """Sends what is queued, as few stream messages as the size limit allows."""
         max_bytes = self.owner._max_bytes
-        while (batch := await self._outbox.get_batch(BATCH_MAX_ITEMS, None, max_bytes)) is not None:
+        while (batch := await gathered_batch(self._outbox, BATCH_MAX_ITEMS, max_bytes)) is not None:
             frames = node_pb2.CallFrames()
             for item in batch:
                 if isinstance(item, int):

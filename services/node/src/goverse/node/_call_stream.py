@@ -25,6 +25,7 @@ from goverse.server import (
     Peer,
     Supervisor,
     SupervisorClosed,
+    gathered_batch,
     served_call_span,
 )
 from goverse.v1 import node_pb2
@@ -142,7 +143,11 @@ class CallStreams:
         context.add_done_callback(lambda _: stream.abandon(reader))
         self._streams.add(stream)
         try:
-            while (batch := await self._batching.next_batch(stream.replies)) is not None:
+            while (
+                batch := await gathered_batch(
+                    stream.replies, self._batching.max_items, self._batching.max_bytes
+                )
+            ) is not None:
                 stream.taken(batch)
                 yield node_pb2.ReplyFrames(replies=[reply for reply, _ in batch])
             if stream.failure is not None:
