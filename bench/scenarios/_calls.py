@@ -154,13 +154,21 @@ def cpu_rows(result: ScenarioResult, case: str, a: LoadResult, b: LoadResult) ->
     ma, mb = a.cpu.per_call_ms(a.completed), b.cpu.per_call_ms(b.completed)
     if not ma or not mb:
         return
-    servers_a = sum(ms for name, ms in ma.items() if name != HARNESS)
-    servers_b = sum(ms for name, ms in mb.items() if name != HARNESS)
-    result.add(case, "CPU per call, client", "ms", ma[HARNESS], mb[HARNESS], "lower")
-    result.add(case, "CPU per call, servers", "ms", servers_a, servers_b, "lower")
-    for name in sorted(set(mb) - {HARNESS}):
-        result.add(case, f"CPU per call, {name}", "ms", None, mb[name], "lower")
+    cpu_per_unit_rows(result, case, "call", ma, mb)
     result.add(case, "cores busy", "cores", a.cpu.cores_busy, b.cpu.cores_busy)
+
+
+def cpu_per_unit_rows(
+    result: ScenarioResult, case: str, unit: str, a: dict[str, float], b: dict[str, float]
+) -> None:
+    """Milliseconds of CPU per `unit` (a call, a delivery) by process, bare `a` against system
+    `b`: the bench process (:data:`HARNESS`), the servers together, then each system server."""
+    servers_a = sum(ms for name, ms in a.items() if name != HARNESS)
+    servers_b = sum(ms for name, ms in b.items() if name != HARNESS)
+    result.add(case, f"CPU per {unit}, client", "ms", a[HARNESS], b[HARNESS], "lower")
+    result.add(case, f"CPU per {unit}, servers", "ms", servers_a, servers_b, "lower")
+    for name in sorted(set(b) - {HARNESS}):
+        result.add(case, f"CPU per {unit}, {name}", "ms", None, b[name], "lower")
 
 
 async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:

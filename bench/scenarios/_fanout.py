@@ -12,8 +12,9 @@ from typing import Any
 from bench import wire
 from bench.clients import CALL_TIMEOUT, BareStubs, StreamSet, bare_hold, gate_register
 from bench.cluster import Variant, start_bare, start_system
-from bench.cpu import HARNESS, CpuMeter
+from bench.cpu import CpuMeter
 from bench.results_model import ScenarioResult
+from bench.scenarios._calls import cpu_per_unit_rows
 from bench.scenarios._context import Ctx, channels, result_key, title_suffix
 from bench.stats import latency_ms, median
 from goverse.v1 import gate_pb2, gate_pb2_grpc
@@ -100,19 +101,6 @@ def _fanout_summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def _cpu_rows(result: ScenarioResult, case: str, a: dict[str, float], b: dict[str, float]) -> None:
-    """CPU per delivery of the bench (reading every stream) and of the servers (bare: its
-    server; system: gate and node together, then each), over the measured rounds."""
-    if not a or not b:
-        return
-    result.add(case, "CPU per delivery, client", "ms", a[HARNESS], b[HARNESS], "lower")
-    servers_a = sum(ms for name, ms in a.items() if name != HARNESS)
-    servers_b = sum(ms for name, ms in b.items() if name != HARNESS)
-    result.add(case, "CPU per delivery, servers", "ms", servers_a, servers_b, "lower")
-    for name in sorted(set(b) - {HARNESS}):
-        result.add(case, f"CPU per delivery, {name}", "ms", None, b[name], "lower")
-
-
 def _metadata(registered: gate_pb2.Registered) -> tuple[tuple[str, str], ...]:
     return ((CLIENT_ID_KEY, registered.client_id), (CREDENTIAL_KEY, registered.credential))
 
@@ -163,10 +151,9 @@ async def fanout(ctx: Ctx, variant: Variant) -> ScenarioResult:
             await stub.CallObject(request, metadata=metadata, timeout=CALL_TIMEOUT)
 
         bare = Side(bare_streams, bare_trigger, {"bare": proc.pid})
-        measured = Side(streams, system_trigger, {"gate": system.gate.pid, "node": system.node.pid})
-        await _alternated_rounds(bare, measured, s.fanout_rounds)
-    bare_rounds, system_rounds = bare.rounds, measured.rounds
-    a, b = _fanout_summary(bare_rounds), _fanout_summary(system_rounds)
+        goverse = Side(streams, system_trigger, {"gate": system.gate.pid, "node": system.node.pid})
+        await _alternated_rounds(bare, goverse, s.fanout_rounds)
+    a, b = _fanout_summary(bare.rounds), _fanout_summary(goverse.rounds)
     case = f"{n} clients"
     result.add(case, "deliveries/s", "1/s", a["deliveries_per_s"], b["deliveries_per_s"])
     result.add(
@@ -181,10 +168,11 @@ async def fanout(ctx: Ctx, variant: Variant) -> ScenarioResult:
         b["time_to_last_from_call_ms"],
         "lower",
     )
-    _cpu_rows(result, case, bare.cpu_per_delivery_ms(), measured.cpu_per_delivery_ms())
+    if (cpu_a := bare.cpu_per_delivery_ms()) and (cpu_b := goverse.cpu_per_delivery_ms()):
+        cpu_per_unit_rows(result, case, "delivery", cpu_a, cpu_b)
     result.details = {
-        "bare": {"register_s": bare_register, **a, "rounds": bare_rounds},
-        "system": {"register_s": system_register, **b, "rounds": system_rounds},
+        "bare": {"register_s": bare_register, **a, "rounds": bare.rounds},
+        "system": {"register_s": system_register, **b, "rounds": goverse.rounds},
     }
     for side, summary in (("bare", a), ("system", b)):
         if summary["complete_rounds"] != s.fanout_rounds:
