@@ -98,6 +98,10 @@ class BatchRule:
         and empty (see :meth:`Mailbox.get_batch`)."""
         return await mailbox.get_batch(self.max_items, timeout, self.max_bytes)
 
+    async def gathered_batch(self, mailbox: Mailbox[T]) -> list[T] | None:
+        """:meth:`next_batch` without a timeout, as :func:`gathered_batch` takes it."""
+        return await gathered_batch(mailbox, self.max_items, self.max_bytes)
+
 
 async def gathered_batch(mailbox: Mailbox[T], max_items: int, max_bytes: int = 0) -> list[T] | None:
     """:meth:`Mailbox.get_batch` without a timeout, except that a lone item or a few (fewer

@@ -247,10 +247,10 @@ class ClientRegistry:
     def _push_all(self, envelope: node_pb2.BroadcastEnvelope) -> int:
         accepted = 0
         message = envelope.message
-        size: int | None = None
-        for proxy in list(self._clients.values()):
-            if size is None:  # every client's queue sizes a message the same way
-                size = proxy.size_of(message)
+        proxies = list(self._clients.values())
+        # Sized once: every client's queue sizes a message the same way.
+        size = proxies[0].size_of(message) if proxies else None
+        for proxy in proxies:
             if proxy.push(message, size):
                 accepted += 1
         self.delivered += accepted

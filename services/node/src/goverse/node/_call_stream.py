@@ -25,7 +25,6 @@ from goverse.server import (
     Peer,
     Supervisor,
     SupervisorClosed,
-    gathered_batch,
     served_call_span,
 )
 from goverse.v1 import node_pb2
@@ -143,11 +142,7 @@ class CallStreams:
         context.add_done_callback(lambda _: stream.abandon(reader))
         self._streams.add(stream)
         try:
-            while (
-                batch := await gathered_batch(
-                    stream.replies, self._batching.max_items, self._batching.max_bytes
-                )
-            ) is not None:
+            while (batch := await self._batching.gathered_batch(stream.replies)) is not None:
                 stream.taken(batch)
                 yield node_pb2.ReplyFrames(replies=[reply for reply, _ in batch])
             if stream.failure is not None:
