@@ -15,11 +15,19 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from goverse.server import ListenError, Telemetry, TelemetryConfigError, configure_logging
+from goverse.server import (
+    ListenError,
+    Telemetry,
+    TelemetryConfigError,
+    configure_logging,
+    current_log_context,
+    log_context,
+)
 from goverse.server._logging import (
     GRPC_LOGGER,
     QuietPeerGone,
     ThrottleTelemetryLogs,
+    add_log_context,
     add_trace_context,
 )
 from goverse.server._telemetry import traces_exporters
@@ -166,6 +174,58 @@ def test_configured_logging_renders_trace_ids_in_json(
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert len(lines) == 2
     assert all(f'"trace_id": "{trace_id}"' in line for line in lines)
+
+
+def test_a_log_context_adds_its_known_fields_inner_ones_winning_until_its_block_ends() -> None:
+    with log_context(client_id="c-1", object_type="Counter", principal=None, object_id=""):
+        assert current_log_context() == {"client_id": "c-1", "object_type": "Counter"}
+        with log_context(object_type="Room", object_id="r-1"):
+            fields = add_log_context(None, "info", {"event": "x", "object_id": "explicit"})
+        assert current_log_context() == {"client_id": "c-1", "object_type": "Counter"}
+    assert fields == {
+        "event": "x",
+        "object_id": "explicit",
+        "client_id": "c-1",
+        "object_type": "Room",
+    }
+    assert current_log_context() == {}
+    assert add_log_context(None, "info", {"event": "y"}) == {"event": "y"}
+
+
+async def test_a_log_context_reaches_the_tasks_started_in_it_and_no_other() -> None:
+    async def fields() -> dict[str, object]:
+        return dict(current_log_context())
+
+    with log_context(client_id="c-1"):
+        inside = asyncio.create_task(fields())
+    outside = asyncio.create_task(fields())
+    assert await asyncio.wait_for(inside, 10) == {"client_id": "c-1"}
+    assert await asyncio.wait_for(outside, 10) == {}
+
+
+def test_configured_logging_renders_the_log_context_over_structlogs_contextvars(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("info", "json", service="test")
+    try:
+        with (
+            structlog.contextvars.bound_contextvars(client_id="stream", peer="p"),
+            log_context(client_id="call", object_id="o-1"),
+        ):
+            structlog.get_logger("t").info("inside")
+            logging.getLogger("grpc").warning("library line")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 2
+    for line in lines:
+        assert '"client_id": "call"' in line
+        assert '"object_id": "o-1"' in line
+        assert '"peer": "p"' in line
 
 
 def test_telemetry_library_logs_are_throttled() -> None:

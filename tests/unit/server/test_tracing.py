@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 
@@ -18,6 +17,7 @@ from goverse.server import (
     CallDurations,
     CallMetricsInterceptor,
     GrpcHost,
+    current_log_context,
     current_trace_context,
     deliver_traced,
 )
@@ -197,7 +197,7 @@ def test_a_push_carries_the_current_context_and_its_delivery_links_to_it(
     seen: dict[str, Any] = {}
 
     def deliver(envelope: node_pb2.Envelope) -> int:
-        seen.update(structlog.contextvars.get_contextvars())
+        seen.update(current_log_context())
         seen["span"] = trace.get_current_span().get_span_context()
         return 3
 

@@ -53,7 +53,12 @@ from goverse.server._lifecycle import (
     serve_main,
 )
 from goverse.server._limits import HOP_HEADROOM_BYTES, hop_message_bytes
-from goverse.server._logging import configure_logging, log_fields, set_log_identity
+from goverse.server._logging import (
+    configure_logging,
+    current_log_context,
+    log_context,
+    set_log_identity,
+)
 from goverse.server._mailbox import Mailbox
 from goverse.server._membership import (
     ClusterView,
@@ -216,6 +221,7 @@ __all__ = [
     "check_pair",
     "choice",
     "configure_logging",
+    "current_log_context",
     "current_trace_context",
     "declared",
     "deliver_all_traced",
@@ -229,7 +235,7 @@ __all__ = [
     "gathered_batch",
     "hop_message_bytes",
     "is_unix_address",
-    "log_fields",
+    "log_context",
     "markdown_table",
     "membership_metrics",
     "not_negative",

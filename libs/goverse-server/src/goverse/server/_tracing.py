@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -44,6 +43,7 @@ from goverse._tracing import (
     method_of,
     rpc_attributes,
 )
+from goverse.server._logging import log_context
 from goverse.v1.node_pb2 import Envelope
 
 _tracer = trace.get_tracer("goverse")
@@ -279,7 +279,7 @@ def deliver_all_traced(deliver: Callable[[Envelope], int], envelopes: Sequence[E
             links=links,
             attributes={"goverse.push.envelopes": len(envelopes)},
         ) as span,
-        structlog.contextvars.bound_contextvars(**pushed_by),
+        log_context(**pushed_by),
     ):
         accepted = sum(deliver(envelope) for envelope in envelopes)
         span.set_attribute("goverse.push.accepted", accepted)

@@ -60,6 +60,7 @@ from goverse.server import (
     ListenError,
     Supervisor,
     SupervisorClosed,
+    log_context,
     served_call_span,
 )
 from goverse.v1 import gate_pb2, node_pb2
@@ -314,7 +315,7 @@ class HttpGate:
         try:
             with (
                 served_call_span(wire.GATE_CALL_METHODS[op], carrier),
-                structlog.contextvars.bound_contextvars(
+                log_context(
                     **caller_fields(caller),
                     object_type=message.object_type,
                     object_id=message.object_id[:256],
@@ -369,7 +370,7 @@ class HttpGate:
         try:
             with (
                 self._registry.connect(peer, principal_message(principal), connection) as proxy,
-                structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller), peer=peer),
+                log_context(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(self._stream_prefix + proxy.client_id),
             ):
                 response = web.StreamResponse(

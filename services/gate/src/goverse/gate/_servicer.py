@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 import grpc
-import structlog
 
 from goverse import wire
 from goverse.errors import (
@@ -34,7 +33,7 @@ from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
 from goverse.objects import Principal
-from goverse.server import CallMetricsInterceptor, Supervisor
+from goverse.server import CallMetricsInterceptor, Supervisor, log_context
 from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc, node_pb2
 
 _ObjectRequest = (
@@ -133,7 +132,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             principal = await self._admit(context, peer)
             with (
                 self._registry.connect(peer, principal_message(principal), connection) as proxy,
-                structlog.contextvars.bound_contextvars(**caller_fields(proxy.caller), peer=peer),
+                log_context(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
                 async with contextlib.aclosing(events(proxy)) as stream:
@@ -166,7 +165,6 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
             wire.metadata_value(metadata, wire.CLIENT_ID_KEY),
             wire.metadata_value(metadata, wire.CREDENTIAL_KEY),
         )
-        structlog.contextvars.bind_contextvars(**caller_fields(proxy.caller))
         mark_principal(proxy.caller)
         return proxy
 
@@ -177,10 +175,12 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         """Authenticates the caller and binds the object to the log context; yields the trusted
         caller (client id and principal)."""
         proxy = self._authenticate(context)
-        structlog.contextvars.bind_contextvars(
-            object_type=request.object_type, object_id=request.object_id[:256]
-        )
-        yield proxy.caller
+        with log_context(
+            **caller_fields(proxy.caller),
+            object_type=request.object_type,
+            object_id=request.object_id[:256],
+        ):
+            yield proxy.caller
 
     @translate_errors
     async def CallObject(

@@ -16,7 +16,13 @@ from goverse.errors import GoverseError, call_status, code_status
 from goverse.gate._auth import caller_fields, mark_principal
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
-from goverse.server import READ_PACE, BatchRule, CallMetricsInterceptor, served_call_span
+from goverse.server import (
+    READ_PACE,
+    BatchRule,
+    CallMetricsInterceptor,
+    log_context,
+    served_call_span,
+)
 from goverse.v1 import gate_pb2
 
 log = structlog.get_logger(__name__)
@@ -213,7 +219,7 @@ class ClientSession:
         try:
             with (
                 served_call_span(wire.GATE_CALL_METHODS[op], call.trace_context) as span,
-                structlog.contextvars.bound_contextvars(
+                log_context(
                     **caller_fields(self._proxy.caller),
                     object_type=request.object_type,
                     object_id=request.object_id[:256],

@@ -23,6 +23,7 @@ from goverse.server import (
     Peer,
     Supervisor,
     current_trace_context,
+    log_context,
     record_push,
 )
 from goverse.v1.node_pb2 import (
@@ -242,7 +243,7 @@ class GateStreams:
             await context.abort(*refusal)
         with (
             self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
-            structlog.contextvars.bound_contextvars(gate_id=gate_id),
+            log_context(gate_id=gate_id),
         ):
             mailbox = self._register(gate_id, context.peer(), peer.identity)
             ended = False

@@ -41,7 +41,7 @@ from goverse.server import (
     ENDUSER_ID,
     AccessGuard,
     Operation,
-    log_fields,
+    log_context,
     object_call_span,
 )
 
@@ -448,7 +448,7 @@ class ObjectHost:
         try:
             entry.stored = await self._state.restore(entry.type, key, entry.instance)
             with (
-                structlog.contextvars.bound_contextvars(object_type=key[0], object_id=key[1]),
+                log_context(object_type=key[0], object_id=key[1]),
                 serving(key),
             ):
                 await entry.instance.on_activate()
@@ -463,7 +463,7 @@ class ObjectHost:
         log.debug("object activated", object_type=key[0], object_id=key[1])
 
     async def _deactivate(self, key: ObjectKey, entry: _Activation) -> None:
-        with structlog.contextvars.bound_contextvars(object_type=key[0], object_id=key[1]):
+        with log_context(object_type=key[0], object_id=key[1]):
             try:
                 with serving(key):
                     await entry.instance.on_deactivate()
@@ -475,13 +475,12 @@ class ObjectHost:
     async def _call(
         self, key: ObjectKey, entry: _Activation, info: MethodInfo, request: Message, caller: Caller
     ) -> Message:
-        context = log_fields(
+        with log_context(
             object_type=key[0],
             object_id=key[1],
             client_id=caller.client_id,
             principal=caller.principal.subject if caller.principal is not None else None,
-        )
-        with structlog.contextvars.bound_contextvars(**context):
+        ):
             token = set_caller(caller)
             try:
                 with serving(key):
