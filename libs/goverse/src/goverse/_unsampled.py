@@ -8,12 +8,13 @@ and injecting their context and attaching it as the current context cost more th
 of a relayed call's work in the gate, for nothing anyone reads.
 
 So, when :func:`unsampled` says every span is dropped, a call served from a call stream runs
-in a context of its own here instead (:func:`serving`): a ``traceparent`` with the caller's
-trace id (or a new one), a new span id and the not-sampled flag, as the SDK's non-recording
-span would have had. What the caller's carrier holds besides (``tracestate``, ``baggage``)
-travels on unchanged. The calls it makes send that carrier (:func:`current`), and log lines
-written meanwhile carry its ids (:func:`current_ids`). Nothing of the OpenTelemetry context
-is touched: ``trace.get_current_span()`` is the invalid span during such a call.
+in a context of its own here instead (:func:`enter` to :func:`leave`): a ``traceparent`` with
+the caller's trace id (or a new one), a new span id and the not-sampled flag, as the SDK's
+non-recording span would have had. What the caller's carrier holds besides (``tracestate``,
+``baggage``) travels on unchanged. The calls it makes send that carrier (:func:`current`),
+and log lines written meanwhile carry its ids (:func:`current_ids`). Nothing of the
+OpenTelemetry context is touched: ``trace.get_current_span()`` is the invalid span during
+such a call.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from __future__ import annotations
 import contextvars
 import random
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from opentelemetry import trace
 
@@ -59,19 +59,23 @@ def continued(carrier: Mapping[str, str]) -> dict[str, str]:
     if trace_id == _INVALID_TRACE_ID:
         trace_id = format(random.getrandbits(128) or 1, "032x")
     span_id = format(random.getrandbits(64) or 1, "016x")
+    traceparent = f"00-{trace_id}-{span_id}-00"
+    if len(carrier) <= 1 and parent:  # the usual carrier: nothing to keep but its traceparent
+        return {TRACEPARENT: traceparent}
     result = dict(carrier) if carrier else {}
-    result[TRACEPARENT] = f"00-{trace_id}-{span_id}-00"
+    result[TRACEPARENT] = traceparent
     return result
 
 
-@contextmanager
-def serving(carrier: Mapping[str, str]) -> Iterator[None]:
-    """Runs the block as a call served for a caller whose context `carrier` holds."""
-    token = _carrier.set(continued(carrier))
-    try:
-        yield
-    finally:
-        _carrier.reset(token)
+def enter(carrier: Mapping[str, str]) -> contextvars.Token[dict[str, str] | None]:
+    """Makes what runs next in this context a call served for a caller whose context
+    `carrier` holds, until :func:`leave` with the token returned."""
+    return _carrier.set(continued(carrier))
+
+
+def leave(token: contextvars.Token[dict[str, str] | None]) -> None:
+    """Ends what :func:`enter` began."""
+    _carrier.reset(token)
 
 
 def current() -> dict[str, str]:
@@ -89,4 +93,12 @@ def current_ids() -> tuple[str, str] | None:
     return parent[3:35], parent[36:52]
 
 
-__all__ = ["TRACEPARENT", "continued", "current", "current_ids", "serving", "unsampled"]
+__all__ = [
+    "TRACEPARENT",
+    "continued",
+    "current",
+    "current_ids",
+    "enter",
+    "leave",
+    "unsampled",
+]

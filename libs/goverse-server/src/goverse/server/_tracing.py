@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -122,8 +123,31 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     ]
 
 
-@contextlib.contextmanager
-def served_call_span(method: str, carrier: Mapping[str, str]) -> Iterator[OnceSpan]:
+class _UnsampledCall:
+    """A served call's block when every span is sampled out: the caller's context, no span.
+    A class: entered once per call served, where contextlib's machinery cost more than this."""
+
+    __slots__ = ("_carrier", "_token")
+
+    def __init__(self, carrier: Mapping[str, str]) -> None:
+        self._carrier = carrier
+
+    def __enter__(self) -> OnceSpan:
+        self._token = _unsampled.enter(self._carrier)
+        return NO_SPAN
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _unsampled.leave(self._token)
+
+
+def served_call_span(
+    method: str, carrier: Mapping[str, str]
+) -> contextlib.AbstractContextManager[OnceSpan]:
     """The SERVER span of one call served from a call stream, named as the unary call's
     span (`method`), the child of the caller's span whose W3C context `carrier` holds, and
     current for the block. The block ends it with the call's status (:meth:`OnceSpan.end_with`);
@@ -131,9 +155,12 @@ def served_call_span(method: str, carrier: Mapping[str, str]) -> Iterator[OnceSp
     sampled out, no span: the block runs in the caller's context (:mod:`goverse._unsampled`).
     """
     if _unsampled.unsampled():
-        with _unsampled.serving(carrier):
-            yield NO_SPAN
-        return
+        return _UnsampledCall(carrier)
+    return _served_call_span(method, carrier)
+
+
+@contextlib.contextmanager
+def _served_call_span(method: str, carrier: Mapping[str, str]) -> Iterator[OnceSpan]:
     parent = propagate.extract(carrier) if carrier else otel_context.Context()
     span = OnceSpan(
         _tracer.start_span(
@@ -160,8 +187,13 @@ _push_tally: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
 """[pushes, recipients, queued] of the object call being served; None outside one."""
 
 
-@contextlib.contextmanager
-def object_call_span(object_type: str, object_id: str, method: str) -> Iterator[trace.Span]:
+_NO_OBJECT_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+"""An object call's block when every span is sampled out (stateless: shared by all)."""
+
+
+def object_call_span(
+    object_type: str, object_id: str, method: str
+) -> contextlib.AbstractContextManager[trace.Span]:
     """The span of one object method call on a node (current for the block).
 
     Pushes made during the call are tallied and recorded once, as attributes, when it ends:
@@ -169,8 +201,12 @@ def object_call_span(object_type: str, object_id: str, method: str) -> Iterator[
     is sampled out, no span (the block gets the invalid span): nothing would read it.
     """
     if _unsampled.unsampled():
-        yield trace.INVALID_SPAN
-        return
+        return _NO_OBJECT_SPAN
+    return _object_call_span(object_type, object_id, method)
+
+
+@contextlib.contextmanager
+def _object_call_span(object_type: str, object_id: str, method: str) -> Iterator[trace.Span]:
     tally = [0, 0, 0]
     token = _push_tally.set(tally)
     try:

@@ -15,6 +15,7 @@ import contextvars
 import json
 import time
 from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 from goverse import wire
@@ -69,14 +70,32 @@ def current_chain() -> tuple[ObjectKey, ...]:
     return _chain.get()
 
 
-@contextlib.contextmanager
-def serving(key: ObjectKey) -> Iterator[None]:
+class _Scoped:
+    """Sets a context variable for the duration of a block. A class, not a generator: the
+    blocks below are entered several times per call served, where contextlib's machinery
+    cost more than the work."""
+
+    __slots__ = ("_token", "_value", "_variable")
+
+    def __init__(self, variable: contextvars.ContextVar[Any], value: object) -> None:
+        self._variable = variable
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._token = self._variable.set(self._value)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._variable.reset(self._token)
+
+
+def serving(key: ObjectKey) -> contextlib.AbstractContextManager[None]:
     """Marks `key` as serving a call in this context for the duration of the block."""
-    token = _chain.set((*_chain.get(), key))
-    try:
-        yield
-    finally:
-        _chain.reset(token)
+    return _Scoped(_chain, (*_chain.get(), key))
 
 
 def remaining() -> float | None:
@@ -85,14 +104,9 @@ def remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-@contextlib.contextmanager
-def deadline_after(seconds: float | None) -> Iterator[None]:
+def deadline_after(seconds: float | None) -> contextlib.AbstractContextManager[None]:
     """Makes the code in the block run under a deadline `seconds` from now (None: none)."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+    return _Scoped(_deadline, None if seconds is None else time.monotonic() + seconds)
 
 
 def chain_metadata(chain: Sequence[ObjectKey]) -> tuple[tuple[str, bytes], ...]:
@@ -107,20 +121,17 @@ def chain_refs(chain: Sequence[ObjectKey]) -> list[node_pb2.ObjectRef]:
     return [node_pb2.ObjectRef(object_type=key[0], object_id=key[1]) for key in chain]
 
 
-@contextlib.contextmanager
-def following(refs: Sequence[node_pb2.ObjectRef]) -> Iterator[None]:
+_NOTHING_TO_FOLLOW = contextlib.nullcontext()
+
+
+def following(refs: Sequence[node_pb2.ObjectRef]) -> contextlib.AbstractContextManager[None]:
     """Adopts the call chain a ``CallFrame`` carried (:func:`chain_refs`) for the block;
     raises :class:`~goverse.errors.InvalidArgument` for one longer than any node sends."""
     if not refs:  # a gate's call: its chain starts here
-        yield
-        return
+        return _NOTHING_TO_FOLLOW
     if len(refs) > MAX_CHAIN_DEPTH:
         raise InvalidArgument(f"the call chain is longer than {MAX_CHAIN_DEPTH} objects")
-    token = _chain.set(tuple((ref.object_type, ref.object_id) for ref in refs))
-    try:
-        yield
-    finally:
-        _chain.reset(token)
+    return _Scoped(_chain, tuple((ref.object_type, ref.object_id) for ref in refs))
 
 
 def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]:

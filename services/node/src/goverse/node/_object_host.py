@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -148,18 +148,16 @@ class ObjectHost:
             raise NotFound(f"unknown object type {object_type!r}")
         return found
 
-    @contextlib.contextmanager
-    def _admitted(self, key: ObjectKey) -> Iterator[None]:
+    def _admitted(self, key: ObjectKey, shard: int) -> contextlib.AbstractContextManager[int]:
         """The call counts in flight in its shard, or is refused with
         :class:`~goverse.errors.ShardNotServed` (not the owner, or moving) — marked so that
         routing sends it again, to the owner it finds next."""
-        with self._shards.admit(shard_of(*key), f"{key[0]}/{key[1]}"):
-            yield
+        return self._shards.admit(shard, f"{key[0]}/{key[1]}")
 
-    def _still_admitted(self, key: ObjectKey) -> None:
+    def _still_admitted(self, key: ObjectKey, shard: int) -> None:
         """Refuses, before any of the object's code runs, a call that was admitted but may not
         run any more (:meth:`ShardTable.still_admitted`): routing sends it again."""
-        self._shards.still_admitted(shard_of(*key), f"{key[0]}/{key[1]}")
+        self._shards.still_admitted(shard, f"{key[0]}/{key[1]}")
 
     def method(self, object_type: ObjectType, method: str) -> MethodInfo:
         """The callable method; InvalidArgument or Unimplemented (:meth:`ObjectType.method`)."""
@@ -193,7 +191,8 @@ class ObjectHost:
     ) -> Any:
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
-        with self._admitted(key):  # before the method's checks: a foreign object is retried
+        shard = shard_of(object_type, object_id)
+        with self._admitted(key, shard):  # before the method's checks: a foreign one is retried
             info = self.method(found, method)
             message = self.unpack(info, object_type, request)
             while True:
@@ -201,10 +200,10 @@ class ObjectHost:
                 async with entry.turn:
                     if entry.gone:
                         continue
-                    self._still_admitted(key)
+                    self._still_admitted(key, shard)
                     if not entry.active:
                         await self._activate(key, entry)
-                        self._still_admitted(key)
+                        self._still_admitted(key, shard)
                     try:
                         result = await self._call(key, entry, info, message, caller)
                     except GoverseError:
@@ -218,7 +217,8 @@ class ObjectHost:
         self._access.check(Operation.CREATE, object_type, object_id, from_object=False)
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
-        with self._admitted(key):
+        shard = shard_of(object_type, object_id)
+        with self._admitted(key, shard):
             while True:
                 entry = self._entry(key, found)
                 async with entry.turn:
@@ -226,7 +226,7 @@ class ObjectHost:
                         continue
                     if entry.active:
                         return False
-                    self._still_admitted(key)
+                    self._still_admitted(key, shard)
                     await self._activate(key, entry)
                     return True
 
@@ -236,7 +236,7 @@ class ObjectHost:
         self._access.check(Operation.DELETE, object_type, object_id, from_object=False)
         found = self.resolve(object_type, object_id)
         key = (object_type, object_id)
-        with self._admitted(key):
+        with self._admitted(key, shard_of(object_type, object_id)):
             was_active = await self._retire(key, save=False)
             if found.state_type is not None:
                 await self._state.delete(key)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from goverse.errors import ShardNotServed, Unavailable
@@ -76,14 +77,15 @@ class ShardTable:
 
     # -- serving --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def admit(self, shard: int, what: str = "") -> Iterator[int]:
-        """Admits a call for `shard` (yields the ownership epoch) or raises
+    def admit(self, shard: int, what: str = "") -> _Admission:
+        """Admits a call for `shard` (the block gets the ownership epoch) or raises
         :class:`~goverse.errors.ShardNotServed` saying why, about `what` (the object). The
         call counts as in flight until the block ends. When :meth:`fence` cancels it, the
         block raises :class:`~goverse.errors.Unavailable` instead of the cancellation."""
+        return _Admission(self, shard, what)
+
+    def _enter(self, shard: int, what: str) -> asyncio.Task[Any]:
         state = self._state[shard]
-        what = what or f"shard {shard}"
         if state is ShardState.DRAINING:
             raise ShardNotServed(
                 shard, ShardRefusal.MOVING, f"{what} is moving away from node {self._node}"
@@ -98,25 +100,22 @@ class ShardTable:
             )
         task = asyncio.current_task()
         assert task is not None, "a call always runs in a task"
+        self._calls[shard].add(task)
+        return task
+
+    def _exit(self, shard: int, what: str, task: asyncio.Task[Any], cancelled: bool) -> None:
+        why = self._fenced.pop(task, None)
         calls = self._calls[shard]
-        calls.add(task)
-        try:
-            yield self._epoch[shard]
-        except asyncio.CancelledError:
-            # The fence's cancellation is ours to end; any other (the caller gone, the
-            # server stopping) goes on.
-            why = self._fenced.get(task)
-            if why is not None and task.uncancel() == 0:
-                raise Unavailable(
-                    f"node {self._node} {why} while {what} ran the call: it was stopped, and "
-                    "may have run in part"
-                ) from None
-            raise
-        finally:
-            self._fenced.pop(task, None)
-            calls.discard(task)
-            if not calls and shard in self._idle:
-                self._idle.pop(shard).set()
+        calls.discard(task)
+        if not calls and shard in self._idle:
+            self._idle.pop(shard).set()
+        # The fence's cancellation is ours to end; any other (the caller gone, the server
+        # stopping) goes on.
+        if cancelled and why is not None and task.uncancel() == 0:
+            raise Unavailable(
+                f"node {self._node} {why} while {what} ran the call: it was stopped, and "
+                "may have run in part"
+            ) from None
 
     def still_admitted(self, shard: int, what: str = "") -> None:
         """Raises :class:`~goverse.errors.ShardNotServed` (not the owner) when a call admitted
@@ -180,6 +179,31 @@ class ShardTable:
                     self._fenced[task] = why
                     cancelled += 1
         return cancelled
+
+
+class _Admission:
+    """The block of one admitted call (:meth:`ShardTable.admit`). A class, not a generator:
+    entered once per call served, where contextlib's machinery cost more than the work."""
+
+    __slots__ = ("_shard", "_table", "_task", "_what")
+
+    def __init__(self, table: ShardTable, shard: int, what: str) -> None:
+        self._table = table
+        self._shard = shard
+        self._what = what or f"shard {shard}"
+
+    def __enter__(self) -> int:
+        self._task = self._table._enter(self._shard, self._what)
+        return self._table._epoch[self._shard]
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        cancelled = kind is not None and issubclass(kind, asyncio.CancelledError)
+        self._table._exit(self._shard, self._what, self._task, cancelled)
 
 
 __all__ = ["ShardState", "ShardTable"]
