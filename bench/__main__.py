@@ -27,6 +27,7 @@ from bench.procs import ROOT, Procs, uvloop_available
 from bench.profiling import py_spy
 from bench.results_model import ScenarioResult
 from bench.scenarios import (
+    AB_SCENARIOS,
     CODE_SCENARIOS,
     LOOP_SCENARIOS,
     NAMES,
@@ -57,9 +58,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         type=_words,
-        default=tuple(SCENARIOS),
+        default=tuple(s for s in SCENARIOS if s not in AB_SCENARIOS),
         help="numbers or names, e.g. 1,2 or state "
-        f"({', '.join(f'{n} {k}' for k, n in NAMES.items())}; default: all)",
+        f"({', '.join(f'{n} {k}' for k, n in NAMES.items())}; default: all but "
+        f"{','.join(AB_SCENARIOS)}, which need --compare-code)",
     )
     parser.add_argument(
         "--loops",
@@ -160,6 +162,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.loops = ("asyncio", "uvloop") if uvloop_available() else ("asyncio",)
     if "uvloop" in args.loops and not uvloop_available():
         parser.error("uvloop is not installed for the bench: run `make bench-deps`")
+    if args.compare_code is None and set(args.scenarios) & set(AB_SCENARIOS):
+        parser.error(f"scenarios {','.join(AB_SCENARIOS)} need --compare-code DIR")
     if args.compare_code is not None:
         args.compare_code = args.compare_code.resolve()
         if not (args.compare_code / "services/gate/src").is_dir():
@@ -186,6 +190,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "state_rss_ids": args.state_rss_ids,
         "state_rss_idle": args.state_rss_idle,
         "state_rss_allocators": args.state_rss_allocators,
+        "compare_code": str(args.compare_code) if args.compare_code is not None else None,
     }
     for key, value in overrides.items():
         if value is not None:

@@ -17,6 +17,8 @@
    bare aiohttp JSON echo.
 9. ``relay`` (``_relay``): an object calling another on its own node and across nodes vs the
    client calling it directly.
+10. ``ab`` (``_ab``): the work tree's services against ``--compare-code``'s, both running,
+    rounds of SDK and HTTP calls alternated between them (not in the default run).
 
 ``--scenarios`` takes the numbers or the names.
 
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from bench.cluster import Variant
 from bench.machine import load_average
 from bench.results_model import ScenarioResult
+from bench.scenarios._ab import ab
 from bench.scenarios._calls import calls
 from bench.scenarios._connections import connections
 from bench.scenarios._context import Ctx, Settings
@@ -45,6 +48,7 @@ from bench.scenarios._state import allocator_problems, state
 from bench.scenarios._tracing import tracing
 
 __all__ = [
+    "AB_SCENARIOS",
     "CODE_SCENARIOS",
     "LOOP_SCENARIOS",
     "NAMES",
@@ -68,6 +72,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
     "7": state,
     "8": http,
     "9": relay,
+    "10": ab,
 }
 NAMES = {
     "calls": "1",
@@ -79,6 +84,7 @@ NAMES = {
     "state": "7",
     "http": "8",
     "relay": "9",
+    "ab": "10",
 }
 """Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")
@@ -87,6 +93,9 @@ CODE_SCENARIOS = ("1", "2", "3", "4", "5", "7", "8", "9")
 """The scenarios repeated with the services of another checkout (``--compare-code``)."""
 TLS_SCENARIOS = ("1", "2")
 """The scenarios that run with TLS on every hop of the system with ``--tls``."""
+AB_SCENARIOS = ("10",)
+"""The scenarios that compare the work tree with ``--compare-code`` within themselves: they
+need it, and are not part of the default run."""
 
 
 async def run_scenario(

@@ -52,6 +52,11 @@ class Settings:
     state_rss_min_idle: float = 10.0
     state_rss_idle: float = 0.0
     """--idle-timeout of the RSS node in seconds; 0: from the activation rate measured."""
+    compare_code: str = ""
+    """The checkout of ``--compare-code`` (scenario 10 runs it beside the work tree)."""
+    ab_rounds: int = 16
+    ab_round_warmup: float = 0.3
+    ab_round_seconds: float = 1.5
 
     @classmethod
     def quick_settings(cls) -> Settings:
@@ -68,6 +73,9 @@ class Settings:
             state_reactivate_ids=200,
             state_rss_ids=10_000,
             state_rss_min_idle=5.0,
+            ab_rounds=4,
+            ab_round_warmup=0.1,
+            ab_round_seconds=0.5,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import base64
 import collections
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -30,7 +31,27 @@ Arrivals = dict[int, list[tuple[int, int]]]
 """Per broadcast sequence number: (sent, received) monotonic ns of each stream's delivery."""
 
 
-def _session(concurrency: int) -> aiohttp.ClientSession:
+def echo_body(payload: int) -> bytes:
+    """The JSON body of an ``Echo.Echo`` call: a BytesValue of `payload` bytes (a base64
+    string in protobuf JSON)."""
+    return json.dumps(base64.b64encode(b"x" * payload).decode()).encode()
+
+
+def post_call(
+    http: aiohttp.ClientSession, urls: list[str], body: bytes
+) -> Callable[[int], Awaitable[None]]:
+    """A closed-loop call: worker `n` POSTs `body` to ``urls[n]`` and reads the reply."""
+
+    async def call(worker: int) -> None:
+        async with http.post(urls[worker], data=body) as response:
+            reply = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {reply[:200]!r}")
+
+    return call
+
+
+def http_session(concurrency: int) -> aiohttp.ClientSession:
     """One keep-alive connection per worker at most, as browsers and load balancers hold."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency),
@@ -45,14 +66,8 @@ async def _load(
     (and the harness) inside the window."""
     results: dict[int, LoadResult] = {}
     for level in ctx.settings.concurrency:
-        async with _session(level) as http:
-
-            async def call(worker: int) -> None:
-                async with http.post(urls[worker], data=body) as response:
-                    reply = await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}: {reply[:200]!r}")
-
+        async with http_session(level) as http:
+            call = post_call(http, urls, body)
             for worker in range(level):  # activation and connecting are not what we measure
                 await call(worker)
             s = ctx.settings
@@ -165,7 +180,7 @@ async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
             "keep-alive connection per worker",
         },
     )
-    body = json.dumps(base64.b64encode(b"x" * s.payload).decode()).encode()
+    body = echo_body(s.payload)
     bare = await _bare(ctx, variant, body)
     system = await _system(ctx, variant, body)
     call_rows(result, bare, system)
