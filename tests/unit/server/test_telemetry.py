@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
@@ -156,22 +158,31 @@ def test_log_lines_in_a_span_carry_its_trace_and_span_ids(provider: TracerProvid
     assert "trace_id" not in add_trace_context(None, "info", {"event": "y"})
 
 
-def test_configured_logging_renders_trace_ids_in_json(
-    provider: TracerProvider, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def json_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[str]]]:
+    """Logging configured as a service configures it (JSON lines on stdout), restored after;
+    yields what reads the lines written so far."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)  # capsys captures only once the test runs
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     configure_logging("info", "json", service="test")
     try:
-        with provider.get_tracer("test").start_as_current_span("call") as span:
-            structlog.get_logger("t").info("inside")
-            logging.getLogger("grpc").warning("library line")
+        yield lambda: [line for line in out.getvalue().splitlines() if line]
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
         structlog.reset_defaults()
+
+
+def test_configured_logging_renders_trace_ids_in_json(
+    provider: TracerProvider, json_lines: Callable[[], list[str]]
+) -> None:
+    with provider.get_tracer("test").start_as_current_span("call") as span:
+        structlog.get_logger("t").info("inside")
+        logging.getLogger("grpc").warning("library line")
     trace_id = format(span.get_span_context().trace_id, "032x")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    lines = json_lines()
     assert len(lines) == 2
     assert all(f'"trace_id": "{trace_id}"' in line for line in lines)
 
@@ -204,23 +215,15 @@ async def test_a_log_context_reaches_the_tasks_started_in_it_and_no_other() -> N
 
 
 def test_configured_logging_renders_the_log_context_over_structlogs_contextvars(
-    capsys: pytest.CaptureFixture[str],
+    json_lines: Callable[[], list[str]],
 ) -> None:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    configure_logging("info", "json", service="test")
-    try:
-        with (
-            structlog.contextvars.bound_contextvars(client_id="stream", peer="p"),
-            log_context(client_id="call", object_id="o-1"),
-        ):
-            structlog.get_logger("t").info("inside")
-            logging.getLogger("grpc").warning("library line")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.reset_defaults()
-    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    with (
+        structlog.contextvars.bound_contextvars(client_id="stream", peer="p"),
+        log_context(client_id="call", object_id="o-1"),
+    ):
+        structlog.get_logger("t").info("inside")
+        logging.getLogger("grpc").warning("library line")
+    lines = json_lines()
     assert len(lines) == 2
     for line in lines:
         assert '"client_id": "call"' in line

@@ -8,7 +8,7 @@ and injecting their context and attaching it as the current context cost more th
 of a relayed call's work in the gate, for nothing anyone reads.
 
 So, when :func:`unsampled` says every span is dropped, a call served from a call stream runs
-in a context of its own here instead (:func:`enter` to :func:`leave`): a ``traceparent`` with
+in a context of its own here instead (:func:`serving`): a ``traceparent`` with
 the caller's trace id (or a new one), a new span id and the not-sampled flag, as the SDK's
 non-recording span would have had. What the caller's carrier holds besides (``tracestate``,
 ``baggage``) travels on unchanged. The calls it makes send that carrier (:func:`current`),
@@ -23,8 +23,13 @@ import contextvars
 import random
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 from opentelemetry import trace
+
+from goverse._scoped import Scoped
+
+R = TypeVar("R")
 
 TRACEPARENT = "traceparent"
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -67,15 +72,10 @@ def continued(carrier: Mapping[str, str]) -> dict[str, str]:
     return result
 
 
-def enter(carrier: Mapping[str, str]) -> contextvars.Token[dict[str, str] | None]:
-    """Makes what runs next in this context a call served for a caller whose context
-    `carrier` holds, until :func:`leave` with the token returned."""
-    return _carrier.set(continued(carrier))
-
-
-def leave(token: contextvars.Token[dict[str, str] | None]) -> None:
-    """Ends what :func:`enter` began."""
-    _carrier.reset(token)
+def serving(carrier: Mapping[str, str], result: R) -> Scoped[R]:
+    """A block run as a call served for a caller whose context `carrier` holds; the block
+    gets `result`."""
+    return Scoped(_carrier, continued(carrier), result)
 
 
 def current() -> dict[str, str]:
@@ -98,7 +98,6 @@ __all__ = [
     "continued",
     "current",
     "current_ids",
-    "enter",
-    "leave",
+    "serving",
     "unsampled",
 ]

@@ -2,7 +2,7 @@
 
 Every line written while a span is current carries its ``trace_id`` and ``span_id`` (or, when
 spans are sampled out, those of the call being served: :mod:`goverse._unsampled`), and every
-line written inside a :class:`log_context` block carries its fields.
+line written inside a :func:`log_context` block carries its fields.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -21,6 +21,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from goverse import _unsampled
+from goverse._scoped import Scoped
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -46,42 +47,28 @@ _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _log_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "goverse_log_context", default=_NO_FIELDS
 )
-"""The fields of the innermost :class:`log_context` block (its outer blocks' included)."""
+"""The fields of the innermost :func:`log_context` block (its outer blocks' included)."""
 
 
-class log_context:  # noqa: N801 - used like the function-style context managers it replaces
-    """Adds `fields` (those neither None nor empty) to every line logged inside the block, by
-    this task and the tasks it starts; an inner block's fields win over an outer one's.
+def log_context(**fields: Any) -> Scoped[None]:
+    """A block in which every line logged, by this task and the tasks it starts, carries
+    `fields` (those neither None nor empty); an inner block's fields win over an outer one's.
 
     One context variable holds them all: structlog's ``bound_contextvars`` sets one per field
     and walks the whole context to restore them, about 12 µs per call on this project's
     machine against 2 µs here, paid by every call a gate or node serves."""
-
-    __slots__ = ("_fields", "_token")
-
-    def __init__(self, **fields: Any) -> None:
-        self._fields = {key: value for key, value in fields.items() if value not in (None, "")}
-
-    def __enter__(self) -> None:
-        outer = _log_context.get()
-        self._token = _log_context.set({**outer, **self._fields} if outer else self._fields)
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        _log_context.reset(self._token)
+    known = {key: value for key, value in fields.items() if value not in (None, "")}
+    outer = _log_context.get()
+    return Scoped(_log_context, {**outer, **known} if outer else known, None)
 
 
 def current_log_context() -> Mapping[str, Any]:
-    """The fields :class:`log_context` adds to a line logged now."""
+    """The fields :func:`log_context` adds to a line logged now."""
     return _log_context.get()
 
 
 def add_log_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Adds the fields of the :class:`log_context` blocks the line is logged in."""
+    """Adds the fields of the :func:`log_context` blocks the line is logged in."""
     for key, value in _log_context.get().items():
         event_dict.setdefault(key, value)
     return event_dict

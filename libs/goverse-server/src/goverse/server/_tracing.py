@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -123,28 +122,6 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     ]
 
 
-class _UnsampledCall:
-    """A served call's block when every span is sampled out: the caller's context, no span.
-    A class: entered once per call served, where contextlib's machinery cost more than this."""
-
-    __slots__ = ("_carrier", "_token")
-
-    def __init__(self, carrier: Mapping[str, str]) -> None:
-        self._carrier = carrier
-
-    def __enter__(self) -> OnceSpan:
-        self._token = _unsampled.enter(self._carrier)
-        return NO_SPAN
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        _unsampled.leave(self._token)
-
-
 def served_call_span(
     method: str, carrier: Mapping[str, str]
 ) -> contextlib.AbstractContextManager[OnceSpan]:
@@ -155,7 +132,7 @@ def served_call_span(
     sampled out, no span: the block runs in the caller's context (:mod:`goverse._unsampled`).
     """
     if _unsampled.unsampled():
-        return _UnsampledCall(carrier)
+        return _unsampled.serving(carrier, NO_SPAN)
     return _served_call_span(method, carrier)
 
 

@@ -15,10 +15,10 @@ import contextvars
 import json
 import time
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 from typing import Any
 
 from goverse import wire
+from goverse._scoped import Scoped
 from goverse.errors import InvalidArgument
 from goverse.objects import Caller, Principal
 from goverse.server import PLAINTEXT_PEER, Peer, Role
@@ -70,32 +70,9 @@ def current_chain() -> tuple[ObjectKey, ...]:
     return _chain.get()
 
 
-class _Scoped:
-    """Sets a context variable for the duration of a block. A class, not a generator: the
-    blocks below are entered several times per call served, where contextlib's machinery
-    cost more than the work."""
-
-    __slots__ = ("_token", "_value", "_variable")
-
-    def __init__(self, variable: contextvars.ContextVar[Any], value: object) -> None:
-        self._variable = variable
-        self._value = value
-
-    def __enter__(self) -> None:
-        self._token = self._variable.set(self._value)
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._variable.reset(self._token)
-
-
 def serving(key: ObjectKey) -> contextlib.AbstractContextManager[None]:
     """Marks `key` as serving a call in this context for the duration of the block."""
-    return _Scoped(_chain, (*_chain.get(), key))
+    return Scoped(_chain, (*_chain.get(), key), None)
 
 
 def remaining() -> float | None:
@@ -106,7 +83,7 @@ def remaining() -> float | None:
 
 def deadline_after(seconds: float | None) -> contextlib.AbstractContextManager[None]:
     """Makes the code in the block run under a deadline `seconds` from now (None: none)."""
-    return _Scoped(_deadline, None if seconds is None else time.monotonic() + seconds)
+    return Scoped(_deadline, None if seconds is None else time.monotonic() + seconds, None)
 
 
 def chain_metadata(chain: Sequence[ObjectKey]) -> tuple[tuple[str, bytes], ...]:
@@ -131,7 +108,7 @@ def following(refs: Sequence[node_pb2.ObjectRef]) -> contextlib.AbstractContextM
         return _NOTHING_TO_FOLLOW
     if len(refs) > MAX_CHAIN_DEPTH:
         raise InvalidArgument(f"the call chain is longer than {MAX_CHAIN_DEPTH} objects")
-    return _Scoped(_chain, tuple((ref.object_type, ref.object_id) for ref in refs))
+    return Scoped(_chain, tuple((ref.object_type, ref.object_id) for ref in refs), None)
 
 
 def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]:
