@@ -35,7 +35,16 @@ class Scoped(Generic[R]):
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._variable.reset(self._token)
+        try:
+            self._variable.reset(self._token)
+        except ValueError:
+            # The block ends in another Context than it began: an async generator (a
+            # streaming handler) that gRPC left unfinished is closed by the event loop's
+            # finalizer hook, in a task of its own. reset() refuses a token from another
+            # Context; putting back the value the block replaced is what it would have done.
+            old = self._token.old_value
+            if old is not contextvars.Token.MISSING:
+                self._variable.set(old)
 
 
 __all__ = ["Scoped"]
