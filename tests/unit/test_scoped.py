@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import pytest
 
@@ -40,7 +40,7 @@ async def test_a_generator_closed_from_another_task_ends_its_block_without_error
     closes the async generator in a task of its own, another Context than the block began in."""
     ended = asyncio.Event()
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncGenerator[str, None]:
         with Scoped(_variable, "streaming", None):
             try:
                 yield _variable.get()
