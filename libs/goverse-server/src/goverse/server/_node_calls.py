@@ -228,14 +228,17 @@ class _CallStream:
         frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
-        pending = _Pending(asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(loop.create_future())
         self.pending[call_id] = pending
+        # The deadline fails the reply's future rather than the task (asyncio.timeout): the
+        # future is all this waits for, and a timer on it costs half as much per call.
+        expiry = loop.call_later(timeout, _expire, pending.reply)
         try:
             if not self._outbox.put(frame, _size_of(frame)):
                 raise NotSent("the call stream has ended")
-            async with asyncio.timeout(timeout):
-                reply = await pending.reply
-        except TimeoutError:
+            reply = await pending.reply
+        except _Expired:
             self._cancel(call_id, pending)
             span.end_with(grpc.StatusCode.DEADLINE_EXCEEDED)
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
@@ -245,6 +248,7 @@ class _CallStream:
             _end_span(span, error)
             raise
         finally:
+            expiry.cancel()
             del self.pending[call_id]
         if reply.WhichOneof("result") == "error":
             failed = status_error(reply.error)
@@ -323,6 +327,15 @@ class _CallStream:
                 frames.calls.append(item)
             if frames.calls or frames.cancelled:
                 await call.write(frames)
+
+
+class _Expired(Exception):
+    """A call's reply did not come within its timeout."""
+
+
+def _expire(reply: asyncio.Future[node_pb2.ReplyFrame]) -> None:
+    if not reply.done():
+        reply.set_exception(_Expired())
 
 
 def _size_of(frame: node_pb2.CallFrame) -> int:

@@ -160,7 +160,8 @@ class HttpGate:
                 resources[path].add_route(hdrs.METH_OPTIONS, self._preflight)
             resources[path].add_route(method, handler)
         app.router.add_static("/web/", WEB_DIR, show_index=False)
-        app.on_response_prepare.append(self._cors_headers)
+        if self._cors:  # without allowed origins no response gets a CORS header
+            app.on_response_prepare.append(self._cors_headers)
         return app
 
     async def start(self) -> None:
