@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import goverse.grpc_environment  # noqa: F401  # first: grpc reads it when it loads
 from goverse.gate._app import GateApp
 from goverse.gate._auth import Authenticator, Credentials
 from goverse.gate._catalog import Catalog

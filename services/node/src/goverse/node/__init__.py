@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import goverse.grpc_environment  # noqa: F401  # first: grpc reads it when it loads
 from goverse.node._app import NodeApp
 from goverse.node._config import NodeConfig, build_parser, parse_config
 from goverse.node._gate_streams import GateStreams
