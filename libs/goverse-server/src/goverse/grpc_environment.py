@@ -2,7 +2,8 @@
 
 A service package (``goverse.gate``, ``goverse.node``) imports this module first, so that
 the process's grpc starts with it; grpc reads ``GRPC_EXPERIMENTS`` once, when it loads, and
-ignores a change made after (measured: no effect set after ``import grpc``).
+ignores a change made after (measured: no effect set after ``import grpc``). A program that
+embeds a service package gets the same for its whole process, if grpc was not loaded before.
 
 What it sets, unless the environment already says otherwise (``GRPC_EXPERIMENTS=`` empty
 gives grpc's own defaults back): grpc's older poller instead of its EventEngine. With
