@@ -8,12 +8,11 @@ embeds a service package gets the same for its whole process, if grpc was not lo
 What it sets, unless the environment already says otherwise (``GRPC_EXPERIMENTS=`` empty
 gives grpc's own defaults back): grpc's older poller instead of its EventEngine. With
 EventEngine every stream write is a ``sendmsg`` followed by an eventfd write that wakes
-grpc's poller thread, two wake-ups of a thread on another core per write; on the 2-core VM
-of the benchmarks those syscalls were 55 % of the gate's event-loop thread's wall time at
-concurrency 1, and the older poller made gate and node answer 1.21x the calls/s at
-concurrency 1, 1.05x at 8 (docs/performance.md, "What holds concurrency 1"). The suite passes
-on both. An experiment grpc no longer knows is logged by grpc at start ("Unknown experiment"):
-``tests/unit/server/test_grpc_environment.py`` checks that the pinned grpc knows these.
+grpc's poller thread, two wake-ups of a thread on another core per write, which held calls
+at concurrency 1 (measured, with what the older poller bought: docs/performance.md, "What
+holds concurrency 1"). The suite passes on both. An experiment grpc no longer knows is
+logged by grpc at start ("Unknown experiment"): ``tests/unit/server/test_grpc_environment.py``
+checks that the pinned grpc knows these.
 """
 
 from __future__ import annotations

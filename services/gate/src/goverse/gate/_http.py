@@ -217,10 +217,11 @@ class HttpGate:
         return origin if origin in self._cors else None
 
     async def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Registered only when origins are configured (``_build``)."""
         allowed = self._allowed_origin(request)
         if allowed is not None:
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = allowed
-        if self._cors and "*" not in self._cors:
+        if "*" not in self._cors:
             response.headers[hdrs.VARY] = hdrs.ORIGIN
 
     async def _preflight(self, request: web.Request) -> web.StreamResponse:
