@@ -418,6 +418,14 @@ async def test_stop_leaves_no_task_behind(fake_node: FakeNode) -> None:
     await eventually(lambda: fake_node.active == 0, WAIT, "the fake node to see the link end")
     await fake_node.stop(0)
     left = [task for task in asyncio.all_tasks() - before if task is not asyncio.current_task()]
+    # grpc's own task per RPC ("rpc_task", its server's, not the gate's) may still need a turn
+    # of the loop to finish after its server stopped (seen once under load: pending, its
+    # awaited future already done). Wait for those only, bounded; the gate's tasks must
+    # already be gone.
+    grpc_tasks = [task for task in left if task.get_name() == "rpc_task"]
+    if grpc_tasks:
+        await asyncio.wait(grpc_tasks, timeout=WAIT)
+    left = [task for task in left if not task.done()]
     assert left == [], [repr(task) for task in left]
     assert len(app.supervisor) == 0
     assert len(app.registry) == 0
