@@ -52,7 +52,7 @@ RETIRE_AT_ONCE = 512
 (``MAX_BATCH``), few enough that retiring adds little memory of its own."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per active object: no __dict__ each
 class _Activation:
     """One object instance and its turn. `gone` once deactivated, dropped or failed to
     activate: a caller that was waiting for the turn then starts over with a fresh instance.
