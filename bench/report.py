@@ -108,11 +108,22 @@ def _state_targets(state: ScenarioResult) -> list[Target]:
                 "were called once",
                 f"<= {RSS_RETURN_TARGET}x",
                 f"{ratio:.2f}x ({measured['rss_before_mib']:.0f} -> "
-                f"{measured['rss_filled_mib']:.0f} -> {measured['rss_after_idle_mib']:.0f} MiB)",
+                f"{measured['rss_filled_mib']:.0f} -> {measured['rss_after_idle_mib']:.0f} MiB"
+                f"{_second_wave(measured)})",
                 ratio <= RSS_RETURN_TARGET,
             )
         )
     return found
+
+
+def _second_wave(measured: dict[str, Any]) -> str:
+    """A second wave's peak and what it left (runs before it had none)."""
+    if "rss_after_idle_again_mib" not in measured:
+        return ""
+    return (
+        f"; a second wave of new ids: {measured['rss_filled_again_mib']:.0f} -> "
+        f"{measured['rss_after_idle_again_mib']:.0f} MiB"
+    )
 
 
 def variant_comparison(
