@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import random
 
+import pytest
+
 from goverse.client._gates import GateChooser
 
 
@@ -39,3 +41,15 @@ def test_when_every_gate_failed_the_marks_are_forgotten() -> None:
     chooser.mark_failed("b")
     assert chooser.choose() in {"a", "b"}
     assert {chooser.choose() for _ in range(50)} == {"a", "b"}
+
+
+def test_one_string_is_refused_at_once() -> None:
+    # Not read as one gate per character (that failed only when connect() gave up, saying
+    # "no gate of 1, 2, 7, ., 0, ..." accepted a registration).
+    with pytest.raises(TypeError, match=r"not one string: \['127.0.0.1:7100'\]"):
+        GateChooser("127.0.0.1:7100", 5)
+
+
+def test_no_gate_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="at least one gate"):
+        GateChooser([], 5)

@@ -96,7 +96,8 @@ class _Session:
 
 
 class Client:
-    """A connection to goverse through any of `gates`.
+    """A connection to goverse through any of `gates` (a list of ``host:port`` addresses; one
+    string is refused with TypeError, an empty list with ValueError).
 
     ``connect()`` registers with a randomly chosen gate and keeps that registration alive in a
     background task: when the stream breaks, or the gate announces it is draining, the client

@@ -22,6 +22,8 @@ class GateChooser:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if isinstance(gates, str):  # a str is a Sequence[str] too: one gate per character
+            raise TypeError(f"gates is a list of addresses, not one string: [{gates!r}]")
         if not gates:
             raise ValueError("at least one gate address is needed")
         self._gates = list(dict.fromkeys(gates))
