@@ -117,6 +117,11 @@ class ObjectHost:
         return self._types
 
     @property
+    def held_count(self) -> int:
+        """Objects held now, active or on their way in or out (cheap: no scan)."""
+        return len(self._objects)
+
+    @property
     def active_count(self) -> int:
         return sum(1 for entry in self._objects.values() if entry.active)
 
