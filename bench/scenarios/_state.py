@@ -332,9 +332,9 @@ async def _rss_wave(
     active = (await system.node_status()).active_objects
     filled = system.node.rss_kib()
     waited = await _wait_active(system, 0, timeout=idle * 1.2 + fill_s + 60)
-    # The node hands memory back in the look that retires the last objects; two looks
-    # (--save-interval 5s or a tenth of the idle timeout, whichever is shorter) and a
-    # settle are more than enough for it to be done.
+    # The node hands memory back in the look that retires the last objects (a trim) and in
+    # the next one (the collection after a wave); two looks (--save-interval 5s or a tenth
+    # of the idle timeout, whichever is shorter) and a settle are enough for both.
     await asyncio.sleep(max(ctx.settings.settle, 2 * min(5.0, idle / 10)))
     return _Wave(fill_s, latencies, active, filled, waited, system.node.rss_kib())
 
