@@ -89,7 +89,7 @@ NAMES = {
 """Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")
 """The scenarios repeated with the services on uvloop."""
-CODE_SCENARIOS = ("1", "2", "3", "4", "5", "7", "8", "9")
+CODE_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 """The scenarios repeated with the services of another checkout (``--compare-code``)."""
 TLS_SCENARIOS = ("1", "2")
 """The scenarios that run with TLS on every hop of the system with ``--tls``."""

@@ -53,7 +53,9 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
         },
     )
     payload = b"x" * s.payload
-    off, _ = await system_calls(ctx, Variant("traces-off", variant.loop), payload)
+    off, _ = await system_calls(
+        ctx, Variant("traces-off", variant.loop, code=variant.code), payload
+    )
     spans: dict[str, int] = {}
     for mode in s.tracing:
         async with ctx.scope():
@@ -67,7 +69,7 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
                 address = sink.address
             env = _tracing_env(mode, address)
             on, logs = await system_calls(
-                ctx, Variant(f"traces-{mode}", variant.loop, env), payload
+                ctx, Variant(f"traces-{mode}", variant.loop, env, code=variant.code), payload
             )
             if sink is not None:
                 await sink.terminate()

@@ -119,9 +119,9 @@ def _span_exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter(out=sys.stdout, formatter=_console_line)
     # Imported here: the gRPC exporter module is only needed when it is used.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from goverse.server._otlp_spans import OTLPBytesSpanExporter
 
-    return OTLPSpanExporter()
+    return OTLPBytesSpanExporter()
 
 
 class Telemetry:
