@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ _T = TypeVar("_T")
 BUSY_TIMEOUT_MS = 5000
 """How long a transaction waits for the file's write lock held by another connection (a
 backup, the sqlite3 shell) before it fails."""
+WAL_SWITCH_PAUSE = 0.005
+"""Seconds between two attempts to switch a database another connection is switching too."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: one row per object with state, and the counter of the static-membership epochs.
@@ -114,7 +117,7 @@ class SqliteBackend:
             raise StoreUnavailable(f"{self.description}: cannot open: {error}") from None
         self._connection = connection
         try:
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(connection)
             if mode != "wal":
                 raise StoreError(f"{self.description}: cannot use a write-ahead log ({mode})")
             # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power loss.
@@ -245,3 +248,21 @@ _APPLY: dict[OpKind, Callable[[sqlite3.Connection, Op], Outcome]] = {
 
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend"]
+
+
+def _switch_to_wal(connection: sqlite3.Connection) -> str:
+    """Puts the database in WAL mode; returns the journal mode it is in.
+
+    The switch needs the file's exclusive lock, and where waiting for it could deadlock (several
+    connections switching a new file at once, each holding its shared lock) SQLite answers
+    SQLITE_BUSY at once instead of calling the busy handler; its documented remedy is to try
+    again. So does this, for at most BUSY_TIMEOUT_MS, as the busy handler would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(WAL_SWITCH_PAUSE)
