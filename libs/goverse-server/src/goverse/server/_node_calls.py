@@ -13,11 +13,12 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse._tracing import OnceSpan, start_call_span
+from goverse._tracing import OnceSpan
 from goverse.errors import CallError, NotSent, status_error
 from goverse.server._batching import READ_PACE, gathered_batch
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
+from goverse.server._tracing import call_span
 from goverse.transport import ChannelPool
 from goverse.v1 import node_pb2, node_pb2_grpc
 
@@ -223,7 +224,7 @@ class _CallStream:
         call_id = next(self._ids)
         op = frame.WhichOneof("op")
         assert op is not None, "a call frame needs its op"
-        span, carrier = start_call_span(wire.NODE_CALL_METHODS[op])
+        span, carrier = call_span(wire.NODE_CALL_METHODS[op])
         frame.id = call_id
         frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span

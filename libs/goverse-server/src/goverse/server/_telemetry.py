@@ -42,11 +42,13 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from goverse.server import _lean_spans
 from goverse.server._grpc import ListenError
 from goverse.server._metrics_endpoint import MetricsEndpoint
 
@@ -124,6 +126,44 @@ def _span_exporter(name: str) -> SpanExporter:
     return OTLPBytesSpanExporter()
 
 
+_LEAN_SAMPLERS = ("parentbased_always_on", "always_on")
+_LEAN_PROPAGATORS = ({"tracecontext", "baggage"}, {"tracecontext"})
+_SPAN_LIMIT_VARIABLES = (
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+)
+
+
+def _lean_recorder(
+    env: Mapping[str, str],
+    provider: TracerProvider,
+    exporters: Sequence[SpanExporter],
+    processors: Sequence[BatchSpanProcessor],
+) -> _lean_spans.Recorder | None:
+    """Where goverse's per-call spans go as lean spans (:mod:`goverse.server._lean_spans`):
+    only when the spans would be the SDK's own, OTLP the only exporter, the default sampler,
+    propagators and span limits; otherwise None (every span the SDK's)."""
+    from goverse.server._otlp_spans import OTLPBytesSpanExporter
+
+    if not exporters or not all(isinstance(item, OTLPBytesSpanExporter) for item in exporters):
+        return None
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or _LEAN_SAMPLERS[0]
+    raw = env.get("OTEL_PROPAGATORS", "tracecontext,baggage")
+    propagators = {item.strip().lower() for item in raw.split(",") if item.strip()}
+    if sampler not in _LEAN_SAMPLERS or propagators not in _LEAN_PROPAGATORS:
+        return None
+    if any(env.get(name) for name in _SPAN_LIMIT_VARIABLES):
+        return None
+    scope = InstrumentationScope("goverse", "", "", {})  # as the SDK's get_tracer("goverse")
+    return _lean_spans.Recorder(provider, tuple(processors), provider.resource, scope)
+
+
 class Telemetry:
     """The tracer provider, the meter provider and the metrics endpoint of one process.
 
@@ -161,8 +201,10 @@ class Telemetry:
             sampler=_sampler(env, exporting=bool(span_exporters)),
             shutdown_on_exit=False,
         )
-        for exporter in span_exporters:
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        processors = [BatchSpanProcessor(exporter) for exporter in span_exporters]
+        for processor in processors:
+            self.tracer_provider.add_span_processor(processor)
+        self._lean_spans = _lean_recorder(env, self.tracer_provider, span_exporters, processors)
         self._registry = CollectorRegistry()
         self._requested_port = metrics_port
         self._metrics_host = metrics_host
@@ -198,6 +240,7 @@ class Telemetry:
         """Makes these providers the global ones (once per process)."""
         trace.set_tracer_provider(self.tracer_provider)
         metrics.set_meter_provider(self.meter_provider)
+        _lean_spans.install(self._lean_spans)
 
     async def start_metrics_server(self) -> int:
         """Serves ``/metrics`` on ``<metrics_host>:<metrics_port>`` from the running loop

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -42,7 +43,10 @@ from goverse._tracing import (
     OnceSpan,
     method_of,
     rpc_attributes,
+    start_call_span,
 )
+from goverse.server import _lean_spans
+from goverse.server._lean_spans import LeanSpan, Parent, Recorder
 from goverse.server._logging import log_context
 from goverse.v1.node_pb2 import Envelope
 
@@ -133,7 +137,54 @@ def served_call_span(
     """
     if _unsampled.unsampled():
         return _unsampled.serving(carrier, NO_SPAN)
+    recorder = _lean_spans.recorder()
+    if recorder is not None and (parent := _lean_spans.remote_parent(carrier)) is not None:
+        return _LeanServedCall(recorder.start(method, SpanKind.SERVER, parent, _rpc(method)))
     return _served_call_span(method, carrier)
+
+
+def call_span(method: str) -> tuple[OnceSpan, dict[str, str]]:
+    """The CLIENT span of one call sent over a call stream and the W3C context to send with
+    it (:func:`goverse._tracing.start_call_span`), a lean span where one records the same."""
+    recorder = _lean_spans.recorder()
+    if recorder is not None and (parent := _lean_spans.current_parent()) is not None:
+        span = recorder.start(method, SpanKind.CLIENT, parent, _rpc(method))
+        return OnceSpan(span), _lean_spans.carrier_of(span)
+    return start_call_span(method)
+
+
+_rpc_by_method: dict[str, dict[str, str]] = {}
+
+
+def _rpc(method: str) -> dict[str, str]:
+    """:func:`rpc_attributes` of one of the few methods calls are served as, made once."""
+    attributes = _rpc_by_method.get(method)
+    if attributes is None:
+        attributes = _rpc_by_method[method] = rpc_attributes(method)
+    return attributes
+
+
+class _LeanServedCall:
+    """:func:`served_call_span`'s block for a lean span (see :mod:`goverse.server._lean_spans`)."""
+
+    __slots__ = ("_block", "_span")
+
+    def __init__(self, span: LeanSpan) -> None:
+        self._span = OnceSpan(span)
+        self._block = _lean_spans.current_span(span)
+
+    def __enter__(self) -> OnceSpan:
+        self._block.__enter__()
+        return self._span
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._block.__exit__(None, None, None)  # the status is the call's, no exception event
+        self._span.end(error)
 
 
 @contextlib.contextmanager
@@ -179,7 +230,59 @@ def object_call_span(
     """
     if _unsampled.unsampled():
         return _NO_OBJECT_SPAN
+    recorder = _lean_spans.recorder()
+    if recorder is not None and (parent := _lean_spans.current_parent()) is not None:
+        return _LeanObjectCall(recorder, parent, object_type, object_id, method)
     return _object_call_span(object_type, object_id, method)
+
+
+class _LeanObjectCall:
+    """:func:`object_call_span`'s block for a lean span: as the SDK's current span, an
+    exception out of it recorded on the span (an event, status ERROR)."""
+
+    __slots__ = ("_block", "_span", "_tally", "_token")
+
+    def __init__(
+        self, recorder: Recorder, parent: Parent, object_type: str, object_id: str, method: str
+    ) -> None:
+        attributes = {
+            "goverse.object.type": object_type,
+            "goverse.object.id": object_id,
+            "goverse.object.method": method,
+        }
+        self._span = recorder.start(
+            f"{object_type}.{method}", SpanKind.INTERNAL, parent, attributes
+        )
+        self._block = _lean_spans.current_span(self._span)
+        self._tally = [0, 0, 0]
+
+    def __enter__(self) -> trace.Span:
+        self._token = _push_tally.set(self._tally)
+        return self._block.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            _record_pushes(self._span, self._tally)
+            self._block.__exit__(kind, error, traceback)
+            self._span.end()
+        finally:
+            _push_tally.reset(self._token)
+
+
+def _record_pushes(span: trace.Span, tally: list[int]) -> None:
+    if tally[0] and span.is_recording():
+        span.set_attributes(
+            {
+                "goverse.push.count": tally[0],
+                "goverse.push.recipients": tally[1],
+                "goverse.push.queued": tally[2],
+            }
+        )
 
 
 @contextlib.contextmanager
@@ -199,14 +302,7 @@ def _object_call_span(object_type: str, object_id: str, method: str) -> Iterator
             try:
                 yield span
             finally:
-                if tally[0] and span.is_recording():
-                    span.set_attributes(
-                        {
-                            "goverse.push.count": tally[0],
-                            "goverse.push.recipients": tally[1],
-                            "goverse.push.queued": tally[2],
-                        }
-                    )
+                _record_pushes(span, tally)
     finally:
         _push_tally.reset(token)
 
@@ -304,6 +400,7 @@ __all__ = [
     "ENDUSER_ID",
     "PUSH_EVENT",
     "REGISTRATION_METHODS",
+    "call_span",
     "current_trace_context",
     "deliver_all_traced",
     "deliver_traced",
