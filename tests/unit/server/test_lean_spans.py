@@ -14,7 +14,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
@@ -42,13 +42,8 @@ class _Captured:
         self.capture = capture
         self.lean = lean
         provider = trace.get_tracer_provider()
-        assert hasattr(provider, "resource")
-        self.recorder = Recorder(
-            provider,  # type: ignore[arg-type]  # the SDK provider of span_capture()
-            (capture,),
-            provider.resource,
-            _sdk_scope(),
-        )
+        assert isinstance(provider, TracerProvider)
+        self.recorder = Recorder.of(provider, _sdk_scope())
 
     def run(self, work: Callable[[], object]) -> list[ReadableSpan]:
         _lean_spans.install(self.recorder if self.lean else None)
@@ -337,11 +332,19 @@ def test_lean_spans_are_encoded_as_the_sdks_encoder_encodes_them(
     assert len(goverse_scopes) == 1
 
 
-def test_a_recorder_is_used_only_while_its_provider_is_the_global_one() -> None:
+def test_a_recorder_is_used_only_while_its_provider_is_the_global_one_as_it_was() -> None:
     capture = span_capture()
     recorder = _Captured(capture, True).recorder
     _lean_spans.install(recorder)
     try:
+        assert _lean_spans.recorder() is recorder
+        processors = recorder.provider._active_span_processor
+        kept = processors._span_processors
+        recorder.provider.add_span_processor(SpanCapture())  # it would miss lean spans
+        try:
+            assert _lean_spans.recorder() is None
+        finally:
+            processors._span_processors = kept
         assert _lean_spans.recorder() is recorder
         other = Recorder(object(), (), recorder.resource, recorder.scope)  # type: ignore[arg-type]
         _lean_spans.install(other)
@@ -386,10 +389,7 @@ def test_telemetry_makes_spans_lean_only_where_they_would_be_the_sdks(
 
 
 def test_no_exporter_means_no_recorder() -> None:
-    capture = span_capture()
-    provider = trace.get_tracer_provider()
-    assert _lean_recorder({}, provider, [], []) is None  # type: ignore[arg-type]
-    del capture
+    assert _lean_recorder({}, TracerProvider(), []) is None
 
 
 def test_a_link_to_an_invalid_context_is_not_kept(

@@ -308,6 +308,11 @@ class LeanSpan(trace.Span):
         self._recorder.finish(self)
 
 
+def _processors(provider: TracerProvider) -> tuple[SpanProcessor, ...]:
+    # The SDK keeps a provider's processors as a tuple it replaces when one is added.
+    return provider._active_span_processor._span_processors
+
+
 @dataclass(frozen=True)
 class Recorder:
     """Where lean spans of one tracer provider go: its span processors, its resource, the
@@ -317,6 +322,11 @@ class Recorder:
     processors: tuple[SpanProcessor, ...]
     resource: Resource
     scope: InstrumentationScope
+
+    @classmethod
+    def of(cls, provider: TracerProvider, scope: InstrumentationScope) -> Recorder:
+        """The recorder of `provider` as its span processors are now."""
+        return cls(provider, _processors(provider), provider.resource, scope)
 
     def finish(self, span: LeanSpan) -> None:
         for processor in self.processors:
@@ -336,16 +346,19 @@ _installed: Recorder | None = None
 
 
 def install(recorder: Recorder | None) -> None:
-    """Makes `recorder` the one lean spans go to while its provider is the global one (None:
-    no lean spans)."""
+    """Makes `recorder` the one lean spans go to while its provider is the global one and has
+    the same span processors (None: no lean spans)."""
     global _installed
     _installed = recorder
 
 
 def recorder() -> Recorder | None:
-    """The recorder of the global tracer provider, if lean spans are on for it."""
+    """The recorder of the global tracer provider, if lean spans are on for it: not once the
+    provider has another span processor (one added later sees every span start and end)."""
     installed = _installed
     if installed is None or trace.get_tracer_provider() is not installed.provider:
+        return None
+    if _processors(installed.provider) is not installed.processors:
         return None
     return installed
 

@@ -141,10 +141,7 @@ _SPAN_LIMIT_VARIABLES = (
 
 
 def _lean_recorder(
-    env: Mapping[str, str],
-    provider: TracerProvider,
-    exporters: Sequence[SpanExporter],
-    processors: Sequence[BatchSpanProcessor],
+    env: Mapping[str, str], provider: TracerProvider, exporters: Sequence[SpanExporter]
 ) -> _lean_spans.Recorder | None:
     """Where goverse's per-call spans go as lean spans (:mod:`goverse.server._lean_spans`):
     only when the spans would be the SDK's own, OTLP the only exporter, the default sampler,
@@ -161,7 +158,7 @@ def _lean_recorder(
     if any(env.get(name) for name in _SPAN_LIMIT_VARIABLES):
         return None
     scope = InstrumentationScope("goverse", "", "", {})  # as the SDK's get_tracer("goverse")
-    return _lean_spans.Recorder(provider, tuple(processors), provider.resource, scope)
+    return _lean_spans.Recorder.of(provider, scope)
 
 
 class Telemetry:
@@ -201,10 +198,9 @@ class Telemetry:
             sampler=_sampler(env, exporting=bool(span_exporters)),
             shutdown_on_exit=False,
         )
-        processors = [BatchSpanProcessor(exporter) for exporter in span_exporters]
-        for processor in processors:
-            self.tracer_provider.add_span_processor(processor)
-        self._lean_spans = _lean_recorder(env, self.tracer_provider, span_exporters, processors)
+        for exporter in span_exporters:
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._lean_spans = _lean_recorder(env, self.tracer_provider, span_exporters)
         self._registry = CollectorRegistry()
         self._requested_port = metrics_port
         self._metrics_host = metrics_host
