@@ -34,6 +34,7 @@ _KEY_VALUES_KEPT = 4096
 _CACHED_VALUE_CHARS = 256
 """Longer string values are encoded each time (ids of objects repeat, free text does not)."""
 _INT64 = range(-(2**63), 2**63)
+_CACHED = frozenset((str, bool, int))
 _FLAGS_HAS_IS_REMOTE = 0x100
 _FLAGS_IS_REMOTE = 0x200
 """``SpanFlags``: whether the parent's remoteness is known, and that it is remote."""
@@ -184,6 +185,8 @@ def _links(span: ReadableSpan | LeanSpan) -> bytes:
 
 _LEAN_IDS = struct.Struct(">HQQHQ")
 """A span's trace id and span id with their tags and lengths (``0a 10``, ``12 08``)."""
+_LEAN_IDS_PARENT = struct.Struct(">HQQHQHQ")
+"""The same and the parent's span id (``22 08``)."""
 _LEAN_TIMES = struct.Struct("<BQBQ")
 """A span's start and end times with their tags (fixed64 fields 7 and 8)."""
 _KINDS = {kind: _uint(6, kind.value + 1) for kind in SpanKind}
@@ -201,6 +204,15 @@ def _status(span: ReadableSpan | LeanSpan) -> bytes:
     return _field(15, _text(2, status.description or "") + _uint(3, status.status_code.value))
 
 
+def _lean_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """:func:`_attributes` (field 9) of a lean span, the cache looked up inline."""
+    parts = []
+    for key, value in attributes.items():
+        encoded = _key_values.get((9, key, type(value), value)) if type(value) in _CACHED else None
+        parts.append(encoded if encoded is not None else _attributes(9, {key: value}))
+    return b"".join(parts)
+
+
 def _encode_lean(span: LeanSpan) -> bytes:
     """:func:`encode_span` of a lean span, read from its own fields (no ``SpanContext``)."""
     parent = span.lean_parent
@@ -210,24 +222,40 @@ def _encode_lean(span: LeanSpan) -> bytes:
         if len(_names) >= _KEY_VALUES_KEPT:
             _names.clear()
         name = _names[span.name] = _text(5, span.name)
-    parts = [
-        _LEAN_IDS.pack(0x0A10, trace_id >> 64, trace_id & _MASK64, 0x1208, span.span_id),
-        name,
-        _KINDS[span.kind],
-        _LEAN_TIMES.pack(0x39, span.start_time, 0x41, span.end_time or 0),
-        _attributes(9, span.attributes),
-        _status(span),
-        _REMOTE_PARENT_FLAGS if parent.remote else _LOCAL_PARENT_FLAGS,
-    ]
-    if parent.trace_state:
-        parts.insert(1, _text(3, parent.trace_state.to_header()))
-    if parent.span_id is not None:
-        parts.insert(-6, b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.dropped_attributes or span.events or span.links:
-        parts.insert(-2, _uint(10, span.dropped_attributes) + _events(span))
-        parts.insert(-2, _uint(12, span.dropped_events) + _links(span))
-        parts.insert(-2, _uint(14, span.dropped_links))
-    return _field(2, b"".join(parts))
+    if parent.span_id is None:
+        ids = _LEAN_IDS.pack(0x0A10, trace_id >> 64, trace_id & _MASK64, 0x1208, span.span_id)
+    else:
+        ids = _LEAN_IDS_PARENT.pack(
+            0x0A10, trace_id >> 64, trace_id & _MASK64, 0x1208, span.span_id, 0x2208, parent.span_id
+        )
+    if parent.trace_state:  # field 3, between the span id and the parent span id
+        ids = ids[:28] + _text(3, parent.trace_state.to_header()) + ids[28:]
+    # The encoder is the lean span's reader: its fields are read as they are, not copied.
+    extras = b""
+    if span.dropped_attributes or span._events or span._links:
+        extras = (
+            _uint(10, span.dropped_attributes)
+            + _events(span)
+            + _uint(12, span.dropped_events)
+            + _links(span)
+            + _uint(14, span.dropped_links)
+        )
+    status = span.status
+    body = b"".join(
+        (
+            ids,
+            name,
+            _KINDS[span.kind],
+            _LEAN_TIMES.pack(0x39, span.start_time, 0x41, span.end_time or 0),
+            _lean_attributes(span._attributes),
+            extras,
+            _UNSET_STATUS
+            if status.status_code is StatusCode.UNSET and not status.description
+            else _status(span),
+            _REMOTE_PARENT_FLAGS if parent.remote else _LOCAL_PARENT_FLAGS,
+        )
+    )
+    return b"\x12" + varint(len(body)) + body  # as an element of ScopeSpans.spans
 
 
 def encode_span(span: ReadableSpan | LeanSpan) -> bytes:
