@@ -243,6 +243,27 @@ def test_a_call_span_sends_its_own_context(
     ]
 
 
+def test_a_served_call_runs_in_its_callers_context_only(
+    record: Callable[[Callable[[], object], bool], list[ReadableSpan]],
+) -> None:
+    seen: list[dict[str, object]] = []
+
+    def call() -> None:
+        token = otel_context.attach(baggage.set_baggage("server's", "1"))
+        try:
+            with _tracing.served_call_span(NODE_METHOD, {"traceparent": TRACEPARENT}) as served:
+                seen.append(dict(baggage.get_all()))
+                served.end()
+        finally:
+            otel_context.detach(token)
+
+    [lean] = record(call, True)
+    [sdk] = record(call, False)
+    assert _lean(lean)
+    assert not _lean(sdk)
+    assert seen == [{}, {}]
+
+
 def test_logs_in_a_lean_span_carry_its_ids(
     record: Callable[[Callable[[], object], bool], list[ReadableSpan]],
 ) -> None:

@@ -365,17 +365,19 @@ def recorder() -> Recorder | None:
 
 
 class current_span:  # noqa: N801  # a block, named as what it makes current
-    """A block with `span` the current span; an exception out of it is recorded on the span
-    and sets its status to ERROR (as the SDK's ``use_span``), the span is not ended."""
+    """A block with `span` the current span, in the current context or in `base`; an exception
+    out of it is recorded on the span and sets its status to ERROR (as the SDK's ``use_span``),
+    the span is not ended."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ("_base", "_span", "_token")
 
-    def __init__(self, span: LeanSpan) -> None:
+    def __init__(self, span: LeanSpan, base: otel_context.Context | None = None) -> None:
         self._span = span
+        self._base = base
         self._token: object = None
 
     def __enter__(self) -> LeanSpan:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._token = otel_context.attach(trace.set_span_in_context(self._span, self._base))
         return self._span
 
     def __exit__(

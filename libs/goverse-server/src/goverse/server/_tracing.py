@@ -164,6 +164,9 @@ def _rpc(method: str) -> dict[str, str]:
     return attributes
 
 
+_CALLER_ONLY = otel_context.Context()
+
+
 class _LeanServedCall:
     """:func:`served_call_span`'s block for a lean span (see :mod:`goverse.server._lean_spans`)."""
 
@@ -171,7 +174,8 @@ class _LeanServedCall:
 
     def __init__(self, span: LeanSpan) -> None:
         self._span = OnceSpan(span)
-        self._block = _lean_spans.current_span(span)
+        # As the SDK's way: a served call's context is its caller's, nothing of the server's.
+        self._block = _lean_spans.current_span(span, _CALLER_ONLY)
 
     def __enter__(self) -> OnceSpan:
         self._block.__enter__()
