@@ -160,6 +160,10 @@ async def test_a_stopping_gate_takes_no_new_stream(
         await calls.call(fake_node.address, frame("late"), 10)
 
 
+HIDDEN_STATUS_ATTEMPTS = 20
+"""Streams tried at most before one shows the node's UNIMPLEMENTED (each hides it rarely)."""
+
+
 async def test_a_node_without_call_streams_gets_its_calls_unary(
     fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
 ) -> None:
@@ -172,7 +176,17 @@ async def test_a_node_without_call_streams_gets_its_calls_unary(
     with pytest.raises(NotSent):
         await calls.call(fake_node.address, frame("first"), 10)
     chain = ((wire.CALL_CHAIN_KEY, b'[["Relay", "r"]]'),)
-    reply = await calls.call(fake_node.address, frame("again"), 10, lambda: chain)
+    # grpc may hide the node's UNIMPLEMENTED behind INTERNAL when the gate's write of the
+    # call raced the node's answer (grpc/grpc#36066): that call is NotSent too, nothing ran,
+    # and the next one tries the stream again, as routing does.
+    for _ in range(HIDDEN_STATUS_ATTEMPTS):
+        try:
+            reply = await calls.call(fake_node.address, frame("again"), 10, lambda: chain)
+            break
+        except NotSent:
+            assert not fake_node.calls
+    else:
+        raise AssertionError(f"no call went unary in {HIDDEN_STATUS_ATTEMPTS} attempts")
     assert unpack_text(reply.call.response) == "again"
     assert fake_node.calls[0].metadata[wire.CALL_CHAIN_KEY] == b'[["Relay", "r"]]'
     create = node_pb2.CallFrame(

@@ -272,6 +272,7 @@ class _CallStream:
         writer = asyncio.get_running_loop().create_task(
             self._write(call), name=f"{TASK_PREFIX}{self.address}:writer"
         )
+        ended = True  # by the call itself (not by this task's cancellation)
         try:
             async for replies in call:
                 for index, reply in enumerate(replies.replies, 1):
@@ -292,6 +293,7 @@ class _CallStream:
                 written = NotSent(reason)
                 self.owner._go_unary(self.address)
         except asyncio.CancelledError:
+            ended = False
             reason = f"{self.owner._sender} is stopping"
             written = CallError(grpc.StatusCode.UNAVAILABLE, reason)
             raise
@@ -299,6 +301,11 @@ class _CallStream:
             self.closed = True
             self.owner._forget(self)
             self._outbox.close(reason, discard=True)
+            if ended:
+                # A write in progress ends at once with the call; let it say whether its
+                # calls left. When it failed, grpc may report the node's status as INTERNAL
+                # "Internal error from Core" (grpc/grpc#36066): those calls are not sent.
+                await asyncio.wait([writer], timeout=WRITER_WAIT)
             self._fail_pending(written, reason)
             writer.cancel()
             call.cancel()
@@ -327,7 +334,14 @@ class _CallStream:
                 pending.written = True
                 frames.calls.append(item)
             if frames.calls or frames.cancelled:
-                await call.write(frames)
+                try:
+                    await call.write(frames)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    # The RPC had ended: this message never left, its calls were not sent.
+                    for item in frames.calls:
+                        if (pending := self.pending.get(item.id)) is not None:
+                            pending.written = False
+                    raise
 
 
 class _Expired(Exception):
