@@ -240,7 +240,6 @@ def _encode_lean(span: LeanSpan) -> bytes:
             + _links(span)
             + _uint(14, span.dropped_links)
         )
-    status = span.status
     body = b"".join(
         (
             ids,
@@ -249,9 +248,7 @@ def _encode_lean(span: LeanSpan) -> bytes:
             _LEAN_TIMES.pack(0x39, span.start_time, 0x41, span.end_time or 0),
             _lean_attributes(span._attributes),
             extras,
-            _UNSET_STATUS
-            if status.status_code is StatusCode.UNSET and not status.description
-            else _status(span),
+            _status(span),
             _REMOTE_PARENT_FLAGS if parent.remote else _LOCAL_PARENT_FLAGS,
         )
     )
@@ -266,8 +263,6 @@ def encode_span(span: ReadableSpan | LeanSpan) -> bytes:
     assert context is not None, "a finished SDK span has its context"
     parent = span.parent
     trace_state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
-    status = span.status
-    status_body = _text(2, status.description or "") + _uint(3, status.status_code.value)
     body = b"".join(
         (
             b"\x0a\x10",
@@ -288,7 +283,7 @@ def encode_span(span: ReadableSpan | LeanSpan) -> bytes:
             _uint(12, span.dropped_events),
             _links(span),
             _uint(14, span.dropped_links),
-            _field(15, status_body),
+            _status(span),
             b"\x85\x01",  # field 16, fixed32
             _flags(parent),
         )
