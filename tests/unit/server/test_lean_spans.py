@@ -394,8 +394,10 @@ def _exporters(telemetry: Telemetry) -> list[SpanExporter]:
     ],
 )
 def test_telemetry_makes_spans_lean_only_where_they_would_be_the_sdks(
-    env: dict[str, str], lean: bool
+    env: dict[str, str], lean: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if "OTEL_TRACES_SAMPLER" in env:  # the SDK reads its sampler from the process's environment
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", env["OTEL_TRACES_SAMPLER"])
     telemetry = Telemetry("node", environ=env)
     try:
         recorder = telemetry._lean_spans

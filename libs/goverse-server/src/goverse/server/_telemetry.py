@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, DEFAULT_ON, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -126,7 +126,8 @@ def _span_exporter(name: str) -> SpanExporter:
     return OTLPBytesSpanExporter()
 
 
-_LEAN_SAMPLERS = ("parentbased_always_on", "always_on")
+_LEAN_SAMPLERS = (DEFAULT_ON, ALWAYS_ON)
+"""The samplers under which a lean span records what the SDK's would (the SDK's objects)."""
 _LEAN_PROPAGATORS = ({"tracecontext", "baggage"}, {"tracecontext"})
 _SPAN_LIMIT_VARIABLES = (
     "OTEL_ATTRIBUTE_COUNT_LIMIT",
@@ -150,10 +151,10 @@ def _lean_recorder(
 
     if not exporters or not all(isinstance(item, OTLPBytesSpanExporter) for item in exporters):
         return None
-    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or _LEAN_SAMPLERS[0]
     raw = env.get("OTEL_PROPAGATORS", "tracecontext,baggage")
     propagators = {item.strip().lower() for item in raw.split(",") if item.strip()}
-    if sampler not in _LEAN_SAMPLERS or propagators not in _LEAN_PROPAGATORS:
+    # The provider's own sampler, as the SDK chose it from the environment.
+    if provider.sampler not in _LEAN_SAMPLERS or propagators not in _LEAN_PROPAGATORS:
         return None
     if any(env.get(name) for name in _SPAN_LIMIT_VARIABLES):
         return None
