@@ -17,7 +17,7 @@ from bench import wire
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
 from bench.cluster import LISTEN, Variant, start_system
 from bench.cpu import CpuMeter
-from bench.procs import PYTHON
+from bench.procs import PYTHON, Proc
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
 from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
@@ -60,10 +60,11 @@ def http_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def _load(
-    ctx: Ctx, urls: list[str], body: bytes, pids: dict[str, int]
+    ctx: Ctx, label: str, urls: list[str], body: bytes, targets: dict[str, Proc]
 ) -> dict[int, LoadResult]:
-    """Closed-loop calls at each concurrency, measuring the CPU of the processes `pids` names
-    (and the harness) inside the window."""
+    """Closed-loop calls at each concurrency, measuring the CPU of the processes `targets`
+    names (and the harness) inside the window, and profiling them in profile runs."""
+    pids = {name: proc.pid for name, proc in targets.items()}
     results: dict[int, LoadResult] = {}
     for level in ctx.settings.concurrency:
         async with http_session(level) as http:
@@ -71,9 +72,10 @@ async def _load(
             for worker in range(level):  # activation and connecting are not what we measure
                 await call(worker)
             s = ctx.settings
-            results[level] = await closed_loop(
-                call, level, warmup=s.warmup, duration=s.duration, cpu=CpuMeter(pids)
-            )
+            async with ctx.profiled(f"http-c{level}-{label}", targets):
+                results[level] = await closed_loop(
+                    call, level, warmup=s.warmup, duration=s.duration, cpu=CpuMeter(pids)
+                )
     return results
 
 
@@ -87,7 +89,7 @@ async def _bare(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult
         )
         await proc.wait_ready()
         urls = [f"http://{proc.address}/echo"] * max(ctx.settings.concurrency)
-        return await _load(ctx, urls, body, {"bare": proc.pid})
+        return await _load(ctx, variant.label, urls, body, {"bare": proc})
 
 
 async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult]:
@@ -99,7 +101,9 @@ async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResu
             f"http://{address}/v1/objects/Echo/echo-{index}/Echo"
             for index in range(max(ctx.settings.concurrency))
         ]
-        return await _load(ctx, urls, body, {"gate": system.gate.pid, "node": system.node.pid})
+        return await _load(
+            ctx, variant.label, urls, body, {"gate": system.gate, "node": system.node}
+        )
 
 
 async def _read_events(
