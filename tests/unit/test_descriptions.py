@@ -79,6 +79,9 @@ def test_lookups_and_json_answer_as_calls_do() -> None:
     with pytest.raises(NotFound):
         descriptions.message_class("goverse.examples.v1.Nope")
     increment = descriptions.method("Counter", "Increment")
+    assert descriptions.method("Counter", "Increment") is increment  # found once
+    with pytest.raises(Unimplemented):  # a miss is never remembered as a method
+        descriptions.method("Counter", "Nope")
     for bad in ("{", '{"by": "x"}', '{"nope": 1}', "[1]"):
         with pytest.raises(InvalidArgument):
             descriptions.from_json(increment.request, bad)

@@ -1,10 +1,14 @@
-"""Wire contract: close reasons and shard refusals travel as trailing metadata and come back."""
+"""Wire contract: close reasons and shard refusals travel as trailing metadata and come back;
+payloads are packed as ``Any.Pack`` packs them."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from goverse import wire
+from goverse.v1 import describe_pb2
 from goverse.wire import CloseReason
 
 
@@ -34,3 +38,24 @@ def test_a_call_without_or_with_an_unknown_shard_marker_is_not_a_refusal() -> No
     assert wire.shard_refusal_of(()) is None
     assert wire.shard_refusal_of(None) is None
     assert wire.shard_refusal_of((("goverse-shard", "frozen"),)) is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        wrappers_pb2.BytesValue(value=b"\x00payload"),
+        wrappers_pb2.StringValue(),  # nothing set: an empty value, the type still named
+        describe_pb2.DescribeResponse(
+            types=[describe_pb2.ObjectTypeDescription(name="Counter")],
+        ),
+    ],
+)
+def test_pack_makes_what_any_pack_makes_and_unpack_reads_it(message: Message) -> None:
+    expected = any_pb2.Any()
+    expected.Pack(message)
+
+    packed = wire.pack(message)
+
+    assert packed == expected
+    assert packed.SerializeToString() == expected.SerializeToString()
+    assert wire.unpack(packed, type(message)) == message

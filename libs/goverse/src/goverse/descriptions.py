@@ -149,6 +149,8 @@ class Descriptions:
             raise InvalidArgument(f"the description's files do not build: {error}") from None
         self._types = {description.name: description for description in response.types}
         self._classes: dict[str, type[Message]] = {}
+        self._methods: dict[tuple[str, str], MethodTypes] = {}
+        """Methods found so far (never a miss: bounded by the methods described)."""
 
     @property
     def types(self) -> Mapping[str, describe_pb2.ObjectTypeDescription]:
@@ -179,7 +181,14 @@ class Descriptions:
     def method(self, object_type: str, method: str) -> MethodTypes:
         """The request and response classes of `object_type`'s `method`: NotFound for an
         unknown type, InvalidArgument for a malformed method name, Unimplemented for a method
-        the type does not have (as a call answers)."""
+        the type does not have (as a call answers). Found once per method: an HTTP gate looks
+        one up for every call."""
+        found = self._methods.get((object_type, method))
+        if found is None:
+            found = self._methods[(object_type, method)] = self._find_method(object_type, method)
+        return found
+
+    def _find_method(self, object_type: str, method: str) -> MethodTypes:
         description = self._types.get(object_type)
         if description is None:
             raise NotFound(f"unknown object type {object_type!r}")

@@ -141,10 +141,16 @@ class UnpackError(ValueError):
     """A packed payload is not of the expected type, or does not parse as it."""
 
 
+TYPE_URL_PREFIX = "type.googleapis.com/"
+"""What ``Any.Pack`` puts before a message's full name."""
+
+
 def pack(message: Message) -> any_pb2.Any:
-    """`message` as a ``google.protobuf.Any``."""
+    """`message` as a ``google.protobuf.Any``, as ``Any.Pack`` makes it (every call and reply
+    is packed: its own fields set here cost half of what ``Pack``'s Python code does)."""
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.type_url = TYPE_URL_PREFIX + message.DESCRIPTOR.full_name
+    packed.value = message.SerializeToString()
     return packed
 
 
@@ -185,6 +191,7 @@ __all__ = [
     "NODE_REGISTER_GATE",
     "NODE_SERVICE",
     "SHARD_KEY",
+    "TYPE_URL_PREFIX",
     "CloseReason",
     "ShardRefusal",
     "UnpackError",
