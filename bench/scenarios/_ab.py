@@ -29,7 +29,7 @@ Call = Callable[[int], Awaitable[None]]
 
 
 @dataclass
-class _Side:
+class Side:
     """One system under comparison: how to call it on each path, and its rounds' figures."""
 
     system: System
@@ -46,7 +46,7 @@ def _urls(system: System, count: int) -> list[str]:
     return [f"http://{address}/v1/objects/Echo/echo-{index}/Echo" for index in range(count)]
 
 
-async def _round(ctx: Ctx, side: _Side, path: str, level: int) -> None:
+async def _round(ctx: Ctx, side: Side, path: str, level: int) -> None:
     s = ctx.settings
     result = await closed_loop(
         side.calls[path],
@@ -73,7 +73,32 @@ def _per_call(results: list[LoadResult], process: str | None) -> float:
     return median(values) if values else float("nan")
 
 
-def _rows(result: ScenarioResult, case: str, base: list[LoadResult], new: list[LoadResult]) -> None:
+async def alternate(ctx: Ctx, sides: list[Side], path: str, level: int) -> None:
+    """`ctx`'s number of rounds of `path`'s calls at `level` on each side, the sides taking
+    turns (which one goes first alternates too), so that a drift of the machine's speed falls
+    on both alike."""
+    for number in range(ctx.settings.ab_rounds):
+        for side in sides if number % 2 == 0 else sides[::-1]:
+            await _round(ctx, side, path, level)
+
+
+def round_details(sides: dict[str, Side], path: str) -> dict[str, list[dict[str, object]]]:
+    """Each side's rounds of `path` as the results' details record them."""
+    return {
+        label: [
+            {
+                "calls_per_s": round(r.calls_per_second, 1),
+                "errors": r.errors,
+                "cpu_ms_per_call": r.cpu.per_call_ms(r.completed) if r.cpu else {},
+            }
+            for r in side.rounds[path]
+        ]
+        for label, side in sides.items()
+    }
+
+
+def rows(result: ScenarioResult, case: str, base: list[LoadResult], new: list[LoadResult]) -> None:
+    """Medians over the rounds: calls/s and CPU per call of each process, `new` against `base`."""
     rate = [r.calls_per_second for r in base], [r.calls_per_second for r in new]
     result.add(case, "calls/s (median of rounds)", "1/s", median(rate[0]), median(rate[1]))
     metrics = (("servers", None), ("gate", "gate"), ("node", "node"), ("client", HARNESS))
@@ -114,8 +139,8 @@ async def ab(ctx: Ctx, variant: Variant) -> ScenarioResult:
     body = echo_body(s.payload)
     async with ctx.scope():
         sides = [
-            _Side(await start_system(ctx.procs, base_variant, gate_flags=[HTTP_LISTEN])),
-            _Side(await start_system(ctx.procs, variant, gate_flags=[HTTP_LISTEN])),
+            Side(await start_system(ctx.procs, base_variant, gate_flags=[HTTP_LISTEN])),
+            Side(await start_system(ctx.procs, variant, gate_flags=[HTTP_LISTEN])),
         ]
         ids = [f"echo-{index}" for index in range(max(s.concurrency))]
         for level in s.concurrency:
@@ -131,30 +156,19 @@ async def ab(ctx: Ctx, variant: Variant) -> ScenarioResult:
                 ):
                     side.rounds = {}
                     side.calls = {
-                        "sdk": _sdk_call(client, ids, payload),
+                        "sdk": sdk_call(client, ids, payload),
                         "http": post_call(http, _urls(side.system, level), body),
                     }
                     for path in side.calls:  # activation and connecting are not measured
                         for worker in range(level):
                             await side.calls[path](worker)
                 for path in ("sdk", "http"):
-                    for number in range(s.ab_rounds):
-                        order = sides if number % 2 == 0 else sides[::-1]
-                        for side in order:
-                            await _round(ctx, side, path, level)
+                    await alternate(ctx, sides, path, level)
                     case = f"{path}, concurrency {level}"
-                    _rows(result, case, sides[0].rounds[path], sides[1].rounds[path])
-                    result.details[case] = {
-                        label: [
-                            {
-                                "calls_per_s": round(r.calls_per_second, 1),
-                                "errors": r.errors,
-                                "cpu_ms_per_call": r.cpu.per_call_ms(r.completed) if r.cpu else {},
-                            }
-                            for r in side.rounds[path]
-                        ]
-                        for label, side in (("checkout", sides[0]), ("work tree", sides[1]))
-                    }
+                    rows(result, case, sides[0].rounds[path], sides[1].rounds[path])
+                    result.details[case] = round_details(
+                        {"checkout": sides[0], "work tree": sides[1]}, path
+                    )
     return result
 
 
@@ -162,11 +176,13 @@ def _timeout() -> timedelta:
     return timedelta(seconds=CALL_TIMEOUT)
 
 
-def _sdk_call(client: Client, ids: list[str], payload: bytes) -> Call:
+def sdk_call(client: Client, ids: list[str], payload: bytes) -> Call:
+    """A closed-loop call: worker `n` calls ``Echo`` ``ids[n]`` through the SDK."""
+
     async def call(worker: int) -> None:
         await client.call("Echo", ids[worker], "Echo", BytesValue(value=payload), BytesValue)
 
     return call
 
 
-__all__ = ["ab"]
+__all__ = ["Side", "ab", "alternate", "round_details", "rows", "sdk_call"]

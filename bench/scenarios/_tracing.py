@@ -1,15 +1,23 @@
-"""Scenario 6, tracing: scenario 1's system side with tracing off and on."""
+"""Scenario 6, tracing: scenario 1's system side with tracing off and on, one after the other
+and, at the highest concurrency, in alternated rounds."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
-from bench.cluster import LISTEN, Variant
+from bench.clients import CALL_TIMEOUT
+from bench.cluster import LISTEN, Variant, start_system
 from bench.procs import PYTHON, Proc
 from bench.results_model import ScenarioResult
+from bench.scenarios._ab import Side, alternate, round_details, rows, sdk_call
 from bench.scenarios._calls import call_rows, system_calls
 from bench.scenarios._context import Ctx
+from goverse.client import Client
+
+ALTERNATED = "alternated rounds"
+"""The cases measured in alternated rounds (what the tracing target reads)."""
 
 
 def _tracing_env(mode: str, sink_address: str) -> dict[str, str]:
@@ -37,6 +45,27 @@ def _console_spans(paths: list[Path]) -> int:
     return count
 
 
+async def _alternated(
+    ctx: Ctx, off: Variant, on: Variant, level: int, payload: bytes
+) -> tuple[Side, Side]:
+    """Scenario 10's way at `level`: both systems running, rounds of calls taking turns, so
+    that the machine's drift (tens of per cent within minutes) falls on both alike."""
+    async with ctx.scope():
+        sides = [Side(await start_system(ctx.procs, off)), Side(await start_system(ctx.procs, on))]
+        ids = [f"echo-{index}" for index in range(level)]
+        timeout = timedelta(seconds=CALL_TIMEOUT)
+        async with (
+            Client([sides[0].system.gate_address], call_timeout=timeout) as off_client,
+            Client([sides[1].system.gate_address], call_timeout=timeout) as on_client,
+        ):
+            for side, client in zip(sides, (off_client, on_client), strict=True):
+                side.calls = {"sdk": sdk_call(client, ids, payload)}
+                for worker in range(level):  # activation is not what we measure
+                    await side.calls["sdk"](worker)
+            await alternate(ctx, sides, "sdk", level)
+    return sides[0], sides[1]
+
+
 async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
     s = ctx.settings
     result = ScenarioResult(
@@ -53,9 +82,8 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
         },
     )
     payload = b"x" * s.payload
-    off, _ = await system_calls(
-        ctx, Variant("traces-off", variant.loop, code=variant.code), payload
-    )
+    off_variant = Variant("traces-off", variant.loop, code=variant.code)
+    off, _ = await system_calls(ctx, off_variant, payload)
     spans: dict[str, int] = {}
     for mode in s.tracing:
         async with ctx.scope():
@@ -68,9 +96,10 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
                 await sink.wait_ready()
                 address = sink.address
             env = _tracing_env(mode, address)
-            on, logs = await system_calls(
-                ctx, Variant(f"traces-{mode}", variant.loop, env, code=variant.code), payload
-            )
+            traced = Variant(f"traces-{mode}", variant.loop, env, code=variant.code)
+            on, logs = await system_calls(ctx, traced, payload)
+            level = max(s.concurrency)
+            alternated = await _alternated(ctx, off_variant, traced, level, payload)
             if sink is not None:
                 await sink.terminate()
                 lines = sink.log_path.read_text(errors="replace").strip().splitlines()
@@ -78,7 +107,12 @@ async def tracing(ctx: Ctx, variant: Variant) -> ScenarioResult:
             else:
                 spans[mode] = _console_spans(logs)
         call_rows(result, off, on, f", {mode}")
-    result.details = {"spans_exported": spans}
+        case = f"concurrency {level}, {mode}, {ALTERNATED}"
+        rows(result, case, alternated[0].rounds["sdk"], alternated[1].rounds["sdk"])
+        result.details[case] = round_details(
+            {"traces off": alternated[0], "traces on": alternated[1]}, "sdk"
+        )
+    result.details["spans_exported"] = spans
     if not any(spans.values()):
         result.notes.append(
             "No span was exported: the services measured do not trace (or ignore "
