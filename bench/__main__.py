@@ -121,7 +121,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="record the processes with py-spy during scenarios 1 and 2 (numbers perturbed)",
+        help="record the measured processes with py-spy while scenarios 1, 2, 5, 6, 7, 8 and 9 "
+        "measure (numbers perturbed; raw stacks and summaries in the run's profiles/ directory)",
     )
     parser.add_argument(
         "--compare-code",
