@@ -19,6 +19,8 @@
    client calling it directly.
 10. ``ab`` (``_ab``): the work tree's services against ``--compare-code``'s, both running,
     rounds of SDK and HTTP calls alternated between them (not in the default run).
+11. ``ceiling`` (``_ceiling``): calls relayed over gRPC streams by processes doing no work per
+    call vs the bare unary echo: the best issue 12's ratios can be on this machine.
 
 ``--scenarios`` takes the numbers or the names.
 
@@ -35,6 +37,7 @@ from bench.machine import load_average
 from bench.results_model import ScenarioResult
 from bench.scenarios._ab import ab
 from bench.scenarios._calls import calls
+from bench.scenarios._ceiling import ceiling
 from bench.scenarios._connections import connections
 from bench.scenarios._context import Ctx, Settings
 from bench.scenarios._fanout import fanout
@@ -73,6 +76,7 @@ SCENARIOS: dict[str, Callable[[Ctx, Variant], Awaitable[ScenarioResult]]] = {
     "8": http,
     "9": relay,
     "10": ab,
+    "11": ceiling,
 }
 NAMES = {
     "calls": "1",
@@ -85,6 +89,7 @@ NAMES = {
     "http": "8",
     "relay": "9",
     "ab": "10",
+    "ceiling": "11",
 }
 """Each scenario's number by name."""
 LOOP_SCENARIOS = ("1", "2")

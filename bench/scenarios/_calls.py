@@ -26,7 +26,8 @@ from goverse.v1 import gate_pb2, gate_pb2_grpc
 from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
 
 
-async def _bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
+async def bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
+    """Scenario 1's baseline (scenario 11's too): unary echoes of a bare server."""
     s = ctx.settings
     results: dict[int, LoadResult] = {}
     async with ctx.scope():
@@ -186,7 +187,7 @@ async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
         },
     )
     payload = b"x" * s.payload
-    bare = await _bare_calls(ctx, variant, payload)
+    bare = await bare_calls(ctx, variant, payload)
     system, _ = await system_calls(ctx, variant, payload)
     call_rows(result, bare, system)
     unary = await system_unary_calls(ctx, variant, payload)
