@@ -121,7 +121,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="record the measured processes with py-spy while scenarios 1, 2, 5, 6, 7, 8 and 9 "
+        help="record the measured processes with py-spy while scenarios 1, 2, 5, 6, 7, 8, 9 and 11 "
         "measure (numbers perturbed; raw stacks and summaries in the run's profiles/ directory)",
     )
     parser.add_argument(
