@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -112,10 +113,18 @@ class Relay:
                         await reader
 
     async def _replies(self, stream: Any) -> None:
-        async for message in stream:
-            for call_id, payload in frames_of(message):
-                writer, caller_id = self._waiting.pop(call_id)
-                writer.send(caller_id, payload)
+        try:
+            async for message in stream:
+                for call_id, payload in frames_of(message):
+                    writer, caller_id = self._waiting.pop(call_id)
+                    writer.send(caller_id, payload)
+        except asyncio.CancelledError:  # the relay is stopping
+            raise
+        except Exception:  # the stream to the end broke: as if it ended
+            pass
+        # Without its end the relay cannot answer: it stops as on SIGTERM, which ends its
+        # clients' streams, so their calls fail instead of waiting for ever.
+        signal.raise_signal(signal.SIGTERM)
 
     async def handle(self, requests: AsyncIterator[bytes], context: Any) -> None:
         writer = FrameWriter(context.write)
