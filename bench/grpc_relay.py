@@ -84,8 +84,7 @@ async def _running(writer: FrameWriter) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.gather(task, return_exceptions=True)  # a cancel of ours still raises
 
 
 class Relay:
@@ -109,8 +108,7 @@ class Relay:
                     yield
                 finally:
                     reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
+                    await asyncio.gather(reader, return_exceptions=True)
 
     async def _replies(self, stream: Any) -> None:
         try:
