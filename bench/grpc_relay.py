@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import struct
 import sys
@@ -57,7 +58,8 @@ def message_of(frames: Sequence[Frame]) -> bytes:
 
 class FrameWriter:
     """Sends the frames queued with :meth:`send` over one stream, all that are ready as one
-    message per write (:meth:`run`, the task of whoever owns the stream)."""
+    message per write (:meth:`run`, the task of whoever owns the stream). What it queues is
+    bounded by the calls in flight, which its callers bound."""
 
     def __init__(self, write: Callable[[bytes], Awaitable[Any]]) -> None:
         self._write = write
@@ -87,68 +89,23 @@ async def _running(writer: FrameWriter) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)  # a cancel of ours still raises
 
 
-class Relay:
-    """The ``Relay`` handler: echoes each frame back (the end) or forwards it upstream and
-    sends the reply back under the caller's call id (the relay)."""
-
-    def __init__(self) -> None:
-        self._upstream: FrameWriter | None = None
-        self._waiting: dict[int, tuple[FrameWriter, int]] = {}
-        self._next_id = 0
-
-    @contextlib.asynccontextmanager
-    async def upstream(self, target: str) -> AsyncIterator[None]:
-        """Opens the one stream to the end for the block, with its writer and reader."""
-        async with grpc.aio.insecure_channel(target) as channel:
-            stream = channel.stream_stream(METHOD)()
-            self._upstream = FrameWriter(stream.write)
-            async with _running(self._upstream):
-                reader = asyncio.create_task(self._replies(stream))
-                try:
-                    yield
-                finally:
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
-
-    async def _replies(self, stream: Any) -> None:
-        try:
-            async for message in stream:
-                for call_id, payload in frames_of(message):
-                    writer, caller_id = self._waiting.pop(call_id)
-                    writer.send(caller_id, payload)
-        except asyncio.CancelledError:  # the relay is stopping
-            raise
-        except Exception:  # the stream to the end broke: as if it ended
-            pass
-        # Without its end the relay cannot answer: it stops as on SIGTERM, which ends its
-        # clients' streams, so their calls fail instead of waiting for ever.
-        signal.raise_signal(signal.SIGTERM)
-
-    async def handle(self, requests: AsyncIterator[bytes], context: Any) -> None:
-        writer = FrameWriter(context.write)
-        async with _running(writer):
-            async for message in requests:
-                for call_id, payload in frames_of(message):
-                    self._forward(writer, call_id, payload)
-
-    def _forward(self, writer: FrameWriter, call_id: int, payload: bytes) -> None:
-        if self._upstream is None:
-            writer.send(call_id, payload)
-            return
-        self._next_id += 1
-        self._waiting[self._next_id] = (writer, call_id)
-        self._upstream.send(self._next_id, payload)
+Reply = Callable[[bytes | ConnectionError], None]
+"""What gets a call's reply: its payload, or the error that ended the stream first."""
 
 
 class StreamCaller:
-    """The client side: calls over one stream to `target`, matched by call id (use it as an
-    async context manager; :meth:`call` inside)."""
+    """Calls over one stream of `channel`, matched by call id: :meth:`send` hands a reply to a
+    callback, :meth:`call` awaits it (use it as an async context manager, which owns the
+    stream's writer and reader tasks). When the stream ends, every call still waiting gets a
+    ConnectionError and `on_end` runs. Waiting calls are bounded by their callers: the
+    closed-loop workers of the bench, or the relay's clients."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, on_end: Callable[[], None] | None = None) -> None:
         self._stream = channel.stream_stream(METHOD)()
         self._writer = FrameWriter(self._stream.write)
-        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._waiting: dict[int, Reply] = {}
         self._next_id = 0
+        self._on_end = on_end
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> StreamCaller:
@@ -163,27 +120,81 @@ class StreamCaller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for waiting in self._waiting.values():
-            waiting.cancel()
 
-    async def call(self, payload: bytes) -> bytes:
+    def send(self, payload: bytes, reply: Reply) -> None:
         if self._tasks[1].done():
             raise ConnectionError("the relay's stream ended")
         self._next_id += 1
-        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[self._next_id] = reply
         self._writer.send(self._next_id, payload)
-        return await reply
+
+    async def call(self, payload: bytes) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.send(payload, functools.partial(_settle, future))
+        return await future
 
     async def _replies(self) -> None:
         try:
             async for message in self._stream:
                 for call_id, payload in frames_of(message):
-                    self._waiting.pop(call_id).set_result(payload)
-        finally:  # the stream ended: nobody waits for ever
-            for waiting in self._waiting.values():
-                if not waiting.done():
-                    waiting.set_exception(ConnectionError("the relay's stream ended"))
+                    self._waiting.pop(call_id)(payload)
+        except asyncio.CancelledError:  # closed by its owner
+            raise
+        except Exception:  # the stream broke: as if it ended
+            pass
+        waiting, self._waiting = self._waiting, {}
+        for reply in waiting.values():  # nobody waits for ever
+            reply(ConnectionError("the relay's stream ended"))
+        if self._on_end is not None:
+            self._on_end()
+
+
+def _settle(future: asyncio.Future[bytes], reply: bytes | ConnectionError) -> None:
+    if future.done():  # its caller gave up
+        return
+    if isinstance(reply, ConnectionError):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
+
+
+class Relay:
+    """The ``Relay`` handler: echoes each frame back (the end) or forwards it upstream and
+    sends the reply back under the caller's call id (the relay)."""
+
+    def __init__(self) -> None:
+        self._upstream: StreamCaller | None = None
+
+    @contextlib.asynccontextmanager
+    async def upstream(self, target: str) -> AsyncIterator[None]:
+        """Forwards to the end at `target` over one stream for the block."""
+        async with (
+            grpc.aio.insecure_channel(target) as channel,
+            StreamCaller(channel, on_end=_stop) as self._upstream,
+        ):
+            yield
+
+    async def handle(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        writer = FrameWriter(context.write)
+        async with _running(writer):
+            async for message in requests:
+                for call_id, payload in frames_of(message):
+                    if self._upstream is None:
+                        writer.send(call_id, payload)
+                    else:
+                        self._upstream.send(payload, functools.partial(_back, writer, call_id))
+
+
+def _back(writer: FrameWriter, call_id: int, reply: bytes | ConnectionError) -> None:
+    """Sends the end's reply back to the relay's client (an error: the relay is stopping)."""
+    if not isinstance(reply, ConnectionError):
+        writer.send(call_id, reply)
+
+
+def _stop() -> None:
+    """Without its end the relay cannot answer: it stops as on SIGTERM, which ends its
+    clients' streams, so their calls fail instead of waiting for ever."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 async def serve(listen: str, upstream: str | None, ready_file: Path | None) -> int:

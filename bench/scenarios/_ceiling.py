@@ -22,8 +22,10 @@ from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
 from goverse.grpc_environment import OLDER_POLLER, VARIABLE
 
 
-async def _start(ctx: Ctx, variant: Variant, name: str, *upstream: str) -> Proc:
-    args = [PYTHON, "-m", "bench.grpc_relay", LISTEN, *(f"--upstream={u}" for u in upstream)]
+async def _start(ctx: Ctx, variant: Variant, name: str, upstream: str | None = None) -> Proc:
+    args = [PYTHON, "-m", "bench.grpc_relay", LISTEN]
+    if upstream is not None:
+        args.append(f"--upstream={upstream}")
     # grpc's poller as gate and node have it (goverse.grpc_environment: the environment's
     # own value wins); set before the process starts, as grpc reads it when it loads.
     env = {**variant.process_env(), VARIABLE: os.environ.get(VARIABLE, OLDER_POLLER)}
