@@ -28,6 +28,7 @@ from goverse.server._cluster_keys import (
     encode_node,
     encode_shard,
 )
+from goverse.server._deadlines import DeadlineWheel
 from goverse.server._drops import DropReason
 from goverse.server._etcd import (
     EtcdClient,
@@ -165,6 +166,7 @@ __all__ = [
     "CallsInFlight",
     "ClusterKeys",
     "ClusterView",
+    "DeadlineWheel",
     "Declared",
     "DropReason",
     "EtcdClient",

@@ -16,6 +16,7 @@ from goverse import wire
 from goverse._tracing import OnceSpan
 from goverse.errors import CallError, NotSent, status_error
 from goverse.server._batching import READ_PACE, gathered_batch
+from goverse.server._deadlines import DeadlineWheel
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._tracing import call_span
@@ -74,7 +75,8 @@ class NodeCalls:
     again). A stream the node ends with OK has answered every call it read (a stopping node
     answers its calls still running UNAVAILABLE first), so the calls still pending then fail
     with NotSent too: they were in transit and never ran. A call whose reply does not come
-    within its timeout fails with DEADLINE_EXCEEDED and its cancellation is sent to the node,
+    within its timeout (at most a :data:`~goverse.server._deadlines.TICK_S` late) fails with
+    DEADLINE_EXCEEDED and its cancellation is sent to the node,
     as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
     flight per node; one more fails with RESOURCE_EXHAUSTED at once.
 
@@ -102,6 +104,7 @@ class NodeCalls:
         self._streams: dict[str, _CallStream] = {}
         self._unary_until: dict[str, float] = {}
         self._unary_calls: dict[str, int] = {}
+        self._deadlines = DeadlineWheel(_expire)
 
     @property
     def in_flight(self) -> int:
@@ -229,12 +232,11 @@ class _CallStream:
         frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
-        loop = asyncio.get_running_loop()
-        pending = _Pending(loop.create_future())
+        pending = _Pending(asyncio.get_running_loop().create_future())
         self.pending[call_id] = pending
         # The deadline fails the reply's future rather than the task (asyncio.timeout): the
-        # future is all this waits for, and a timer on it costs half as much per call.
-        expiry = loop.call_later(timeout, _expire, pending.reply)
+        # future is all this waits for.
+        deadline = owner._deadlines.add(pending.reply, timeout)
         try:
             if not self._outbox.put(frame, _size_of(frame)):
                 raise NotSent("the call stream has ended")
@@ -249,7 +251,7 @@ class _CallStream:
             _end_span(span, error)
             raise
         finally:
-            expiry.cancel()
+            deadline.discard(pending.reply)
             del self.pending[call_id]
         if reply.WhichOneof("result") == "error":
             failed = status_error(reply.error)

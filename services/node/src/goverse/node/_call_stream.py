@@ -21,6 +21,7 @@ from goverse.server import (
     BatchRule,
     CallMetricsInterceptor,
     CallsInFlight,
+    DeadlineWheel,
     Mailbox,
     Peer,
     Supervisor,
@@ -98,6 +99,7 @@ class CallStreams:
         self._numbers = itertools.count(1)
         self._streams: set[_CallStream] = set()
         self._ended = asyncio.Event()
+        self._deadlines: DeadlineWheel[asyncio.Task[Any]] = DeadlineWheel(_cancel)
 
     async def wait_ended(self, timeout: float) -> int:
         """Waits up to `timeout` seconds for every stream to have sent its last replies and
@@ -204,14 +206,24 @@ class CallStreams:
             timeout = frame.timeout_ms / 1000 - (time.monotonic() - received)
             if timeout <= 0:  # expired before it started: not run
                 return _deadline_exceeded(frame.id)
+        task = asyncio.current_task()
+        deadline = None if timeout is None or task is None else self._deadlines.add(task, timeout)
+        expired = False
         try:
-            async with asyncio.timeout(timeout):
+            try:
                 with deadline_after(timeout), following(frame.chain):
                     reply = await self._dispatch(frame.id, op, request, peer)
+            finally:
+                if deadline is not None and task is not None:
+                    deadline.discard(task)
+                    if deadline.fired:  # the wheel cancelled the task: take that back
+                        expired = task.uncancel() == 0  # and nothing else cancelled it
+        except asyncio.CancelledError:
+            if expired:  # asyncio.timeout's rule
+                return _deadline_exceeded(frame.id)
+            raise
         except GoverseError as error:
             return node_pb2.ReplyFrame(id=frame.id, error=call_status(error)), error.status_code, ""
-        except TimeoutError:
-            return _deadline_exceeded(frame.id)
         except Exception as error:  # what grpc answers a unary handler that raised this
             log.exception("call failed", rpc=wire.CALL_OPS[op])
             message = f"Unexpected {type(error)}: {error}"
@@ -248,6 +260,10 @@ class CallStreams:
         return node_pb2.ReplyFrame(
             id=call_id, delete=node_pb2.NodeDeleteObjectResponse(deleted=deleted)
         )
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel("the call's deadline passed")
 
 
 def _sender_of(metadata: Any) -> str:

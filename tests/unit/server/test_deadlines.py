@@ -1,0 +1,106 @@
+"""DeadlineWheel: deadlines expire never early, at most a tick late, and only for items still
+waiting; items of one tick share a slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+from goverse.server import DeadlineWheel
+from goverse.server._deadlines import TICK_S
+
+
+async def test_an_item_still_waiting_expires_after_its_deadline_not_before() -> None:
+    loop = asyncio.get_running_loop()
+    expired: dict[str, float] = {}
+    fired = asyncio.Event()
+
+    def expire(item: str) -> None:
+        expired[item] = loop.time()
+        fired.set()
+
+    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
+    added = loop.time()
+    slot = wheel.add("late", 0.05)
+    assert not slot.fired
+    async with asyncio.timeout(5):
+        await fired.wait()
+    assert expired["late"] - added >= 0.05
+    assert slot.fired
+    assert len(wheel) == 0
+
+
+async def test_an_item_discarded_before_its_deadline_never_expires() -> None:
+    expired: list[str] = []
+    fired = asyncio.Event()
+
+    def expire(item: str) -> None:
+        expired.append(item)
+        fired.set()
+
+    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
+    wheel.add("done", 0.02).discard("done")
+    wheel.add("kept", 0.04)  # a later tick: fires after the slot of "done"
+    async with asyncio.timeout(5):
+        await fired.wait()
+    assert expired == ["kept"]
+
+
+async def test_items_whose_deadlines_fall_in_one_tick_share_its_slot() -> None:
+    wheel: DeadlineWheel[int] = DeadlineWheel(lambda item: None, tick=3600.0)
+    first = wheel.add(1, 10.0)
+    second = wheel.add(2, 10.0)
+    assert first is second
+    assert sorted(first) == [1, 2]
+    assert len(wheel) == 2
+
+
+async def test_expiring_may_end_calls_of_the_same_slot() -> None:
+    """expire() of one item may discard others (a call that ends takes its item out)."""
+    expired: list[int] = []
+    fired = asyncio.Event()
+
+    def expire(item: int) -> None:
+        expired.append(item)
+        slot.discard(3 - item)
+        fired.set()
+
+    wheel: DeadlineWheel[int] = DeadlineWheel(expire, tick=TICK_S)
+    slot = wheel.add(1, 0.0)
+    slot.add(2)  # as if added in the same tick
+    async with asyncio.timeout(5):
+        await fired.wait()
+    await asyncio.sleep(0)  # the rest of the slot, had it gone on
+    assert len(expired) == 1
+    assert slot.fired
+
+
+async def test_a_task_cancelled_by_its_deadline_can_tell_it_from_another_cancel() -> None:
+    """What the node does with it: the wheel cancels the task, which sees its slot fired and
+    takes the cancel back (``uncancel``); a cancel of its own is still a cancel."""
+
+    def expire(task: asyncio.Task[str]) -> None:
+        task.cancel()
+
+    wheel: DeadlineWheel[asyncio.Task[str]] = DeadlineWheel(expire)
+
+    async def call(timeout: float, also_cancelled: bool) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        slot = wheel.add(task, timeout)
+        try:
+            if also_cancelled:
+                task.cancel()
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if slot.fired and task.uncancel() == 0:
+                return "deadline"
+            raise
+        finally:
+            slot.discard(task)
+        return "done"
+
+    async with asyncio.timeout(5):
+        assert await asyncio.create_task(call(0.02, also_cancelled=False)) == "deadline"
+        other = asyncio.create_task(call(0.02, also_cancelled=True))
+        await asyncio.wait([other])
+    assert other.cancelled()
