@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse import wire
@@ -38,7 +39,7 @@ class FakeRouter:
         caller: node_pb2.Caller,
         request: gate_pb2.CallObjectRequest,
         time_remaining: float | None,
-    ) -> gate_pb2.CallObjectResponse:
+    ) -> any_pb2.Any:
         self.started.append(request.object_id)
         self.time_remaining.append(time_remaining)
         if request.method == "missing":
@@ -49,7 +50,7 @@ class FakeRouter:
             except asyncio.CancelledError:
                 self.cancelled.append(request.object_id)
                 raise
-        return gate_pb2.CallObjectResponse(response=wire.pack(StringValue(value=caller.client_id)))
+        return wire.pack(StringValue(value=caller.client_id))
 
     async def create_object(
         self,

@@ -273,10 +273,10 @@ class HttpGate:
         call = gate_pb2.CallObjectRequest(
             object_type=object_type, object_id=object_id, method=method, request=wire.pack(message)
         )
-        reply = await self._served(
+        response = await self._served(
             request, "call", call, caller, self._router.call_object(caller, call, timeout)
         )
-        return _json(self._catalog.response_dict(types, reply.response))
+        return _json(self._catalog.response_dict(types, response))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         caller = await self._caller(request)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from datetime import timedelta
 
+from google.protobuf import any_pb2
+
 from goverse import ids
 from goverse.placement import shard_of
 from goverse.server import ALLOW_ALL, AccessGuard, ClusterView, NodeCalls, Operation, Routing
@@ -48,7 +50,8 @@ class Router:
         caller: node_pb2.Caller,
         request: gate_pb2.CallObjectRequest,
         time_remaining: float | None,
-    ) -> gate_pb2.CallObjectResponse:
+    ) -> any_pb2.Any:
+        """The response of `request`'s object (``CallObjectResponse.response``)."""
         ids.validate_object_ref(request.object_type, request.object_id)
         ids.validate_method(request.method)
         self._access.check(
@@ -58,17 +61,16 @@ class Router:
             request.method,
             from_object=False,
         )
-        frame = node_pb2.CallFrame(
-            call=node_pb2.NodeCallObjectRequest(
-                object_type=request.object_type,
-                object_id=request.object_id,
-                method=request.method,
-                request=request.request,
-                caller=caller,
-            )
-        )
+        # Filled in place: a message given as a constructor argument is copied once more.
+        frame = node_pb2.CallFrame()
+        call = frame.call
+        call.object_type = request.object_type
+        call.object_id = request.object_id
+        call.method = request.method
+        call.request.CopyFrom(request.request)
+        call.caller.CopyFrom(caller)
         reply = await self._route(frame, request.object_type, request.object_id, time_remaining)
-        return gate_pb2.CallObjectResponse(response=reply.call.response)
+        return reply.call.response
 
     async def create_object(
         self,

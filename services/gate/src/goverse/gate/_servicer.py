@@ -187,7 +187,8 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         self, request: gate_pb2.CallObjectRequest, context: grpc.aio.ServicerContext
     ) -> gate_pb2.CallObjectResponse:
         with self._verified_call(request, context) as caller:
-            return await self._router.call_object(caller, request, context.time_remaining())
+            response = await self._router.call_object(caller, request, context.time_remaining())
+        return gate_pb2.CallObjectResponse(response=response)
 
     @translate_errors
     async def CreateObject(

@@ -228,7 +228,8 @@ class ClientSession:
                 mark_principal(self._proxy.caller)
                 try:
                     result = await self._route(op, request, deadline)
-                    getattr(reply, op).CopyFrom(result)
+                    # A call's result is its response, a create's or delete's their message.
+                    (reply.call.response if op == "call" else getattr(reply, op)).CopyFrom(result)
                 except GoverseError as error:
                     code = error.status_code
                     reply.error.CopyFrom(call_status(error))

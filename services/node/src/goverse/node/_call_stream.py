@@ -248,9 +248,9 @@ class CallStreams:
                 request.request,
                 caller_of(request.caller, peer),
             )
-            return node_pb2.ReplyFrame(
-                id=call_id, call=node_pb2.NodeCallObjectResponse(response=response)
-            )
+            reply = node_pb2.ReplyFrame(id=call_id)
+            reply.call.response.CopyFrom(response)  # in place: one copy, not two
+            return reply
         if op == "create":
             created = await host.create(request.object_type, request.object_id)
             return node_pb2.ReplyFrame(
