@@ -6,6 +6,7 @@ Server-only: the client SDK never imports it."""
 
 from __future__ import annotations
 
+from goverse._deadlines import DeadlineWheel
 from goverse.server._access import (
     ALLOW_ALL,
     Access,
@@ -28,7 +29,6 @@ from goverse.server._cluster_keys import (
     encode_node,
     encode_shard,
 )
-from goverse.server._deadlines import DeadlineWheel
 from goverse.server._drops import DropReason
 from goverse.server._etcd import (
     EtcdClient,

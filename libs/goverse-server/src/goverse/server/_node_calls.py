@@ -13,10 +13,10 @@ import grpc
 import structlog
 
 from goverse import wire
+from goverse._deadlines import DeadlineWheel
 from goverse._tracing import OnceSpan
 from goverse.errors import CallError, NotSent, status_error
 from goverse.server._batching import READ_PACE, gathered_batch
-from goverse.server._deadlines import DeadlineWheel
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._tracing import call_span
@@ -75,7 +75,7 @@ class NodeCalls:
     again). A stream the node ends with OK has answered every call it read (a stopping node
     answers its calls still running UNAVAILABLE first), so the calls still pending then fail
     with NotSent too: they were in transit and never ran. A call whose reply does not come
-    within its timeout (at most a :data:`~goverse.server._deadlines.TICK_S` late) fails with
+    within its timeout (at most a :data:`~goverse._deadlines.TICK_S` late) fails with
     DEADLINE_EXCEEDED and its cancellation is sent to the node,
     as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
     flight per node; one more fails with RESOURCE_EXHAUSTED at once.

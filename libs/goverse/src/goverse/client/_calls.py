@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from goverse._deadlines import DeadlineWheel
 from goverse.errors import CallError, NotSent, status_error
 from goverse.v1 import gate_pb2
 
@@ -53,6 +54,7 @@ class CallStream:
         self._wake = asyncio.Event()
         self._next_id = 1
         self._failed: BaseException | None = None
+        self._deadlines: DeadlineWheel[asyncio.Future[gate_pb2.CallReply]] = DeadlineWheel(_expire)
 
     def limit(self, max_message_bytes: int) -> None:
         """Lowers the frame size limit to what the gate receives (its ``Registered`` says)."""
@@ -98,10 +100,12 @@ class CallStream:
             )
         self._outbox[call_id] = (session_call, size)
         self._wake.set()
+        # The deadline fails the future (asyncio.timeout would cancel the task): the future is
+        # all this waits for.
+        deadline = self._deadlines.add(future, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                reply = await future
-        except TimeoutError:
+            reply = await future
+        except _Expired:
             self._give_up(call_id)
             raise CallError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {timeout:.3g}s"
@@ -110,6 +114,7 @@ class CallStream:
             self._give_up(call_id)
             raise
         finally:
+            deadline.discard(future)
             del self._pending[call_id]
         result = reply.WhichOneof("result")
         if result == "error":
@@ -180,6 +185,15 @@ class CallStream:
         cancelled = self._cancelled[:MAX_CANCELS]
         del self._cancelled[:MAX_CANCELS]
         return gate_pb2.SessionRequest(calls=calls, cancelled=cancelled)
+
+
+class _Expired(Exception):
+    """A call's reply did not come within its timeout."""
+
+
+def _expire(future: asyncio.Future[gate_pb2.CallReply]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 def _calls_bytes(max_message_bytes: int) -> int:

@@ -1,12 +1,12 @@
 """DeadlineWheel: the deadlines of many calls in flight on one event-loop timer per tick.
 
-A gate waits for each call it relays with a deadline, and a node runs each call under one;
-an event-loop timer per call (``loop.call_later`` or ``asyncio.timeout``: a handle made,
-pushed on the loop's heap, cancelled) cost 4-9 % of their CPU per call at concurrency 64
-(``make bench-profile``), while almost no call ever reaches its deadline. Here deadlines fall
-into slots :data:`TICK_S` wide: a call adds its item to its slot's set and takes it out when it
-ends, and one timer per slot expires what is still in it. A deadline fires at the end of its
-slot: never early, at most one tick late.
+The SDK and a gate wait for each call they send with a deadline, and a node runs each call
+under one; an event-loop timer per call (``loop.call_later`` or ``asyncio.timeout``: a handle
+made, pushed on the loop's heap, cancelled) cost 4-9 % of a gate's and a node's CPU per call
+at concurrency 64 (``make bench-profile``), while almost no call ever reaches its deadline.
+Here deadlines fall into slots :data:`TICK_S` wide: a call adds its item to its slot's set
+and takes it out when it ends, and one timer per slot expires what is still in it. A
+deadline fires at the end of its slot: never early, at most one tick late.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from goverse.server import DeadlineWheel
-from goverse.server._deadlines import TICK_S
+from goverse._deadlines import TICK_S, DeadlineWheel
 
 
 async def test_an_item_still_waiting_expires_after_its_deadline_not_before() -> None:
