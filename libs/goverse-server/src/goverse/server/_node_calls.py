@@ -218,12 +218,6 @@ class _CallStream:
         owner = self.owner
         if len(self.pending) >= owner._max_calls:
             raise owner._exhausted(self.address)
-        size = _size_of(frame)
-        if size > owner._max_bytes:  # as gRPC refuses a unary request over the limit
-            raise CallError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"CLIENT: Sent message larger than max ({size} vs. {owner._max_bytes})",
-            )
         call_id = next(self._ids)
         op = frame.WhichOneof("op")
         assert op is not None, "a call frame needs its op"
@@ -232,13 +226,21 @@ class _CallStream:
         frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
+        size = _size_of(frame)
+        if size > owner._max_bytes:  # as gRPC refuses a unary request over the limit
+            refused = CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CLIENT: Sent message larger than max ({size} vs. {owner._max_bytes})",
+            )
+            _end_span(span, refused)
+            raise refused
         pending = _Pending(asyncio.get_running_loop().create_future())
         self.pending[call_id] = pending
         # The deadline fails the reply's future rather than the task (asyncio.timeout): the
         # future is all this waits for.
         deadline = owner._deadlines.add(pending.reply, timeout)
         try:
-            if not self._outbox.put(frame, _size_of(frame)):
+            if not self._outbox.put(frame, size):
                 raise NotSent("the call stream has ended")
             reply = await pending.reply
         except _Expired:
