@@ -15,11 +15,13 @@ services install one, and their servers continue the trace (``goverse.server``'s
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from goverse import _unsampled, wire
@@ -103,12 +105,31 @@ NO_SPAN: OnceSpan = _NoSpan()
 """What a call gets instead of a span when every span is sampled out."""
 
 
+_environment_names_provider: bool | None = None
+_UNKNOWN = object()
+
+
+def _no_provider() -> bool:
+    """Whether no tracer provider is installed (an application without the OpenTelemetry
+    SDK), read from OpenTelemetry's global: ``trace.get_tracer_provider()`` looks up an
+    environment variable each time it finds none (a microsecond a call), and loads the provider
+    that variable names, so while one is named this says False and lets it do that."""
+    global _environment_names_provider
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is not None:
+        return False  # installed (or a layout of the API this does not know: the usual way)
+    if _environment_names_provider is None:
+        _environment_names_provider = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+    return not _environment_names_provider
+
+
 def start_call_span(method: str) -> tuple[OnceSpan, dict[str, str]]:
     """A CLIENT span for one call sent over a call stream, and the W3C context to send with
     it (empty when the span is not sampled: the receiver then starts no trace of its own
     from it, as with a unary call whose metadata carries none). When every span is sampled out,
     no span at all: the context of the call being served, or of a new trace
     (:mod:`goverse._unsampled`)."""
+    if _no_provider() and not trace.get_current_span().get_span_context().is_valid:
+        return NO_SPAN, {}  # what the no-op tracer would give, for a tenth of its cost
     if _unsampled.unsampled():
         return NO_SPAN, _unsampled.current()
     span = _tracer.start_span(method, kind=SpanKind.CLIENT, attributes=rpc_attributes(method))
