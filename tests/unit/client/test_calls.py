@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -195,9 +195,13 @@ async def test_a_failed_stream_fails_unwritten_calls_as_not_sent_and_written_one
     writer = asyncio.get_running_loop().create_task(stream.run_writer())
     try:
         request = gate_pb2.CallObjectRequest(object_type="T", object_id="a", method="m")
-        first = asyncio.get_running_loop().create_task(stream.call("call", request, 30, {}))
+
+        def call() -> Coroutine[Any, Any, Any]:
+            return stream.call(gate_pb2.SessionCall(call=request), 30, {})
+
+        first = asyncio.get_running_loop().create_task(call())
         await eventually(lambda: writes.started == 1, WAIT, "the first write")
-        second = asyncio.get_running_loop().create_task(stream.call("call", request, 30, {}))
+        second = asyncio.get_running_loop().create_task(call())
         await eventually(lambda: len(stream) == 2, WAIT, "the second call")
         stream.fail(CallError(grpc.StatusCode.UNAVAILABLE, "broken"))
         with pytest.raises(CallError) as written:
@@ -206,7 +210,7 @@ async def test_a_failed_stream_fails_unwritten_calls_as_not_sent_and_written_one
         with pytest.raises(NotSent):
             await second
         with pytest.raises(NotSent):
-            await stream.call("call", request, 30, {})
+            await call()
         assert len(stream) == 0
     finally:
         writes.gate.set()
@@ -227,7 +231,7 @@ async def test_a_call_larger_than_the_gate_receives_fails_alone_with_resource_ex
         request=wire.pack(StringValue(value="x" * 200_000)),
     )
     with pytest.raises(CallError) as failed:
-        await stream.call("call", request, 30, {})
+        await stream.call(gate_pb2.SessionCall(call=request), 30, {})
     assert failed.value.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in failed.value.message
     assert len(stream) == 0

@@ -149,9 +149,15 @@ def pack(message: Message) -> any_pb2.Any:
     """`message` as a ``google.protobuf.Any``, as ``Any.Pack`` makes it (every call and reply
     is packed: its own fields set here cost half of what ``Pack``'s Python code does)."""
     packed = any_pb2.Any()
+    pack_into(packed, message)
+    return packed
+
+
+def pack_into(packed: any_pb2.Any, message: Message) -> None:
+    """Packs `message` into `packed`, a field of a message being built (a new ``Any`` given to
+    that message would be copied into it)."""
     packed.type_url = TYPE_URL_PREFIX + message.DESCRIPTOR.full_name
     packed.value = message.SerializeToString()
-    return packed
 
 
 def unpack(packed: any_pb2.Any, message_type: type[M]) -> M:
@@ -200,6 +206,7 @@ __all__ = [
     "metadata_value",
     "method_path",
     "pack",
+    "pack_into",
     "shard_metadata",
     "shard_refusal_of",
     "unpack",

@@ -67,10 +67,14 @@ class CallStream:
         return len(self._pending)
 
     async def call(
-        self, op: str, message: Any, timeout: float, trace_context: dict[str, str]
+        self,
+        session_call: gate_pb2.SessionCall,
+        timeout: float,
+        trace_context: dict[str, str],
     ) -> Any:
-        """Sends `message` as the `op` (``call``, ``create``, ``delete``) of a SessionCall and
-        returns the reply's result, within `timeout` seconds.
+        """Sends `session_call` (its op set: ``call``, ``create`` or ``delete``; its id,
+        timeout and trace context are set here, so each call in flight needs its own) and
+        returns the reply's result for that op, within `timeout` seconds.
 
         Raises :class:`CallError` with the status the gate answered, DEADLINE_EXCEEDED when
         `timeout` passes first, UNAVAILABLE when the stream breaks after the call was written,
@@ -78,16 +82,16 @@ class CallStream:
         """
         if self._failed is not None:
             raise NotSent() from self._failed
+        op = session_call.WhichOneof("op")
+        assert op is not None, "a session call needs its op"
         call_id = self._next_id
         self._next_id += 1
         future: asyncio.Future[gate_pb2.CallReply] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
-        session_call = gate_pb2.SessionCall(
-            id=call_id,
-            timeout_ms=min(max(int(timeout * 1000), 1), MAX_TIMEOUT_MS),
-            trace_context=trace_context,
-            **{op: message},
-        )
+        session_call.id = call_id
+        session_call.timeout_ms = min(max(int(timeout * 1000), 1), MAX_TIMEOUT_MS)
+        session_call.trace_context.clear()  # a call sent again carries its new span's
+        session_call.trace_context.update(trace_context)
         size = session_call.ByteSize()
         size += 1 + (size.bit_length() + 6) // 7  # its tag and length varint in the frame
         if size > self._max_bytes:

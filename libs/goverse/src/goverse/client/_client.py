@@ -309,13 +309,14 @@ class Client:
         timeout: float | None = None,
     ) -> M:
         """Calls `method` of object ``(object_type, object_id)``, activating it if needed."""
-        message = gate_pb2.CallObjectRequest(
-            object_type=object_type,
-            object_id=object_id,
-            method=method,
-            request=wire.pack(request),
-        )
-        reply = await self._call("call", message, timeout)
+        # Built in place: a message given to a constructor is copied, a nested one again.
+        session_call = gate_pb2.SessionCall()
+        message = session_call.call
+        message.object_type = object_type
+        message.object_id = object_id
+        message.method = method
+        wire.pack_into(message.request, request)
+        reply = await self._call(session_call, timeout)
         assert isinstance(reply, gate_pb2.CallObjectResponse)
         try:
             return wire.unpack(reply.response, response_type)
@@ -329,7 +330,7 @@ class Client:
     ) -> bool:
         """Activates an object; False when it was already active."""
         message = gate_pb2.CreateObjectRequest(object_type=object_type, object_id=object_id)
-        reply = await self._call("create", message, timeout)
+        reply = await self._call(gate_pb2.SessionCall(create=message), timeout)
         assert isinstance(reply, gate_pb2.CreateObjectResponse)
         return reply.created
 
@@ -338,7 +339,7 @@ class Client:
     ) -> bool:
         """Deactivates an object; False when it was not active."""
         message = gate_pb2.DeleteObjectRequest(object_type=object_type, object_id=object_id)
-        reply = await self._call("delete", message, timeout)
+        reply = await self._call(gate_pb2.SessionCall(delete=message), timeout)
         assert isinstance(reply, gate_pb2.DeleteObjectResponse)
         return reply.deleted
 
@@ -360,10 +361,12 @@ class Client:
             raise CallError.from_rpc_error(error) from error
         return response
 
-    async def _call(self, op: str, message: Message, timeout: float | None) -> Message:
-        """Makes the `op` (``call``, ``create``, ``delete``) of `message` over the current
-        registration: on its Session stream, or as the unary RPC when it has none. A call the
-        gate never saw is sent once more, on the next registration."""
+    async def _call(self, session_call: gate_pb2.SessionCall, timeout: float | None) -> Message:
+        """Makes `session_call`'s op (``call``, ``create``, ``delete``) over the current
+        registration: on its Session stream, or as the unary RPC of the op's message when it
+        has none. A call the gate never saw is sent once more, on the next registration."""
+        op = session_call.WhichOneof("op")
+        assert op is not None, "a session call needs its op"
         budget = self._call_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -371,22 +374,22 @@ class Client:
             session = await self._current_session(deadline - loop.time())
             try:
                 if session.calls is None:
+                    message = getattr(session_call, op)
                     return await self._unary(session, wire.CALL_OPS[op], message, deadline)
-                return await self._on_session(session, op, message, deadline)
+                return await self._on_session(session, session_call, op, deadline)
             except _Resend as resend:
                 if attempt:
                     raise resend.error from None
         raise AssertionError("unreachable")
 
     async def _on_session(
-        self, session: _Session, op: str, message: Message, deadline: float
+        self, session: _Session, session_call: gate_pb2.SessionCall, op: str, deadline: float
     ) -> Message:
         assert session.calls is not None
         span, carrier = start_call_span(wire.GATE_CALL_METHODS[op])
         try:
-            reply: Message = await session.calls.call(
-                op, message, max(deadline - asyncio.get_running_loop().time(), 0.001), carrier
-            )
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.001)
+            reply: Message = await session.calls.call(session_call, timeout, carrier)
         except NotSent:
             span.end_with(grpc.StatusCode.UNAVAILABLE, "the gate did not forward the call")
             if self._session is session:
