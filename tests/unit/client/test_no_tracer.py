@@ -17,8 +17,10 @@ SPAN_ID = 0x00F067AA0BA902B7
 
 @pytest.fixture(autouse=True)
 def no_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No tracer provider installed, none named by the environment, for the test."""
+    """No tracer provider installed, none named by the environment, for the test (and the
+    module's tracer a no-op one: another test's provider may have become its real one)."""
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(_tracing, "_tracer", trace.NoOpTracer())
     monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
     monkeypatch.setattr(_tracing, "_environment_names_provider", None)
 
