@@ -103,3 +103,57 @@ async def test_a_task_cancelled_by_its_deadline_can_tell_it_from_another_cancel(
         other = asyncio.create_task(call(0.02, also_cancelled=True))
         await asyncio.wait([other])
     assert other.cancelled()
+
+
+async def test_an_earlier_deadline_added_after_a_later_one_fires_first() -> None:
+    expired: list[str] = []
+    fired = asyncio.Event()
+
+    def expire(item: str) -> None:
+        expired.append(item)
+        fired.set()
+
+    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
+    wheel.add("later", 5.0)
+    wheel.add("sooner", 0.02)
+    async with asyncio.timeout(5):
+        await fired.wait()
+    assert expired == ["sooner"]
+    assert len(wheel) == 1
+
+
+async def test_what_the_wheel_holds_is_bounded_by_the_calls_in_flight() -> None:
+    """Calls with long deadlines, each in a slot of its own, that end: their slots leave the
+    wheel (but the newest, kept for the next call) and the heap of indices is compacted
+    (white-box: the wheel's own tables)."""
+    wheel: DeadlineWheel[int] = DeadlineWheel(lambda item: None)
+    live = wheel.add(-1, 3600.0)
+    for item in range(10_000):
+        wheel.add(item, 60.0 + item * TICK_S * 2).discard(item)
+    assert len(wheel) == 1
+    assert live in wheel._slots.values()
+    assert len(wheel._slots) <= 2
+    assert len(wheel._due) <= 2 * 2 + 64 + 1
+
+
+async def test_discarding_from_a_slot_that_left_the_wheel_leaves_its_successor_alone() -> None:
+    """A slot emptied twice (a call ending twice) must not take a newer slot of the same tick
+    out of the wheel."""
+    expired: list[str] = []
+    fired = asyncio.Event()
+
+    def expire(item: str) -> None:
+        expired.append(item)
+        fired.set()
+
+    wheel: DeadlineWheel[str] = DeadlineWheel(expire, tick=0.2)
+    old = wheel.add("a", 0.0)
+    wheel.add("z", 60.0)  # the newest slot now: an emptied older one leaves
+    old.discard("a")
+    new = wheel.add("b", 0.0)  # a new slot, for the same tick (or the next)
+    old.discard("a")
+    assert new is not old
+    assert len(wheel) == 2
+    async with asyncio.timeout(5):
+        await fired.wait()
+    assert expired == ["b"]
