@@ -59,14 +59,20 @@ async def test_many_calls_in_one_message_are_answered_each_by_its_id(
 async def test_the_first_replies_of_a_big_message_go_out_before_its_last_calls_start(
     processes: ProcessGroup,
 ) -> None:
-    """A message of 4 x READ_PACE quick calls to one active counter: the node starts them in
+    """A message of 32 x READ_PACE quick calls to one active counter: the node starts them in
     slices and sends the replies of each slice on, so they come back in several messages
-    rather than one convoy held until the message's last call has run."""
+    rather than one convoy held until the message's last call has run.
+
+    Replies go on only once the stream's previous write has completed, which grpc reports
+    through its poller thread. With the 4 slices this test first sent (a millisecond or two of
+    work), one CI run on 2026-12-03 got every reply in one message, most likely because that
+    report came later than the slices had run (not reproduced under CPU hogs here, 0 of 32).
+    32 slices give the previous write tens of milliseconds to be reported."""
     node = await lone_node(processes)
     async with RawCallStream(node.address) as stream:
         await stream.call("Counter", "paced", "Increment", IncrementRequest(by=1))
         before = stream.messages
-        count = 4 * READ_PACE
+        count = 32 * READ_PACE
         await stream.send(
             *(
                 call_frame(n, "Counter", "paced", "Increment", IncrementRequest(by=1))
