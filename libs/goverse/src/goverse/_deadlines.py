@@ -1,4 +1,4 @@
-"""DeadlineWheel: the deadlines of many calls in flight on one event-loop timer per tick.
+"""DeadlineWheel: the deadlines of many calls in flight on one event-loop timer.
 
 The SDK and a gate wait for each call they send with a deadline, and a node runs each call
 under one; an event-loop timer per call (``loop.call_later`` or ``asyncio.timeout``: a handle
