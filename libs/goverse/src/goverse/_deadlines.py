@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +23,17 @@ TICK_S = 0.01
 """Width of a slot: how late a deadline may fire."""
 COMPACT_SLACK = 64
 """Indices of emptied slots the wheel's heap may hold beyond twice its live slots."""
+
+
+class Expired(Exception):
+    """A call's reply did not come before its deadline (what :func:`expire_future` sets)."""
+
+
+def expire_future(future: asyncio.Future[Any]) -> None:
+    """The `expire` of a wheel of futures a call awaits: fails one still waiting with
+    :class:`Expired`."""
+    if not future.done():
+        future.set_exception(Expired())
 
 
 class Slot(set[T]):
@@ -120,4 +131,4 @@ class DeadlineWheel(Generic[T]):
             self._schedule(loop, due[0])
 
 
-__all__ = ["TICK_S", "DeadlineWheel", "Slot"]
+__all__ = ["TICK_S", "DeadlineWheel", "Expired", "Slot", "expire_future"]

@@ -13,7 +13,7 @@ import grpc
 import structlog
 
 from goverse import wire
-from goverse._deadlines import DeadlineWheel
+from goverse._deadlines import DeadlineWheel, Expired, expire_future
 from goverse._tracing import OnceSpan
 from goverse.errors import CallError, NotSent, status_error
 from goverse.server._batching import READ_PACE, gathered_batch
@@ -104,7 +104,7 @@ class NodeCalls:
         self._streams: dict[str, _CallStream] = {}
         self._unary_until: dict[str, float] = {}
         self._unary_calls: dict[str, int] = {}
-        self._deadlines = DeadlineWheel(_expire)
+        self._deadlines = DeadlineWheel(expire_future)
 
     @property
     def in_flight(self) -> int:
@@ -243,7 +243,7 @@ class _CallStream:
             if not self._outbox.put(frame, size):
                 raise NotSent("the call stream has ended")
             reply = await pending.reply
-        except _Expired:
+        except Expired:
             self._cancel(call_id, pending)
             span.end_with(grpc.StatusCode.DEADLINE_EXCEEDED)
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
@@ -346,15 +346,6 @@ class _CallStream:
                         if (pending := self.pending.get(item.id)) is not None:
                             pending.written = False
                     raise
-
-
-class _Expired(Exception):
-    """A call's reply did not come within its timeout."""
-
-
-def _expire(reply: asyncio.Future[node_pb2.ReplyFrame]) -> None:
-    if not reply.done():
-        reply.set_exception(_Expired())
 
 
 def _size_of(frame: node_pb2.CallFrame) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from goverse._deadlines import DeadlineWheel
+from goverse._deadlines import DeadlineWheel, Expired, expire_future
 from goverse.errors import CallError, NotSent, status_error
 from goverse.v1 import gate_pb2
 
@@ -54,7 +54,9 @@ class CallStream:
         self._wake = asyncio.Event()
         self._next_id = 1
         self._failed: BaseException | None = None
-        self._deadlines: DeadlineWheel[asyncio.Future[gate_pb2.CallReply]] = DeadlineWheel(_expire)
+        self._deadlines: DeadlineWheel[asyncio.Future[gate_pb2.CallReply]] = DeadlineWheel(
+            expire_future
+        )
 
     def limit(self, max_message_bytes: int) -> None:
         """Lowers the frame size limit to what the gate receives (its ``Registered`` says)."""
@@ -109,7 +111,7 @@ class CallStream:
         deadline = self._deadlines.add(future, timeout)
         try:
             reply = await future
-        except _Expired:
+        except Expired:
             self._give_up(call_id)
             raise CallError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {timeout:.3g}s"
@@ -189,15 +191,6 @@ class CallStream:
         cancelled = self._cancelled[:MAX_CANCELS]
         del self._cancelled[:MAX_CANCELS]
         return gate_pb2.SessionRequest(calls=calls, cancelled=cancelled)
-
-
-class _Expired(Exception):
-    """A call's reply did not come within its timeout."""
-
-
-def _expire(future: asyncio.Future[gate_pb2.CallReply]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
 
 
 def _calls_bytes(max_message_bytes: int) -> int:
