@@ -4,44 +4,53 @@ waiting; items of one tick share a slot."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from goverse._deadlines import TICK_S, DeadlineWheel
 
+WAIT = 5.0
+
+
+class Expiries:
+    """A wheel's `expire`: records what expired, and when (loop time); `first()` waits for the
+    first expiry. `also(item)` runs as each item expires (a call ending others)."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self.at: dict[object, float] = {}
+        self._fired = asyncio.Event()
+        self.also: Callable[[object], None] = lambda item: None
+
+    def __call__(self, item: object) -> None:
+        self.items.append(item)
+        self.at[item] = asyncio.get_running_loop().time()
+        self.also(item)
+        self._fired.set()
+
+    async def first(self) -> None:
+        async with asyncio.timeout(WAIT):
+            await self._fired.wait()
+
 
 async def test_an_item_still_waiting_expires_after_its_deadline_not_before() -> None:
-    loop = asyncio.get_running_loop()
-    expired: dict[str, float] = {}
-    fired = asyncio.Event()
-
-    def expire(item: str) -> None:
-        expired[item] = loop.time()
-        fired.set()
-
-    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
-    added = loop.time()
+    expired = Expiries()
+    wheel: DeadlineWheel[object] = DeadlineWheel(expired)
+    added = asyncio.get_running_loop().time()
     slot = wheel.add("late", 0.05)
     assert not slot.fired
-    async with asyncio.timeout(5):
-        await fired.wait()
-    assert expired["late"] - added >= 0.05
+    await expired.first()
+    assert expired.at["late"] - added >= 0.05
     assert slot.fired
     assert len(wheel) == 0
 
 
 async def test_an_item_discarded_before_its_deadline_never_expires() -> None:
-    expired: list[str] = []
-    fired = asyncio.Event()
-
-    def expire(item: str) -> None:
-        expired.append(item)
-        fired.set()
-
-    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
+    expired = Expiries()
+    wheel: DeadlineWheel[object] = DeadlineWheel(expired)
     wheel.add("done", 0.02).discard("done")
     wheel.add("kept", 0.04)  # a later tick: fires after the slot of "done"
-    async with asyncio.timeout(5):
-        await fired.wait()
-    assert expired == ["kept"]
+    await expired.first()
+    assert expired.items == ["kept"]
 
 
 async def test_items_whose_deadlines_fall_in_one_tick_share_its_slot() -> None:
@@ -55,21 +64,14 @@ async def test_items_whose_deadlines_fall_in_one_tick_share_its_slot() -> None:
 
 async def test_expiring_may_end_calls_of_the_same_slot() -> None:
     """expire() of one item may discard others (a call that ends takes its item out)."""
-    expired: list[int] = []
-    fired = asyncio.Event()
-
-    def expire(item: int) -> None:
-        expired.append(item)
-        slot.discard(3 - item)
-        fired.set()
-
-    wheel: DeadlineWheel[int] = DeadlineWheel(expire, tick=TICK_S)
+    expired = Expiries()
+    expired.also = lambda item: slot.discard(3 - item)  # type: ignore[operator]
+    wheel: DeadlineWheel[object] = DeadlineWheel(expired, tick=TICK_S)
     slot = wheel.add(1, 0.0)
     slot.add(2)  # as if added in the same tick
-    async with asyncio.timeout(5):
-        await fired.wait()
+    await expired.first()
     await asyncio.sleep(0)  # the rest of the slot, had it gone on
-    assert len(expired) == 1
+    assert len(expired.items) == 1
     assert slot.fired
 
 
@@ -106,19 +108,12 @@ async def test_a_task_cancelled_by_its_deadline_can_tell_it_from_another_cancel(
 
 
 async def test_an_earlier_deadline_added_after_a_later_one_fires_first() -> None:
-    expired: list[str] = []
-    fired = asyncio.Event()
-
-    def expire(item: str) -> None:
-        expired.append(item)
-        fired.set()
-
-    wheel: DeadlineWheel[str] = DeadlineWheel(expire)
+    expired = Expiries()
+    wheel: DeadlineWheel[object] = DeadlineWheel(expired)
     wheel.add("later", 5.0)
     wheel.add("sooner", 0.02)
-    async with asyncio.timeout(5):
-        await fired.wait()
-    assert expired == ["sooner"]
+    await expired.first()
+    assert expired.items == ["sooner"]
     assert len(wheel) == 1
 
 
@@ -139,14 +134,8 @@ async def test_what_the_wheel_holds_is_bounded_by_the_calls_in_flight() -> None:
 async def test_discarding_from_a_slot_that_left_the_wheel_leaves_its_successor_alone() -> None:
     """A slot emptied twice (a call ending twice) must not take a newer slot of the same tick
     out of the wheel."""
-    expired: list[str] = []
-    fired = asyncio.Event()
-
-    def expire(item: str) -> None:
-        expired.append(item)
-        fired.set()
-
-    wheel: DeadlineWheel[str] = DeadlineWheel(expire, tick=0.2)
+    expired = Expiries()
+    wheel: DeadlineWheel[object] = DeadlineWheel(expired, tick=0.2)
     old = wheel.add("a", 0.0)
     wheel.add("z", 60.0)  # the newest slot now: an emptied older one leaves
     old.discard("a")
@@ -154,6 +143,5 @@ async def test_discarding_from_a_slot_that_left_the_wheel_leaves_its_successor_a
     old.discard("a")
     assert new is not old
     assert len(wheel) == 2
-    async with asyncio.timeout(5):
-        await fired.wait()
-    assert expired == ["b"]
+    await expired.first()
+    assert expired.items == ["b"]
