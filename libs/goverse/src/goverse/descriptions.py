@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse._object_types import ObjectType
+from goverse._plain_json import NOT_PLAIN, PlainJson
 from goverse.errors import Internal, InvalidArgument, NotFound, Unimplemented
 from goverse.ids import validate_method
 from goverse.v1 import describe_pb2
@@ -151,6 +152,8 @@ class Descriptions:
         self._classes: dict[str, type[Message]] = {}
         self._methods: dict[tuple[str, str], MethodTypes] = {}
         """Methods found so far (never a miss: bounded by the methods described)."""
+        self._plain = PlainJson()
+        """The JSON conversions of plain messages, without json_format."""
 
     @property
     def types(self) -> Mapping[str, describe_pb2.ObjectTypeDescription]:
@@ -218,10 +221,21 @@ class Descriptions:
         # Well-known types have JSON forms of their own (a StringValue is a string).
         if not isinstance(value, dict) and not name.startswith(WELL_KNOWN_PREFIX):
             raise InvalidArgument(f"a {name} is a JSON object, not {type(value).__name__}")
+        parsed = self._plain.parse(value, message_type)
+        if parsed is not NOT_PLAIN:
+            return parsed  # type: ignore[no-any-return]
         message = message_type()
         try:
             json_format.ParseDict(value, message, descriptor_pool=self.pool)
-        except (json_format.ParseError, TypeError, ValueError) as error:
+        except (
+            json_format.ParseError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            SystemError,
+        ) as error:
+            # json_format lets two errors of bad input through: OverflowError for an enum given
+            # Infinity, SystemError (upb's enum lookup) for a string with a lone surrogate.
             # json_format's messages span lines ("Available Fields: …"): keep an error one line.
             raise InvalidArgument(f"not a valid {name}: {' '.join(str(error).split())}") from None
         return message
@@ -230,7 +244,10 @@ class Descriptions:
         """`message` as a protobuf JSON value: a dict, field names in lowerCamelCase, every
         field printed (a zero counter shows as 0, not as an absent field); a well-known type
         has its own JSON form (a ``StringValue`` is a string, a ``Timestamp`` a string)."""
-        result: Any = json_format.MessageToDict(
+        result = self._plain.dump(message)
+        if result is not NOT_PLAIN:
+            return result
+        result = json_format.MessageToDict(
             message,
             descriptor_pool=self.pool,
             always_print_fields_with_no_presence=True,

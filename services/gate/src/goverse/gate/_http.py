@@ -277,8 +277,9 @@ class HttpGate:
         body = await request.read()
         message = self._catalog.request_from_json(types, body if body.strip() else b"{}")
         call = gate_pb2.CallObjectRequest(
-            object_type=object_type, object_id=object_id, method=method, request=wire.pack(message)
+            object_type=object_type, object_id=object_id, method=method
         )
+        wire.pack_into(call.request, message)  # in place: a packed Any given would be copied
         response = await self._served(
             request, "call", call, caller, self._router.call_object(caller, call, timeout)
         )
