@@ -352,5 +352,5 @@ def test_wrappers_and_other_types_dump_as_json_format_does(message: Message) -> 
 def test_bad_input_json_format_lets_through_is_invalid_argument(body: str) -> None:
     """json_format raises OverflowError and SystemError for these; a call answers
     INVALID_ARGUMENT, as for any other value of the wrong type."""
-    with pytest.raises(InvalidArgument, match="not a valid plaintest.Plain"):
+    with pytest.raises(InvalidArgument, match=r"not a valid plaintest\.Plain"):
         DESCRIPTIONS.from_json(PLAIN, body)

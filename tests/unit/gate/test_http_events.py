@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy
-from goverse.gate._http_events import HEARTBEAT, EventStream
+from goverse.gate._http_events import HEARTBEAT, EventStream, PushEvents
 from tests.helpers.fake_node import text, unpack_text
 from tests.helpers.tasks import bounded, cancel_and_wait
 
@@ -20,9 +20,13 @@ TIMEOUT = 5.0
 
 
 class FakeCatalog:
-    """Converts a pushed StringValue as the real catalog would."""
+    """Converts a pushed StringValue as the real catalog would, and counts the conversions."""
+
+    def __init__(self) -> None:
+        self.converted = 0
 
     async def push_dict(self, packed: any_pb2.Any) -> dict[str, Any]:
+        self.converted += 1
         return {"type": packed.TypeName(), "message": unpack_text(packed)}
 
 
@@ -74,7 +78,7 @@ def stream(
 ) -> EventStream:
     return EventStream(
         proxy,
-        cast(Catalog, FakeCatalog()),
+        PushEvents(cast(Catalog, FakeCatalog())),
         cast(web.StreamResponse, response),
         cast(asyncio.Transport, transport),
         heartbeat_s=heartbeat_s,
@@ -125,3 +129,23 @@ async def test_a_stalled_reader_is_abandoned_when_its_queue_overflows() -> None:
         assert proxy.queued == 0
     finally:
         await cancel_and_wait(task)
+
+
+async def test_a_message_pushed_to_many_sessions_is_converted_once() -> None:
+    """The same message object (a broadcast) gives the same event, made once; an equal but
+    distinct message is converted again; only the latest `keep` messages are kept."""
+    catalog = FakeCatalog()
+    events = PushEvents(cast(Catalog, catalog), keep=2)
+    broadcast = text("hello")
+    made = [await events.of(broadcast) for _ in range(100)]
+    assert (
+        made
+        == [b'event: message\ndata: {"type":"google.protobuf.StringValue","message":"hello"}\n\n']
+        * 100
+    )
+    assert catalog.converted == 1
+    await events.of(text("hello"))
+    assert catalog.converted == 2
+    await events.of(text("other"))  # the third: the broadcast's event is forgotten
+    await events.of(broadcast)
+    assert catalog.converted == 4

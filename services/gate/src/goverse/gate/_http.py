@@ -50,7 +50,7 @@ from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import StreamEnd
 from goverse.gate._clients import ClientRegistry
 from goverse.gate._http_errors import JSON, error_of, error_response, from_http_exception
-from goverse.gate._http_events import EVENT_STREAM, HEARTBEAT_S, EventStream
+from goverse.gate._http_events import EVENT_STREAM, HEARTBEAT_S, EventStream, PushEvents
 from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.ids import new_client_id
@@ -128,6 +128,7 @@ class HttpGate:
         self._registry = registry
         self._router = router
         self._catalog = catalog
+        self._push_events = PushEvents(catalog)
         self._authenticator = authenticator
         self._anonymous = isinstance(authenticator, NoAuthenticator)
         self._supervisor = supervisor
@@ -393,7 +394,7 @@ class HttpGate:
                 await response.prepare(request)
                 stream = EventStream(
                     proxy,
-                    self._catalog,
+                    self._push_events,
                     response,
                     request.transport,
                     heartbeat_s=self._heartbeat_s,

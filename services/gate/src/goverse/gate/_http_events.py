@@ -31,11 +31,40 @@ HEARTBEAT_S = 15.0
 """Seconds of silence after which a stream sends a heartbeat comment."""
 HEARTBEAT = b": heartbeat\n\n"
 EVENT_STREAM = "text/event-stream"
+PUSH_EVENTS_KEPT = 64
+"""Pushed messages whose event :class:`PushEvents` keeps: more than a broadcast's batch."""
 
 
 def event(name: str, data: Any) -> bytes:
     """One server-sent event named `name` whose data is `data` as JSON on one line."""
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class PushEvents:
+    """The ``message`` events of the latest pushed messages, each made once.
+
+    A broadcast hands every client's queue the same message object (one per envelope), so a
+    room of many browser sessions converts it to JSON once, not once per session. Entries are
+    found by identity and hold their message, so an id is never taken for another's; the
+    last `keep` are kept. A catalog refresh meanwhile changes only messages made after it.
+    """
+
+    def __init__(self, catalog: Catalog, *, keep: int = PUSH_EVENTS_KEPT) -> None:
+        self._catalog = catalog
+        self._keep = keep
+        self._made: dict[int, tuple[any_pb2.Any, bytes]] = {}
+
+    async def of(self, packed: any_pb2.Any) -> bytes:
+        """The ``message`` event of `packed` (``base64`` instead of ``message`` when no node
+        describes its type: the browser still learns of it)."""
+        made = self._made.get(id(packed))
+        if made is not None and made[0] is packed:
+            return made[1]
+        data = event("message", await self._catalog.push_dict(packed))
+        self._made[id(packed)] = (packed, data)
+        if len(self._made) > self._keep:
+            del self._made[next(iter(self._made))]  # the oldest
+        return data
 
 
 class Abandoned(Exception):
@@ -45,7 +74,7 @@ class Abandoned(Exception):
 
 class EventStream:
     """Writes the events of one registered client (`proxy`) to `response` (prepared by the
-    caller), converting each push to JSON with `catalog`.
+    caller), each push as the event `events` makes of it.
 
     Memory stays bounded when the browser stops reading: the writer only takes pushes from the
     proxy's bounded queue once the previous write went through, so pushes wait there and an
@@ -57,14 +86,14 @@ class EventStream:
     def __init__(
         self,
         proxy: ClientProxy,
-        catalog: Catalog,
+        events: PushEvents,
         response: web.StreamResponse,
         transport: asyncio.Transport | None,
         *,
         heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self._proxy = proxy
-        self._catalog = catalog
+        self._events = events
         self._response = response
         self._transport = transport
         self._heartbeat_s = heartbeat_s
@@ -79,7 +108,7 @@ class EventStream:
             while True:
                 batch = proxy.take_batch()
                 if batch:
-                    await self._send(b"".join([await self._message(packed) for packed in batch]))
+                    await self._send(b"".join([await self._events.of(packed) for packed in batch]))
                     continue
                 if batch is None:
                     await self._end()
@@ -102,11 +131,6 @@ class EventStream:
             return
         if last is not None:
             await self._send(event("draining", {}))
-
-    async def _message(self, packed: any_pb2.Any) -> bytes:
-        """The ``message`` event of one push (``base64`` instead of ``message`` when no node
-        describes its type: the browser still learns of it)."""
-        return event("message", await self._catalog.push_dict(packed))
 
     async def _send(self, data: bytes) -> None:
         """Writes `data`; raises :class:`Abandoned` when the proxy is closed (not for
