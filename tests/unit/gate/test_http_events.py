@@ -12,7 +12,12 @@ from google.protobuf import any_pb2
 
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy
-from goverse.gate._http_events import HEARTBEAT, EventStream, PushEvents
+from goverse.gate._http_events import (
+    HEARTBEAT,
+    PUSH_EVENT_KEPT_BYTES,
+    EventStream,
+    PushEvents,
+)
 from tests.helpers.fake_node import text, unpack_text
 from tests.helpers.tasks import bounded, cancel_and_wait
 
@@ -132,20 +137,20 @@ async def test_a_stalled_reader_is_abandoned_when_its_queue_overflows() -> None:
 
 
 async def test_a_message_pushed_to_many_sessions_is_converted_once() -> None:
-    """The same message object (a broadcast) gives the same event, made once; an equal but
-    distinct message is converted again; only the latest `keep` messages are kept."""
+    """The same message (a broadcast) gives the same event, made once, whether the object is
+    the same or an equal one; only the latest `keep` messages are kept, and none too large."""
     catalog = FakeCatalog()
     events = PushEvents(cast(Catalog, catalog), keep=2)
     broadcast = text("hello")
     made = [await events.of(broadcast) for _ in range(100)]
-    assert (
-        made
-        == [b'event: message\ndata: {"type":"google.protobuf.StringValue","message":"hello"}\n\n']
-        * 100
-    )
+    expected = b'event: message\ndata: {"type":"google.protobuf.StringValue","message":"hello"}'
+    assert made == [expected + b"\n\n"] * 100
+    assert await events.of(text("hello")) == made[0]
     assert catalog.converted == 1
-    await events.of(text("hello"))
-    assert catalog.converted == 2
-    await events.of(text("other"))  # the third: the broadcast's event is forgotten
+    await events.of(text("other"))
+    await events.of(text("third"))  # the broadcast's event is forgotten
     await events.of(broadcast)
     assert catalog.converted == 4
+    large = text("x" * PUSH_EVENT_KEPT_BYTES)
+    assert await events.of(large) == await events.of(large)
+    assert catalog.converted == 6

@@ -33,6 +33,9 @@ HEARTBEAT = b": heartbeat\n\n"
 EVENT_STREAM = "text/event-stream"
 PUSH_EVENTS_KEPT = 64
 """Pushed messages whose event :class:`PushEvents` keeps: more than a broadcast's batch."""
+PUSH_EVENT_KEPT_BYTES = 64 * 1024
+"""The largest pushed message, and the largest event, :class:`PushEvents` keeps: what it
+holds stays under 64 times 128 KiB, whatever the size of pushes."""
 
 
 def event(name: str, data: Any) -> bytes:
@@ -43,28 +46,36 @@ def event(name: str, data: Any) -> bytes:
 class PushEvents:
     """The ``message`` events of the latest pushed messages, each made once.
 
-    A broadcast hands every client's queue the same message object (one per envelope), so a
-    room of many browser sessions converts it to JSON once, not once per session. Entries are
-    found by identity and hold their message, so an id is never taken for another's; the
-    last `keep` are kept. A catalog refresh meanwhile changes only messages made after it.
+    A broadcast puts the same message in every member's queue, so a room of many browser
+    sessions converts it to JSON once, not once per session. Events are found by the message's
+    type and bytes (never by the message object: a pushed message keeps the whole stream
+    message it came in alive); the last `keep` are kept, of messages and events of at most
+    :data:`PUSH_EVENT_KEPT_BYTES`. A catalog refresh meanwhile changes only events made after
+    it.
     """
 
     def __init__(self, catalog: Catalog, *, keep: int = PUSH_EVENTS_KEPT) -> None:
         self._catalog = catalog
         self._keep = keep
-        self._made: dict[int, tuple[any_pb2.Any, bytes]] = {}
+        self._made: dict[tuple[str, bytes], bytes] = {}
 
     async def of(self, packed: any_pb2.Any) -> bytes:
         """The ``message`` event of `packed` (``base64`` instead of ``message`` when no node
         describes its type: the browser still learns of it)."""
-        made = self._made.get(id(packed))
-        if made is not None and made[0] is packed:
-            return made[1]
-        data = event("message", await self._catalog.push_dict(packed))
-        self._made[id(packed)] = (packed, data)
-        if len(self._made) > self._keep:
-            del self._made[next(iter(self._made))]  # the oldest
+        if packed.ByteSize() > PUSH_EVENT_KEPT_BYTES:
+            return await self._make(packed)
+        key = (packed.type_url, packed.value)
+        data = self._made.get(key)
+        if data is None:
+            data = await self._make(packed)
+            if len(data) <= PUSH_EVENT_KEPT_BYTES:
+                self._made[key] = data
+                if len(self._made) > self._keep:
+                    del self._made[next(iter(self._made))]  # the oldest
         return data
+
+    async def _make(self, packed: any_pb2.Any) -> bytes:
+        return event("message", await self._catalog.push_dict(packed))
 
 
 class Abandoned(Exception):
