@@ -82,7 +82,13 @@ def test_lookups_and_json_answer_as_calls_do() -> None:
     assert descriptions.method("Counter", "Increment") is increment  # found once
     with pytest.raises(Unimplemented):  # a miss is never remembered as a method
         descriptions.method("Counter", "Nope")
-    for bad in ("{", '{"by": "x"}', '{"nope": 1}', "[1]"):
+    for bad in (
+        "{",
+        '{"by": "x"}',
+        '{"nope": 1}',
+        "[1]",
+        '{"by": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ):
         with pytest.raises(InvalidArgument):
             descriptions.from_json(increment.request, bad)
     request = descriptions.from_json(increment.request, '{"by": 3}')

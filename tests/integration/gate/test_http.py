@@ -116,14 +116,18 @@ async def test_json_calls_create_delete_and_describe(processes: ProcessGroup) ->
             assert any(f'rpc="{rpc}"' in line for line in measured), rpc
 
 
+DEEP_JSON = '{"by": ' + "[" * 20_000 + "]" * 20_000 + "}"
+"""Valid JSON nested past Python's stack (40 KB): malformed input like any other."""
+
+
 async def test_errors_are_json_bodies_with_the_status_of_their_code(
     processes: ProcessGroup, tmp_path: Path
 ) -> None:
     """Each refusal answers ``{"code", "message"}`` at the HTTP status of its gRPC code:
-    unknown type and path 404, unknown method 501, malformed JSON, unknown fields, wrong
-    types and a bad deadline 400, OUT_OF_RANGE 400, PERMISSION_DENIED 403, an object's
-    unexpected error 500 INTERNAL, a deadline 504, a wrong HTTP method 405, a body over the bound
-    413, a node that is gone 503."""
+    unknown type and path 404, unknown method 501, malformed or too deeply nested JSON,
+    unknown fields, wrong types and a bad deadline 400, OUT_OF_RANGE 400, PERMISSION_DENIED
+    403, an object's unexpected error 500 INTERNAL, a deadline 504, a wrong HTTP method 405, a
+    body over the bound 413, a node that is gone 503."""
     rules = tmp_path / "rules.toml"
     rules.write_text('[[call]]\ntype = "Sleeper"\naccess = "reject"\n')
     _, url = http_gate(processes, ("--http-max-body-bytes=64KiB", f"--access-rules={rules}"))
@@ -135,6 +139,7 @@ async def test_errors_are_json_bodies_with_the_status_of_their_code(
         ("POST", "/v1/objects/Counter/x/Increment", '{"bye": 1}', {}, 400, "INVALID_ARGUMENT"),
         ("POST", "/v1/objects/Counter/x/Increment", '{"by": "lots"}', {}, 400, "INVALID_ARGUMENT"),
         ("POST", "/v1/objects/Counter/x/Increment", "[1]", {}, 400, "INVALID_ARGUMENT"),
+        ("POST", "/v1/objects/Counter/x/Increment", DEEP_JSON, {}, 400, "INVALID_ARGUMENT"),
         (
             "POST",
             "/v1/objects/Counter/x/Get",

@@ -124,6 +124,7 @@ def test_keys_goverse_does_not_write_are_foreign(key: str) -> None:
         (KEYS.shard(2), b"a:1,a:1"),
         (KEYS.shard(1), b'{"node":"","incarnation":"1"}'),
         (KEYS.gate("g"), b"\xff"),
+        (KEYS.gate("g"), b"[" * 100_000 + b"]" * 100_000),
     ],
 )
 def test_values_goverse_does_not_write_are_foreign(key: str, value: bytes) -> None:

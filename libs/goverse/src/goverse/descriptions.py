@@ -211,7 +211,9 @@ class Descriptions:
         JSON, has a field the message does not, or a value of the wrong type."""
         try:
             value = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            # RecursionError: arrays or objects nested deeper than Python's stack (a body of
+            # a thousand "["), malformed input like any other, not a failure of the gate.
             raise InvalidArgument(f"the body is not JSON: {error}") from None
         return self.from_dict(message_type, value)
 

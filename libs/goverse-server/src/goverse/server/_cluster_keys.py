@@ -109,7 +109,7 @@ def _object(key: str, value: bytes) -> dict[str, Any]:
     """The JSON object a value holds, or ForeignData."""
     try:
         decoded: Any = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # or nested past the stack
         raise ForeignData(key, "the value is not JSON") from None
     if not isinstance(decoded, dict):
         raise ForeignData(key, "the value is not a JSON object")

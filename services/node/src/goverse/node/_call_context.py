@@ -119,7 +119,7 @@ def chain_from_metadata(metadata: Sequence[Any] | None) -> tuple[ObjectKey, ...]
             continue
         try:
             decoded = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the stack
             return ()
         if not isinstance(decoded, list) or len(decoded) > MAX_CHAIN_DEPTH:
             return ()
