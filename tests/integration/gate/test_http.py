@@ -148,6 +148,14 @@ async def test_errors_are_json_bodies_with_the_status_of_their_code(
             400,
             "INVALID_ARGUMENT",
         ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Get",
+            "{}",
+            {"Goverse-Timeout-Ms": "\u00b2"},  # a digit to str.isdigit(), not to int()
+            400,
+            "INVALID_ARGUMENT",
+        ),
         ("POST", "/v1/objects/Counter/big/Increment", f'{{"by": "{max_int64}"}}', {}, 200, ""),
         ("POST", "/v1/objects/Counter/big/Increment", '{"by": 1}', {}, 400, "OUT_OF_RANGE"),
         ("POST", "/v1/objects/Sleeper/s/Sleep", '"1"', {}, 403, "PERMISSION_DENIED"),

@@ -432,9 +432,11 @@ def _timeout_of(request: web.Request) -> float | None:
     text = request.headers.get(TIMEOUT_HEADER)
     if text is None:
         return None
-    if not text.strip().isdigit() or int(text) <= 0:
+    digits = text.strip()
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
         raise InvalidArgument(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
-    return int(text) / 1000
+    return int(digits) / 1000
 
 
 __all__ = [
