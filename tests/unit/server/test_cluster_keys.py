@@ -95,6 +95,7 @@ def test_fields_a_reader_does_not_know_are_ignored() -> None:
         "/goverse/shards/8192",
         "/goverse/shards/007",
         "/goverse/shards/-1",
+        "/goverse/shards/\u00b2",
         "/goverse/shards/",
         "/goverse/nodes/",
         "/goverse/nodes/a/b",

@@ -76,7 +76,9 @@ def test_addresses_are_host_port_or_an_absolute_unix_socket_path(text: str) -> N
     assert parse_address(text) == text
 
 
-@pytest.mark.parametrize("text", ["7000", "host", "host:99999", "unix:rel.sock", "unix:/"])
+@pytest.mark.parametrize(
+    "text", ["7000", "host", "host:99999", "host:\u00b2", "unix:rel.sock", "unix:/"]
+)
 def test_anything_else_is_not_an_address(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_address(text)
@@ -84,8 +86,9 @@ def test_anything_else_is_not_an_address(text: str) -> None:
 
 def test_a_port_is_0_to_65535_or_off() -> None:
     assert [parse_port(text) for text in ("off", "0", "9464")] == [None, 0, 9464]
-    with pytest.raises(argparse.ArgumentTypeError, match="or off"):
-        parse_port("none")
+    for text in ("none", "\u00b2"):  # a digit to str.isdigit(), not to int()
+        with pytest.raises(argparse.ArgumentTypeError, match="or off"):
+            parse_port(text)
 
 
 def test_an_invalid_default_fails_like_an_invalid_value() -> None:

@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 from goverse.placement import SHARD_COUNT
 from goverse.server._etcd import KeyValue
 from goverse.server._membership import NodeInfo, ShardOwner
+from goverse.server._values import ascii_digits
 
 SHARD_HOLDERS_CACHED = 256
 """Distinct shard key values whose decoding a process keeps (one per node incarnation)."""
@@ -179,7 +180,7 @@ class ClusterKeys:
         if not sep or not name:
             raise ForeignData(key, "not a key goverse writes")
         if kind == KeyKind.SHARD.value:
-            if not name.isdigit() or str(int(name)) != name or int(name) >= SHARD_COUNT:
+            if not ascii_digits(name) or str(int(name)) != name or int(name) >= SHARD_COUNT:
                 raise ForeignData(key, f"not a shard number in 0..{SHARD_COUNT - 1}")
             return Entry(KeyKind.SHARD, shard=int(name))
         if kind in (KeyKind.NODE.value, KeyKind.GATE.value):

@@ -72,6 +72,12 @@ def is_unix_address(address: str) -> bool:
     return address.startswith(UNIX_PREFIX)
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is a number in ASCII digits: ``str.isdigit()`` also takes ``"²"``,
+    which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_address(text: str) -> str:
     """Checks ``host:port`` (IPv6 hosts in brackets) or ``unix:/absolute/path``; returns it."""
     if is_unix_address(text):
@@ -79,7 +85,7 @@ def parse_address(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text!r} is not unix:/absolute/path")
         return text
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not ascii_digits(port) or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port (or unix:/absolute/path)")
     return text
 
@@ -134,7 +140,7 @@ def parse_port(text: str) -> int | None:
     """Parses a TCP port number, 0 (any free port) to 65535, or ``off`` (None)."""
     if text.strip() == "off":
         return None
-    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+    if not ascii_digits(text.strip()) or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535) or off")
     return int(text)
 
@@ -149,7 +155,7 @@ def parse_etcd_endpoint(text: str) -> str:
     if "://" in address or is_unix_address(address):
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port or http://host:port")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not ascii_digits(port) or not 0 < int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port or http://host:port")
     return address
 

@@ -61,6 +61,7 @@ from goverse.server import (
     ListenError,
     Supervisor,
     SupervisorClosed,
+    ascii_digits,
     log_context,
     served_call_span,
 )
@@ -433,8 +434,7 @@ def _timeout_of(request: web.Request) -> float | None:
     if text is None:
         return None
     digits = text.strip()
-    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-    if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
+    if not ascii_digits(digits) or int(digits) <= 0:
         raise InvalidArgument(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
     return int(digits) / 1000
 
