@@ -134,6 +134,15 @@ def test_a_call_the_gate_refuses_exits_1_naming_the_status(gate: str) -> None:
     assert one_line_error(result).startswith("goverse: INVALID_ARGUMENT: ")
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e15", "soon"])
+def test_a_timeout_that_is_not_a_bounded_positive_number_is_a_usage_error(
+    unreachable: str, timeout: str
+) -> None:
+    result = goverse(f"--timeout={timeout}", "describe", gate=unreachable)
+    assert result.returncode == Exit.USAGE, result.stderr
+    assert "--timeout" in one_line_error(result)
+
+
 def test_no_gate_is_a_usage_error_and_an_unreachable_gate_exits_1(unreachable: str) -> None:
     assert goverse("describe").returncode == Exit.USAGE
     result = goverse("--timeout=1", "describe", gate=unreachable)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import (
+    any_pb2,
     descriptor_pb2,
     json_format,
     message_factory,
@@ -51,7 +52,11 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         name="plain_test.proto",
         package="plaintest",
         syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto", "google/protobuf/timestamp.proto"],
+        dependency=[
+            "google/protobuf/wrappers.proto",
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/any.proto",
+        ],
     )
     color = file.enum_type.add(name="Color")
     for number, name in enumerate(["COLOR_UNSET", "RED", "GREEN"]):
@@ -114,6 +119,11 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         name="at", number=1, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp",
         label=F.LABEL_OPTIONAL,
     )  # fmt: skip
+    packed = file.message_type.add(name="Packed")
+    packed.field.add(
+        name="a", number=1, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Any",
+        label=F.LABEL_OPTIONAL,
+    )  # fmt: skip
     floaty = file.message_type.add(name="Floaty")
     floaty.field.add(name="level", number=1, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
     tree = file.message_type.add(name="Tree")
@@ -126,7 +136,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
 
 def _descriptions() -> Descriptions:
     response = describe_pb2.DescribeResponse()
-    for module in (BytesValue, timestamp_pb2.Timestamp):
+    for module in (BytesValue, timestamp_pb2.Timestamp, any_pb2.Any):
         module.DESCRIPTOR.file.CopyToProto(response.files.file.add())
     response.files.file.append(_file())
     return Descriptions(response)
@@ -354,3 +364,18 @@ def test_bad_input_json_format_lets_through_is_invalid_argument(body: str) -> No
     INVALID_ARGUMENT, as for any other value of the wrong type."""
     with pytest.raises(InvalidArgument, match=r"not a valid plaintest\.Plain"):
         DESCRIPTIONS.from_json(PLAIN, body)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": {"@type": 5}},  # json_format: AttributeError
+        {"a": {"@type": "type.googleapis.com/google.protobuf.Duration"}},  # KeyError "value"
+        {"a": {"@type": "type.googleapis.com/google.protobuf.Int64Value"}},
+    ],
+)
+def test_an_any_json_format_fails_on_is_invalid_argument(value: dict[str, Any]) -> None:
+    """Not plain: json_format converts it, and the errors it lets through of such an Any
+    are INVALID_ARGUMENT as any other."""
+    with pytest.raises(InvalidArgument, match=r"not a valid plaintest\.Packed"):
+        DESCRIPTIONS.from_dict(_cls("Packed"), value)

@@ -156,6 +156,16 @@ async def test_errors_are_json_bodies_with_the_status_of_their_code(
             400,
             "INVALID_ARGUMENT",
         ),
+        ("POST", "/v1/objects/Counter/x/Get", "{}", {"Goverse-Timeout-Ms": "9" * 400}, 400, ""),
+        ("POST", "/v1/objects/Counter/x/Get", "{}", {"Goverse-Timeout-Ms": "4294967296"}, 400, ""),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Increment",
+            "garbage!",
+            {"Content-Encoding": "gzip"},  # a body that does not decompress
+            400,
+            "INVALID_ARGUMENT",
+        ),
         ("POST", "/v1/objects/Counter/big/Increment", f'{{"by": "{max_int64}"}}', {}, 200, ""),
         ("POST", "/v1/objects/Counter/big/Increment", '{"by": 1}', {}, 400, "OUT_OF_RANGE"),
         ("POST", "/v1/objects/Sleeper/s/Sleep", '"1"', {}, 403, "PERMISSION_DENIED"),
@@ -463,3 +473,30 @@ async def admitted(http: aiohttp.ClientSession, url: str) -> bool:
     """Whether a new event stream is admitted (it is closed at once)."""
     async with http.get(f"{url}/v1/events") as response:
         return response.status == 200
+
+
+async def _raw_status(url: str, request: bytes) -> int:
+    """The HTTP status the gate answers `request`, sent as raw bytes (no client library
+    would send a header's undecodable byte)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        status_line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_header_bytes_that_are_not_text_are_refused_or_dropped(
+    processes: ProcessGroup,
+) -> None:
+    """A credential with a byte no text has is a wrong credential (401); a trace context
+    with one is malformed and dropped: the call is served (200)."""
+    _, url = http_gate(processes)
+    path = b"POST /v1/objects/Counter/raw/Get HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+    forged = path + b"Goverse-Client-Id: g0/x\r\nGoverse-Credential: \xff\r\n\r\n"
+    assert await _raw_status(url, forged) == 401
+    traced = path + b"tracestate: a=\xff\r\ntraceparent: 00-" + b"1" * 32 + b"-" + b"2" * 16
+    assert await _raw_status(url, traced + b"-01\r\n\r\n") == 200

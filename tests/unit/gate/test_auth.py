@@ -96,6 +96,21 @@ def test_each_refusal_has_its_reason(tmp_path: Path) -> None:
         assert reason(authenticator, token) == expected, expected
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "\udcff",  # an HTTP header's undecodable byte
+        jwt.encode(claims(sub="\ud800"), SECRET, "HS256"),  # signed, but no text
+        jwt.encode(claims(scope="\ud800"), SECRET, "HS256"),
+    ],
+)
+def test_a_token_or_claims_that_are_not_text_are_malformed(tmp_path: Path, token: str) -> None:
+    """PyJWT cannot encode the first; the others verify, but a protobuf string cannot hold
+    their subject or selected claim: each is refused as malformed, not failed on."""
+    keys = JwtKeys.from_files(secret_file(tmp_path), None, None)
+    assert reason(JwtAuthenticator(keys, claims=("scope",)), token) == "malformed"
+
+
 def test_a_token_signed_with_another_algorithm_is_refused(tmp_path: Path) -> None:
     """An HS256 gate refuses an unsigned (alg none) token and an HS512 one."""
     authenticator = JwtAuthenticator(JwtKeys.from_files(secret_file(tmp_path), None, None))

@@ -62,6 +62,7 @@ def test_authenticate_accepts_the_right_credential() -> None:
         (None, "c", "missing goverse-client-id"),
         ("g1/unknown", "whatever", "unknown client id or wrong credential"),
         ("g1/unknown", "ünïcode", "unknown client id or wrong credential"),
+        ("g1/unknown", "\udcff", "unknown client id or wrong credential"),  # a header's 0xFF
     ],
 )
 def test_authenticate_refuses_missing_or_unknown(

@@ -126,6 +126,7 @@ def test_keys_goverse_does_not_write_are_foreign(key: str) -> None:
         (KEYS.shard(1), b'{"node":"","incarnation":"1"}'),
         (KEYS.gate("g"), b"\xff"),
         (KEYS.gate("g"), b"[" * 100_000 + b"]" * 100_000),
+        (KEYS.node("a:1"), b'{"address":"\\ud800:7000","incarnation":"1"}'),
     ],
 )
 def test_values_goverse_does_not_write_are_foreign(key: str, value: bytes) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import enum
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ PROG = "goverse"
 GATE_ENV = "GOVERSE_GATE"
 TOKEN_ENV = "GOVERSE_TOKEN"
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 30 * 24 * 3600.0
+"""The longest --timeout: 30 days (a call's deadline travels as a uint32 of milliseconds)."""
 
 
 class Exit(enum.IntEnum):
@@ -51,6 +54,19 @@ class Exit(enum.IntEnum):
 
 class UsageError(Exception):
     """A mistake of the command line's user: reported in one line, exit :attr:`Exit.USAGE`."""
+
+
+def _seconds(text: str) -> float:
+    """--timeout's value: a positive number of seconds up to :data:`MAX_TIMEOUT`."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN and inf fail this too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0, at most {MAX_TIMEOUT:g}"
+        )
+    return seconds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"bound of the registration and of each call (default {DEFAULT_TIMEOUT:g})",

@@ -234,10 +234,14 @@ class Descriptions:
             TypeError,
             ValueError,
             ArithmeticError,
+            AttributeError,
+            KeyError,
             SystemError,
         ) as error:
-            # json_format lets two errors of bad input through: OverflowError for an enum given
-            # Infinity, SystemError (upb's enum lookup) for a string with a lone surrogate.
+            # json_format lets errors of bad input through: OverflowError for an enum given
+            # Infinity, SystemError (upb's enum lookup) for a string with a lone surrogate,
+            # AttributeError for an Any whose "@type" is not a string, KeyError for a
+            # well-known type in an Any without its "value".
             # json_format's messages span lines ("Available Fields: …"): keep an error one line.
             raise InvalidArgument(f"not a valid {name}: {' '.join(str(error).split())}") from None
         return message

@@ -160,6 +160,16 @@ def pack_into(packed: any_pb2.Any, message: Message) -> None:
     packed.value = message.SerializeToString()
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` can travel as a protobuf string: it encodes as UTF-8 (a lone surrogate,
+    which JSON's ``"\\ud800"`` or an undecodable header byte gives, does not)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unpack(packed: any_pb2.Any, message_type: type[M]) -> M:
     """The message of `message_type` that `packed` holds; raises :class:`UnpackError` when it
     holds another type (or nothing) or does not parse."""
@@ -203,6 +213,7 @@ __all__ = [
     "UnpackError",
     "close_metadata",
     "close_reason_of",
+    "is_text",
     "metadata_value",
     "method_path",
     "pack",

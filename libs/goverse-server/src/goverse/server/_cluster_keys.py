@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from goverse import wire
 from goverse.placement import SHARD_COUNT
 from goverse.server._etcd import KeyValue
 from goverse.server._membership import NodeInfo, ShardOwner
@@ -122,7 +123,7 @@ def _fields(key: str, decoded: dict[str, Any], names: tuple[str, ...]) -> list[s
     fields = []
     for name in names:
         field = decoded.get(name)
-        if not isinstance(field, str) or not field:
+        if not isinstance(field, str) or not field or not wire.is_text(field):
             raise ForeignData(key, f"the value has no {name!r} string")
         fields.append(field)
     return fields

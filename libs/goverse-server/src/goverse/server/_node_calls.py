@@ -223,7 +223,8 @@ class _CallStream:
         assert op is not None, "a call frame needs its op"
         span, carrier = call_span(wire.NODE_CALL_METHODS[op])
         frame.id = call_id
-        frame.timeout_ms = min(max(math.ceil(timeout * 1000), 1), MAX_TIMEOUT_MS)
+        # Bounded before it is multiplied: an object may pass any float (1e306 s: inf ms).
+        frame.timeout_ms = max(math.ceil(min(timeout * 1000, MAX_TIMEOUT_MS)), 1)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
         size = _size_of(frame)

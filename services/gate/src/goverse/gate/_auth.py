@@ -214,6 +214,8 @@ class JwtAuthenticator:
                 f"this gate requires a token: send '{wire.AUTHORIZATION_KEY}: Bearer <token>' "
                 "metadata with the registration",
             )
+        if not token.isascii():  # a JWT is base64url and dots; PyJWT would fail to encode it
+            raise AuthenticationFailed("malformed", "the token is not a well-formed JWT")
         try:
             key, algorithms = self._keys.key_for(token)
             claims: dict[str, Any] = jwt.decode(
@@ -230,7 +232,11 @@ class JwtAuthenticator:
                 if isinstance(error, kind):
                     raise AuthenticationFailed(reason, message) from None
             raise  # unreachable: PyJWTError is the last entry
-        return Principal(str(claims["sub"]), self._selected(claims))
+        principal = Principal(str(claims["sub"]), self._selected(claims))
+        if not all(map(wire.is_text, (principal.subject, *principal.claims.values()))):
+            # JSON may escape a lone surrogate ("\ud800"); protobuf strings refuse it.
+            raise AuthenticationFailed("malformed", "the token's claims are not valid text")
+        return principal
 
     def _selected(self, claims: Mapping[str, Any]) -> dict[str, str]:
         selected: dict[str, str] = {}

@@ -186,7 +186,8 @@ class ClientRegistry:
             )
         proxy = self._clients.get(client_id)
         expected = proxy.credential.encode() if proxy is not None else _NO_CREDENTIAL
-        matches = hmac.compare_digest(expected, credential.encode())
+        # "replace": a header's undecodable bytes (lone surrogates) compare as a mismatch.
+        matches = hmac.compare_digest(expected, credential.encode(errors="replace"))
         # A proxy closed for draining still has its stream open (flushing, then Draining):
         # its client may call until the stream has ended. Any other close ends the credential.
         if proxy is None or not matches or (proxy.closed and not proxy.draining):

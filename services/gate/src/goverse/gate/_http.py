@@ -55,6 +55,7 @@ from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.ids import new_client_id
 from goverse.server import (
+    MAX_TIMEOUT_MS,
     BoundAddress,
     CallMetricsInterceptor,
     CallsInFlight,
@@ -206,6 +207,12 @@ class HttpGate:
             if error.status < 400:
                 raise
             return from_http_exception(error)
+        except web.RequestPayloadError as error:  # a body that does not decompress
+            refused = error_response(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the body could not be read: {error}"
+            )
+            refused.force_close()  # the rest of the body cannot be found: the connection ends
+            return refused
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -320,7 +327,12 @@ class HttpGate:
         task = asyncio.current_task()
         if self._calls is not None and task is not None:  # aiohttp: one task per request
             self._calls.track(task)
-        carrier = {key: value for key in TRACE_HEADERS if (value := request.headers.get(key))}
+        # W3C trace context is ASCII: a header with other bytes is malformed, dropped as such.
+        carrier = {
+            key: value
+            for key in TRACE_HEADERS
+            if (value := request.headers.get(key)) and value.isascii()
+        }
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         try:
@@ -434,8 +446,11 @@ def _timeout_of(request: web.Request) -> float | None:
     if text is None:
         return None
     digits = text.strip()
-    if not ascii_digits(digits) or int(digits) <= 0:
-        raise InvalidArgument(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
+    # A deadline is at most what a call frame carries (a uint32 of milliseconds, 49 days).
+    if not ascii_digits(digits) or len(digits) > 10 or not 0 < int(digits) <= MAX_TIMEOUT_MS:
+        raise InvalidArgument(
+            f"{TIMEOUT_HEADER} must be a positive number of milliseconds, at most {MAX_TIMEOUT_MS}"
+        )
     return int(digits) / 1000
 
 
