@@ -27,6 +27,7 @@ from goverse.server import (
 )
 from goverse.server._logging import (
     GRPC_LOGGER,
+    QuietInvalidEncoding,
     QuietPeerGone,
     ThrottleTelemetryLogs,
     add_log_context,
@@ -304,3 +305,28 @@ def test_grpcs_execute_batch_error_becomes_one_quiet_debug_line() -> None:
     assert quiet.filter(other)
     assert other.levelno == logging.ERROR
     assert other.exc_info is not None
+
+
+def test_grpcs_invalid_encoding_error_becomes_a_debug_line_without_the_value() -> None:
+    """grpc logs a metadata value that is not UTF-8 at ERROR with the raw bytes (a token
+    with one bad byte would be written out); it becomes a DEBUG line without them."""
+    quiet = QuietInvalidEncoding()
+
+    def record() -> logging.LogRecord:
+        try:
+            b"secret-token\xe9".decode()
+        except UnicodeDecodeError:
+            exc_info = sys.exc_info()
+        args = (b"secret-token\xe9",)
+        return logging.LogRecord(
+            GRPC_LOGGER, logging.ERROR, "x.pxi", 1, "Invalid encoding on %s", args, exc_info
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.getLogger(), "level", logging.INFO)
+        assert not quiet.filter(record())
+        patch.setattr(logging.getLogger(), "level", logging.DEBUG)
+        debug = record()
+        assert quiet.filter(debug)
+    assert (debug.levelno, debug.exc_info) == (logging.DEBUG, None)
+    assert "secret" not in debug.getMessage()

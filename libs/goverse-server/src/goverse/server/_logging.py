@@ -125,11 +125,33 @@ class QuietPeerGone(logging.Filter):
         if record.levelno < logging.ERROR or not message.startswith(_PEER_GONE_PREFIX):
             return True
         record.rpc = message.removeprefix(_PEER_GONE_PREFIX).strip(" []")
-        record.msg, record.args = "peer went away with a write pending", None
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.exc_info, record.exc_text = None, None
-        # Dropped unless the process logs at DEBUG (the level was checked for ERROR already).
-        return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        return _demoted(record, "peer went away with a write pending")
+
+
+_INVALID_ENCODING = "Invalid encoding on %s"
+
+
+class QuietInvalidEncoding(logging.Filter):
+    """Turns grpc's ERROR "Invalid encoding on b'…'" into one DEBUG line without the value
+    or a traceback. grpc logs it, with the raw bytes, each time a handler reads metadata whose
+    text value is not UTF-8 (it then reads it as Latin-1, and goverse refuses or ignores the
+    value): any peer could otherwise fill the log, and have a credential or token it sent
+    with one bad byte written there in full."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or record.msg != _INVALID_ENCODING:
+            return True
+        return _demoted(record, "a metadata value is not UTF-8 (not logged)")
+
+
+def _demoted(record: logging.LogRecord, message: str) -> bool:
+    """Makes `record` a DEBUG line saying `message`, without arguments or traceback; whether
+    it is still written (only when the process logs at DEBUG: the level was checked for the
+    record's first level already)."""
+    record.msg, record.args = message, None
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    record.exc_info, record.exc_text = None, None
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 
 def configure_logging(level: str, fmt: str, **identity: str) -> None:
@@ -178,8 +200,11 @@ def configure_logging(level: str, fmt: str, **identity: str) -> None:
         )
     )
     quiet = logging.getLogger(GRPC_LOGGER)
-    quiet.filters[:] = [f for f in quiet.filters if not isinstance(f, QuietPeerGone)]
+    quiet.filters[:] = [
+        f for f in quiet.filters if not isinstance(f, QuietPeerGone | QuietInvalidEncoding)
+    ]
     quiet.addFilter(QuietPeerGone())
+    quiet.addFilter(QuietInvalidEncoding())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
