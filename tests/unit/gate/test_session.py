@@ -248,16 +248,27 @@ async def test_a_cancelled_id_cancels_its_call_which_gets_no_reply(harness: Harn
     await _eventually(lambda: harness.session.in_flight == 0)
 
 
-async def test_the_end_of_the_request_stream_cancels_the_calls_and_ends_the_stream(
+async def test_the_end_of_the_request_stream_lets_the_calls_answer_then_ends_the_stream(
     harness: Harness,
 ) -> None:
-    """The client ends its request stream with a call in flight: the call is cancelled and
-    the response stream ends."""
+    """The client half-closes with a call in flight: gRPC's half-close ends the requests,
+    not the RPC, so the call runs on, its reply is sent, and then the response stream ends."""
     harness.frames.send(call(1, "held", "hold"))
     await _eventually(lambda: harness.router.started == ["held"])
+    # Reading on meanwhile: a stream that ended at the half-close would end this read.
+    ending = asyncio.get_running_loop().create_task(harness.next())
     harness.frames.end()
+    await _eventually(lambda: harness.frames.queue.empty())  # the reader took the end
+    await asyncio.sleep(0.05)  # time for a wrong stream to end; the right one cannot
+    assert not ending.done()
+    assert harness.router.cancelled == []
+    harness.router.release.set()
+    event = await asyncio.wait_for(ending, WAIT)
+    assert event is not None
+    assert [reply.id for reply in event.replies.replies] == [1]
+    assert code_of(event.replies.replies[0]) == grpc.StatusCode.OK
     assert await harness.next() is None
-    assert harness.router.cancelled == ["held"]
+    assert harness.router.cancelled == []
 
 
 async def test_a_drain_lets_calls_in_flight_answer_then_sends_draining(harness: Harness) -> None:

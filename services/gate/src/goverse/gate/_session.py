@@ -61,8 +61,10 @@ class ClientSession:
     The stream ends when the proxy is closed: after a draining close (the gate stops), once
     pushes are flushed and every call in flight has answered and its reply was sent, with
     ``Draining``; after a slow-consumer close with :class:`StreamEnd`; when the client ends
-    its request stream, at once. Whichever way it ends (cancellation included), the reader and
-    every call in flight are cancelled and awaited for up to :data:`CANCEL_TIMEOUT`.
+    its request stream (half-closes), once every call in flight has answered and its reply
+    was sent (as the node's ``Calls`` stream does). Whichever way it ends (cancellation
+    included), the reader and every call still in flight are cancelled and awaited for up
+    to :data:`CANCEL_TIMEOUT`.
     """
 
     def __init__(
@@ -138,7 +140,9 @@ class ClientSession:
 
     async def _read(self, requests: AsyncIterator[gate_pb2.SessionRequest]) -> None:
         """Starts the calls of each frame and cancels the ids it names, until the client ends
-        its request stream; then closes the proxy, which ends the writer."""
+        its request stream (half-closes); then waits for the calls in flight to answer, as
+        gRPC's half-close ends the requests, not the RPC, and closes the proxy, which ends the
+        writer once their replies are sent."""
         try:
             async for request in requests:
                 received = self._clock()
@@ -155,6 +159,9 @@ class ClientSession:
                     task = self._calls.get(call_id)
                     if task is not None:
                         task.cancel("cancelled by the client")
+            while self._calls:  # each ends by its deadline at the latest
+                self._changed.clear()
+                await self._changed.wait()
         except grpc.aio.AioRpcError as error:  # the stream broke under the reader
             log.debug("session stream broke", code=error.code().name)
         except Exception:  # nobody awaits the reader's result: say it here
