@@ -115,6 +115,10 @@ class CallLoad:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._progress = asyncio.Condition()
+        self._running = asyncio.Event()
+        self._running.set()
+        self._calling = 0
+        """Loops in the middle of a call."""
 
     async def __aenter__(self) -> CallLoad:
         return await self.start()
@@ -140,6 +144,7 @@ class CallLoad:
     async def stop(self) -> None:
         """Stops the loops after their call in flight, then closes the clients; idempotent."""
         self._stopping.set()
+        self._running.set()  # a paused loop sees the stop
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=self._timeout + STOP_TIMEOUT)
             for task in pending:
@@ -150,6 +155,17 @@ class CallLoad:
         for client in self.clients:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await client.close()
+
+    async def pause(self) -> None:
+        """Stops starting calls and waits until no call is in flight (each ends by its
+        deadline): for a fault that must not land in the middle of a call; :meth:`resume`
+        starts them again."""
+        self._running.clear()
+        async with asyncio.timeout(self._timeout + STOP_TIMEOUT), self._progress:
+            await self._progress.wait_for(lambda: self._calling == 0)
+
+    def resume(self) -> None:
+        self._running.set()
 
     def _share(self, index: int, step: int) -> list[str]:
         """The ids client `index` calls, in its order."""
@@ -163,9 +179,11 @@ class CallLoad:
         if not ids:
             raise ValueError(f"client {index} has no object to call")
         for object_id in itertools.cycle(ids):
+            await self._running.wait()
             if self._stopping.is_set():
                 return
             started = time.time()
+            self._calling += 1
             try:
                 reply = await client.call(
                     method.object_type,
@@ -182,6 +200,8 @@ class CallLoad:
             else:
                 pid = 0 if method.served_by is None else method.served_by(reply)
                 outcome = Outcome(index, object_id, started, time.time(), "OK", pid, reply=reply)
+            finally:
+                self._calling -= 1
             self.outcomes.append(outcome)
             async with self._progress:
                 self._progress.notify_all()

@@ -151,7 +151,12 @@ async def test_a_node_frozen_past_its_lease_fences_itself_before_serving_and_rej
         # The second call waits for the object's turn inside the node, where nothing can be
         # observed from outside: give it well under the first call's 2 s to get there.
         await asyncio.sleep(0.3)
+        # No load call in the middle of the node's step when it stops: nothing can stand
+        # between a step and its next instruction, so a call stopped there finishes its step
+        # after SIGCONT (its record late, its result refused: ObjectHost.still_serving).
+        await load.pause()
         with sigstop(victim) as stopped:
+            load.resume()  # calls made while it is frozen
             cluster.forget(victim)
             reclaimed = await cluster.settled()
             elsewhere = await third.call("Witness", probe, "Touch", Empty(), Int64Value, timeout=10)

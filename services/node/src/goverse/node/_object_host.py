@@ -215,6 +215,7 @@ class ObjectHost:
                         await self._settle(key, entry)
                         raise
                     await self._settle(key, entry)
+                    self._shards.still_serving(shard, f"{key[0]}/{key[1]}")
                 return wire.pack(result)
 
     async def create(self, object_type: str, object_id: str) -> bool:

@@ -134,6 +134,18 @@ class ShardTable:
                 f"{what or f'shard {shard}'} is {by} node {self._node}",
             )
 
+    def still_serving(self, shard: int, what: str = "") -> None:
+        """Raises :class:`~goverse.errors.Unavailable` when the lease stopped being valid (or
+        the shard left this node) while an admitted call ran, before its answer goes out: the
+        process was paused in the middle of the call (SIGSTOP, a long GC), and another node
+        may own the object by now, so the result is not given as this node's. The call may
+        have run, so it is not sent again (as for a call the fence cancels)."""
+        if self._state[shard] is ShardState.UNOWNED or not self._lease_valid():
+            raise Unavailable(
+                f"node {self._node} lost its lease while {what or f'shard {shard}'} ran the "
+                "call: it may have run, and its result is not given"
+            )
+
     # -- ownership ------------------------------------------------------------------------
 
     def own(self, shard: int, epoch: int = 0) -> None:
