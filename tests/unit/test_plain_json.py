@@ -46,6 +46,24 @@ SCALARS = {
 }
 
 
+def _field(
+    message: descriptor_pb2.DescriptorProto,
+    name: str,
+    number: int,
+    kind: int,
+    type_name: str = "",
+    *,
+    repeated: bool = False,
+    **options: Any,
+) -> None:
+    """Adds a field to `message`: `type_name` for an enum or a message, `options` such as
+    ``oneof_index``."""
+    label = F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL
+    field = message.field.add(name=name, number=number, type=kind, label=label, **options)
+    if type_name:  # set at all, even empty, it says the field is of a named type
+        field.type_name = type_name
+
+
 def _file() -> descriptor_pb2.FileDescriptorProto:
     """A proto3 file with every kind of field, plain and not."""
     file = descriptor_pb2.FileDescriptorProto(
@@ -62,75 +80,37 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     for number, name in enumerate(["COLOR_UNSET", "RED", "GREEN"]):
         color.value.add(name=name, number=number)
     inner = file.message_type.add(name="Inner")
-    inner.field.add(name="note_text", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    inner.field.add(name="count", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    _field(inner, "note_text", 1, F.TYPE_STRING)
+    _field(inner, "count", 2, F.TYPE_INT64)
 
     plain = file.message_type.add(name="Plain")
-    number = 0
-    for name, kind in SCALARS.items():
-        number += 1
-        plain.field.add(name=f"{name}_one", number=number, type=kind, label=F.LABEL_OPTIONAL)
-        number += 1
-        plain.field.add(name=f"{name}_many", number=number, type=kind, label=F.LABEL_REPEATED)
-    plain.field.add(
-        name="color", number=40, type=F.TYPE_ENUM, type_name=".plaintest.Color",
-        label=F.LABEL_OPTIONAL,
-    )  # fmt: skip
-    plain.field.add(
-        name="colors", number=41, type=F.TYPE_ENUM, type_name=".plaintest.Color",
-        label=F.LABEL_REPEATED,
-    )  # fmt: skip
-    plain.field.add(
-        name="inner", number=42, type=F.TYPE_MESSAGE, type_name=".plaintest.Inner",
-        label=F.LABEL_OPTIONAL,
-    )  # fmt: skip
-    plain.field.add(
-        name="inners", number=43, type=F.TYPE_MESSAGE, type_name=".plaintest.Inner",
-        label=F.LABEL_REPEATED,
-    )  # fmt: skip
-    plain.field.add(
-        name="wrapped", number=44, type=F.TYPE_MESSAGE,
-        type_name=".google.protobuf.Int32Value", label=F.LABEL_OPTIONAL,
-    )  # fmt: skip
+    for index, (name, kind) in enumerate(SCALARS.items()):
+        _field(plain, f"{name}_one", 2 * index + 1, kind)
+        _field(plain, f"{name}_many", 2 * index + 2, kind, repeated=True)
+    _field(plain, "color", 40, F.TYPE_ENUM, ".plaintest.Color")
+    _field(plain, "colors", 41, F.TYPE_ENUM, ".plaintest.Color", repeated=True)
+    _field(plain, "inner", 42, F.TYPE_MESSAGE, ".plaintest.Inner")
+    _field(plain, "inners", 43, F.TYPE_MESSAGE, ".plaintest.Inner", repeated=True)
+    _field(plain, "wrapped", 44, F.TYPE_MESSAGE, ".google.protobuf.Int32Value")
     plain.oneof_decl.add(name="choice")
-    plain.field.add(
-        name="pick_text", number=45, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL, oneof_index=0
-    )
-    plain.field.add(
-        name="pick_number", number=46, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL, oneof_index=0
-    )
+    _field(plain, "pick_text", 45, F.TYPE_STRING, oneof_index=0)
+    _field(plain, "pick_number", 46, F.TYPE_INT32, oneof_index=0)
     plain.oneof_decl.add(name="_maybe")
-    plain.field.add(
-        name="maybe", number=47, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL, oneof_index=1,
-        proto3_optional=True,
-    )  # fmt: skip
+    _field(plain, "maybe", 47, F.TYPE_INT32, oneof_index=1, proto3_optional=True)
 
     mapped = file.message_type.add(name="Mapped")
     entry = mapped.nested_type.add(name="ScoresEntry")
     entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL)
-    mapped.field.add(
-        name="scores", number=1, type=F.TYPE_MESSAGE,
-        type_name=".plaintest.Mapped.ScoresEntry", label=F.LABEL_REPEATED,
-    )  # fmt: skip
-    timed = file.message_type.add(name="Timed")
-    timed.field.add(
-        name="at", number=1, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp",
-        label=F.LABEL_OPTIONAL,
-    )  # fmt: skip
-    packed = file.message_type.add(name="Packed")
-    packed.field.add(
-        name="a", number=1, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Any",
-        label=F.LABEL_OPTIONAL,
-    )  # fmt: skip
-    floaty = file.message_type.add(name="Floaty")
-    floaty.field.add(name="level", number=1, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
+    _field(entry, "key", 1, F.TYPE_STRING)
+    _field(entry, "value", 2, F.TYPE_INT32)
+    _field(mapped, "scores", 1, F.TYPE_MESSAGE, ".plaintest.Mapped.ScoresEntry", repeated=True)
+    _field(
+        file.message_type.add(name="Timed"), "at", 1, F.TYPE_MESSAGE, ".google.protobuf.Timestamp"
+    )
+    _field(file.message_type.add(name="Packed"), "a", 1, F.TYPE_MESSAGE, ".google.protobuf.Any")
+    _field(file.message_type.add(name="Floaty"), "level", 1, F.TYPE_FLOAT)
     tree = file.message_type.add(name="Tree")
-    tree.field.add(
-        name="children", number=1, type=F.TYPE_MESSAGE, type_name=".plaintest.Tree",
-        label=F.LABEL_REPEATED,
-    )  # fmt: skip
+    _field(tree, "children", 1, F.TYPE_MESSAGE, ".plaintest.Tree", repeated=True)
     return file
 
 
