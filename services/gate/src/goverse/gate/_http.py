@@ -446,8 +446,10 @@ def _timeout_of(request: web.Request) -> float | None:
     if text is None:
         return None
     digits = text.strip()
-    # A deadline is at most what a call frame carries (a uint32 of milliseconds, 49 days).
-    if not ascii_digits(digits) or len(digits) > 10 or not 0 < int(digits) <= MAX_TIMEOUT_MS:
+    # A deadline is at most what a call frame carries (a uint32 of milliseconds, 49 days); the
+    # length first, as int() refuses more than 4,300 digits.
+    too_long = len(digits) > len(str(MAX_TIMEOUT_MS))
+    if not ascii_digits(digits) or too_long or not 0 < int(digits) <= MAX_TIMEOUT_MS:
         raise InvalidArgument(
             f"{TIMEOUT_HEADER} must be a positive number of milliseconds, at most {MAX_TIMEOUT_MS}"
         )

@@ -125,7 +125,7 @@ class ShardTable:
         a pause of the process past its lease (SIGSTOP, a long GC), and on resumption it would
         run before the fence, which comes from a timer, had cancelled it. A draining shard
         still runs the calls it admitted."""
-        if self._state[shard] is ShardState.UNOWNED or not self._lease_valid():
+        if not self._may_run(shard):
             owner = self._owner_of(shard)
             by = f"owned by node {owner}, not by" if owner else "not owned by"
             raise ShardNotServed(
@@ -140,11 +140,16 @@ class ShardTable:
         process was paused in the middle of the call (SIGSTOP, a long GC), and another node
         may own the object by now, so the result is not given as this node's. The call may
         have run, so it is not sent again (as for a call the fence cancels)."""
-        if self._state[shard] is ShardState.UNOWNED or not self._lease_valid():
+        if not self._may_run(shard):
             raise Unavailable(
-                f"node {self._node} lost its lease while {what or f'shard {shard}'} ran the "
-                "call: it may have run, and its result is not given"
+                f"node {self._node} stopped serving {what or f'shard {shard}'} while it ran "
+                "the call: it may have run, and its result is not given"
             )
+
+    def _may_run(self, shard: int) -> bool:
+        """Whether an admitted call for `shard` may still run and answer: the shard is still
+        this node's (owned, or draining) and the lease is valid now."""
+        return self._state[shard] is not ShardState.UNOWNED and self._lease_valid()
 
     # -- ownership ------------------------------------------------------------------------
 
