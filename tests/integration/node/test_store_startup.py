@@ -56,6 +56,34 @@ def test_a_store_the_node_cannot_use_stops_it_with_one_line(args: list[str], mes
     assert "Traceback" not in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("store", "password_file", "message"),
+    [
+        ("postgresql://goverse@127.0.0.1:1/db", "missing", "No such file or directory"),
+        ("postgresql://goverse@127.0.0.1:1/db", "empty", "is empty"),
+        ("sqlite:{tmp_path}/state.db", "password", "password file is for PostgreSQL"),
+    ],
+    ids=["missing", "empty", "with-sqlite"],
+)
+def test_a_store_password_file_the_node_cannot_use_stops_it_with_exit_code_2(
+    tmp_path: Path, store: str, password_file: str, message: str
+) -> None:
+    """Regression: the file was read once the node served, and a missing one ended the
+    node with a traceback and exit code 1. Now: exit code 2, the reason, no traceback."""
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "password").write_text(f"{PASSWORD}\n")
+    result = run_node(
+        f"--listen={ANY_PORT}",
+        f"--store={store.format(tmp_path=tmp_path)}",
+        f"--store-password-file={tmp_path / password_file}",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message in result.stderr
+    assert "Traceback" not in output
+    assert PASSWORD not in output
+
+
 @pytest.mark.parametrize("password_in", ["file", "url"])
 async def test_an_unreachable_store_at_start_is_retried_and_only_stateful_calls_fail(
     processes: ProcessGroup, unreachable: str, tmp_path: Path, password_in: str

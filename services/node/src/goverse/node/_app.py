@@ -23,7 +23,7 @@ from goverse.node._ownership import ShardOwnership
 from goverse.node._runtime import NodeRuntime
 from goverse.node._servicer import NodeService
 from goverse.node._shards import ShardState, ShardTable
-from goverse.node._store import open_store
+from goverse.node._store import StoreError, open_store
 from goverse.node._upkeep import run_upkeep
 from goverse.placement import SHARD_COUNT
 from goverse.server import (
@@ -35,6 +35,7 @@ from goverse.server import (
     PeerCheck,
     ServiceApp,
     ShutdownBudget,
+    StartupError,
     StaticView,
     SupervisorClosed,
     Telemetry,
@@ -100,6 +101,16 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.description = describe_types(self.types, int(time.time() * 1000))
         """What ``Describe`` answers: made once, from the types loaded at start."""
         self.access = AccessGuard(access_rules(config.access_rules), self.meter, "node")
+        try:
+            # Now, not once serving: a password file that cannot be read is told like a
+            # flag that cannot be used (one line, exit code 2), not as a crash.
+            self._store = (
+                None
+                if config.store is None
+                else open_store(config.store, config.store_password_file, config.store_pool_size)
+            )
+        except StoreError as error:
+            raise StartupError(f"--store: {error}") from None
         self.advertise = ""
         """The address gates and other nodes reach this node at (known once bound)."""
         self.etcd: EtcdMembership | None = None
@@ -141,11 +152,8 @@ class NodeApp(ServiceApp[NodeConfig]):
             max_message_bytes=config.max_message_bytes,
             max_gates=config.max_gates,
         )
-        store = None
-        if config.store is not None:
-            store = open_store(config.store, config.store_password_file, config.store_pool_size)
         self.state = ObjectState(
-            store, self.shards, self.advertise, static=config.membership == "static"
+            self._store, self.shards, self.advertise, static=config.membership == "static"
         )
         self.host = ObjectHost(
             self.types, self.shards, self.advertise, self.state, config.max_objects, self.access
