@@ -156,6 +156,32 @@ async def test_state_that_does_not_parse_fails_its_activation_only(tmp_path: Pat
     assert row[1] == b"\xff\xff\xff"
 
 
+@pytest.mark.parametrize("damage", ["'not a state'", "2.5"], ids=["text", "real"])
+async def test_a_stored_value_that_is_not_a_blob_fails_its_activation_only(
+    tmp_path: Path, damage: str
+) -> None:
+    """Regression: SQLite keeps whatever type a value has, and a row whose state was set to
+    text (the sqlite3 shell, another program) failed the whole transaction: its object and
+    every other one loaded or saved with it answered UNAVAILABLE, and the store was reported
+    unavailable. Now it is a state that does not parse, like any other."""
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        await increment(host, "bad")
+        await increment(host, "good")
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE goverse_objects SET data = {damage} WHERE id = 'bad'")
+    async with hosting(path) as host:
+        bad, good = await asyncio.gather(
+            increment(host, "bad"), increment(host, "good"), return_exceptions=True
+        )
+        assert isinstance(bad, DataLoss), bad
+        assert good == 2
+        assert host._state.available
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT data, typeof(data) FROM goverse_objects WHERE id = 'bad'")
+        assert row.fetchone() == db.execute(f"SELECT {damage}, typeof({damage})").fetchone()
+
+
 async def test_idle_objects_are_saved_deactivated_and_come_back(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     async with hosting(path) as host:

@@ -200,8 +200,11 @@ def _stored_epoch(connection: sqlite3.Connection, op: Op) -> int | None:
 
 
 def _load(connection: sqlite3.Connection, op: Op) -> Outcome:
+    # CAST: SQLite keeps a value's own type whatever the column says, and a state set to text
+    # or a number by hand must reach the node as bytes that do not parse (DATA_LOSS for its
+    # object only), not fail the transaction of every operation batched with it.
     row = connection.execute(
-        "SELECT epoch, data FROM goverse_objects WHERE type = ? AND id = ?", op.key
+        "SELECT epoch, CAST(data AS BLOB) FROM goverse_objects WHERE type = ? AND id = ?", op.key
     ).fetchone()
     if row is None:
         connection.execute(
