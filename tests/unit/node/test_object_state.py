@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from google.protobuf.descriptor_pb2 import UninterpretedOption
 
 from goverse._object_types import ObjectType, object_type_of
-from goverse.errors import DataLoss, ResourceExhausted, ShardNotServed, Unavailable
+from goverse.errors import DataLoss, Internal, ResourceExhausted, ShardNotServed, Unavailable
 from goverse.examples.chat import ChatRoom
 from goverse.examples.counter import Counter
 from goverse.examples.v1.counter_pb2 import CounterState, CounterValue, IncrementRequest
@@ -37,8 +38,23 @@ class Tally(Stateful[CounterState]):
         return CounterValue(value=self.state.value)
 
 
+class Unsaveable(Stateful[UninterpretedOption.NamePart]):
+    """A proto2 state whose required field Increment leaves unset: it does not serialize."""
+
+    async def Increment(self, request: IncrementRequest) -> CounterValue:
+        self.state.name_part = "changed"
+        return CounterValue(value=request.by)
+
+
+class PeriodicUnsaveable(Unsaveable):
+    durability = Durability.PERIODIC
+
+
 TYPES: dict[str, ObjectType] = {
-    found.name: found for found in (object_type_of(cls) for cls in (Counter, ChatRoom, Tally))
+    found.name: found
+    for found in (
+        object_type_of(cls) for cls in (Counter, ChatRoom, Tally, Unsaveable, PeriodicUnsaveable)
+    )
 }
 
 
@@ -180,6 +196,29 @@ async def test_a_stored_value_that_is_not_a_blob_fails_its_activation_only(
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT data, typeof(data) FROM goverse_objects WHERE id = 'bad'")
         assert row.fetchone() == db.execute(f"SELECT {damage}, typeof({damage})").fetchone()
+
+
+async def test_a_state_that_does_not_serialize_fails_its_object_only(tmp_path: Path) -> None:
+    """Regression: the serializer's EncodeError escaped the node's handling of a failed save.
+    An each-call object stayed active holding the change it could not save; a periodic one
+    made save_changed (and deactivate_idle) raise, which ended the node's upkeep task: no more
+    periodic saves or idle deactivations for any object. Now it is a failed save like any
+    other: the call answers INTERNAL and the object is dropped, the others are saved."""
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        with pytest.raises(Internal, match="Unsaveable/u1"):
+            await increment(host, "u1", kind="Unsaveable")
+        assert not host.is_active("Unsaveable", "u1")
+        await increment(host, "p1", kind="PeriodicUnsaveable")
+        await increment(host, "t1", kind="Tally")
+        assert await host.save_changed() == 1
+        assert not host.is_active("PeriodicUnsaveable", "p1")
+        assert stored_value(path, "t1", "Tally") == 1
+        await increment(host, "p2", kind="PeriodicUnsaveable")
+        await increment(host, "t2", kind="Tally")
+        assert await host.deactivate_idle(0.0) == 3
+        assert host.held_count == 0
+        assert stored_value(path, "t2", "Tally") == 1
 
 
 async def test_idle_objects_are_saved_deactivated_and_come_back(tmp_path: Path) -> None:

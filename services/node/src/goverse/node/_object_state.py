@@ -16,7 +16,7 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 
 from goverse._object_types import ObjectType
-from goverse.errors import DataLoss, ShardNotServed, Unavailable
+from goverse.errors import DataLoss, Internal, ShardNotServed, Unavailable
 from goverse.node._shards import ShardTable
 from goverse.node._store import ObjectKey, StaleEpoch, Store, StoreError, StoreUnavailable
 from goverse.objects import Object
@@ -141,7 +141,15 @@ class ObjectState:
         """Saves `instance`'s state when it differs from `stored`; returns what is stored."""
         if self.store is None:
             return stored
-        data = instance.state.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+        try:
+            data = instance.state.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+        except Exception as error:
+            # The object's own defect (a proto2 required field unset, `state` replaced by
+            # something else): a failed save of this object, not of the node's upkeep.
+            log.exception("state does not serialize", object_type=key[0], object_id=key[1])
+            raise Internal(
+                f"the state of {key[0]}/{key[1]} cannot be serialized ({type(error).__name__})"
+            ) from error
         if data == stored:
             return stored
         store = self.store
