@@ -38,6 +38,19 @@ class Tally(Stateful[CounterState]):
         return CounterValue(value=self.state.value)
 
 
+class SlowToLeave(Stateful[CounterState]):
+    """A periodic counter whose on_deactivate takes a while (it could call another object)."""
+
+    durability = Durability.PERIODIC
+
+    async def on_deactivate(self) -> None:
+        await asyncio.sleep(0.1)
+
+    async def Increment(self, request: IncrementRequest) -> CounterValue:
+        self.state.value += request.by
+        return CounterValue(value=self.state.value)
+
+
 class Unsaveable(Stateful[UninterpretedOption.NamePart]):
     """A proto2 state whose required field Increment leaves unset: it does not serialize."""
 
@@ -53,7 +66,8 @@ class PeriodicUnsaveable(Unsaveable):
 TYPES: dict[str, ObjectType] = {
     found.name: found
     for found in (
-        object_type_of(cls) for cls in (Counter, ChatRoom, Tally, Unsaveable, PeriodicUnsaveable)
+        object_type_of(cls)
+        for cls in (Counter, ChatRoom, Tally, SlowToLeave, Unsaveable, PeriodicUnsaveable)
     )
 }
 
@@ -231,6 +245,24 @@ async def test_idle_objects_are_saved_deactivated_and_come_back(tmp_path: Path) 
         assert host.active_count == 0
         assert stored_value(path, "i7", "Tally") == 1
         assert await increment(host, "i7", kind="Tally") == 2
+
+
+async def test_a_call_during_a_deactivation_waits_for_its_save(tmp_path: Path) -> None:
+    """Regression: an object being retired was forgotten before its on_deactivate ran and
+    its state was saved, so a call arriving meanwhile activated a second instance from the
+    state stored before those changes, and the retired instance's save then overwrote the
+    second one's: an acknowledged increment was lost by a planned deactivation. A call now
+    waits for the deactivation to end and activates from what it saved."""
+    path = tmp_path / "state.db"
+    async with hosting(path) as host:
+        assert await increment(host, "s1", kind="SlowToLeave") == 1
+        retiring = asyncio.create_task(host.deactivate_idle(0.0))
+        await asyncio.sleep(0.02)  # on_deactivate is running
+        assert await increment(host, "s1", kind="SlowToLeave") == 2
+        assert await retiring == 1
+        assert await host.save_changed() == 1
+        assert stored_value(path, "s1", "SlowToLeave") == 2
+    assert stored_value(path, "s1", "SlowToLeave") == 2
 
 
 async def test_max_objects_refuses_one_more_activation(tmp_path: Path) -> None:

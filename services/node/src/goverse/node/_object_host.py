@@ -259,14 +259,19 @@ class ObjectHost:
                 if entry.gone:
                     continue
                 entry.gone = True
-                self._forget(key, entry)
-                if not entry.active:
-                    return False
-                entry.active = False
-                await self._deactivate(key, entry)
-                if save:
-                    await self._save_quietly(key, entry)
-                return True
+                try:
+                    if not entry.active:
+                        return False
+                    entry.active = False
+                    await self._deactivate(key, entry)
+                    if save:
+                        await self._save_quietly(key, entry)
+                    return True
+                finally:
+                    # Forgotten only now, in its turn: a call arriving meanwhile waits for
+                    # the turn, then activates a new instance from what was saved, never a
+                    # second one from the state stored before.
+                    self._forget(key, entry)
 
     async def _save_quietly(self, key: ObjectKey, entry: _Activation) -> None:
         """Saves a deactivated object's changed state; a failure is logged (the object is
