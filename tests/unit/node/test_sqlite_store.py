@@ -118,6 +118,16 @@ async def test_a_missing_directory_is_named(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_directory_that_cannot_be_looked_at_is_unavailable(tmp_path: Path) -> None:
+    """Regression: looking for the directory raised what the system said (a name too long,
+    no permission to search a parent) as an OSError, no StoreError: the node's store task
+    crashed with a traceback and the node never opened its store nor retried. Now it is
+    unavailable, with the reason, like a missing directory."""
+    store = open_store(f"sqlite:{tmp_path}/{'d' * 300}/state.db")
+    with pytest.raises(StoreUnavailable, match="cannot open: File name too long"):
+        await store.open()
+
+
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not an SQLite file, but it is long enough to look like one" * 20)

@@ -75,7 +75,12 @@ class SqliteBackend:
         newer than this code."""
         if self._executor is not None:
             return
-        if not self.path.parent.is_dir():
+        try:
+            # Python 3.11's is_dir() raises some errors (no permission, a name too long).
+            is_dir = self.path.parent.is_dir()
+        except OSError as error:
+            raise StoreUnavailable(f"{self.description}: cannot open: {error.strerror}") from None
+        if not is_dir:
             raise StoreUnavailable(
                 f"{self.description}: directory {self.path.parent} does not exist"
             )
