@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from goverse.node._config import redact_store
 from goverse.node._postgres_store import PostgresBackend, _segments
 from goverse.node._store import Op, OpKind, StoreUnavailable, open_store
 
@@ -55,3 +56,17 @@ async def test_a_bad_url_is_unavailable_with_the_reason(url: str, why: str) -> N
             await store.open()
     assert why in str(refused.value)
     assert "hunter2" not in str(refused.value)
+
+
+async def test_a_password_with_an_unescaped_slash_is_not_shown() -> None:
+    """Regression: the password of a URL was taken to end at the first '/', so one written
+    unescaped with a '/' in it (base64 secrets have them) was shown whole in the store's
+    description (logged at each retry, in Status) and, in part, in the driver's error."""
+    store = open_store("postgresql://goverse:hun/ter2@127.0.0.1:1/db", None, 2)
+    assert store.description == "postgresql://goverse:***@127.0.0.1:1/db"
+    assert redact_store("postgresql://goverse:hun/ter2@db/x") == "postgresql://goverse:***@db/x"
+    with pytest.raises(StoreUnavailable, match="cannot connect") as refused:
+        async with asyncio.timeout(10):
+            await store.open()
+    assert "hun" not in str(refused.value)
+    assert "ter2" not in str(refused.value)

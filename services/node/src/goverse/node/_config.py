@@ -66,7 +66,9 @@ def parse_store(text: str) -> str:
 def redact_store(text: str) -> str:
     """`text` with any password of a ``postgresql://user:password@host`` URL, or of its
     ``password=`` query parameter, replaced."""
-    text = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", text)
+    # Up to the '@', across any '/': a password written unescaped may hold one (a base64
+    # secret), and the URL is then unusable, but still shown in the error that says so.
+    text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
     return re.sub(r"([?&]password=)[^&]*", r"\1***", text)
 
 

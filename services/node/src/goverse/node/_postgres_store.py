@@ -342,8 +342,12 @@ def _segments(ops: Sequence[Op]) -> list[list[int]]:
 
 
 def _url_passwords(url: str) -> list[str]:
-    """The password in `url`'s user part or query, as written and percent-decoded."""
-    found = re.findall(r"://[^:/@]*:([^@/]*)@", url) + re.findall(r"(?i)password=([^&]*)", url)
+    """The password in `url`'s user part or query, as written and percent-decoded (and,
+    for one written with an unescaped '/', the part before it: the driver, reading that as
+    the end of the host, quotes it as a port)."""
+    user = re.findall(r"://[^:/@]*:([^@]*)@", url)
+    found = user + [password.partition("/")[0] for password in user if "/" in password]
+    found += re.findall(r"(?i)password=([^&]*)", url)
     return [text for password in found for text in (password, unquote(password)) if text]
 
 
