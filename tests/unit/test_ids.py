@@ -22,6 +22,7 @@ from goverse.ids import (
         ("Counter", ""),
         ("Counter", "x" * (MAX_OBJECT_ID_BYTES + 1)),
         ("Counter", "bad\nid"),
+        ("Counter", "lone\ud800surrogate"),  # regression: raised UnicodeEncodeError
         ("has/slash", "x"),
         ("1Leading", "x"),
         ("T" * 200, "x"),

@@ -29,7 +29,12 @@ def validate_object_type(object_type: str) -> None:
 def validate_object_id(object_id: str) -> None:
     if not object_id:
         raise InvalidArgument("object_id is empty")
-    if len(object_id.encode()) > MAX_OBJECT_ID_BYTES:
+    try:
+        size = len(object_id.encode())
+    except UnicodeEncodeError:
+        # A lone surrogate: no UTF-8 text (and no protobuf string) can carry it.
+        raise InvalidArgument("object_id is not valid Unicode text") from None
+    if size > MAX_OBJECT_ID_BYTES:
         raise InvalidArgument(f"object_id is longer than {MAX_OBJECT_ID_BYTES} bytes")
     if _CONTROL.search(object_id):
         raise InvalidArgument("object_id contains control characters")
