@@ -83,7 +83,8 @@ class ObjectHost:
     saved after ``on_deactivate``; of an each-call type also after every call, before the
     reply; of a periodic type by :meth:`save_changed`. When a save fails (the store is
     unreachable, a newer owner claimed the object), the object is dropped without running any
-    more of its code, so the next call starts from what the store has. At most `max_objects`
+    more of its code, so the next call starts from what the store has; only a periodic save
+    the store could not be reached for keeps the object and its changes for the next one. At most `max_objects`
     objects are held (`state`: none kept beyond an activation when not given);
     :meth:`deactivate_idle` retires those no call reached for a while.
     """
@@ -312,7 +313,8 @@ class ObjectHost:
 
     async def save_changed(self) -> int:
         """Saves, each in its turn, every periodic object changed since its last save; returns
-        how many were saved. Objects whose save fails are dropped (and logged)."""
+        how many were saved. An object the store cannot be reached for keeps its changes for
+        the next interval; one whose save fails otherwise is dropped (both logged)."""
         changed = [
             (key, entry)
             for key, entry in self._objects.items()
@@ -328,6 +330,16 @@ class ObjectHost:
             entry.dirty = False
             try:
                 entry.stored = await self._state.save(key, entry.instance, entry.stored)
+            except Unavailable as error:
+                # Acknowledged changes: kept, and saved again at the next interval.
+                entry.dirty = True
+                log.warning(
+                    "periodic save failed; retried at the next interval",
+                    object_type=key[0],
+                    object_id=key[1],
+                    error=error.message,
+                )
+                return False
             except GoverseError as error:
                 log.error(
                     "periodic save failed",
