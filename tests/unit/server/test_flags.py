@@ -54,6 +54,8 @@ def test_environment_fills_defaults_and_flags_win() -> None:
         {"GOVERSE_NODES": "a:1,a:1"},
         {"GOVERSE_NODES": "nohost"},
         {"GOVERSE_LOG_LEVEL": "loud"},
+        {"GOVERSE_SHUTDOWN_TIMEOUT": "99999999999999999999s"},
+        {"GOVERSE_CALL_TIMEOUT": "1" * 400},
     ],
 )
 def test_bad_environment_values_exit_2_with_a_message(

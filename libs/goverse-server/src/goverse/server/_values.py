@@ -34,9 +34,12 @@ def parse_duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 500ms, 5s, 2m)")
     value = float(match.group(1))
     unit = match.group(2) or "s"
-    if unit == "ms":
-        return timedelta(milliseconds=value)
-    return timedelta(seconds=value * (60 if unit == "m" else 1))
+    try:
+        if unit == "ms":
+            return timedelta(milliseconds=value)
+        return timedelta(seconds=value * (60 if unit == "m" else 1))
+    except OverflowError:  # past timedelta's range (999,999,999 days), or inf
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration") from None
 
 
 def format_duration(value: timedelta) -> str:
