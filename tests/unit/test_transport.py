@@ -1,13 +1,14 @@
-"""Backoff: exponential ceiling, full jitter, maximum, reset."""
+"""Backoff: exponential ceiling, full jitter, maximum, reset; channel and server options."""
 
 from __future__ import annotations
 
 import random
 from datetime import timedelta
 
+import grpc
 import pytest
 
-from goverse.transport import Backoff
+from goverse.transport import Backoff, Keepalive, channel_options, server_options
 
 
 def test_delays_stay_under_a_doubling_ceiling_capped_at_maximum() -> None:
@@ -42,3 +43,14 @@ def test_rejects_nonsense_bounds() -> None:
         Backoff(timedelta(0), timedelta(seconds=1))
     with pytest.raises(ValueError, match="maximum"):
         Backoff(timedelta(seconds=2), timedelta(seconds=1))
+
+
+async def test_keepalive_longer_than_grpc_takes_is_given_as_its_longest() -> None:
+    """A keepalive of 30 days (more milliseconds than a C int holds) makes options a channel
+    and a server accept, not an OverflowError when they are made."""
+    month = timedelta(days=30)
+    keepalive = Keepalive(time=month, timeout=month, min_time=month)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1", options=channel_options(keepalive=keepalive))
+    await channel.close()
+    server = grpc.aio.server(options=server_options(keepalive=keepalive))
+    await server.stop(None)

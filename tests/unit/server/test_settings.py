@@ -102,3 +102,17 @@ def test_an_invalid_default_fails_like_an_invalid_value() -> None:
 
     with pytest.raises(ValueError, match="--drain-timeout must be positive"):
         Broken()
+
+
+@pytest.mark.parametrize("config_class", [GateConfig, NodeConfig])
+def test_a_message_limit_past_what_grpc_takes_is_refused(
+    config_class: type[ServiceSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gRPC takes a message limit as a C int, and links between services 64 KiB more: 4GiB
+    exits 2 with a message, not an OverflowError once the server is made."""
+    with pytest.raises(SystemExit) as exit_info:
+        config_class.parser({}).parse(["--max-message-bytes=4GiB"])
+    assert exit_info.value.code == 2
+    assert "--max-message-bytes must be at most" in capsys.readouterr().err
+    largest = config_class.parser({}).parse(["--max-message-bytes=2147418111"])
+    assert largest.max_message_bytes + 64 * 1024 == 2**31 - 1

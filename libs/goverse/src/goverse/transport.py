@@ -56,8 +56,13 @@ MIN_SERVER_PING_INTERVAL = timedelta(minutes=1)
 """gRPC core sends a server keepalive ping at most this often."""
 
 
+MAX_OPTION_MS = 2**31 - 1
+"""The longest duration a gRPC channel or server option takes, in milliseconds (a C int: 24.8
+days); a longer keepalive setting means as good as never, and is given as this."""
+
+
 def _ms(duration: timedelta) -> int:
-    return max(int(duration.total_seconds() * 1000), 1)
+    return min(max(int(duration.total_seconds() * 1000), 1), MAX_OPTION_MS)
 
 
 def server_options(

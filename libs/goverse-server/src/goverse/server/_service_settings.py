@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from goverse.server._access import rules_file_problem
+from goverse.server._limits import HOP_HEADROOM_BYTES
 from goverse.server._logging import LOG_FORMATS, LOG_LEVELS
 from goverse.server._settings import (
     SettingsParser,
@@ -44,6 +45,15 @@ MIN_LEASE_TTL = timedelta(seconds=2)
 """Shortest etcd lease TTL allowed: keep-alives go every third of it."""
 MIN_MESSAGE_BYTES = 64 * 1024
 """Smallest message-size limit that still leaves room for ids, payload headers and a push."""
+MAX_MESSAGE_BYTES = 2**31 - 1 - HOP_HEADROOM_BYTES
+"""Largest message-size limit: gRPC takes a C int, and links between services take
+:data:`HOP_HEADROOM_BYTES` more."""
+
+
+def _message_bytes(value: int) -> str | None:
+    if value > MAX_MESSAGE_BYTES:
+        return f"must be at most {MAX_MESSAGE_BYTES} (gRPC's largest, less the headroom of a hop)"
+    return at_least(MIN_MESSAGE_BYTES, format_byte_size)(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,7 +98,7 @@ class ServiceSettings:
         help="largest gRPC message a client may send or receive; between gate and nodes 64 KiB "
         "more, so that what a client sent within it can be forwarded",
         kind=BYTE_SIZE,
-        check=at_least(MIN_MESSAGE_BYTES, format_byte_size),
+        check=_message_bytes,
     )
     max_stream_calls: int = setting(
         10_000,
