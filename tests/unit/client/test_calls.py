@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
@@ -293,3 +294,25 @@ async def test_calls_still_waiting_when_the_gate_drains_are_sent_on_the_next_reg
         reply = await client.call("T", "drained", "m", StringValue(), StringValue, timeout=WAIT)
         assert reply.value == "drained"
         assert client.registrations == 2
+
+
+async def test_an_infinite_timeout_is_the_longest_a_call_carries_and_nan_is_refused(
+    gates: list[FakeGate],
+) -> None:
+    """timeout=inf is answered, carried as the longest timeout_ms (49 days); timeout=NaN is a
+    ValueError. Neither leaves a call behind in the stream's table (an OverflowError and a
+    ValueError from inside it did)."""
+    gate, client = await connected(gates)
+    try:
+        reply = await client.call("T", "forever", "m", StringValue(), StringValue, timeout=math.inf)
+        assert reply.value == "forever"
+        (sent,) = [call for frame in gate.frames for call in frame.calls]
+        assert sent.timeout_ms > 2**32 - 1 - 1000  # less the time it took to send
+        with pytest.raises(ValueError, match="NaN"):
+            await client.call("T", "never", "m", StringValue(), StringValue, timeout=math.nan)
+        session = client._session
+        assert session is not None
+        assert session.calls is not None
+        assert len(session.calls) == 0
+    finally:
+        await client.close()

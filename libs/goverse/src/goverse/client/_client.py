@@ -7,6 +7,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse._tracing import start_call_span
-from goverse.client._calls import CallStream, NotSent
+from goverse.client._calls import MAX_TIMEOUT_MS, CallStream, NotSent
 from goverse.client._gates import GateChooser
 from goverse.client._messages import MessageBuffer
 from goverse.client._tls import ClientTLS
@@ -347,7 +348,7 @@ class Client:
         """The object types the gate's nodes host, their methods and the descriptors of their
         messages (``GateService.Describe``), asked as the current registration; turn it into
         message classes with :class:`goverse.descriptions.Descriptions`."""
-        budget = self._call_timeout if timeout is None else timeout
+        budget = self._budget(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         session = await self._current_session(budget)
@@ -367,7 +368,7 @@ class Client:
         has none. A call the gate never saw is sent once more, on the next registration."""
         op = session_call.WhichOneof("op")
         assert op is not None, "a session call needs its op"
-        budget = self._call_timeout if timeout is None else timeout
+        budget = self._budget(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         for attempt in range(2):
@@ -410,6 +411,14 @@ class Client:
             raise
         span.end_with(grpc.StatusCode.OK)
         return reply
+
+    def _budget(self, timeout: float | None) -> float:
+        """The seconds a call may take: `timeout` (``call_timeout`` when None), at most the
+        longest timeout a call carries (49 days: ``inf`` means that)."""
+        budget = self._call_timeout if timeout is None else timeout
+        if math.isnan(budget):
+            raise ValueError("a call's timeout is a number of seconds, not NaN")
+        return min(budget, MAX_TIMEOUT_MS / 1000)
 
     async def _unary(
         self, session: _Session, rpc: str, message: Message, deadline: float
