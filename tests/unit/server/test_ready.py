@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from goverse.server import Ready, wait_ready, write_ready
+from goverse.server import Ready, StartupError, wait_ready, write_ready
 
 READY = Ready(
     service="gate",
@@ -40,3 +40,14 @@ def test_a_file_of_another_process_is_stale_and_waited_past(tmp_path: Path) -> N
 def test_waiting_ends_at_once_when_the_process_has_exited(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited"):
         wait_ready(tmp_path / "never.json", 60.0, alive=lambda: False)
+
+
+@pytest.mark.parametrize("name", ["a-directory", "missing/ready.json"])
+def test_a_ready_file_that_cannot_be_written_is_a_startup_error(tmp_path: Path, name: str) -> None:
+    """--ready-file naming a directory, or a file in a directory that does not exist: a
+    StartupError (exit status 2, one line), not an OSError traceback; no partial file left."""
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(StartupError, match="--ready-file: cannot write"):
+        write_ready(tmp_path / name, READY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory"]
+    assert list((tmp_path / "a-directory").iterdir()) == []

@@ -11,6 +11,7 @@ port is picked by binding and releasing one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from goverse.server._lifecycle import StartupError
 
 POLL_INTERVAL = 0.02
 """Seconds between two looks for the file while waiting."""
@@ -60,10 +63,16 @@ class Ready:
 
 
 def write_ready(path: Path, ready: Ready) -> None:
-    """Writes `ready` to `path` so that a reader never sees a partial file."""
+    """Writes `ready` to `path` so that a reader never sees a partial file; raises
+    :class:`StartupError` (exit status 2) when it cannot (a directory, no such directory)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(ready.fields()) + "\n")
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(ready.fields()) + "\n")
+        partial.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise StartupError(f"--ready-file: cannot write {path}: {error.strerror}") from None
 
 
 def wait_ready(

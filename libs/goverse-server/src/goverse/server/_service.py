@@ -208,6 +208,8 @@ class ServiceApp(abc.ABC, Generic[C]):
         self._host: GrpcHost | None = None
         self._bound: BoundAddress | None = None
         self._assembled = False
+        self._ready_written = False
+        """Whether this process wrote --ready-file (stop() removes only that)."""
         self._state = _State.NEW
         self._stop_lock = asyncio.Lock()
         self._failure: asyncio.Future[BaseException] | None = None  # made in the loop
@@ -374,6 +376,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         log.info("listening", **ready.fields())
         if self.config.ready_file is not None:
             write_ready(self.config.ready_file, ready)
+            self._ready_written = True
 
     def _ready_identity(self, host: GrpcHost) -> dict[str, Any]:
         fields = self.identity()
@@ -431,7 +434,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         await self.pool.close()
         if self.telemetry is not None:
             await self.telemetry.shutdown(max(budget.remaining(), MIN_TELEMETRY_FLUSH))
-        if self.config.ready_file is not None:
+        if self.config.ready_file is not None and self._ready_written:
             with contextlib.suppress(FileNotFoundError):
                 self.config.ready_file.unlink()
         log.info(
