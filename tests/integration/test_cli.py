@@ -143,6 +143,15 @@ def test_a_timeout_that_is_not_a_bounded_positive_number_is_a_usage_error(
     assert "--timeout" in one_line_error(result)
 
 
+@pytest.mark.parametrize("token", ["t\u00e9", "a\nb"])
+def test_a_token_that_is_not_printable_ascii_is_a_usage_error(unreachable: str, token: str) -> None:
+    """gRPC refuses it as metadata on every registration: it exited 1 with UNAVAILABLE after
+    --timeout, naming no token."""
+    result = goverse("--timeout=1", f"--token={token}", "describe", gate=unreachable)
+    assert result.returncode == Exit.USAGE, result.stderr
+    assert "token" in one_line_error(result)
+
+
 def test_no_gate_is_a_usage_error_and_an_unreachable_gate_exits_1(unreachable: str) -> None:
     assert goverse("describe").returncode == Exit.USAGE
     result = goverse("--timeout=1", "describe", gate=unreachable)

@@ -168,6 +168,9 @@ def _read(path: str | None) -> bytes | None:
 def _client(args: argparse.Namespace, **options: Any) -> Client:
     if not args.gate:
         raise UsageError(f"no gate: give --gate HOST:PORT or set {GATE_ENV}")
+    if args.token and not all(" " <= char <= "~" for char in args.token):
+        # gRPC refuses such a metadata value on every registration: it would end as UNAVAILABLE.
+        raise UsageError("the token is not printable ASCII (--token or $GOVERSE_TOKEN)")
     timeout = timedelta(seconds=args.timeout)
     return Client(
         [args.gate],
