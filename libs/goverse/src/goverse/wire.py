@@ -46,6 +46,9 @@ CALL_OPS = {"call": "CallObject", "create": "CreateObject", "delete": "DeleteObj
 it stands for: a call on a stream is named, traced and measured as that RPC."""
 GATE_CALL_METHODS = {op: method_path(GATE_SERVICE, rpc) for op, rpc in CALL_OPS.items()}
 NODE_CALL_METHODS = {op: method_path(NODE_SERVICE, rpc) for op, rpc in CALL_OPS.items()}
+MAX_TIMEOUT_MS = 2**32 - 1
+"""The longest deadline a call carries: ``timeout_ms`` of a ``SessionCall`` or ``CallFrame`` is
+a uint32 of milliseconds (49 days)."""
 
 # -- metadata keys -----------------------------------------------------------------------------
 

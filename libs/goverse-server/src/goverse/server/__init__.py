@@ -74,7 +74,7 @@ from goverse.server._metrics import (
     CallMetricsInterceptor,
     LabelLimiter,
 )
-from goverse.server._node_calls import MAX_TIMEOUT_MS, NodeCalls
+from goverse.server._node_calls import NodeCalls
 from goverse.server._ready import Ready, wait_ready, write_ready
 from goverse.server._routing import NotSent, Routing
 from goverse.server._service import (
@@ -152,7 +152,6 @@ __all__ = [
     "DURATION",
     "ENDUSER_ID",
     "HOP_HEADROOM_BYTES",
-    "MAX_TIMEOUT_MS",
     "PATH",
     "PLAINTEXT_PEER",
     "PORT",

@@ -33,8 +33,6 @@ CANCEL_BYTES = 10
 """Most bytes one cancelled id takes in ``CallFrames.cancelled`` (a packed varint)."""
 FRAMING_BYTES = 16
 """Bytes kept free in a stream message for its fields' tags and lengths."""
-MAX_TIMEOUT_MS = 2**32 - 1
-"""``CallFrame.timeout_ms`` is a uint32 (49 days)."""
 WRITER_WAIT = 1.0
 """How long a stream's task waits for its writer to end once cancelled."""
 UNARY_RECHECK = 30.0
@@ -224,7 +222,7 @@ class _CallStream:
         span, carrier = call_span(wire.NODE_CALL_METHODS[op])
         frame.id = call_id
         # Bounded before it is multiplied: an object may pass any float (1e306 s: inf ms).
-        frame.timeout_ms = max(math.ceil(min(timeout * 1000, MAX_TIMEOUT_MS)), 1)
+        frame.timeout_ms = max(math.ceil(min(timeout * 1000, wire.MAX_TIMEOUT_MS)), 1)
         frame.trace_context.clear()  # a call sent again gets the context of its new span
         frame.trace_context.update(carrier)
         size = _size_of(frame)

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from goverse import wire
 from goverse._deadlines import DeadlineWheel, Expired, expire_future
 from goverse.errors import CallError, NotSent, status_error
 from goverse.v1 import gate_pb2
@@ -19,9 +20,6 @@ FRAME_RESERVE = 64 * 1024
 """Bytes of a SessionRequest kept for its cancellations and framing."""
 MAX_CANCELS = 4096
 """Most cancelled ids in one SessionRequest (at most 10 bytes each: within the reserve)."""
-
-MAX_TIMEOUT_MS = 2**32 - 1
-"""The largest ``timeout_ms`` a SessionCall carries (its field is a uint32: 49 days)."""
 
 
 class CallStream:
@@ -91,7 +89,7 @@ class CallStream:
         future: asyncio.Future[gate_pb2.CallReply] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         session_call.id = call_id
-        session_call.timeout_ms = min(max(int(timeout * 1000), 1), MAX_TIMEOUT_MS)
+        session_call.timeout_ms = min(max(int(timeout * 1000), 1), wire.MAX_TIMEOUT_MS)
         session_call.trace_context.clear()  # a call sent again carries its new span's
         session_call.trace_context.update(trace_context)
         size = session_call.ByteSize()

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from goverse import wire
 from goverse._tracing import start_call_span
-from goverse.client._calls import MAX_TIMEOUT_MS, CallStream, NotSent
+from goverse.client._calls import CallStream, NotSent
 from goverse.client._gates import GateChooser
 from goverse.client._messages import MessageBuffer
 from goverse.client._tls import ClientTLS
@@ -418,7 +418,7 @@ class Client:
         budget = self._call_timeout if timeout is None else timeout
         if math.isnan(budget):
             raise ValueError("a call's timeout is a number of seconds, not NaN")
-        return min(budget, MAX_TIMEOUT_MS / 1000)
+        return min(budget, wire.MAX_TIMEOUT_MS / 1000)
 
     async def _unary(
         self, session: _Session, rpc: str, message: Message, deadline: float

@@ -55,7 +55,6 @@ from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.ids import new_client_id
 from goverse.server import (
-    MAX_TIMEOUT_MS,
     BoundAddress,
     CallMetricsInterceptor,
     CallsInFlight,
@@ -448,10 +447,11 @@ def _timeout_of(request: web.Request) -> float | None:
     digits = text.strip()
     # A deadline is at most what a call frame carries (a uint32 of milliseconds, 49 days); the
     # length first, as int() refuses more than 4,300 digits.
-    too_long = len(digits) > len(str(MAX_TIMEOUT_MS))
-    if not ascii_digits(digits) or too_long or not 0 < int(digits) <= MAX_TIMEOUT_MS:
+    too_long = len(digits) > len(str(wire.MAX_TIMEOUT_MS))
+    longest = wire.MAX_TIMEOUT_MS
+    if not ascii_digits(digits) or too_long or not 0 < int(digits) <= longest:
         raise InvalidArgument(
-            f"{TIMEOUT_HEADER} must be a positive number of milliseconds, at most {MAX_TIMEOUT_MS}"
+            f"{TIMEOUT_HEADER} must be a positive number of milliseconds, at most {longest}"
         )
     return int(digits) / 1000
 

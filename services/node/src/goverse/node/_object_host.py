@@ -84,8 +84,8 @@ class ObjectHost:
     reply; of a periodic type by :meth:`save_changed`. When a save fails (the store is
     unreachable, a newer owner claimed the object), the object is dropped without running any
     more of its code, so the next call starts from what the store has; only a periodic save
-    the store could not be reached for keeps the object and its changes for the next one. At most `max_objects`
-    objects are held (`state`: none kept beyond an activation when not given);
+    the store could not be reached for keeps the object and its changes for the next one. At
+    most `max_objects` objects are held (`state`: none kept beyond an activation when not given);
     :meth:`deactivate_idle` retires those no call reached for a while.
     """
 
