@@ -80,16 +80,27 @@ class _SessionUnimplemented(Exception):
     """The gate has no Session (an older gate): register with Register instead."""
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Session:
     gate: str
     client_id: str
     credential: str
     stub: gate_pb2_grpc.GateServiceStub
-    calls: CallStream | None = field(default=None, compare=False)
+    calls: CallStream | None = None
     """The calls of a Session registration; None for a Register one (unary calls)."""
-    ended: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the Register stream of this registration has ended."""
+    resync: asyncio.Task[None] | None = None
+    """The ``on_reconnect`` callback called for this registration, while it runs."""
+
+    async def end(self) -> None:
+        """Marks the registration ended; a callback still running for it is cancelled (its
+        calls could not be answered any more) and awaited for ``CLOSE_TIMEOUT`` at most."""
+        self.ended.set()
+        if self.resync is not None and not self.resync.done():
+            self.resync.cancel()
+            # asyncio.wait: a cancellation of this task must not be taken for the callback's.
+            await asyncio.wait({self.resync}, timeout=CLOSE_TIMEOUT)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -108,10 +119,13 @@ class Client:
     registration has lasted ``stable_after``.
 
     Each registration has a new client id; ``on_reconnect(old_id, new_id)`` is called after
-    every re-registration. Pushed messages are buffered (``message_buffer``; when full the
-    client stops reading, so its gate sees a slow consumer, ends the stream with
-    RESOURCE_EXHAUSTED, and the client registers again: pushes in between are lost) and read
-    with :meth:`messages`.
+    every re-registration, to resynchronise. An async one runs in a task beside the
+    registration, which goes on reading meanwhile, so the calls it makes are answered; it is
+    cancelled if its registration ends first. One that raises is logged.
+
+    Pushed messages are buffered (``message_buffer``; when full the client stops reading, so
+    its gate sees a slow consumer, ends the stream with RESOURCE_EXHAUSTED, and the client
+    registers again: pushes in between are lost) and read with :meth:`messages`.
 
     With `tls` (:class:`ClientTLS`), the client speaks TLS to its gates and verifies their
     certificate; without it, plaintext (a gate with ``--tls-cert`` refuses that).
@@ -566,7 +580,7 @@ class Client:
             writer = asyncio.get_running_loop().create_task(
                 calls.run_writer(), name="goverse-client-writer"
             )
-            session = await self._registered(gate, stub, first.registered, calls)
+            session = self._registered(gate, stub, first.registered, calls)
             while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "replies":
@@ -599,7 +613,7 @@ class Client:
                 # asyncio.wait: a cancellation of this task must not be taken for the writer's.
                 await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
             if session is not None:
-                session.ended.set()
+                await session.end()
 
     def _log_draining(self, gate: str, reason: str) -> None:
         log.info("gate %s is draining: %s", gate, reason, extra={"gate": gate, "reason": reason})
@@ -618,7 +632,7 @@ class Client:
                 first = await stream.read()
             if first is grpc.aio.EOF or first.WhichOneof("event") != "registered":
                 raise CallError(grpc.StatusCode.INTERNAL, f"gate {gate} did not register us")
-            session = await self._registered(gate, stub, first.registered)
+            session = self._registered(gate, stub, first.registered)
             while (event := await stream.read()) is not grpc.aio.EOF:
                 kind = event.WhichOneof("event")
                 if kind == "messages":
@@ -634,9 +648,9 @@ class Client:
         finally:
             stream.cancel()
             if session is not None:
-                session.ended.set()
+                await session.end()
 
-    async def _registered(
+    def _registered(
         self,
         gate: str,
         stub: gate_pb2_grpc.GateServiceStub,
@@ -657,7 +671,33 @@ class Client:
             extra={"gate": gate, "client_id": registered.client_id},
         )
         if previous is not None and self._on_reconnect is not None:
-            outcome = self._on_reconnect(previous.client_id, registered.client_id)
-            if inspect.isawaitable(outcome):
-                await outcome
+            session.resync = self._reconnected(previous.client_id, registered.client_id)
         return session
+
+    def _reconnected(self, old_id: str, new_id: str) -> asyncio.Task[None] | None:
+        """Calls ``on_reconnect``; an async one runs in a task of its own, beside the stream's
+        reading: the calls it makes to resynchronise are answered on that stream. A callback
+        that fails is logged; the registration goes on."""
+        assert self._on_reconnect is not None
+        try:
+            outcome = self._on_reconnect(old_id, new_id)
+        except Exception:
+            log.exception("on_reconnect(%s, %s) failed", old_id, new_id)
+            return None
+        if not inspect.isawaitable(outcome):
+            return None
+        task = asyncio.get_running_loop().create_task(
+            _awaited(outcome), name="goverse-client-on-reconnect"
+        )
+        task.add_done_callback(_log_failure)
+        return task
+
+
+async def _awaited(outcome: Awaitable[object]) -> None:
+    await outcome
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Logs what an ``on_reconnect`` callback raised (its cancellation is not a failure)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("on_reconnect failed", exc_info=error)
