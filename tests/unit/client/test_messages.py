@@ -146,3 +146,11 @@ async def test_close_returns_within_its_bound_when_a_callback_holds_up_the_cance
                 await anext(messages)
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_buffer_without_room_is_refused(size: int) -> None:
+    """asyncio.Queue reads 0 and below as no bound: a client asking for that would buffer
+    every push of a gate it does not read, without limit."""
+    with pytest.raises(ValueError, match="message_buffer must be at least 1"):
+        MessageBuffer(size)

@@ -20,6 +20,8 @@ class MessageBuffer:
     """
 
     def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:  # asyncio.Queue takes 0 and below for no bound at all
+            raise ValueError(f"message_buffer must be at least 1, not {maxsize}")
         self._queue: asyncio.Queue[any_pb2.Any] = asyncio.Queue(maxsize=maxsize)
 
     async def put(self, items: Sequence[any_pb2.Any]) -> None:
