@@ -407,7 +407,8 @@ class ObjectHost:
     async def deactivate_shard(self, shard: int, timeout: float) -> builtins.list[str]:
         """Deactivates every object of `shard`, each in its turn, all at once (a handoff: the
         shard admits no call any more). Returns the objects not deactivated within `timeout`
-        seconds; their deactivation is cancelled and they stay active."""
+        seconds; their deactivation is cancelled: one still waiting for its turn stays active,
+        one whose ``on_deactivate`` or save was running is forgotten, unsaved."""
         keys = list(self._by_shard.get(shard, ()))
         if not keys:
             return []
