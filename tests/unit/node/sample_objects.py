@@ -123,5 +123,31 @@ class Misbehaving(Object):
         return Empty()
 
 
+class Escape(BaseException):
+    """What no object should raise, and some code does (a library's own BaseException)."""
+
+
+class Escaping(Object):
+    """Raises exceptions that are not Exceptions: from a method, and from ``on_activate`` /
+    ``on_deactivate`` when its id says so."""
+
+    async def on_activate(self) -> None:
+        if self.id.startswith("activate-"):
+            raise Escape("from on_activate")
+
+    async def on_deactivate(self) -> None:
+        if self.id.startswith("deactivate-"):
+            raise SystemExit("from on_deactivate")
+
+    async def Raise(self, request: Empty) -> Empty:
+        raise Escape("from a method")
+
+    async def Exit(self, request: Empty) -> Empty:
+        raise SystemExit(3)
+
+    async def Ping(self, request: Empty) -> Empty:
+        return Empty()
+
+
 class Derived(Forwarder):
     """Inherits Forward and SleepOn; adds nothing."""

@@ -206,3 +206,37 @@ async def test_the_access_rules_refuse_a_call_by_the_callers_kind(tmp_path: Path
         await host.create("Identity", "j")
     with pytest.raises(PermissionDenied):
         await host.delete("Identity", "i")
+
+
+@pytest.mark.parametrize("method", ["Raise", "Exit"])
+async def test_a_method_raising_what_is_not_an_exception_answers_internal(
+    app: NodeApp, method: str
+) -> None:
+    """A method raising a BaseException that is not an Exception (a library's own, or
+    SystemExit) answers INTERNAL as any other failure does, rather than leaving its call
+    unanswered or ending the node's event loop; the object goes on serving."""
+    with pytest.raises(Internal, match=f"Escaping.{method} failed"):
+        await app.host.invoke("Escaping", "e", method, pack(Empty()), Caller())
+    await app.host.invoke("Escaping", "e", "Ping", pack(Empty()), Caller())
+    assert app.host.list() == [("Escaping", "e")]
+
+
+async def test_an_activation_raising_what_is_not_an_exception_answers_internal(
+    app: NodeApp,
+) -> None:
+    """on_activate raising a BaseException that is not an Exception answers INTERNAL and
+    leaves nothing behind, as a failed activation does."""
+    with pytest.raises(Internal, match="failed to activate"):
+        await app.host.invoke("Escaping", "activate-1", "Ping", pack(Empty()), Caller())
+    assert app.host.held_count == 0
+
+
+async def test_a_deactivation_raising_what_is_not_an_exception_is_logged(app: NodeApp) -> None:
+    """on_deactivate raising SystemExit is logged as any failure of it is: a delete answers,
+    and the retirement of idle objects (the upkeep's) goes on to the others."""
+    await app.host.create("Escaping", "deactivate-1")
+    assert await app.host.delete("Escaping", "deactivate-1") is True
+    for object_id in ("deactivate-2", "deactivate-3", "other"):
+        await app.host.create("Escaping", object_id)
+    assert await app.host.deactivate_idle(0) == 3
+    assert app.host.held_count == 0

@@ -47,6 +47,12 @@ from goverse.server import (
 
 log = structlog.get_logger(__name__)
 
+STOPPED = (asyncio.CancelledError, GeneratorExit)
+"""What ends object code from outside (its call cancelled, its coroutine closed): passed on.
+Anything else it raises, a BaseException too (SystemExit, a library's own), is the object's
+failure: the node's signals never raise in its tasks, and left to the event loop a SystemExit
+would end the node, another BaseException the call's task without an answer."""
+
 RETIRE_AT_ONCE = 512
 """Idle objects retired concurrently: enough that their saves fill the store's batches
 (``MAX_BATCH``), few enough that retiring adds little memory of its own."""
@@ -479,7 +485,7 @@ class ObjectHost:
         except BaseException as error:
             entry.gone = True
             self._forget(key, entry)
-            if isinstance(error, GoverseError) or not isinstance(error, Exception):
+            if isinstance(error, (GoverseError, *STOPPED)):
                 raise
             log.exception("activation failed", object_type=key[0], object_id=key[1])
             raise Internal(f"{key[0]}/{key[1]} failed to activate") from error
@@ -491,7 +497,9 @@ class ObjectHost:
             try:
                 with serving(key):
                     await entry.instance.on_deactivate()
-            except Exception:
+            except STOPPED:
+                raise
+            except BaseException:
                 log.exception("on_deactivate raised")
             else:
                 log.debug("object deactivated")
@@ -509,9 +517,9 @@ class ObjectHost:
             try:
                 with serving(key):
                     result = await info.function(entry.instance, request)
-            except GoverseError:
+            except (GoverseError, *STOPPED):
                 raise
-            except Exception as error:
+            except BaseException as error:
                 log.exception("object method raised", method=info.name)
                 raise Internal(f"{key[0]}.{info.name} failed ({type(error).__name__})") from error
             finally:
