@@ -176,6 +176,22 @@ async def test_pushes_to_unregistered_gates_and_malformed_ids_are_dropped(node: 
     }
 
 
+async def test_pushes_to_many_unregistered_gates_keep_nothing_per_gate(node: Node) -> None:
+    """An object may push to any well-formed client id (ids its clients sent it): pushes to
+    ids of ten thousand gates that never registered are counted and logged by reason, with
+    the gate id empty as for malformed ids, not kept and logged once per gate id, which
+    would grow the node's memory and its log without bound."""
+    ids = [f"fake{n}/a" for n in range(10_000)]
+    with structlog.testing.capture_logs() as logs:
+        assert node.app.runtime.push(ids, StringValue(value="x")) == 0
+        for client_id in ids[:100]:
+            assert node.app.runtime.push(client_id, StringValue(value="x")) == 0
+    assert node.app.gates.dropped_by_gate() == {("gate_not_registered", ""): 10_100}
+    dropped = [line for line in logs if line["event"] == "push dropped"]
+    assert len(dropped) == 1
+    assert dropped[0]["unregistered_gate_id"] == "fake0"
+
+
 async def test_a_message_larger_than_a_stream_message_is_dropped(
     start_node: Callable[..., Any],
 ) -> None:

@@ -110,7 +110,8 @@ class GateStreams:
 
     def dropped_by_gate(self) -> dict[tuple[str, str], int]:
         """Pushes dropped since start, by (reason, gate id); the gate id is empty for drops
-        that name no gate (malformed client ids, invalid messages)."""
+        that name no registered gate (unregistered gates, malformed client ids, invalid
+        messages)."""
         return dict(self._dropped_by_gate)
 
     def queue_depths(self) -> dict[str, int]:
@@ -182,7 +183,9 @@ class GateStreams:
     def _offer(self, gate_id: str, envelope: Envelope, count: int) -> bool:
         mailbox = self._mailboxes.get(gate_id)
         if mailbox is None or mailbox.closed:
-            self._drop(DropReason.GATE_NOT_REGISTERED, count, gate_id=gate_id)
+            # Counted and logged under no gate id: an object may push to any well-formed id,
+            # and a count (and a log line) per gate id never registered would have no bound.
+            self._drop(DropReason.GATE_NOT_REGISTERED, count, unregistered_gate_id=gate_id)
             return False
         size = self._batching.size_of(envelope)
         if not self._batching.fits(size):
