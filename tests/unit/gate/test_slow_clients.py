@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse.client import Client
 from goverse.gate import GateApp, GateConfig, LinkState
@@ -186,6 +187,32 @@ async def test_a_call_in_flight_completes_while_the_gate_stops(
     assert 1.0 < elapsed < 5.0, f"stop took {elapsed:.2f}s"
     events = await caller.rest_of_stream()
     assert events[-1].WhichOneof("event") == "draining"
+
+
+async def test_a_session_call_in_flight_gets_the_budget_of_a_unary_call_while_the_gate_stops(
+    fake_node: FakeNode, start_gate: Callable[..., Any]
+) -> None:
+    """A call on the SDK's Session stream is a call in flight as a unary one is: stop() waits
+    for it (and for its reply to be sent) for the budget less the reserve, not only for the
+    streams' half of it (which cancelled the session at 2.5 s of a 5 s budget)."""
+    app, _ = await start_gate(config(fake_node.address, shutdown_timeout=timedelta(seconds=5)))
+    sdk = Client([app.address], reconnect_initial=timedelta(milliseconds=20))
+    await sdk.connect()
+    try:
+        fake_node.call_delay = 3.0  # past the streams' half of the budget, within the rest
+        request = StringValue(value="slow")
+        call = asyncio.ensure_future(
+            sdk.call("Counter", "c1", "Get", request, StringValue, timeout=2 * WAIT)
+        )
+        await eventually(lambda: len(fake_node.calls) == 1, WAIT, "the call to reach the node")
+        started = time.monotonic()
+        await app.stop()
+        elapsed = time.monotonic() - started
+        reply = await bounded(call, WAIT)
+        assert reply.value == "slow"
+        assert 2.5 < elapsed < 5.0, f"stop took {elapsed:.2f}s"
+    finally:
+        await sdk.close()
 
 
 async def test_while_draining_open_streams_may_call_and_new_registrations_are_refused(

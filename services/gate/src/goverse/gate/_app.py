@@ -190,6 +190,7 @@ class GateApp(ServiceApp[GateConfig]):
             authenticator=self.authenticator,
             on_registration_refused=self.metrics.registration_refused,
             catalog=self.catalog,
+            calls=self.calls,
         )
         gate_pb2_grpc.add_GateServiceServicer_to_server(servicer, server)
 

@@ -33,7 +33,7 @@ from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
 from goverse.objects import Principal
-from goverse.server import CallMetricsInterceptor, Supervisor, log_context
+from goverse.server import CallMetricsInterceptor, CallsInFlight, Supervisor, log_context
 from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc, node_pb2
 
 _ObjectRequest = (
@@ -80,8 +80,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
         authenticator: Authenticator | None = None,
         on_registration_refused: Callable[[str], None] | None = None,
         catalog: Catalog | None = None,
+        calls: CallsInFlight | None = None,
     ) -> None:
         self._gate_id = gate_id
+        self._calls = calls
         self._authenticator = authenticator if authenticator is not None else NoAuthenticator()
         self._on_registration_refused = on_registration_refused or (lambda reason: None)
         self._registry = registry
@@ -110,6 +112,7 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                 max_calls=self._max_session_calls,
                 max_message_bytes=self._max_message_bytes,
                 metrics=self._metrics,
+                calls=self._calls,
             ).stream(self._gate_id, request_iterator)
 
         async for event in self._client_stream(context, session):

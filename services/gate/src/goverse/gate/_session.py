@@ -20,6 +20,7 @@ from goverse.server import (
     READ_PACE,
     BatchRule,
     CallMetricsInterceptor,
+    CallsInFlight,
     log_context,
     served_call_span,
 )
@@ -60,11 +61,12 @@ class ClientSession:
 
     The stream ends when the proxy is closed: after a draining close (the gate stops), once
     pushes are flushed and every call in flight has answered and its reply was sent, with
-    ``Draining``; after a slow-consumer close with :class:`StreamEnd`; when the client ends
-    its request stream (half-closes), once every call in flight has answered and its reply
-    was sent (as the node's ``Calls`` stream does). Whichever way it ends (cancellation
-    included), the reader and every call still in flight are cancelled and awaited for up
-    to :data:`CANCEL_TIMEOUT`.
+    ``Draining`` (while it waits for them, its task counts in `calls`, the gate's calls in
+    flight, which the stop waits for as for unary calls); after a slow-consumer close with
+    :class:`StreamEnd`; when the client ends its request stream (half-closes), once every
+    call in flight has answered and its reply was sent (as the node's ``Calls`` stream
+    does). Whichever way it ends (cancellation included), the reader and every call still
+    in flight are cancelled and awaited for up to :data:`CANCEL_TIMEOUT`.
     """
 
     def __init__(
@@ -75,9 +77,11 @@ class ClientSession:
         max_calls: int,
         max_message_bytes: int,
         metrics: CallMetricsInterceptor | None = None,
+        calls: CallsInFlight | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._proxy = proxy
+        self._in_flight = calls
         self._router = router
         self._max_calls = max_calls
         self._metrics = metrics
@@ -124,7 +128,10 @@ class ClientSession:
                     if proxy.draining and self._calls:
                         # Calls in flight finish as unary calls do on a drain, their replies
                         # sent as they come; the stop's budget bounds this (it cancels this
-                        # handler when spent).
+                        # handler when spent). Counted with the gate's calls in flight from
+                        # now until the stream has ended, so that the stop waits for them
+                        # and their replies as for unary calls, not only its streams' share.
+                        self._track_stream()
                         self._changed.clear()
                         await self._changed.wait()
                         continue
@@ -135,6 +142,12 @@ class ClientSession:
                 await proxy.wait()
         finally:
             await self._cancel_all()
+
+    def _track_stream(self) -> None:
+        task = asyncio.current_task()
+        if self._in_flight is not None and task is not None:
+            self._in_flight.track(task)
+            self._in_flight = None  # once: it counts the task until the task ends
 
     # -- the reader ------------------------------------------------------------------------
 
