@@ -4,12 +4,17 @@ abandoned once its proxy is closed as a slow consumer."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any, cast
 
 from aiohttp import web
 from google.protobuf import any_pb2
+from google.protobuf.struct_pb2 import Struct
 
+from goverse import wire
+from goverse._object_types import object_type_of
+from goverse.descriptions import Descriptions, describe_types
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._http_events import (
@@ -20,6 +25,7 @@ from goverse.gate._http_events import (
 )
 from tests.helpers.fake_node import text, unpack_text
 from tests.helpers.tasks import bounded, cancel_and_wait
+from tests.unit.test_descriptions import Announcer
 
 TIMEOUT = 5.0
 
@@ -154,3 +160,45 @@ async def test_a_message_pushed_to_many_sessions_is_converted_once() -> None:
     large = text("x" * PUSH_EVENT_KEPT_BYTES)
     assert await events.of(large) == await events.of(large)
     assert catalog.converted == 6
+
+
+class DescribedCatalog:
+    """Converts pushes as the gate's catalog does, by the descriptions of `Announcer`."""
+
+    def __init__(self) -> None:
+        self.descriptions = Descriptions(
+            describe_types({"Announcer": object_type_of(Announcer)}, 1)
+        )
+
+    async def push_dict(self, packed: any_pb2.Any) -> dict[str, Any]:
+        return self.descriptions.push_dict(packed)
+
+
+async def test_a_push_that_has_no_json_form_comes_as_base64_and_the_stream_goes_on() -> None:
+    """A described message that protobuf JSON cannot write (a Struct holding NaN) comes with
+    its bytes, as an undescribed one does; it ended the stream (every browser session a
+    broadcast of it reached) with the conversion's error."""
+    proxy, response = make_proxy(), FakeResponse()
+    events = PushEvents(cast(Catalog, DescribedCatalog()))
+    writer = EventStream(
+        proxy, events, cast(web.StreamResponse, response), cast(asyncio.Transport, FakeTransport())
+    )
+    task = asyncio.create_task(writer.run("g1"))
+    try:
+        await bounded(response.wait_for(b"event: registered"), TIMEOUT)
+        unwritable = Struct()
+        unwritable.update({"mean": float("nan")})
+        proxy.push(wire.pack(unwritable))
+        fine = Struct()
+        fine.update({"mean": 1.5})
+        proxy.push(wire.pack(fine))
+        await bounded(response.wait_for(b'"message":{"mean":1.5}'), TIMEOUT)
+        first = next(chunk for chunk in response.written if b"event: message" in chunk)
+        data = json.loads(first.decode().splitlines()[1].removeprefix("data: "))
+        assert data == {
+            "type": "google.protobuf.Struct",
+            "base64": base64.b64encode(unwritable.SerializeToString()).decode(),
+        }
+        assert not task.done()
+    finally:
+        await cancel_and_wait(task)

@@ -266,11 +266,13 @@ class Descriptions:
 
     def push_dict(self, packed: any_pb2.Any) -> dict[str, Any]:
         """A pushed message as ``{"type": <full name>, "message": <protobuf JSON>}``; one of a
-        type the description does not define (or that does not parse) as ``{"type": …,
-        "base64": <its bytes>}``: what ``goverse watch`` prints and an HTTP gate streams."""
+        type the description does not define (or that does not parse, or that protobuf JSON
+        cannot write: a ``Value`` holding NaN, an ``Any`` of an undescribed type) as
+        ``{"type": …, "base64": <its bytes>}``: what ``goverse watch`` prints and an HTTP gate
+        streams. Never raises for what was pushed: an HTTP gate's event stream would end."""
         try:
             return {"type": packed.TypeName(), "message": self.to_dict(self.unpack(packed))}
-        except (NotFound, InvalidArgument):
+        except (NotFound, InvalidArgument, json_format.Error, ValueError, TypeError):
             encoded = base64.b64encode(packed.value).decode("ascii")
             return {"type": packed.TypeName(), "base64": encoded}
 
