@@ -21,6 +21,7 @@ from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import describe_pb2
 from tests.helpers.fake_node import FakeNode
 from tests.helpers.fake_view import FakeView
+from tests.helpers.tasks import bounded
 from tests.helpers.waiting import eventually
 
 
@@ -204,3 +205,22 @@ async def test_describe_asks_again_for_a_node_that_did_not_answer(
     view.set_nodes(unreachable, fake_node.address)
     clock.now += MISS_REFRESH_INTERVAL
     assert [t.name for t in (await cat.describe()).types] == ["Counter"]
+
+
+async def test_a_miss_whose_caller_gave_up_still_counts_against_the_miss_interval(
+    fake_node: FakeNode, pool: ChannelPool, unreachable: str
+) -> None:
+    """A lookup that missed is cancelled while its refresh waits for a node that does not
+    answer (an HTTP client gone): the refresh it started still counts, so another miss within
+    the interval asks no node again. Before, every miss whose caller gave up before the
+    slowest node answered let the next miss refresh again, whatever the interval."""
+    fake_node.description = described("goverse.examples.counter", 1)
+    cat = catalog(FakeView(fake_node.address, unreachable), pool)  # the clock stands still
+    lookup = asyncio.get_running_loop().create_task(cat.method("Nope", "Get"))
+    await eventually(lambda: fake_node.describes == 1, 5.0, "the miss's refresh")
+    lookup.cancel()  # the unreachable node is still being waited for
+    with pytest.raises(asyncio.CancelledError):
+        await bounded(lookup, 5.0)
+    with pytest.raises(NotFound):
+        await bounded(cat.method("Nope", "Get"), 5.0)
+    assert fake_node.describes == 1

@@ -171,8 +171,12 @@ class Catalog:
         generation = self._generation
         async with self._lock:
             if self._generation == generation:
-                await self._fetch()
-                self._refreshed_at = self._clock()
+                try:
+                    await self._fetch()
+                finally:
+                    # Also when its caller gave up (an HTTP client gone): a refresh begun
+                    # counts against the miss interval, or misses would refresh at will.
+                    self._refreshed_at = self._clock()
                 self._generation += 1
         return self._descriptions
 
