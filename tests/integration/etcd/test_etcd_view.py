@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
+import grpc
 import pytest
 import structlog
+from aetcd import rpc
 
 from goverse.placement import Placement
 from goverse.server._cluster_keys import (
@@ -372,6 +374,28 @@ async def test_a_foreign_key_written_while_running_is_ignored_and_counted(
     await Node.join(client, "n1:7001")
     await until(view, lambda: len(view.nodes()) == 1)
     assert view.stats.foreign_keys == 1
+
+
+async def put_raw(etcd: EtcdServer, key: bytes, value: bytes) -> None:
+    """Writes a key as any program may, bytes that need not be UTF-8 (our client writes
+    text keys only)."""
+    async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
+        await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value), timeout=5)
+
+
+async def test_a_key_that_is_not_utf8_is_foreign_data_not_the_end_of_the_view(
+    view: EtcdView, client: EtcdClient, etcd: EtcdServer
+) -> None:
+    """Keys are bytes to etcd: another program's key that is not UTF-8, written while the
+    view runs, is ignored and counted like any foreign key (it used to raise
+    UnicodeDecodeError out of the watch loop, which left the view stale and ready for good);
+    at start it is ForeignData, the one error line and exit code 2 of foreign data."""
+    await put_raw(etcd, b"/goverse/\xff", b"someone")
+    await Node.join(client, "n1:7001")
+    await until(view, lambda: len(view.nodes()) == 1)
+    assert view.stats.foreign_keys == 1
+    with pytest.raises(ForeignData):
+        await make_view(client).start()
 
 
 async def test_one_info_line_per_membership_change_and_none_per_shard(

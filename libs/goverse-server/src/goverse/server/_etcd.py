@@ -17,9 +17,9 @@ one place, :meth:`EtcdClient._translate`; a call raises only these (and ``Cancel
      ├── EtcdLeaseNotFound    the lease expired or was revoked
      └── EtcdClosed           the client was closed
 
-Keys are text (UTF-8), values bytes. A revision is etcd's store version: it grows by one with
-every write transaction, and every key remembers the revision that created it
-(``create_revision``) and last changed it (``mod_revision``).
+Keys are text (UTF-8; a byte that is not is read as U+FFFD), values bytes. A revision is
+etcd's store version: it grows by one with every write transaction, and every key remembers
+the revision that created it (``create_revision``) and last changed it (``mod_revision``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,9 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 def _key_value(kv: Any) -> KeyValue:
     return KeyValue(
-        key=kv.key.decode(),
+        # etcd keys are bytes: another program's need not be UTF-8. Replaced, such a key is
+        # still a key (never one of ours, which are UTF-8) for readers to judge as foreign.
+        key=kv.key.decode(errors="replace"),
         value=bytes(kv.value),
         create_revision=int(kv.create_revision),
         mod_revision=int(kv.mod_revision),
