@@ -127,6 +127,9 @@ def test_keys_goverse_does_not_write_are_foreign(key: str) -> None:
         (KEYS.gate("g"), b"\xff"),
         (KEYS.gate("g"), b"[" * 100_000 + b"]" * 100_000),
         (KEYS.node("a:1"), b'{"address":"\\ud800:7000","incarnation":"1"}'),
+        # Past Python's limit on the digits of an int: json raises a plain ValueError.
+        (KEYS.node("a:1"), b'{"address":"a:1","incarnation":"1","zone":' + b"1" * 5000 + b"}"),
+        (KEYS.shard(3), b'{"node":"a:1","incarnation":' + b"9" * 5000 + b"}"),
     ],
 )
 def test_values_goverse_does_not_write_are_foreign(key: str, value: bytes) -> None:

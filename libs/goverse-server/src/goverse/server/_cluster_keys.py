@@ -111,7 +111,9 @@ def _object(key: str, value: bytes) -> dict[str, Any]:
     """The JSON object a value holds, or ForeignData."""
     try:
         decoded: Any = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # or nested past the stack
+    # ValueError: not UTF-8, not JSON (JSONDecodeError), or an int past Python's limit on
+    # digits (a plain ValueError); RecursionError: nested past the stack.
+    except (ValueError, RecursionError):
         raise ForeignData(key, "the value is not JSON") from None
     if not isinstance(decoded, dict):
         raise ForeignData(key, "the value is not a JSON object")
