@@ -365,3 +365,53 @@ async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(
         )
         took = time.monotonic() - back
     assert took < ttl.total_seconds() - 1, f"{took:.2f}s"
+
+
+class HeldGrants(EtcdClient):
+    """An EtcdClient whose lease grants wait for :attr:`release` (a join caught between its
+    grant and its registration)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__([endpoint], timedelta(seconds=2))
+        self.granting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def grant(self, ttl: int) -> int:
+        self.granting.set()
+        await self.release.wait()
+        return await super().grant(ttl)
+
+
+async def test_a_node_told_to_leave_while_it_joins_does_not_register_after_its_leave(
+    etcd: EtcdServer,
+) -> None:
+    """The stop comes while the node is joining (at start, or rejoining after a fence): its
+    leave finds no lease and has nothing to hand off. The join then completes: it must not
+    register the node on a lease nobody revokes, nor say it is ready: the key would name a
+    live node, the target of its shards, for a whole TTL after the process stopped, and no
+    node would claim them meanwhile. It revokes the lease and ends instead."""
+    readiness: list[bool] = []
+    async with HeldGrants(etcd.endpoint) as client:
+        view = EtcdView(client, PREFIX, lease_ttl=CONFIG.lease_ttl)
+        await view.start()
+        table = ShardTable(NODE)
+        ownership = ShardOwnership(
+            client=client,
+            view=view,
+            node_id=NODE,
+            address=NODE,
+            table=table,
+            host=ObjectHost({}, table, NODE),
+            config=CONFIG,
+            on_ready=readiness.append,
+        )
+        running = asyncio.create_task(ownership.run(), name="ownership")
+        try:
+            await bounded(client.granting.wait(), WAIT)
+            assert not await bounded(ownership.leave(ShutdownBudget(timedelta(seconds=WAIT))), WAIT)
+            client.release.set()
+            await bounded(asyncio.shield(running), WAIT)
+        finally:
+            await cancel_and_wait(running)
+        assert await client.get(KEYS.node(NODE)) is None
+    assert True not in readiness

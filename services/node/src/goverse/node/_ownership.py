@@ -192,6 +192,12 @@ class ShardOwnership:
         except BaseException:
             await lease.revoke()
             raise
+        if self._leaving:
+            # leave() came while this joined: it found no lease, so nothing will revoke
+            # this one, and the key would name a live node (its shards' target) for a TTL
+            # after the process stopped.
+            await lease.revoke()
+            return
         self._lease = lease
         self.fenced = False
         self._on_ready(True)
