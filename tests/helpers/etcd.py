@@ -93,13 +93,10 @@ class EtcdServer:
         client_url = f"http://127.0.0.1:{port}"
         args = [
             str(etcd_binary()),
-            "--name=default",
+            *self._member_args(),
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={client_url}",
             f"--advertise-client-urls={client_url}",
-            "--listen-peer-urls=unix://peer:1",
-            "--initial-advertise-peer-urls=unix://peer:1",
-            "--initial-cluster=default=unix://peer:1",
             "--enable-grpc-gateway=false",
             # A single member elects itself after one election timeout: 100 ms instead of a
             # second makes a start or restart take about 50 ms.
@@ -112,6 +109,15 @@ class EtcdServer:
                 args, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory
             )
         return offset
+
+    def _member_args(self) -> list[str]:
+        """Its name and peer URLs: the only member of its cluster."""
+        return [
+            "--name=default",
+            "--listen-peer-urls=unix://peer:1",
+            "--initial-advertise-peer-urls=unix://peer:1",
+            "--initial-cluster=default=unix://peer:1",
+        ]
 
     def _wait_serving(self, offset: int, timeout: float) -> None:
         """Waits (bounded, polling its log) until this run of etcd serves clients."""
@@ -193,6 +199,59 @@ class EtcdServer:
     def log_lines(self) -> list[dict[str, object]]:
         """etcd's JSON log lines so far."""
         return [json.loads(line) for line in self.output().splitlines() if line.startswith("{")]
+
+
+class EtcdMember(EtcdServer):
+    """One member of a cluster of several (:func:`etcd_members`). The members share one
+    directory, etcd's working directory, where their peer URLs' unix sockets are; each one's
+    data, log and socket are named after it."""
+
+    def __init__(self, directory: Path, name: str, cluster: str) -> None:
+        self.directory = directory
+        self.data_dir = directory / name
+        self.log_path = directory / f"{name}.log"
+        self.process = None
+        self.port = None
+        self.name = name
+        self._cluster = cluster
+
+    def _member_args(self) -> list[str]:
+        return [
+            f"--name={self.name}",
+            f"--listen-peer-urls=unix://{self.name}:1",
+            f"--initial-advertise-peer-urls=unix://{self.name}:1",
+            f"--initial-cluster={self._cluster}",
+            f"--initial-cluster-token={self.directory.name}",
+        ]
+
+    def close(self) -> None:
+        """Kills the member (if it runs); :func:`etcd_members` removes the directory."""
+        if self.process is not None and self.alive():
+            self.process.send_signal(signal.SIGCONT)
+        self.kill()
+
+
+@contextlib.asynccontextmanager
+async def etcd_members(count: int = 3) -> AsyncIterator[list[EtcdMember]]:
+    """A started etcd cluster of `count` members for the block; killed and removed
+    afterwards. The members start together: none serves before a quorum has."""
+    directory = Path(tempfile.mkdtemp(prefix="gv-etcd-", dir="/tmp"))
+    names = [f"m{index}" for index in range(count)]
+    cluster = ",".join(f"{name}=unix://{name}:1" for name in names)
+    members = [EtcdMember(directory, name, cluster) for name in names]
+    try:
+        offsets = [member._launch() for member in members]
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(member._wait_serving, offset, START_TIMEOUT)
+                for member, offset in zip(members, offsets, strict=True)
+            )
+        )
+        yield members
+    finally:
+        for member in members:
+            member.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -23,8 +23,9 @@ from goverse.server._etcd import EtcdClient, EtcdUnavailable, KeyValue
 from goverse.server._etcd_view import EtcdView
 from goverse.server._membership import ClusterView, NodeInfo
 from goverse.transport import Backoff
-from tests.helpers.etcd import EtcdServer
+from tests.helpers.etcd import EtcdServer, etcd_members
 from tests.helpers.tasks import cancel_and_wait
+from tests.integration.etcd.conftest import TIMEOUT
 
 PREFIX = "/goverse"
 KEYS = ClusterKeys(PREFIX)
@@ -324,6 +325,26 @@ async def test_a_frozen_etcd_makes_the_view_not_ready_about_a_ttl_after_it_froze
     timeout = client.timeout
     assert TTL.total_seconds() - timeout <= elapsed <= TTL.total_seconds() + timeout + 0.5
     await until(view, lambda: view.ready)
+
+
+async def test_a_view_on_a_member_cut_off_from_its_cluster_is_not_ready_a_ttl_later() -> None:
+    """Three etcd members; the view's client knows only the first. The two others freeze:
+    the first has no leader any more and sees none of the changes the others would make, yet
+    it keeps the watch open and answers its progress requests. The watch must require a
+    leader (etcd then cancels it), so that the view, which cannot read again there, stops
+    being ready about a TTL later instead of routing on that member's frozen map for good."""
+    async with etcd_members() as members, EtcdClient([members[0].endpoint], TIMEOUT) as client:
+        view = make_view(client)
+        await view.start()
+        run = asyncio.get_running_loop().create_task(view.run(), name="view")
+        try:
+            assert view.ready
+            for member in members[1:]:
+                member.pause()
+            await until(view, lambda: not view.ready, timeout=20.0)
+            assert view.stats.watch_reconnects >= 1
+        finally:
+            await cancel_and_wait(run)
 
 
 async def test_a_view_started_without_etcd_loads_once_etcd_is_there(

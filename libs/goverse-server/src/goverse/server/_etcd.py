@@ -58,6 +58,11 @@ _RETRY_ELSEWHERE = frozenset(
 _READY = {"wait_for_ready": True}
 """Every call waits for its channel to connect (within its timeout) instead of failing while
 the channel sits in reconnect backoff after etcd came back."""
+_REQUIRE_LEADER = (("hasleader", "true"),)
+"""Metadata of a watch: etcd cancels it when its member has lost its leader (etcd's own
+client's ``WithRequireLeader``). A member cut off from the others' quorum keeps a watch open
+and answers its progress requests, so the watch would otherwise look alive while it misses
+every change the rest of the cluster makes; cancelled, the view reads again elsewhere."""
 
 
 class EtcdError(Exception):
@@ -656,7 +661,7 @@ class Watch:
         )
 
         async def attempt(stubs: _Stubs, timeout: float) -> tuple[Any, Any]:
-            call = stubs.watch.Watch(**_READY)
+            call = stubs.watch.Watch(metadata=_REQUIRE_LEADER, **_READY)
             try:
                 async with asyncio.timeout(timeout):
                     await call.write(create)
