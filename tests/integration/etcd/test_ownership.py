@@ -347,7 +347,10 @@ async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(
     gives the fenced incarnation's lease a whole TTL again. The node revokes that lease before
     it joins, so its old shard keys go at once and it owns every shard again well before
     that TTL has passed (it would wait for the whole TTL otherwise)."""
-    ttl = timedelta(seconds=6)
+    # Without the revoke the node could own its shards only a whole TTL after etcd is back,
+    # when the old lease expires; with it, after its next join attempt (3.4-3.9 s with the
+    # machine's two cores busy elsewhere). 8 s keeps the two apart on a loaded machine.
+    ttl = timedelta(seconds=8)
     config = dataclasses.replace(
         CONFIG, lease_ttl=ttl, fence_margin=timedelta(seconds=1), etcd_timeout=timedelta(seconds=2)
     )
@@ -364,7 +367,7 @@ async def test_a_fenced_node_frees_its_old_shard_keys_before_it_joins_again(
             "every shard owned by the new incarnation",
         )
         took = time.monotonic() - back
-    assert took < ttl.total_seconds() - 1, f"{took:.2f}s"
+    assert took < ttl.total_seconds(), f"{took:.2f}s"
 
 
 class HeldGrants(EtcdClient):
