@@ -129,6 +129,22 @@ async def test_port_0_binds_a_free_port_reported_in_the_log_and_the_ready_file(
     assert not ready.exists()
 
 
+async def test_a_vital_task_that_crashes_fails_the_service(app: ServiceApp[Any]) -> None:
+    """The service's own loops (its view, store, upkeep …) are vital: when one raises, the
+    service fails with that error (the process stops and exits with it), instead of serving
+    on, healthy by every probe, without that loop."""
+    await app.start()
+
+    async def broken_loop() -> None:
+        raise RuntimeError("the loop broke")
+
+    app.supervisor.spawn("a-loop", broken_loop(), vital=True)
+    async with asyncio.timeout(5):
+        error = await app.failed()
+    assert isinstance(error, RuntimeError)
+    assert str(error) == "the loop broke"
+
+
 async def test_both_services_log_stopping_and_stopped_with_the_same_fields(
     app: ServiceApp[Any],
 ) -> None:

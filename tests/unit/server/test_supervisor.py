@@ -90,3 +90,26 @@ async def test_adopted_task_is_cancelled_by_shutdown() -> None:
     await inside.wait()
     assert await sup.shutdown(5) == []
     assert task.cancelled()
+
+
+async def test_a_vital_task_that_raises_is_reported_and_others_are_only_logged() -> None:
+    """A service cannot serve honestly without its vital loops (its view, its store): the
+    crash of one is reported, so the service stops itself. Any other task's crash, a vital
+    task's cancellation or its normal end are not."""
+    crashes: list[tuple[str, str]] = []
+    sup = Supervisor("test", on_vital_crash=lambda name, error: crashes.append((name, str(error))))
+
+    async def crash(message: str) -> None:
+        raise RuntimeError(message)
+
+    tasks = [
+        sup.spawn("view", crash("the view broke"), vital=True),
+        sup.spawn("stream", crash("a stream broke")),
+        sup.spawn("store", asyncio.sleep(0), vital=True),
+    ]
+    cancelled = sup.spawn("upkeep", asyncio.sleep(3600), vital=True)
+    cancelled.cancel()
+    await bounded(asyncio.wait([*tasks, cancelled]), 5.0)
+    await asyncio.sleep(0)  # done callbacks run in the turn after a task ends
+    assert crashes == [("view", "the view broke")]
+    assert sup.task_names() == []

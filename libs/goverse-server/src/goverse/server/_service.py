@@ -182,7 +182,7 @@ class ServiceApp(abc.ABC, Generic[C]):
             if telemetry is not None
             else metrics.get_meter(f"goverse.{self.service}")
         )
-        self.supervisor = Supervisor(self.service)
+        self.supervisor = Supervisor(self.service, on_vital_crash=self._vital_crashed)
         self.tls = self.make_tls()
         """This process's TLS (None: plaintext); its files are read here (a missing one is a
         :class:`~goverse.server.StartupError`) and watched once serving."""
@@ -293,6 +293,12 @@ class ServiceApp(abc.ABC, Generic[C]):
         if not failure.done():
             failure.set_result(error)
 
+    def _vital_crashed(self, name: str, error: BaseException) -> None:
+        """A vital task raised: the service stops and the process exits with that error, so
+        that what runs it (Kubernetes) starts it afresh instead of it serving on without."""
+        log.error("a vital task crashed: the service stops", task=name)
+        self.fail(error)
+
     async def failed(self) -> BaseException:
         """The error passed to :meth:`fail`, once there is one."""
         return await asyncio.shield(self._failure_future())
@@ -361,7 +367,7 @@ class ServiceApp(abc.ABC, Generic[C]):
         if self.telemetry is not None:
             metrics_port = await self.telemetry.start_metrics_server() or None
         if self.tls is not None:
-            self.supervisor.spawn("tls-reload", self._watch_tls(self.tls))
+            self.supervisor.spawn("tls-reload", self._watch_tls(self.tls), vital=True)
         await self.on_serving()
         self._state = _State.RUNNING
         ready = Ready(

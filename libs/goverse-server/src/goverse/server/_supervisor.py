@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -23,11 +23,20 @@ class Supervisor:
     background loops are started with :meth:`spawn`, and gRPC stream handlers register the task
     that runs them with :meth:`adopt`. Each task leaves the registry by itself when it ends.
     :meth:`shutdown` cancels whatever is left and awaits it with a timeout.
+
+    A *vital* task is one the service cannot serve honestly without (its view of the cluster,
+    its store, its upkeep): when one raises, `on_vital_crash` is called with its name and the
+    error (a service stops itself then: see ``ServiceApp.fail``), rather than the service
+    serving on, healthy by every probe, with that loop gone for good.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, on_vital_crash: Callable[[str, BaseException], None] | None = None
+    ) -> None:
         self._name = name
         self._tasks: dict[asyncio.Task[Any], str] = {}
+        self._vital: set[asyncio.Task[Any]] = set()
+        self._on_vital_crash = on_vital_crash
         self._closing = False
 
     @property
@@ -41,8 +50,10 @@ class Supervisor:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Starts `coro` as a named task owned by this supervisor.
+    def spawn(
+        self, name: str, coro: Coroutine[Any, Any, Any], *, vital: bool = False
+    ) -> asyncio.Task[Any]:
+        """Starts `coro` as a named task owned by this supervisor; `vital`: see the class.
 
         Raises :class:`SupervisorClosed` (and closes `coro`) once shutdown has begun.
         """
@@ -51,6 +62,8 @@ class Supervisor:
             raise SupervisorClosed(f"{self._name} is shutting down")
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks[task] = name
+        if vital:
+            self._vital.add(task)
         task.add_done_callback(self._on_done)
         return task
 
@@ -74,11 +87,16 @@ class Supervisor:
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         name = self._tasks.pop(task, task.get_name())
+        vital = task in self._vital
+        self._vital.discard(task)
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None:
-            log.error("task crashed", task=name, exc_info=error)
+        if error is None:
+            return
+        log.error("task crashed", task=name, vital=vital, exc_info=error)
+        if vital and self._on_vital_crash is not None:
+            self._on_vital_crash(name, error)
 
     async def wait(self, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         """Waits up to `timeout` seconds for `tasks` to end by themselves; cancels nothing."""

@@ -197,14 +197,18 @@ class GateApp(ServiceApp[GateConfig]):
     async def on_serving(self) -> None:
         if self.etcd is not None:
             await self.etcd.open()
-            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
+            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail), vital=True)
             self.supervisor.spawn(
-                "etcd-registration", self.etcd.register_gate(self.config.gate_id, self.address)
+                "etcd-registration",
+                self.etcd.register_gate(self.config.gate_id, self.address),
+                vital=True,
             )
         self.node_links.start()
-        self.supervisor.spawn(CATALOG_TASK, self.catalog.run())
+        self.supervisor.spawn(CATALOG_TASK, self.catalog.run(), vital=True)
         self.supervisor.spawn(
-            "channel-sweep", sweep_departed_channels(self.view, self.pool, self.node_calls.forget)
+            "channel-sweep",
+            sweep_departed_channels(self.view, self.pool, self.node_calls.forget),
+            vital=True,
         )
         if self.http is not None:
             await self.http.start()

@@ -88,7 +88,7 @@ class NodeLinks:
             raise RuntimeError("NodeLinks.start() was called twice")
         self._started = True
         self._reconcile()
-        self._supervisor.spawn(FOLLOWER_TASK, self._follow())
+        self._supervisor.spawn(FOLLOWER_TASK, self._follow(), vital=True)
 
     async def _follow(self) -> None:
         while True:

@@ -241,17 +241,21 @@ class NodeApp(ServiceApp[NodeConfig]):
 
     async def on_serving(self) -> None:
         if self.state.store is not None:
-            self.supervisor.spawn("store", self.state.open(self.fail))
+            self.supervisor.spawn("store", self.state.open(self.fail), vital=True)
         self.supervisor.spawn(
-            "upkeep", run_upkeep(self.host, self.config.save_interval, self.config.idle_timeout)
+            "upkeep",
+            run_upkeep(self.host, self.config.save_interval, self.config.idle_timeout),
+            vital=True,
         )
         self.supervisor.spawn(
-            "channel-sweep", sweep_departed_channels(self.view, self.pool, self.node_calls.forget)
+            "channel-sweep",
+            sweep_departed_channels(self.view, self.pool, self.node_calls.forget),
+            vital=True,
         )
         if self.etcd is not None and self.ownership is not None:
             await self.etcd.open()
-            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail))
-            self.supervisor.spawn("shard-ownership", self.ownership.run())
+            self.supervisor.spawn("etcd-view", self.etcd.watch(self.fail), vital=True)
+            self.supervisor.spawn("shard-ownership", self.ownership.run(), vital=True)
 
     async def leave(self, budget: ShutdownBudget) -> None:
         """Hands the shards off (:meth:`ShardOwnership.leave`) and notes whether the node
