@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from goverse.server import Role, TlsFiles, TlsIdentity, spiffe_id
 from goverse.server._tls import TlsFilesError, check_tls_flags, role_of
-from tests.helpers.certs import SecretDir, TestCA
+from tests.helpers.certs import SecretDir, TestCA, write_atomically
 
 
 @pytest.mark.parametrize(
@@ -58,3 +60,52 @@ def test_reload_sees_a_swapped_secret_and_keeps_the_old_files_when_unreadable(
     with pytest.raises(TlsFilesError):
         identity.reload()
     assert identity.material is material
+
+
+async def test_a_half_copied_pair_is_not_reloaded_and_the_old_one_keeps_working(
+    tmp_path: Path,
+) -> None:
+    """A non-atomic copy read between its two files (the new certificate with the old key),
+    or a file cut short, is not taken: the reload raises (logged as "tls files not
+    reloaded") and the channels keep presenting the old pair, which still passes a mutual-TLS
+    handshake, until the next check reads both new files."""
+    ca = TestCA(tmp_path / "pki")
+    old, new = ca.issue("gate", "g"), ca.issue("gate", "g", file_stem="new")
+    live = TlsFiles(tmp_path / "tls.crt", tmp_path / "tls.key", ca.path)
+    write_atomically(live.cert, old.cert.read_bytes())
+    write_atomically(live.key, old.key.read_bytes())
+    identity = TlsIdentity(live)
+    material = identity.material
+
+    write_atomically(live.cert, new.cert.read_bytes())  # the key is still the old one
+    with pytest.raises(TlsFilesError, match="does not match"):
+        identity.reload()
+    write_atomically(live.cert, new.cert.read_bytes()[:200])  # cut short
+    with pytest.raises(TlsFilesError, match="not a PEM certificate"):
+        identity.reload()
+    assert identity.material is material
+    assert identity.generation == 0
+
+    node = ca.issue("node", "n")
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    credentials = grpc.ssl_server_credentials(
+        [(node.key.read_bytes(), node.cert.read_bytes())],
+        root_certificates=ca.pem,
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("localhost:0", credentials)
+    await server.start()
+    try:
+        channel = grpc.aio.secure_channel(f"localhost:{port}", identity.channel_credentials())
+        async with channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(None)
+
+    write_atomically(live.cert, new.cert.read_bytes())
+    write_atomically(live.key, new.key.read_bytes())
+    assert identity.reload() is True
+    assert identity.generation == 1

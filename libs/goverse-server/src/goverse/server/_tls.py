@@ -21,6 +21,9 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from goverse.server._lifecycle import StartupError
 
@@ -101,7 +104,9 @@ class KeyMaterial:
 
     @classmethod
     def read(cls, files: TlsFiles) -> KeyMaterial:
-        """Reads `files`; raises :class:`TlsFilesError` naming the one that cannot be read."""
+        """Reads `files`; raises :class:`TlsFilesError` naming the one that cannot be read or
+        used: not PEM (cut short by a copy), or a key that is not the certificate's (a copy
+        read between its two files). grpc would take such bytes and fail every handshake."""
 
         def load(path: Path) -> bytes:
             try:
@@ -109,8 +114,26 @@ class KeyMaterial:
             except OSError as error:
                 raise TlsFilesError(f"cannot read TLS file {path}: {error}") from error
 
-        ca = None if files.ca is None else load(files.ca)
-        return cls(cert=load(files.cert), key=load(files.key), ca=ca)
+        def certificates(path: Path, pem: bytes) -> list[x509.Certificate]:
+            try:
+                return x509.load_pem_x509_certificates(pem)
+            except ValueError as error:
+                raise TlsFilesError(f"TLS file {path} is not a PEM certificate: {error}") from None
+
+        ca = None
+        if files.ca is not None:
+            ca = load(files.ca)
+            certificates(files.ca, ca)
+        cert, key = load(files.cert), load(files.key)
+        try:
+            private_key = load_pem_private_key(key, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+            raise TlsFilesError(f"TLS file {files.key} is not a PEM private key: {error}") from None
+        if private_key.public_key() != certificates(files.cert, cert)[0].public_key():
+            raise TlsFilesError(
+                f"TLS file {files.key} does not match the certificate of {files.cert}"
+            )
+        return cls(cert=cert, key=key, ca=ca)
 
 
 class TlsIdentity:
