@@ -109,3 +109,38 @@ async def test_a_half_copied_pair_is_not_reloaded_and_the_old_one_keeps_working(
     write_atomically(live.key, new.key.read_bytes())
     assert identity.reload() is True
     assert identity.generation == 1
+
+
+async def test_an_expired_certificate_is_not_reloaded_and_the_server_keeps_its_valid_one(
+    tmp_path: Path,
+) -> None:
+    """A rotation to an expired certificate (an operator's mistake, a stale copy) is not
+    taken: every peer would refuse it. The reload raises and the server's next handshake still
+    presents the valid certificate it had."""
+    ca = TestCA(tmp_path / "pki")
+    valid, expired = ca.issue("node", "n"), ca.issue("node", "n", expired=True, file_stem="old")
+    live = TlsFiles(tmp_path / "tls.crt", tmp_path / "tls.key", ca.path)
+    write_atomically(live.cert, valid.cert.read_bytes())
+    write_atomically(live.key, valid.key.read_bytes())
+    identity = TlsIdentity(live)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_secure_port(
+        "localhost:0", identity.server_credentials(require_client_cert=True)
+    )
+    await server.start()
+    try:
+        write_atomically(live.cert, expired.cert.read_bytes())
+        write_atomically(live.key, expired.key.read_bytes())
+        with pytest.raises(TlsFilesError, match="has expired"):
+            identity.reload()
+        gate = ca.issue("gate", "g")
+        credentials = grpc.ssl_channel_credentials(
+            ca.pem, gate.key.read_bytes(), gate.cert.read_bytes()
+        )
+        async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(None)

@@ -15,7 +15,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,9 @@ class KeyMaterial:
     @classmethod
     def read(cls, files: TlsFiles) -> KeyMaterial:
         """Reads `files`; raises :class:`TlsFilesError` naming the one that cannot be read or
-        used: not PEM (cut short by a copy), or a key that is not the certificate's (a copy
-        read between its two files). grpc would take such bytes and fail every handshake."""
+        used: not PEM (cut short by a copy), a key that is not the certificate's (a copy read
+        between its two files), or an expired certificate. grpc would take such files and
+        fail every handshake (or every peer would)."""
 
         def load(path: Path) -> bytes:
             try:
@@ -129,9 +130,15 @@ class KeyMaterial:
             private_key = load_pem_private_key(key, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm) as error:
             raise TlsFilesError(f"TLS file {files.key} is not a PEM private key: {error}") from None
-        if private_key.public_key() != certificates(files.cert, cert)[0].public_key():
+        leaf = certificates(files.cert, cert)[0]
+        if private_key.public_key() != leaf.public_key():
             raise TlsFilesError(
                 f"TLS file {files.key} does not match the certificate of {files.cert}"
+            )
+        if leaf.not_valid_after_utc <= datetime.now(UTC):
+            raise TlsFilesError(
+                f"TLS file {files.cert} has expired (valid until "
+                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC): every peer would refuse it"
             )
         return cls(cert=cert, key=key, ca=ca)
 
