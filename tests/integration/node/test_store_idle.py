@@ -69,5 +69,7 @@ async def test_idle_objects_are_forgotten_and_come_back_from_the_store(
         f"({after_second / after_first:.2f}x); {retired} deactivations logged"
     )
     assert {reply.value for reply in values.values()} == {1}
-    assert retired == 2 * ROUND
+    # Every object of both rounds was retired; the sampled ones, activated again by their Get,
+    # may idle out too while the later Gets are still going (a loaded machine: over 1 s).
+    assert 2 * ROUND <= retired <= 2 * ROUND + len(sampled)
     assert after_second <= GROWTH_BOUND * after_first
