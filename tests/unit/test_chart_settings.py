@@ -15,7 +15,7 @@ from goverse.gate import GateConfig
 from goverse.node import NodeConfig
 from goverse.server import Declared, ServiceSettings, declared
 from goverse.server._service import LEAVE_SHARE
-from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, render
+from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, TargetError, render
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "goverse"
 SERVICES: dict[str, type[ServiceSettings]] = {"node": NodeConfig, "gate": GateConfig}
@@ -431,3 +431,38 @@ def test_every_variable_a_scenario_renders_is_a_declared_setting(values: Path) -
         names = set(configmap_data(resources, component)) | {e["name"] for e in container["env"]}
         unknown = sorted(n for n in names if n.startswith("GOVERSE_") and n not in settings)
         assert not unknown, f"{values.name}: {unknown} are no settings of {component}"
+
+
+# -- client authentication ----------------------------------------------------------------------
+
+JWT_KEYS = {"secretKey": "hs256", "publicKeyKey": "jwt-public.pem", "jwksKey": "jwks.json"}
+
+
+def jwt_values(keys: dict[str, str]) -> dict[str, Any]:
+    """Values with gate.auth jwt from the Secret's `keys`, and TLS from Secrets."""
+    return {
+        "tls": {"enabled": True, "source": "secrets", "secrets": {"gate": "g", "node": "n"}},
+        "gate": {
+            "auth": {"authenticator": "jwt", "jwt": {"existingSecret": "goverse-jwt", **keys}}
+        },
+    }
+
+
+@needs_chart_tools
+@pytest.mark.parametrize("key", sorted(JWT_KEYS))
+def test_one_jwt_key_renders_a_gate_configuration_the_gate_accepts(
+    tmp_path: Path, key: str
+) -> None:
+    """Each of gate.auth.jwt's key sources alone reaches the gate as a setting it parses."""
+    resources = render_values(tmp_path, jwt_values({key: JWT_KEYS[key]}))
+    config = GateConfig.parser(configmap_data(resources, "gate")).parse([])
+    assert config.authenticator == "jwt"
+
+
+@needs_chart_tools
+def test_more_than_one_jwt_key_is_refused_by_the_chart_as_by_the_gate(tmp_path: Path) -> None:
+    """The gate refuses --authenticator jwt with more than one of --jwt-secret-file,
+    --jwt-public-key and --jwt-jwks-file; the chart refuses the values that would render
+    them, instead of a gate that exits at every start."""
+    with pytest.raises(TargetError, match="takes only one of gate.auth.jwt.secretKey"):
+        render_values(tmp_path, jwt_values(dict(list(JWT_KEYS.items())[:2])))

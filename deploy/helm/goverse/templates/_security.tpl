@@ -205,6 +205,9 @@ port. Call with (dict "ctx" $ "component" "gate").
 {{- if not (or $auth.jwt.secretKey $auth.jwt.publicKeyKey $auth.jwt.jwksKey) }}
 {{- fail "gate.auth.authenticator=jwt needs one of gate.auth.jwt.secretKey (HS256), publicKeyKey (RS256/ES256) or jwksKey: the key of gate.auth.jwt.existingSecret to verify tokens with" }}
 {{- end }}
+{{- if gt (len (include "goverse.jwt.files" . | fromJsonArray)) 1 }}
+{{- fail "gate.auth.authenticator=jwt takes only one of gate.auth.jwt.secretKey, publicKeyKey and jwksKey: the gate verifies tokens with exactly one key source and refuses to start with more" }}
+{{- end }}
 {{- if not (or $tls.enabled $v.gate.ingress.enabled $v.gate.grpcRoute.enabled) }}
 {{- fail "gate.auth.authenticator=jwt without TLS: bearer tokens would cross the network in the clear; set tls.enabled=true (or terminate TLS at gate.ingress or gate.grpcRoute)" }}
 {{- end }}
