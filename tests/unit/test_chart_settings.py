@@ -466,3 +466,23 @@ def test_more_than_one_jwt_key_is_refused_by_the_chart_as_by_the_gate(tmp_path: 
     them, instead of a gate that exits at every start."""
     with pytest.raises(TargetError, match="takes only one of gate.auth.jwt.secretKey"):
         render_values(tmp_path, jwt_values(dict(list(JWT_KEYS.items())[:2])))
+
+
+# -- the gate Service ---------------------------------------------------------------------------
+
+
+@needs_chart_tools
+def test_the_http_port_and_the_grpc_port_of_the_gate_service_differ(tmp_path: Path) -> None:
+    """gate.http.port and gate.service.port are both ports of the gate Service, which the API
+    server refuses with one port number twice: the chart refuses such values, and renders
+    distinct ones as two ports."""
+    values = {"gate": {"http": {"enabled": True, "port": 8080}, "service": {"port": 8080}}}
+    with pytest.raises(TargetError, match="must differ from gate.service.port"):
+        render_values(tmp_path, values)
+    values["gate"]["service"]["port"] = 80
+    (service,) = [
+        r
+        for r in render_values(tmp_path, values)
+        if r["kind"] == "Service" and r["metadata"]["name"].endswith("-gate")
+    ]
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [80, 8080]

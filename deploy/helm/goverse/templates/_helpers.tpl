@@ -551,6 +551,10 @@ and lint with the reason.
 {{- if has (int $http.port) $taken }}
 {{- fail (printf "gate.http.port (%d) must differ from gate.port, gate.healthPort and metrics.port" (int $http.port)) }}
 {{- end }}
+{{- /* Both are ports of the one gate Service, which cannot list a port number twice. */}}
+{{- if eq (int $http.port) (int $v.gate.service.port) }}
+{{- fail (printf "gate.http.port (%d) must differ from gate.service.port: both are ports of the gate Service" (int $http.port)) }}
+{{- end }}
 {{- end }}
 {{- if $http.ingress.enabled }}
 {{- if not $http.enabled }}
