@@ -486,3 +486,35 @@ def test_the_http_port_and_the_grpc_port_of_the_gate_service_differ(tmp_path: Pa
         if r["kind"] == "Service" and r["metadata"]["name"].endswith("-gate")
     ]
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [80, 8080]
+
+
+# -- the etcd lease -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("component", "config"),
+    [
+        ("node", {"leaseTtl": "5s"}),
+        ("node", {"fenceMargin": "6s"}),
+        ("gate", {"leaseTtl": "3s", "etcdTimeout": "1500ms"}),
+    ],
+)
+@needs_chart_tools
+def test_a_lease_the_service_refuses_is_refused_by_the_chart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], component: str, config: dict[str, str]
+) -> None:
+    """--etcd-timeout (and the node's --fence-margin) must be under half of --lease-ttl, the
+    unset ones at their declared defaults: values the service would refuse at every start
+    are refused by the chart; the same durations with a longer lease render and parse."""
+    environ = {variable_of(key): value for key, value in config.items()}
+    with pytest.raises(SystemExit):
+        SERVICES[component].parser(environ).parse([])
+    assert "under half of --lease-ttl" in capsys.readouterr().err
+    with pytest.raises(TargetError, match=f"must be under half of {component}.config.leaseTtl"):
+        render_values(tmp_path, {component: {"config": config}})
+    longer = {**config, "leaseTtl": "20s"}
+    resources = render_values(tmp_path, {component: {"config": longer}})
+    environ = (
+        NodePod(resources).environ() if component == "node" else configmap_data(resources, "gate")
+    )
+    assert SERVICES[component].parser(environ).parse([]).lease_ttl == timedelta(seconds=20)

@@ -212,6 +212,9 @@ tests/unit/test_chart_settings.py checks each against the code.
 {{- define "goverse.nodeDefault.shutdownTimeout" -}}5s{{- end }}
 {{- define "goverse.nodeDefault.handoffTimeout" -}}5s{{- end }}
 {{- define "goverse.node.leaveShare" -}}0.6{{- end }}
+{{- define "goverse.nodeDefault.leaseTtl" -}}10s{{- end }}
+{{- define "goverse.nodeDefault.etcdTimeout" -}}3s{{- end }}
+{{- define "goverse.nodeDefault.fenceMargin" -}}2s{{- end }}
 
 {{/* The node's `--handoff-timeout` in seconds (a float): node.config.handoffTimeout, or the
 node's own default. */}}
@@ -574,6 +577,18 @@ and lint with the reason.
 {{- $needed := add $c.preStopSleepSeconds $shutdown 2 }}
 {{- if lt $grace (int $needed) }}
 {{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: it must cover %s.preStopSleepSeconds (%d) + the shutdown budget (%d s) + a margin of at least 2 s (recommended 5 s), i.e. at least %d" $component $grace $component (int $c.preStopSleepSeconds) $shutdown (int $needed)) }}
+{{- end }}
+{{- /* The services refuse to start unless --etcd-timeout (and the node's --fence-margin) is
+under half of --lease-ttl; the defaults are shared by gate and node. */}}
+{{- $lease := include "goverse.seconds" (default (include "goverse.nodeDefault.leaseTtl" $) $c.config.leaseTtl) | float64 }}
+{{- $under := dict "etcdTimeout" (default (include "goverse.nodeDefault.etcdTimeout" $) $c.config.etcdTimeout) }}
+{{- if eq $component "node" }}
+{{- $_ := set $under "fenceMargin" (default (include "goverse.nodeDefault.fenceMargin" $) $c.config.fenceMargin) }}
+{{- end }}
+{{- range $key, $duration := $under }}
+{{- if ge (mulf (include "goverse.seconds" $duration | float64) 2) $lease }}
+{{- fail (printf "%s.config.%s (%s) must be under half of %s.config.leaseTtl (%s): the %s refuses to start otherwise" $component $key $duration $component (default (include "goverse.nodeDefault.leaseTtl" $) $c.config.leaseTtl) $component) }}
+{{- end }}
 {{- end }}
 {{- if and $v.metrics.enabled (eq (int $c.port) (int $v.metrics.port)) }}
 {{- fail (printf "%s.port and metrics.port are both %d; they must differ" $component (int $c.port)) }}
