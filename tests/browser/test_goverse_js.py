@@ -115,3 +115,110 @@ def test_a_client_needs_a_gate(context: BrowserContext, web_url: str) -> None:
         "() => { try { new window.gv.Goverse({ gates: [] }); } catch (e) { return e.message; } }"
     )
     assert message == "Goverse needs at least one gate URL"
+
+
+FAKE_TRANSPORT = """() => {
+    // A fake EventSource and fetch: the test decides what the gate says, and when.
+    window.sources = [];
+    window.fetches = [];
+    window.EventSource = class extends EventTarget {
+        constructor(url) {
+            super();
+            this.url = url;
+            this.closed = false;
+            window.sources.push(this);
+        }
+        close() { this.closed = true; }
+        emit(type, data = {}) {
+            this.dispatchEvent(new MessageEvent(type, { data: JSON.stringify(data) }));
+        }
+    };
+    window.fetch = (url, init) => new Promise((resolve, reject) => {
+        window.fetches.push({ url, headers: init.headers, resolve, reject });
+    });
+    // Polls `cond` every 5 ms for at most 2 s.
+    window.until = async (cond) => {
+        for (let i = 0; i < 400 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+        if (!cond()) throw new Error("timed out waiting");
+    };
+}"""
+
+
+def test_a_stale_calls_failure_leaves_the_new_session_alone(
+    context: BrowserContext, web_url: str
+) -> None:
+    """A call of a session that has since ended (its gate drained) fails to connect after the
+    session registered again, on the same gate URL (one URL behind a load balancer): the
+    failure is that old session's, so the new registration and its stream stay."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            const c = new window.gv.Goverse({
+                gates: ["http://gate.test"], timeoutMs: 2000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+            });
+            const connected = c.connect();
+            await window.until(() => window.sources.length === 1);
+            window.sources[0].emit("registered", { clientId: "old", credential: "c1" });
+            await connected;
+            const call = c.call("ChatRoom", "lobby", "Send", { text: "hi" }).catch((e) => e.code);
+            await window.until(() => window.fetches.length === 1);
+            window.sources[0].emit("draining");
+            await window.until(() => window.sources.length === 2);
+            window.sources[1].emit("registered", { clientId: "new", credential: "c2" });
+            window.fetches[0].reject(new TypeError("Failed to fetch"));
+            const code = await call;
+            await new Promise((r) => setTimeout(r, 50)); // any retry would have dialed by now
+            const result = { code, state: c.state, clientId: c.clientId,
+                             sources: window.sources.length, closed: window.sources[1].closed };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result == {
+        "code": "UNAVAILABLE",
+        "state": "registered",
+        "clientId": "new",
+        "sources": 2,
+        "closed": False,
+    }
+
+
+def test_a_stale_calls_failure_while_dialing_opens_no_second_stream(
+    context: BrowserContext, web_url: str
+) -> None:
+    """While the session dials again (waiting for its token), a call of the lost session fails
+    to connect: the session dials once, and every stream but the current one is closed (an
+    open one would reconnect by itself forever, a registration nobody uses)."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            let tokens = 0;
+            const c = new window.gv.Goverse({
+                gates: ["http://gate.test"], timeoutMs: 2000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+                token: () => {
+                    tokens += 1;
+                    return new Promise((r) => setTimeout(() => r("t"), 50));
+                },
+            });
+            const connected = c.connect();
+            await window.until(() => window.sources.length === 1);
+            window.sources[0].emit("registered", { clientId: "old", credential: "c1" });
+            await connected;
+            const call = c.call("ChatRoom", "lobby", "Send", { text: "hi" }).catch((e) => e.code);
+            await window.until(() => window.fetches.length === 1);
+            window.sources[0].emit("error");
+            await window.until(() => tokens === 2); // the second dial waits for its token
+            window.fetches[0].reject(new TypeError("Failed to fetch"));
+            await call;
+            await new Promise((r) => setTimeout(r, 200)); // both dials are done by now
+            const open = window.sources.filter((s) => !s.closed).length;
+            const result = { sources: window.sources.length, open };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result == {"sources": 2, "open": 1}

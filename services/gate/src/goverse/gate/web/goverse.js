@@ -211,8 +211,9 @@ export class Goverse {
         throw new GoverseError("DEADLINE_EXCEEDED", `no answer from ${gate} in ${timeoutMs} ms`);
       }
       // The gate is gone: the session moves on (the caller decides whether to retry: a call
-      // may have run before the connection broke).
-      this._gateFailed(gate, `call failed: ${error.message}`);
+      // may have run before the connection broke). A call of a session that has since ended
+      // tells nothing of the current one (it may be on the same gate URL, or still dialing).
+      if (session === this._session) this._gateFailed(gate, `call failed: ${error.message}`);
       throw new GoverseError("UNAVAILABLE", `${gate} could not be reached: ${error.message}`);
     } finally {
       clearTimeout(timer);
