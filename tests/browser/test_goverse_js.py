@@ -222,3 +222,38 @@ def test_a_stale_calls_failure_while_dialing_opens_no_second_stream(
         }"""
     )
     assert result == {"sources": 2, "open": 1}
+
+
+def test_a_one_shot_calls_failure_while_connecting_leaves_one_stream_open(
+    context: BrowserContext, web_url: str
+) -> None:
+    """A one-shot call made before connect() fails to connect while the session waits for
+    its token: the session dials again, and the stream of the first dial does not stay open
+    beside the second one's (it would reconnect by itself forever)."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            let tokens = 0;
+            const c = new window.gv.Goverse({
+                gates: ["http://gate.test"], timeoutMs: 2000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+                token: () => {
+                    tokens += 1;
+                    return new Promise((r) => setTimeout(() => r("t"), 50));
+                },
+            });
+            const call = c.call("Counter", "x", "Get", {}).catch((e) => e.code);
+            await window.until(() => window.fetches.length === 1);
+            c.connect().catch(() => {});
+            await window.until(() => tokens === 2); // the dial waits for its token
+            window.fetches[0].reject(new TypeError("Failed to fetch"));
+            const code = await call;
+            await new Promise((r) => setTimeout(r, 200)); // both dials are done by now
+            const open = window.sources.filter((s) => !s.closed);
+            const result = { code, open: open.length };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result == {"code": "UNAVAILABLE", "open": 1}

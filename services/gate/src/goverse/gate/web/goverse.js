@@ -262,6 +262,9 @@ export class Goverse {
     if (this._state === "closed") return;
     // EventSource cannot send headers: the gate takes the token as a query parameter too.
     if (token) url += `?access_token=${encodeURIComponent(token)}`;
+    // Another dial may have opened a stream while this one awaited its token: one stream only
+    // (an EventSource left open reconnects by itself forever).
+    this._closeSource();
     const source = new EventSource(url);
     this._source = source;
     source.addEventListener("registered", (event) => this._onRegistered(source, gate, event));
