@@ -257,3 +257,26 @@ def test_a_one_shot_calls_failure_while_connecting_leaves_one_stream_open(
         }"""
     )
     assert result == {"code": "UNAVAILABLE", "open": 1}
+
+
+def test_a_fractional_timeout_is_sent_as_whole_milliseconds(
+    context: BrowserContext, web_url: str
+) -> None:
+    """A deadline that is not a whole number of milliseconds (a third of a second as
+    ``1000 / 3``) goes out as whole milliseconds, rounded up: the gate refuses a
+    Goverse-Timeout-Ms that is not ASCII digits with INVALID_ARGUMENT."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    sent = page.evaluate(
+        """async () => {
+            const c = new window.gv.Goverse({ gates: ["http://gate.test"] });
+            const call = c.call("Counter", "x", "Get", {}, { timeoutMs: 1000 / 3 });
+            await window.until(() => window.fetches.length === 1);
+            const fetched = window.fetches[0];
+            fetched.resolve(new Response("{}", { status: 200 }));
+            await call;
+            return fetched.headers["Goverse-Timeout-Ms"];
+        }"""
+    )
+    assert sent.isdigit()
+    assert 1 <= int(sent) <= 334

@@ -185,7 +185,9 @@ export class Goverse {
     // A session's calls carry its identity, which only the gate that issued it accepts.
     const session = this._state === "idle" ? null : await this._registered(timeoutMs);
     const gate = session ? session.gate : this.gates[this._gateIndex];
-    const headers = { "Goverse-Timeout-Ms": String(Math.max(1, deadline - Date.now())) };
+    // Whole milliseconds: the gate refuses a deadline that is not ASCII digits.
+    const left = Math.ceil(deadline - Date.now());
+    const headers = { "Goverse-Timeout-Ms": String(Math.max(1, left)) };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (session) {
       headers["Goverse-Client-Id"] = session.clientId;
