@@ -134,6 +134,8 @@ FAKE_TRANSPORT = """() => {
         }
     };
     window.fetch = (url, init) => new Promise((resolve, reject) => {
+        const aborted = () => reject(new DOMException("aborted", "AbortError"));
+        init.signal.addEventListener("abort", aborted);
         window.fetches.push({ url, headers: init.headers, resolve, reject });
     });
     // Polls `cond` every 5 ms for at most 2 s.
@@ -280,3 +282,31 @@ def test_a_fractional_timeout_is_sent_as_whole_milliseconds(
     )
     assert sent.isdigit()
     assert 1 <= int(sent) <= 334
+
+
+def test_the_longest_deadline_the_gate_takes_does_not_expire_at_once(
+    context: BrowserContext, web_url: str
+) -> None:
+    """A timeoutMs of 4294967295 (the largest Goverse-Timeout-Ms, 49 days) is longer than a
+    browser timer can wait (2^31 - 1 ms, which it takes as 0): the call still waits for its
+    answer, in a session as well as one-shot."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    results = page.evaluate(
+        """async () => {
+            const longest = 4294967295;
+            const oneShot = new window.gv.Goverse({ gates: ["http://gate.test"] });
+            const session = new window.gv.Goverse({ gates: ["http://gate.test"] });
+            const outcome = (promise) => promise.then(() => "ok", (e) => e.code);
+            const first = outcome(oneShot.call("Counter", "x", "Get", {}, { timeoutMs: longest }));
+            const connected = outcome(session.connect({ timeoutMs: longest }));
+            await new Promise((r) => setTimeout(r, 50)); // a timer taken as 0 has fired by now
+            await window.until(() => window.fetches.length === 1 && window.sources.length === 1);
+            window.fetches[0].resolve(new Response("{}", { status: 200 }));
+            window.sources[0].emit("registered", { clientId: "a", credential: "c" });
+            const results = [await first, await connected];
+            session.close();
+            return results;
+        }"""
+    )
+    assert results == ["ok", "ok"]

@@ -20,6 +20,9 @@ const CODE_BY_STATUS = {
   504: "DEADLINE_EXCEEDED",
 };
 
+/** The longest a browser timer waits: setTimeout takes a longer delay as 0. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** How the session waits before it dials the next gate (the n-th retry in a row). */
 export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 250, maxMs: 10000, stableMs: 10000 });
 
@@ -197,7 +200,8 @@ export class Goverse {
       if (token) headers.Authorization = `Bearer ${token}`;
     }
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), Math.max(0, deadline - Date.now()));
+    const wait = Math.min(MAX_TIMER_MS, Math.max(0, deadline - Date.now()));
+    const timer = setTimeout(() => abort.abort(), wait);
     let response;
     let text;
     try {
@@ -236,7 +240,7 @@ export class Goverse {
       const timer = setTimeout(() => {
         this._waiters = this._waiters.filter((other) => other !== waiter);
         reject(new GoverseError("UNAVAILABLE", `no gate registered the session in ${timeoutMs} ms`));
-      }, timeoutMs);
+      }, Math.min(MAX_TIMER_MS, timeoutMs));
       waiter.resolve = (session) => {
         clearTimeout(timer);
         resolve(session);
