@@ -1,5 +1,6 @@
 """goverse.js in a real browser, without a gate: it loads as an ES module, its backoff and
-error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE."""
+error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE; against a
+fake EventSource and fetch, its failover keeps one stream and its deadlines go out whole."""
 
 from __future__ import annotations
 
