@@ -464,7 +464,7 @@ def test_more_than_one_jwt_key_is_refused_by_the_chart_as_by_the_gate(tmp_path: 
     """The gate refuses --authenticator jwt with more than one of --jwt-secret-file,
     --jwt-public-key and --jwt-jwks-file; the chart refuses the values that would render
     them, instead of a gate that exits at every start."""
-    with pytest.raises(TargetError, match="takes only one of gate.auth.jwt.secretKey"):
+    with pytest.raises(TargetError, match=r"takes only one of gate\.auth\.jwt\.secretKey"):
         render_values(tmp_path, jwt_values(dict(list(JWT_KEYS.items())[:2])))
 
 
@@ -477,7 +477,7 @@ def test_the_http_port_and_the_grpc_port_of_the_gate_service_differ(tmp_path: Pa
     server refuses with one port number twice: the chart refuses such values, and renders
     distinct ones as two ports."""
     values = {"gate": {"http": {"enabled": True, "port": 8080}, "service": {"port": 8080}}}
-    with pytest.raises(TargetError, match="must differ from gate.service.port"):
+    with pytest.raises(TargetError, match=r"must differ from gate\.service\.port"):
         render_values(tmp_path, values)
     values["gate"]["service"]["port"] = 80
     (service,) = [
