@@ -15,7 +15,8 @@ from goverse.gate import GateConfig
 from goverse.node import NodeConfig
 from goverse.server import Declared, ServiceSettings, declared
 from goverse.server._service import LEAVE_SHARE
-from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, TargetError, render
+from tests.e2e.targets.base import TargetError
+from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, render
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "goverse"
 SERVICES: dict[str, type[ServiceSettings]] = {"node": NodeConfig, "gate": GateConfig}
