@@ -105,13 +105,15 @@ async def client(etcd: EtcdServer) -> AsyncIterator[EtcdClient]:
         yield client
 
 
-@contextlib.asynccontextmanager
-async def running_owner(client: EtcdClient, config: NodeConfig = CONFIG) -> AsyncIterator[Owner]:
-    """Node `NODE`'s ownership and view, running until the block ends."""
-    view = LaggingView(client)
-    await view.start()
-    table = ShardTable(NODE)
-    ownership = ShardOwnership(
+def node_ownership(
+    client: EtcdClient,
+    view: EtcdView,
+    table: ShardTable,
+    config: NodeConfig,
+    on_ready: Callable[[bool], None] = lambda ready: None,
+) -> ShardOwnership:
+    """Node `NODE`'s shard ownership on `view` and `table`, hosting no object types."""
+    return ShardOwnership(
         client=client,
         view=view,
         node_id=NODE,
@@ -119,8 +121,17 @@ async def running_owner(client: EtcdClient, config: NodeConfig = CONFIG) -> Asyn
         table=table,
         host=ObjectHost({}, table, NODE),
         config=config,
-        on_ready=lambda ready: None,
+        on_ready=on_ready,
     )
+
+
+@contextlib.asynccontextmanager
+async def running_owner(client: EtcdClient, config: NodeConfig = CONFIG) -> AsyncIterator[Owner]:
+    """Node `NODE`'s ownership and view, running until the block ends."""
+    view = LaggingView(client)
+    await view.start()
+    table = ShardTable(NODE)
+    ownership = node_ownership(client, view, table, config)
     tasks = [
         asyncio.create_task(view.run(), name="view"),
         asyncio.create_task(ownership.run(), name="ownership"),
@@ -397,17 +408,7 @@ async def test_a_node_told_to_leave_while_it_joins_does_not_register_after_its_l
     async with HeldGrants(etcd.endpoint) as client:
         view = EtcdView(client, PREFIX, lease_ttl=CONFIG.lease_ttl)
         await view.start()
-        table = ShardTable(NODE)
-        ownership = ShardOwnership(
-            client=client,
-            view=view,
-            node_id=NODE,
-            address=NODE,
-            table=table,
-            host=ObjectHost({}, table, NODE),
-            config=CONFIG,
-            on_ready=readiness.append,
-        )
+        ownership = node_ownership(client, view, ShardTable(NODE), CONFIG, readiness.append)
         running = asyncio.create_task(ownership.run(), name="ownership")
         try:
             await bounded(client.granting.wait(), WAIT)
