@@ -32,7 +32,9 @@ class CallsInFlight:
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Counts `task` (a call served from a call stream, owned by that stream) in flight
-        until it ends."""
+        until it ends; tracking a task already counted changes nothing."""
+        if task in self._tasks:
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -131,7 +131,9 @@ class ClientSession:
                         # handler when spent). Counted with the gate's calls in flight from
                         # now until the stream has ended, so that the stop waits for them
                         # and their replies as for unary calls, not only its streams' share.
-                        self._track_stream()
+                        task = asyncio.current_task()
+                        if self._in_flight is not None and task is not None:
+                            self._in_flight.track(task)
                         self._changed.clear()
                         await self._changed.wait()
                         continue
@@ -142,12 +144,6 @@ class ClientSession:
                 await proxy.wait()
         finally:
             await self._cancel_all()
-
-    def _track_stream(self) -> None:
-        task = asyncio.current_task()
-        if self._in_flight is not None and task is not None:
-            self._in_flight.track(task)
-            self._in_flight = None  # once: it counts the task until the task ends
 
     # -- the reader ------------------------------------------------------------------------
 
