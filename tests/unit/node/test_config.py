@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from goverse.node import NodeConfig, build_parser, parse_config
-from goverse.node._config import module_list, redact_store
+from goverse.node._config import module_list, redact_store, store_passwords
 from goverse.server import parse_byte_size
 from goverse.transport import Keepalive
 
@@ -254,7 +254,15 @@ def test_a_store_url_never_shows_its_password() -> None:
     shown = redact_store("postgresql://app:s3cret@db:5432/x?sslmode=require&password=s3cret")
     assert "s3cret" not in shown
     assert shown == "postgresql://app:***@db:5432/x?sslmode=require&password=***"
+    assert redact_store("postgresql://db/x?PassWord=s3cret") == "postgresql://db/x?PassWord=***"
     assert redact_store("sqlite:/data/state.db") == "sqlite:/data/state.db"
+
+
+def test_the_passwords_a_store_url_holds_are_the_ones_it_hides() -> None:
+    url = "postgresql://app:se/cret@db/x?password=q%2Fr&Password=tt9"
+    assert store_passwords(url) == ["se/cret", "q%2Fr", "tt9"]
+    assert not any(password in redact_store(url) for password in store_passwords(url))
+    assert store_passwords("postgresql://app@db/x") == []
 
 
 def test_sqlite_serves_one_node_only() -> None:

@@ -63,13 +63,25 @@ def parse_store(text: str) -> str:
     )
 
 
+# Up to the '@', across any '/': a password written unescaped may hold one (a base64
+# secret), and the URL is then unusable, but still shown in the error that says so.
+_USER_PASSWORD = re.compile(r"(://[^:/@]*):([^@]*)@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)([^&]*)")
+
+
 def redact_store(text: str) -> str:
     """`text` with any password of a ``postgresql://user:password@host`` URL, or of its
     ``password=`` query parameter, replaced."""
-    # Up to the '@', across any '/': a password written unescaped may hold one (a base64
-    # secret), and the URL is then unusable, but still shown in the error that says so.
-    text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)
+    text = _USER_PASSWORD.sub(r"\1:***@", text)
+    return _QUERY_PASSWORD.sub(r"\1***", text)
+
+
+def store_passwords(url: str) -> list[str]:
+    """The passwords :func:`redact_store` hides in `url`, as written: its user part's, and
+    its ``password=`` query parameter's."""
+    return [
+        match[2] for pattern in (_USER_PASSWORD, _QUERY_PASSWORD) for match in pattern.finditer(url)
+    ]
 
 
 STORE = Kind(parse_store, "URL", redact_store)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -12,7 +11,7 @@ from urllib.parse import unquote
 
 import asyncpg
 
-from goverse.node._config import redact_store
+from goverse.node._config import redact_store, store_passwords
 from goverse.node._store import (
     ObjectKey,
     Op,
@@ -116,7 +115,7 @@ class PostgresBackend:
     def __init__(
         self, url: str, password: str | None, pool_size: int, timeout: timedelta = TIMEOUT
     ) -> None:
-        self.description = re.sub(r"(?i)(password=)[^&]*", r"\1***", redact_store(url))
+        self.description = redact_store(url)
         self._url = url
         self._password = password
         self._pool_size = max(pool_size, 1)
@@ -345,9 +344,8 @@ def _url_passwords(url: str) -> list[str]:
     """The password in `url`'s user part or query, as written and percent-decoded (and,
     for one written with an unescaped '/', the part before it: the driver, reading that as
     the end of the host, quotes it as a port)."""
-    user = re.findall(r"://[^:/@]*:([^@]*)@", url)
-    found = user + [password.partition("/")[0] for password in user if "/" in password]
-    found += re.findall(r"(?i)password=([^&]*)", url)
+    found = store_passwords(url)
+    found += [password.partition("/")[0] for password in found if "/" in password]
     return [text for password in found for text in (password, unquote(password)) if text]
 
 
