@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -35,7 +36,6 @@ class Supervisor:
     ) -> None:
         self._name = name
         self._tasks: dict[asyncio.Task[Any], str] = {}
-        self._vital: set[asyncio.Task[Any]] = set()
         self._on_vital_crash = on_vital_crash
         self._closing = False
 
@@ -62,9 +62,7 @@ class Supervisor:
             raise SupervisorClosed(f"{self._name} is shutting down")
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks[task] = name
-        if vital:
-            self._vital.add(task)
-        task.add_done_callback(self._on_done)
+        task.add_done_callback(functools.partial(self._on_done, vital=vital))
         return task
 
     @contextlib.contextmanager
@@ -85,10 +83,8 @@ class Supervisor:
         finally:
             self._tasks.pop(task, None)
 
-    def _on_done(self, task: asyncio.Task[Any]) -> None:
+    def _on_done(self, task: asyncio.Task[Any], *, vital: bool) -> None:
         name = self._tasks.pop(task, task.get_name())
-        vital = task in self._vital
-        self._vital.discard(task)
         if task.cancelled():
             return
         error = task.exception()
