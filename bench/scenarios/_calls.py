@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,14 +17,36 @@ from bench.clients import (
     echo_request,
     raw_channel,
 )
-from bench.cluster import Variant, start_bare, start_system
+from bench.cluster import System, Variant, start_bare, start_system
 from bench.cpu import HARNESS, CpuMeter
 from bench.results_model import ScenarioResult
 from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
+from bench.scenarios._rounds import ALTERNATED, Call, Side, alternate, round_details, rows
 from bench.stats import latency_ms
 from goverse.client import Client
 from goverse.v1 import gate_pb2, gate_pb2_grpc
 from goverse.wire import CLIENT_ID_KEY, CREDENTIAL_KEY
+
+
+def bare_call(stubs: BareStubs, ids: list[str], payload: bytes) -> Call:
+    """A closed-loop call: worker `n` sends the bare server a unary echo of ``ids[n]``."""
+
+    async def call(worker: int) -> None:
+        reply = await stubs.echo(echo_request(ids[worker], payload), timeout=CALL_TIMEOUT)
+        out = BytesValue()
+        if not reply.response.Unpack(out):
+            raise RuntimeError("the echo is not a BytesValue")
+
+    return call
+
+
+def sdk_call(client: Client, ids: list[str], payload: bytes) -> Call:
+    """A closed-loop call: worker `n` calls ``Echo`` ``ids[n]`` through the SDK."""
+
+    async def call(worker: int) -> None:
+        await client.call("Echo", ids[worker], "Echo", BytesValue(value=payload), BytesValue)
+
+    return call
 
 
 async def bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
@@ -33,15 +56,7 @@ async def bare_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, Lo
     async with ctx.scope():
         proc = await start_bare(ctx.procs, variant)
         channel = raw_channel(proc.address)
-        stubs = BareStubs(channel)
-        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
-
-        async def call(worker: int) -> None:
-            reply = await stubs.echo(echo_request(ids[worker], payload), timeout=CALL_TIMEOUT)
-            out = BytesValue()
-            if not reply.response.Unpack(out):
-                raise RuntimeError("the echo is not a BytesValue")
-
+        call = bare_call(BareStubs(channel), _ids(s.concurrency), payload)
         try:
             for level in s.concurrency:
                 async with ctx.profiled(f"calls-c{level}-{variant.label}", {"bare": proc}):
@@ -65,20 +80,11 @@ async def system_calls(
     results: dict[int, LoadResult] = {}
     async with ctx.scope():
         system = await start_system(ctx.procs, variant)
-        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
-        async with Client(
-            [system.gate_address],
-            call_timeout=timedelta(seconds=CALL_TIMEOUT),
-            tls=variant.client_tls(),
-        ) as client:
-
-            async def call(worker: int) -> None:
-                await client.call(
-                    "Echo", ids[worker], "Echo", BytesValue(value=payload), BytesValue
-                )
-
-            for object_id in ids:  # activation is not what we measure
-                await client.call("Echo", object_id, "Echo", BytesValue(value=payload), BytesValue)
+        ids = _ids(s.concurrency)
+        async with _client(system, variant) as client:
+            call = sdk_call(client, ids, payload)
+            for worker in range(len(ids)):  # activation is not what we measure
+                await call(worker)
             for level in s.concurrency:
                 targets = {"gate": system.gate, "node": system.node}
                 async with ctx.profiled(f"calls-c{level}-{variant.label}", targets):
@@ -93,6 +99,58 @@ async def system_calls(
     return results, logs
 
 
+async def alternated_calls(
+    ctx: Ctx, variant: Variant, payload: bytes
+) -> dict[int, tuple[Side, Side]]:
+    """Scenario 1 again at each concurrency, in alternated rounds: the bare server and the
+    system both running, their calls taking turns (the figures the call targets read)."""
+    s = ctx.settings
+    sides: dict[int, tuple[Side, Side]] = {}
+    async with ctx.scope():
+        bare = await start_bare(ctx.procs, variant)
+        system = await start_system(ctx.procs, variant)
+        ids = _ids(s.concurrency)
+        channel = raw_channel(bare.address)
+        try:
+            async with _client(system, variant) as client:
+                bare_echo = bare_call(BareStubs(channel), ids, payload)
+                system_echo = sdk_call(client, ids, payload)
+                for call in (bare_echo, system_echo):  # activation is not what we measure
+                    for worker in range(len(ids)):
+                        await call(worker)
+                for level in s.concurrency:
+                    pair = (
+                        Side({"bare": bare.pid}, {"calls": bare_echo}),
+                        Side.of(system, {"calls": system_echo}),
+                    )
+                    await alternate(ctx, list(pair), "calls", level)
+                    sides[level] = pair
+        finally:
+            await channel.close()
+    return sides
+
+
+def alternated_rows(result: ScenarioResult, sides: dict[int, tuple[Side, Side]]) -> None:
+    """The rows (and the rounds, in the details) of :func:`alternated_calls`."""
+    for level, (bare, system) in sides.items():
+        case = f"concurrency {level}, {ALTERNATED}"
+        rows(result, case, bare.rounds["calls"], system.rounds["calls"])
+        result.details[case] = round_details({"bare": bare, "system": system}, "calls")
+
+
+def _ids(levels: Sequence[int]) -> list[str]:
+    """One Echo object per worker at the highest concurrency."""
+    return [f"echo-{index}" for index in range(max(levels))]
+
+
+def _client(system: System, variant: Variant) -> Client:
+    return Client(
+        [system.gate_address],
+        call_timeout=timedelta(seconds=CALL_TIMEOUT),
+        tls=variant.client_tls(),
+    )
+
+
 async def system_unary_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict[int, LoadResult]:
     """Scenario 1's system side for a plain gRPC client: one raw Register stream, then unary
     ``CallObject`` calls carrying its credential (the path kept for grpcurl and other
@@ -101,7 +159,7 @@ async def system_unary_calls(ctx: Ctx, variant: Variant, payload: bytes) -> dict
     results: dict[int, LoadResult] = {}
     async with ctx.scope():
         system = await start_system(ctx.procs, variant)
-        ids = [f"echo-{index}" for index in range(max(s.concurrency))]
+        ids = _ids(s.concurrency)
         channel = raw_channel(system.gate_address, credentials=variant.gate_credentials)
         try:
             stub = gate_pb2_grpc.GateServiceStub(channel)
@@ -199,4 +257,5 @@ async def calls(ctx: Ctx, variant: Variant) -> ScenarioResult:
             "unary": {level: r.errors for level, r in unary.items()},
         }
     }
+    alternated_rows(result, await alternated_calls(ctx, variant, payload))
     return result

@@ -15,12 +15,13 @@ import aiohttp
 
 from bench import wire
 from bench.clients import CALL_TIMEOUT, LoadResult, closed_loop
-from bench.cluster import LISTEN, Variant, start_system
+from bench.cluster import LISTEN, System, Variant, start_system
 from bench.cpu import CpuMeter
 from bench.procs import PYTHON, Proc
 from bench.results_model import ScenarioResult
 from bench.scenarios._calls import call_rows
 from bench.scenarios._context import Ctx, load_params, result_key, title_suffix
+from bench.scenarios._rounds import ALTERNATED, Side, alternate, round_details, rows
 from bench.stats import median
 
 HTTP_LISTEN = "--http-listen=127.0.0.1:0"
@@ -79,31 +80,66 @@ async def _load(
     return results
 
 
+async def _start_bare(ctx: Ctx, variant: Variant) -> Proc:
+    proc = ctx.procs.spawn(
+        "bare-http",
+        [PYTHON, "-m", "bench.bare_http", LISTEN, f"--loop={variant.loop}"],
+        variant.process_env(),
+        ready=True,
+    )
+    await proc.wait_ready()
+    return proc
+
+
+def _bare_urls(proc: Proc, count: int) -> list[str]:
+    return [f"http://{proc.address}/echo"] * count
+
+
+def system_urls(system: System, count: int) -> list[str]:
+    """Per worker, the URL of an ``Echo.Echo`` call to its own object through `system`'s
+    HTTP gate."""
+    assert system.gate.ready is not None
+    address = system.gate.ready.identity["http"]
+    return [f"http://{address}/v1/objects/Echo/echo-{index}/Echo" for index in range(count)]
+
+
 async def _bare(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult]:
     async with ctx.scope():
-        proc = ctx.procs.spawn(
-            "bare-http",
-            [PYTHON, "-m", "bench.bare_http", LISTEN, f"--loop={variant.loop}"],
-            variant.process_env(),
-            ready=True,
-        )
-        await proc.wait_ready()
-        urls = [f"http://{proc.address}/echo"] * max(ctx.settings.concurrency)
+        proc = await _start_bare(ctx, variant)
+        urls = _bare_urls(proc, max(ctx.settings.concurrency))
         return await _load(ctx, variant.label, urls, body, {"bare": proc})
 
 
 async def _system(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, LoadResult]:
     async with ctx.scope():
         system = await start_system(ctx.procs, variant, gate_flags=[HTTP_LISTEN])
-        assert system.gate.ready is not None
-        address = system.gate.ready.identity["http"]
-        urls = [
-            f"http://{address}/v1/objects/Echo/echo-{index}/Echo"
-            for index in range(max(ctx.settings.concurrency))
-        ]
+        urls = system_urls(system, max(ctx.settings.concurrency))
         return await _load(
             ctx, variant.label, urls, body, {"gate": system.gate, "node": system.node}
         )
+
+
+async def _alternated(ctx: Ctx, variant: Variant, body: bytes) -> dict[int, tuple[Side, Side]]:
+    """The calls again at each concurrency, in alternated rounds: the bare echo and the
+    system both running, their calls taking turns (the figures the HTTP target reads)."""
+    sides: dict[int, tuple[Side, Side]] = {}
+    async with ctx.scope():
+        bare = await _start_bare(ctx, variant)
+        system = await start_system(ctx.procs, variant, gate_flags=[HTTP_LISTEN])
+        for level in ctx.settings.concurrency:
+            async with http_session(level) as bare_http, http_session(level) as system_http:
+                bare_echo = post_call(bare_http, _bare_urls(bare, level), body)
+                system_echo = post_call(system_http, system_urls(system, level), body)
+                pair = (
+                    Side({"bare": bare.pid}, {"http": bare_echo}),
+                    Side.of(system, {"http": system_echo}),
+                )
+                for side in pair:  # activation and connecting are not what we measure
+                    for worker in range(level):
+                        await side.calls["http"](worker)
+                await alternate(ctx, list(pair), "http", level)
+                sides[level] = pair
+    return sides
 
 
 async def _read_events(
@@ -188,6 +224,10 @@ async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
     bare = await _bare(ctx, variant, body)
     system = await _system(ctx, variant, body)
     call_rows(result, bare, system)
+    for level, (bare_side, system_side) in (await _alternated(ctx, variant, body)).items():
+        case = f"concurrency {level}, {ALTERNATED}"
+        rows(result, case, bare_side.rounds["http"], system_side.rounds["http"])
+        result.details[case] = round_details({"bare": bare_side, "system": system_side}, "http")
     rounds = await _event_streams(ctx, variant)
     case = f"broadcast to {EVENT_STREAMS} event streams"
     for metric, unit, better in (
@@ -196,7 +236,7 @@ async def http(ctx: Ctx, variant: Variant) -> ScenarioResult:
     ):
         value = median([r[metric] for r in rounds])
         result.add(case, metric.replace("_", " "), unit, None, value, better)
-    result.details = {
+    result.details |= {
         "event_stream_rounds": rounds,
         "errors": {
             "bare": {level: r.errors for level, r in bare.items()},

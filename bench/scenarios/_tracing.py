@@ -11,13 +11,10 @@ from bench.clients import CALL_TIMEOUT
 from bench.cluster import LISTEN, Variant, start_system
 from bench.procs import PYTHON, Proc
 from bench.results_model import ScenarioResult
-from bench.scenarios._ab import Side, alternate, round_details, rows, sdk_call
-from bench.scenarios._calls import call_rows, system_calls
+from bench.scenarios._calls import call_rows, sdk_call, system_calls
 from bench.scenarios._context import Ctx
+from bench.scenarios._rounds import ALTERNATED, Side, alternate, round_details, rows
 from goverse.client import Client
-
-ALTERNATED = "alternated rounds"
-"""The cases measured in alternated rounds (what the tracing target reads)."""
 
 
 def _tracing_env(mode: str, sink_address: str) -> dict[str, str]:
@@ -51,12 +48,13 @@ async def _alternated(
     """Scenario 10's way at `level`: both systems running, rounds of calls taking turns, so
     that the machine's drift (tens of per cent within minutes) falls on both alike."""
     async with ctx.scope():
-        sides = [Side(await start_system(ctx.procs, off)), Side(await start_system(ctx.procs, on))]
+        systems = [await start_system(ctx.procs, off), await start_system(ctx.procs, on)]
+        sides = [Side.of(system) for system in systems]
         ids = [f"echo-{index}" for index in range(level)]
         timeout = timedelta(seconds=CALL_TIMEOUT)
         async with (
-            Client([sides[0].system.gate_address], call_timeout=timeout) as off_client,
-            Client([sides[1].system.gate_address], call_timeout=timeout) as on_client,
+            Client([systems[0].gate_address], call_timeout=timeout) as off_client,
+            Client([systems[1].gate_address], call_timeout=timeout) as on_client,
         ):
             for side, client in zip(sides, (off_client, on_client), strict=True):
                 side.calls = {"sdk": sdk_call(client, ids, payload)}
