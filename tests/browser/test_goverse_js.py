@@ -1,6 +1,7 @@
 """goverse.js in a real browser, without a gate: it loads as an ES module, its backoff and
 error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE; against a
-fake EventSource and fetch, its failover keeps one stream and its deadlines go out whole."""
+fake EventSource and fetch, its failover keeps one stream, a malformed event fails over like a
+broken stream, and its deadlines go out whole."""
 
 from __future__ import annotations
 
@@ -130,9 +131,8 @@ FAKE_TRANSPORT = """() => {
             window.sources.push(this);
         }
         close() { this.closed = true; }
-        emit(type, data = {}) {
-            this.dispatchEvent(new MessageEvent(type, { data: JSON.stringify(data) }));
-        }
+        emit(type, data = {}) { this.send(type, JSON.stringify(data)); }
+        send(type, text) { this.dispatchEvent(new MessageEvent(type, { data: text })); }
     };
     window.fetch = (url, init) => new Promise((resolve, reject) => {
         const aborted = () => reject(new DOMException("aborted", "AbortError"));
@@ -311,3 +311,62 @@ def test_the_longest_deadline_the_gate_takes_does_not_expire_at_once(
         }"""
     )
     assert results == ["ok", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("event", "data"),
+    [
+        ("registered", "not json"),
+        ("registered", "null"),
+        ("registered", '{"clientId": "a"}'),
+        ("message", "{oops"),
+        ("message", '{"message": {}}'),
+    ],
+)
+def test_a_malformed_event_is_a_broken_stream_not_an_uncaught_error(
+    context: BrowserContext, web_url: str, event: str, data: str
+) -> None:
+    """An event whose data is not the JSON object the gate sends (not JSON, null, without its
+    string ids or type) breaks the session's stream like a lost connection: no exception
+    escapes to the page, the stream is closed, onDisconnect says why, and the session
+    registers with the next gate. It threw in the event handler and left the session on a
+    stream it could not use (``connecting`` until connect() timed out)."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async ([event, data]) => {
+            const uncaught = [];
+            window.addEventListener("error", (e) => uncaught.push(String(e.message)));
+            const c = new window.gv.Goverse({
+                gates: ["http://a.test", "http://b.test"], timeoutMs: 2000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+            });
+            const losses = [];
+            c.onDisconnect = ({ gate, reason }) => losses.push({ gate, reason });
+            const connected = c.connect();
+            await window.until(() => window.sources.length === 1);
+            if (event === "message") {
+                window.sources[0].emit("registered", { clientId: "a1", credential: "c1" });
+                await connected;
+            }
+            window.sources[0].send(event, data);
+            const redialed = await window.until(() => window.sources.length === 2)
+                .then(() => true, () => false);
+            const result = { uncaught, losses, redialed, state: c.state,
+                             firstClosed: window.sources[0].closed };
+            if (redialed) {
+                window.sources[1].emit("registered", { clientId: "b1", credential: "c2" });
+                result.clientId = await c.connect();
+                result.gate = c.gate;
+            }
+            c.close();
+            return result;
+        }""",
+        [event, data],
+    )
+    assert result["uncaught"] == []
+    assert [loss["gate"] for loss in result["losses"]] == ["http://a.test"]
+    assert result["losses"][0]["reason"].startswith(f"malformed {event} event: ")
+    assert result["firstClosed"] is True
+    assert result["redialed"] is True
+    assert (result["clientId"], result["gate"]) == ("b1", "http://b.test")

@@ -61,6 +61,24 @@ export function errorFromResponse(status, bodyText) {
   return new GoverseError(code, bodyText.slice(0, 200) || `HTTP ${status}`, status);
 }
 
+/** The JSON object an event of the gate carries, as `{data}`, or `{problem}` when its data is
+ * not one (not JSON, not an object, or without a string in each of `fields`): the gate always
+ * sends such an object, so anything else is a stream the session cannot use. */
+function eventData(event, fields) {
+  let data;
+  try {
+    data = JSON.parse(event.data);
+  } catch {
+    return { problem: "not JSON" };
+  }
+  if (data === null || typeof data !== "object" || Array.isArray(data)) {
+    return { problem: "not a JSON object" };
+  }
+  const missing = fields.filter((field) => typeof data[field] !== "string");
+  if (missing.length > 0) return { problem: `no string ${missing.join(", ")}` };
+  return { data };
+}
+
 function trimSlash(url) {
   return url.replace(/\/+$/, "");
 }
@@ -274,7 +292,7 @@ export class Goverse {
     const source = new EventSource(url);
     this._source = source;
     source.addEventListener("registered", (event) => this._onRegistered(source, gate, event));
-    source.addEventListener("message", (event) => this._onPush(source, event));
+    source.addEventListener("message", (event) => this._onPush(source, gate, event));
     source.addEventListener("draining", () => this._sourceFailed(source, gate, "gate draining"));
     // EventSource would dial the same gate again by itself: we close it and pick the next gate.
     source.addEventListener("error", () => this._sourceFailed(source, gate, "event stream lost"));
@@ -282,7 +300,12 @@ export class Goverse {
 
   _onRegistered(source, gate, event) {
     if (source !== this._source) return;
-    const { clientId, credential, gateId = null } = JSON.parse(event.data);
+    const { data, problem } = eventData(event, ["clientId", "credential"]);
+    if (problem) {
+      this._sourceFailed(source, gate, `malformed registered event: ${problem}`);
+      return;
+    }
+    const { clientId, credential, gateId = null } = data;
     this._session = { clientId, credential, gate, gateId, since: Date.now() };
     this._state = "registered";
     const previous = this._previousClientId;
@@ -292,9 +315,16 @@ export class Goverse {
     if (previous !== null && previous !== clientId) this.onReconnect(previous, clientId);
   }
 
-  _onPush(source, event) {
+  _onPush(source, gate, event) {
     if (source !== this._source) return;
-    const { type, message = null, base64 = null } = JSON.parse(event.data);
+    const { data, problem } = eventData(event, ["type"]);
+    if (problem) {
+      // A push the session cannot read is lost: like a broken stream, registering again
+      // tells the page (onReconnect) to resynchronise.
+      this._sourceFailed(source, gate, `malformed message event: ${problem}`);
+      return;
+    }
+    const { type, message = null, base64 = null } = data;
     this.onMessage(type, message, base64);
   }
 
