@@ -159,6 +159,41 @@ def test_no_gate_is_a_usage_error_and_an_unreachable_gate_exits_1(unreachable: s
     assert one_line_error(result).startswith("goverse: UNAVAILABLE: ")
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["localhost", "host:notaport", ":99999", ":7100", "127.0.0.1:0", "127.0.0.1:65536",
+     "[::1", "::1]:7100", "gate host:7100", "unix:relative.sock", "unix:"],
+)  # fmt: skip
+def test_a_gate_that_is_not_host_port_is_a_usage_error(address: str) -> None:
+    """--gate (or $GOVERSE_GATE) that is not HOST:PORT or unix:/absolute/path exits 2 at once
+    with one line naming it, and dials nothing: it waited out --timeout and exited 1 with
+    UNAVAILABLE (gRPC took ``localhost`` as port 443, ``:99999`` as a name to resolve)."""
+    for result in (
+        goverse("--timeout=5", "describe", gate=address),
+        goverse("--timeout=5", "describe", env={"GOVERSE_GATE": address}),
+    ):
+        assert result.returncode == Exit.USAGE, result.stderr
+        line = one_line_error(result)
+        assert repr(address) in line
+        assert "HOST:PORT" in line
+
+
+def test_an_empty_gate_from_the_environment_is_no_gate() -> None:
+    result = goverse("describe", env={"GOVERSE_GATE": ""})
+    assert result.returncode == Exit.USAGE
+    assert one_line_error(result) == "goverse: no gate: give --gate HOST:PORT or set GOVERSE_GATE"
+
+
+@pytest.mark.parametrize("address", ["[::1]:{port}", "unix:/nonexistent/goverse-cli.sock"])
+def test_an_ipv6_or_unix_gate_address_is_dialed(unreachable: str, address: str) -> None:
+    """The forms gates listen on besides host:port pass the check: nothing answers there, so
+    the command exits 1 with UNAVAILABLE after --timeout, not 2."""
+    gate = address.format(port=unreachable.rpartition(":")[2])
+    result = goverse("--timeout=1", "describe", gate=gate)
+    assert result.returncode == Exit.FAILED, result.stderr
+    assert one_line_error(result).startswith("goverse: UNAVAILABLE: ")
+
+
 async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) -> None:
     """``watch`` says its client id on stderr, prints a push sent to it as one JSON line
     with its type name, and exits 0 on Ctrl-C."""

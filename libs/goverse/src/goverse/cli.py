@@ -45,9 +45,10 @@ class Exit(enum.IntEnum):
     """The gate answered with an error, or could not be reached: the message names the gRPC
     status (``UNAVAILABLE: …``, ``NOT_FOUND: …``)."""
     USAGE = 2
-    """Nothing was sent: bad arguments, a JSON argument that is not a valid request (not
-    JSON, an unknown field, a value of the wrong type), an object type or method the gate's
-    Describe does not know, a TLS file that cannot be read."""
+    """Nothing was sent: bad arguments (a --gate that is not ``HOST:PORT``, say), a JSON
+    argument that is not a valid request (not JSON, an unknown field, a value of the wrong
+    type), an object type or method the gate's Describe does not know, a TLS file that cannot
+    be read."""
     INTERRUPTED = 130
     """Ctrl-C during a command other than ``watch``."""
 
@@ -67,6 +68,21 @@ def _seconds(text: str) -> float:
             f"{text!r} is not a number of seconds above 0, at most {MAX_TIMEOUT:g}"
         )
     return seconds
+
+
+def _is_gate_address(text: str) -> bool:
+    """Whether `text` is an address a gate listens on: ``HOST:PORT`` (port 1-65535, an IPv6
+    host in brackets) or ``unix:/absolute/path``. gRPC takes many mistakes as something to
+    dial (``localhost`` as port 443, ``:99999`` as a name to resolve), and the command then
+    waits out --timeout to say UNAVAILABLE."""
+    if text.startswith("unix:"):
+        return len(text) > len("unix:/") and text.startswith("unix:/")
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return False
+    if host.startswith("["):  # [IPv6]
+        host = host[1:-1] if host.endswith("]") else ""
+    return bool(host) and host.isprintable() and not any(c in host for c in " []")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,6 +184,11 @@ def _read(path: str | None) -> bytes | None:
 def _client(args: argparse.Namespace, **options: Any) -> Client:
     if not args.gate:
         raise UsageError(f"no gate: give --gate HOST:PORT or set {GATE_ENV}")
+    if not _is_gate_address(args.gate):
+        raise UsageError(
+            f"the gate {args.gate!r} is not HOST:PORT or unix:/absolute/path "
+            f"(--gate or ${GATE_ENV})"
+        )
     if args.token and not all(" " <= char <= "~" for char in args.token):
         # gRPC refuses such a metadata value on every registration: it would end as UNAVAILABLE.
         raise UsageError("the token is not printable ASCII (--token or $GOVERSE_TOKEN)")
