@@ -146,6 +146,23 @@ FAKE_TRANSPORT = """() => {
     };
 }"""
 
+QUICK_CLIENT = """() => {
+    // window.quickClient(): a client of the fake gate(s) that retries at once (1 ms backoff),
+    // so that failover shows without waiting. With { slow: true }, its token takes 50 ms
+    // to come (a dial waits for it) and window.tokens counts how often it was asked.
+    window.tokens = 0;
+    const slowToken = () => {
+        window.tokens += 1;
+        return new Promise((r) => setTimeout(() => r("t"), 50));
+    };
+    window.quickClient = ({ gates = ["http://gate.test"], slow = false } = {}) =>
+        new window.gv.Goverse({
+            gates, timeoutMs: 2000,
+            backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+            token: slow ? slowToken : null,
+        });
+}"""
+
 
 def test_a_stale_calls_failure_leaves_the_new_session_alone(
     context: BrowserContext, web_url: str
@@ -155,12 +172,10 @@ def test_a_stale_calls_failure_leaves_the_new_session_alone(
     failure is that old session's, so the new registration and its stream stay."""
     page = module_page(context, web_url)
     page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
     result: dict[str, Any] = page.evaluate(
         """async () => {
-            const c = new window.gv.Goverse({
-                gates: ["http://gate.test"], timeoutMs: 2000,
-                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
-            });
+            const c = window.quickClient();
             const connected = c.connect();
             await window.until(() => window.sources.length === 1);
             window.sources[0].emit("registered", { clientId: "old", credential: "c1" });
@@ -196,17 +211,10 @@ def test_a_stale_calls_failure_while_dialing_opens_no_second_stream(
     open one would reconnect by itself forever, a registration nobody uses)."""
     page = module_page(context, web_url)
     page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
     result: dict[str, Any] = page.evaluate(
         """async () => {
-            let tokens = 0;
-            const c = new window.gv.Goverse({
-                gates: ["http://gate.test"], timeoutMs: 2000,
-                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
-                token: () => {
-                    tokens += 1;
-                    return new Promise((r) => setTimeout(() => r("t"), 50));
-                },
-            });
+            const c = window.quickClient({ slow: true });
             const connected = c.connect();
             await window.until(() => window.sources.length === 1);
             window.sources[0].emit("registered", { clientId: "old", credential: "c1" });
@@ -214,7 +222,7 @@ def test_a_stale_calls_failure_while_dialing_opens_no_second_stream(
             const call = c.call("ChatRoom", "lobby", "Send", { text: "hi" }).catch((e) => e.code);
             await window.until(() => window.fetches.length === 1);
             window.sources[0].emit("error");
-            await window.until(() => tokens === 2); // the second dial waits for its token
+            await window.until(() => window.tokens === 2); // the second dial waits for its token
             window.fetches[0].reject(new TypeError("Failed to fetch"));
             await call;
             await new Promise((r) => setTimeout(r, 200)); // both dials are done by now
@@ -235,21 +243,14 @@ def test_a_one_shot_calls_failure_while_connecting_leaves_one_stream_open(
     beside the second one's (it would reconnect by itself forever)."""
     page = module_page(context, web_url)
     page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
     result: dict[str, Any] = page.evaluate(
         """async () => {
-            let tokens = 0;
-            const c = new window.gv.Goverse({
-                gates: ["http://gate.test"], timeoutMs: 2000,
-                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
-                token: () => {
-                    tokens += 1;
-                    return new Promise((r) => setTimeout(() => r("t"), 50));
-                },
-            });
+            const c = window.quickClient({ slow: true });
             const call = c.call("Counter", "x", "Get", {}).catch((e) => e.code);
             await window.until(() => window.fetches.length === 1);
             c.connect().catch(() => {});
-            await window.until(() => tokens === 2); // the dial waits for its token
+            await window.until(() => window.tokens === 2); // the dial waits for its token
             window.fetches[0].reject(new TypeError("Failed to fetch"));
             const code = await call;
             await new Promise((r) => setTimeout(r, 200)); // both dials are done by now
@@ -333,14 +334,12 @@ def test_a_malformed_event_is_a_broken_stream_not_an_uncaught_error(
     stream it could not use (``connecting`` until connect() timed out)."""
     page = module_page(context, web_url)
     page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
     result: dict[str, Any] = page.evaluate(
         """async ([event, data]) => {
             const uncaught = [];
             window.addEventListener("error", (e) => uncaught.push(String(e.message)));
-            const c = new window.gv.Goverse({
-                gates: ["http://a.test", "http://b.test"], timeoutMs: 2000,
-                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
-            });
+            const c = window.quickClient({ gates: ["http://a.test", "http://b.test"] });
             const losses = [];
             c.onDisconnect = ({ gate, reason }) => losses.push({ gate, reason });
             const connected = c.connect();
