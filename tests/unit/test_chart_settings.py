@@ -35,7 +35,17 @@ def config_values(component: str) -> dict[str, str]:
 def section_values(*section: str) -> dict[str, str]:
     """The keys right under `section` (a path of keys) in values.yaml, each with its comment
     as one line."""
-    keys: dict[str, str] = {}
+    return {
+        path[-1]: comment
+        for path, comment in values_with_comments()
+        if list(path[:-1]) == list(section)
+    }
+
+
+def values_with_comments() -> list[tuple[tuple[str, ...], str]]:
+    """Every key of values.yaml as its path of keys (keys inside list items are not
+    reached), with its comment as one line."""
+    keys: list[tuple[tuple[str, ...], str]] = []
     path: list[tuple[int, str]] = []
     comment: list[str] = []
     for line in (CHART / "values.yaml").read_text().splitlines():
@@ -50,9 +60,8 @@ def section_values(*section: str) -> dict[str, str]:
         indent = len(match["indent"])
         while path and path[-1][0] >= indent:
             path.pop()
-        if [key for _, key in path] == list(section):
-            keys[match["key"]] = " ".join(comment)
         path.append((indent, match["key"]))
+        keys.append((tuple(key for _, key in path), " ".join(comment)))
         comment = []
     return keys
 
@@ -160,12 +169,37 @@ def test_the_chart_turns_metrics_off_with_the_flags_own_word() -> None:
     assert '"off" $v.metrics.enabled' in helpers
 
 
+# A dotted name in a comment that starts with a top-level value: another value it refers to.
+_VALUE_REFERENCE = re.compile(r"(?<![\w./-])([a-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)+)")
+# Dotted names of the comments that are no values: the files of a kubernetes.io/tls Secret.
+_NOT_VALUES = {"tls.crt", "tls.key"}
+
+
+def test_every_value_a_values_comment_names_exists() -> None:
+    """A comment of values.yaml that names another value (`tls.enabled`,
+    `gate.ingress.hosts`) names one the chart has: a user who follows it sets a key the
+    chart reads, not one the schema refuses as unknown."""
+    entries = values_with_comments()
+    paths = {".".join(path) for path, _ in entries}
+    tops = {path[0] for path, _ in entries}
+    for path, comment in entries:
+        for name in _VALUE_REFERENCE.findall(comment):
+            if name.split(".")[0] in tops and name not in _NOT_VALUES:
+                assert name in paths, f"the comment of {'.'.join(path)} names {name}: no value"
+
+
 def test_the_reader_finds_keys_and_their_comments() -> None:
     """The values.yaml reader this check relies on sees nested keys and multi-line comments."""
     gate = config_values("gate")
     assert "slowClientPolicy" in gate
     assert "(default disconnect)" in gate["slowClientPolicy"]
     assert variable_of("keepaliveMinTime") == "GOVERSE_KEEPALIVE_MIN_TIME"
+    paths = {path for path, _ in values_with_comments()}
+    assert {("tls", "enabled"), ("gate", "ingress", "annotations")} <= paths
+    assert _VALUE_REFERENCE.findall("(`GRPCS` with `tls.enabled`; its `tls.crt`)") == [
+        "tls.enabled",
+        "tls.crt",
+    ]
 
 
 # -- the store ------------------------------------------------------------------------------
