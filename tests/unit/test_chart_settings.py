@@ -553,3 +553,39 @@ def test_a_lease_the_service_refuses_is_refused_by_the_chart(
         NodePod(resources).environ() if component == "node" else configmap_data(resources, "gate")
     )
     assert SERVICES[component].parser(environ).parse([]).lease_ttl == timedelta(seconds=20)
+
+
+# -- the Ingress of the gates -------------------------------------------------------------------
+
+BACKEND_PROTOCOL = "nginx.ingress.kubernetes.io/backend-protocol"
+TLS_FROM_SECRETS = {"enabled": True, "source": "secrets", "secrets": {"gate": "g", "node": "n"}}
+
+
+def ingress_values(tls: bool, protocol: str) -> dict[str, Any]:
+    """Values with an Ingress to the gates whose ingress-nginx backend protocol is
+    `protocol`, and TLS on the gates (from Secrets) or off."""
+    ingress = {
+        "enabled": True,
+        "hosts": ["goverse.example.com"],
+        "tlsSecretName": "goverse-example-tls",
+        "annotations": {BACKEND_PROTOCOL: protocol},
+    }
+    return {"tls": TLS_FROM_SECRETS if tls else {"enabled": False}, "gate": {"ingress": ingress}}
+
+
+@needs_chart_tools
+@pytest.mark.parametrize(
+    ("tls", "right", "wrong"), [(True, "GRPCS", "GRPC"), (False, "GRPC", "GRPCS")]
+)
+def test_the_ingress_reaches_the_gates_with_the_protocol_they_serve(
+    tmp_path: Path, tls: bool, right: str, wrong: str
+) -> None:
+    """With tls.enabled the gates serve clients TLS, so ingress-nginx must reach them with
+    GRPCS, and without it with GRPC: the chart refuses the other one, with which every call
+    through the Ingress would fail, and renders the right one as given."""
+    with pytest.raises(TargetError, match=f"backend-protocol is {wrong}: .* use {right}"):
+        render_values(tmp_path, ingress_values(tls, wrong))
+    (ingress,) = [
+        r for r in render_values(tmp_path, ingress_values(tls, right)) if r["kind"] == "Ingress"
+    ]
+    assert ingress["metadata"]["annotations"][BACKEND_PROTOCOL] == right

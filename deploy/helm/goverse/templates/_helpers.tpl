@@ -641,6 +641,15 @@ under half of --lease-ttl; the defaults are shared by gate and node. */}}
 {{- if and $ingress.enabled (not $ingress.tlsSecretName) }}
 {{- fail "gate.ingress.enabled needs gate.ingress.tlsSecretName: clients reach the gates through the Ingress with TLS only (gRPC needs HTTP/2, which ingress controllers offer with TLS), so name the kubernetes.io/tls Secret of gate.ingress.hosts" }}
 {{- end }}
+{{- /* ingress-nginx speaks to the gates as the annotation says (upper-cased, as it reads it):
+GRPCS reaches a TLS port only, GRPC a plaintext one, anything else is no gRPC at all. */}}
+{{- $protocol := index $ingress.annotations "nginx.ingress.kubernetes.io/backend-protocol" }}
+{{- if and $ingress.enabled $protocol }}
+{{- $served := ternary "GRPCS" "GRPC" $v.tls.enabled }}
+{{- if ne (upper (trim $protocol)) $served }}
+{{- fail (printf "gate.ingress.annotations: nginx.ingress.kubernetes.io/backend-protocol is %s: the gates serve %s, so use %s" $protocol (ternary "clients TLS (tls.enabled)" "plaintext gRPC (tls.enabled=false)" $v.tls.enabled) $served) }}
+{{- end }}
+{{- end }}
 {{- if and $v.gate.grpcRoute.enabled (not $v.gate.grpcRoute.parentRefs) }}
 {{- fail "gate.grpcRoute.enabled needs gate.grpcRoute.parentRefs: the Gateway listener (HTTPS, terminating TLS) the route attaches to" }}
 {{- end }}
