@@ -13,8 +13,9 @@ import pytest
 
 from goverse.gate import GateConfig
 from goverse.node import NodeConfig
-from goverse.server import Declared, ServiceSettings, declared
+from goverse.server import Declared, ServiceSettings, declared, format_duration
 from goverse.server._service import LEAVE_SHARE
+from goverse.server._service_settings import MIN_LEASE_TTL
 from tests.e2e.targets.base import TargetError
 from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, render
 
@@ -553,6 +554,44 @@ def test_a_lease_the_service_refuses_is_refused_by_the_chart(
         NodePod(resources).environ() if component == "node" else configmap_data(resources, "gate")
     )
     assert SERVICES[component].parser(environ).parse([]).lease_ttl == timedelta(seconds=20)
+
+
+def test_the_chart_s_shortest_lease_is_the_services_one() -> None:
+    """The chart refuses a lease shorter than the shortest the services accept, written once
+    in _helpers.tpl as goverse.minimum.leaseTtl."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    minimum = re.search(r'define "goverse\.minimum\.leaseTtl" -}}([^{]*){{', helpers)
+    assert minimum is not None, "no goverse.minimum.leaseTtl in _helpers.tpl"
+    assert minimum[1] == format_duration(MIN_LEASE_TTL)
+
+
+@pytest.mark.parametrize(
+    ("component", "config"),
+    [
+        ("node", {"leaseTtl": "1500ms", "etcdTimeout": "500ms", "fenceMargin": "500ms"}),
+        ("gate", {"leaseTtl": "1s", "etcdTimeout": "400ms"}),
+    ],
+)
+@needs_chart_tools
+def test_a_lease_under_the_services_shortest_is_refused_by_the_chart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], component: str, config: dict[str, str]
+) -> None:
+    """A --lease-ttl under the shortest the services accept (2 s) is refused by them at every
+    start, even with --etcd-timeout (and --fence-margin) under half of it: the chart refuses
+    such values too; the shortest lease itself renders and parses."""
+    environ = {variable_of(key): value for key, value in config.items()}
+    with pytest.raises(SystemExit):
+        SERVICES[component].parser(environ).parse([])
+    shortest = format_duration(MIN_LEASE_TTL)
+    assert f"--lease-ttl must be at least {shortest}" in capsys.readouterr().err
+    message = rf"{component}\.config\.leaseTtl \({config['leaseTtl']}\) must be at least {shortest}"
+    with pytest.raises(TargetError, match=message):
+        render_values(tmp_path, {component: {"config": config}})
+    resources = render_values(tmp_path, {component: {"config": {**config, "leaseTtl": shortest}}})
+    environ = (
+        NodePod(resources).environ() if component == "node" else configmap_data(resources, "gate")
+    )
+    assert SERVICES[component].parser(environ).parse([]).lease_ttl == MIN_LEASE_TTL
 
 
 # -- the Ingress of the gates -------------------------------------------------------------------

@@ -215,6 +215,9 @@ tests/unit/test_chart_settings.py checks each against the code.
 {{- define "goverse.nodeDefault.leaseTtl" -}}10s{{- end }}
 {{- define "goverse.nodeDefault.etcdTimeout" -}}3s{{- end }}
 {{- define "goverse.nodeDefault.fenceMargin" -}}2s{{- end }}
+{{- /* The shortest --lease-ttl gate and node accept (MIN_LEASE_TTL in
+goverse.server._service_settings): keep-alives go every third of it. */}}
+{{- define "goverse.minimum.leaseTtl" -}}2s{{- end }}
 
 {{/* The node's `--handoff-timeout` in seconds (a float): node.config.handoffTimeout, or the
 node's own default. */}}
@@ -578,9 +581,14 @@ and lint with the reason.
 {{- if lt $grace (int $needed) }}
 {{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: it must cover %s.preStopSleepSeconds (%d) + the shutdown budget (%d s) + a margin of at least 2 s (recommended 5 s), i.e. at least %d" $component $grace $component (int $c.preStopSleepSeconds) $shutdown (int $needed)) }}
 {{- end }}
-{{- /* The services refuse to start unless --etcd-timeout (and the node's --fence-margin) is
-under half of --lease-ttl; the defaults are shared by gate and node. */}}
+{{- /* The services refuse to start unless --lease-ttl is at least their shortest, and
+--etcd-timeout (and the node's --fence-margin) is under half of it; the defaults are shared
+by gate and node. */}}
 {{- $lease := include "goverse.seconds" (default (include "goverse.nodeDefault.leaseTtl" $) $c.config.leaseTtl) | float64 }}
+{{- $shortest := include "goverse.minimum.leaseTtl" $ }}
+{{- if lt $lease (include "goverse.seconds" $shortest | float64) }}
+{{- fail (printf "%s.config.leaseTtl (%s) must be at least %s: the %s refuses a shorter lease at start (its keep-alives go every third of it)" $component $c.config.leaseTtl $shortest $component) }}
+{{- end }}
 {{- $under := dict "etcdTimeout" (default (include "goverse.nodeDefault.etcdTimeout" $) $c.config.etcdTimeout) }}
 {{- if eq $component "node" }}
 {{- $_ := set $under "fenceMargin" (default (include "goverse.nodeDefault.fenceMargin" $) $c.config.fenceMargin) }}
