@@ -3,6 +3,7 @@ what the node parses out of a rendering (the store's settings)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from datetime import timedelta
@@ -418,6 +419,75 @@ def test_the_call_bounds_reach_both_services_as_their_settings(tmp_path: Path) -
     node = NodeConfig.parser(NodePod(resources).environ()).parse([])
     assert (gate.max_session_calls, gate.max_stream_calls) == (500, 4000)
     assert node.max_stream_calls == 20000
+
+
+# -- zeros ------------------------------------------------------------------------------------
+
+
+def accepts_zero(item: Declared) -> bool:
+    """Whether the service takes the text "0" for this setting (rather than refusing it)."""
+    try:
+        value = item.parse("0")
+    except argparse.ArgumentTypeError:
+        return False
+    return item.problem(value) is None
+
+
+@needs_chart_tools
+def test_a_zero_the_services_take_reaches_them_as_zero(tmp_path: Path) -> None:
+    """A `config` duration whose setting takes 0 (the node's --rebalance-delay: release shards
+    to a joined node at once; the gate's --stable-after) given as "0" reaches the service as
+    0, as "0s" does, instead of being dropped for the service's own default."""
+    zeros = {
+        component: {
+            key: "0"
+            for key in config_values(component)
+            if accepts_zero(settings_by_variable(config)[variable_of(key)])
+        }
+        for component, config in SERVICES.items()
+    }
+    assert zeros == {"node": {"rebalanceDelay": "0"}, "gate": {"stableAfter": "0"}}
+    resources = render_values(tmp_path, {c: {"config": keys} for c, keys in zeros.items()})
+    parsed = {
+        "node": NodeConfig.parser(NodePod(resources).environ()).parse([]),
+        "gate": GateConfig.parser(configmap_data(resources, "gate")).parse([]),
+    }
+    for component, keys in zeros.items():
+        for key in keys:
+            item = settings_by_variable(SERVICES[component])[variable_of(key)]
+            assert getattr(parsed[component], item.name) == item.parse("0"), (
+                f"{component}.config.{key}: 0 did not reach the {component}"
+            )
+
+
+def test_every_number_the_chart_drops_at_zero_is_refused_by_the_service_at_zero() -> None:
+    """A number of 0 in `config` (and the store's counts) means the service's own default and
+    is not passed on: that never hides a value the service would take, as every such setting
+    refuses 0."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    numbers = {
+        name for name, kind in schema["definitions"].items() if "integer" in kind.get("type", [])
+    }
+
+    def numeric_keys(*section: str) -> list[str]:
+        node = schema
+        for key in section:
+            node = node["properties"][key]
+        return [
+            key
+            for key, value in node["properties"].items()
+            if value.get("$ref", "").removeprefix("#/definitions/") in numbers
+        ]
+
+    for component, config in SERVICES.items():
+        settings = settings_by_variable(config)
+        keys = numeric_keys(component, "config")
+        assert keys, f"no numeric {component}.config values in the schema"
+        for key in keys:
+            assert not accepts_zero(settings[variable_of(key)]), f"{component}.config.{key}"
+    node_settings = settings_by_variable(NodeConfig)
+    for key in numeric_keys("store"):
+        assert not accepts_zero(node_settings[STORE_SETTINGS[key]]), f"store.{key}"
 
 
 # -- the objects ------------------------------------------------------------------------------

@@ -334,13 +334,15 @@ OTEL_TRACES_SAMPLER_ARG: {{ . | quote }}
 
 {{/*
 GOVERSE_* variables of a component's `config` values: camelCase key -> GOVERSE_UPPER_SNAKE;
-empty strings and zeros (the service's own default) are left out.
+empty strings and numbers of 0 (the service's own default: every count refuses 0) are left
+out. A string is passed whenever set: "0" is a duration some settings take
+(--rebalance-delay, --stable-after).
 */}}
 {{- define "goverse.flagConfig" -}}
 {{- range $key, $value := . }}
 {{- /* numbers arrive as float64: int64 keeps 1000000 from rendering as 1e+06 */}}
 {{- $text := ternary $value (toString (int64 $value)) (kindIs "string" $value) }}
-{{- if and $text (ne $text "0") }}
+{{- if and $text (or (kindIs "string" $value) (ne $text "0")) }}
 GOVERSE_{{ $key | snakecase | upper }}: {{ $text | quote }}
 {{- end }}
 {{- end }}
