@@ -460,6 +460,32 @@ def test_a_zero_the_services_take_reaches_them_as_zero(tmp_path: Path) -> None:
             )
 
 
+@needs_chart_tools
+@pytest.mark.parametrize("component", sorted(SERVICES))
+def test_a_zero_the_service_refuses_is_refused_by_the_chart(tmp_path: Path, component: str) -> None:
+    """Every `config` value the schema lets be a string ("0", "0s", "0MiB"), whose setting
+    refuses 0 at every start of the service, is refused by the chart when zero, with the value
+    named; so is store.saveInterval."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    definitions = schema["definitions"]
+    properties = schema["properties"][component]["properties"]["config"]["properties"]
+    settings = settings_by_variable(SERVICES[component])
+    refused = []
+    for key, value in properties.items():
+        kind = definitions[value["$ref"].split("/")[-1]] if "$ref" in value else value
+        item = settings[variable_of(key)]
+        if "string" in kind["type"] and "enum" not in kind and not accepts_zero(item):
+            refused.append(key)
+    assert refused, f"no {component}.config value refuses 0"
+    for key in refused:
+        with pytest.raises(TargetError, match=rf"{component}\.config\.{key} \(0\) is zero"):
+            render_values(tmp_path, {component: {"config": {key: "0"}}})
+    if component == "node":
+        assert not accepts_zero(settings["GOVERSE_SAVE_INTERVAL"])
+        with pytest.raises(TargetError, match=r"store\.saveInterval \(0s\) is zero"):
+            render_values(tmp_path, {"store": {"url": PG_URL, "saveInterval": "0s"}})
+
+
 def test_every_number_the_chart_drops_at_zero_is_refused_by_the_service_at_zero() -> None:
     """A number of 0 in `config` (and the store's counts) means the service's own default and
     is not passed on: that never hides a value the service would take, as every such setting

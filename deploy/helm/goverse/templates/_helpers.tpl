@@ -348,6 +348,17 @@ GOVERSE_{{ $key | snakecase | upper }}: {{ $text | quote }}
 {{- end }}
 {{- end }}
 
+{{/*
+"true" when a value given as a string is zero ("0", "0s", "0.0", "0MiB"), else empty. Of the
+settings a string can set, only these take 0 (goverse.validate refuses it for the others, as
+the services do at start): the node's --rebalance-delay, the gate's --stable-after, and the
+store's --idle-timeout (never).
+*/}}
+{{- define "goverse.isZero" -}}
+{{- if and (kindIs "string" .) (regexMatch "^0+(\\.0+)? *[A-Za-z]*$" .) }}true{{- end }}
+{{- end }}
+{{- define "goverse.zeroTaken" -}}rebalanceDelay,stableAfter{{- end }}
+
 {{/* goverse's demo object modules, which the node image carries (node.demoObjects). */}}
 {{- define "goverse.demoObjects" -}}goverse.examples.counter,goverse.examples.chat{{- end }}
 
@@ -583,6 +594,11 @@ and lint with the reason.
 {{- if lt $grace (int $needed) }}
 {{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: it must cover %s.preStopSleepSeconds (%d) + the shutdown budget (%d s) + a margin of at least 2 s (recommended 5 s), i.e. at least %d" $component $grace $component (int $c.preStopSleepSeconds) $shutdown (int $needed)) }}
 {{- end }}
+{{- range $key, $value := $c.config }}
+{{- if and (include "goverse.isZero" $value) (not (has $key (splitList "," (include "goverse.zeroTaken" $)))) }}
+{{- fail (printf "%s.config.%s (%s) is zero, which the %s refuses at start: leave it empty for the %s's own default" $component $key $value $component $component) }}
+{{- end }}
+{{- end }}
 {{- /* The services refuse to start unless --lease-ttl is at least their shortest, and
 --etcd-timeout (and the node's --fence-margin) is under half of it; the defaults are shared
 by gate and node. */}}
@@ -756,6 +772,9 @@ never repeat store.url: it may be the very URL with a password that is refused.
 {{- if $s.poolSize }}
 {{- fail (printf "store.poolSize is set with %s: the pool holds PostgreSQL connections" $what) }}
 {{- end }}
+{{- end }}
+{{- if include "goverse.isZero" $s.saveInterval }}
+{{- fail (printf "store.saveInterval (%s) is zero, which the node refuses at start: leave it empty for the node's own default" $s.saveInterval) }}
 {{- end }}
 {{- if and $s.saveInterval (not (include "goverse.store.enabled" .)) }}
 {{- fail "store.saveInterval is set without a store: state in memory is never saved; set store.url or store.existingSecret" }}
