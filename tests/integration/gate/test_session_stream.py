@@ -18,6 +18,7 @@ from goverse.v1 import gate_pb2
 from tests.helpers.gate_client import GateClient
 from tests.helpers.processes import ProcessGroup, ServiceProcess, process_group, serving
 from tests.helpers.session_client import WAIT, SessionClient, object_call, status_of
+from tests.helpers.telemetry import sample, scrape
 from tests.helpers.waiting import wait_until
 
 MAX_SESSION_CALLS = 8
@@ -162,5 +163,81 @@ async def test_a_drain_lets_the_calls_in_flight_answer_before_draining(
         assert client.events[-1] == "draining"
         assert client.events.index("replies") < client.events.index("draining")
         assert await client.stream.code() == grpc.StatusCode.OK
+    finally:
+        await client.close()
+
+
+DRAIN_PUSHES = 320
+"""Pushes of DRAIN_PUSH_BYTES queued for a client that does not read: 20 MiB, over three times
+what its connection's transport took (about 6 MiB), so that most of them wait on the gate."""
+DRAIN_PUSH_BYTES = 64 * 1024
+
+
+def _logged(process: ServiceProcess, event: str) -> bool:
+    return any(line["event"] == event for line in process.log_lines())
+
+
+async def test_a_client_that_half_closes_during_a_drain_still_gets_every_push_queued_for_it(
+    processes: ProcessGroup,
+) -> None:
+    """A session whose client does not read has 320 pushes of 64 KiB queued for it; the gate
+    gets SIGTERM and drains, then the client half-closes (it has nothing more to send) and
+    reads: it gets every push, then Draining, and the stream ends with OK. The half-close
+    used to close the client as gone, which discarded the pushes still queued on the gate."""
+    node = processes.node()
+    gate = processes.gate(
+        "halfclose",
+        [node.address],
+        extra=[
+            "--client-queue-bytes=64MiB",
+            "--shutdown-timeout=60s",  # reading 20 MiB on a loaded machine fits, whatever
+            "--metrics-port=0",
+            "--log-level=debug",
+        ],
+    )
+    await asyncio.to_thread(
+        wait_until, lambda: serving(gate.address, wire.GATE_SERVICE), WAIT, what="gate ready"
+    )
+    client = await SessionClient(gate.address).connect()
+    try:
+        push = Int64Value(value=DRAIN_PUSH_BYTES)
+        await client.send(
+            *(
+                object_call(n, "Blob", "halfclose", "PushToCaller", push)
+                for n in range(1, DRAIN_PUSHES + 1)
+            )
+        )
+
+        def queued() -> tuple[float, float]:
+            samples = scrape(gate.metrics_port)
+            return (
+                sample(samples, "goverse_gate_pushes_delivered_total"),
+                sample(samples, "goverse_gate_client_queue_depth"),
+            )
+
+        await asyncio.to_thread(
+            wait_until, lambda: queued()[0] == DRAIN_PUSHES, WAIT, what="every push queued"
+        )
+        assert queued()[1] > 0, "every push left the gate: the test shows nothing"
+        gate.signal(signal.SIGTERM)
+        await asyncio.to_thread(
+            wait_until, lambda: _logged(gate, "draining clients"), WAIT, what="the drain"
+        )
+        await client.stream.done_writing()
+        # The gate's reader has taken the half-close (the writer cannot have run since).
+        await asyncio.to_thread(
+            wait_until,
+            lambda: _logged(gate, "client ended its requests"),
+            WAIT,
+            what="the half-close taken",
+        )
+        pushed = 0
+        while (event := await client.next_event(WAIT)) is not None:
+            pushed += len(event.messages.messages)
+        assert pushed == DRAIN_PUSHES
+        assert client.events[-1] == "draining"
+        assert await client.stream.code() == grpc.StatusCode.OK
+        assert sorted(client.replies) == list(range(1, DRAIN_PUSHES + 1))
+        assert all(status_of(reply) == grpc.StatusCode.OK for reply in client.replies.values())
     finally:
         await client.close()

@@ -18,7 +18,7 @@ from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
 from goverse.server import CallDurations, CallMetricsInterceptor
 from goverse.v1 import gate_pb2, node_pb2
-from tests.helpers.fake_node import text
+from tests.helpers.fake_node import text, unpack_text
 from tests.helpers.waiting import eventually
 
 WAIT = 5.0
@@ -295,6 +295,28 @@ async def test_a_drain_lets_calls_in_flight_answer_then_sends_draining(harness: 
     assert code_of(replies[1]) == grpc.StatusCode.OK
     assert kinds[-1] == "draining"
     assert "messages" in kinds
+
+
+async def test_a_client_that_half_closes_while_the_gate_drains_still_gets_its_pushes(
+    harness: Harness,
+) -> None:
+    """The gate drains with pushes queued for the client, and the client half-closes (it has
+    nothing more to send) before the writer has sent them: the pushes are still delivered,
+    then Draining, then the stream ends, as a drain promises every client. The half-close
+    used to close the proxy as if the client had gone, which discarded the queue."""
+    for index in range(3):
+        assert harness.proxy.push(text(f"push {index}"))
+    harness.proxy.close("the gate is shutting down", drain=True)
+    harness.frames.end()
+    await _eventually(lambda: harness.frames.queue.empty())  # the reader took the end
+    kinds: list[str] = []
+    pushed: list[str] = []
+    while (event := await harness.next()) is not None:
+        kinds.append(event.WhichOneof("event") or "")
+        pushed.extend(unpack_text(message) for message in event.messages.messages)
+    assert pushed == ["push 0", "push 1", "push 2"]
+    assert kinds[-1] == "draining"
+    assert harness.proxy.dropped == 0
 
 
 async def test_a_client_that_stops_reading_holds_back_its_frames() -> None:

@@ -65,8 +65,9 @@ class ClientSession:
     flight, which the stop waits for as for unary calls); after a slow-consumer close with
     :class:`StreamEnd`; when the client ends its request stream (half-closes), once every
     call in flight has answered and its reply was sent (as the node's ``Calls`` stream
-    does). Whichever way it ends (cancellation included), the reader and every call still
-    in flight are cancelled and awaited for up to :data:`CANCEL_TIMEOUT`.
+    does), or, when the gate drains meanwhile, as a draining close does. Whichever way it ends
+    (cancellation included), the reader and every call still in flight are cancelled and
+    awaited for up to :data:`CANCEL_TIMEOUT`.
     """
 
     def __init__(
@@ -151,7 +152,9 @@ class ClientSession:
         """Starts the calls of each frame and cancels the ids it names, until the client ends
         its request stream (half-closes); then waits for the calls in flight to answer, as
         gRPC's half-close ends the requests, not the RPC, and closes the proxy, which ends the
-        writer once their replies are sent."""
+        writer once their replies are sent. A proxy closed by a drain is left as it is: the
+        writer sends the pushes it holds and the replies, then ``Draining``, as for any client
+        of a draining gate."""
         try:
             async for request in requests:
                 received = self._clock()
@@ -168,6 +171,7 @@ class ClientSession:
                     task = self._calls.get(call_id)
                     if task is not None:
                         task.cancel("cancelled by the client")
+            log.debug("client ended its requests", calls_in_flight=len(self._calls))
             while self._calls:  # each ends by its deadline at the latest
                 self._changed.clear()
                 await self._changed.wait()
@@ -176,7 +180,11 @@ class ClientSession:
         except Exception:  # nobody awaits the reader's result: say it here
             log.exception("session reader failed")
         finally:
-            self._proxy.close("the client ended its session")
+            # A drain ends the writer by itself, once it has sent what the proxy holds and
+            # the replies of the calls in flight; closing the proxy as ended here would
+            # discard those pushes, which the drain promises to deliver.
+            if not self._proxy.draining:
+                self._proxy.close("the client ended its session")
 
     def _start(self, call: gate_pb2.SessionCall, received: float) -> None:
         op = call.WhichOneof("op")
