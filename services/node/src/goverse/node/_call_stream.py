@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -374,8 +375,17 @@ class _CallStream:
             self._call(frame, received), name=f"call:{self.sender}:{frame.id}"
         )
         self._tasks[frame.id] = task
+        # A task cancelled before it ever ran never reaches the finally of _call: this done
+        # callback frees what it holds then (its slot, its entry).
+        task.add_done_callback(functools.partial(self._forget, frame.id))
         owner._calls.track(task)
         return True
+
+    def _forget(self, call_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(call_id) is task:  # still here: _call never ran
+            del self._tasks[call_id]
+            self._release(1)
+            self._close_when_idle()
 
     async def _call(self, frame: node_pb2.CallFrame, received: float) -> None:
         reply = None

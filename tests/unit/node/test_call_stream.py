@@ -1,0 +1,132 @@
+"""CallStreams in process: the node's side of a Calls stream, its calls' slots and its end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from goverse import wire
+from goverse.node._call_stream import CallStreams
+from goverse.node._object_host import ObjectHost
+from goverse.server import CallDurations, CallMetricsInterceptor, CallsInFlight, Supervisor
+from goverse.v1 import node_pb2
+
+WAIT = 5.0
+"""Longest a test waits for what it expects (a loaded 2-core machine included)."""
+
+
+class FakeHost:
+    """Answers ``hold`` once released (recording its cancellation), anything else at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+
+    async def invoke(
+        self, object_type: str, object_id: str, method: str, request: Any, caller: Any
+    ) -> any_pb2.Any:
+        self.started.append(object_id)
+        if method == "hold":
+            await self.release.wait()
+        return wire.pack(Int64Value(value=1))
+
+
+class FakeContext:
+    """The parts of a gRPC servicer context the stream uses; `aborted` is the status it was
+    aborted with, `done` runs its done callbacks (the RPC ended)."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.trailing: Any = ()
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((wire.GATE_ID_KEY, "g1"),)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+    def done(self) -> None:
+        for callback in self._callbacks:
+            callback(self)
+
+
+def frame(call_id: int, object_id: str, method: str = "echo") -> node_pb2.CallFrame:
+    return node_pb2.CallFrame(
+        id=call_id,
+        call=node_pb2.NodeCallObjectRequest(
+            object_type="T", object_id=object_id, method=method, request=wire.pack(Int64Value())
+        ),
+    )
+
+
+class Harness:
+    def __init__(self, max_calls: int = 100, max_message_bytes: int = 1 << 20) -> None:
+        self.supervisor = Supervisor("test")
+        self.host = FakeHost()
+        self.calls = CallsInFlight([])
+        self.streams = CallStreams(
+            self.supervisor,
+            "n1",
+            cast(ObjectHost, self.host),
+            self.calls,
+            CallMetricsInterceptor(CallDurations("t.d", "t"), []),
+            max_calls=max_calls,
+            max_message_bytes=max_message_bytes,
+        )
+        self.context = FakeContext()
+
+    def serve(self, frames: AsyncIterator[node_pb2.CallFrames]) -> Any:
+        return self.streams.serve(frames, cast(grpc.aio.ServicerContext, self.context))
+
+    async def close(self) -> None:
+        self.host.release.set()
+        self.context.done()
+        await self.supervisor.shutdown(WAIT)
+
+
+async def replies_until_the_end(stream: Any) -> dict[int, node_pb2.ReplyFrame]:
+    """Every reply `stream` (a ``serve``) yields, by id, until it ends; bounded by WAIT."""
+    replies: dict[int, node_pb2.ReplyFrame] = {}
+    async with asyncio.timeout(WAIT):
+        async for message in stream:
+            replies.update((reply.id, reply) for reply in message.replies)
+    return replies
+
+
+async def test_a_call_cancelled_before_it_ever_ran_frees_its_slot_and_the_stream_ends() -> None:
+    """A frame's call and, in the next message, its cancellation, read before the call's task
+    had its first turn (a task cancelled then never runs its body, nor its ``finally``): the
+    call holds no slot once cancelled, and the stream, half-closed, ends with OK. Its slot
+    and its entry in the stream's table used to stay taken for as long as the stream lived,
+    which kept a half-closed stream open for good."""
+    made = Harness()
+    ran_body: list[bool] = []
+
+    async def frames() -> AsyncIterator[node_pb2.CallFrames]:
+        # No await between the messages: the reader reads them in one turn of the loop.
+        yield node_pb2.CallFrames(calls=[frame(1, "held", "hold")])
+        yield node_pb2.CallFrames(cancelled=[1])
+        ran_body.append(bool(made.host.started))
+
+    try:
+        replies = await replies_until_the_end(made.serve(frames()))
+        assert ran_body == [False]  # what this test is about: the call had not started
+        assert replies == {}  # a cancelled call gets no reply
+        assert made.streams.in_flight == 0
+        assert len(made.calls) == 0
+        assert made.context.aborted is None
+    finally:
+        await made.close()
