@@ -45,9 +45,11 @@ def call_frame(
 class RawCallStream:
     """One Calls stream to the node at `address`: :meth:`send` writes a CallFrames message,
     a reader task collects every reply by id (and how many stream messages carried them), and
-    :meth:`reply` waits for one. ``async with`` opens it and always cancels it."""
+    :meth:`reply` waits for one. ``async with`` opens it and always cancels it. With
+    `reading` False the stream is not read until :meth:`start_reading` (a gate that stopped
+    reading its replies)."""
 
-    def __init__(self, address: str, gate_id: str = "test-gate") -> None:
+    def __init__(self, address: str, gate_id: str = "test-gate", *, reading: bool = True) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub: Any = node_pb2_grpc.NodeServiceStub(self._channel)
         self._gate_id = gate_id
@@ -59,6 +61,7 @@ class RawCallStream:
         self._changed = asyncio.Event()
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._reading = reading
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -66,8 +69,14 @@ class RawCallStream:
     async def __aenter__(self) -> RawCallStream:
         self._call = self._stub.Calls(metadata=((wire.GATE_ID_KEY, self._gate_id),))
         self.ended = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read())
+        if self._reading:
+            self.start_reading()
         return self
+
+    def start_reading(self) -> None:
+        """Starts the task that reads the replies (once)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.cancel()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.node._call_context import MAX_CHAIN_DEPTH
@@ -18,7 +18,10 @@ from goverse.server import READ_PACE
 from goverse.v1 import node_pb2
 from goverse.wire import unpack
 from tests.helpers.call_stream import RawCallStream, call_frame, code_of
+from tests.helpers.faults import rss_bytes
 from tests.helpers.processes import ProcessGroup, ServiceProcess
+from tests.helpers.telemetry import sample, scrape
+from tests.helpers.waiting import wait_until
 
 
 async def lone_node(processes: ProcessGroup, *extra: str) -> ServiceProcess:
@@ -319,3 +322,48 @@ async def test_a_frames_call_chain_is_the_chain_its_call_runs_in(
         assert code_of(await stream.reply(3)) is grpc.StatusCode.INVALID_ARGUMENT
         reply = await stream.call("Counter", "c", "Get", GetRequest())
         assert unpack(reply.call.response, CounterValue).value == 1  # only call 2 counted
+
+
+BIG_CALLS = 160
+"""Calls of BIG_REPLY bytes each sent on a stream that reads nothing: 160 MiB of replies."""
+BIG_REPLY = 1024 * 1024
+
+
+async def test_a_gate_that_stops_reading_cannot_make_the_node_hold_its_replies_past_the_bound(
+    processes: ProcessGroup,
+) -> None:
+    """A Calls stream that reads nothing sends 160 calls answering 1 MiB each: the node holds
+    at most REPLY_QUEUE_MESSAGES messages' worth of them (32 MiB) and answers the others
+    RESOURCE_EXHAUSTED, so its memory grows by far less than the 160 MiB the replies take (by
+    the count bound alone it held them all); once the stream reads, every call is answered,
+    some with their result."""
+    node = await lone_node(processes, "--metrics-port=0")
+
+    def handled() -> float:
+        samples = scrape(node.metrics_port)
+        return sample(samples, "goverse_node_call_duration_seconds_count", method="Make")
+
+    async with RawCallStream(node.address, reading=False) as stream:
+        await stream.send(call_frame(1, "Blob", "warm", "Make", Int64Value(value=1)))
+        await asyncio.to_thread(wait_until, lambda: handled() == 1, 15.0, what="the first call")
+        before = rss_bytes(node.pid)
+        await stream.send(
+            *(
+                call_frame(n, "Blob", "big", "Make", Int64Value(value=BIG_REPLY))
+                for n in range(2, BIG_CALLS + 2)
+            )
+        )
+        # Every call runs: the statuses of the results dropped (a few hundred bytes each)
+        # cannot fill the last MiB below the bound, so none is refused before it runs.
+        await asyncio.to_thread(
+            wait_until, lambda: handled() == BIG_CALLS + 1, 60.0, what="every call handled"
+        )
+        grown = rss_bytes(node.pid) - before
+        print(f"node RSS grew by {grown / 2**20:.1f} MiB for {BIG_CALLS} MiB of replies")
+        assert grown < 96 * 2**20
+        stream.start_reading()
+        replies = [await stream.reply(n, 60.0) for n in range(1, BIG_CALLS + 2)]
+        codes = {code_of(reply) for reply in replies}
+        assert codes == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        fitted = [reply for reply in replies[1:] if code_of(reply) is grpc.StatusCode.OK]
+        assert all(len(unpack(r.call.response, BytesValue).value) == BIG_REPLY for r in fitted)

@@ -9,14 +9,19 @@ from typing import Any, cast
 import grpc
 import pytest
 from google.protobuf import any_pb2
-from google.protobuf.wrappers_pb2 import StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 from goverse import wire
 from goverse.errors import NotFound
 from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
-from goverse.server import CallDurations, CallMetricsInterceptor
+from goverse.server import (
+    READ_PACE,
+    REPLY_QUEUE_MESSAGES,
+    CallDurations,
+    CallMetricsInterceptor,
+)
 from goverse.v1 import gate_pb2, node_pb2
 from tests.helpers.fake_node import text, unpack_text
 from tests.helpers.waiting import eventually
@@ -24,9 +29,14 @@ from tests.helpers.waiting import eventually
 WAIT = 5.0
 
 
+BIG_REPLY = 3000
+"""Bytes of the payload a ``big`` call answers."""
+
+
 class FakeRouter:
     """Answers each CallObject by its method: ``echo`` at once, ``hold`` when released,
-    ``missing`` with NOT_FOUND. Records what started and what was cancelled."""
+    ``missing`` with NOT_FOUND, ``big`` with BIG_REPLY bytes. Records what started and what
+    was cancelled."""
 
     def __init__(self) -> None:
         self.started: list[str] = []
@@ -44,6 +54,8 @@ class FakeRouter:
         self.time_remaining.append(time_remaining)
         if request.method == "missing":
             raise NotFound("no such object")
+        if request.method == "big":
+            return wire.pack(BytesValue(value=b"b" * BIG_REPLY))
         if request.method == "hold":
             try:
                 await self.release.wait()
@@ -100,6 +112,7 @@ class Harness:
         max_calls: int = 100,
         clock: Any = None,
         metrics: CallMetricsInterceptor | None = None,
+        max_message_bytes: int = 1 << 20,
     ) -> None:
         self.proxy = ClientProxy(
             "g1/abc", "secret", max_messages=100, max_bytes=1 << 20, max_batch_bytes=1 << 20
@@ -110,7 +123,7 @@ class Harness:
             self.proxy,
             cast(Router, self.router),
             max_calls=max_calls,
-            max_message_bytes=1 << 20,
+            max_message_bytes=max_message_bytes,
             clock=clock,
             metrics=metrics,
         )
@@ -334,6 +347,43 @@ async def test_a_client_that_stops_reading_holds_back_its_frames() -> None:
         assert len(made.session._replies) <= 3
         assert made.frames.queue.qsize() >= 20
         await first
+    finally:
+        await made.stream.aclose()
+
+
+async def test_replies_waiting_for_a_client_that_stops_reading_are_bounded_in_bytes() -> None:
+    """Forty calls answering 3 KB each, a message limit of 4 KB and a client that reads
+    nothing: the replies waiting for it never take more than REPLY_QUEUE_MESSAGES messages'
+    worth of bytes, beside the small statuses of the calls refused (the count bound alone let
+    them take max_calls times the message limit). A call whose result would not fit answers
+    RESOURCE_EXHAUSTED instead, saying why, and the reader stops taking frames; once the
+    client reads again, every call is answered and the session serves on."""
+    made = Harness(max_calls=100, max_message_bytes=4096)
+    budget = REPLY_QUEUE_MESSAGES * made.session._batching.max_bytes
+    statuses = 40 * 1100  # a status is at most 1024 characters, its reply a little more
+
+    def queued_bytes() -> int:
+        return sum(size for _, size in made.session._replies)
+
+    try:
+        await made.next()  # registered; from here on the client reads nothing
+        made.frames.send(*(call(index, f"o{index}", "big") for index in range(1, 41)))
+        # Every call started has answered (more than one slice of them: over the budget).
+        await _eventually(
+            lambda: (
+                len(made.router.started) > READ_PACE
+                and made.session.in_flight == len(made.router.started)
+            )
+        )
+        assert queued_bytes() <= budget + statuses
+        replies = await made.replies(40)
+        codes = [code_of(reply) for reply in replies.values()]
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        for reply in replies.values():
+            if code_of(reply) != grpc.StatusCode.OK:
+                assert "does not read" in reply.error.message, reply.error.message
+        made.frames.send(call(41, "after", "big"))
+        assert code_of((await made.replies(1))[41]) == grpc.StatusCode.OK
     finally:
         await made.stream.aclose()
 

@@ -8,20 +8,32 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.wrappers_pb2 import Int64Value
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value
 
 from goverse import wire
 from goverse.node._call_stream import CallStreams
 from goverse.node._object_host import ObjectHost
-from goverse.server import CallDurations, CallMetricsInterceptor, CallsInFlight, Supervisor
+from goverse.server import (
+    READ_PACE,
+    REPLY_QUEUE_MESSAGES,
+    CallDurations,
+    CallMetricsInterceptor,
+    CallsInFlight,
+    Supervisor,
+)
 from goverse.v1 import node_pb2
+from tests.helpers.waiting import eventually
 
 WAIT = 5.0
 """Longest a test waits for what it expects (a loaded 2-core machine included)."""
 
 
+BIG_REPLY = 3000
+"""Bytes of the payload a ``big`` call answers."""
+
+
 class FakeHost:
-    """Answers ``hold`` once released (recording its cancellation), anything else at once."""
+    """Answers ``hold`` once released, ``big`` with BIG_REPLY bytes, anything else at once."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -33,6 +45,8 @@ class FakeHost:
         self.started.append(object_id)
         if method == "hold":
             await self.release.wait()
+        if method == "big":
+            return wire.pack(BytesValue(value=b"b" * BIG_REPLY))
         return wire.pack(Int64Value(value=1))
 
 
@@ -70,6 +84,29 @@ def frame(call_id: int, object_id: str, method: str = "echo") -> node_pb2.CallFr
             object_type="T", object_id=object_id, method=method, request=wire.pack(Int64Value())
         ),
     )
+
+
+class Frames:
+    """The gate's side of the request stream: messages the test sends, and its end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[node_pb2.CallFrames | None] = asyncio.Queue()
+
+    def send(self, *calls: node_pb2.CallFrame) -> None:
+        self.queue.put_nowait(node_pb2.CallFrames(calls=calls))
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[node_pb2.CallFrames]:
+        while (message := await self.queue.get()) is not None:
+            yield message
+
+
+def code_of(reply: node_pb2.ReplyFrame) -> grpc.StatusCode:
+    if reply.WhichOneof("result") != "error":
+        return grpc.StatusCode.OK
+    return next(code for code in grpc.StatusCode if code.value[0] == reply.error.code)
 
 
 class Harness:
@@ -129,4 +166,48 @@ async def test_a_call_cancelled_before_it_ever_ran_frees_its_slot_and_the_stream
         assert len(made.calls) == 0
         assert made.context.aborted is None
     finally:
+        await made.close()
+
+
+async def test_replies_waiting_for_a_gate_that_stops_reading_are_bounded_in_bytes() -> None:
+    """Forty calls answering 3 KB each, a message limit of 4 KB, and a gate that takes one
+    reply message and then reads nothing: the replies waiting for it never take more than
+    REPLY_QUEUE_MESSAGES messages' worth of bytes, beside the small statuses of the calls
+    refused (the count bound alone let them take max_calls times the message limit). A call
+    refused for it, or whose result would not fit, answers RESOURCE_EXHAUSTED saying why;
+    once the gate reads again, every call is answered and the stream serves on."""
+    made = Harness(max_calls=100, max_message_bytes=4096)
+    budget = REPLY_QUEUE_MESSAGES * made.streams._batching.max_bytes
+    statuses = 40 * 1100  # a status is at most 1024 characters, its reply a little more
+    frames = Frames()
+    stream = made.serve(frames.__aiter__())
+    replies: dict[int, node_pb2.ReplyFrame] = {}
+
+    async def read(count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(replies) < count:
+                message = await anext(stream)
+                replies.update((reply.id, reply) for reply in message.replies)
+
+    try:
+        frames.send(*(frame(index, f"o{index}", "big") for index in range(1, 41)))
+        await read(1)  # from here on, the stream's writer waits for the gate to read
+        await eventually(lambda: len(made.calls) == 0 and len(made.host.started) > READ_PACE, WAIT)
+        queued = sum(each.replies.nbytes for each in made.streams._streams)
+        assert queued <= budget + statuses
+        await read(40)
+        codes = [code_of(reply) for reply in replies.values()]
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        for reply in replies.values():
+            if code_of(reply) != grpc.StatusCode.OK:
+                assert "does not read" in reply.error.message, reply.error.message
+        frames.send(frame(41, "after", "big"))
+        await read(41)
+        assert code_of(replies[41]) == grpc.StatusCode.OK
+        frames.end()
+        async with asyncio.timeout(WAIT):
+            assert [message async for message in stream] == []
+        assert made.context.aborted is None
+    finally:
+        await stream.aclose()
         await made.close()

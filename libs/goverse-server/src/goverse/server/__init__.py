@@ -18,7 +18,7 @@ from goverse.server._access import (
     access_rules,
     rules_file_problem,
 )
-from goverse.server._batching import READ_PACE, BatchRule, gathered_batch
+from goverse.server._batching import READ_PACE, REPLY_QUEUE_MESSAGES, BatchRule, gathered_batch
 from goverse.server._calls import CallsInFlight
 from goverse.server._channel_sweep import sweep_departed_channels
 from goverse.server._cluster_keys import (
@@ -156,6 +156,7 @@ __all__ = [
     "PLAINTEXT_PEER",
     "PORT",
     "READ_PACE",
+    "REPLY_QUEUE_MESSAGES",
     "Access",
     "AccessGuard",
     "AccessRules",

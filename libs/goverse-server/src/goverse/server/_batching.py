@@ -25,6 +25,19 @@ with a turn of the loop between them, sends the first slice on while the next is
 the hops overlap. Slices smaller than this cost more stream messages than the overlap gains
 (docs/performance.md, "One convoy at a time: pacing the readers")."""
 
+REPLY_QUEUE_MESSAGES = 8
+"""Stream messages' worth of replies (:attr:`BatchRule.max_bytes` each) a call stream keeps
+waiting for a peer that does not read them: a gate's Session stream for its client, a node's
+Calls stream for its gate or calling node.
+
+Without it only the count of calls in flight bounded them, so a peer that stopped reading
+while its calls answered large results could make the process hold up to that count times
+``--max-message-bytes`` (4 GiB per session, 40 GiB per node stream, with the defaults). A
+reply that would take the queue over it is replaced by a RESOURCE_EXHAUSTED status (its call
+ran; its result is what is lost), and no call is started while the queue is over it. Eight
+messages (32 MiB by default) are far more than a peer that reads holds up: the writer takes a
+message's worth at a time, as fast as the peer reads."""
+
 GATHER_BELOW = 4
 """A call stream's writer that finds fewer items than this queued gives the event loop one
 turn before it takes them (:func:`gathered_batch`).
@@ -128,4 +141,11 @@ def _fields(response: type[Message], path: str) -> list[FieldDescriptor]:
     return fields
 
 
-__all__ = ["GATHER_BELOW", "READ_PACE", "BatchRule", "gathered_batch", "varint_size"]
+__all__ = [
+    "GATHER_BELOW",
+    "READ_PACE",
+    "REPLY_QUEUE_MESSAGES",
+    "BatchRule",
+    "gathered_batch",
+    "varint_size",
+]

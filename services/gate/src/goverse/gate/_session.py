@@ -18,6 +18,7 @@ from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._router import Router
 from goverse.server import (
     READ_PACE,
+    REPLY_QUEUE_MESSAGES,
     BatchRule,
     CallMetricsInterceptor,
     CallsInFlight,
@@ -55,9 +56,12 @@ class ClientSession:
       message cut to the size limit (:class:`~goverse.server.BatchRule`).
 
     Memory stays bounded when the client stops reading: pushes by the proxy's queue; replies
-    because a call counts against `max_calls` until its reply is taken by the writer, and the
-    reader stops reading frames (so gRPC flow control holds the client back) while `max_calls`
-    replies wait to be sent.
+    because a call counts against `max_calls` until its reply is taken by the writer, and
+    because the replies waiting take at most :data:`~goverse.server.REPLY_QUEUE_MESSAGES`
+    stream messages' worth of bytes, beside statuses (each under 1.1 KB): a call's result
+    that would take them over it is replaced by RESOURCE_EXHAUSTED (the call ran; its result
+    is dropped). The reader stops reading frames (so gRPC flow control holds the client back)
+    while `max_calls` replies, or that many bytes of them, wait to be sent.
 
     The stream ends when the proxy is closed: after a draining close (the gate stops), once
     pushes are flushed and every call in flight has answered and its reply was sent, with
@@ -95,6 +99,9 @@ class ClientSession:
         )
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._replies: collections.deque[tuple[gate_pb2.CallReply, int]] = collections.deque()
+        self._reply_bytes = 0
+        """What the replies waiting to be sent take (their sizes in ``_replies``)."""
+        self._max_reply_bytes = REPLY_QUEUE_MESSAGES * self._batching.max_bytes
         self._room = asyncio.Event()
         self._changed = asyncio.Event()
         """Set when a reply is queued or a call ends: what a draining writer waits for."""
@@ -164,7 +171,10 @@ class ClientSession:
                         await asyncio.sleep(0)  # the calls started go on to their nodes
                     # The writer takes replies as fast as the client reads them: when it
                     # stops reading, stop reading its frames too.
-                    while len(self._replies) >= self._max_calls:
+                    while (
+                        len(self._replies) >= self._max_calls
+                        or self._reply_bytes >= self._max_reply_bytes
+                    ):
                         self._room.clear()
                         await self._room.wait()
                 for call_id in request.cancelled:
@@ -301,7 +311,25 @@ class ClientSession:
                 ),
             )
             size = self._batching.size_of(reply)
+        waiting = self._reply_bytes
+        if (
+            reply.WhichOneof("result") != "error"
+            and waiting
+            and waiting + size > self._max_reply_bytes
+        ):
+            # A status always fits (at most 1024 characters): the bound holds for results.
+            reply = gate_pb2.CallReply(
+                id=reply.id,
+                error=code_status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the call ran, but its reply ({size} bytes) was dropped: {waiting} bytes "
+                    "of replies wait for this session's client, which does not read them fast "
+                    f"enough (at most {self._max_reply_bytes})",
+                ),
+            )
+            size = self._batching.size_of(reply)
         self._replies.append((reply, size))
+        self._reply_bytes += size
         self._changed.set()
         self._proxy.wake()
 
@@ -313,6 +341,7 @@ class ClientSession:
             if batch and taken + size > self._batching.max_bytes:
                 break
             self._replies.popleft()
+            self._reply_bytes -= size
             taken += size
             batch.append(reply)
         self._room.set()

@@ -19,6 +19,7 @@ from goverse.node._object_host import ObjectHost
 from goverse.server import (
     PLAINTEXT_PEER,
     READ_PACE,
+    REPLY_QUEUE_MESSAGES,
     BatchRule,
     CallMetricsInterceptor,
     CallsInFlight,
@@ -60,10 +61,15 @@ class CallStreams:
     label), and counts in the service's calls in flight, which a stop lets finish.
 
     Bounds: at most `max_calls` calls per stream hold a slot, from the frame's arrival until
-    the stream has taken their reply out of the mailbox, so what a gate that stops reading
-    makes the node hold is bounded too; a call past the bound answers RESOURCE_EXHAUSTED at
-    once. Those answers take no slot: a gate that keeps sending without reading fills the
-    mailbox (twice the bound) and its stream is ended.
+    the stream has taken their reply out of the mailbox; a call past the bound answers
+    RESOURCE_EXHAUSTED at once. The replies waiting in the mailbox take at most
+    :data:`~goverse.server.REPLY_QUEUE_MESSAGES` stream messages' worth of bytes, beside
+    statuses (each under 1.1 KB): a call's result that would take them over it is replaced
+    by RESOURCE_EXHAUSTED (the call ran; its result is dropped), and while they are over it a
+    new call answers RESOURCE_EXHAUSTED at once, not run. So what a gate that stops reading
+    makes the node hold is bounded in bytes, not only by count. Those immediate answers take
+    no slot: a gate that keeps sending without reading fills the mailbox (twice the bound)
+    and its stream is ended.
 
     The stream ends with OK once the gate has half-closed it and every call on it has been
     answered. A cancelled frame id cancels that call (no reply). The node's stop (the
@@ -97,6 +103,7 @@ class CallStreams:
             max_message_bytes=max_message_bytes,
             max_items=BATCH_MAX_REPLIES,
         )
+        self._max_reply_bytes = REPLY_QUEUE_MESSAGES * self._batching.max_bytes
         self._numbers = itertools.count(1)
         self._streams: set[_CallStream] = set()
         self._ended = asyncio.Event()
@@ -370,6 +377,16 @@ class _CallStream:
                     ),
                 )
             )
+        if self.replies.nbytes >= owner._max_reply_bytes:
+            return self._answer(
+                node_pb2.ReplyFrame(
+                    id=frame.id,
+                    error=code_status(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"call not run: {self._backlog()}",
+                    ),
+                )
+            )
         self.held += 1
         task = asyncio.get_running_loop().create_task(
             self._call(frame, received), name=f"call:{self.sender}:{frame.id}"
@@ -402,15 +419,38 @@ class _CallStream:
             raise
         finally:
             self._tasks.pop(frame.id, None)
-            if reply is not None:
-                reply = self._owner.sendable(reply)
             # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
             # take it: the slot is free now rather than when the stream takes the reply.
-            if reply is None or not self.replies.put(
-                (reply, True), self._owner._batching.size_of(reply)
-            ):
+            if reply is None or not self.replies.put(*self._queueable(reply)):
                 self._release(1)
             self._close_when_idle()
+
+    def _queueable(self, reply: node_pb2.ReplyFrame) -> tuple[_Queued, int]:
+        """`reply` as the mailbox takes it, with its size: made :meth:`CallStreams.sendable`,
+        and its result replaced by RESOURCE_EXHAUSTED when it would take the replies waiting
+        over their bytes bound (a status always fits: at most 1024 characters)."""
+        owner = self._owner
+        reply = owner.sendable(reply)
+        size = owner._batching.size_of(reply)
+        waiting = self.replies.nbytes
+        if (
+            reply.WhichOneof("result") != "error"
+            and waiting
+            and waiting + size > owner._max_reply_bytes
+        ):
+            message = f"the call ran, but its reply ({size} bytes) was dropped: {self._backlog()}"
+            reply = node_pb2.ReplyFrame(
+                id=reply.id, error=code_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            )
+            size = owner._batching.size_of(reply)
+        return (reply, True), size
+
+    def _backlog(self) -> str:
+        return (
+            f"node {self._owner._node} has {self.replies.nbytes} bytes of replies waiting for "
+            f"{self.sender}, which does not read them fast enough (at most "
+            f"{self._owner._max_reply_bytes})"
+        )
 
     def _answer(self, reply: node_pb2.ReplyFrame) -> bool:
         return self.replies.put((reply, False), self._owner._batching.size_of(reply))
