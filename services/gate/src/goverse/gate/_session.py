@@ -313,9 +313,9 @@ class ClientSession:
             size = self._batching.size_of(reply)
         waiting = self._reply_bytes
         if (
-            reply.WhichOneof("result") != "error"
-            and waiting
+            waiting
             and waiting + size > self._max_reply_bytes
+            and reply.WhichOneof("result") != "error"
         ):
             # A status always fits (at most 1024 characters): the bound holds for results.
             reply = gate_pb2.CallReply(

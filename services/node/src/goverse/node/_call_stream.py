@@ -434,9 +434,9 @@ class _CallStream:
         size = owner._batching.size_of(reply)
         waiting = self.replies.nbytes
         if (
-            reply.WhichOneof("result") != "error"
-            and waiting
+            waiting
             and waiting + size > owner._max_reply_bytes
+            and reply.WhichOneof("result") != "error"
         ):
             message = f"the call ran, but its reply ({size} bytes) was dropped: {self._backlog()}"
             reply = node_pb2.ReplyFrame(
