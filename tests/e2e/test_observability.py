@@ -313,6 +313,9 @@ async def test_metrics_count_calls_pushes_objects_and_links(
         )
     for index in range(pushes):
         assert await inbox.next(StringValue) == StringValue(value=str(index))
+    # The gate labels a failed call with the names its catalog knows: a Describe waits for
+    # its first refresh, should the gate have just started.
+    await client.describe()
     with pytest.raises(CallError):
         await client.call("Failing", "metrics-failure", "Raise", Empty(), Empty)
     gate = await asyncio.to_thread(scrape, gate_port)

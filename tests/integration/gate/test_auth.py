@@ -19,7 +19,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse.client import Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
-from goverse.v1 import gate_pb2, node_pb2
+from goverse.v1 import describe_pb2, gate_pb2, node_pb2
 from goverse.wire import pack, unpack
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.node_client import NodeCaller
@@ -357,6 +357,11 @@ async def test_refusals_and_denials_are_counted(cluster: Cluster, alice: GateCli
     type and method on the service that denied them (the gate for a client's call, the node
     for an object's)."""
     await refusal(cluster.jwt_gate.address, token(iss="https://counted.example"))
+    # A call the gate denies is labelled with the names its catalog knows: wait for its first
+    # refresh (a Describe waits for it), as a gate that just started may not have it yet.
+    await alice.stub.Describe(
+        describe_pb2.DescribeRequest(), metadata=alice.metadata(), timeout=WAIT
+    )
     await denied(increment(alice, "internal-counted"))
     await denied(relay(alice, "external-counted"))
     gate = await asyncio.to_thread(scrape, cluster.jwt_gate.metrics_port)

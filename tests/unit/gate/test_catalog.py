@@ -16,7 +16,8 @@ from goverse.errors import Internal, InvalidArgument, NotFound, Unimplemented
 from goverse.examples.v1.chat_pb2 import ChatMessage, SendResponse
 from goverse.examples.v1.counter_pb2 import CounterValue
 from goverse.gate._catalog import MISS_REFRESH_INTERVAL, Catalog, union
-from goverse.server import Supervisor
+from goverse.server import KnownNames, Supervisor
+from goverse.server._metrics import OTHER
 from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import describe_pb2
 from tests.helpers.fake_node import FakeNode
@@ -102,6 +103,26 @@ async def test_the_catalog_is_the_union_of_its_nodes_and_follows_the_view(
     view.set_nodes(fake_node.address)
     await cat.refresh()
     assert [t.name for t in (await cat.describe()).types] == ["Counter"]
+
+
+async def test_every_type_and_method_described_becomes_a_metric_label(
+    fake_node: FakeNode, second_node: FakeNode, pool: ChannelPool
+) -> None:
+    """A refresh adds each described type and method to the gate's metric labels; a type
+    that left with its node keeps its label (labels are only added)."""
+    fake_node.description = described("goverse.examples.counter", 1)
+    second_node.description = described("goverse.examples.chat", 2)
+    view = FakeView(fake_node.address, second_node.address)
+    names = KnownNames()
+    cat = Catalog(view, pool, refresh_interval=timedelta(minutes=10), names=names)
+    assert names.labels("Counter", "Get") == (OTHER, OTHER)
+    await cat.refresh()
+    assert names.labels("Counter", "Get") == ("Counter", "Get")
+    assert names.labels("ChatRoom", "Join") == ("ChatRoom", "Join")
+    assert names.labels("Counter", "Join") == ("Counter", OTHER)
+    view.set_nodes(fake_node.address)
+    await cat.refresh()
+    assert names.labels("ChatRoom", "Join") == ("ChatRoom", "Join")
 
 
 async def test_a_node_that_stops_answering_keeps_its_last_description(

@@ -21,6 +21,7 @@ from goverse.server import (
     REPLY_QUEUE_MESSAGES,
     CallDurations,
     CallMetricsInterceptor,
+    KnownNames,
 )
 from goverse.v1 import gate_pb2, node_pb2
 from tests.helpers.fake_node import text, unpack_text
@@ -395,7 +396,8 @@ async def _eventually(predicate: Any) -> None:
 async def test_session_calls_are_recorded_as_the_unary_calls_of_their_rpc() -> None:
     """Each call is recorded in the call histogram with the labels of the unary RPC it stands
     for: rpc CallObject, its object type and method, its status code."""
-    metrics = CallMetricsInterceptor(CallDurations("t.d", "t"), [])
+    names = KnownNames({"T": ["echo", "missing"]})
+    metrics = CallMetricsInterceptor(CallDurations("t.d", "t"), [], names=names)
     made = Harness(metrics=metrics)
     try:
         await made.next()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from goverse.errors import PermissionDenied
 from goverse.server import (
@@ -14,11 +16,13 @@ from goverse.server import (
     AccessGuard,
     AccessRules,
     AccessRulesError,
+    KnownNames,
     Operation,
     access_rules,
     rules_file_problem,
 )
 from goverse.server._access import AccessRulesStartupError
+from goverse.server._metrics import OTHER
 
 CALL = Operation.CALL
 
@@ -164,3 +168,33 @@ def test_the_guard_raises_permission_denied_naming_the_rule(tmp_path: Path) -> N
     assert raised.value.message == (
         "call of Counter.Reset by a client is not permitted (access rules: rule call[1], internal)"
     )
+
+
+def test_denials_of_names_not_served_are_counted_as_other(tmp_path: Path) -> None:
+    """A denial is counted by operation, type and method; made-up names (a thousand types,
+    one of 1 MiB, a method the type lacks) all count as ``_other``, and a served type and
+    method denied after them keep their own labels."""
+    reader = InMemoryMetricReader()
+    guard = AccessGuard(
+        rules('default = "internal"\n', tmp_path),
+        MeterProvider(metric_readers=[reader]).get_meter("test"),
+        "node",
+        KnownNames({"Counter": ["Get"]}),
+    )
+    refused = [(f"T{index}", f"m{index}") for index in range(1000)]
+    refused += [("x" * 2**20, "y"), ("Counter", "Nope"), ("Counter", "Get")]
+    for object_type, method in refused:
+        with pytest.raises(PermissionDenied):
+            guard.check(CALL, object_type, "c", method, from_object=False)
+    data = reader.get_metrics_data()
+    assert data is not None
+    counted = {
+        (str(point.attributes["object_type"]), str(point.attributes["method"])): int(point.value)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "goverse.node.access.denied"
+        for point in metric.data.data_points
+        if isinstance(point, NumberDataPoint) and point.attributes is not None
+    }
+    assert counted == {(OTHER, OTHER): 1001, ("Counter", OTHER): 1, ("Counter", "Get"): 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from prometheus_client import CollectorRegistry, generate_latest
 
-from goverse.server import CallDurations, CallMetricsInterceptor
+from goverse.server import CallDurations, CallMetricsInterceptor, KnownNames
 from goverse.server._metrics import OTHER
 
 
@@ -50,15 +50,58 @@ def test_durations_are_exposed_as_the_opentelemetry_exporter_exposed_its_histogr
     assert f'{name}_sum{{code="NOT_FOUND",{ok}}} 40.0' in lines
 
 
-def test_labels_past_the_limit_fold_into_other() -> None:
-    """A client can name any object type: past the limit, new types and methods count as
-    ``_other``, so the series stay bounded."""
+def test_names_not_served_count_as_other_and_served_ones_keep_their_labels() -> None:
+    """A client can name any object type and method: thousands of made-up ones (a type, a
+    method a known type lacks, a name of 4 MiB) all count as ``_other``, and the served ones,
+    recorded after them, keep their own labels; creates and deletes keep their empty method."""
     durations = CallDurations("t.d", "t")
-    metrics = CallMetricsInterceptor(durations, [], label_limit=2)
-    for index in range(5):
-        metrics.record("CallObject", _Request(f"T{index}", f"m{index}"), grpc.StatusCode.OK, 0.1)
+    metrics = CallMetricsInterceptor(
+        durations, [], names=KnownNames({"Counter": ["Get", "Increment"]})
+    )
+    for index in range(1000):
+        for made_up in (_Request(f"T{index}", f"m{index}"), _Request("Counter", f"m{index}")):
+            metrics.record("CallObject", made_up, grpc.StatusCode.NOT_FOUND, 0.1)
+    huge = _Request("x" * 4 * 2**20, "y" * 2**20)
+    metrics.record("CallObject", huge, grpc.StatusCode.INVALID_ARGUMENT, 0.1)
+    metrics.record("CallObject", _Request("Counter", "Get"), grpc.StatusCode.OK, 0.1)
+    metrics.record("CreateObject", _Request("Counter", ""), grpc.StatusCode.OK, 0.1)
+    metrics.record("DeleteObject", _Request("Gone", ""), grpc.StatusCode.NOT_FOUND, 0.1)
     assert durations.counts() == {
-        ("OK", "m0", "T0", "CallObject"): 1,
-        ("OK", "m1", "T1", "CallObject"): 1,
-        ("OK", OTHER, OTHER, "CallObject"): 3,
+        ("NOT_FOUND", OTHER, OTHER, "CallObject"): 1000,
+        ("INVALID_ARGUMENT", OTHER, OTHER, "CallObject"): 1,
+        ("NOT_FOUND", OTHER, "Counter", "CallObject"): 1000,
+        ("OK", "Get", "Counter", "CallObject"): 1,
+        ("OK", "", "Counter", "CreateObject"): 1,
+        ("NOT_FOUND", "", OTHER, "DeleteObject"): 1,
     }
+
+
+def test_a_call_answered_ok_teaches_its_names_and_nothing_else_does() -> None:
+    """Names no one described yet (a gate before its first catalog refresh) are learned from
+    a call answered OK, which only a node serving them gives; a refused call, or another RPC
+    answered OK (ListObjects takes any type), teaches nothing."""
+    durations = CallDurations("t.d", "t")
+    metrics = CallMetricsInterceptor(durations, [])
+    metrics.record("CallObject", _Request("Counter", "Get"), grpc.StatusCode.UNIMPLEMENTED, 0.1)
+    metrics.record("ListObjects", _Request("Listed", ""), grpc.StatusCode.OK, 0.1)
+    metrics.record("CallObject", _Request("Listed", "Get"), grpc.StatusCode.NOT_FOUND, 0.1)
+    metrics.record("CallObject", _Request("Counter", "Get"), grpc.StatusCode.OK, 0.1)
+    metrics.record("CallObject", _Request("Counter", "Get"), grpc.StatusCode.INTERNAL, 0.1)
+    metrics.record("CallObject", _Request("Counter", "Nope"), grpc.StatusCode.UNIMPLEMENTED, 0.1)
+    assert durations.counts() == {
+        ("UNIMPLEMENTED", OTHER, OTHER, "CallObject"): 1,
+        ("OK", "", OTHER, "ListObjects"): 1,
+        ("NOT_FOUND", OTHER, OTHER, "CallObject"): 1,
+        ("OK", "Get", "Counter", "CallObject"): 1,
+        ("INTERNAL", "Get", "Counter", "CallObject"): 1,
+        ("UNIMPLEMENTED", OTHER, "Counter", "CallObject"): 1,
+    }
+
+
+def test_requests_without_names_keep_empty_labels() -> None:
+    """An RPC whose request names no type or method (Status, Describe) is labelled with
+    empty values, not ``_other``."""
+    durations = CallDurations("t.d", "t")
+    metrics = CallMetricsInterceptor(durations, [])
+    metrics.record("Status", object(), grpc.StatusCode.OK, 0.1)
+    assert durations.counts() == {("OK", "", "", "Status"): 1}

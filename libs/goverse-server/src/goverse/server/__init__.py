@@ -72,6 +72,7 @@ from goverse.server._membership_metrics import membership_metrics
 from goverse.server._metrics import (
     CallDurations,
     CallMetricsInterceptor,
+    KnownNames,
     LabelLimiter,
 )
 from goverse.server._node_calls import NodeCalls
@@ -185,6 +186,7 @@ __all__ = [
     "GrpcHost",
     "KeyValue",
     "Kind",
+    "KnownNames",
     "LabelLimiter",
     "Lease",
     "ListenError",

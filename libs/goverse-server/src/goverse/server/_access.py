@@ -43,7 +43,7 @@ from opentelemetry import metrics
 
 from goverse.errors import PermissionDenied
 from goverse.server._lifecycle import StartupError
-from goverse.server._metrics import LabelLimiter
+from goverse.server._metrics import KnownNames
 
 log = structlog.get_logger(__name__)
 
@@ -232,10 +232,15 @@ class AccessRulesStartupError(StartupError):
 class AccessGuard:
     """Enforces `rules` for one service: a refusal raises :class:`PermissionDenied` and is
     counted in ``goverse.<service>.access.denied`` by operation, object type and method
-    (their label values bounded, as a client can send any)."""
+    (labelled as `names` labels them: a client can send any name, and one the service does not
+    serve counts as ``_other``)."""
 
     def __init__(
-        self, rules: AccessRules, meter: metrics.Meter | None = None, service: str = "server"
+        self,
+        rules: AccessRules,
+        meter: metrics.Meter | None = None,
+        service: str = "server",
+        names: KnownNames | None = None,
     ) -> None:
         self.rules = rules
         self._enabled = rules != ALLOW_ALL
@@ -245,8 +250,7 @@ class AccessGuard:
             description="Calls, creates and deletes refused by the access rules, by operation, "
             "object_type and method",
         )
-        self._types = LabelLimiter()
-        self._methods = LabelLimiter()
+        self._names = names if names is not None else KnownNames()
 
     def check(
         self,
@@ -265,13 +269,9 @@ class AccessGuard:
         access = rule.access if rule is not None else self.rules.default
         if access.permits(from_object):
             return
+        type_label, method_label = self._names.labels(object_type, method)
         self._denied.add(
-            1,
-            {
-                "operation": operation.value,
-                "object_type": self._types(object_type),
-                "method": self._methods(method),
-            },
+            1, {"operation": operation.value, "object_type": type_label, "method": method_label}
         )
         target = f"{object_type}.{method}" if operation is Operation.CALL else object_type
         by = "another object" if from_object else "a client"

@@ -14,12 +14,13 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
+from goverse import wire
 from goverse._tracing import method_of, status_code_of
 
 CALL_DURATION_BUCKETS = (
@@ -42,12 +43,56 @@ CALL_DURATION_BUCKETS = (
 """Bucket bounds (seconds) of the call duration histograms."""
 
 OTHER = "_other"
-"""The label value that stands for every value beyond a :class:`LabelLimiter`'s limit."""
+"""The label value that stands for every name a service does not serve (:class:`KnownNames`),
+and for every value beyond a :class:`LabelLimiter`'s limit."""
+
+
+class KnownNames:
+    """The object types and methods a service serves: the only names its metrics use as
+    ``object_type`` and ``method`` label values.
+
+    A caller can send any name; one a service does not serve (an unknown type, a method its
+    type lacks, a malformed or oversized name) is labelled :data:`OTHER`, so the series stay as
+    many as the types and methods deployed whatever clients send, and a served name keeps its
+    label however many made-up ones came first. A node knows the types it loaded; a gate those
+    its nodes describe (its Describe catalog adds them, :meth:`add`, at every refresh) and,
+    before its first refresh, those of the calls a node answered OK (:meth:`learn`): only a
+    node that serves a type and method answers a call to it OK. Names are only ever added, and
+    never by a caller alone.
+    """
+
+    def __init__(self, methods: Mapping[str, Iterable[str]] | None = None) -> None:
+        self._methods: dict[str, frozenset[str]] = {}
+        if methods is not None:
+            self.add(methods)
+
+    def add(self, methods: Mapping[str, Iterable[str]]) -> None:
+        """Knows each type of `methods` and its methods from now on (besides those known)."""
+        for object_type, names in methods.items():
+            self._methods[object_type] = self._methods.get(object_type, frozenset()) | frozenset(
+                names
+            )
+
+    def learn(self, object_type: str, method: str) -> None:
+        """Knows `object_type` and `method` (empty: a create or delete) from now on: a node
+        answered a call to them OK."""
+        known = self._methods.get(object_type)
+        if known is None or (method and method not in known):
+            self.add({object_type: (method,) if method else ()})
+
+    def labels(self, object_type: str, method: str) -> tuple[str, str]:
+        """The ``object_type`` and ``method`` label values of a call to `object_type`'s
+        `method` (an empty name, such as a create's method or a Status request's type, stays
+        empty)."""
+        known = self._methods.get(object_type)
+        if known is None:
+            return OTHER if object_type else "", OTHER if method else ""
+        return object_type, method if not method or method in known else OTHER
 
 
 class LabelLimiter:
     """Keeps a label's cardinality bounded: the first `limit` distinct values pass unchanged,
-    later new values become ``_other`` (a client can send any object type to a gate)."""
+    later new values become ``_other``."""
 
     def __init__(self, limit: int = 200) -> None:
         self._limit = limit
@@ -63,6 +108,10 @@ class LabelLimiter:
                 return value
         return OTHER
 
+
+CALLS = frozenset(wire.CALL_OPS.values())
+"""The RPCs that call an object: only a node that serves its type and method answers one OK
+(another RPC, ListObjects, answers OK whatever type it names)."""
 
 CallLabels = tuple[str, str, str, str]
 """The labels of a call's duration: ``code``, ``method``, ``object_type``, ``rpc``."""
@@ -129,20 +178,20 @@ class _Series:
 class CallMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Records the duration and status code of every unary call to `services` in `durations`,
     with the labels ``rpc`` (the gRPC method), ``object_type``, ``method`` (the object
-    method, for CallObject) and ``code`` (``OK``, ``NOT_FOUND`` …)."""
+    method, for CallObject; both as `names` labels them) and ``code`` (``OK``, ``NOT_FOUND``
+    …). A call (:data:`CALLS`) answered OK teaches `names` its type and method."""
 
     def __init__(
         self,
         durations: CallDurations,
         services: Iterable[str],
         *,
-        label_limit: int = 200,
+        names: KnownNames | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.durations = durations
         self._prefixes = tuple(f"/{service}/" for service in services)
-        self._types = LabelLimiter(label_limit)
-        self._methods = LabelLimiter(label_limit)
+        self.names = names if names is not None else KnownNames()
         self._clock = clock
 
     async def intercept_service(
@@ -173,15 +222,14 @@ class CallMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Records one call of `rpc` (``CallObject`` …) for `request` (its ``object_type`` and
         ``method`` label it) that ended with `code` after `seconds`: for calls that arrive
         another way than as a unary RPC (a client's Session stream), under the same labels."""
-        self.durations.record(
-            (
-                code.name,
-                self._methods(str(getattr(request, "method", ""))[:128]),
-                self._types(str(getattr(request, "object_type", ""))[:128]),
-                rpc,
-            ),
-            seconds,
-        )
+        object_type = str(getattr(request, "object_type", ""))
+        method = str(getattr(request, "method", ""))
+        names = self.names
+        type_label, method_label = names.labels(object_type, method)
+        if code is grpc.StatusCode.OK and OTHER in (type_label, method_label) and rpc in CALLS:
+            names.learn(object_type, method)
+            type_label, method_label = object_type, method
+        self.durations.record((code.name, method_label, type_label, rpc), seconds)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -196,5 +244,6 @@ __all__ = [
     "CallDurations",
     "CallLabels",
     "CallMetricsInterceptor",
+    "KnownNames",
     "LabelLimiter",
 ]

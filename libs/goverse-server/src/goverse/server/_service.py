@@ -28,7 +28,7 @@ from opentelemetry import metrics
 from goverse.server._calls import CallsInFlight
 from goverse.server._grpc import GrpcHost
 from goverse.server._limits import hop_message_bytes
-from goverse.server._metrics import CallDurations, CallMetricsInterceptor
+from goverse.server._metrics import CallDurations, CallMetricsInterceptor, KnownNames
 from goverse.server._node_calls import Metadata, NodeCalls
 from goverse.server._ready import Ready, write_ready
 from goverse.server._supervisor import Supervisor
@@ -202,7 +202,12 @@ class ServiceApp(abc.ABC, Generic[C]):
         )
         if telemetry is not None:
             telemetry.registry.register(durations)
-        self.call_metrics = CallMetricsInterceptor(durations, [self.grpc_service])
+        self.known_names = KnownNames()
+        """The object types and methods this service serves: its metrics' only type and method
+        labels (the node adds the types it loads, the gate those its nodes describe)."""
+        self.call_metrics = CallMetricsInterceptor(
+            durations, [self.grpc_service], names=self.known_names
+        )
         """The served calls' duration histogram: unary calls record in it as an interceptor,
         calls from a call stream by :meth:`~CallMetricsInterceptor.record` (same labels)."""
         self._host: GrpcHost | None = None

@@ -120,14 +120,21 @@ class GateApp(ServiceApp[GateConfig]):
             issuer=config.jwt_issuer,
             claims=config.jwt_claims,
         )
-        self.access = AccessGuard(access_rules(config.access_rules), self.meter, "gate")
+        self.access = AccessGuard(
+            access_rules(config.access_rules), self.meter, "gate", self.known_names
+        )
         self.node_calls = self.open_node_calls(
             f"gate {config.gate_id}", ((wire.GATE_ID_KEY, config.gate_id),)
         )
         self.router = Router(
             self.view, self.pool, self.node_calls, config.call_timeout, self.access
         )
-        self.catalog = Catalog(self.view, self.pool, refresh_interval=config.describe_refresh)
+        self.catalog = Catalog(
+            self.view,
+            self.pool,
+            refresh_interval=config.describe_refresh,
+            names=self.known_names,
+        )
         self.node_links = NodeLinks(self.view, self.supervisor, self._open_link, self.report_ready)
         self.metrics = GateMetrics(self.meter, self.registry, self.node_links.links)
         membership_metrics(self.meter, self.service, self.view)

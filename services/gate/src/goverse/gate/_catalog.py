@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 
 from goverse.descriptions import Descriptions, MethodTypes, ordered_files
 from goverse.errors import GoverseError, NotFound, Unimplemented
-from goverse.server import ClusterView, first_of
+from goverse.server import ClusterView, KnownNames, first_of
 from goverse.transport import ChannelPool
 from goverse.v1 import describe_pb2, node_pb2_grpc
 
@@ -77,7 +77,8 @@ class Catalog:
     :data:`TASK_NAME`); every other method may be called at any time from the gate's loop.
     Lookups raise as a call would answer (``docs/errors.md``): NOT_FOUND for an unknown
     object type, UNIMPLEMENTED for an unknown method, INVALID_ARGUMENT for a malformed method
-    name and for JSON that is not a valid message of the expected type.
+    name and for JSON that is not a valid message of the expected type. Every type and method
+    a refresh finds is added to `names`, the gate's metric labels.
     """
 
     def __init__(
@@ -88,8 +89,10 @@ class Catalog:
         refresh_interval: timedelta,
         node_timeout: float = NODE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        names: KnownNames | None = None,
     ) -> None:
         self._view = view
+        self._names = names
         self._pool = pool
         self._interval = refresh_interval.total_seconds()
         self._node_timeout = node_timeout
@@ -209,6 +212,8 @@ class Catalog:
             elif (kept := self._by_node.get(node_id)) is not None and kept[0] == address:
                 by_node[node_id] = kept  # not answering now: keep what it said last
         merged = union([response for _, response in by_node.values()])
+        if self._names is not None:  # the metrics' labels need no files that build
+            self._names.add({t.name: [m.name for m in t.methods] for t in merged.types})
         try:
             descriptions = Descriptions(merged)
         except GoverseError as error:

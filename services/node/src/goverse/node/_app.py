@@ -100,7 +100,10 @@ class NodeApp(ServiceApp[NodeConfig]):
         self.types = dict(load_object_types(config.objects) if types is None else types)
         self.description = describe_types(self.types, int(time.time() * 1000))
         """What ``Describe`` answers: made once, from the types loaded at start."""
-        self.access = AccessGuard(access_rules(config.access_rules), self.meter, "node")
+        self.known_names.add({name: found.methods for name, found in self.types.items()})
+        self.access = AccessGuard(
+            access_rules(config.access_rules), self.meter, "node", self.known_names
+        )
         try:
             # Now, not once serving: a password file that cannot be read is told like a
             # flag that cannot be used (one line, exit code 2), not as a crash.
