@@ -11,7 +11,10 @@ import grpc
 import pytest
 import structlog
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
+from goverse.node._metrics import NodeMetrics
 from goverse.v1 import node_pb2
 from goverse.wire import CLOSE_REASON_KEY
 from tests.helpers.waiting import eventually
@@ -284,3 +287,52 @@ async def test_a_gate_that_goes_away_is_logged_as_peer_gone(node: Node) -> None:
         await eventually(lambda: node.app.live_tasks() == [])
     [ended] = [line for line in logs if line["event"] == "gate stream ended"]
     assert (ended["reason"], ended["cancelled"]) == ("peer_gone", True)
+
+
+def _gate_points(reader: InMemoryMetricReader, name: str) -> dict[tuple[str, ...], int]:
+    """The points of the node metric `name`, by their attribute values (sorted by key)."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        tuple(str(point.attributes[key]) for key in sorted(point.attributes)): int(point.value)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+        if isinstance(point, NumberDataPoint) and point.attributes is not None
+    }
+
+
+GATES_GONE = 210
+"""Gates that register, have a push dropped and leave: more than the 200 gate ids the node's
+metrics used to label by name (a Deployment's gate pods get new names at every rollout)."""
+
+
+async def test_a_gate_that_left_keeps_nothing_and_the_gates_registered_are_labelled_by_id(
+    start_node: Callable[..., Any],
+) -> None:
+    """Each of many gates registers, is scraped, has a push dropped (too large) and leaves:
+    the node keeps no drop count or log throttle of theirs, and the gate registered after them
+    is reported under its own gate id, in the queue depth and the drops alike."""
+    node: Node = await start_node(max_message_bytes=64 * 1024)
+    reader = InMemoryMetricReader()
+    app = node.app
+    NodeMetrics(
+        MeterProvider(metric_readers=[reader]).get_meter("test"), app.host, app.gates, app.shards
+    )
+    too_large = StringValue(value="x" * 70_000)
+    for n in range(GATES_GONE):
+        call = await register(node, f"gone-{n}")
+        assert app.runtime.push([f"gone-{n}/a"], too_large) == 0
+        assert (f"gone-{n}",) in _gate_points(reader, "goverse.node.gate_queue.depth")  # scraped
+        call.cancel()
+        await eventually(lambda: app.gates.gate_ids() == [], what="the gate forgotten")
+    live = await register(node, "live")
+    assert app.runtime.push(["live/a"], too_large) == 0
+    assert app.gates.dropped_by_gate() == {("message_too_large", "live"): 1}
+    assert app.gates.dropped() == {"message_too_large": GATES_GONE + 1}
+    assert list(app.gates._drop_logged_at) == [("message_too_large", "live")]
+    assert _gate_points(reader, "goverse.node.gate_queue.depth") == {("live",): 0}
+    assert _gate_points(reader, "goverse.node.pushes.dropped") == {("live", "message_too_large"): 1}
+    live.cancel()

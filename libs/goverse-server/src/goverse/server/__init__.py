@@ -73,7 +73,6 @@ from goverse.server._metrics import (
     CallDurations,
     CallMetricsInterceptor,
     KnownNames,
-    LabelLimiter,
 )
 from goverse.server._node_calls import NodeCalls
 from goverse.server._ready import Ready, wait_ready, write_ready
@@ -187,7 +186,6 @@ __all__ = [
     "KeyValue",
     "Kind",
     "KnownNames",
-    "LabelLimiter",
     "Lease",
     "ListenError",
     "Mailbox",

@@ -12,7 +12,6 @@ of its turns, so their callbacks only take quick snapshots (``len()``, ``list(d.
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -43,8 +42,7 @@ CALL_DURATION_BUCKETS = (
 """Bucket bounds (seconds) of the call duration histograms."""
 
 OTHER = "_other"
-"""The label value that stands for every name a service does not serve (:class:`KnownNames`),
-and for every value beyond a :class:`LabelLimiter`'s limit."""
+"""The label value that stands for every name a service does not serve (:class:`KnownNames`)."""
 
 
 class KnownNames:
@@ -88,25 +86,6 @@ class KnownNames:
         if known is None:
             return OTHER if object_type else "", OTHER if method else ""
         return object_type, method if not method or method in known else OTHER
-
-
-class LabelLimiter:
-    """Keeps a label's cardinality bounded: the first `limit` distinct values pass unchanged,
-    later new values become ``_other``."""
-
-    def __init__(self, limit: int = 200) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        with self._lock:
-            if len(self._seen) < self._limit:
-                self._seen.add(value)
-                return value
-        return OTHER
 
 
 CALLS = frozenset(wire.CALL_OPS.values())
@@ -245,5 +224,4 @@ __all__ = [
     "CallLabels",
     "CallMetricsInterceptor",
     "KnownNames",
-    "LabelLimiter",
 ]

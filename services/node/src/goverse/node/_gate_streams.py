@@ -109,9 +109,12 @@ class GateStreams:
         return dict(self._dropped)
 
     def dropped_by_gate(self) -> dict[tuple[str, str], int]:
-        """Pushes dropped since start, by (reason, gate id); the gate id is empty for drops
-        that name no registered gate (unregistered gates, malformed client ids, invalid
-        messages)."""
+        """Pushes dropped by (reason, gate id): since start for drops that name no registered
+        gate (unregistered gates, malformed client ids, invalid messages; the gate id empty),
+        since it registered for a gate registered now. A gate's own counts (and the log
+        throttle of its drops) are forgotten when its stream ends and it is no longer
+        registered: gate ids come and go (a gate pod's name is new at every rollout), so what
+        is kept per gate is bounded by ``max_gates``."""
         return dict(self._dropped_by_gate)
 
     def queue_depths(self) -> dict[str, int]:
@@ -319,7 +322,15 @@ class GateStreams:
         if self._mailboxes.get(gate_id) is mailbox:
             del self._mailboxes[gate_id]
             self._owners.pop(gate_id, None)
+            self._forget_drops(gate_id)
         log.info("gate stream ended", reason=_closed_by(mailbox), cancelled=cancelled)
+
+    def _forget_drops(self, gate_id: str) -> None:
+        """Drops what is kept about `gate_id`'s drops (its count by reason stays in the
+        totals, :meth:`dropped`)."""
+        for kept in (self._dropped_by_gate, self._drop_logged_at, self._drop_unlogged):
+            for key in [key for key in kept if key[1] == gate_id]:
+                del kept[key]
 
     def close_all(self, reason: str = wire.CloseReason.SHUTDOWN) -> int:
         """Takes no new registrations and closes every mailbox for `reason` (a
@@ -343,6 +354,8 @@ class GateStreams:
         """Forgets every mailbox (after the stream tasks ended or were cancelled)."""
         for mailbox in self._mailboxes.values():
             mailbox.close(wire.CloseReason.SHUTDOWN, discard=True)
+        for gate_id in self._mailboxes:
+            self._forget_drops(gate_id)
         self._mailboxes.clear()
         self._owners.clear()
 

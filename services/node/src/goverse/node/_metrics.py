@@ -17,7 +17,6 @@ from goverse.node._object_host import ObjectHost
 from goverse.node._object_state import ObjectState
 from goverse.node._ownership import ShardOwnership
 from goverse.node._shards import ShardState, ShardTable
-from goverse.server import LabelLimiter
 
 
 class NodeMetrics:
@@ -81,7 +80,6 @@ class NodeMetrics:
                 unit="{operation}",
                 description="Loads, saves and deletes of object state sent to the store",
             )
-        self._gate_labels = LabelLimiter()
         meter.create_observable_gauge(
             "goverse.node.objects.active",
             callbacks=[self._active_objects],
@@ -153,18 +151,16 @@ class NodeMetrics:
         yield Observation(len(self._gates.gate_ids()))
 
     def _gate_queue_depth(self, _: CallbackOptions) -> Iterable[Observation]:
+        # Registered gates only: at most --max-gates of them, each under its own id.
         for gate_id, depth in self._gates.queue_depths().items():
-            yield Observation(depth, {"gate_id": self._gate_labels(gate_id)})
+            yield Observation(depth, {"gate_id": gate_id})
 
     def _pushes_queued(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._gates.queued_total)
 
     def _pushes_dropped(self, _: CallbackOptions) -> Iterable[Observation]:
-        totals: dict[tuple[str, str], int] = {}
+        # By registered gate (forgotten when it leaves: its series ends), or none ("").
         for (reason, gate_id), count in self._gates.dropped_by_gate().items():
-            key = (reason, self._gate_labels(gate_id) if gate_id else "")
-            totals[key] = totals.get(key, 0) + count
-        for (reason, gate_id), count in totals.items():
             yield Observation(count, {"reason": reason, "gate_id": gate_id})
 
 
