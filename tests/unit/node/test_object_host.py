@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
-from goverse.errors import Internal, PermissionDenied, ShardNotServed, Unavailable
+from goverse.errors import Internal, InvalidArgument, PermissionDenied, ShardNotServed, Unavailable
 from goverse.node import NodeApp
 from goverse.node._object_host import ObjectHost
 from goverse.node._object_types import load_object_types
@@ -240,3 +240,33 @@ async def test_a_deactivation_raising_what_is_not_an_exception_is_logged(app: No
         await app.host.create("Escaping", object_id)
     assert await app.host.deactivate_idle(0) == 3
     assert app.host.held_count == 0
+
+
+HUGE_NAME = "x" * 2**20
+"""A 1 MiB name: a node's own caller (another node, or anyone in plaintext) is not checked by
+a gate first."""
+
+
+@pytest.mark.parametrize(
+    ("object_type", "object_id", "method"),
+    [(HUGE_NAME, "i", "Caller"), ("Identity", "i", HUGE_NAME), ("Identity", "i" * 1000, "Caller")],
+    ids=["type", "method", "id"],
+)
+async def test_a_malformed_name_is_refused_before_the_object_span_is_started(
+    captured_spans: SpanCapture, object_type: str, object_id: str, method: str
+) -> None:
+    """A call whose type, method or id is malformed answers INVALID_ARGUMENT without a
+    ``<Type>.<Method>`` span: a span named after a 1 MiB input would be exported whole (one
+    such span can make its whole batch too large for the collector), and the OTLP encoder
+    keeps the names of 4096 spans for reuse."""
+    table = ShardTable("n1")
+    for shard in range(SHARD_COUNT):
+        table.own(shard)
+    host = ObjectHost(load_object_types(["tests.helpers.objects"]), table, "n1")
+    host.attach_runtime(cast(ObjectRuntime, object()))
+    with pytest.raises(InvalidArgument):
+        await host.invoke(object_type, object_id, method, pack(Empty()), Caller())
+    assert [span.name for span in captured_spans.spans if len(span.name) > 300] == []
+    assert not any(
+        len(str(value)) > 300 for span in captured_spans.spans for value in span.attributes.values()
+    )

@@ -121,13 +121,22 @@ async def test_a_refusal_for_another_nodes_object_says_the_call_did_not_run(
     that failed for another reason carries no such marker."""
     node: Node = await start_node(nodes=(NODE, OTHER))
     foreign = id_owned_by(Placement((NODE, OTHER)), "Counter", OTHER)
-    for rpc, message in (
-        (node.stub.CallObject, node_pb2.NodeCallObjectRequest),
-        (node.stub.CreateObject, node_pb2.NodeCreateObjectRequest),
-        (node.stub.DeleteObject, node_pb2.NodeDeleteObjectRequest),
+    for rpc, request in (
+        (
+            node.stub.CallObject,
+            node_pb2.NodeCallObjectRequest(object_type="Counter", object_id=foreign, method="Get"),
+        ),
+        (
+            node.stub.CreateObject,
+            node_pb2.NodeCreateObjectRequest(object_type="Counter", object_id=foreign),
+        ),
+        (
+            node.stub.DeleteObject,
+            node_pb2.NodeDeleteObjectRequest(object_type="Counter", object_id=foreign),
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await rpc(message(object_type="Counter", object_id=foreign), timeout=5)
+            await rpc(request, timeout=5)
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         refusal = wire.shard_refusal_of(raised.value.trailing_metadata())
         assert refusal is wire.ShardRefusal.NOT_OWNER

@@ -22,7 +22,7 @@ from goverse.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from goverse.ids import validate_object_ref
+from goverse.ids import validate_method, validate_object_ref
 from goverse.node._call_context import ObjectKey, serving
 from goverse.node._object_state import ObjectState
 from goverse.node._shards import ShardTable
@@ -152,9 +152,9 @@ class ObjectHost:
         entry = self._objects.get((object_type, object_id))
         return entry is not None and entry.active
 
-    def resolve(self, object_type: str, object_id: str) -> ObjectType:
-        """Checks an object reference; returns its type."""
-        validate_object_ref(object_type, object_id)
+    def resolve(self, object_type: str) -> ObjectType:
+        """The type of a reference its entry point validated (:meth:`invoke`, :meth:`create`,
+        :meth:`delete`, first of all); NotFound when no type of that name is hosted."""
         found = self._types.get(object_type)
         if found is None:
             raise NotFound(f"unknown object type {object_type!r}")
@@ -189,6 +189,10 @@ class ObjectHost:
         other exception is logged and answers INTERNAL, as does a wrongly typed result. The
         whole call (turn, activation, method) is one span, ``<Type>.<Method>``.
         """
+        # Before the access rules and the span: the names are the caller's, unchecked when it
+        # is not a gate, and a span (its name, its attributes) must not carry megabytes.
+        validate_object_ref(object_type, object_id)
+        validate_method(method)
         # An object's caller names the calling object; a client's call (from a gate) does not.
         self._access.check(
             Operation.CALL, object_type, object_id, method, from_object=bool(caller.object_type)
@@ -201,7 +205,7 @@ class ObjectHost:
     async def _invoke(
         self, object_type: str, object_id: str, method: str, request: Any, caller: Caller
     ) -> Any:
-        found = self.resolve(object_type, object_id)
+        found = self.resolve(object_type)
         key = (object_type, object_id)
         shard = shard_of(object_type, object_id)
         with self._admitted(key, shard):  # before the method's checks: a foreign one is retried
@@ -227,8 +231,9 @@ class ObjectHost:
 
     async def create(self, object_type: str, object_id: str) -> bool:
         """Activates the object; False when it already was active."""
+        validate_object_ref(object_type, object_id)
         self._access.check(Operation.CREATE, object_type, object_id, from_object=False)
-        found = self.resolve(object_type, object_id)
+        found = self.resolve(object_type)
         key = (object_type, object_id)
         shard = shard_of(object_type, object_id)
         with self._admitted(key, shard):
@@ -246,8 +251,9 @@ class ObjectHost:
     async def delete(self, object_type: str, object_id: str) -> bool:
         """Deactivates the object in its turn, forgets it and removes its stored state;
         False when it was not active."""
+        validate_object_ref(object_type, object_id)
         self._access.check(Operation.DELETE, object_type, object_id, from_object=False)
-        found = self.resolve(object_type, object_id)
+        found = self.resolve(object_type)
         key = (object_type, object_id)
         with self._admitted(key, shard_of(object_type, object_id)):
             was_active = await self._retire(key, save=False)
