@@ -500,3 +500,53 @@ async def test_header_bytes_that_are_not_text_are_refused_or_dropped(
     assert await _raw_status(url, forged) == 401
     traced = path + b"tracestate: a=\xff\r\ntraceparent: 00-" + b"1" * 32 + b"-" + b"2" * 16
     assert await _raw_status(url, traced + b"-01\r\n\r\n") == 200
+
+
+MALFORMED_HTTP = {
+    "header byte": b"GET /v1/describe HTTP/1.1\r\nHost: x\r\nX-Probe: "
+    + b"\x01" * 5000
+    + b"\r\n\r\n",
+    "header too long": b"GET /v1/describe HTTP/1.1\r\nHost: x\r\nX-Probe: "
+    + b"h" * 9000
+    + b"\r\n\r\n",
+    "request line too long": b"GET /" + b"p" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "version": b"GET / HTTP/9.9" + b"v" * 4000 + b"\r\n\r\n",
+    "content length": b"POST /v1/objects/Counter/m/Get HTTP/1.1\r\nHost: x\r\nContent-Length: "
+    + b"9" * 5000
+    + b"\r\n\r\n",
+    "chunk": b"POST /v1/objects/Counter/m/Get HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz" + b"c" * 5000 + b"\r\n",
+}
+"""Requests the HTTP parser refuses, each with thousands of bytes of the caller's own."""
+
+
+async def test_a_request_the_http_parser_refuses_gets_400_and_one_quiet_line(
+    processes: ProcessGroup,
+) -> None:
+    """Malformed requests (a bad header byte, a header or request line too long, an unknown
+    version, a bad Content-Length or chunk) answer 400 and are logged as one DEBUG line each,
+    naming the parser's error without the request's bytes or a traceback (aiohttp logged
+    each at ERROR with its traceback and the offending bytes: a 25 KB line for 5,000 bad
+    header bytes); the gate keeps serving."""
+    node = processes.node()
+    gate = processes.gate("g0", [node.address], (HTTP_ON, "--log-level=debug"))
+    assert gate.ready is not None
+    url = f"http://{gate.ready.identity['http']}"
+    for name, request in MALFORMED_HTTP.items():
+        assert await _raw_status(url, request) == 400, name
+    async with client() as http:
+        assert (await call(http, url, "/v1/objects/Counter/m/Get"))[0] == 200
+    await eventually(
+        lambda: len(_refused_http_lines(gate)) == len(MALFORMED_HTTP), TIMEOUT, "the lines"
+    )
+    output = gate.output()
+    assert "Traceback" not in output
+    for probe in (b"\x01" * 16, b"h" * 64, b"p" * 64, b"v" * 64, b"9" * 64, b"c" * 64):
+        assert probe.decode() not in output
+        assert repr(probe)[2:-1] not in output
+    assert [line for line in gate.log_lines() if line["level"] in ("error", "critical")] == []
+    assert all(len(json.dumps(line)) < 1000 for line in _refused_http_lines(gate))
+
+
+def _refused_http_lines(gate: ServiceProcess) -> list[dict[str, Any]]:
+    return [line for line in gate.log_lines() if line["event"] == "malformed HTTP request refused"]

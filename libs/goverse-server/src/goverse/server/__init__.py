@@ -57,6 +57,7 @@ from goverse.server._limits import HOP_HEADROOM_BYTES, hop_message_bytes
 from goverse.server._logging import (
     configure_logging,
     current_log_context,
+    demoted,
     log_context,
     set_log_identity,
 )
@@ -231,6 +232,7 @@ __all__ = [
     "declared",
     "deliver_all_traced",
     "deliver_traced",
+    "demoted",
     "encode_gate",
     "encode_node",
     "encode_shard",

@@ -125,7 +125,7 @@ class QuietPeerGone(logging.Filter):
         if record.levelno < logging.ERROR or not message.startswith(_PEER_GONE_PREFIX):
             return True
         record.rpc = message.removeprefix(_PEER_GONE_PREFIX).strip(" []")
-        return _demoted(record, "peer went away with a write pending")
+        return demoted(record, "peer went away with a write pending")
 
 
 _INVALID_ENCODING = "Invalid encoding on %s"
@@ -141,13 +141,14 @@ class QuietInvalidEncoding(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR or record.msg != _INVALID_ENCODING:
             return True
-        return _demoted(record, "a metadata value is not UTF-8 (not logged)")
+        return demoted(record, "a metadata value is not UTF-8 (not logged)")
 
 
-def _demoted(record: logging.LogRecord, message: str) -> bool:
+def demoted(record: logging.LogRecord, message: str) -> bool:
     """Makes `record` a DEBUG line saying `message`, without arguments or traceback; whether
     it is still written (only when the process logs at DEBUG: the level was checked for the
-    record's first level already)."""
+    record's first level already). For a :class:`logging.Filter` that quiets a library's
+    line about an expected event (what a peer did), as those of this module do."""
     record.msg, record.args = message, None
     record.levelno, record.levelname = logging.DEBUG, "DEBUG"
     record.exc_info, record.exc_text = None, None

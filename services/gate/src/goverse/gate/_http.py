@@ -19,6 +19,7 @@ status of their gRPC code (:mod:`._http_errors`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from google.protobuf import json_format
 
 from goverse import wire
@@ -62,6 +64,7 @@ from goverse.server import (
     Supervisor,
     SupervisorClosed,
     ascii_digits,
+    demoted,
     log_context,
     served_call_span,
 )
@@ -91,6 +94,28 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 """W3C trace context a caller may send: an HTTP call's span is then its child."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class QuietMalformedRequests(logging.Filter):
+    """Turns aiohttp's ERROR "Error handling request from <address>" about a request its parser
+    refused (a :class:`~aiohttp.http_exceptions.BadHttpMessage`: a bad header byte, a line
+    too long, a bad Content-Length or chunk …, answered 400) into one DEBUG line, ``malformed
+    HTTP request refused``, naming the error's kind, without its message or a traceback. The
+    message quotes the request's bytes (a 25 KB line for 5,000 bad header bytes), and any
+    client could write such lines at will; a failure of the gate itself stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(error, BadHttpMessage):
+            return True
+        record.error = type(error).__name__
+        return demoted(record, "malformed HTTP request refused")
+
+
+SERVER_LOGGER = logging.getLogger(f"{__name__}.server")
+"""What aiohttp's request handlers log to (instead of ``aiohttp.server``): quieted by
+:class:`QuietMalformedRequests`."""
+SERVER_LOGGER.addFilter(QuietMalformedRequests())
 
 
 class HttpGate:
@@ -174,6 +199,7 @@ class HttpGate:
         runner = web.AppRunner(
             self.app,
             access_log=None,
+            logger=SERVER_LOGGER,
             handle_signals=False,
             handler_cancellation=True,
             shutdown_timeout=STOP_GRACE_S,
