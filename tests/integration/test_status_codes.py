@@ -1,0 +1,186 @@
+"""The status codes of docs/errors.md for bad input, on real gate and node processes: each bad
+call answers its documented code alike on the unary CallObject, on a Session stream (what the
+SDK sends), through the SDK and over the gate's HTTP interface, there at the HTTP status of
+docs/http.md's table."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
+
+from goverse import wire
+from goverse.client import CallError, Client
+from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
+from goverse.v1 import gate_pb2
+from tests.helpers.gate_client import WAIT, GateClient
+from tests.helpers.processes import process_group
+from tests.helpers.session_client import SessionClient
+
+LIMIT = 1024 * 1024
+"""The cluster's --max-message-bytes (so also the HTTP body bound, --http-max-body-bytes)."""
+FACES = ("unary", "session", "sdk", "http")
+
+
+@dataclass(frozen=True)
+class Gate:
+    address: str
+    url: str
+    """Its HTTP base URL."""
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    """A node and a gate with HTTP on, both refusing calls to Sleeper by an access rule,
+    shared by the module's tests (none changes what another sees)."""
+    root = tmp_path_factory.mktemp("status-codes")
+    rules = root / "rules.toml"
+    rules.write_text('[[call]]\ntype = "Sleeper"\naccess = "reject"\n')
+    common = [f"--max-message-bytes={LIMIT}", f"--access-rules={rules}"]
+    with process_group(root / "logs") as group:
+        node = group.node(extra=common)
+        proc = group.gate("g0", [node.address], [*common, "--http-listen=127.0.0.1:0"])
+        assert proc.ready is not None
+        yield Gate(proc.address, f"http://{proc.ready.identity['http']}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A bad call of docs/errors.md and what every face answers it."""
+
+    name: str
+    object_type: str
+    object_id: str
+    method: str
+    request: Message
+    """Sent packed; an ``Any`` is sent as it is (bytes no SDK would write)."""
+    code: grpc.StatusCode
+    says: str
+    """In the status message of every gRPC face."""
+    body: str | None
+    """The HTTP request body; None: the row has no HTTP form."""
+    http_status: int
+    http_says: str = ""
+    """In the HTTP error's message (empty: `says`)."""
+    faces: tuple[str, ...] = FACES
+
+
+GARBAGE = any_pb2.Any(
+    type_url=wire.TYPE_URL_PREFIX + IncrementRequest.DESCRIPTOR.full_name,
+    value=b"\xff\xff\xff\xff",
+)
+OVERSIZED = BytesValue(value=b"x" * (LIMIT + 1))
+
+ROWS = [
+    Row("unknown type", "Nope", "x", "Get", GetRequest(), grpc.StatusCode.NOT_FOUND,
+        "unknown object type 'Nope'", "{}", 404),
+    Row("unknown method", "Counter", "x", "Explode", GetRequest(), grpc.StatusCode.UNIMPLEMENTED,
+        "Counter has no method 'Explode'", "{}", 501),
+    Row("malformed method", "Counter", "x", "Get!", GetRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT, "is not a method name", "{}", 400),
+    Row("id over 256 bytes", "Counter", "x" * 257, "Get", GetRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT, "longer than 256 bytes", "{}", 400),
+    Row("id with control characters", "Counter", "a\x01b", "Get", GetRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT, "control characters", "{}", 400),
+    Row("request of another type", "Counter", "x", "Increment", StringValue(value="1"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "got google.protobuf.StringValue, expected goverse.examples.v1.IncrementRequest",
+        '"1"', 400, "is a JSON object, not str"),
+    Row("request bytes that do not parse", "Counter", "x", "Increment", GARBAGE,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "got an unparseable goverse.examples.v1.IncrementRequest", None, 400,
+        faces=("unary", "session")),
+    Row("request over --max-message-bytes", "Blob", "x", "Measure", OVERSIZED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max",
+        json.dumps(base64.b64encode(OVERSIZED.value).decode()),
+        413, "--http-max-body-bytes", faces=("unary", "sdk", "http")),
+    Row("refused by an access rule", "Sleeper", "x", "Sleep", Int64Value(value=1),
+        grpc.StatusCode.PERMISSION_DENIED, "not permitted", '"1"', 403),
+    Row("an object's unexpected exception", "Failing", "x", "Raise", Empty(),
+        grpc.StatusCode.INTERNAL, "ValueError", "{}", 500),
+]  # fmt: skip
+CASES = [
+    pytest.param(row, face, id=f"{row.name}-{face}")
+    for row in ROWS
+    for face in FACES
+    if face in row.faces
+]
+
+
+def _packed(request: Message) -> any_pb2.Any:
+    return request if isinstance(request, any_pb2.Any) else wire.pack(request)
+
+
+async def _grpc_status(gate: Gate, row: Row, face: str) -> tuple[grpc.StatusCode, str]:
+    """The code and message `face` answers `row` with (OK when it succeeds)."""
+    call = gate_pb2.CallObjectRequest(
+        object_type=row.object_type,
+        object_id=row.object_id,
+        method=row.method,
+        request=_packed(row.request),
+    )
+    if face == "unary":
+        # The channel may send more than the gate takes: the gate's limit is what answers.
+        client = GateClient(gate.address, options=[("grpc.max_send_message_length", 4 * LIMIT)])
+        await client.connect()
+        try:
+            await client.stub.CallObject(call, metadata=client.metadata(), timeout=WAIT)
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details() or ""
+        finally:
+            await client.close()
+        return grpc.StatusCode.OK, ""
+    if face == "session":
+        session = await SessionClient(gate.address).connect()
+        try:
+            frame = gate_pb2.SessionCall(id=1, timeout_ms=int(WAIT * 1000), call=call)
+            await session.send(frame)
+            reply = await session.reply(1)
+        finally:
+            await session.close()
+        if reply.WhichOneof("result") != "error":
+            return grpc.StatusCode.OK, ""
+        code = next(c for c in grpc.StatusCode if c.value[0] == reply.error.code)
+        return code, reply.error.message
+    async with Client([gate.address]) as sdk:
+        try:
+            await sdk.call(
+                row.object_type, row.object_id, row.method, row.request, CounterValue, timeout=WAIT
+            )
+        except CallError as error:
+            return error.status_code, error.message
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize(("row", "face"), CASES)
+async def test_a_bad_call_answers_its_documented_code_on_every_face(
+    gate: Gate, row: Row, face: str
+) -> None:
+    """The code of docs/errors.md, with a message that says what was wrong; over HTTP the
+    same code in the JSON body, at the status of docs/http.md's table."""
+    if face == "http":
+        assert row.body is not None
+        path = "/".join(quote(part, safe="") for part in (row.object_type, row.object_id))
+        url = f"{gate.url}/v1/objects/{path}/{quote(row.method, safe='')}"
+        timeout = aiohttp.ClientTimeout(total=WAIT)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.post(url, data=row.body) as response,
+        ):
+            status, refused = response.status, await response.json()
+        assert (status, refused["code"]) == (row.http_status, row.code.name), refused
+        assert (row.http_says or row.says) in refused["message"], refused
+        return
+    code, message = await _grpc_status(gate, row, face)
+    assert code == row.code, message
+    assert row.says in message, message
