@@ -127,6 +127,13 @@ def test_an_unknown_method_or_type_exits_2_naming_it(gate: str) -> None:
     assert one_line_error(unknown) == "goverse: NOT_FOUND: unknown object type 'Abacus'"
 
 
+def test_a_type_that_is_not_a_name_exits_2_with_invalid_argument(gate: str) -> None:
+    """As the call would answer (it was NOT_FOUND, an unknown type, here and over HTTP)."""
+    malformed = goverse("call", "Coun ter", "c", "Get", gate=gate)
+    assert malformed.returncode == Exit.USAGE
+    assert one_line_error(malformed).startswith("goverse: INVALID_ARGUMENT: object_type 'Coun ter'")
+
+
 def test_a_call_the_gate_refuses_exits_1_naming_the_status(gate: str) -> None:
     """An error the gate answers (an invalid object id, checked by the gate) exits 1."""
     result = goverse("create", "Counter", "bad\nid", gate=gate)

@@ -76,6 +76,9 @@ def test_lookups_and_json_answer_as_calls_do() -> None:
         descriptions.method("Counter", "Nope")
     with pytest.raises(InvalidArgument):
         descriptions.method("Counter", "no such")
+    for malformed in ("Coun ter", "T" * 129, ""):  # not a name, as a call's check says
+        with pytest.raises(InvalidArgument):
+            descriptions.method(malformed, "Get")
     with pytest.raises(NotFound):
         descriptions.message_class("goverse.examples.v1.Nope")
     increment = descriptions.method("Counter", "Increment")

@@ -47,8 +47,8 @@ class Exit(enum.IntEnum):
     USAGE = 2
     """Nothing was sent: bad arguments (a --gate that is not ``HOST:PORT``, say), a JSON
     argument that is not a valid request (not JSON, an unknown field, a value of the wrong
-    type), an object type or method the gate's Describe does not know, a TLS file that cannot
-    be read."""
+    type), an object type or method that is not a name or that the gate's Describe does not
+    know, a TLS file that cannot be read."""
     INTERRUPTED = 130
     """Ctrl-C during a command other than ``watch``."""
 

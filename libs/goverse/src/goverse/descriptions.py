@@ -31,7 +31,7 @@ from goverse import wire
 from goverse._object_types import ObjectType
 from goverse._plain_json import NOT_PLAIN, PlainJson
 from goverse.errors import Internal, InvalidArgument, NotFound, Unimplemented
-from goverse.ids import validate_method
+from goverse.ids import validate_method, validate_object_type
 from goverse.v1 import describe_pb2
 
 WELL_KNOWN_PREFIX = "google.protobuf."
@@ -182,9 +182,9 @@ class Descriptions:
         return True
 
     def method(self, object_type: str, method: str) -> MethodTypes:
-        """The request and response classes of `object_type`'s `method`: NotFound for an
-        unknown type, InvalidArgument for a malformed method name, Unimplemented for a method
-        the type does not have (as a call answers). Found once per method: an HTTP gate looks
+        """The request and response classes of `object_type`'s `method`: InvalidArgument for
+        a malformed type or method name, NotFound for an unknown type, Unimplemented for a
+        method the type does not have (as a call answers). Found once per method: an HTTP gate looks
         one up for every call."""
         found = self._methods.get((object_type, method))
         if found is None:
@@ -192,6 +192,7 @@ class Descriptions:
         return found
 
     def _find_method(self, object_type: str, method: str) -> MethodTypes:
+        validate_object_type(object_type)
         description = self._types.get(object_type)
         if description is None:
             raise NotFound(f"unknown object type {object_type!r}")

@@ -55,7 +55,7 @@ from goverse.gate._http_errors import JSON, error_of, error_response, from_http_
 from goverse.gate._http_events import EVENT_STREAM, HEARTBEAT_S, EventStream, PushEvents
 from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
-from goverse.ids import new_client_id
+from goverse.ids import new_client_id, validate_method, validate_object_ref
 from goverse.server import (
     BoundAddress,
     CallMetricsInterceptor,
@@ -307,6 +307,10 @@ class HttpGate:
         object_type, object_id, method = (request.match_info[k] for k in ("type", "id", "method"))
         caller = await self._caller(request)
         timeout = _timeout_of(request)
+        # Checked before the catalog, as the router checks a gRPC call before a node does: a
+        # malformed name or id is INVALID_ARGUMENT over both, never an unknown type.
+        validate_object_ref(object_type, object_id)
+        validate_method(method)
         types = await self._catalog.method(object_type, method)
         body = await request.read()
         message = self._catalog.request_from_json(types, body if body.strip() else b"{}")
