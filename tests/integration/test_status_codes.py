@@ -72,6 +72,8 @@ class Row:
     http_status: int
     http_says: str = ""
     """In the HTTP error's message (empty: `says`)."""
+    http_code: grpc.StatusCode | None = None
+    """The code of the HTTP error body (None: `code`)."""
     faces: tuple[str, ...] = FACES
 
 
@@ -86,6 +88,13 @@ ROWS = [
         "unknown object type 'Nope'", "{}", 404),
     Row("unknown method", "Counter", "x", "Explode", GetRequest(), grpc.StatusCode.UNIMPLEMENTED,
         "Counter has no method 'Explode'", "{}", 501),
+    # An empty part is no call over HTTP: the path is unknown (docs/http.md).
+    Row("empty type", "", "x", "Get", GetRequest(), grpc.StatusCode.INVALID_ARGUMENT,
+        "object_type is empty", "{}", 404, "Not Found", grpc.StatusCode.NOT_FOUND),
+    Row("empty id", "Counter", "", "Get", GetRequest(), grpc.StatusCode.INVALID_ARGUMENT,
+        "object_id is empty", "{}", 404, "Not Found", grpc.StatusCode.NOT_FOUND),
+    Row("empty method", "Counter", "x", "", GetRequest(), grpc.StatusCode.INVALID_ARGUMENT,
+        "method is empty", "{}", 404, "Not Found", grpc.StatusCode.NOT_FOUND),
     Row("malformed type", "Coun ter", "x", "Get", GetRequest(), grpc.StatusCode.INVALID_ARGUMENT,
         "'Coun ter' is not a name", "{}", 400),
     Row("type over 128 characters", "T" * 129, "x", "Get", GetRequest(),
@@ -184,7 +193,8 @@ async def test_a_bad_call_answers_its_documented_code_on_every_face(
             http.post(url, data=row.body) as response,
         ):
             status, refused = response.status, await response.json()
-        assert (status, refused["code"]) == (row.http_status, row.code.name), refused
+        code = row.code if row.http_code is None else row.http_code
+        assert (status, refused["code"]) == (row.http_status, code.name), refused
         assert (row.http_says or row.says) in refused["message"], refused
         return
     code, message = await _grpc_status(gate, row, face)
