@@ -1,18 +1,21 @@
 """The status codes of docs/errors.md for bad input, on real gate and node processes: each bad
 call answers its documented code alike on the unary CallObject, on a Session stream (what the
 SDK sends), through the SDK and over the gate's HTTP interface, there at the HTTP status of
-docs/http.md's table."""
+docs/http.md's table; so does each registration a gate refuses for what it presented."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import quote
 
 import aiohttp
 import grpc
+import jwt
 import pytest
 from google.protobuf import any_pb2
 from google.protobuf.empty_pb2 import Empty
@@ -22,10 +25,12 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 from goverse import wire
 from goverse.client import CallError, Client
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
-from goverse.v1 import gate_pb2
+from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc
+from tests.helpers.authenticators import BROKEN_KEY, GOOD_KEY
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.processes import process_group
 from tests.helpers.session_client import SessionClient
+from tests.helpers.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 LIMIT = 1024 * 1024
 """The cluster's --max-message-bytes (so also the HTTP body bound, --http-max-body-bytes)."""
@@ -200,3 +205,174 @@ async def test_a_bad_call_answers_its_documented_code_on_every_face(
     code, message = await _grpc_status(gate, row, face)
     assert code == row.code, message
     assert row.says in message, message
+
+
+# -- refused registrations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuardedGates:
+    """Gates that authenticate their clients: by JWT (:class:`TokenIssuer`'s) and by a user's
+    authenticator (:class:`tests.helpers.authenticators.ApiKeys`)."""
+
+    jwt: Gate
+    keys: Gate
+    issuer: TokenIssuer
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedGates]:
+    root = tmp_path_factory.mktemp("refusals")
+    issuer = TokenIssuer()
+    http = "--http-listen=127.0.0.1:0"
+    with process_group(root / "logs") as group:
+        node = group.node()
+        jwt_gate = group.gate("jwt", [node.address], [http, *issuer.gate_flags(root / "jwt")])
+        keys = group.gate("keys", [node.address], [http, f"--authenticator={API_KEYS}"])
+        gates = []
+        for proc in (jwt_gate, keys):
+            assert proc.ready is not None
+            gates.append(Gate(proc.address, f"http://{proc.ready.identity['http']}"))
+        yield GuardedGates(gates[0], gates[1], issuer)
+
+
+API_KEYS = "tests.helpers.authenticators:ApiKeys"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A registration a gate refuses for what it presented (docs/errors.md)."""
+
+    name: str
+    gate: str
+    """Which of :class:`GuardedGates`: ``jwt`` or ``keys``."""
+    token: Callable[[TokenIssuer], str | None]
+    """Made when the test runs: a token made at collection could expire before it does."""
+    code: grpc.StatusCode
+    says: str
+    http_status: int
+
+
+def _signed(issuer: TokenIssuer, key: str, **claims: object) -> str:
+    """A token of `issuer`'s audience and issuer, signed with `key`, `claims` overriding."""
+    payload = {"sub": "tester", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 300}
+    return jwt.encode({**payload, **claims}, key, algorithm="HS256")
+
+
+REFUSALS = [
+    Refusal("no token", "jwt", lambda issuer: None, grpc.StatusCode.UNAUTHENTICATED,
+            "this gate requires a token", 401),
+    Refusal("expired token", "jwt",
+            lambda issuer: _signed(issuer, issuer.secret, exp=int(time.time()) - 3600),
+            grpc.StatusCode.UNAUTHENTICATED, "the token has expired", 401),
+    Refusal("forged token", "jwt", lambda issuer: _signed(issuer, "another-secret-" * 4),
+            grpc.StatusCode.UNAUTHENTICATED, "the token's signature does not verify", 401),
+    Refusal("not a JWT", "jwt", lambda issuer: "not-a-jwt", grpc.StatusCode.UNAUTHENTICATED,
+            "the token is not a well-formed JWT", 401),
+    Refusal("refused by a user's authenticator", "keys", lambda issuer: "wrong-key",
+            grpc.StatusCode.UNAUTHENTICATED, "unknown API key", 401),
+    Refusal("a user's authenticator that broke", "keys", lambda issuer: BROKEN_KEY,
+            grpc.StatusCode.UNAVAILABLE, "the gate could not authenticate the client", 503),
+]  # fmt: skip
+REGISTRATION_FACES = (
+    "register",
+    "session",
+    "describe",
+    "sdk",
+    "http-call",
+    "http-describe",
+    "http-events",
+    "http-events-query",
+)
+
+
+async def _refused_over_grpc(
+    address: str, face: str, token: str | None
+) -> tuple[grpc.StatusCode, str]:
+    """How a Register or Session stream, or a Describe without a registration, presenting
+    `token` ends."""
+    metadata = () if token is None else ((wire.AUTHORIZATION_KEY, f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gate_pb2_grpc.GateServiceStub(channel)
+        try:
+            if face == "describe":
+                await stub.Describe(describe_pb2.DescribeRequest(), metadata=metadata, timeout=WAIT)
+            elif face == "register":
+                await stub.Register(
+                    gate_pb2.RegisterRequest(), metadata=metadata, timeout=WAIT
+                ).read()
+            else:
+                await stub.Session(metadata=metadata, timeout=WAIT).read()
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def _refused_over_http(url: str, face: str, token: str | None) -> tuple[int, str, str]:
+    """The HTTP status, code and message a gate answers `face` presenting `token`."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    method, path = "POST", "/v1/objects/Counter/refused/Get"
+    if face == "http-describe":
+        method, path = "GET", "/v1/describe"
+    elif face == "http-events":
+        method, path = "GET", "/v1/events"
+    elif face == "http-events-query":
+        method, path, headers = "GET", "/v1/events", {}
+        if token is not None:
+            path += f"?access_token={quote(token, safe='')}"
+    timeout = aiohttp.ClientTimeout(total=WAIT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.request(method, url + path, headers=headers) as response,
+    ):
+        refused = await response.json()
+    return response.status, refused["code"], refused["message"]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "face"),
+    [
+        pytest.param(refusal, face, id=f"{refusal.name}-{face}")
+        for refusal in REFUSALS
+        for face in REGISTRATION_FACES
+    ],
+)
+async def test_a_refused_registration_answers_its_documented_code_on_every_face(
+    guarded: GuardedGates, refusal: Refusal, face: str
+) -> None:
+    """A token the gate's authenticator refuses ends a Register or Session stream, and a
+    Describe without a registration, with UNAUTHENTICATED saying why (UNAVAILABLE when the
+    authenticator broke); HTTP answers it as a JSON error (401, 503), for a call, describe
+    and an event stream, with the token in the header or the query; the SDK's connect gives up
+    with UNAVAILABLE naming the last refusal."""
+    gate = guarded.jwt if refusal.gate == "jwt" else guarded.keys
+    token = refusal.token(guarded.issuer)
+    if face.startswith("http"):
+        status, code, message = await _refused_over_http(gate.url, face, token)
+        assert (status, code) == (refusal.http_status, refusal.code.name), message
+        assert refusal.says in message, message
+        return
+    if face == "sdk":
+        client = Client([gate.address], token=token, connect_timeout=timedelta(seconds=1))
+        try:
+            with pytest.raises(CallError) as raised:
+                await client.connect()
+        finally:
+            await client.close()
+        assert raised.value.status_code == grpc.StatusCode.UNAVAILABLE, raised.value.message
+        if refusal.code == grpc.StatusCode.UNAUTHENTICATED:  # a refusal, not a failure
+            said = f"last refusal: UNAUTHENTICATED: {refusal.says}"
+            assert said in raised.value.message, raised.value.message
+        return
+    code, message = await _refused_over_grpc(gate.address, face, token)
+    assert code == refusal.code, message
+    assert refusal.says in message, message
+    assert token is None or token not in message
+
+
+async def test_the_guarded_gates_admit_a_good_token(guarded: GuardedGates) -> None:
+    """What the refusals above are measured against: each gate admits a valid token."""
+    for gate, token in ((guarded.jwt, guarded.issuer.token()), (guarded.keys, GOOD_KEY)):
+        async with Client([gate.address], token=token) as client:
+            value = await client.call("Counter", "admitted", "Get", GetRequest(), CounterValue)
+        assert value.value == 0
