@@ -252,3 +252,38 @@ def test_a_jwt_gate_takes_the_token_from_the_environment(tmp_path: Path) -> None
         allowed = goverse("describe", gate=gate, env={"GOVERSE_TOKEN": issuer.token()})
         assert allowed.returncode == Exit.OK, allowed.stderr
         assert "Counter" in allowed.stdout.splitlines()
+
+
+async def test_output_whose_reader_went_away_ends_the_command_quietly(gate: str) -> None:
+    """``goverse describe | head -1`` and ``goverse watch | head -1``: once the reader of its
+    output is gone, the next line it writes ends the command with exit 141 (a shell's status
+    for a program SIGPIPE ends) and nothing on stderr but what it said before: no traceback."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    for command in ("describe", "watch"):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first line
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                GOVERSE, f"--gate={gate}", command,
+                stdout=write_end, stderr=asyncio.subprocess.PIPE, env=environ,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        try:
+            assert proc.stderr is not None
+            said = b""
+            if command == "watch":
+                said = await asyncio.wait_for(proc.stderr.readline(), LINE_TIMEOUT)
+                client_id = said.decode().split()[-1]
+                pushed = await asyncio.to_thread(
+                    goverse, "call", "Pusher", "cli-pipe", "PushTo", json.dumps(client_id),
+                    gate=gate,
+                )  # fmt: skip
+                assert json.loads(pushed.stdout) == "1", pushed.stderr
+            rest = await asyncio.wait_for(proc.stderr.read(), RUN_TIMEOUT)
+            assert await asyncio.wait_for(proc.wait(), RUN_TIMEOUT) == Exit.OUTPUT_CLOSED
+            assert rest == b"", (command, said + rest)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -51,6 +51,9 @@ class Exit(enum.IntEnum):
     know, a TLS file that cannot be read."""
     INTERRUPTED = 130
     """Ctrl-C during a command other than ``watch``."""
+    OUTPUT_CLOSED = 141
+    """The reader of the output went away (``goverse watch | head -1``): the command stops
+    without a word, with the status a shell gives a program that SIGPIPE ends (128 + 13)."""
 
 
 class UsageError(Exception):
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe, call, create, delete and watch goverse objects through a gate.",
         epilog="exit codes: 0 ok; 1 the gate answered an error or was unreachable (the "
         "message names the gRPC status); 2 usage: bad arguments, invalid JSON, unknown type "
-        "or method; 130 interrupted. Manual: docs/cli.md",
+        "or method; 130 interrupted; 141 the reader of the output went away. Manual: docs/cli.md",
     )
     parser.add_argument(
         "--gate",
@@ -309,6 +312,16 @@ async def _interruptible(command: Coroutine[Any, Any, None]) -> None:
         loop.remove_signal_handler(signal.SIGINT)
 
 
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null: its reader is gone, and the interpreter's last flush of what
+    is still buffered would fail once more ("Exception ignored ... BrokenPipeError")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def _fail(code: Exit, message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
     return code
@@ -323,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_interruptible(COMMANDS[args.command](args)))
     except (KeyboardInterrupt, _Interrupted):
         return Exit.OK if args.command == "watch" else Exit.INTERRUPTED
+    except BrokenPipeError:
+        _discard_stdout()
+        return Exit.OUTPUT_CLOSED
     except UsageError as error:
         return _fail(Exit.USAGE, str(error))
     except CallError as error:  # the gate's answer (before GoverseError: it is one)
