@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from goverse import _cli_environment
 from goverse.cli import Exit
 from tests.helpers.processes import BIN, ProcessGroup, process_group
 from tests.helpers.tokens import TokenIssuer
@@ -36,8 +37,13 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def goverse(
     *args: str, gate: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs ``goverse [--gate GATE] ARGS``, without GOVERSE_* variables but those in `env`."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    """Runs ``goverse [--gate GATE] ARGS`` as a user does: without GOVERSE_* variables but
+    those in `env`, and without GRPC_VERBOSITY."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GOVERSE_") and k != _cli_environment.VARIABLE
+    }
     return subprocess.run(
         [GOVERSE, *([f"--gate={gate}"] if gate else []), *args],
         capture_output=True,
@@ -157,6 +163,17 @@ def test_a_token_that_is_not_printable_ascii_is_a_usage_error(unreachable: str, 
     result = goverse("--timeout=1", f"--token={token}", "describe", gate=unreachable)
     assert result.returncode == Exit.USAGE, result.stderr
     assert "token" in one_line_error(result)
+
+
+def test_grpc_adds_no_lines_of_its_own_to_the_one_line_error(gate: str) -> None:
+    """``--tls`` to a gate that speaks plaintext: exit 1 and one line on stderr, without
+    grpc's INFO line about each failed handshake (it writes them where GRPC_VERBOSITY is
+    unset); a GRPC_VERBOSITY the user sets still rules."""
+    result = goverse("--tls", "--timeout=1", "describe", gate=gate)
+    assert result.returncode == Exit.FAILED
+    assert one_line_error(result).startswith("goverse: UNAVAILABLE: ")
+    chatty = goverse("--tls", "--timeout=1", "describe", gate=gate, env={"GRPC_VERBOSITY": "INFO"})
+    assert "Handshake failed" in chatty.stderr
 
 
 def test_no_gate_is_a_usage_error_and_an_unreachable_gate_exits_1(unreachable: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 
 from google.protobuf import json_format
 
+import goverse._cli_environment  # noqa: F401  # first: grpc reads it when it loads
 from goverse.client import CallError, Client, ClientTLS
 from goverse.descriptions import Descriptions
 from goverse.errors import GoverseError
