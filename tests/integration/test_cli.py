@@ -15,6 +15,7 @@ import pytest
 
 from goverse import _cli_environment
 from goverse.cli import Exit
+from tests.helpers.cluster import ClusterTLS, start_cluster
 from tests.helpers.processes import BIN, ProcessGroup, process_group
 from tests.helpers.tokens import TokenIssuer
 
@@ -304,3 +305,34 @@ async def test_output_whose_reader_went_away_ends_the_command_quietly(gate: str)
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_the_tls_options_reach_a_gate_that_serves_tls(tmp_path: Path) -> None:
+    """``--tls-ca`` verifies the gate against that CA and ``--tls`` with the system's roots
+    (here ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``: the test CA); ``--tls-server-name`` checks
+    another name of its certificate and, given alone, turns TLS on as the others do (it was
+    ignored: plaintext); ``--tls-cert``/``--tls-key`` present a certificate the gate does not
+    ask for. Plaintext, or a name the certificate does not hold, gets nowhere (exit 1)."""
+    name = "gate.goverse.test"
+    tls = ClusterTLS.make(tmp_path / "ca", gate_dns=[name])
+    ca = str(tls.ca.path)
+    roots = {"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": ca}
+    admitted: list[tuple[list[str], dict[str, str]]] = [
+        (["--tls-ca", ca], {}),
+        (["--tls-ca", ca, "--tls-server-name", name], {}),
+        (["--tls"], roots),
+        (["--tls-server-name", name], roots),
+        (["--tls-ca", ca, "--tls-cert", str(tls.operator.cert), "--tls-key", str(tls.operator.key)],
+         {}),
+    ]  # fmt: skip
+    refused: list[list[str]] = [[], ["--tls-ca", ca, "--tls-server-name", "elsewhere.test"]]
+    with process_group(tmp_path / "logs") as group:
+        [gate] = start_cluster(group, nodes=1, tls=tls).gate_addresses
+        for options, env in admitted:
+            result = goverse(*options, "create", "Counter", "cli-tls", gate=gate, env=env)
+            assert result.returncode == Exit.OK, (options, result.stderr)
+            assert json.loads(result.stdout) in ({"created": True}, {"created": False})
+        for options in refused:
+            result = goverse(*options, "--timeout=2", "describe", gate=gate)
+            assert result.returncode == Exit.FAILED, (options, result.stderr)
+            assert one_line_error(result).startswith("goverse: UNAVAILABLE: "), options

@@ -160,7 +160,8 @@ def _object_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _tls(args: argparse.Namespace) -> ClientTLS | None:
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+    """The client's TLS: plaintext unless one of the TLS options is given (``--help``)."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
