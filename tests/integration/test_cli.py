@@ -15,6 +15,7 @@ import pytest
 
 from goverse import _cli_environment
 from goverse.cli import Exit
+from tests.helpers.certs import TestCA
 from tests.helpers.cluster import ClusterTLS, start_cluster
 from tests.helpers.processes import BIN, ProcessGroup, process_group
 from tests.helpers.tokens import TokenIssuer
@@ -336,3 +337,20 @@ def test_the_tls_options_reach_a_gate_that_serves_tls(tmp_path: Path) -> None:
             result = goverse(*options, "--timeout=2", "describe", gate=gate)
             assert result.returncode == Exit.FAILED, (options, result.stderr)
             assert one_line_error(result).startswith("goverse: UNAVAILABLE: "), options
+
+
+def test_a_tls_file_that_cannot_serve_is_a_usage_error(unreachable: str, tmp_path: Path) -> None:
+    """A file that cannot be read, a CA file without a certificate (a key given as
+    ``--tls-ca``), a certificate with another's key: exit 2 at once, one line naming the
+    file, nothing sent (the last two waited out --timeout and exited 1 as UNAVAILABLE, under
+    grpc's own ERROR lines)."""
+    ca = TestCA(tmp_path)
+    one, other = ca.issue("", "one"), ca.issue("", "other")
+    for options in (
+        ["--tls-ca", str(tmp_path / "missing.pem")],
+        ["--tls-ca", str(one.key)],
+        ["--tls-cert", str(one.cert), "--tls-key", str(other.key)],
+    ):
+        result = goverse(*options, "describe", gate=unreachable)
+        assert result.returncode == Exit.USAGE, (options, result.stderr)
+        assert options[1] in one_line_error(result), options

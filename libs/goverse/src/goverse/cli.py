@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -49,7 +50,7 @@ class Exit(enum.IntEnum):
     """Nothing was sent: bad arguments (a --gate that is not ``HOST:PORT``, say), a JSON
     argument that is not a valid request (not JSON, an unknown field, a value of the wrong
     type), an object type or method that is not a name or that the gate's Describe does not
-    know, a TLS file that cannot be read."""
+    know, a TLS file that cannot be read or does not hold what its option says."""
     INTERRUPTED = 130
     """Ctrl-C during a command other than ``watch``."""
     OUTPUT_CLOSED = 141
@@ -166,7 +167,7 @@ def _tls(args: argparse.Namespace) -> ClientTLS | None:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     try:
-        return ClientTLS(
+        tls = ClientTLS(
             ca=_read(args.tls_ca),
             cert=_read(args.tls_cert),
             key=_read(args.tls_key),
@@ -174,6 +175,29 @@ def _tls(args: argparse.Namespace) -> ClientTLS | None:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    _check_pem(args)
+    return tls
+
+
+def _check_pem(args: argparse.Namespace) -> None:
+    """Refuses TLS files grpc could not use: it would retry each connection until --timeout
+    and end as UNAVAILABLE, after its own ERROR lines. Checked with the standard library's
+    ``ssl``, which reads PEM as grpc's BoringSSL does."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if args.tls_ca is not None:
+        try:
+            context.load_verify_locations(cafile=args.tls_ca)
+        except (ssl.SSLError, ValueError) as error:
+            raise UsageError(f"--tls-ca {args.tls_ca} holds no PEM certificate ({error})") from None
+    if args.tls_cert is not None:
+        try:
+            # A password callback, so that an encrypted key fails here instead of prompting.
+            context.load_cert_chain(args.tls_cert, args.tls_key, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as error:
+            raise UsageError(
+                f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key} are not a PEM "
+                f"certificate and its unencrypted private key ({error})"
+            ) from None
 
 
 def _read(path: str | None) -> bytes | None:
