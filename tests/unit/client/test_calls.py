@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from goverse import wire
 from goverse.client import CallError, Client
 from goverse.client._calls import CallStream, NotSent
-from goverse.v1 import calls_pb2, gate_pb2
+from goverse.v1 import calls_pb2, describe_pb2, gate_pb2
 from tests.helpers.fake_gate import FakeGate
 from tests.helpers.waiting import eventually
 
@@ -316,3 +317,46 @@ async def test_an_infinite_timeout_is_the_longest_a_call_carries_and_nan_is_refu
         assert len(session.calls) == 0
     finally:
         await client.close()
+
+
+@dataclass
+class EndingGate(FakeGate):
+    """Refuses the first registration's Describe as a stopping gate does (UNAUTHENTICATED: the
+    registration is over) and ends that registration; answers Describe on later ones. Records
+    the client id of every Describe."""
+
+    described_as: list[str] = field(default_factory=list)
+
+    async def Describe(
+        self, request: describe_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> describe_pb2.DescribeResponse:
+        metadata = dict(context.invocation_metadata() or ())
+        self.described_as.append(str(metadata.get(wire.CLIENT_ID_KEY)))
+        if self.registrations == 1:
+            self.pushes.put_nowait(None)  # the stream ends
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "unknown client id or wrong credential"
+            )
+        return describe_pb2.DescribeResponse(
+            types=[describe_pb2.ObjectTypeDescription(name="Counter")]
+        )
+
+
+async def test_a_describe_refused_as_its_registration_ended_is_asked_again_on_the_next(
+    gates: list[FakeGate],
+) -> None:
+    """As a call refused UNAUTHENTICATED by a registration that had just ended: Describe is
+    asked once more, as the next registration (``goverse watch`` exited 1 when its gate
+    stopped as it started)."""
+    gate = EndingGate(answer=echo)
+    await gate.start()
+    gates.append(gate)
+    async with Client(
+        [gate.address],
+        connect_timeout=timedelta(seconds=WAIT),
+        reconnect_initial=timedelta(milliseconds=10),
+    ) as client:
+        described = await client.describe(timeout=WAIT)
+        assert [t.name for t in described.types] == ["Counter"]
+        assert gate.described_as == ["fake/1", "fake/2"]
+        assert client.client_id == "fake/2"

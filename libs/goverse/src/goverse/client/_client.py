@@ -361,20 +361,25 @@ class Client:
     async def describe(self, *, timeout: float | None = None) -> describe_pb2.DescribeResponse:
         """The object types the gate's nodes host, their methods and the descriptors of their
         messages (``GateService.Describe``), asked as the current registration; turn it into
-        message classes with :class:`goverse.descriptions.Descriptions`."""
+        message classes with :class:`goverse.descriptions.Descriptions`. Refused because that
+        registration had just ended (its gate stopped), it is asked once more on the next one,
+        as a call is."""
         budget = self._budget(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        session = await self._current_session(budget)
-        try:
-            response: describe_pb2.DescribeResponse = await session.stub.Describe(
-                describe_pb2.DescribeRequest(),
-                timeout=max(deadline - loop.time(), 0.001),
-                metadata=session.metadata,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise CallError.from_rpc_error(error) from error
-        return response
+        for attempt in range(2):
+            session = await self._current_session(deadline - loop.time())
+            try:
+                response = await self._unary(
+                    session, "Describe", describe_pb2.DescribeRequest(), deadline
+                )
+            except _Resend as resend:
+                if attempt:
+                    raise resend.error from None
+                continue
+            assert isinstance(response, describe_pb2.DescribeResponse)
+            return response
+        raise AssertionError("unreachable")
 
     async def _call(self, session_call: gate_pb2.SessionCall, timeout: float | None) -> Message:
         """Makes `session_call`'s op (``call``, ``create``, ``delete``) over the current
