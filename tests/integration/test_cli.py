@@ -19,6 +19,7 @@ from tests.helpers.certs import TestCA
 from tests.helpers.cluster import ClusterTLS, start_cluster
 from tests.helpers.processes import BIN, ProcessGroup, process_group
 from tests.helpers.tokens import TokenIssuer
+from tests.helpers.waiting import eventually
 
 RUN_TIMEOUT = 60.0
 """Bound of one command (a loaded 2-core machine starts Python slowly)."""
@@ -354,3 +355,116 @@ def test_a_tls_file_that_cannot_serve_is_a_usage_error(unreachable: str, tmp_pat
         result = goverse(*options, "describe", gate=unreachable)
         assert result.returncode == Exit.USAGE, (options, result.stderr)
         assert options[1] in one_line_error(result), options
+
+
+def test_a_call_reads_its_json_from_stdin_given_as_a_dash(gate: str) -> None:
+    """``call TYPE ID METHOD -`` takes the request from stdin."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    result = subprocess.run(
+        [GOVERSE, f"--gate={gate}", "call", "Counter", "cli-stdin", "Increment", "-"],
+        input='{"by": 4}',
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=environ,
+    )
+    assert result.returncode == Exit.OK, result.stderr
+    assert json.loads(result.stdout) == {"value": "4"}
+
+
+def test_create_of_an_unknown_type_is_the_nodes_not_found_and_exits_1(gate: str) -> None:
+    """``create`` and ``delete`` need no Describe: the node answers the unknown type."""
+    for command in ("create", "delete"):
+        result = goverse(command, "Abacus", "c", gate=gate)
+        assert result.returncode == Exit.FAILED, result.stderr
+        assert one_line_error(result) == "goverse: NOT_FOUND: unknown object type 'Abacus'"
+
+
+def test_the_token_option_wins_over_the_environment(tmp_path: Path) -> None:
+    """``--token`` is sent with the registration; given with GOVERSE_TOKEN, the option is the
+    one used."""
+    issuer = TokenIssuer()
+    with process_group(tmp_path / "logs") as group:
+        node = group.node()
+        gate = group.gate("g1", [node.address], issuer.gate_flags(tmp_path / "jwt")).address
+        allowed = goverse(f"--token={issuer.token()}", "describe", gate=gate)
+        assert allowed.returncode == Exit.OK, allowed.stderr
+        refused = goverse(
+            "--token=not-a-jwt", "--timeout=2", "describe",
+            gate=gate, env={"GOVERSE_TOKEN": issuer.token()},
+        )  # fmt: skip
+        assert refused.returncode == Exit.FAILED
+        assert "the token is not a well-formed JWT" in one_line_error(refused)
+
+
+async def test_ctrl_c_during_a_call_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C while a call runs on the node (a Witness holding it for 60 s): the command ends
+    at once with 130, printing nothing and no traceback."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    with process_group(tmp_path / "logs") as group:
+        node = await asyncio.to_thread(group.node, env={"GOVERSE_TEST_WITNESS_DIR": str(witness)})
+        gate = await asyncio.to_thread(group.gate, "g3", [node.address])
+        caller = await asyncio.create_subprocess_exec(
+            GOVERSE, f"--gate={gate.address}", "call", "Witness", "cli-ctrl-c", "Hold", '"60000"',
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+        )  # fmt: skip
+        try:
+            await eventually(
+                lambda: any('"call"' in f.read_text() for f in witness.glob("*.jsonl")),
+                LINE_TIMEOUT,
+                "the call to reach the object",
+            )
+            caller.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(caller.communicate(), LINE_TIMEOUT)
+            assert caller.returncode == Exit.INTERRUPTED, err
+            assert out == b""
+            assert b"Traceback" not in err
+        finally:
+            if caller.returncode is None:
+                caller.kill()
+                await caller.wait()
+
+
+async def test_watch_says_on_stderr_when_it_registered_again(tmp_path: Path) -> None:
+    """The gate restarts under ``watch``: it registers again and says so on stderr with its
+    new id and the old one (pushes in between are lost), then prints pushes to the new id."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GOVERSE_")}
+    with process_group(tmp_path / "logs") as group:
+        node = await asyncio.to_thread(group.node)
+        gate = await asyncio.to_thread(group.gate, "g2", [node.address])
+        watcher = await asyncio.create_subprocess_exec(
+            GOVERSE, f"--gate={gate.address}", "watch",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ,
+        )  # fmt: skip
+        try:
+            assert watcher.stderr is not None
+            assert watcher.stdout is not None
+            said = (await asyncio.wait_for(watcher.stderr.readline(), LINE_TIMEOUT)).decode()
+            old_id = said.split()[-1]
+
+            async def push_to(client_id: str, text: str) -> str:
+                """Pushes `text` to `client_id`; the line watch prints for it."""
+                pushed = await asyncio.to_thread(
+                    goverse, "call", "Pusher", text, "PushTo", json.dumps(client_id),
+                    gate=gate.address,
+                )  # fmt: skip
+                assert json.loads(pushed.stdout) == "1", pushed.stderr
+                assert watcher.stdout is not None
+                line = await asyncio.wait_for(watcher.stdout.readline(), LINE_TIMEOUT)
+                return str(json.loads(line)["message"])
+
+            assert await push_to(old_id, "cli-before") == "cli-before"  # it reads its pushes
+            assert await asyncio.to_thread(gate.terminate) == 0
+            await asyncio.to_thread(gate.start)
+            said = (await asyncio.wait_for(watcher.stderr.readline(), LINE_TIMEOUT)).decode()
+            assert said.startswith("goverse: registered again as g2/"), said
+            assert said.rstrip().endswith(f"(was {old_id})"), said
+            assert await push_to(said.split()[4], "cli-again") == "cli-again"
+            watcher.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(watcher.wait(), LINE_TIMEOUT) == Exit.OK
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
