@@ -25,7 +25,8 @@ says::
         async def Increment(self, request: IncrementRequest) -> CounterValue:
             self.state.value += request.by
             return CounterValue(value=self.state.value)
- Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
+
+Inside a method, ``self.caller`` says who called, :meth:`Object.call_object` calls
 another object wherever it lives, and :meth:`Object.push` / :meth:`Object.broadcast` send a
 message to clients without ever blocking. :mod:`goverse.testing` hosts an object class in a
 unit test with the same rules.
