@@ -153,6 +153,75 @@ def test_a_bad_file_is_refused_with_where_and_why(tmp_path: Path, text: str, say
         access_rules(path)
 
 
+@pytest.mark.parametrize(
+    ("key", "pattern", "says"),
+    [
+        ("type", "Count[er", "has a '[' without its ']'"),
+        ("id", "room-[1", "has a '[' without its ']'"),
+        ("method", "[Reset", "has a '[' without its ']'"),
+        ("type", "Counter ", "can never match: an object type has no ' '"),
+        ("type", "9Counter", "can never match: an object type begins with"),
+        ("type", "Zähler", "can never match: an object type has no 'ä'"),
+        ("method", "reset", "can never match: a method name begins with an upper-case letter"),
+        ("method", "Counter.Reset", "can never match: a method name has no '.'"),
+        ("method", "Reset()", "can never match: a method name has no '('"),
+        ("method", "[z-a]*", "can never match: '[z-a]' matches no character"),
+        ("type", "[!A-Za-z0-9_.]*", "can never match: '[!A-Za-z0-9_.]' matches no character"),
+        ("id", "room-[z-a]", "can never match: '[z-a]' matches no character"),
+        ("id", "room\t1", "can never match: an object id has no '\\t'"),
+        ("type", "T" * 129, "can never match: an object type has at most 128 characters"),
+        ("id", "é" * 129, "can never match: an object id has at most 256 bytes"),
+    ],
+)
+def test_a_pattern_that_can_never_match_is_refused_naming_its_rule(
+    tmp_path: Path, key: str, pattern: str, says: str
+) -> None:
+    """A type, id or method glob that no name the services accept could match (a typo, a
+    lower-case method, Type.Method in `method`, an unclosed or empty `[...]`) would let its
+    rule decide nothing, silently: the file is refused, naming the rule and the pattern."""
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        f'[[call]]\ntype = "Counter"\naccess = "allow"\n'
+        f'[[call]]\n{key} = "{pattern}"\naccess = "reject"\n'
+    )
+    with pytest.raises(AccessRulesError) as raised:
+        AccessRules.load(path)
+    message = str(raised.value)
+    assert f"call[2]: {key} " in message
+    assert says in message
+    assert "\n" not in message
+    with pytest.raises(AccessRulesStartupError, match="--access-rules"):
+        access_rules(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "pattern", "matches"),
+    [
+        ("type", "*9", "T9"),
+        ("type", "_Private*", "_PrivateThing"),
+        ("type", "chat.Room", "chat.Room"),
+        ("type", "[!0-9]*", "Counter"),
+        ("type", "T" * 128, "T" * 128),
+        ("method", "[A-Z]*", "Reset"),
+        ("method", "*_v2", "Get_v2"),
+        ("id", "[[]x]", "[x]"),
+        ("id", "room.[!a]", "room.b"),
+        ("id", "é*", "équipe"),
+        ("id", "[!\\u0000-\\u001f]", "x"),
+        ("id", "*", "any id"),
+    ],
+)
+def test_a_pattern_some_name_can_match_is_accepted(
+    tmp_path: Path, key: str, pattern: str, matches: str
+) -> None:
+    """Only patterns that can never match are refused: these match names the services accept."""
+    loaded = rules(
+        f'default = "reject"\n[[call]]\n{key} = "{pattern}"\naccess = "allow"\n', tmp_path
+    )
+    names = {"type": "T", "id": "i", "method": "M"} | {key: matches}
+    assert loaded.permits(CALL, names["type"], names["id"], names["method"], from_object=False)
+
+
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AccessRulesError, match="cannot read"):
         AccessRules.load(tmp_path / "nope.toml")
