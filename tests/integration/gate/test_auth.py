@@ -377,19 +377,22 @@ async def test_refusals_and_denials_are_counted(cluster: Cluster, alice: GateCli
 
 def test_a_bad_rules_file_stops_either_service_with_one_line_and_exit_2(tmp_path: Path) -> None:
     """--access-rules naming a file that is not TOML, has an unknown level, a pattern that
-    can never match or does not exist: the process exits with 2 and one line naming the
-    flag and the problem."""
+    can never match, says nothing or does not exist: the process exits with 2 and one line
+    naming the flag and the problem."""
     broken = tmp_path / "broken.toml"
     broken.write_text("[[call]\n")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('[[call]]\ntype = "Counter"\naccess = "sometimes"\n')
     never = tmp_path / "never.toml"
     never.write_text('[[call]]\ntype = "Counter"\nmethod = "reset"\naccess = "reject"\n')
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
     for program in ("goverse-gate", "goverse-node"):
         for path, says in (
             (broken, "not valid TOML"),
             (unknown, "'sometimes' is not one of"),
             (never, "call[1]: method 'reset' can never match"),
+            (empty, "names no rule and no default"),
             (tmp_path / "missing.toml", "cannot read"),
         ):
             result = subprocess.run(

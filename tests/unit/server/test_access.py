@@ -222,6 +222,23 @@ def test_a_pattern_some_name_can_match_is_accepted(
     assert loaded.permits(CALL, names["type"], names["id"], names["method"], from_object=False)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["", "# rules to come\n", "call = []\ncreate = []\n"],
+    ids=["empty", "comment", "no rules"],
+)
+def test_a_file_that_names_no_rule_and_no_default_is_refused(tmp_path: Path, text: str) -> None:
+    """A rules file with nothing in it (an empty ConfigMap key, a file cut short) would allow
+    everything while the operator believes rules are in force: refused, saying how to allow
+    everything on purpose."""
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(AccessRulesError, match="names no rule and no default") as raised:
+        AccessRules.load(path)
+    assert 'default = "allow"' in str(raised.value)
+    assert rules('default = "allow"\n', tmp_path) == ALLOW_ALL
+
+
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AccessRulesError, match="cannot read"):
         AccessRules.load(tmp_path / "nope.toml")

@@ -157,6 +157,13 @@ class AccessRules:
             operation: _section(document.get(operation.value, []), operation, source)
             for operation in Operation
         }
+        if "default" not in document and not any(sections.values()):
+            # An empty ConfigMap key or a file cut short: everything would be allowed while
+            # the operator believes rules are in force.
+            raise AccessRulesError(
+                f"{source}: names no rule and no default: it would allow everything, as no "
+                '--access-rules does (write default = "allow" to mean that)'
+            )
         default = _access(document.get("default", Access.ALLOW.value), f"{source}: default")
         return cls(
             call=sections[Operation.CALL],
