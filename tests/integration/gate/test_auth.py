@@ -55,7 +55,7 @@ access = "reject"
 
 [[call]]
 type = "Counter"
-id = "first-*"
+id = "*-other"
 access = "allow"
 
 [[create]]
@@ -298,7 +298,7 @@ async def test_external_only_is_refused_to_an_object_and_allowed_to_a_client(
 
 async def test_the_first_matching_rule_wins(alice: GateClient) -> None:
     """first-ok is allowed by the rule before first-* (reject), and first-other is refused
-    by that reject rule although a later rule allows it."""
+    by that reject rule although a later rule (*-other) allows it."""
     assert await increment(alice, "first-ok") == 1
     error = await denied(increment(alice, "first-other"))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -377,8 +377,8 @@ async def test_refusals_and_denials_are_counted(cluster: Cluster, alice: GateCli
 
 def test_a_bad_rules_file_stops_either_service_with_one_line_and_exit_2(tmp_path: Path) -> None:
     """--access-rules naming a file that is not TOML, has an unknown level, a pattern that
-    can never match, says nothing or does not exist: the process exits with 2 and one line
-    naming the flag and the problem."""
+    can never match, a rule that can never decide, says nothing or does not exist: the
+    process exits with 2 and one line naming the flag and the problem."""
     broken = tmp_path / "broken.toml"
     broken.write_text("[[call]\n")
     unknown = tmp_path / "unknown.toml"
@@ -387,12 +387,17 @@ def test_a_bad_rules_file_stops_either_service_with_one_line_and_exit_2(tmp_path
     never.write_text('[[call]]\ntype = "Counter"\nmethod = "reset"\naccess = "reject"\n')
     empty = tmp_path / "empty.toml"
     empty.write_text("")
+    shadowed = tmp_path / "shadowed.toml"
+    shadowed.write_text(
+        '[[call]]\naccess = "reject"\n[[call]]\ntype = "Counter"\naccess = "allow"\n'
+    )
     for program in ("goverse-gate", "goverse-node"):
         for path, says in (
             (broken, "not valid TOML"),
             (unknown, "'sometimes' is not one of"),
             (never, "call[1]: method 'reset' can never match"),
             (empty, "names no rule and no default"),
+            (shadowed, "call[2] can never decide: call[1]"),
             (tmp_path / "missing.toml", "cannot read"),
         ):
             result = subprocess.run(

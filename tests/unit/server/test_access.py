@@ -239,6 +239,66 @@ def test_a_file_that_names_no_rule_and_no_default_is_refused(tmp_path: Path, tex
     assert rules('default = "allow"\n', tmp_path) == ALLOW_ALL
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            '[[call]]\naccess = "allow"\n[[call]]\ntype = "Admin"\naccess = "reject"\n',
+            "call[2] can never decide: call[1] comes before it and matches all it matches",
+        ),
+        (
+            '[[call]]\ntype = "Counter"\nid = "a-*"\naccess = "reject"\n'
+            '[[call]]\ntype = "Counter"\nid = "a-*"\naccess = "allow"\n',
+            "call[2] can never decide: call[1]",
+        ),
+        (
+            '[[call]]\ntype = "*"\nmethod = "Reset"\naccess = "internal"\n'
+            '[[call]]\ntype = "Counter"\nmethod = "Reset"\naccess = "allow"\n',
+            "call[2] can never decide: call[1]",
+        ),
+        (
+            '[[delete]]\nid = "keep-*"\naccess = "reject"\n'
+            '[[delete]]\ntype = "Counter"\nid = "keep-1"\naccess = "allow"\n',
+            "delete[2] can never decide: delete[1]",
+        ),
+    ],
+    ids=["after a catch-all", "same patterns", "wider type", "literal id in an earlier glob"],
+)
+def test_a_rule_an_earlier_rule_always_takes_first_is_refused(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    """The first matching rule decides: a rule whose every call an earlier rule of its
+    section matches too can never decide (an allow written after the reject it was meant to
+    override); the file is refused, naming both."""
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(AccessRulesError) as raised:
+        AccessRules.load(path)
+    assert says in str(raised.value)
+
+
+def test_a_later_rule_that_still_decides_something_is_accepted(tmp_path: Path) -> None:
+    """Overlapping rules are fine as long as the later one matches something the earlier
+    ones do not; sections do not shadow each other."""
+    loaded = rules(
+        """
+        [[call]]
+        id = "first-*"
+        access = "reject"
+        [[call]]
+        id = "*-other"
+        access = "allow"
+        [[create]]
+        access = "reject"
+        [[delete]]
+        access = "reject"
+        """,
+        tmp_path,
+    )
+    assert not loaded.permits(CALL, "T", "first-other", "M", from_object=False)
+    assert loaded.permits(CALL, "T", "last-other", "M", from_object=False)
+
+
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AccessRulesError, match="cannot read"):
         AccessRules.load(tmp_path / "nope.toml")

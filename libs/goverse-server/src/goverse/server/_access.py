@@ -94,6 +94,16 @@ class Rule:
     where: str = ""
     """Where the rule is in its file (``call[2]``), for denial messages and logs."""
 
+    def covers(self, other: Rule) -> bool:
+        """Whether this rule surely matches every call `other` matches (coming first, it
+        leaves `other` nothing to decide): each of its patterns is all ``*``, the same as
+        `other`'s, or a glob that `other`'s plain name matches."""
+        return (
+            _covers(self.type, other.type)
+            and _covers(self.id, other.id)
+            and _covers(self.method, other.method)
+        )
+
     def matches(self, object_type: str, object_id: str, method: str) -> bool:
         return (
             fnmatch.fnmatchcase(object_type, self.type)
@@ -192,7 +202,7 @@ def _section(items: Any, operation: Operation, source: str) -> tuple[Rule, ...]:
             f"{source}: {operation} must be an array of tables ([[{operation}]])"
         )
     keys = {"type", "id", "access"} | ({"method"} if operation is Operation.CALL else set())
-    rules = []
+    rules: list[Rule] = []
     for index, item in enumerate(items, start=1):
         where = f"{operation}[{index}]"
         if not isinstance(item, dict):
@@ -213,8 +223,23 @@ def _section(items: Any, operation: Operation, source: str) -> tuple[Rule, ...]:
             if problem is not None:
                 raise AccessRulesError(f"{source}: {where}: {key} {pattern[:200]!r} {problem}")
         access = _access(item["access"], f"{source}: {where}")
-        rules.append(Rule(access, where=where, **patterns))
+        rule = Rule(access, where=where, **patterns)
+        earlier = next((other for other in rules if other.covers(rule)), None)
+        if earlier is not None:
+            raise AccessRulesError(
+                f"{source}: {where} can never decide: {earlier.where} comes before it and "
+                f"matches all it matches (the first rule that matches decides)"
+            )
+        rules.append(rule)
     return tuple(rules)
+
+
+def _covers(pattern: str, other: str) -> bool:
+    """Whether `pattern` surely matches everything `other` matches (False: maybe not)."""
+    if pattern == other or not pattern.strip("*"):
+        return True
+    literal = not any(char in other for char in "*?[")
+    return literal and fnmatch.fnmatchcase(other, pattern)
 
 
 def _glob_parts(pattern: str) -> list[str] | None:
