@@ -74,6 +74,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     """What Describe answers (a test may replace it); `describes` counts the Describe calls."""
     describes: int = 0
     registrations: list[str] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
+    """The gate instance each registration named, in the order of `registrations`."""
     registered_at: list[float] = field(default_factory=list)
     calls: list[ReceivedCall] = field(default_factory=list)
     call_messages: int = 0
@@ -139,6 +141,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     ) -> AsyncIterator[node_pb2.RegisterGateResponse]:
         queue: asyncio.Queue[node_pb2.RegisterGateResponse | None] = asyncio.Queue()
         self.registrations.append(request.gate_id)
+        self.instances.append(request.instance)
         self.registered_at.append(time.monotonic())
         self._queues.append(queue)
         self.active += 1

@@ -65,9 +65,11 @@ def status_code(call: Any) -> grpc.StatusCode:
     return code
 
 
-def register(stub: Any, gate_id: str) -> Any:
-    """Opens RegisterGate as `gate_id` and reads its acknowledgement (or its error)."""
-    stream = stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id=gate_id), timeout=30)
+def register(stub: Any, gate_id: str, instance: str = "") -> Any:
+    """Opens RegisterGate as `gate_id` (from the gate process `instance`) and reads its
+    acknowledgement (or its error)."""
+    request = node_pb2.RegisterGateRequest(gate_id=gate_id, instance=instance)
+    stream = stub.RegisterGate(request, timeout=30)
     first = next(stream)
     assert first.WhichOneof("event") == "ack"
     return stream
@@ -189,6 +191,67 @@ def test_gate_id_taken_by_another_identity_is_refused(processes: ProcessGroup, c
             assert message.WhichOneof("event") != "envelopes"
         assert wire.close_reason_of(first.trailing_metadata()) is wire.CloseReason.REPLACED
         second.cancel()
+
+
+def test_gate_id_taken_by_another_process_of_the_same_identity_is_refused(
+    processes: ProcessGroup, ca: TestCA
+) -> None:
+    """Gates sharing one certificate identity (the chart's one Secret for every gate pod):
+    while a gate id is registered, RegisterGate for it from another gate process (another
+    instance) is refused with ALREADY_EXISTS and the owner's stream stays; the owner's own
+    reconnection (its instance) still replaces it."""
+    node = node_with_tls(processes, ca)
+    with (
+        node_stub(node, ca, ca.issue("gate", "gates")) as owner,
+        node_stub(node, ca, ca.issue("gate", "gates", file_stem="gates-other-pod")) as other,
+    ):
+        first = register(owner, "gate-a", instance="pod-1")
+        with pytest.raises(grpc.RpcError) as raised:
+            register(other, "gate-a", instance="pod-2")
+        assert raised.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "another gate process" in raised.value.details()
+        assert owner.Status(node_pb2.StatusRequest(), timeout=5).gates == ["gate-a"]
+        second = register(other, "gate-a", instance="pod-1")
+        for message in first:  # the replaced stream ends with OK, reason "replaced"
+            assert message.WhichOneof("event") != "envelopes"
+        assert wire.close_reason_of(first.trailing_metadata()) is wire.CloseReason.REPLACED
+        second.cancel()
+
+
+def link_events(gate: ServiceProcess, event: str) -> list[dict[str, Any]]:
+    return [line for line in gate.log_lines() if line.get("event", "").startswith(event)]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["one shared certificate", "plaintext"])
+def test_two_gate_processes_given_one_gate_id_do_not_take_each_others_stream(
+    processes: ProcessGroup, ca: TestCA, tls: bool
+) -> None:
+    """Two real gates with the same --gate-id and the same identity (one certificate for
+    every gate, or plaintext): the node refuses the second with ALREADY_EXISTS and the first
+    keeps its link and its readiness. Before, each registration replaced the other's
+    stream in turn: both flapped, and each took the pushes of the other's clients."""
+    node = node_with_tls(processes, ca) if tls else processes.node()
+    flags = tls_flags(ca, ca.issue("gate", "gates")) if tls else []
+    first = processes.gate("gate-x", [node.address], extra=flags)
+    wait_until(lambda: serving(first.health_address, wire.GATE_SERVICE), 30, what="first ready")
+    second = processes.gate("gate-x", [node.address], extra=flags)
+
+    def refused() -> list[dict[str, Any]]:
+        failed = link_events(second, "node link failed")
+        return [line for line in failed if "ALREADY_EXISTS" in line.get("reason", "")]
+
+    wait_until(
+        lambda: refused() or link_events(first, "node link replaced"),
+        30,
+        what="the second gate refused, or the first one's link replaced",
+    )
+    assert not link_events(first, "node link replaced"), "the second gate took the stream"
+    assert "another gate process" in refused()[0]["reason"]
+    assert serving(first.health_address, wire.GATE_SERVICE)
+    assert not serving(second.health_address, wire.GATE_SERVICE)
+    with node_stub(node, ca if tls else None, ca.issue("gate", "probe")) as stub:
+        assert stub.Status(node_pb2.StatusRequest(), timeout=5).gates == ["gate-x"]
+    assert not link_events(first, "node link replaced")
 
 
 def test_max_gates_bounds_the_registered_gates(processes: ProcessGroup, ca: TestCA) -> None:

@@ -141,6 +141,22 @@ async def test_one_gate_opens_exactly_one_link_per_node(gate: Gate, fake_node: F
     ]
 
 
+async def test_every_registration_names_the_gate_process_and_reconnections_the_same(
+    gate: Gate, fake_node: FakeNode, make_gate: Callable[[GateConfig], Any]
+) -> None:
+    """A gate's RegisterGate names its process (`instance`), the same after a reconnection
+    (so the node lets the reconnection replace the old stream) and another for another
+    gate process given the same gate id (which the node then refuses)."""
+    fake_node.end_streams()
+    await eventually(lambda: len(fake_node.instances) == 2, WAIT, "the link to reconnect")
+    assert fake_node.instances == [gate.app.instance] * 2
+    assert gate.app.instance
+    other: Gate = await make_gate(config(fake_node.address))
+    await other.linked()
+    assert fake_node.instances[2:] == [other.app.instance]
+    assert other.app.instance != gate.app.instance
+
+
 async def test_pushes_arrive_batched(gate: Gate, fake_node: FakeNode) -> None:
     """Fifty pushes in one envelope batch reach the client in one stream message."""
     client = await gate.client()

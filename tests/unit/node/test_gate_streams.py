@@ -21,9 +21,11 @@ from tests.helpers.waiting import eventually
 from tests.unit.node.conftest import NODE, Node
 
 
-async def register(node: Node, gate_id: str) -> Any:
-    """Opens a RegisterGate stream and reads its acknowledgement."""
-    call = node.stub.RegisterGate(node_pb2.RegisterGateRequest(gate_id=gate_id), timeout=30)
+async def register(node: Node, gate_id: str, instance: str = "") -> Any:
+    """Opens a RegisterGate stream (from gate process `instance`) and reads its
+    acknowledgement."""
+    request = node_pb2.RegisterGateRequest(gate_id=gate_id, instance=instance)
+    call = node.stub.RegisterGate(request, timeout=30)
     first = await call.read()
     assert first.WhichOneof("event") == "ack", first
     return call
@@ -136,6 +138,27 @@ async def test_re_registration_replaces_the_old_stream_which_ends_cleanly(node: 
     assert list((await node.status()).gates) == ["g1"]
     assert node.app.live_tasks() == ["gate-stream:g1"]
     new.cancel()
+
+
+async def test_another_process_registering_the_same_gate_id_is_refused(node: Node) -> None:
+    """A RegisterGate for an open gate id from another gate process (another instance, same
+    identity) is refused with ALREADY_EXISTS: the owner's stream stays and keeps its
+    pushes, instead of the two taking the stream from each other in turn."""
+    owner = await register(node, "g1", instance="first")
+    other = node.stub.RegisterGate(
+        node_pb2.RegisterGateRequest(gate_id="g1", instance="second"), timeout=30
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await read(other)
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "gate id 'g1' is registered by another gate process" in (raised.value.details() or "")
+    assert node.app.runtime.push(["g1/a"], StringValue(value="still mine")) == 1
+    message = await read(owner)
+    while message.WhichOneof("event") == "heartbeat":
+        message = await read(owner)
+    assert [texts(e) for e in message.envelopes.envelopes] == ["still mine"]
+    assert list((await node.status()).gates) == ["g1"]
+    owner.cancel()
 
 
 async def test_a_full_queue_drops_and_counts(start_node: Callable[..., Any]) -> None:

@@ -25,16 +25,27 @@ class RegisterGateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GATE_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     gate_id: _builtins.str
     """Unique identity of the gate; also the prefix of its client ids."""
+    instance: _builtins.str
+    """A random id of the gate process, new at each start. While a gate id is
+    registered, a registration of it from the same instance (the gate
+    reconnecting) replaces the stream; one from another instance (a second
+    process given the same gate id) is refused with ALREADY_EXISTS. Not a
+    credential: it tells gate processes of one certificate identity apart,
+    by mistake, not by attack. Empty (a gate older than the field) matches
+    only empty.
+    """
     def __init__(
         self,
         *,
         gate_id: _builtins.str = ...,
+        instance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_id", b"gate_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_id", b"gate_id", "instance", b"instance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

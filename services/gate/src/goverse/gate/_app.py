@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -93,6 +94,10 @@ class GateApp(ServiceApp[GateConfig]):
         view: ClusterView | None = None,
     ) -> None:
         super().__init__(config, telemetry)
+        self.instance = secrets.token_hex(8)
+        """This gate process's random id, sent with each RegisterGate: a node lets this
+        process's reconnection replace its stream, and refuses (ALREADY_EXISTS) another
+        process given the same --gate-id while this one holds it."""
         self.etcd: EtcdMembership | None = None
         if view is None and config.membership == "etcd":
             self.etcd = EtcdMembership(config)
@@ -183,6 +188,7 @@ class GateApp(ServiceApp[GateConfig]):
             stable_after=self.config.stable_after,
             heartbeat_timeout=self.config.node_heartbeat_timeout,
             on_state=on_state,
+            instance=self.instance,
         )
 
     def assemble(self, server: grpc.aio.Server, bound: BoundAddress) -> None:

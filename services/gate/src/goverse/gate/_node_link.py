@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -78,9 +79,15 @@ class NodeLink:
         heartbeat_timeout: timedelta,
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[NodeLink], None] | None = None,
+        instance: str | None = None,
     ) -> None:
         self._address = address
         self._gate_id = gate_id
+        # Sent with every registration: the node lets this process's reconnection replace its
+        # stream, and refuses another process registering the same gate id.
+        self.instance = secrets.token_hex(8) if instance is None else instance
+        """The gate process's id towards nodes (:attr:`GateApp.instance`); a new random one
+        when none is given."""
         # Asked anew for each connection: after a certificate rotation the pool hands out
         # channels that present the new client certificate.
         self._channel = channel
@@ -178,7 +185,8 @@ class NodeLink:
         """One RegisterGate call, from opening it to its end; always raises :class:`_LinkLost`."""
         stub = node_pb2_grpc.NodeServiceStub(self._channel())
         call = stub.RegisterGate(
-            node_pb2.RegisterGateRequest(gate_id=self._gate_id), wait_for_ready=False
+            node_pb2.RegisterGateRequest(gate_id=self._gate_id, instance=self.instance),
+            wait_for_ready=False,
         )
         connected_at: float | None = None
         loop = asyncio.get_running_loop()
@@ -225,9 +233,10 @@ class NodeLink:
             call.cancel()
 
     def _on_replaced(self) -> None:
-        # Another process registered this gate id with the node (the node lets only the same
-        # certificate identity do that): a duplicate gate id, or this gate's own connection
-        # that the node still held. Either way this link must be back at once, not after a
+        # This gate's own connection, which the node still held when the link reconnected
+        # (the node lets only the same certificate identity and gate instance replace a
+        # stream; a gate of an older version sends no instance, so two of those sharing a
+        # gate id still replace each other). The link must be back at once, not after a
         # backoff grown by earlier failures.
         self._backoff.reset()
         self._log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -83,8 +84,8 @@ class GateStreams:
             max_items=BATCH_MAX_ENVELOPES,
         )
         self._mailboxes: dict[str, Mailbox[Envelope]] = {}
-        self._owners: dict[str, str] = {}
-        """The certificate identity (SPIFFE id; "" in plaintext) of each registered gate id."""
+        self._owners: dict[str, _Owner] = {}
+        """Who registered each registered gate id: its certificate identity and process."""
         # By DropReason; typed str because Status.dropped_pushes and the metrics key by str.
         self._dropped: collections.Counter[str] = collections.Counter()
         self._dropped_by_gate: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -226,11 +227,15 @@ class GateStreams:
     ) -> AsyncGenerator[RegisterGateResponse, None]:
         """The ``RegisterGate`` stream of one gate; ends when its mailbox is closed.
 
-        A gate id belongs to the certificate identity of its registered stream: a
-        registration of that id from another identity is refused (PERMISSION_DENIED) while
-        the stream is open. In plaintext every peer has the same (empty) identity, so any
-        peer may replace any gate's stream. A new gate id beyond ``max_gates`` registered
-        gates is refused (RESOURCE_EXHAUSTED)."""
+        A gate id belongs to the certificate identity and the gate process (the request's
+        `instance`) of its registered stream while the stream is open: a registration of
+        that id from another identity is refused (PERMISSION_DENIED), one from the same
+        identity but another process (two gates given one gate id, which would otherwise
+        take the stream from each other in turn) too (ALREADY_EXISTS); the same process
+        reconnecting replaces the stream. In plaintext every peer has the same (empty)
+        identity, and the instance is no credential: it catches mistakes, not a hostile
+        peer. A new gate id beyond ``max_gates`` registered gates is refused
+        (RESOURCE_EXHAUSTED)."""
         gate_id = request.gate_id
         problem = gate_id_problem(gate_id)
         if problem is not None:
@@ -241,17 +246,22 @@ class GateStreams:
                 f"node {self._node} is stopping",
                 trailing_metadata=wire.close_metadata(wire.CloseReason.SHUTDOWN),
             )
-        refusal = self._refusal(gate_id, peer)
+        owner = _Owner(peer.identity, request.instance)
+        refusal = self._refusal(gate_id, owner)
         if refusal is not None:
             log.warning(
-                "gate registration refused", gate_id=gate_id, peer=peer.identity, why=refusal[1]
+                "gate registration refused",
+                gate_id=gate_id,
+                peer=peer.identity,
+                instance=owner.instance,
+                why=refusal[1],
             )
             await context.abort(*refusal)
         with (
             self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
             log_context(gate_id=gate_id),
         ):
-            mailbox = self._register(gate_id, context.peer(), peer.identity)
+            mailbox = self._register(gate_id, context.peer(), owner)
             ended = False
             try:
                 yield RegisterGateResponse(
@@ -277,15 +287,22 @@ class GateStreams:
                 # passed while a write was pending) or the generator was closed.
                 self._unregister(gate_id, mailbox, cancelled=not ended)
 
-    def _refusal(self, gate_id: str, peer: Peer) -> tuple[grpc.StatusCode, str] | None:
-        """Why a registration of `gate_id` by `peer` is refused (None: it is not)."""
+    def _refusal(self, gate_id: str, claimant: _Owner) -> tuple[grpc.StatusCode, str] | None:
+        """Why a registration of `gate_id` by `claimant` is refused (None: it is not)."""
         current = self._mailboxes.get(gate_id)
         if current is not None and not current.closed:
-            owner = self._owners.get(gate_id, "")
-            if owner != peer.identity:
+            owner = self._owners.get(gate_id, _Owner("", ""))
+            if owner.identity != claimant.identity:
                 return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"gate id {gate_id!r} is registered by another identity",
+                )
+            if owner.instance != claimant.instance:
+                return (
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"gate id {gate_id!r} is registered by another gate process: gate ids "
+                    "must be unique (--gate-id); a restarted gate gets it once the node "
+                    "sees the old connection end",
                 )
             return None
         if len(self.gate_ids()) >= self._max_gates:
@@ -295,9 +312,9 @@ class GateStreams:
             )
         return None
 
-    def _register(self, gate_id: str, peer: str, identity: str) -> Mailbox[Envelope]:
+    def _register(self, gate_id: str, peer: str, owner: _Owner) -> Mailbox[Envelope]:
         mailbox: Mailbox[Envelope] = Mailbox(self._queue_size, self._queue_bytes)
-        self._owners[gate_id] = identity
+        self._owners[gate_id] = owner
         old = self._mailboxes.get(gate_id)
         moved = 0
         if old is not None and not old.closed:
@@ -309,11 +326,12 @@ class GateStreams:
             log.info(
                 "gate re-registered, replacing its stream",
                 peer=peer,
-                identity=identity,
+                identity=owner.identity,
+                instance=owner.instance,
                 moved=moved,
             )
         else:
-            log.info("gate registered", peer=peer, identity=identity)
+            log.info("gate registered", peer=peer, identity=owner.identity, instance=owner.instance)
         return mailbox
 
     def _unregister(self, gate_id: str, mailbox: Mailbox[Envelope], *, cancelled: bool) -> None:
@@ -358,6 +376,15 @@ class GateStreams:
             self._forget_drops(gate_id)
         self._mailboxes.clear()
         self._owners.clear()
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Who registered a gate id: the SPIFFE id of its certificate ("" in plaintext) and the
+    gate process (``RegisterGateRequest.instance``)."""
+
+    identity: str
+    instance: str
 
 
 def _closed_by(mailbox: Mailbox[Envelope]) -> wire.CloseReason:
