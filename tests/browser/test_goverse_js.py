@@ -369,3 +369,39 @@ def test_a_malformed_event_is_a_broken_stream_not_an_uncaught_error(
     assert result["firstClosed"] is True
     assert result["redialed"] is True
     assert (result["clientId"], result["gate"]) == ("b1", "http://b.test")
+
+
+@pytest.mark.parametrize("method", ["call", "create", "describe"])
+def test_a_success_whose_body_is_not_json_is_an_internal_goverse_error(
+    context: BrowserContext, web_url: str, method: str
+) -> None:
+    """A 200 answer that is not JSON (a captive portal's or a proxy's page) rejects with a
+    GoverseError INTERNAL keeping the status 200, as gRPC answers a response it cannot parse:
+    it rejected with the SyntaxError of JSON.parse, without a code."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    error: dict[str, Any] = page.evaluate(
+        """async (method) => {
+            const c = new window.gv.Goverse({ gates: ["http://gate.test"] });
+            const args = { call: ["Counter", "x", "Get", {}], create: ["Counter", "x"],
+                           describe: [] }[method];
+            const pending = c[method](...args).then(() => null, (e) => e);
+            await window.until(() => window.fetches.length === 1);
+            window.fetches[0].resolve(new Response("<html>Sign in to the Wi-Fi</html>",
+                                                   { status: 200 }));
+            const e = await pending;
+            return e && { name: e.name, code: e.code, httpStatus: e.httpStatus, detail: e.detail,
+                          isError: e instanceof window.gv.GoverseError };
+        }""",
+        method,
+    )
+    assert error is not None
+    assert error["detail"].startswith("the answer of http://gate.test is not JSON: "), error
+    assert "<html>Sign in to the Wi-Fi</html>" in error["detail"]
+    del error["detail"]
+    assert error == {
+        "name": "GoverseError",
+        "code": "INTERNAL",
+        "httpStatus": 200,
+        "isError": True,
+    }

@@ -28,7 +28,8 @@ export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 250, maxMs: 10000, sta
 
 /** An error of a call or of the session: `code` is the gRPC code name the gate sent
  * ("NOT_FOUND", ...), or "UNAVAILABLE" when the gate could not be reached (`httpStatus` 0),
- * or "DEADLINE_EXCEEDED" when the client's own deadline passed (`httpStatus` 0). */
+ * or "DEADLINE_EXCEEDED" when the client's own deadline passed (`httpStatus` 0), or
+ * "INTERNAL" when a success's body is not JSON (`httpStatus` its status). */
 export class GoverseError extends Error {
   constructor(code, message, httpStatus = 0) {
     super(`${code}: ${message}`);
@@ -243,7 +244,16 @@ export class Goverse {
       clearTimeout(timer);
     }
     if (!response.ok) throw errorFromResponse(response.status, text);
-    return text ? JSON.parse(text) : {};
+    if (!text) return {};
+    try {
+      return JSON.parse(text);
+    } catch {
+      // A page of something between (a captive portal, a proxy) answered in the gate's place.
+      // INTERNAL, as gRPC's own client answers a response it cannot parse.
+      const shown = text.slice(0, 200);
+      const detail = `the answer of ${gate} is not JSON: ${shown}`;
+      throw new GoverseError("INTERNAL", detail, response.status);
+    }
   }
 
   async _token() {
