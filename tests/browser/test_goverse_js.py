@@ -405,3 +405,70 @@ def test_a_success_whose_body_is_not_json_is_an_internal_goverse_error(
         "httpStatus": 200,
         "isError": True,
     }
+
+
+@pytest.mark.parametrize("throws", ["sync", "async"])
+def test_a_token_function_that_throws_fails_a_one_shot_call_as_unauthenticated(
+    context: BrowserContext, web_url: str, throws: str
+) -> None:
+    """A token function that throws (or whose promise rejects) fails a one-shot call with a
+    GoverseError UNAUTHENTICATED naming its error, before anything is sent: gRPC answers
+    credentials that fail to give their metadata the same way. It rejected with the token
+    function's own Error, without a code."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    error: dict[str, Any] = page.evaluate(
+        """async (throws) => {
+            const token = throws === "sync"
+                ? () => { throw new Error("sign-in expired"); }
+                : async () => { throw new Error("sign-in expired"); };
+            const c = new window.gv.Goverse({ gates: ["http://gate.test"], token });
+            const e = await c.call("Counter", "x", "Get", {}).then(() => null, (e) => e);
+            return e && { name: e.name, code: e.code, httpStatus: e.httpStatus, detail: e.detail,
+                          cause: e.cause && e.cause.message, fetches: window.fetches.length };
+        }""",
+        throws,
+    )
+    assert error == {
+        "name": "GoverseError",
+        "code": "UNAUTHENTICATED",
+        "httpStatus": 0,
+        "detail": "no token: sign-in expired",
+        "cause": "sign-in expired",
+        "fetches": 0,
+    }
+
+
+def test_a_token_function_that_throws_fails_connect_as_unauthenticated(
+    context: BrowserContext, web_url: str
+) -> None:
+    """connect() rejects with UNAUTHENTICATED as soon as the token function throws, not with
+    UNAVAILABLE once its timeoutMs has passed; no stream is opened, and the session keeps
+    trying (it asks for a token again)."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            let asked = 0;
+            const token = () => { asked += 1; throw new Error("sign-in expired"); };
+            const c = new window.gv.Goverse({
+                gates: ["http://gate.test"], token, timeoutMs: 60000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+            });
+            const started = Date.now();
+            const e = await c.connect().then(() => null, (e) => e);
+            const elapsed = Date.now() - started;
+            await window.until(() => asked >= 2);
+            const result = { code: e && e.code, detail: e && e.detail, fast: elapsed < 30000,
+                             state: c.state, sources: window.sources.length };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result == {
+        "code": "UNAUTHENTICATED",
+        "detail": "no token: sign-in expired",
+        "fast": True,
+        "state": "connecting",
+        "sources": 0,
+    }

@@ -167,8 +167,7 @@ export class Goverse {
     clearTimeout(this._retryTimer);
     this._closeSource();
     this._session = null;
-    const closed = new GoverseError("CANCELLED", "the client was closed");
-    for (const waiter of this._waiters.splice(0)) waiter.reject(closed);
+    this._rejectWaiters(new GoverseError("CANCELLED", "the client was closed"));
   }
 
   /** Calls `method` of the object (`type`, `id`) with `request` (protobuf JSON); resolves with
@@ -256,8 +255,18 @@ export class Goverse {
     }
   }
 
+  /** The bearer token: the string given, or what the token function gives now. A function
+   * that throws (or whose promise rejects) is UNAUTHENTICATED, as gRPC fails a call whose
+   * credentials cannot give their metadata; its error is the GoverseError's `cause`. */
   async _token() {
-    return typeof this.token === "function" ? await this.token() : this.token;
+    if (typeof this.token !== "function") return this.token;
+    try {
+      return await this.token();
+    } catch (error) {
+      const failure = new GoverseError("UNAUTHENTICATED", `no token: ${error?.message ?? error}`);
+      failure.cause = error;
+      throw failure;
+    }
   }
 
   /** Resolves with the session once registered; rejects after `timeoutMs`. */
@@ -281,6 +290,11 @@ export class Goverse {
     });
   }
 
+  /** Rejects every pending connect() and every call waiting for a registration. */
+  _rejectWaiters(error) {
+    for (const waiter of this._waiters.splice(0)) waiter.reject(error);
+  }
+
   // -- the session ---------------------------------------------------------------------------
 
   async _dial() {
@@ -290,7 +304,10 @@ export class Goverse {
     try {
       token = await this._token();
     } catch (error) {
-      this._gateFailed(gate, `no token: ${error.message}`);
+      // No gate can take the session without a token: what waits for it learns why now (the
+      // session keeps trying, asking for a token again).
+      this._rejectWaiters(error);
+      this._gateFailed(gate, error.detail);
       return;
     }
     if (this._state === "closed") return;
