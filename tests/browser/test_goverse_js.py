@@ -472,3 +472,87 @@ def test_a_token_function_that_throws_fails_connect_as_unauthenticated(
         "state": "connecting",
         "sources": 0,
     }
+
+
+HUNG = """
+    // Bounds a promise the test awaits: "hung" after 5 s instead of waiting forever.
+    window.bounded = (promise) => Promise.race([
+        promise, new Promise((r) => setTimeout(() => r("hung"), 5000)),
+    ]);
+"""
+
+
+def test_a_one_shot_calls_deadline_covers_waiting_for_its_token(
+    context: BrowserContext, web_url: str
+) -> None:
+    """A token function whose promise never settles: the one-shot call rejects with
+    DEADLINE_EXCEEDED once its timeoutMs has passed, and sends nothing. Its deadline timer
+    started only once the token had come, so the call waited forever."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        f"""async () => {{
+            {HUNG}
+            const token = () => new Promise(() => {{}});
+            const c = new window.gv.Goverse({{ gates: ["http://gate.test"], token }});
+            const started = Date.now();
+            const outcome = await window.bounded(
+                c.call("Counter", "x", "Get", {{}}, {{ timeoutMs: 100 }})
+                    .then(() => "ok", (e) => ({{ code: e.code, detail: e.detail }})));
+            return {{ outcome, elapsed: Date.now() - started, fetches: window.fetches.length }};
+        }}"""
+    )
+    assert result["outcome"] == {
+        "code": "DEADLINE_EXCEEDED",
+        "detail": "no token from the token function in 100 ms",
+    }
+    assert result["elapsed"] >= 99
+    assert result["fetches"] == 0
+
+
+def test_a_dial_that_does_not_register_within_timeout_ms_tries_the_next_gate(
+    context: BrowserContext, web_url: str
+) -> None:
+    """The session's first dial waits for a token that does not come: after the client's
+    timeoutMs the dial fails (onDisconnect says why) and the session dials the next gate,
+    asking for a token again; the late token of the abandoned dial opens no stream. The
+    session stayed ``connecting`` forever, with no retry."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        f"""async () => {{
+            {HUNG}
+            let late = null;
+            let asked = 0;
+            const token = () => {{
+                asked += 1;
+                return asked === 1 ? new Promise((r) => {{ late = r; }}) : "t";
+            }};
+            const c = new window.gv.Goverse({{
+                gates: ["http://a.test", "http://b.test"], token, timeoutMs: 100,
+                backoff: {{ initialMs: 1, maxMs: 1, stableMs: 60000 }},
+            }});
+            const losses = [];
+            c.onDisconnect = ({{ gate, reason }}) => losses.push({{ gate, reason }});
+            const connected = c.connect({{ timeoutMs: 5000 }});
+            const dialed = await window.until(() => window.sources.length === 1)
+                .then(() => true, () => false);
+            if (!dialed) return {{ dialed, losses, asked }};
+            window.sources[0].emit("registered", {{ clientId: "b1", credential: "c" }});
+            const clientId = await window.bounded(connected);
+            late("stale");  // the first dial's token, long after it was given up
+            await new Promise((r) => setTimeout(r, 0));  // lets the abandoned dial resume
+            const result = {{ clientId, losses, url: window.sources[0].url, asked,
+                             sources: window.sources.length, gate: c.gate }};
+            c.close();
+            return result;
+        }}"""
+    )
+    assert result == {
+        "clientId": "b1",
+        "losses": [{"gate": "http://a.test", "reason": "no registration in 100 ms"}],
+        "url": "http://b.test/v1/events?access_token=t",
+        "asked": 2,
+        "sources": 1,
+        "gate": "http://b.test",
+    }

@@ -80,6 +80,15 @@ function eventData(event, fields) {
   return { data };
 }
 
+/** `promise`, or a rejection with `expired()` once `ms` have passed, whichever comes first. */
+function within(promise, ms, expired) {
+  let timer;
+  const timeout = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(expired()), Math.min(MAX_TIMER_MS, Math.max(0, ms)));
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 function trimSlash(url) {
   return url.replace(/\/+$/, "");
 }
@@ -129,6 +138,8 @@ export class Goverse {
     this._previousClientId = null;
     this._attempt = 0;
     this._retryTimer = null;
+    this._dialing = null; // the dial under way (token, then stream, until `registered`)
+    this._dialTimer = null;
     this._state = "idle"; // idle -> connecting <-> registered; closed at the end
     this._waiters = [];
   }
@@ -165,6 +176,7 @@ export class Goverse {
   close() {
     this._state = "closed";
     clearTimeout(this._retryTimer);
+    this._endDial();
     this._closeSource();
     this._session = null;
     this._rejectWaiters(new GoverseError("CANCELLED", "the client was closed"));
@@ -214,7 +226,12 @@ export class Goverse {
       headers["Goverse-Client-Id"] = session.clientId;
       headers["Goverse-Credential"] = session.credential;
     } else {
-      const token = await this._token();
+      // The deadline covers the wait for the token too: a token function that never answers
+      // fails the call when its deadline passes, as anything else it waits for would.
+      const late = `no token from the token function in ${timeoutMs} ms`;
+      const token = await within(this._token(), deadline - Date.now(), () => {
+        return new GoverseError("DEADLINE_EXCEEDED", late);
+      });
       if (token) headers.Authorization = `Bearer ${token}`;
     }
     const abort = new AbortController();
@@ -276,7 +293,8 @@ export class Goverse {
       const waiter = { resolve, reject };
       const timer = setTimeout(() => {
         this._waiters = this._waiters.filter((other) => other !== waiter);
-        reject(new GoverseError("UNAVAILABLE", `no gate registered the session in ${timeoutMs} ms`));
+        const detail = `no gate registered the session in ${timeoutMs} ms`;
+        reject(new GoverseError("UNAVAILABLE", detail));
       }, Math.min(MAX_TIMER_MS, timeoutMs));
       waiter.resolve = (session) => {
         clearTimeout(timer);
@@ -297,20 +315,33 @@ export class Goverse {
 
   // -- the session ---------------------------------------------------------------------------
 
+  /** Registers the session with the current gate: asks for the token, opens the stream, and
+   * waits for `registered`, all within the client's `timeoutMs` (a token function or a gate
+   * that never answers fails the dial, and the session tries the next gate). */
   async _dial() {
     const gate = this.gates[this._gateIndex];
+    const dial = { gate };
+    this._endDial();
+    this._dialing = dial;
+    const bound = Math.min(MAX_TIMER_MS, this.timeoutMs);
+    this._dialTimer = setTimeout(() => {
+      if (this._dialing === dial) this._gateFailed(gate, `no registration in ${bound} ms`);
+    }, bound);
     let url = `${gate}/v1/events`;
     let token;
     try {
       token = await this._token();
     } catch (error) {
+      if (this._dialing !== dial) return;
       // No gate can take the session without a token: what waits for it learns why now (the
       // session keeps trying, asking for a token again).
       this._rejectWaiters(error);
       this._gateFailed(gate, error.detail);
       return;
     }
-    if (this._state === "closed") return;
+    // A dial given up (timed out, its gate failed by a call, the client closed) while it
+    // awaited its token opens nothing.
+    if (this._dialing !== dial) return;
     // EventSource cannot send headers: the gate takes the token as a query parameter too.
     if (token) url += `?access_token=${encodeURIComponent(token)}`;
     // Another dial may have opened a stream while this one awaited its token: one stream only
@@ -333,6 +364,7 @@ export class Goverse {
       return;
     }
     const { clientId, credential, gateId = null } = data;
+    this._endDial();
     this._session = { clientId, credential, gate, gateId, since: Date.now() };
     this._state = "registered";
     const previous = this._previousClientId;
@@ -372,6 +404,7 @@ export class Goverse {
     if (this.gates[this._gateIndex] !== gate || this._retryTimer !== null) return;
     const session = this._session;
     if (session && Date.now() - session.since >= this.backoff.stableMs) this._attempt = 0;
+    this._endDial();
     this._closeSource();
     this._session = null;
     this._state = "connecting";
@@ -383,6 +416,13 @@ export class Goverse {
       this._retryTimer = null;
       if (this._state === "connecting") this._dial();
     }, delay);
+  }
+
+  /** Forgets the dial under way (a token it still awaits opens nothing) and its timer. */
+  _endDial() {
+    clearTimeout(this._dialTimer);
+    this._dialTimer = null;
+    this._dialing = null;
   }
 
   _advance() {
