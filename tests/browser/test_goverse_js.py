@@ -556,3 +556,86 @@ def test_a_dial_that_does_not_register_within_timeout_ms_tries_the_next_gate(
         "sources": 1,
         "gate": "http://b.test",
     }
+
+
+BAD_TIMEOUTS = ["NaN", "-1", "0", "Infinity", "4294967296", '"5000"', "null"]
+"""timeoutMs values no call can have: not a number, not above 0, above the largest
+Goverse-Timeout-Ms (4294967295), a string, null."""
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_a_call_or_connect_with_a_timeout_that_is_not_a_deadline_is_invalid_argument(
+    context: BrowserContext, web_url: str, timeout: str
+) -> None:
+    """A call's (or connect()'s) timeoutMs that is not a number of milliseconds above 0, at
+    most 4294967295, rejects at once with a GoverseError INVALID_ARGUMENT naming it, and
+    nothing is sent or dialed. NaN went out as ``Goverse-Timeout-Ms: NaN`` and the call ended
+    at once as DEADLINE_EXCEEDED."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        f"""async () => {{
+            {HUNG}
+            const timeoutMs = {timeout};
+            const c = new window.gv.Goverse({{ gates: ["http://gate.test"] }});
+            const outcome = (p) => window.bounded(p.then(
+                () => "ok", (e) => ({{ name: e.name, code: e.code, detail: e.detail }})));
+            const call = await outcome(c.call("Counter", "x", "Get", {{}}, {{ timeoutMs }}));
+            const described = await outcome(c.describe({{ timeoutMs }}));
+            const connected = await outcome(c.connect({{ timeoutMs }}));
+            return {{ call, described, connected, state: c.state,
+                     fetches: window.fetches.length, sources: window.sources.length }};
+        }}"""
+    )
+    for outcome in (result["call"], result["described"], result["connected"]):
+        assert isinstance(outcome, dict), outcome
+        assert outcome["name"] == "GoverseError"
+        assert outcome["code"] == "INVALID_ARGUMENT"
+        assert outcome["detail"].startswith("timeoutMs must be a number of milliseconds above 0")
+    assert (result["state"], result["fetches"], result["sources"]) == ("idle", 0, 0)
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_a_client_with_a_timeout_that_is_not_a_deadline_is_refused_at_construction(
+    context: BrowserContext, web_url: str, timeout: str
+) -> None:
+    """The constructor refuses such a default timeoutMs with a TypeError, as it refuses an
+    empty gate list: a programming error, found before the first call."""
+    page = module_page(context, web_url)
+    error: dict[str, Any] = page.evaluate(
+        f"""() => {{
+            try {{
+                new window.gv.Goverse({{ gates: ["http://gate.test"], timeoutMs: {timeout} }});
+                return null;
+            }} catch (e) {{
+                return {{ name: e.name, message: e.message }};
+            }}
+        }}"""
+    )
+    assert error is not None
+    assert error["name"] == "TypeError"
+    assert error["message"].startswith("timeoutMs must be a number of milliseconds above 0")
+
+
+@pytest.mark.parametrize(
+    "backoff", ["{ initialMs: NaN }", "{ maxMs: -1 }", '{ stableMs: "1" }', "{ initialMs: null }"]
+)
+def test_a_backoff_that_is_not_milliseconds_is_refused_at_construction(
+    context: BrowserContext, web_url: str, backoff: str
+) -> None:
+    """A backoff field that is not a finite number of milliseconds, 0 or more, is a
+    TypeError at construction: NaN made every retry wait 0 ms (a dial loop)."""
+    page = module_page(context, web_url)
+    error: dict[str, Any] = page.evaluate(
+        f"""() => {{
+            try {{
+                new window.gv.Goverse({{ gates: ["http://gate.test"], backoff: {backoff} }});
+                return null;
+            }} catch (e) {{
+                return {{ name: e.name, message: e.message }};
+            }}
+        }}"""
+    )
+    assert error is not None
+    assert error["name"] == "TypeError"
+    assert error["message"].startswith("backoff.")

@@ -23,6 +23,9 @@ const CODE_BY_STATUS = {
 /** The longest a browser timer waits: setTimeout takes a longer delay as 0. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** The longest deadline the gate takes (Goverse-Timeout-Ms, a uint32 of milliseconds). */
+const MAX_TIMEOUT_MS = 2 ** 32 - 1;
+
 /** How the session waits before it dials the next gate (the n-th retry in a row). */
 export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 250, maxMs: 10000, stableMs: 10000 });
 
@@ -89,6 +92,15 @@ function within(promise, ms, expired) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** Why `timeoutMs` cannot be a deadline (not a number above 0, at most the largest the gate
+ * takes), or null when it can. */
+function badTimeout(timeoutMs) {
+  if (typeof timeoutMs === "number" && timeoutMs > 0 && timeoutMs <= MAX_TIMEOUT_MS) return null;
+  const shown = typeof timeoutMs === "string" ? JSON.stringify(timeoutMs) : String(timeoutMs);
+  const range = `above 0, at most ${MAX_TIMEOUT_MS}`;
+  return `timeoutMs must be a number of milliseconds ${range} (not ${shown})`;
+}
+
 function trimSlash(url) {
   return url.replace(/\/+$/, "");
 }
@@ -116,13 +128,22 @@ export class Goverse {
    * @param {{initialMs: number, maxMs: number, stableMs: number}} [options.backoff]
    */
   constructor({ gates, token = null, timeoutMs = 10000, backoff = DEFAULT_BACKOFF } = {}) {
+    // Options no client can use are a programming error: refused here, before any call.
     if (!Array.isArray(gates) || gates.length === 0) {
       throw new TypeError("Goverse needs at least one gate URL");
+    }
+    const bad = badTimeout(timeoutMs);
+    if (bad) throw new TypeError(bad);
+    this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
+    for (const field of ["initialMs", "maxMs", "stableMs"]) {
+      const value = this.backoff[field];
+      if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+        throw new TypeError(`backoff.${field} must be a finite number of milliseconds, 0 or more`);
+      }
     }
     this.gates = gates.map(trimSlash);
     this.token = token;
     this.timeoutMs = timeoutMs;
-    this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
     /** Called with (type, message, base64) for every pushed message: its full protobuf name
      * and its JSON; message null and base64 its bytes when no node describes the type. */
     this.onMessage = () => {};
@@ -162,6 +183,8 @@ export class Goverse {
   /** Opens the session's event stream; resolves with the client id once registered (rejects
    * after `timeoutMs` when no gate registered it; the session keeps trying). */
   connect({ timeoutMs = this.timeoutMs } = {}) {
+    const bad = badTimeout(timeoutMs);
+    if (bad) return Promise.reject(new GoverseError("INVALID_ARGUMENT", bad));
     if (this._state === "closed") {
       return Promise.reject(new GoverseError("FAILED_PRECONDITION", "the client is closed"));
     }
@@ -211,6 +234,10 @@ export class Goverse {
   // -- calls ---------------------------------------------------------------------------------
 
   async _request(verb, path, body, timeoutMs) {
+    // The gate would refuse such a Goverse-Timeout-Ms with INVALID_ARGUMENT: so does the client,
+    // before sending anything.
+    const bad = badTimeout(timeoutMs);
+    if (bad) throw new GoverseError("INVALID_ARGUMENT", bad);
     if (this._state === "closed") {
       throw new GoverseError("FAILED_PRECONDITION", "the client is closed");
     }
