@@ -137,7 +137,7 @@ FAKE_TRANSPORT = """() => {
     window.fetch = (url, init) => new Promise((resolve, reject) => {
         const aborted = () => reject(new DOMException("aborted", "AbortError"));
         init.signal.addEventListener("abort", aborted);
-        window.fetches.push({ url, headers: init.headers, resolve, reject });
+        window.fetches.push({ url, headers: init.headers, signal: init.signal, resolve, reject });
     });
     // Polls `cond` every 5 ms for at most 2 s.
     window.until = async (cond) => {
@@ -639,3 +639,93 @@ def test_a_backoff_that_is_not_milliseconds_is_refused_at_construction(
     assert error is not None
     assert error["name"] == "TypeError"
     assert error["message"].startswith("backoff.")
+
+
+REFUSE = """
+    // The gate answers window.sources[i] with something else than events: EventSource fails
+    // it for good (readyState CLOSED) without its status; the client asks again with fetch.
+    window.refuse = async (i, response) => {
+        const probes = window.fetches.length;
+        window.sources[i].readyState = 2;
+        window.sources[i].emit("error");
+        await window.until(() => window.fetches.length === probes + 1);
+        const probe = window.fetches[probes];
+        probe.resolve(response);
+        return probe;
+    };
+    window.refusal = (status, code) => new Response(
+        JSON.stringify({ code, message: "no" }), { status });
+"""
+
+
+def test_connect_waits_on_while_some_gate_has_not_refused(
+    context: BrowserContext, web_url: str
+) -> None:
+    """Gate a refuses the session (401, read by the fetch that asks again, with the stream's
+    URL), gate b does not answer yet: connect() is not rejected with a's code, since b may
+    still register the session; its UNAVAILABLE at timeoutMs names a's refusal as the last
+    failure."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
+    result: dict[str, Any] = page.evaluate(
+        f"""async () => {{
+            {REFUSE}
+            const c = window.quickClient({{ gates: ["http://a.test", "http://b.test"] }});
+            const connected = c.connect({{ timeoutMs: 300 }}).then(() => null, (e) => e);
+            await window.until(() => window.sources.length === 1);
+            const probe = await window.refuse(0, window.refusal(401, "UNAUTHENTICATED"));
+            await window.until(() => window.sources.length === 2);
+            const e = await connected;
+            c.close();
+            return {{ code: e && e.code, detail: e && e.detail, probe: probe.url,
+                     accept: probe.headers.Accept }};
+        }}"""
+    )
+    assert result == {
+        "code": "UNAVAILABLE",
+        "detail": "no gate registered the session in 300 ms (last: http://a.test: "
+        "registration refused: UNAUTHENTICATED: no)",
+        "probe": "http://a.test/v1/events",
+        "accept": "text/event-stream",
+    }
+
+
+def test_a_refusal_that_is_a_stream_when_asked_again_is_dropped_and_not_a_refusal(
+    context: BrowserContext, web_url: str
+) -> None:
+    """When the fetch that asks again gets an event stream (the refusal was passing), the
+    client drops it at once (aborts it: a registration nobody would use) and fails the dial
+    as an ordinary one, not as a refusal; with every other gate refusing, connect() is not
+    rejected."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
+    result: dict[str, Any] = page.evaluate(
+        f"""async () => {{
+            {REFUSE}
+            const c = window.quickClient({{ gates: ["http://a.test", "http://b.test"] }});
+            const losses = [];
+            c.onDisconnect = ({{ reason }}) => losses.push(reason);
+            let settled = false;
+            const connected = c.connect({{ timeoutMs: 5000 }}).finally(() => {{ settled = true; }});
+            await window.until(() => window.sources.length === 1);
+            const stream = new Response(new ReadableStream(), {{
+                status: 200, headers: {{ "Content-Type": "text/event-stream" }} }});
+            const probe = await window.refuse(0, stream);
+            await window.until(() => window.sources.length === 2);
+            await window.refuse(1, window.refusal(401, "UNAUTHENTICATED"));
+            await window.until(() => window.sources.length === 3);
+            const settledEarly = settled;
+            window.sources[2].emit("registered", {{ clientId: "a2", credential: "c" }});
+            const clientId = await connected;
+            c.close();
+            return {{ clientId, losses, dropped: probe.signal.aborted, settledEarly }};
+        }}"""
+    )
+    assert result == {
+        "clientId": "a2",
+        "dropped": True,
+        "settledEarly": False,
+        "losses": ["event stream refused", "registration refused: UNAUTHENTICATED: no"],
+    }

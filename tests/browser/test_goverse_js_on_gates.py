@@ -1,5 +1,5 @@
 """goverse.js against real gates: describe, create and delete, one-shot calls and their
-errors, and a session that receives pushes."""
+errors, a session that receives pushes, and sessions that gates requiring tokens refuse."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from playwright.sync_api import BrowserContext, Page
 from tests.helpers.browser import HTTP_GATE_FLAGS, gate_http_url
 from tests.helpers.cluster import Cluster, start_cluster
 from tests.helpers.processes import process_group
+from tests.helpers.tokens import TokenIssuer
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +163,66 @@ def test_a_closed_client_refuses_calls(page: Page) -> None:
         "code": "FAILED_PRECONDITION",
         "httpStatus": 0,
     }
+
+
+@pytest.fixture(scope="module")
+def token_issuer() -> TokenIssuer:
+    return TokenIssuer()
+
+
+@pytest.fixture(scope="module")
+def jwt_gates(
+    tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer
+) -> Iterator[list[str]]:
+    """One node and two gates serving HTTP that require tokens `token_issuer` signs; the
+    gates' base URLs."""
+    with process_group(tmp_path_factory.mktemp("jwt-cluster")) as group:
+        cluster = start_cluster(
+            group, gates=2, gate_extra=HTTP_GATE_FLAGS, nodes=1, tokens=token_issuer
+        )
+        yield [gate_http_url(gate) for gate in cluster.gates]
+
+
+def test_a_session_every_gate_refuses_rejects_connect_as_unauthenticated(
+    context: BrowserContext, jwt_gates: list[str], token_issuer: TokenIssuer
+) -> None:
+    """Both gates refuse the session's token (401 on /v1/events): connect() rejects with the
+    gates' UNAUTHENTICATED and HTTP status 401 once each has refused, long before its
+    timeoutMs, and onDisconnect says why; the session keeps trying. It rejected UNAVAILABLE
+    only when timeoutMs had passed, the gates' answer unseen (EventSource hides the status).
+    With a token they accept, the same client registers."""
+    page = context.new_page()
+    page.goto(f"{jwt_gates[0]}/web/goverse.js")
+    result: dict[str, Any] = page.evaluate(
+        """async ([gates, good]) => {
+            const gv = await import('/web/goverse.js');
+            let token = "not-a-jwt";
+            const c = new gv.Goverse({
+                gates, token: () => token, timeoutMs: 8000,
+                backoff: { initialMs: 1, maxMs: 50, stableMs: 60000 },
+            });
+            const losses = [];
+            c.onDisconnect = ({ gate, reason }) => losses.push({ gate, reason });
+            const started = Date.now();
+            const refused = await c.connect().then(() => null, (e) => ({
+                name: e.name, code: e.code, httpStatus: e.httpStatus }));
+            const elapsed = Date.now() - started;
+            const state = c.state;
+            token = good;
+            const clientId = await c.connect().catch((e) => e.message);
+            c.close();
+            return { refused, elapsed, state, losses: losses.slice(0, 2), clientId };
+        }""",
+        [jwt_gates, token_issuer.token()],
+    )
+    assert result["refused"] == {
+        "name": "GoverseError",
+        "code": "UNAUTHENTICATED",
+        "httpStatus": 401,
+    }
+    assert result["elapsed"] < 8000
+    assert result["state"] == "connecting"
+    assert [loss["gate"] for loss in result["losses"]] == jwt_gates
+    for loss in result["losses"]:
+        assert loss["reason"].startswith("registration refused: UNAUTHENTICATED: "), loss
+    assert result["clientId"].startswith("gate-"), result["clientId"]

@@ -23,6 +23,10 @@ const CODE_BY_STATUS = {
 /** The longest a browser timer waits: setTimeout takes a longer delay as 0. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** EventSource's readyState once it failed the stream for good: the gate answered, but not a
+ * 200 event stream (a network error or a stream that ended leave it CONNECTING instead). */
+const EVENTSOURCE_CLOSED = 2;
+
 /** The longest deadline the gate takes (Goverse-Timeout-Ms, a uint32 of milliseconds). */
 const MAX_TIMEOUT_MS = 2 ** 32 - 1;
 
@@ -163,6 +167,8 @@ export class Goverse {
     this._dialTimer = null;
     this._state = "idle"; // idle -> connecting <-> registered; closed at the end
     this._waiters = [];
+    this._refusals = new Map(); // gate -> GoverseError: its refusal of the last dial to it
+    this._lastFailure = null; // why the session last lost (or failed to reach) a gate
   }
 
   /** "idle" (no session), "connecting", "registered" or "closed". */
@@ -320,7 +326,8 @@ export class Goverse {
       const waiter = { resolve, reject };
       const timer = setTimeout(() => {
         this._waiters = this._waiters.filter((other) => other !== waiter);
-        const detail = `no gate registered the session in ${timeoutMs} ms`;
+        const last = this._lastFailure ? ` (last: ${this._lastFailure})` : "";
+        const detail = `no gate registered the session in ${timeoutMs} ms${last}`;
         reject(new GoverseError("UNAVAILABLE", detail));
       }, Math.min(MAX_TIMER_MS, timeoutMs));
       waiter.resolve = (session) => {
@@ -379,8 +386,43 @@ export class Goverse {
     source.addEventListener("registered", (event) => this._onRegistered(source, gate, event));
     source.addEventListener("message", (event) => this._onPush(source, gate, event));
     source.addEventListener("draining", () => this._sourceFailed(source, gate, "gate draining"));
+    source.addEventListener("open", () => {
+      dial.opened = true;
+    });
     // EventSource would dial the same gate again by itself: we close it and pick the next gate.
-    source.addEventListener("error", () => this._sourceFailed(source, gate, "event stream lost"));
+    source.addEventListener("error", () => {
+      if (source.readyState === EVENTSOURCE_CLOSED && !dial.opened && source === this._source) {
+        this._learnRefusal(dial, url);
+      } else {
+        this._sourceFailed(source, gate, "event stream lost");
+      }
+    });
+  }
+
+  /** The gate answered the dial's stream with something else than events: a refusal (401
+   * UNAUTHENTICATED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE while draining), which
+   * EventSource does not show. The same request again, with fetch, reads it; then the dial
+   * fails with it. An answer that is a stream this time is dropped at once (a registration
+   * nobody uses, which the gate ends when it notices the closed connection). */
+  async _learnRefusal(dial, url) {
+    const abort = new AbortController();
+    dial.probe = abort;
+    let refusal = null;
+    try {
+      const headers = { Accept: "text/event-stream" };
+      const response = await fetch(url, { headers, signal: abort.signal });
+      if (!response.ok) refusal = errorFromResponse(response.status, await response.text());
+    } catch {
+      // Unreachable now, or its answer not readable by this page (CORS): nothing learnt.
+    } finally {
+      abort.abort();
+    }
+    if (this._dialing !== dial) return; // the dial ended meanwhile (timed out, closed)
+    if (refusal) {
+      this._gateFailed(dial.gate, `registration refused: ${refusal.message}`, refusal);
+    } else {
+      this._gateFailed(dial.gate, "event stream refused");
+    }
   }
 
   _onRegistered(source, gate, event) {
@@ -392,6 +434,8 @@ export class Goverse {
     }
     const { clientId, credential, gateId = null } = data;
     this._endDial();
+    this._refusals.clear();
+    this._lastFailure = null;
     this._session = { clientId, credential, gate, gateId, since: Date.now() };
     this._state = "registered";
     const previous = this._previousClientId;
@@ -419,10 +463,11 @@ export class Goverse {
     this._gateFailed(gate, reason);
   }
 
-  /** The session's gate failed (its stream broke, it drains, or a call to it could not
-   * connect): close the stream and dial the next gate after a backoff. A failure of a gate
-   * the session has already left changes nothing. */
-  _gateFailed(gate, reason) {
+  /** The session's gate failed (its stream broke, it drains, a call to it could not connect,
+   * or it refused the registration: `refusal`, its error): close the stream and dial the next
+   * gate after a backoff. A failure of a gate the session has already left changes nothing.
+   * Once every gate has refused, what waits for a registration rejects with the refusal. */
+  _gateFailed(gate, reason, refusal = null) {
     if (this._state === "idle" || this._state === "closed") {
       // One-shot calls: the next call tries the next gate.
       if (this.gates[this._gateIndex] === gate) this._advance();
@@ -436,19 +481,28 @@ export class Goverse {
     this._session = null;
     this._state = "connecting";
     this._advance();
+    if (refusal) this._refusals.set(gate, refusal);
+    else this._refusals.delete(gate);
+    this._lastFailure = `${gate}: ${reason}`;
     const delay = backoffDelay(this._attempt, this.backoff);
     this._attempt += 1;
-    this.onDisconnect({ gate, reason, retryInMs: delay });
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       if (this._state === "connecting") this._dial();
     }, delay);
+    this.onDisconnect({ gate, reason, retryInMs: delay });
+    // Every gate refused (a token none accepts, all full, all draining): waiting for their
+    // registration is pointless until something changes; the session keeps trying.
+    if (refusal && this.gates.every((each) => this._refusals.has(each))) {
+      this._rejectWaiters(refusal);
+    }
   }
 
   /** Forgets the dial under way (a token it still awaits opens nothing) and its timer. */
   _endDial() {
     clearTimeout(this._dialTimer);
     this._dialTimer = null;
+    this._dialing?.probe?.abort();
     this._dialing = null;
   }
 
