@@ -729,3 +729,76 @@ def test_a_refusal_that_is_a_stream_when_asked_again_is_dropped_and_not_a_refusa
         "settledEarly": False,
         "losses": ["event stream refused", "registration refused: UNAUTHENTICATED: no"],
     }
+
+
+def test_a_handler_that_throws_is_reported_and_breaks_nothing(
+    context: BrowserContext, web_url: str
+) -> None:
+    """Handlers that throw (onRegistered, onDisconnect, onMessage) or whose promise rejects
+    (an async onReconnect): each error goes to console.error, none escapes to the page, and
+    the session goes on: onReconnect still runs after a throwing onRegistered, the session
+    fails over after a throwing onDisconnect, and later pushes still arrive. A throwing
+    onRegistered skipped onReconnect for that registration."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    page.evaluate(QUICK_CLIENT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            const uncaught = [];
+            window.addEventListener("error", (e) => uncaught.push(String(e.message)));
+            window.addEventListener("unhandledrejection", (e) => uncaught.push(String(e.reason)));
+            const reported = [];
+            console.error = (...args) => reported.push(args.map(String).join(" "));
+            const c = window.quickClient({ gates: ["http://a.test", "http://b.test"] });
+            const calls = [];
+            c.onRegistered = ({ clientId }) => {
+                calls.push(`registered ${clientId}`);
+                throw new Error("join failed");
+            };
+            c.onReconnect = async (old, now) => {
+                calls.push(`reconnect ${old} ${now}`);
+                throw new Error("resync failed");
+            };
+            c.onDisconnect = ({ gate }) => {
+                calls.push(`disconnect ${gate}`);
+                throw new Error("render failed");
+            };
+            c.onMessage = (type) => {
+                calls.push(`message ${type}`);
+                throw new Error("bad message");
+            };
+            const connected = c.connect();
+            await window.until(() => window.sources.length === 1);
+            window.sources[0].emit("registered", { clientId: "a1", credential: "c1" });
+            await connected;
+            window.sources[0].emit("error");
+            await window.until(() => window.sources.length === 2);
+            window.sources[1].emit("registered", { clientId: "b1", credential: "c2" });
+            window.sources[1].emit("message", { type: "t.One" });
+            window.sources[1].emit("message", { type: "t.Two" });
+            await window.until(() => reported.length === 6);
+            const result = { calls, reported, uncaught, state: c.state, clientId: c.clientId };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result["calls"] == [
+        "registered a1",
+        "disconnect http://a.test",
+        "registered b1",
+        "reconnect a1 b1",
+        "message t.One",
+        "message t.Two",
+    ]
+    assert (result["state"], result["clientId"]) == ("registered", "b1")
+    assert result["uncaught"] == []
+    for handler, message in [
+        ("onRegistered", "join failed"),
+        ("onDisconnect", "render failed"),
+        ("onReconnect", "resync failed"),
+        ("onMessage", "bad message"),
+    ]:
+        assert any(
+            line.startswith(f"goverse: {handler} failed") and message in line
+            for line in result["reported"]
+        ), (handler, result["reported"])

@@ -441,8 +441,8 @@ export class Goverse {
     const previous = this._previousClientId;
     this._previousClientId = clientId;
     for (const waiter of this._waiters.splice(0)) waiter.resolve(this._session);
-    this.onRegistered({ clientId, gate, gateId });
-    if (previous !== null && previous !== clientId) this.onReconnect(previous, clientId);
+    this._notify("onRegistered", { clientId, gate, gateId });
+    if (previous !== null && previous !== clientId) this._notify("onReconnect", previous, clientId);
   }
 
   _onPush(source, gate, event) {
@@ -455,7 +455,7 @@ export class Goverse {
       return;
     }
     const { type, message = null, base64 = null } = data;
-    this.onMessage(type, message, base64);
+    this._notify("onMessage", type, message, base64);
   }
 
   _sourceFailed(source, gate, reason) {
@@ -490,11 +490,24 @@ export class Goverse {
       this._retryTimer = null;
       if (this._state === "connecting") this._dial();
     }, delay);
-    this.onDisconnect({ gate, reason, retryInMs: delay });
+    this._notify("onDisconnect", { gate, reason, retryInMs: delay });
     // Every gate refused (a token none accepts, all full, all draining): waiting for their
     // registration is pointless until something changes; the session keeps trying.
     if (refusal && this.gates.every((each) => this._refusals.has(each))) {
       this._rejectWaiters(refusal);
+    }
+  }
+
+  /** Calls the page's handler `name` with `args`. What it throws (or its promise rejects
+   * with) is the page's bug, not the session's: reported with console.error, it changes
+   * nothing here (the other handlers still run, the session goes on). */
+  _notify(name, ...args) {
+    const report = (error) => console.error(`goverse: ${name} failed:`, error);
+    try {
+      const result = this[name](...args);
+      if (result && typeof result.then === "function") result.then(undefined, report);
+    } catch (error) {
+      report(error);
     }
   }
 
