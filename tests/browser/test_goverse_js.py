@@ -1,7 +1,9 @@
 """goverse.js in a real browser, without a gate: it loads as an ES module, its backoff and
 error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE; against a
 fake EventSource and fetch, its failover keeps one stream, a malformed event fails over like a
-broken stream, and its deadlines go out whole."""
+broken stream, its deadlines go out whole and cover the token, a dial is bounded, bad options
+and a token function that throws are GoverseErrors (TypeErrors in the constructor), a refusal
+is read back, and a page's handler that throws breaks nothing."""
 
 from __future__ import annotations
 
