@@ -186,8 +186,10 @@ export class Goverse {
     return this._session ? this._session.clientId : null;
   }
 
-  /** Opens the session's event stream; resolves with the client id once registered (rejects
-   * after `timeoutMs` when no gate registered it; the session keeps trying). */
+  /** Opens the session's event stream; resolves with the client id once registered. Rejects
+   * after `timeoutMs` when no gate registered it (UNAVAILABLE), or sooner once every gate
+   * refused the registration (their code: UNAUTHENTICATED ...) or the token function threw;
+   * the session keeps trying either way. */
   connect({ timeoutMs = this.timeoutMs } = {}) {
     const bad = badTimeout(timeoutMs);
     if (bad) return Promise.reject(new GoverseError("INVALID_ARGUMENT", bad));
