@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import inspect
 import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -330,7 +330,7 @@ class _CallStream:
                 for call_id in message.cancelled:
                     task = self._tasks.get(call_id)
                     if task is not None:
-                        task.cancel()
+                        self._cancel(call_id, task)
                 for index, frame in enumerate(message.calls, 1):
                     if index % READ_PACE == 0:
                         await asyncio.sleep(0)  # the calls started run, their replies go out
@@ -392,14 +392,17 @@ class _CallStream:
             self._call(frame, received), name=f"call:{self.sender}:{frame.id}"
         )
         self._tasks[frame.id] = task
-        # A task cancelled before it ever ran never reaches the finally of _call: this done
-        # callback frees what it holds then (its slot, its entry).
-        task.add_done_callback(functools.partial(self._forget, frame.id))
         owner._calls.track(task)
         return True
 
-    def _forget(self, call_id: int, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(call_id) is task:  # still here: _call never ran
+    def _cancel(self, call_id: int, task: asyncio.Task[None]) -> None:
+        """Cancels the call `call_id` the gate gave up on. A task cancelled before it ever
+        ran (its frame and the cancellation read in one turn) never reaches the finally of
+        :meth:`_call`: what it holds (its slot, its entry) is freed here then. Checked here,
+        not by a done callback per call, which would cost every call a turn of the loop."""
+        task.cancel()
+        coro = task.get_coro()
+        if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
             del self._tasks[call_id]
             self._release(1)
             self._close_when_idle()
