@@ -6,6 +6,8 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,10 +18,12 @@ from goverse import wire
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
 from goverse.v1 import gate_pb2
 from tests.helpers.gate_client import GateClient
+from tests.helpers.objects import WITNESS_DIR
 from tests.helpers.processes import ProcessGroup, ServiceProcess, process_group, serving
 from tests.helpers.session_client import WAIT, SessionClient, object_call, status_of
 from tests.helpers.telemetry import sample, scrape
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import eventually, wait_until
+from tests.helpers.witness import read_records
 
 MAX_SESSION_CALLS = 8
 
@@ -32,7 +36,10 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
 
 
 def start_gate(group: ProcessGroup) -> ServiceProcess:
-    node = group.node()
+    return start_gate_on(group, group.node())
+
+
+def start_gate_on(group: ProcessGroup, node: ServiceProcess) -> ServiceProcess:
     gate = group.gate("session", [node.address], extra=[f"--max-session-calls={MAX_SESSION_CALLS}"])
     wait_until(lambda: serving(gate.address, wire.GATE_SERVICE), WAIT, what="the gate ready")
     return gate
@@ -239,5 +246,52 @@ async def test_a_client_that_half_closes_during_a_drain_still_gets_every_push_qu
         assert await client.stream.code() == grpc.StatusCode.OK
         assert sorted(client.replies) == list(range(1, DRAIN_PUSHES + 1))
         assert all(status_of(reply) == grpc.StatusCode.OK for reply in client.replies.values())
+    finally:
+        await client.close()
+
+
+GARBAGE = b"\xff\xff\xff\xff\xff"
+"""Not a ``SessionRequest``: a truncated varint tag."""
+
+
+async def read_to_the_end(call: Any) -> None:
+    """Reads the responses of `call` until it ends (raising its status when not OK)."""
+    async for _ in call:
+        pass
+
+
+async def test_a_garbage_frame_mid_session_ends_it_and_cancels_its_calls(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """A Session sends a 60 s call, then, once the call runs on its node, bytes that do not
+    decode as ``SessionRequest``: the stream ends with INVALID_ARGUMENT, and the call still
+    running is cancelled down to its object, which takes calls again at once."""
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    node = processes.node(env={WITNESS_DIR: str(witness)})
+    gate = start_gate_on(processes, node)
+    held = gate_pb2.SessionRequest(
+        calls=[object_call(1, "Witness", "garbled", "Hold", Int64Value(value=60_000))]
+    )
+    async with grpc.aio.insecure_channel(gate.address) as channel:
+        raw = channel.stream_stream("/goverse.v1.GateService/Session")()
+        try:
+            await raw.write(held.SerializeToString())
+            await eventually(
+                lambda: any(r.event == "call" for r in read_records(witness)),
+                WAIT,
+                "the call to reach the object",
+            )
+            await raw.write(GARBAGE)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(read_to_the_end(raw), WAIT)
+            assert ended.value.code() is grpc.StatusCode.INVALID_ARGUMENT, ended.value
+        finally:
+            raw.cancel()
+    client = await SessionClient(gate.address).connect()
+    try:
+        # Answered only once the held call has let go of the object's turn.
+        await client.send(object_call(1, "Witness", "garbled", "Touch", Empty()))
+        assert status_of(await client.reply(1)) == grpc.StatusCode.OK
     finally:
         await client.close()

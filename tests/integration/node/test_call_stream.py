@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
+from goverse import wire
 from goverse.examples.v1.counter_pb2 import CounterValue, GetRequest, IncrementRequest
 from goverse.node._call_context import MAX_CHAIN_DEPTH
 from goverse.placement import Placement
@@ -19,9 +23,11 @@ from goverse.v1 import node_pb2
 from goverse.wire import unpack
 from tests.helpers.call_stream import RawCallStream, call_frame, code_of
 from tests.helpers.faults import rss_bytes
+from tests.helpers.objects import WITNESS_DIR
 from tests.helpers.processes import ProcessGroup, ServiceProcess
 from tests.helpers.telemetry import sample, scrape
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import eventually, wait_until
+from tests.helpers.witness import read_records
 
 
 async def lone_node(processes: ProcessGroup, *extra: str) -> ServiceProcess:
@@ -367,3 +373,50 @@ async def test_a_gate_that_stops_reading_cannot_make_the_node_hold_its_replies_p
         assert codes == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
         fitted = [reply for reply in replies[1:] if code_of(reply) is grpc.StatusCode.OK]
         assert all(len(unpack(r.call.response, BytesValue).value) == BIG_REPLY for r in fitted)
+
+
+GARBAGE = b"\xff\xff\xff\xff\xff"
+"""Not a ``CallFrames`` message: a truncated varint tag."""
+
+
+async def read_to_the_end(call: Any) -> None:
+    """Reads the responses of `call` until it ends (raising its status when not OK)."""
+    async for _ in call:
+        pass
+
+
+async def test_a_garbage_frame_mid_stream_ends_the_stream_and_cancels_its_calls(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """A Calls stream sends a 60 s call, then, once the call runs, bytes that do not decode
+    as ``CallFrames``: the stream ends with INVALID_ARGUMENT and the call still running on it
+    is cancelled, so its object takes calls again at once, as for a gate that goes away.
+    Before, only the stream's reader stopped: the call ran on, holding its object's turn,
+    until its deadline."""
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    node = await asyncio.to_thread(processes.node, env={WITNESS_DIR: str(witness)})
+    held = node_pb2.CallFrames(
+        calls=[call_frame(1, "Witness", "garbled", "Hold", Int64Value(value=60_000))]
+    )
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        raw = channel.stream_stream("/goverse.v1.NodeService/Calls")(
+            metadata=((wire.GATE_ID_KEY, "garbage-gate"),)
+        )
+        try:
+            await raw.write(held.SerializeToString())
+            await eventually(
+                lambda: any(r.event == "call" for r in read_records(witness)),
+                10.0,
+                "the call to reach the object",
+            )
+            await raw.write(GARBAGE)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(read_to_the_end(raw), 10)
+            assert ended.value.code() is grpc.StatusCode.INVALID_ARGUMENT, ended.value
+        finally:
+            raw.cancel()
+    async with RawCallStream(node.address) as probe:
+        # Answered only once the held call has let go of the object's turn.
+        reply = await probe.call("Witness", "garbled", "Touch", Empty())
+        assert code_of(reply) is grpc.StatusCode.OK, reply

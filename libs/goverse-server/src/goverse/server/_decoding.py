@@ -78,15 +78,20 @@ def _unary_request(method: str, behavior: Callable[..., Any]) -> Callable[..., A
 
 
 async def _checked(
-    method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    method: str,
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    rpc_task: asyncio.Task[Any] | None,
 ) -> AsyncIterator[Any]:
     """`requests` until an undecodable one: then the RPC ends with INVALID_ARGUMENT.
 
-    The handler may read in a task of its own, so raising here would not end the RPC: the
-    status is sent at once, then the RPC's task is cancelled, the way a client that goes away
-    ends it, and the handler sees the requests end.
+    The handler may read in a task of its own (both call streams do), so raising here would
+    not end the RPC: the status is sent at once, then `rpc_task`, the task the RPC's handler
+    runs in, is cancelled, the way a client that goes away ends it, so that the handler ends
+    and cancels what it started. The task that reads is not the RPC's: cancelling the task
+    iterating this (the stream's reader) left the handler and every call it had started
+    running, holding their objects, until their deadlines.
     """
-    rpc_task = asyncio.current_task()
     async for request in requests:
         if isinstance(request, Undecodable):
             with contextlib.suppress(grpc.aio.AbortError):  # raised once the status is sent
@@ -104,7 +109,8 @@ def _stream_request(method: str, behavior: Callable[..., Any]) -> Callable[..., 
         async def streamed(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            checked = _checked(method, requests, context)
+            # Runs in the RPC's task; the handler may read the requests in another.
+            checked = _checked(method, requests, context, asyncio.current_task())
             async with contextlib.aclosing(behavior(checked, context)) as responses:
                 async for response in responses:
                     yield response
@@ -112,7 +118,8 @@ def _stream_request(method: str, behavior: Callable[..., Any]) -> Callable[..., 
         return streamed
 
     async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(_checked(method, requests, context), context)
+        checked = _checked(method, requests, context, asyncio.current_task())
+        return await behavior(checked, context)
 
     return unary
 
