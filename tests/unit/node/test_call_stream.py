@@ -211,3 +211,34 @@ async def test_replies_waiting_for_a_gate_that_stops_reading_are_bounded_in_byte
     finally:
         await stream.aclose()
         await made.close()
+
+
+async def test_a_finished_calls_reply_is_never_dropped_for_a_mailbox_full_of_refusals() -> None:
+    """With --max-stream-calls 2, a gate sends two calls and four more that are refused at
+    once (RESOURCE_EXHAUSTED, no slot), then half-closes, all before it reads a reply; the
+    two calls finish before the stream's writer runs. Each call read is answered, or the
+    stream ends with a failure (so the gate fails its calls at once). The refusals used to
+    fill the reply mailbox by count (twice the bound): the two results were dropped, and the
+    stream ended with OK, which tells a gate that the calls without a reply never ran."""
+    made = Harness(max_calls=2)
+    made.host.release.set()  # the two calls end in their first turn
+
+    async def frames() -> AsyncIterator[node_pb2.CallFrames]:
+        yield node_pb2.CallFrames(
+            calls=[frame(1, "a", "hold"), frame(2, "b", "hold")]
+            + [frame(n, f"over-{n}") for n in range(3, 7)]
+        )
+
+    try:
+        try:
+            replies = await replies_until_the_end(made.serve(frames()))
+        except grpc.aio.AbortError:  # the stream ended with made.context.aborted
+            assert made.context.aborted is not None
+            code, details = made.context.aborted
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details.startswith("slow consumer:"), details
+        else:
+            assert sorted(replies) == [1, 2, 3, 4, 5, 6]
+        assert made.streams.in_flight == 0
+    finally:
+        await made.close()

@@ -68,8 +68,11 @@ class CallStreams:
     by RESOURCE_EXHAUSTED (the call ran; its result is dropped), and while they are over it a
     new call answers RESOURCE_EXHAUSTED at once, not run. So what a gate that stops reading
     makes the node hold is bounded in bytes, not only by count. Those immediate answers take
-    no slot: a gate that keeps sending without reading fills the mailbox (twice the bound)
-    and its stream is ended.
+    no slot, and at most `max_calls` of them wait: a gate that keeps sending without reading
+    past that has its stream ended (RESOURCE_EXHAUSTED, ``slow consumer``). The mailbox holds
+    twice `max_calls`, so the reply of a call holding a slot always has room in it: every
+    call read is answered, or its stream ends (and the gate fails the call at once), never
+    a reply dropped while the gate waits for it until its deadline.
 
     The stream ends with OK once the gate has half-closed it and every call on it has been
     answered. A cancelled frame id cancels that call (no reply). The node's stop (the
@@ -306,6 +309,10 @@ class _CallStream:
         self.peer = peer
         self.replies: Mailbox[_Queued] = Mailbox(owner._max_calls * 2)
         self.held = 0
+        self._answers = 0
+        """Replies in the mailbox that hold no slot (answered at once): at most max_calls,
+        so that with those of the calls holding a slot (at most max_calls) they never fill
+        the mailbox, which holds twice that."""
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._reading = True
         self._abandoned = False
@@ -319,9 +326,10 @@ class _CallStream:
         Cancelled by the node's stop, it cancels its calls, each answered UNAVAILABLE ("node
         … is stopping"), and the stream ends with OK once they are sent: every call the node
         read is answered, so a call still unanswered when the stream ends with OK was never
-        read, and the gate may send it again. A gate that does not read its replies (the
-        mailbox overflowed) ends the stream with RESOURCE_EXHAUSTED; a gate gone
-        (:meth:`abandon`) drops the replies of the calls it cancels.
+        read, and the gate may send it again. A gate that does not read its replies (as many
+        answers as it may have in flight wait for it, unread) ends the stream with
+        RESOURCE_EXHAUSTED; a gate gone (:meth:`abandon`) drops the replies of the calls it
+        cancels.
         """
         ended = False
         try:
@@ -358,7 +366,8 @@ class _CallStream:
                 self.replies.close("stream ended", discard=not self._stopping)
 
     def _start(self, frame: node_pb2.CallFrame, received: float) -> bool:
-        """Starts the call of `frame`, or answers it at once; False when the mailbox is full."""
+        """Starts the call of `frame`, or answers it at once; False when it cannot be answered
+        (the gate does not read its replies, or the stream has ended): the stream ends."""
         owner = self._owner
         if self._abandoned:
             return False
@@ -423,7 +432,8 @@ class _CallStream:
         finally:
             self._tasks.pop(frame.id, None)
             # No reply (cancelled: the caller gave up, or the stream ended), or nobody left to
-            # take it: the slot is free now rather than when the stream takes the reply.
+            # take it (the mailbox always has room for a held reply: it refuses one only once
+            # it is closed): the slot is free now rather than when the stream takes the reply.
             if reply is None or not self.replies.put(*self._queueable(reply)):
                 self._release(1)
             self._close_when_idle()
@@ -456,11 +466,20 @@ class _CallStream:
         )
 
     def _answer(self, reply: node_pb2.ReplyFrame) -> bool:
-        return self.replies.put((reply, False), self._owner._batching.size_of(reply))
+        """Queues `reply`, which holds no slot; False (the stream must end) when `max_calls`
+        such replies wait already: the rest of the mailbox is kept for held replies."""
+        if self._answers >= self._owner._max_calls:
+            return False
+        if not self.replies.put((reply, False), self._owner._batching.size_of(reply)):
+            return False
+        self._answers += 1
+        return True
 
     def taken(self, batch: list[_Queued]) -> None:
         """The stream took `batch` out of the mailbox: their slots are free."""
-        self._release(sum(held for _, held in batch))
+        holding = sum(held for _, held in batch)
+        self._release(holding)
+        self._answers -= len(batch) - holding
 
     def _release(self, count: int) -> None:
         self.held -= count
