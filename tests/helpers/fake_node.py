@@ -57,7 +57,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     recorded and refused at once as a node refuses a shard it does not serve:
     FAILED_PRECONDITION with the ``goverse-shard`` marker (a refusal on a Calls stream).
     With `streams` False it answers Calls UNIMPLEMENTED, as a node of a version before the
-    call streams does.
+    call streams does; with `reads` False it never reads a Calls stream, as a frozen node
+    (the gate's writes stall once flow control has no room left).
     """
 
     ack: bool = True
@@ -68,6 +69,7 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
     refuse: wire.ShardRefusal | None = None
     call_delay: float = 0.0
     streams: bool = True
+    reads: bool = True
     description: describe_pb2.DescribeResponse = field(
         default_factory=describe_pb2.DescribeResponse
     )
@@ -188,6 +190,8 @@ class FakeNode(node_pb2_grpc.NodeServiceServicer):
         `calls` with the frame's trace context and the gate id as its metadata)."""
         if not self.streams:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if not self.reads:
+            await asyncio.Event().wait()  # until the gate cancels the stream
         replies: asyncio.Queue[node_pb2.ReplyFrame | None] = asyncio.Queue()
         gate = dict(context.invocation_metadata() or ()).get(wire.GATE_ID_KEY, "")
         tasks: set[asyncio.Task[None]] = set()

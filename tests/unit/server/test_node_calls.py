@@ -11,7 +11,7 @@ import pytest
 
 from goverse import wire
 from goverse.errors import CallError
-from goverse.server import NotSent, Supervisor
+from goverse.server import CALL_QUEUE_MESSAGES, NotSent, Supervisor
 from goverse.server._node_calls import TASK_PREFIX, NodeCalls
 from goverse.transport import ChannelPool, channel_options
 from goverse.v1 import node_pb2
@@ -200,3 +200,57 @@ async def test_a_node_without_call_streams_gets_its_calls_unary(
         await calls.call(fake_node.address, frame("refused"), 10)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert calls.in_flight == 0
+
+
+FROZEN_MESSAGE_BYTES = 64 * 1024
+"""The message limit of the frozen node's test: its calls take most of one message each."""
+FROZEN_CALLS = 2000
+"""Calls made at most to a node that reads nothing (125 MiB of frames): far more than flow
+control lets the stream's writer write before it stalls."""
+
+
+async def test_calls_waiting_for_a_node_that_does_not_read_are_bounded_in_bytes(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """A node that never reads its Calls stream (frozen), its stream open, and calls of
+    60 KiB each made one after another: the calls waiting to be written take at most
+    CALL_QUEUE_MESSAGES messages' worth of bytes, and the call that would take them over
+    fails at once with RESOURCE_EXHAUSTED, not sent. By the count alone they could take
+    --max-stream-calls times the message limit until their deadlines."""
+    fake_node.reads = False
+    calls = NodeCalls(
+        "gate gate-1",
+        ((wire.GATE_ID_KEY, "gate-1"),),
+        pool,
+        supervisor,
+        max_calls=FROZEN_CALLS + 1,
+        max_message_bytes=FROZEN_MESSAGE_BYTES,
+    )
+    budget = CALL_QUEUE_MESSAGES * calls._max_bytes
+    payload = "x" * (60 * 1024)
+    tasks: list[asyncio.Task[node_pb2.ReplyFrame]] = []
+    refused: BaseException | None = None
+    try:
+        tasks.append(asyncio.ensure_future(calls.call(fake_node.address, frame(payload), 30)))
+
+        def first_written() -> bool:
+            stream = calls._streams.get(fake_node.address)
+            return stream is not None and stream.pending[1].written
+
+        await eventually(first_written, 5, "the first call handed to the open stream")
+        while refused is None and len(tasks) < FROZEN_CALLS:
+            task = asyncio.ensure_future(calls.call(fake_node.address, frame(payload), 30))
+            tasks.append(task)
+            await asyncio.sleep(0)  # its first step, and the writer's turn
+            stream = calls._streams[fake_node.address]
+            assert stream._outbox.nbytes <= budget
+            if task.done():
+                refused = task.exception()
+        assert isinstance(refused, CallError), refused
+        assert refused.status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "bytes of calls waiting" in refused.message, refused.message
+        assert not fake_node.calls  # nothing was read, nothing ran
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)

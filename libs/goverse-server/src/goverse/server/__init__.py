@@ -18,7 +18,13 @@ from goverse.server._access import (
     access_rules,
     rules_file_problem,
 )
-from goverse.server._batching import READ_PACE, REPLY_QUEUE_MESSAGES, BatchRule, gathered_batch
+from goverse.server._batching import (
+    CALL_QUEUE_MESSAGES,
+    READ_PACE,
+    REPLY_QUEUE_MESSAGES,
+    BatchRule,
+    gathered_batch,
+)
 from goverse.server._calls import CallsInFlight
 from goverse.server._channel_sweep import sweep_departed_channels
 from goverse.server._cluster_keys import (
@@ -149,6 +155,7 @@ __all__ = [
     "ADDRESS_LIST",
     "ALLOW_ALL",
     "BYTE_SIZE",
+    "CALL_QUEUE_MESSAGES",
     "COUNT",
     "DURATION",
     "ENDUSER_ID",

@@ -38,6 +38,20 @@ ran; its result is what is lost), and no call is started while the queue is over
 messages (32 MiB by default) are far more than a peer that reads holds up: the writer takes a
 message's worth at a time, as fast as the peer reads."""
 
+CALL_QUEUE_MESSAGES = 8
+"""Stream messages' worth of calls (``--max-message-bytes`` each) a sender's Calls stream to a
+node (:class:`~goverse.server.NodeCalls`: a gate's, or a node's for its objects' calls) keeps
+waiting to be written while the node does not read them: frozen (SIGSTOP, a stalled VM), or
+slower than its callers.
+
+Without it only the count of calls in flight bounded them, so a frozen node could make a gate
+hold up to ``--max-stream-calls`` frames of up to ``--max-message-bytes`` each (40 GiB with the
+defaults) until their deadlines. A call that would take them over it fails at once with
+RESOURCE_EXHAUSTED, as one past ``--max-stream-calls`` does: it was never sent. Cancellations
+(at most one per call in flight, a few bytes each) are always queued. Eight messages (32 MiB
+by default) are far more than a node that reads leaves waiting: the writer sends a message's
+worth at a time, as fast as the node takes them."""
+
 GATHER_BELOW = 4
 """A call stream's writer that finds fewer items than this queued gives the event loop one
 turn before it takes them (:func:`gathered_batch`).
@@ -142,6 +156,7 @@ def _fields(response: type[Message], path: str) -> list[FieldDescriptor]:
 
 
 __all__ = [
+    "CALL_QUEUE_MESSAGES",
     "GATHER_BELOW",
     "READ_PACE",
     "REPLY_QUEUE_MESSAGES",

@@ -16,7 +16,7 @@ from goverse import wire
 from goverse._deadlines import DeadlineWheel, Expired, expire_future
 from goverse._tracing import OnceSpan
 from goverse.errors import CallError, NotSent, status_error
-from goverse.server._batching import READ_PACE, gathered_batch
+from goverse.server._batching import CALL_QUEUE_MESSAGES, READ_PACE, gathered_batch
 from goverse.server._mailbox import Mailbox
 from goverse.server._supervisor import Supervisor, SupervisorClosed
 from goverse.server._tracing import call_span
@@ -76,7 +76,10 @@ class NodeCalls:
     within its timeout (at most a :data:`~goverse._deadlines.TICK_S` late) fails with
     DEADLINE_EXCEEDED and its cancellation is sent to the node,
     as is that of a call whose caller gave up (cancelled). At most `max_calls` calls are in
-    flight per node; one more fails with RESOURCE_EXHAUSTED at once.
+    flight per node; one more fails with RESOURCE_EXHAUSTED at once. The calls waiting to be
+    written to a node (it is frozen, or slower than its callers) take at most
+    :data:`~goverse.server.CALL_QUEUE_MESSAGES` stream messages' worth of bytes: a call that
+    would take them over it fails at once with RESOURCE_EXHAUSTED too, never sent.
 
     A node that answers the stream UNIMPLEMENTED (an older version, during a rolling upgrade)
     gets its calls as the unary RPCs of their ops for :data:`UNARY_RECHECK` seconds: the calls
@@ -99,6 +102,7 @@ class NodeCalls:
         self._supervisor = supervisor
         self._max_calls = max_calls
         self._max_bytes = max(max_message_bytes - FRAMING_BYTES, 1)
+        self._max_queued_bytes = CALL_QUEUE_MESSAGES * self._max_bytes
         self._streams: dict[str, _CallStream] = {}
         self._unary_until: dict[str, float] = {}
         self._unary_calls: dict[str, int] = {}
@@ -178,6 +182,14 @@ class NodeCalls:
             f"{address} (--max-stream-calls)",
         )
 
+    def _backlogged(self, address: str, queued: int) -> CallError:
+        return CallError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"call not sent: {self._sender} has {queued} bytes of calls waiting to be written "
+            f"to node {address}, which does not read them fast enough (at most "
+            f"{self._max_queued_bytes})",
+        )
+
     def _go_unary(self, address: str) -> None:
         self._unary_until[address] = time.monotonic() + UNARY_RECHECK
         log.info(
@@ -209,7 +221,8 @@ class _CallStream:
     _outbox: Mailbox[_Item] = field(init=False)
 
     def __post_init__(self) -> None:
-        # Calls are bounded by max_calls, and so are cancellations (one per pending call).
+        # Calls are bounded by max_calls, and so are cancellations (one per pending call);
+        # calls by bytes too, in call() (a cancellation is never refused for its bytes).
         self._outbox = Mailbox(self.owner._max_calls * 2)
 
     async def call(self, frame: node_pb2.CallFrame, timeout: float) -> node_pb2.ReplyFrame:
@@ -231,6 +244,11 @@ class _CallStream:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"CLIENT: Sent message larger than max ({size} vs. {owner._max_bytes})",
             )
+            _end_span(span, refused)
+            raise refused
+        queued = self._outbox.nbytes
+        if queued + size > owner._max_queued_bytes:  # the node does not read: not sent
+            refused = owner._backlogged(self.address, queued)
             _end_span(span, refused)
             raise refused
         pending = _Pending(asyncio.get_running_loop().create_future())
