@@ -286,3 +286,41 @@ async def test_drops_are_counted_with_the_shared_reasons() -> None:
         (DropReason.SLOW_CONSUMER, 2),
         (DropReason.CLIENT_CLOSED, 1),
     ]
+
+
+def recorded_proxy(drops: list[tuple[DropReason, int]]) -> ClientProxy:
+    return ClientProxy(
+        "g1/abc",
+        "secret",
+        max_messages=100,
+        max_bytes=1 << 20,
+        max_batch_bytes=1 << 20,
+        on_drop=lambda reason, count: drops.append((reason, count)),
+    )
+
+
+async def test_pushes_still_queued_when_the_client_goes_away_are_counted_as_dropped() -> None:
+    """Three pushes queued, then the client goes away: the three discarded with its queue
+    are counted once, as ``client_closed`` (what an operator adds up as pushes lost), and in
+    the proxy's own count. They used to vanish from every count."""
+    drops: list[tuple[DropReason, int]] = []
+    client = recorded_proxy(drops)
+    for value in "abc":
+        assert client.push(text(value))
+    client.close("the client went away")
+    client.close("again")
+    assert drops == [(DropReason.CLIENT_CLOSED, 3)]
+    assert client.dropped == 3
+
+
+async def test_pushes_a_drain_kept_for_a_client_that_goes_away_are_counted_as_dropped() -> None:
+    """A draining close keeps two pushes for the writer to flush; the client goes away before
+    they are sent: the two discarded then are counted as ``client_closed``."""
+    drops: list[tuple[DropReason, int]] = []
+    client = recorded_proxy(drops)
+    client.push(text("a"))
+    client.push(text("b"))
+    client.close("shutting down", drain=True)
+    assert drops == []
+    client.close("the client went away")
+    assert drops == [(DropReason.CLIENT_CLOSED, 2)]

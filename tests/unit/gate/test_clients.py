@@ -202,6 +202,17 @@ def test_push_to_a_closed_proxy_is_counted() -> None:
     assert reg.dropped["client_closed"] == 1
 
 
+def test_pushes_queued_for_a_client_whose_stream_ends_are_counted_as_dropped() -> None:
+    """Two pushes delivered to a client whose stream then ends before it took them: the
+    registry (goverse_gate_pushes_dropped_total) counts both as ``client_closed``."""
+    reg = registry()
+    with reg.connect() as proxy:
+        assert reg.deliver(to_clients([proxy.client_id], "a")) == 1
+        assert reg.deliver(to_clients([proxy.client_id], "b")) == 1
+    assert reg.dropped["client_closed"] == 2
+    assert reg.delivered == 2
+
+
 def test_connect_refuses_with_the_status_the_stream_must_end_with() -> None:
     """A full gate refuses with RESOURCE_EXHAUSTED; a draining one with UNAVAILABLE and close
     reason shutdown (go to another gate)."""

@@ -29,7 +29,9 @@ class DropReason(enum.StrEnum):
     UNKNOWN_CLIENT = "unknown_client"
     """Gate: the client is not registered on this gate."""
     CLIENT_CLOSED = "client_closed"
-    """Gate: the client's registration is ending or ended (disconnected, draining)."""
+    """Gate: the client's registration is ending or ended (disconnected, draining): a push
+    for it then, or one still queued for it when its stream ended (discarded with its
+    queue)."""
     SLOW_CONSUMER = "slow_consumer"
     """Gate: the client's queue overflowed under the ``disconnect`` policy; counts the push that
     overflowed and every push its queue held, all discarded with the client."""

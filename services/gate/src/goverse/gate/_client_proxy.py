@@ -232,7 +232,7 @@ class ClientProxy:
             f"{queued} pushes ({queued_bytes} bytes) overflowed and was discarded. Register "
             "again and resynchronise"
         )
-        self._close(_SLOW_CONSUMER, wire.CloseReason.SLOW_CONSUMER, discard=True)
+        self._close(_SLOW_CONSUMER, wire.CloseReason.SLOW_CONSUMER, discard_as=None)
         log.warning(
             "client disconnected as a slow consumer",
             client_id=self._client_id,
@@ -258,17 +258,30 @@ class ClientProxy:
         down: :attr:`closed_by` is ``shutdown``), what is queued is kept for the writer to
         flush, then :meth:`next_batch` returns None and :attr:`draining` is True. Without it
         (the stream ended: ``peer_gone``), the queue is discarded at once, also when the proxy
-        was already closed by a draining close: nobody is left to flush to.
+        was already closed by a draining close: nobody is left to flush to. The pushes
+        discarded so are dropped pushes (``client_closed``), counted as such.
         """
         if drain:
-            return self._close(reason, wire.CloseReason.SHUTDOWN, discard=False)
-        return self._close(reason, wire.CloseReason.PEER_GONE, discard=True)
+            return self._close(reason, wire.CloseReason.SHUTDOWN, discard_as=None, keep=True)
+        return self._close(reason, wire.CloseReason.PEER_GONE, discard_as=DropReason.CLIENT_CLOSED)
 
-    def _close(self, text: str, closed_by: wire.CloseReason, *, discard: bool) -> bool:
-        first = self._mailbox.close(text, discard=discard)
+    def _close(
+        self,
+        text: str,
+        closed_by: wire.CloseReason,
+        *,
+        discard_as: DropReason | None,
+        keep: bool = False,
+    ) -> bool:
+        """Closes the mailbox with `text`, discarding what it holds unless `keep`; what is
+        discarded is counted as dropped for `discard_as` (None: the caller counts it)."""
+        discarded = 0 if keep else len(self._mailbox)
+        first = self._mailbox.close(text, discard=not keep)
         if first:
             self._closed_by = closed_by
             self._closed_event.set()
+        if discarded and discard_as is not None:
+            self._drop(discard_as, discarded)
         return first
 
     async def wait_closed(self) -> None:
