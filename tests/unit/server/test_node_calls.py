@@ -254,3 +254,31 @@ async def test_calls_waiting_for_a_node_that_does_not_read_are_bounded_in_bytes(
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=5)
+
+
+async def test_a_stream_cancelled_before_it_ever_ran_fails_its_calls_and_is_forgotten(
+    fake_node: FakeNode, pool: ChannelPool, supervisor: Supervisor
+) -> None:
+    """A call opens a node's stream and is queued on it; the service stops (its supervisor
+    cancels the stream's task) before that task had its first turn, so its body, and the
+    clean-up in its ``finally``, never run. The call fails at once with NotSent (it was never
+    written), the stream is no longer NodeCalls', and a later call is not queued on it. The
+    stream used to stay registered and open: its calls, and every later call to that node,
+    waited until their deadlines."""
+    calls = node_calls(pool, supervisor)
+    call = asyncio.ensure_future(calls.call(fake_node.address, frame("early"), 20))
+    # One turn: the call's task opens the stream (its task is scheduled after this one's
+    # next step) and queues the call; this task then stops the supervisor first.
+    await asyncio.sleep(0)
+    stream = calls._streams[fake_node.address]
+    assert not call.done()
+    assert await supervisor.shutdown(5.0) == []
+    done, _ = await asyncio.wait([call], timeout=5)
+    assert done == {call}, "the call waits for a stream that never ran"
+    assert isinstance(call.exception(), NotSent)
+    assert stream.closed
+    assert fake_node.address not in calls._streams
+    assert calls.in_flight == 0
+    with pytest.raises(NotSent):  # a new stream cannot open: the supervisor is closed
+        await asyncio.wait_for(calls.call(fake_node.address, frame("late"), 20), 5)
+    assert not fake_node.calls

@@ -138,9 +138,12 @@ class NodeCalls:
         stub = node_pb2_grpc.NodeServiceStub(self._pool.get(address))
         stream = _CallStream(self, address, stub)
         try:
-            self._supervisor.spawn(TASK_PREFIX + address, stream.run())
+            task = self._supervisor.spawn(TASK_PREFIX + address, stream.run())
         except SupervisorClosed:
             raise NotSent(f"{self._sender} is stopping") from None
+        # A task cancelled before it ever ran (the service's stop) never reaches the finally
+        # of run(): this done callback ends the stream then, so that no call waits on it.
+        task.add_done_callback(stream.task_done)
         self._streams[address] = stream
         return stream
 
@@ -334,6 +337,21 @@ class _CallStream:
             if writer.done() and not writer.cancelled():
                 writer.exception()  # a write fails only once the call has: the reader saw why
             log.debug("call stream to node ended", node=self.address, reason=reason)
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """The done callback of :meth:`run`'s task: ends the stream when :meth:`run` ended
+        without its clean-up (cancelled before it ever ran, as the service stopped), as its
+        ``finally`` would have: nothing was written, so every call on it fails with NotSent."""
+        if self.closed:  # run() cleaned up after itself: the common case
+            return
+        if task.cancelled() or task.exception() is None:
+            reason = f"{self.owner._sender} is stopping"
+        else:
+            reason = f"the call stream did not open: {task.exception()}"
+        self.closed = True
+        self.owner._forget(self)
+        self._outbox.close(reason, discard=True)
+        self._fail_pending(NotSent(reason), reason)
 
     def _fail_pending(self, written: BaseException, reason: str) -> None:
         for pending in self.pending.values():
