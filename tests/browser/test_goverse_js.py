@@ -603,18 +603,7 @@ def test_a_client_with_a_timeout_that_is_not_a_deadline_is_refused_at_constructi
 ) -> None:
     """The constructor refuses such a default timeoutMs with a TypeError, as it refuses an
     empty gate list: a programming error, found before the first call."""
-    page = module_page(context, web_url)
-    error: dict[str, Any] = page.evaluate(
-        f"""() => {{
-            try {{
-                new window.gv.Goverse({{ gates: ["http://gate.test"], timeoutMs: {timeout} }});
-                return null;
-            }} catch (e) {{
-                return {{ name: e.name, message: e.message }};
-            }}
-        }}"""
-    )
-    assert error is not None
+    error = _construction_error(module_page(context, web_url), f"timeoutMs: {timeout}")
     assert error["name"] == "TypeError"
     assert error["message"].startswith("timeoutMs must be a number of milliseconds above 0")
 
@@ -627,20 +616,25 @@ def test_a_backoff_that_is_not_milliseconds_is_refused_at_construction(
 ) -> None:
     """A backoff field that is not a finite number of milliseconds, 0 or more, is a
     TypeError at construction: NaN made every retry wait 0 ms (a dial loop)."""
-    page = module_page(context, web_url)
-    error: dict[str, Any] = page.evaluate(
+    error = _construction_error(module_page(context, web_url), f"backoff: {backoff}")
+    assert error["name"] == "TypeError"
+    assert error["message"].startswith("backoff.")
+
+
+def _construction_error(page: Page, options: str) -> dict[str, Any]:
+    """What constructing a client with `options` (JavaScript, beside its gates) threw."""
+    error: dict[str, Any] | None = page.evaluate(
         f"""() => {{
             try {{
-                new window.gv.Goverse({{ gates: ["http://gate.test"], backoff: {backoff} }});
+                new window.gv.Goverse({{ gates: ["http://gate.test"], {options} }});
                 return null;
             }} catch (e) {{
                 return {{ name: e.name, message: e.message }};
             }}
         }}"""
     )
-    assert error is not None
-    assert error["name"] == "TypeError"
-    assert error["message"].startswith("backoff.")
+    assert error is not None, f"a client with {options} was made"
+    return error
 
 
 REFUSE = """
