@@ -1,9 +1,10 @@
 """goverse.js in a real browser, without a gate: it loads as an ES module, its backoff and
 error mapping behave, and a call to a gate that is not there fails as UNAVAILABLE; against a
 fake EventSource and fetch, its failover keeps one stream, a malformed event fails over like a
-broken stream, its deadlines go out whole and cover the token, a dial is bounded, bad options
-and a token function that throws are GoverseErrors (TypeErrors in the constructor), a refusal
-is read back, and a page's handler that throws breaks nothing."""
+broken stream, its deadlines go out whole and cover the token, a dial is bounded, bad options,
+a token function that throws and a create's or delete's answer that is not a JSON object are
+GoverseErrors (TypeErrors in the constructor), a refusal is read back, and a page's handler
+that throws breaks nothing."""
 
 from __future__ import annotations
 
@@ -400,6 +401,40 @@ def test_a_success_whose_body_is_not_json_is_an_internal_goverse_error(
     assert error is not None
     assert error["detail"].startswith("the answer of http://gate.test is not JSON: "), error
     assert "<html>Sign in to the Wi-Fi</html>" in error["detail"]
+    del error["detail"]
+    assert error == {
+        "name": "GoverseError",
+        "code": "INTERNAL",
+        "httpStatus": 200,
+        "isError": True,
+    }
+
+
+@pytest.mark.parametrize("method", ["create", "delete"])
+@pytest.mark.parametrize("body", ["null", "[]", "7", '"yes"'])
+def test_a_create_or_delete_whose_json_is_not_an_object_is_an_internal_goverse_error(
+    context: BrowserContext, web_url: str, method: str, body: str
+) -> None:
+    """A 200 answer to a create or delete whose JSON is not an object (``null``, an array, a
+    number, a string) rejects with a GoverseError INTERNAL keeping the status 200, as a body
+    that is not JSON does: ``null`` rejected with the TypeError of reading ``created`` of it,
+    and the others resolved with false."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    error: dict[str, Any] = page.evaluate(
+        """async ([method, body]) => {
+            const c = new window.gv.Goverse({ gates: ["http://gate.test"] });
+            const pending = c[method]("Counter", "x").then(() => null, (e) => e);
+            await window.until(() => window.fetches.length === 1);
+            window.fetches[0].resolve(new Response(body, { status: 200 }));
+            const e = await pending;
+            return e && { name: e.name, code: e.code, httpStatus: e.httpStatus, detail: e.detail,
+                          isError: e instanceof window.gv.GoverseError };
+        }""",
+        [method, body],
+    )
+    assert error is not None
+    assert error["detail"] == f"the answer of http://gate.test is not a JSON object: {body}", error
     del error["detail"]
     assert error == {
         "name": "GoverseError",

@@ -36,7 +36,8 @@ export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 250, maxMs: 10000, sta
 /** An error of a call or of the session: `code` is the gRPC code name the gate sent
  * ("NOT_FOUND", ...), or "UNAVAILABLE" when the gate could not be reached (`httpStatus` 0),
  * or "DEADLINE_EXCEEDED" when the client's own deadline passed (`httpStatus` 0), or
- * "INTERNAL" when a success's body is not JSON (`httpStatus` its status). */
+ * "INTERNAL" when a success's body is not JSON, or for a create or delete not a JSON object
+ * (`httpStatus` its status). */
 export class GoverseError extends Error {
   constructor(code, message, httpStatus = 0) {
     super(`${code}: ${message}`);
@@ -223,13 +224,15 @@ export class Goverse {
 
   /** Creates the object; resolves with whether it was created (false: it existed). */
   async create(type, id, { timeoutMs = this.timeoutMs } = {}) {
-    const reply = await this._request("PUT", objectPath(type, id), undefined, timeoutMs);
+    const path = objectPath(type, id);
+    const reply = await this._request("PUT", path, undefined, timeoutMs, { object: true });
     return Boolean(reply.created);
   }
 
   /** Deletes the object; resolves with whether it existed. */
   async delete(type, id, { timeoutMs = this.timeoutMs } = {}) {
-    const reply = await this._request("DELETE", objectPath(type, id), undefined, timeoutMs);
+    const path = objectPath(type, id);
+    const reply = await this._request("DELETE", path, undefined, timeoutMs, { object: true });
     return Boolean(reply.deleted);
   }
 
@@ -241,7 +244,8 @@ export class Goverse {
 
   // -- calls ---------------------------------------------------------------------------------
 
-  async _request(verb, path, body, timeoutMs) {
+  /** `object`: the answer must be a JSON object (a create's or delete's), else INTERNAL. */
+  async _request(verb, path, body, timeoutMs, { object = false } = {}) {
     // The gate would refuse such a Goverse-Timeout-Ms with INVALID_ARGUMENT: so does the client,
     // before sending anything.
     const bad = badTimeout(timeoutMs);
@@ -296,8 +300,9 @@ export class Goverse {
     }
     if (!response.ok) throw errorFromResponse(response.status, text);
     if (!text) return {};
+    let reply;
     try {
-      return JSON.parse(text);
+      reply = JSON.parse(text);
     } catch {
       // A page of something between (a captive portal, a proxy) answered in the gate's place.
       // INTERNAL, as gRPC's own client answers a response it cannot parse.
@@ -305,6 +310,12 @@ export class Goverse {
       const detail = `the answer of ${gate} is not JSON: ${shown}`;
       throw new GoverseError("INTERNAL", detail, response.status);
     }
+    if (object && (reply === null || typeof reply !== "object" || Array.isArray(reply))) {
+      // `null` would make reading `created` a TypeError: every failure is a GoverseError.
+      const detail = `the answer of ${gate} is not a JSON object: ${text.slice(0, 200)}`;
+      throw new GoverseError("INTERNAL", detail, response.status);
+    }
+    return reply;
   }
 
   /** The bearer token: the string given, or what the token function gives now. A function
