@@ -30,6 +30,8 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
     unary calls (UNIMPLEMENTED)."""
 
     refuse: bool = False
+    refusal: str = "not today"
+    """The details of a refusal (UNAVAILABLE)."""
     lifetime: float | None = None
     session: bool = True
     drain_at_end: bool = False
@@ -67,7 +69,7 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
     ) -> AsyncIterator[gate_pb2.RegisterResponse]:
         self.attempts.append(time.monotonic())
         if self.refuse:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not today")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.refusal)
         yield gate_pb2.RegisterResponse(
             registered=gate_pb2.Registered(
                 client_id=f"fake/{self.registrations}", credential="c", gate_id="fake"
@@ -96,7 +98,7 @@ class FakeGate(gate_pb2_grpc.GateServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         self.attempts.append(time.monotonic())
         if self.refuse:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not today")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.refusal)
         yield gate_pb2.SessionResponse(
             registered=gate_pb2.Registered(
                 client_id=f"fake/{self.registrations}", credential="c", gate_id="fake"

@@ -214,11 +214,13 @@ def test_an_empty_gate_from_the_environment_is_no_gate() -> None:
 @pytest.mark.parametrize("address", ["[::1]:{port}", "unix:/nonexistent/goverse-cli.sock"])
 def test_an_ipv6_or_unix_gate_address_is_dialed(unreachable: str, address: str) -> None:
     """The forms gates listen on besides host:port pass the check: nothing answers there, so
-    the command exits 1 with UNAVAILABLE after --timeout, not 2."""
+    the command exits 1 with UNAVAILABLE after --timeout, not 2, saying why the last dial
+    failed (grpc's own log lines, which said it, are hidden)."""
     gate = address.format(port=unreachable.rpartition(":")[2])
-    result = goverse("--timeout=1", "describe", gate=gate)
+    result = goverse("--timeout=2", "describe", gate=gate)
     assert result.returncode == Exit.FAILED, result.stderr
     assert one_line_error(result).startswith("goverse: UNAVAILABLE: ")
+    assert f"(last failure: {gate}: UNAVAILABLE: " in one_line_error(result), result.stderr
 
 
 async def test_watch_prints_each_push_as_a_json_line_with_its_type(gate: str) -> None:
@@ -338,6 +340,7 @@ def test_the_tls_options_reach_a_gate_that_serves_tls(tmp_path: Path) -> None:
             result = goverse(*options, "--timeout=2", "describe", gate=gate)
             assert result.returncode == Exit.FAILED, (options, result.stderr)
             assert one_line_error(result).startswith("goverse: UNAVAILABLE: "), options
+            assert f"(last failure: {gate}: UNAVAILABLE: " in one_line_error(result), options
 
 
 def test_a_tls_file_that_cannot_serve_is_a_usage_error(unreachable: str, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""SDK reconnection: backoff when every gate is down, dead gates skipped, reset when stable."""
+"""SDK reconnection: backoff when every gate is down, dead gates skipped, reset when stable;
+connect()'s error says why the last attempt failed."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from goverse.client import CallError, Client
+from goverse.client import CallError, Client, ClientTLS
+from goverse.client._client import FAILURE_SHOWN_CHARS
+from tests.helpers.addresses import dead_address
+from tests.helpers.certs import TestCA
 from tests.helpers.fake_gate import FakeGate
 
 
@@ -28,6 +33,11 @@ async def fake_gate(gates: list[FakeGate], **options: Any) -> FakeGate:
     gate = await FakeGate(**options).start()
     gates.append(gate)
     return gate
+
+
+FAILURE_WAIT = timedelta(seconds=3)
+"""connect()'s timeout where an attempt must fail first: a refused connection or handshake
+fails within milliseconds, with room for a loaded machine."""
 
 
 class Ceiling(random.Random):
@@ -113,3 +123,60 @@ async def test_backoff_resets_after_a_registration_that_lasted(gates: list[FakeG
     # double (0.1, 0.2, 0.4, 0.8 s ...) and at most 4 would fit.
     assert len(gate.attempts) >= 5, gate.attempts
     assert reconnects == len(gate.attempts) - 1
+
+
+async def test_connect_to_a_gate_nobody_listens_on_says_why_it_failed() -> None:
+    """With no gate listening (connection refused), connect()'s UNAVAILABLE names the gate
+    and the last failure's status and details: the CLI hides grpc's own log lines, so the
+    error is the only place that says why. It said only "no gate … accepted a registration"."""
+    with dead_address() as address:
+        client = Client(
+            [address],
+            connect_timeout=FAILURE_WAIT,
+            reconnect_initial=timedelta(milliseconds=50),
+        )
+        with pytest.raises(CallError) as failed:
+            await client.connect()
+    message = failed.value.message
+    assert failed.value.status_code == grpc.StatusCode.UNAVAILABLE, message
+    assert f"(last failure: {address}: UNAVAILABLE: " in message, message
+    assert "refused" in message.lower(), message
+
+
+async def test_connect_with_tls_to_a_plaintext_gate_says_why_it_failed(
+    gates: list[FakeGate], tmp_path: Path
+) -> None:
+    """A TLS client against a plaintext gate fails its handshake: connect()'s UNAVAILABLE
+    carries that failure (the gate, UNAVAILABLE and grpc's details), not only its timeout."""
+    gate = await fake_gate(gates)
+    ca = TestCA(tmp_path / "pki")
+    client = Client(
+        [gate.address],
+        tls=ClientTLS(ca=ca.path),
+        connect_timeout=FAILURE_WAIT,
+        reconnect_initial=timedelta(milliseconds=50),
+    )
+    with pytest.raises(CallError) as failed:
+        await client.connect()
+    message = failed.value.message
+    assert failed.value.status_code == grpc.StatusCode.UNAVAILABLE, message
+    assert f"(last failure: {gate.address}: UNAVAILABLE: " in message, message
+    assert "handshake" in message.lower(), message
+    assert not gate.attempts  # the handshake failed before any registration arrived
+
+
+async def test_the_failure_connect_reports_is_bounded(gates: list[FakeGate]) -> None:
+    """A gate's error details of any length add at most FAILURE_SHOWN_CHARS characters (and
+    an ellipsis) to connect()'s message: its details come from the network."""
+    gate = await fake_gate(gates, refuse=True, refusal="x" * 5_000)
+    client = Client(
+        [gate.address],
+        connect_timeout=FAILURE_WAIT,
+        reconnect_initial=timedelta(milliseconds=50),
+    )
+    with pytest.raises(CallError) as failed:
+        await client.connect()
+    message = failed.value.message
+    assert f"(last failure: {gate.address}: UNAVAILABLE: xxx" in message, message[:300]
+    assert message.endswith("…)"), message[-100:]
+    assert len(message) < FAILURE_SHOWN_CHARS + 300, len(message)

@@ -52,6 +52,9 @@ _REFUSALS = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+# At most this many characters of a refusal's or failure's details go into connect()'s error:
+# the details come from the network (a gate, a proxy, the TLS library).
+FAILURE_SHOWN_CHARS = 500
 # How long close() waits for the registration task it cancelled; a bound, so that a task that
 # ignores its cancellation cannot hang close().
 CLOSE_TIMEOUT = 5.0
@@ -208,6 +211,10 @@ class Client:
         self._last_refusal = ""
         """How the last registration a gate refused ended (``UNAUTHENTICATED: …``), for the
         error of a connect() that timed out."""
+        self._last_failure = ""
+        """How the last registration that failed otherwise ended (``<gate>: UNAVAILABLE: …``:
+        connection refused, a TLS handshake that failed …), for the same error. Both are
+        forgotten when the client registers."""
         self._runner: asyncio.Task[None] | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -264,11 +271,16 @@ class Client:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
         except TimeoutError:
-            refusal = f" (last refusal: {self._last_refusal})" if self._last_refusal else ""
+            why = []
+            if self._last_refusal:
+                why.append(f"last refusal: {self._last_refusal}")
+            if self._last_failure:
+                why.append(f"last failure: {self._last_failure}")
+            said = f" ({'; '.join(why)})" if why else ""
             raise CallError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"no gate of {', '.join(self._chooser.gates)} accepted a registration "
-                f"within {timeout}s{refusal}",
+                f"within {timeout}s{said}",
             ) from None
 
     async def close(self) -> None:
@@ -505,8 +517,11 @@ class Client:
                     )
                 else:
                     self._chooser.mark_failed(gate)
+                    details = _shown(error.details() or "")
                     if error.code() in _REFUSALS:
-                        self._last_refusal = f"{error.code().name}: {error.details()}"
+                        self._last_refusal = f"{error.code().name}: {details}"
+                    else:
+                        self._last_failure = f"{gate}: {error.code().name}: {details}"
                     log.info(
                         "registration with gate %s ended: %s: %s",
                         gate,
@@ -666,6 +681,7 @@ class Client:
         session = _Session(gate, registered.client_id, registered.credential, stub, calls)
         self._session = session
         self._registrations += 1
+        self._last_refusal = self._last_failure = ""
         self._registered_at = asyncio.get_running_loop().time()
         self._state = ClientState.CONNECTED
         self._connected.set()
@@ -706,3 +722,10 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     """Logs what an ``on_reconnect`` callback raised (its cancellation is not a failure)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("on_reconnect failed", exc_info=error)
+
+
+def _shown(details: str) -> str:
+    """`details` cut to :data:`FAILURE_SHOWN_CHARS` characters (an ellipsis when cut)."""
+    if len(details) <= FAILURE_SHOWN_CHARS:
+        return details
+    return details[:FAILURE_SHOWN_CHARS] + "…"
