@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess
 from tests.helpers.sse import EventReader
+from tests.helpers.telemetry import scrape
 from tests.helpers.tokens import TokenIssuer
 from tests.helpers.waiting import eventually
 
@@ -114,6 +115,98 @@ async def test_json_calls_create_delete_and_describe(processes: ProcessGroup) ->
         ]
         for rpc in ("CallObject", "CreateObject", "DeleteObject"):
             assert any(f'rpc="{rpc}"' in line for line in measured), rpc
+
+
+async def test_calls_refused_before_they_are_routed_are_measured_as_over_grpc(
+    processes: ProcessGroup,
+) -> None:
+    """A call, create or delete refused before the gate routes it (an unknown type or method,
+    a body that is not the request, a bad ``Goverse-Timeout-Ms``, a forged session, a body
+    over the bound) is counted in ``goverse_gate_call_duration_seconds`` under the labels the
+    same refusal over gRPC gets: the RPC, the served names or ``_other``, and its code. They
+    were refused before the timing started and never counted."""
+    gate, url = http_gate(processes, ("--metrics-port=0", "--http-max-body-bytes=64KiB"))
+    forged = {"Goverse-Client-Id": "g0/forged", "Goverse-Credential": "nope"}
+    bad_timeout = {"Goverse-Timeout-Ms": "soon"}
+    cases: list[tuple[str, str, str | None, dict[str, str], tuple[str, str, str, str]]] = [
+        (
+            "POST",
+            "/v1/objects/Nope/x/Get",
+            "{}",
+            {},
+            ("CallObject", "_other", "_other", "NOT_FOUND"),
+        ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Nope",
+            "{}",
+            {},
+            ("CallObject", "Counter", "_other", "UNIMPLEMENTED"),
+        ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Increment",
+            '{"by": ',
+            {},
+            ("CallObject", "Counter", "Increment", "INVALID_ARGUMENT"),
+        ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Get",
+            "{}",
+            bad_timeout,
+            ("CallObject", "Counter", "Get", "INVALID_ARGUMENT"),
+        ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Get",
+            "{}",
+            forged,
+            ("CallObject", "Counter", "Get", "UNAUTHENTICATED"),
+        ),
+        (
+            "POST",
+            "/v1/objects/Counter/x/Increment",
+            " " * 100_000,
+            {},
+            ("CallObject", "Counter", "Increment", "RESOURCE_EXHAUSTED"),
+        ),
+        (
+            "PUT",
+            "/v1/objects/Counter/x",
+            None,
+            bad_timeout,
+            ("CreateObject", "Counter", "", "INVALID_ARGUMENT"),
+        ),
+        (
+            "PUT",
+            "/v1/objects/Made/x",
+            None,
+            forged,
+            ("CreateObject", "_other", "", "UNAUTHENTICATED"),
+        ),
+        (
+            "DELETE",
+            "/v1/objects/Counter/x",
+            None,
+            forged,
+            ("DeleteObject", "Counter", "", "UNAUTHENTICATED"),
+        ),
+    ]
+    async with client() as http:
+        status, _ = await call(http, url, "/v1/describe", method="GET")  # the names served
+        assert status == 200
+        for method, path, body, headers, _labels in cases:
+            status, got = await call(http, url, path, body, method=method, headers=headers)
+            assert status >= 400, (path, got)
+    samples = await asyncio.to_thread(scrape, gate.metrics_port)
+    counted = {
+        (named["rpc"], named["object_type"], named["method"], named["code"]): value
+        for (name, labels), value in samples.items()
+        if name == "goverse_gate_call_duration_seconds_count"
+        for named in [dict(labels)]
+    }
+    assert counted == {labels: 1 for *_, labels in cases}, counted
 
 
 DEEP_JSON = '{"by": ' + "[" * 20_000 + "]" * 20_000 + "}"

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import structlog
@@ -51,7 +51,13 @@ from goverse.gate._auth import (
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import StreamEnd
 from goverse.gate._clients import ClientRegistry
-from goverse.gate._http_errors import JSON, error_of, error_response, from_http_exception
+from goverse.gate._http_errors import (
+    JSON,
+    code_of,
+    error_of,
+    error_response,
+    from_http_exception,
+)
 from goverse.gate._http_events import EVENT_STREAM, HEARTBEAT_S, EventStream, PushEvents
 from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
@@ -303,43 +309,76 @@ class HttpGate:
 
     # -- calls -----------------------------------------------------------------------------
 
+    # Each handler's timing starts as it does, so that a request refused before it is routed
+    # (its caller, deadline, names or body) is measured as the same refusal over gRPC is
+    # (``_refused_early``); a routed one goes on with the same start to ``_served``.
+
     async def _call(self, request: web.Request) -> web.StreamResponse:
         object_type, object_id, method = (request.match_info[k] for k in ("type", "id", "method"))
-        caller = await self._caller(request)
-        timeout = _timeout_of(request)
-        # Checked before the catalog, as the router checks a gRPC call before a node does: a
-        # malformed name or id is INVALID_ARGUMENT over both, never an unknown type.
-        validate_object_ref(object_type, object_id)
-        validate_method(method)
-        types = await self._catalog.method(object_type, method)
-        body = await request.read()
-        message = self._catalog.request_from_json(types, body if body.strip() else b"{}")
-        call = gate_pb2.CallObjectRequest(
-            object_type=object_type, object_id=object_id, method=method
-        )
-        wire.pack_into(call.request, message)  # in place: a packed Any given would be copied
+        started = time.perf_counter()
+        try:
+            caller = await self._caller(request)
+            timeout = _timeout_of(request)
+            # Checked before the catalog, as the router checks a gRPC call before a node does:
+            # a malformed name or id is INVALID_ARGUMENT over both, never an unknown type.
+            validate_object_ref(object_type, object_id)
+            validate_method(method)
+            types = await self._catalog.method(object_type, method)
+            body = await request.read()
+            message = self._catalog.request_from_json(types, body if body.strip() else b"{}")
+            call = gate_pb2.CallObjectRequest(
+                object_type=object_type, object_id=object_id, method=method
+            )
+            wire.pack_into(call.request, message)  # in place: a packed Any would be copied
+        except BaseException as error:
+            self._refused_early("call", object_type, method, error, started)
+            raise
         response = await self._served(
-            request, "call", call, caller, self._router.call_object(caller, call, timeout)
+            request, "call", call, caller, self._router.call_object(caller, call, timeout), started
         )
         return _json(self._catalog.response_dict(types, response))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
-        caller = await self._caller(request)
-        create = gate_pb2.CreateObjectRequest(
-            object_type=request.match_info["type"], object_id=request.match_info["id"]
-        )
-        routed = self._router.create_object(caller, create, _timeout_of(request))
-        reply = await self._served(request, "create", create, caller, routed)
+        object_type, object_id = request.match_info["type"], request.match_info["id"]
+        started = time.perf_counter()
+        try:
+            caller = await self._caller(request)
+            timeout = _timeout_of(request)
+        except BaseException as error:
+            self._refused_early("create", object_type, "", error, started)
+            raise
+        create = gate_pb2.CreateObjectRequest(object_type=object_type, object_id=object_id)
+        routed = self._router.create_object(caller, create, timeout)
+        reply = await self._served(request, "create", create, caller, routed, started)
         return _json({"created": reply.created})
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
-        caller = await self._caller(request)
-        delete = gate_pb2.DeleteObjectRequest(
-            object_type=request.match_info["type"], object_id=request.match_info["id"]
-        )
-        routed = self._router.delete_object(caller, delete, _timeout_of(request))
-        reply = await self._served(request, "delete", delete, caller, routed)
+        object_type, object_id = request.match_info["type"], request.match_info["id"]
+        started = time.perf_counter()
+        try:
+            caller = await self._caller(request)
+            timeout = _timeout_of(request)
+        except BaseException as error:
+            self._refused_early("delete", object_type, "", error, started)
+            raise
+        delete = gate_pb2.DeleteObjectRequest(object_type=object_type, object_id=object_id)
+        routed = self._router.delete_object(caller, delete, timeout)
+        reply = await self._served(request, "delete", delete, caller, routed, started)
         return _json({"deleted": reply.deleted})
+
+    def _refused_early(
+        self, op: str, object_type: str, method: str, error: BaseException, started: float
+    ) -> None:
+        """Measures a call, create or delete that `error` refused before it was routed, under
+        the labels the gRPC RPC it stands for gets (the names as the gate's known names label
+        them: ``_other`` for any it does not serve) and the code it is answered with."""
+        if self._metrics is not None:
+            self._metrics.record(
+                wire.CALL_OPS[op],
+                _Named(object_type, method),
+                code_of(error),
+                time.perf_counter() - started,
+            )
 
     async def _served(
         self,
@@ -348,11 +387,13 @@ class HttpGate:
         message: Any,
         caller: node_pb2.Caller,
         routed: Awaitable[T],
+        started: float,
     ) -> T:
         """Awaits a routed call as the unary RPC it stands for is served: in its SERVER span
         (the child of the caller's ``traceparent``), with the caller and object in the log
-        context, measured in the gate's call-duration histogram under the RPC's labels, and
-        counted in flight with the gate's calls (a stop lets it finish, as a unary RPC)."""
+        context, measured from `started` (its handler's start) in the gate's call-duration
+        histogram under the RPC's labels, and counted in flight with the gate's calls (a stop
+        lets it finish, as a unary RPC)."""
         task = asyncio.current_task()
         if self._calls is not None and task is not None:  # aiohttp: one task per request
             self._calls.track(task)
@@ -363,7 +404,6 @@ class HttpGate:
             if (value := request.headers.get(key)) and value.isascii()
         }
         code = grpc.StatusCode.OK
-        started = time.perf_counter()
         try:
             with (
                 served_call_span(wire.GATE_CALL_METHODS[op], carrier),
@@ -447,6 +487,13 @@ class HttpGate:
             return error_response(refused.code, refused.details)
         except SupervisorClosed:
             return error_response(grpc.StatusCode.UNAVAILABLE, "the gate is shutting down")
+
+
+class _Named(NamedTuple):
+    """The names that label a call refused before its request message was built."""
+
+    object_type: str
+    method: str
 
 
 def _json(value: Any) -> web.Response:

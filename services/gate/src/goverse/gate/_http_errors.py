@@ -6,6 +6,7 @@ Statuses follow Google's mapping of gRPC codes to HTTP (``google.rpc.Code``), as
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -65,13 +66,33 @@ def error_of(error: GoverseError) -> web.Response:
     return error_response(error.status_code, error.message)
 
 
-def from_http_exception(exception: web.HTTPException) -> web.Response:
-    """aiohttp's own refusal (404, 405, 413 …) as a JSON error answer at the same status."""
-    status = exception.status
-    code = _HTTP_CODES.get(
+def code_of(error: BaseException) -> grpc.StatusCode:
+    """The gRPC code a request that raised `error` is answered (and measured) with: a goverse
+    error's own, aiohttp's refusals as :func:`from_http_exception` names them, a body that
+    does not decompress INVALID_ARGUMENT, a cancelled request CANCELLED, anything else
+    INTERNAL (as the gate's error middleware answers them)."""
+    if isinstance(error, GoverseError):
+        return error.status_code
+    if isinstance(error, web.HTTPException):
+        return _code_of_status(error.status)
+    if isinstance(error, web.RequestPayloadError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
+def _code_of_status(status: int) -> grpc.StatusCode:
+    return _HTTP_CODES.get(
         status,
         grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.INTERNAL,
     )
+
+
+def from_http_exception(exception: web.HTTPException) -> web.Response:
+    """aiohttp's own refusal (404, 405, 413 …) as a JSON error answer at the same status."""
+    status = exception.status
+    code = _code_of_status(status)
     message = exception.reason
     if status == 413:  # aiohttp's text names the bound and the size
         message = f"{exception.text} (--http-max-body-bytes)"
@@ -83,4 +104,4 @@ def from_http_exception(exception: web.HTTPException) -> web.Response:
     return response
 
 
-__all__ = ["JSON", "error_of", "error_response", "from_http_exception", "http_status"]
+__all__ = ["JSON", "code_of", "error_of", "error_response", "from_http_exception", "http_status"]
