@@ -98,6 +98,26 @@ def test_wrong_credential_and_unknown_id_get_the_same_message() -> None:
     assert str(wrong.value) == str(unknown.value)
 
 
+def test_forged_calls_are_all_refused_but_logged_once_per_interval() -> None:
+    """A caller forging client ids or credentials sets the rate of refusals: a thousand of
+    them are each refused, and logged once per reason and interval (``call refused`` at
+    INFO; the next line says how many were left out). Each wrote a line."""
+    reg = registry()
+    a = reg.register()
+    with structlog.testing.capture_logs() as logs:
+        for n in range(1000):
+            with pytest.raises(Unauthenticated):
+                reg.authenticate(f"g1/forged{n}", "guess")
+            with pytest.raises(Unauthenticated):
+                reg.authenticate(a.client_id, f"guess{n}")
+    refused = [line for line in logs if line["event"] == "call refused"]
+    assert [(line["reason"], line["unlogged_before"]) for line in refused] == [
+        ("unknown client", 0),
+        ("wrong credential", 0),
+    ], refused
+    assert {line["log_level"] for line in refused} == {"info"}
+
+
 def test_credential_dies_with_the_registration() -> None:
     """Once removed, the client id and credential are refused."""
     reg = registry()

@@ -161,6 +161,29 @@ async def test_another_process_registering_the_same_gate_id_is_refused(node: Nod
     owner.cancel()
 
 
+async def test_registrations_beyond_max_gates_are_refused_but_logged_once_per_interval(
+    start_node: Callable[..., Any],
+) -> None:
+    """A peer that repeats RegisterGate beyond --max-gates sets the rate of refusals: each is
+    refused with RESOURCE_EXHAUSTED, and ``gate registration refused`` (WARNING) is written
+    once per refusal kind and interval, not once per refusal."""
+    node: Node = await start_node(max_gates=1)
+    owner = await register(node, "g1")
+    with structlog.testing.capture_logs() as logs:
+        for n in range(20):  # well within the 10 s interval, however loaded the machine
+            other = node.stub.RegisterGate(
+                node_pb2.RegisterGateRequest(gate_id=f"extra{n}"), timeout=30
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await read(other)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refused = [line for line in logs if line["event"] == "gate registration refused"]
+    assert len(refused) == 1, refused
+    assert (refused[0]["gate_id"], refused[0]["log_level"]) == ("extra0", "warning")
+    assert refused[0]["unlogged_before"] == 0
+    owner.cancel()
+
+
 async def test_a_full_queue_drops_and_counts(start_node: Callable[..., Any]) -> None:
     """Pushes beyond --gate-queue-size are dropped, counted as queue_full, never blocking."""
     node: Node = await start_node(gate_queue_size=2)
@@ -355,7 +378,7 @@ async def test_a_gate_that_left_keeps_nothing_and_the_gates_registered_are_label
     assert app.runtime.push(["live/a"], too_large) == 0
     assert app.gates.dropped_by_gate() == {("message_too_large", "live"): 1}
     assert app.gates.dropped() == {"message_too_large": GATES_GONE + 1}
-    assert list(app.gates._drop_logged_at) == [("message_too_large", "live")]
+    assert app.gates._drop_log.keys() == [("message_too_large", "live")]
     assert _gate_points(reader, "goverse.node.gate_queue.depth") == {("live",): 0}
     assert _gate_points(reader, "goverse.node.pushes.dropped") == {("live", "message_too_large"): 1}
     live.cancel()

@@ -60,6 +60,7 @@ from goverse.server._lifecycle import (
     serve_main,
 )
 from goverse.server._limits import HOP_HEADROOM_BYTES, hop_message_bytes
+from goverse.server._log_throttle import LogThrottle
 from goverse.server._logging import (
     configure_logging,
     current_log_context,
@@ -196,6 +197,7 @@ __all__ = [
     "KnownNames",
     "Lease",
     "ListenError",
+    "LogThrottle",
     "Mailbox",
     "NodeCalls",
     "NodeInfo",

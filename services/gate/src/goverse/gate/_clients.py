@@ -17,13 +17,16 @@ from goverse.gate._client_proxy import ClientProxy, SlowClientPolicy, StreamEnd
 from goverse.gate._peer_limits import PeerLimits
 from goverse.gate._push_messages import PushMessages
 from goverse.ids import new_client_id
-from goverse.server import DropReason, deliver_all_traced, log_context
+from goverse.server import DropReason, LogThrottle, deliver_all_traced, log_context
 from goverse.v1 import node_pb2
 
 log = structlog.get_logger(__name__)
 
 # Compared against when the client id is unknown, so both refusals cost the same.
 _NO_CREDENTIAL = secrets.token_urlsafe(32).encode()
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two "call refused" log lines for the same reason: a caller decides how
+often it sends a forged client id or credential."""
 
 
 class ClientRegistry:
@@ -57,6 +60,7 @@ class ClientRegistry:
         self._clients: dict[str, ClientProxy] = {}
         self._messages = PushMessages()
         self._draining = False
+        self._refusal_log: LogThrottle[str] = LogThrottle(REFUSAL_LOG_INTERVAL)
         self.delivered = 0
         """Pushes queued to a client since start."""
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -191,17 +195,23 @@ class ClientRegistry:
         # A proxy closed for draining still has its stream open (flushing, then Draining):
         # its client may call until the stream has ended. Any other close ends the credential.
         if proxy is None or not matches or (proxy.closed and not proxy.draining):
-            log.info(
-                "call refused",
-                reason=(
-                    "unknown client"
-                    if proxy is None
-                    else "wrong credential"
-                    if not matches
-                    else "registration ended"
-                ),
-                claimed_client_id=client_id[:200],
+            reason = (
+                "unknown client"
+                if proxy is None
+                else "wrong credential"
+                if not matches
+                else "registration ended"
             )
+            # Once per interval and reason (each refusal is counted with its call's code):
+            # the caller decides how often it sends a forged id or credential.
+            unlogged = self._refusal_log.admit(reason)
+            if unlogged is not None:
+                log.info(
+                    "call refused",
+                    reason=reason,
+                    claimed_client_id=client_id[:200],
+                    unlogged_before=unlogged,
+                )
             raise Unauthenticated(
                 "unknown client id or wrong credential: the credential is valid only while "
                 "its Register stream is open on this gate"

@@ -20,6 +20,7 @@ from goverse.server import (
     PLAINTEXT_PEER,
     BatchRule,
     DropReason,
+    LogThrottle,
     Mailbox,
     Peer,
     Supervisor,
@@ -45,6 +46,9 @@ BATCH_MAX_ENVELOPES = 1024
 """Most envelopes one stream message carries (fewer when they would exceed the size limit)."""
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two "push dropped" log lines for the same reason and gate."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two "gate registration refused" log lines for the same status code: a
+peer decides how often it registers."""
 
 
 class GateStreams:
@@ -89,8 +93,8 @@ class GateStreams:
         # By DropReason; typed str because Status.dropped_pushes and the metrics key by str.
         self._dropped: collections.Counter[str] = collections.Counter()
         self._dropped_by_gate: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._drop_logged_at: dict[tuple[str, str], float] = {}
-        self._drop_unlogged: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._drop_log: LogThrottle[tuple[str, str]] = LogThrottle(DROP_LOG_INTERVAL)
+        self._refusal_log: LogThrottle[grpc.StatusCode] = LogThrottle(REFUSAL_LOG_INTERVAL)
         self.queued_total = 0
         """Pushes queued since start (client ids for pushes, gates for broadcasts)."""
         self._closed = False
@@ -207,12 +211,9 @@ class GateStreams:
         self._dropped_by_gate[key] += count
         # Every drop is counted; the log says so at most once per interval and reason and gate,
         # so a gate that stopped reading does not flood the log with a line per push.
-        now = time.monotonic()
-        if now - self._drop_logged_at.get(key, -DROP_LOG_INTERVAL) < DROP_LOG_INTERVAL:
-            self._drop_unlogged[key] += count
+        unlogged = self._drop_log.admit(key, count)
+        if unlogged is None:
             return
-        self._drop_logged_at[key] = now
-        unlogged = self._drop_unlogged.pop(key, 0)
         log.warning(
             "push dropped", reason=reason, recipients=count, unlogged_before=unlogged, **fields
         )
@@ -249,13 +250,17 @@ class GateStreams:
         owner = _Owner(peer.identity, request.instance)
         refusal = self._refusal(gate_id, owner)
         if refusal is not None:
-            log.warning(
-                "gate registration refused",
-                gate_id=gate_id,
-                peer=peer.identity,
-                instance=owner.instance,
-                why=refusal[1],
-            )
+            # Once per interval and code: the peer decides how often it tries again.
+            unlogged = self._refusal_log.admit(refusal[0])
+            if unlogged is not None:
+                log.warning(
+                    "gate registration refused",
+                    gate_id=gate_id,
+                    peer=peer.identity,
+                    instance=owner.instance,
+                    why=refusal[1],
+                    unlogged_before=unlogged,
+                )
             await context.abort(*refusal)
         with (
             self._supervisor.adopt(f"{STREAM_TASK_PREFIX}{gate_id}"),
@@ -346,9 +351,9 @@ class GateStreams:
     def _forget_drops(self, gate_id: str) -> None:
         """Drops what is kept about `gate_id`'s drops (its count by reason stays in the
         totals, :meth:`dropped`)."""
-        for kept in (self._dropped_by_gate, self._drop_logged_at, self._drop_unlogged):
-            for key in [key for key in kept if key[1] == gate_id]:
-                del kept[key]
+        for key in [key for key in self._dropped_by_gate if key[1] == gate_id]:
+            del self._dropped_by_gate[key]
+        self._drop_log.forget(lambda key: key[1] == gate_id)
 
     def close_all(self, reason: str = wire.CloseReason.SHUTDOWN) -> int:
         """Takes no new registrations and closes every mailbox for `reason` (a
