@@ -167,6 +167,51 @@ def test_a_jwks_picks_the_key_by_kid_and_refuses_an_unknown_kid(tmp_path: Path) 
     assert reason(authenticator, unknown) == "unknown_key"
 
 
+def test_a_token_without_kid_is_refused_by_a_jwks_of_several_keys(tmp_path: Path) -> None:
+    """Only a JWKS of a single key verifies tokens without ``kid``: with several, a token
+    without one is refused, even when a key of the set has no ``kid`` either (the key is
+    never picked by both lacking one)."""
+    one = ec.generate_private_key(ec.SECP256R1())
+    two = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "jwks.json"
+    path.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    json.loads(jwt.algorithms.ECAlgorithm.to_jwk(one.public_key())),
+                    {
+                        **json.loads(jwt.algorithms.ECAlgorithm.to_jwk(two.public_key())),
+                        "kid": "k2",
+                    },
+                ]
+            }
+        )
+    )
+    authenticator = JwtAuthenticator(JwtKeys.from_files(None, None, path))
+    with pytest.raises(AuthenticationFailed) as raised:
+        authenticator.verify(jwt.encode(claims(), one, "ES256"))
+    assert raised.value.reason == "unknown_key"
+    assert "no key id" in raised.value.message
+    assert authenticator.verify(jwt.encode(claims(), two, "ES256", headers={"kid": "k2"}))
+
+
+def test_a_token_without_kid_is_verified_by_a_jwks_of_one_key(tmp_path: Path) -> None:
+    """A JWKS of a single key verifies a token without ``kid`` with that key."""
+    one = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "jwks.json"
+    path.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(one.public_key())), "kid": "k1"}
+                ]
+            }
+        )
+    )
+    authenticator = JwtAuthenticator(JwtKeys.from_files(None, None, path))
+    assert authenticator.verify(jwt.encode(claims(), one, "ES256")).subject == "carol"
+
+
 def test_unusable_key_files_stop_the_gate_naming_the_flag(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage"
     garbage.write_text("not a key")

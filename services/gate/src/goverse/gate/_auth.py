@@ -159,13 +159,27 @@ class JwtKeys:
             raise AuthenticationFailed("bad_key", "the gate's public key is neither RSA nor EC")
         assert self.jwks is not None
         kid = jwt.get_unverified_header(token).get("kid")
+        if kid is None:
+            # Only a set of one key verifies a token without kid: with several, a token must
+            # say which (never matched to a key lacking a kid too).
+            if len(self.jwks.keys) != 1:
+                raise AuthenticationFailed(
+                    "unknown_key",
+                    "the token has no key id ('kid') and the gate's JWKS has several keys",
+                )
+            return self._jwk(self.jwks.keys[0])
         for key in self.jwks.keys:
-            if (kid is None and len(self.jwks.keys) == 1) or key.key_id == kid:
-                algorithm = key.algorithm_name
-                return key.key, [algorithm] if algorithm in ("RS256", "ES256", "HS256") else []
+            if key.key_id is not None and key.key_id == kid:
+                return self._jwk(key)
         raise AuthenticationFailed(
             "unknown_key", f"the token's key id {str(kid)[:64]!r} is not in the gate's JWKS"
         )
+
+
+    @staticmethod
+    def _jwk(key: jwt.PyJWK) -> tuple[Any, list[str]]:
+        algorithm = key.algorithm_name
+        return key.key, [algorithm] if algorithm in ("RS256", "ES256", "HS256") else []
 
 
 # Why a token was refused, by PyJWT's exception (subclasses first).
