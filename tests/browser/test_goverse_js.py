@@ -167,6 +167,50 @@ QUICK_CLIENT = """() => {
 }"""
 
 
+def test_a_session_whose_token_expired_registers_again_with_a_fresh_token(
+    context: BrowserContext, web_url: str
+) -> None:
+    """The gate ends a session whose token expired with an ``expired`` event: the session
+    closes that stream, says why in onDisconnect, and dials again with a fresh token from its
+    token function."""
+    page = module_page(context, web_url)
+    page.evaluate(FAKE_TRANSPORT)
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+            let issued = 0;
+            const c = new window.gv.Goverse({
+                gates: ["http://gate.test"], timeoutMs: 2000,
+                backoff: { initialMs: 1, maxMs: 1, stableMs: 60000 },
+                token: () => `t${++issued}`,
+            });
+            const losses = [];
+            c.onDisconnect = ({ reason }) => losses.push(reason);
+            const connected = c.connect();
+            await window.until(() => window.sources.length === 1);
+            window.sources[0].emit("registered", { clientId: "old", credential: "c1" });
+            await connected;
+            window.sources[0].emit(
+                "expired",
+                { code: "UNAUTHENTICATED", message: "the token has expired: register again" },
+            );
+            await window.until(() => window.sources.length === 2);
+            window.sources[1].emit("registered", { clientId: "new", credential: "c2" });
+            await window.until(() => c.state === "registered");
+            const result = { losses, first: window.sources[0].url, second: window.sources[1].url,
+                             closed: window.sources[0].closed, clientId: c.clientId };
+            c.close();
+            return result;
+        }"""
+    )
+    assert result == {
+        "losses": ["token expired: the token has expired: register again"],
+        "first": "http://gate.test/v1/events?access_token=t1",
+        "second": "http://gate.test/v1/events?access_token=t2",
+        "closed": True,
+        "clientId": "new",
+    }
+
+
 def test_a_stale_calls_failure_leaves_the_new_session_alone(
     context: BrowserContext, web_url: str
 ) -> None:

@@ -19,8 +19,9 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from goverse.client import Client
 from goverse.examples.v1.counter_pb2 import CounterValue, IncrementRequest
+from goverse.gate._auth import DEFAULT_LEEWAY_S
 from goverse.v1 import describe_pb2, gate_pb2, node_pb2
-from goverse.wire import pack, unpack
+from goverse.wire import CloseReason, close_reason_of, pack, unpack
 from tests.helpers.gate_client import WAIT, GateClient
 from tests.helpers.node_client import NodeCaller
 from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess, process_group
@@ -270,6 +271,70 @@ async def test_the_principal_reaches_objects_over_the_sdk_session_and_between_ob
     assert relayed["subject"] == "bob"
     assert relayed["object"] == "sdk-relay"
     assert fetched == ["once"]
+
+
+# -- sessions end with their tokens ---------------------------------------------------------
+
+EXPIRES_IN_S = 8.0
+"""How long after it is made :func:`expiring_token` is still accepted: room for a loaded
+machine to register with it first, short enough for a test."""
+
+
+def expiring_token(**overrides: Any) -> str:
+    """A token the JWT gate accepts for about :data:`EXPIRES_IN_S` more seconds: its ``exp``
+    is past, by less than the clock skew the gate tolerates (``DEFAULT_LEEWAY_S``)."""
+    return token(exp=int(time.time() - DEFAULT_LEEWAY_S + EXPIRES_IN_S), **overrides)
+
+
+async def test_a_register_stream_ends_when_its_token_expires(cluster: Cluster) -> None:
+    """A registration lasts no longer than its token: once the gate would refuse the token,
+    it ends the stream with UNAUTHENTICATED ("the token has expired", close reason
+    ``token_expired``), and the registration's credential is refused from then on."""
+    client = await GateClient(cluster.jwt_gate.address, token=expiring_token()).connect()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await client.rest_of_stream(timeout=EXPIRES_IN_S + WAIT)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "the token has expired" in (ended.value.details() or "")
+        assert close_reason_of(ended.value.trailing_metadata()) is CloseReason.TOKEN_EXPIRED
+        error = await denied(increment(client, "expired-other"))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await client.close()
+
+
+async def test_the_sdk_registers_again_with_a_fresh_token_when_its_token_expires(
+    cluster: Cluster,
+) -> None:
+    """The SDK's Session stream ended by the token's expiry registers again with a fresh
+    token from its token function (a new client id, ``on_reconnect``), and its calls go on
+    under the new registration."""
+    tokens = [expiring_token(sub="dave")]
+    reconnected = asyncio.Event()
+
+    def fresh() -> str:
+        return tokens.pop() if tokens else token(sub="dave")
+
+    def on_reconnect(old_id: str, new_id: str) -> None:
+        reconnected.set()
+
+    client = Client([cluster.jwt_gate.address], token=fresh, on_reconnect=on_reconnect)
+    try:
+        async with asyncio.timeout(WAIT):
+            await client.connect()
+        first = client.client_id
+        async with asyncio.timeout(EXPIRES_IN_S + WAIT):
+            await reconnected.wait()
+        async with asyncio.timeout(WAIT):
+            await client.wait_connected()
+            reply = await client.call("Identity", "renewed", "Caller", Empty(), StringValue)
+        second, registrations = client.client_id, client.registrations
+    finally:
+        await client.close()
+    assert second != first
+    assert json.loads(reply.value)["client_id"] == second
+    assert json.loads(reply.value)["subject"] == "dave"
+    assert registrations == 2
 
 
 # -- access rules --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from goverse.gate._auth import DEFAULT_LEEWAY_S
 from tests.helpers.processes import BIN, ProcessGroup, ServiceProcess
 from tests.helpers.sse import EventReader
 from tests.helpers.telemetry import scrape
@@ -345,6 +346,33 @@ async def test_with_jwt_calls_and_event_streams_need_the_bearer_token(
             status, reply = await call(http, url, identity, headers=session)
             assert status == 200
             assert json.loads(reply)["subject"] == "carol"
+
+
+async def test_an_event_stream_ends_with_expired_when_its_token_expires(
+    processes: ProcessGroup,
+) -> None:
+    """A browser session lasts no longer than its token: once the gate would refuse the
+    token, the stream sends ``expired`` (UNAUTHENTICATED, "the token has expired") and ends,
+    and the session's calls are refused (401) from then on."""
+    issuer = TokenIssuer()
+    _, url = http_gate(processes, issuer.gate_flags(processes.log_dir / "jwt"))
+    expires_in_s = 8.0  # room for a loaded machine to register first
+    expiring = issuer.token("erin", exp=int(time.time() - DEFAULT_LEEWAY_S + expires_in_s))
+    async with (
+        client() as http,
+        events(http, url, query=f"?access_token={expiring}") as (
+            reader,
+            session,
+        ),
+    ):
+        async with asyncio.timeout(expires_in_s + TIMEOUT):  # heartbeats come meanwhile
+            expired = await reader.next_event(expires_in_s + TIMEOUT)
+        assert expired.name == "expired"
+        assert expired.json()["code"] == "UNAUTHENTICATED"
+        assert "the token has expired" in expired.json()["message"]
+        assert await reader.next(TIMEOUT) is None  # the stream ended
+        status, refused = await call(http, url, "/v1/objects/Identity/i/Caller", headers=session)
+        assert (status, refused["code"]) == (401, "UNAUTHENTICATED")
 
 
 async def test_a_browser_session_gets_pushes_as_json_and_keeps_its_identity(

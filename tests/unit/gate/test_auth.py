@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from goverse import wire
 from goverse.errors import Unauthenticated
 from goverse.gate._auth import (
+    DEFAULT_LEEWAY_S,
+    Admission,
     AuthenticationFailed,
     AuthenticatorError,
     Credentials,
     JwtAuthenticator,
     JwtKeys,
     NoAuthenticator,
+    authenticate_once,
     bearer_token,
     build_authenticator,
     load_authenticator,
+    session_expiry,
 )
+from goverse.gate._client_proxy import ClientProxy, StreamEnd
 from goverse.objects import Principal
 
 SECRET = "unit-test-secret-of-at-least-32-bytes"
@@ -261,3 +269,45 @@ async def test_a_users_authenticator_is_loaded_by_module_and_attribute() -> None
 def test_an_unusable_users_authenticator_stops_the_gate(spec: str, says: str) -> None:
     with pytest.raises(AuthenticatorError, match=says):
         load_authenticator(spec)
+
+
+def test_a_jwt_session_lasts_until_the_gate_would_refuse_its_token(tmp_path: Path) -> None:
+    """A JWT's admission expires at its ``exp`` plus the tolerated clock skew: the moment the
+    gate stops accepting the token at registration."""
+    authenticator = JwtAuthenticator(JwtKeys.from_files(secret_file(tmp_path), None, None))
+    exp = int(time.time()) + 60
+    admission = authenticator.verify_session(jwt.encode(claims(exp=exp), SECRET, "HS256"))
+    assert admission == Admission(Principal("carol"), exp + DEFAULT_LEEWAY_S)
+
+
+async def test_an_authenticator_without_sessions_admits_without_expiry() -> None:
+    """An authenticator with only ``authenticate`` (``none``, a user's) gives sessions no
+    expiry: they last until they end otherwise."""
+    admission = await authenticate_once(NoAuthenticator(), Credentials(None), lambda _: None)
+    assert admission == Admission(None, None)
+
+
+async def test_a_session_is_expired_when_its_credential_expires() -> None:
+    """session_expiry closes the proxy as token_expired once its time has come; its stream
+    then ends with UNAUTHENTICATED and close reason token_expired."""
+    proxy = ClientProxy("g/1", "secret", max_messages=4, max_bytes=1024, max_batch_bytes=1024)
+    with session_expiry(proxy, time.time()):
+        async with asyncio.timeout(10):
+            await proxy.wait_closed()
+    assert proxy.token_expired
+    with pytest.raises(StreamEnd) as ended:
+        proxy.last_event()
+    assert ended.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert ended.value.reason is wire.CloseReason.TOKEN_EXPIRED
+    assert "the token has expired" in ended.value.details
+
+
+async def test_a_session_left_before_its_expiry_is_not_expired() -> None:
+    """Leaving session_expiry's block cancels its timer: a session that ended before its
+    credential expired is never expired afterwards."""
+    proxy = ClientProxy("g/2", "secret", max_messages=4, max_bytes=1024, max_batch_bytes=1024)
+    with session_expiry(proxy, time.time()):
+        pass  # left before the loop ran the timer due now
+    for _ in range(3):  # loop iterations in which a timer due now would have run
+        await asyncio.sleep(0)
+    assert not proxy.closed

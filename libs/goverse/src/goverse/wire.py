@@ -85,6 +85,9 @@ class CloseReason(enum.StrEnum):
     """A newer stream of the same peer (the same gate id) took this one's place."""
     PEER_GONE = "peer_gone"
     """The peer cancelled the stream or its connection ended."""
+    TOKEN_EXPIRED = "token_expired"
+    """The token the client registered with has expired; it should register again with a
+    fresh one."""
 
 
 class ShardRefusal(enum.StrEnum):

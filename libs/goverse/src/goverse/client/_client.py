@@ -144,7 +144,10 @@ class Client:
     string, or a function (plain or async) returning a fresh token, called before every
     registration (a reconnection included); it is sent as ``authorization: Bearer <token>``
     with the registration only. A gate that refuses it ends the registration with
-    UNAUTHENTICATED, and the client keeps retrying with backoff.
+    UNAUTHENTICATED, and the client keeps retrying with backoff. A gate also ends a
+    registration when its token expires (UNAUTHENTICATED, close reason ``token_expired``):
+    the client registers again with its usual backoff, with a fresh token from the function
+    (a new client id: ``on_reconnect`` is called), and the gate is not counted as failed.
 
     The registration is a ``Session`` stream that also carries the calls: many calls in one
     stream message when several are ready, replies matched by call id, the call's timeout
@@ -514,6 +517,14 @@ class Client:
                     # The gate is fine; this client did not read its pushes in time.
                     log.warning(
                         "disconnected by gate %s as a slow consumer", gate, extra={"gate": gate}
+                    )
+                elif reason is wire.CloseReason.TOKEN_EXPIRED:
+                    # The gate is fine; the session outlived its token. The next registration
+                    # asks the token function for a fresh one.
+                    log.info(
+                        "registration with gate %s ended: its token expired; registering again",
+                        gate,
+                        extra={"gate": gate, "code": error.code().name},
                     )
                 else:
                     self._chooser.mark_failed(gate)

@@ -13,6 +13,12 @@ Register or Session stream), before the registration takes a slot. Built in:
   arguments) with ``async def authenticate(self, credentials: Credentials) -> Principal |
   None``; it refuses a client by raising :class:`~goverse.errors.Unauthenticated`.
 
+A session lasts no longer than its credential: an authenticator that also has
+``authenticate_session`` (:class:`SessionAuthenticator`; ``jwt`` has it) says when the
+credential expires (:class:`Admission`), and :func:`session_expiry` ends the registration
+then (UNAUTHENTICATED, close reason ``token_expired``) with one timer per session, nothing per
+call. The client registers again with a fresh token.
+
 A refusal is an :class:`AuthenticationFailed` whose :attr:`~AuthenticationFailed.reason` is
 a short fixed word (metric attribute and log field); its message, which the client sees,
 never contains the token.
@@ -20,9 +26,12 @@ never contains the token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +44,7 @@ from opentelemetry import trace
 
 from goverse import wire
 from goverse.errors import ResourceExhausted, Unauthenticated, Unavailable
+from goverse.gate._client_proxy import ClientProxy
 from goverse.gate._peer_limits import PeerLimits
 from goverse.objects import Principal
 from goverse.server import ENDUSER_ID, StartupError
@@ -80,6 +90,29 @@ class Authenticator(Protocol):
     async def authenticate(self, credentials: Credentials) -> Principal | None:
         """The client's principal, or None for an anonymous client; raises
         :class:`~goverse.errors.Unauthenticated` to refuse the registration."""
+        ...
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Who an admitted client is, and until when its credential is valid."""
+
+    principal: Principal | None
+    """The client's principal; None for an anonymous client."""
+    expires_at: float | None = None
+    """When the credential stops being valid, in :func:`time.time` seconds (for a JWT: its
+    ``exp`` plus the tolerated clock skew, the moment the gate would refuse the token): the
+    gate ends the session then. None: the session lasts until it ends otherwise."""
+
+
+@runtime_checkable
+class SessionAuthenticator(Protocol):
+    """An authenticator whose credentials expire: the gate ends a session when its
+    credential does (:func:`session_expiry`)."""
+
+    async def authenticate_session(self, credentials: Credentials) -> Admission:
+        """The client's :class:`Admission`; raises :class:`~goverse.errors.Unauthenticated`
+        to refuse it, as :meth:`Authenticator.authenticate` does."""
         ...
 
 
@@ -175,7 +208,6 @@ class JwtKeys:
             "unknown_key", f"the token's key id {str(kid)[:64]!r} is not in the gate's JWKS"
         )
 
-
     @staticmethod
     def _jwk(key: jwt.PyJWK) -> tuple[Any, list[str]]:
         algorithm = key.algorithm_name
@@ -220,8 +252,18 @@ class JwtAuthenticator:
     async def authenticate(self, credentials: Credentials) -> Principal | None:
         return self.verify(credentials.token)
 
+    async def authenticate_session(self, credentials: Credentials) -> Admission:
+        return self.verify_session(credentials.token)
+
     def verify(self, token: str | None) -> Principal:
         """The principal of `token`; raises :class:`AuthenticationFailed` saying why not."""
+        principal = self.verify_session(token).principal
+        assert principal is not None
+        return principal
+
+    def verify_session(self, token: str | None) -> Admission:
+        """The principal of `token` and when the gate stops accepting it (``exp`` plus the
+        tolerated skew); raises :class:`AuthenticationFailed` saying why not."""
         if not token:
             raise AuthenticationFailed(
                 "missing_token",
@@ -250,7 +292,8 @@ class JwtAuthenticator:
         if not all(map(wire.is_text, (principal.subject, *principal.claims.values()))):
             # JSON may escape a lone surrogate ("\ud800"); protobuf strings refuse it.
             raise AuthenticationFailed("malformed", "the token's claims are not valid text")
-        return principal
+        # exp is required and PyJWT checked it is a number.
+        return Admission(principal, float(claims["exp"]) + self._leeway)
 
     def _selected(self, claims: Mapping[str, Any]) -> dict[str, str]:
         selected: dict[str, str] = {}
@@ -265,14 +308,17 @@ async def authenticate_once(
     authenticator: Authenticator,
     credentials: Credentials,
     on_refused: Callable[[str], None],
-) -> Principal | None:
-    """The principal `authenticator` gives `credentials` (a registration's, gRPC or HTTP, or
-    a one-shot HTTP call's). A refusal is logged once at INFO, never with the token, counted
-    by `on_refused(reason)` and raised as :class:`Unauthenticated`; an authenticator that
-    broke is logged with its traceback and raised as :class:`Unavailable` (the client may try
-    again)."""
+) -> Admission:
+    """The :class:`Admission` `authenticator` gives `credentials` (a registration's, gRPC or
+    HTTP, or a one-shot HTTP call's): from ``authenticate_session`` when it has one, else the
+    principal of ``authenticate`` with no expiry. A refusal is logged once at INFO, never
+    with the token, counted by `on_refused(reason)` and raised as :class:`Unauthenticated`;
+    an authenticator that broke is logged with its traceback and raised as
+    :class:`Unavailable` (the client may try again)."""
     try:
-        return await authenticator.authenticate(credentials)
+        if isinstance(authenticator, SessionAuthenticator):
+            return await authenticator.authenticate_session(credentials)
+        return Admission(await authenticator.authenticate(credentials))
     except Unauthenticated as refused:
         reason = refused.reason if isinstance(refused, AuthenticationFailed) else "refused"
         log.info("client authentication failed", reason=reason, peer=credentials.peer)
@@ -289,7 +335,7 @@ async def admit(
     credentials: Credentials,
     peer: str,
     on_refused: Callable[[str], None],
-) -> Principal | None:
+) -> Admission:
     """Admits a registration (a gRPC Register or Session stream, an HTTP event stream): one
     token of `peer`'s registration rate, then :func:`authenticate_once`. Raises
     :class:`ResourceExhausted` when the peer registers too fast (counted as
@@ -300,6 +346,28 @@ async def admit(
         on_refused("registration_rate")
         raise
     return await authenticate_once(authenticator, credentials, on_refused)
+
+
+@contextlib.contextmanager
+def session_expiry(proxy: ClientProxy, expires_at: float | None) -> Iterator[None]:
+    """Ends `proxy`'s session (:meth:`ClientProxy.expire`) when its credential expires, at
+    `expires_at` (:attr:`Admission.expires_at`; None: never), while the block runs: one loop
+    timer per session, cancelled when the block exits; calls are not checked one by one."""
+    if expires_at is None:
+        yield
+        return
+    timer = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()), _expire, proxy
+    )
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _expire(proxy: ClientProxy) -> None:
+    if proxy.expire():
+        log.info("client session ended: its token expired", client_id=proxy.client_id)
 
 
 def principal_message(principal: Principal | None) -> node_pb2.Principal | None:
@@ -375,6 +443,7 @@ def load_authenticator(spec: str) -> Authenticator:
 
 
 __all__ = [
+    "Admission",
     "AuthenticationFailed",
     "Authenticator",
     "AuthenticatorError",
@@ -382,6 +451,7 @@ __all__ = [
     "JwtAuthenticator",
     "JwtKeys",
     "NoAuthenticator",
+    "SessionAuthenticator",
     "admit",
     "authenticate_once",
     "bearer_token",
@@ -391,4 +461,5 @@ __all__ = [
     "load_authenticator",
     "mark_principal",
     "principal_message",
+    "session_expiry",
 ]

@@ -30,6 +30,9 @@ class SlowClientPolicy(enum.StrEnum):
 _SLOW_CONSUMER = "slow consumer"
 """The close text of a proxy whose queue overflowed under the disconnect policy."""
 
+TOKEN_EXPIRED_DETAILS = "the token has expired: register again with a fresh token"
+"""What a client whose session outlived its token is told (UNAUTHENTICATED)."""
+
 
 class StreamEnd(Exception):
     """How a Register stream ends when it does not end with OK: the servicer aborts with it.
@@ -284,6 +287,18 @@ class ClientProxy:
             self._drop(discard_as, discarded)
         return first
 
+    def expire(self) -> bool:
+        """Closes the proxy because the token it registered with has expired (the session
+        timer of :func:`~goverse.gate._auth.session_expiry` calls it): its queue is
+        discarded and the writer ends the stream with UNAUTHENTICATED (``token_expired``).
+        True on the first close only."""
+        return self._close("token expired", wire.CloseReason.TOKEN_EXPIRED, discard=True)
+
+    @property
+    def token_expired(self) -> bool:
+        """True when the proxy was first closed because its token expired."""
+        return self._closed_by is wire.CloseReason.TOKEN_EXPIRED
+
     async def wait_closed(self) -> None:
         """Waits until the proxy is closed (at once when it is): for a writer blocked on a
         stalled transport, which must give up once the proxy was closed as a slow consumer."""
@@ -325,7 +340,8 @@ class ClientProxy:
 
         After a draining close, ``Draining`` with the close text: the writer sends it and the
         stream then ends with OK. After a slow-consumer close it raises :class:`StreamEnd`
-        (RESOURCE_EXHAUSTED, ``slow_consumer``). Otherwise (the client went away) None.
+        (RESOURCE_EXHAUSTED, ``slow_consumer``), after an expired token's close too
+        (UNAUTHENTICATED, ``token_expired``). Otherwise (the client went away) None.
         """
         if self.draining:
             return gate_pb2.Draining(reason=self.close_reason)
@@ -336,6 +352,12 @@ class ClientProxy:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 self._slow_consumer_details,
                 wire.CloseReason.SLOW_CONSUMER,
+            )
+        if self.token_expired:
+            raise StreamEnd(
+                grpc.StatusCode.UNAUTHENTICATED,
+                TOKEN_EXPIRED_DETAILS,
+                wire.CloseReason.TOKEN_EXPIRED,
             )
         return None
 

@@ -155,7 +155,9 @@ class ClientRegistry:
                 proxy.close("the client went away")
                 self.remove(proxy)
                 log.log(
-                    logging.INFO if proxy.slow_consumer or proxy.dropped else logging.DEBUG,
+                    logging.INFO
+                    if proxy.slow_consumer or proxy.token_expired or proxy.dropped
+                    else logging.DEBUG,
                     "client stream ended",
                     reason=proxy.closed_by,
                     pushed=proxy.pushed,

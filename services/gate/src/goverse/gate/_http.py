@@ -47,6 +47,7 @@ from goverse.gate._auth import (
     caller_fields,
     mark_principal,
     principal_message,
+    session_expiry,
 )
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import StreamEnd
@@ -300,9 +301,10 @@ class HttpGate:
             token = bearer_token(
                 [(wire.AUTHORIZATION_KEY, request.headers.get(hdrs.AUTHORIZATION))]
             )
-            principal = await authenticate_once(
+            admission = await authenticate_once(
                 self._authenticator, _credentials(request, token), self._on_refused
             )
+            principal = admission.principal
         return node_pb2.Caller(
             client_id=new_client_id(self._gate_id), principal=principal_message(principal)
         )
@@ -452,16 +454,18 @@ class HttpGate:
         token = bearer_token(
             [(wire.AUTHORIZATION_KEY, request.headers.get(hdrs.AUTHORIZATION))]
         ) or request.query.get(ACCESS_TOKEN_PARAM)
-        principal = await admit(
+        admission = await admit(
             self._registry.peers,
             self._authenticator,
             _credentials(request, token),
             peer,
             self._on_refused,
         )
+        principal = principal_message(admission.principal)
         try:
             with (
-                self._registry.connect(peer, principal_message(principal), connection) as proxy,
+                self._registry.connect(peer, principal, connection) as proxy,
+                session_expiry(proxy, admission.expires_at),
                 log_context(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(self._stream_prefix + proxy.client_id),
             ):

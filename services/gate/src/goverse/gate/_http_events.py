@@ -9,7 +9,9 @@ without an upgrade. The events (``docs/http.md``):
 - ``message``: ``{"type": "<full message name>", "message": {<protobuf JSON>}}`` per push;
 - a ``: heartbeat`` comment line every :data:`HEARTBEAT_S` of silence, so proxies and the
   browser see the stream alive;
-- ``draining``: ``{}`` when the gate shuts down, after what was queued; then the stream ends.
+- ``draining``: ``{}`` when the gate shuts down, after what was queued; then the stream ends;
+- ``expired``: ``{"code": "UNAUTHENTICATED", "message"}`` when the token the session
+  registered with expired; then the stream ends (register again with a fresh token).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 from aiohttp import web
 from google.protobuf import any_pb2
 
+from goverse import wire
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
 
@@ -133,11 +136,18 @@ class EventStream:
             log.debug("event stream abandoned", reason=proxy.closed_by)
 
     async def _end(self) -> None:
-        """The last event: ``draining`` after a draining close; none when the client went
-        away; a slow consumer's connection is aborted (its browser reconnects)."""
+        """The last event: ``draining`` after a draining close; ``expired`` (``code``
+        UNAUTHENTICATED and ``message``) when the session's token expired, then the stream
+        ends; none when the client went away; a slow consumer's connection is aborted (its
+        browser reconnects)."""
         try:
             last = self._proxy.last_event()
-        except StreamEnd:
+        except StreamEnd as end:
+            if end.reason is wire.CloseReason.TOKEN_EXPIRED:
+                await self._send_last(
+                    event("expired", {"code": end.code.name, "message": end.details})
+                )
+                return
             self._abort()
             return
         if last is not None:
@@ -159,6 +169,15 @@ class EventStream:
         finally:
             closing.cancel()
             writing.cancel()  # a no-op once done; ends a write left stalled by a cancellation
+
+    async def _send_last(self, data: bytes) -> None:
+        """Writes `data` after the proxy was closed (its queue discarded): a reader that does
+        not take it within one heartbeat interval has its connection aborted."""
+        try:
+            async with asyncio.timeout(self._heartbeat_s):
+                await self._response.write(data)
+        except TimeoutError:
+            self._abort()
 
     def _abort(self) -> None:
         if self._transport is not None:

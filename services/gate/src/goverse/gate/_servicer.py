@@ -17,6 +17,7 @@ from goverse.errors import (
     translate_errors,
 )
 from goverse.gate._auth import (
+    Admission,
     Authenticator,
     NoAuthenticator,
     admit,
@@ -25,6 +26,7 @@ from goverse.gate._auth import (
     credentials_of,
     mark_principal,
     principal_message,
+    session_expiry,
 )
 from goverse.gate._catalog import Catalog
 from goverse.gate._client_proxy import ClientProxy, StreamEnd
@@ -32,7 +34,6 @@ from goverse.gate._clients import ClientRegistry
 from goverse.gate._peer_limits import peer_address
 from goverse.gate._router import Router
 from goverse.gate._session import ClientSession
-from goverse.objects import Principal
 from goverse.server import CallMetricsInterceptor, CallsInFlight, Supervisor, log_context
 from goverse.v1 import describe_pb2, gate_pb2, gate_pb2_grpc, node_pb2
 
@@ -125,16 +126,18 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
     ) -> AsyncIterator[E]:
         """The stream of one registered client, Register or Session alike: admitted (the
         peer's registration rate, then the authenticator, once), registered with the registry
-        for as long as it runs, its task adopted as ``client:<client-id>``, ended as its
-        :class:`StreamEnd` says."""
+        for as long as it runs (ended by :func:`session_expiry` when its token expires), its
+        task adopted as ``client:<client-id>``, ended as its :class:`StreamEnd` says."""
         # The registry refuses registrations once the gate drains, which it does before the
         # supervisor closes: adopt() cannot find the supervisor closed here.
         try:
             connection = context.peer() or ""
             peer = peer_address(connection)
-            principal = await self._admit(context, peer)
+            admission = await self._admit(context, peer)
+            principal = principal_message(admission.principal)
             with (
-                self._registry.connect(peer, principal_message(principal), connection) as proxy,
+                self._registry.connect(peer, principal, connection) as proxy,
+                session_expiry(proxy, admission.expires_at),
                 log_context(**caller_fields(proxy.caller), peer=peer),
                 self._supervisor.adopt(STREAM_TASK_PREFIX + proxy.client_id),
             ):
@@ -147,9 +150,10 @@ class GateService(gate_pb2_grpc.GateServiceServicer):
                 end.code, end.details, trailing_metadata=wire.close_metadata(end.reason)
             )
 
-    async def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Principal | None:
-        """Who the registering client is; raises :class:`StreamEnd` when its peer registers
-        too fast (RESOURCE_EXHAUSTED) or the authenticator refuses it (UNAUTHENTICATED)."""
+    async def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Admission:
+        """Who the registering client is, and until when; raises :class:`StreamEnd` when its
+        peer registers too fast (RESOURCE_EXHAUSTED) or the authenticator refuses it
+        (UNAUTHENTICATED)."""
         credentials = credentials_of(context.invocation_metadata(), context.peer() or "")
         try:
             return await admit(

@@ -14,7 +14,7 @@ import structlog
 from goverse import wire
 from goverse.errors import GoverseError, call_status, code_status
 from goverse.gate._auth import caller_fields, mark_principal
-from goverse.gate._client_proxy import ClientProxy
+from goverse.gate._client_proxy import TOKEN_EXPIRED_DETAILS, ClientProxy
 from goverse.gate._router import Router
 from goverse.server import (
     READ_PACE,
@@ -378,6 +378,8 @@ class _NotStarted(GoverseError):
 def _refused_closed(proxy: ClientProxy) -> str:
     if proxy.draining:
         return f"the gate is shutting down ({proxy.close_reason}); call another gate"
+    if proxy.token_expired:
+        return TOKEN_EXPIRED_DETAILS
     return "this session has ended"
 
 

@@ -399,6 +399,13 @@ export class Goverse {
     source.addEventListener("registered", (event) => this._onRegistered(source, gate, event));
     source.addEventListener("message", (event) => this._onPush(source, gate, event));
     source.addEventListener("draining", () => this._sourceFailed(source, gate, "gate draining"));
+    // The token the session registered with expired: the gate ends the stream; the next dial
+    // asks the token function for a fresh one.
+    source.addEventListener("expired", (event) => {
+      const { data } = eventData(event, []);
+      const message = typeof data?.message === "string" ? data.message : "the token has expired";
+      this._sourceFailed(source, gate, `token expired: ${message}`);
+    });
     source.addEventListener("open", () => {
       dial.opened = true;
     });
