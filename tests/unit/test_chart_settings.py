@@ -17,6 +17,7 @@ from goverse.node import NodeConfig
 from goverse.server import Declared, ServiceSettings, declared, format_duration
 from goverse.server._service import LEAVE_SHARE
 from goverse.server._service_settings import MIN_LEASE_TTL
+from goverse.server._tls import Role, role_of
 from tests.e2e.targets.base import TargetError
 from tests.e2e.targets.chart import HELM, TOOLS_PYTHON, render
 
@@ -724,3 +725,24 @@ def test_the_ingress_reaches_the_gates_with_the_protocol_they_serve(
         r for r in render_values(tmp_path, ingress_values(tls, right)) if r["kind"] == "Ingress"
     ]
     assert ingress["metadata"]["annotations"][BACKEND_PROTOCOL] == right
+
+
+@needs_chart_tools
+def test_the_charts_certificates_carry_the_roles_the_services_read(tmp_path: Path) -> None:
+    """Each cert-manager Certificate of the chart carries one URI SAN, a SPIFFE id whose role
+    the services read (goverse.server's role_of) as the component it is for: a node tells the
+    gates' certificate from the nodes'. No value changes the prefix (one that did made nodes
+    refuse every gate)."""
+    resources = render_values(
+        tmp_path,
+        {"tls": {"enabled": True, "certManager": {"issuerRef": {"name": "goverse-ca"}}}},
+    )
+    certificates = {
+        item["metadata"]["name"]: item["spec"]["uris"]
+        for item in resources
+        if item and item.get("kind") == "Certificate"
+    }
+    assert {name: [role_of(uri) for uri in uris] for name, uris in certificates.items()} == {
+        "goverse-gate": [Role.GATE],
+        "goverse-node": [Role.NODE],
+    }

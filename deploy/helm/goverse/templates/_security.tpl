@@ -221,14 +221,11 @@ port. Call with (dict "ctx" $ "component" "gate").
 {{- if eq $tls.source "secrets" }}
 {{- range $component := list "gate" "node" }}
 {{- if not (index $tls.secrets $component) }}
-{{- fail (printf "tls.source=secrets needs tls.secrets.%s: the Secret (tls.crt, tls.key, ca.crt) of the %s certificate, whose one URI SAN is %s/<name>" $component $component (index $tls.roleUris $component)) }}
+{{- fail (printf "tls.source=secrets needs tls.secrets.%s: the Secret (tls.crt, tls.key, ca.crt) of the %s certificate, whose one URI SAN is spiffe://goverse/%s/<name>" $component $component $component) }}
 {{- end }}
 {{- end }}
 {{- else if not $tls.certManager.issuerRef.name }}
 {{- fail "tls.enabled (the default) with tls.source=certManager needs tls.certManager.issuerRef.name: a cert-manager CA Issuer or ClusterIssuer (its ca.crt is the cluster CA gates and nodes trust); or tls.source=secrets with tls.secrets.gate and tls.secrets.node; or tls.enabled=false for a plaintext release, on a network that keeps everything but the gates away from the node port" }}
-{{- end }}
-{{- if eq (index $tls.roleUris "gate") (index $tls.roleUris "node") }}
-{{- fail "tls.roleUris.gate and tls.roleUris.node are the same: a node could not tell a gate from a node" }}
 {{- end }}
 {{- range $component := list "gate" "node" }}
 {{- $c := index $v $component }}
