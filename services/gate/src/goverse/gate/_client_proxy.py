@@ -292,7 +292,9 @@ class ClientProxy:
         timer of :func:`~goverse.gate._auth.session_expiry` calls it): its queue is
         discarded and the writer ends the stream with UNAUTHENTICATED (``token_expired``).
         True on the first close only."""
-        return self._close("token expired", wire.CloseReason.TOKEN_EXPIRED, discard=True)
+        return self._close(
+            "token expired", wire.CloseReason.TOKEN_EXPIRED, discard_as=DropReason.CLIENT_CLOSED
+        )
 
     @property
     def token_expired(self) -> bool:
