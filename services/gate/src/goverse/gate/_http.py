@@ -341,32 +341,30 @@ class HttpGate:
         return _json(self._catalog.response_dict(types, response))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
-        object_type, object_id = request.match_info["type"], request.match_info["id"]
-        started = time.perf_counter()
-        try:
-            caller = await self._caller(request)
-            timeout = _timeout_of(request)
-        except BaseException as error:
-            self._refused_early("create", object_type, "", error, started)
-            raise
-        create = gate_pb2.CreateObjectRequest(object_type=object_type, object_id=object_id)
-        routed = self._router.create_object(caller, create, timeout)
-        reply = await self._served(request, "create", create, caller, routed, started)
+        create = gate_pb2.CreateObjectRequest(**_reference(request))
+        reply = await self._lifecycle(request, "create", create, self._router.create_object)
         return _json({"created": reply.created})
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
-        object_type, object_id = request.match_info["type"], request.match_info["id"]
+        delete = gate_pb2.DeleteObjectRequest(**_reference(request))
+        reply = await self._lifecycle(request, "delete", delete, self._router.delete_object)
+        return _json({"deleted": reply.deleted})
+
+    async def _lifecycle(
+        self, request: web.Request, op: str, message: Any, route: Callable[..., Awaitable[T]]
+    ) -> T:
+        """Serves a create or delete `message`: its caller and deadline (a refusal of either
+        measured as :meth:`_refused_early`), then `route` (the router's method) as
+        :meth:`_served`."""
         started = time.perf_counter()
         try:
             caller = await self._caller(request)
             timeout = _timeout_of(request)
         except BaseException as error:
-            self._refused_early("delete", object_type, "", error, started)
+            self._refused_early(op, message.object_type, "", error, started)
             raise
-        delete = gate_pb2.DeleteObjectRequest(object_type=object_type, object_id=object_id)
-        routed = self._router.delete_object(caller, delete, timeout)
-        reply = await self._served(request, "delete", delete, caller, routed, started)
-        return _json({"deleted": reply.deleted})
+        routed = route(caller, message, timeout)
+        return await self._served(request, op, message, caller, routed, started)
 
     def _refused_early(
         self, op: str, object_type: str, method: str, error: BaseException, started: float
@@ -518,6 +516,11 @@ def _connection(request: web.Request) -> str:
         return "unknown"
     host, port = peername[0], peername[1]
     return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
+def _reference(request: web.Request) -> dict[str, str]:
+    """The object a create's or delete's path names, as its request's fields."""
+    return {"object_type": request.match_info["type"], "object_id": request.match_info["id"]}
 
 
 def _timeout_of(request: web.Request) -> float | None:
